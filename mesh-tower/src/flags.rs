@@ -141,7 +141,9 @@ impl ResponseFlags {
 
     /// The flags in the set, in Envoy's order.
     pub fn iter(self) -> impl Iterator<Item = ResponseFlag> {
-        ResponseFlag::ALL.into_iter().filter(move |f| self.contains(*f))
+        ResponseFlag::ALL
+            .into_iter()
+            .filter(move |f| self.contains(*f))
     }
 
     /// Adds `flag` to the flags of `response`, creating the set if it has none.

@@ -1,0 +1,92 @@
+//! The mesh's config model: the resolved, validated view of the mesh that every layer reads.
+//!
+//! It is shaped like the configuration a control plane hands an Envoy sidecar (clusters with
+//! their endpoints and traffic policy, virtual hosts with routes), because both sources produce
+//! it: the Istio YAML loader resolves VirtualServices, DestinationRules and ServiceEntries into
+//! it the way istiod does, and the xDS client translates Envoy resources into it. The layers
+//! never know which source a snapshot came from.
+//!
+//! Everything here is plain data: `Clone, Debug, PartialEq, Eq`, no channels, RNGs or metrics
+//! handles. Weights are integers and percentages are [`Percentage`] (parts per million) so that
+//! snapshots compare exactly.
+
+mod cluster;
+mod common;
+mod route;
+mod service;
+
+pub use cluster::*;
+pub use common::*;
+pub use route::*;
+pub use service::*;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One immutable, validated snapshot of the mesh's configuration, as seen by one workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// The workload this snapshot was built for.
+    pub workload: Workload,
+    /// The service registry: every known service, by host name.
+    pub services: BTreeMap<Hostname, Arc<Service>>,
+    /// Upstream clusters (service x port x subset) with their endpoints and traffic policy.
+    pub clusters: BTreeMap<ClusterName, Arc<Cluster>>,
+    /// The outbound route table.
+    pub routes: RouteTable,
+    /// Where inbound traffic goes: the local application's listeners.
+    pub inbound: Vec<InboundListener>,
+}
+
+impl MeshConfig {
+    /// The cluster named `name`, if any.
+    pub fn cluster(&self, name: &ClusterName) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    /// The service with host name `host`, if any.
+    pub fn service(&self, host: &str) -> Option<&Arc<Service>> {
+        self.services.get(host)
+    }
+}
+
+/// The local workload: who this proxy (or embedding service) is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// The workload's namespace (`default` unless told).
+    pub namespace: String,
+    /// The workload's labels (`app`, `version`, ...), which selectors match against.
+    pub labels: Labels,
+    /// The workload's service account.
+    pub service_account: String,
+    /// The trust domain of SPIFFE identities (`cluster.local`).
+    pub trust_domain: String,
+    /// The DNS suffix of in-mesh service names (`cluster.local`).
+    pub cluster_domain: String,
+    /// Where this workload runs, for locality-aware load balancing.
+    pub locality: Locality,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Self {
+            namespace: "default".to_owned(),
+            labels: Labels::default(),
+            service_account: "default".to_owned(),
+            trust_domain: "cluster.local".to_owned(),
+            cluster_domain: "cluster.local".to_owned(),
+            locality: Locality::default(),
+        }
+    }
+}
+
+/// An inbound listener: a port this workload serves and where the local app listens for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundListener {
+    /// The port the traffic is addressed to (the service's target port).
+    pub port: u16,
+    /// The protocol spoken on the port.
+    pub protocol: Protocol,
+    /// Where the local application listens (`127.0.0.1:8080`).
+    pub default_endpoint: std::net::SocketAddr,
+}

@@ -1,0 +1,377 @@
+use super::{ClusterName, Labels, Pattern, Percentage, StringMatch};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The outbound route table: virtual hosts, found by the request's authority.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    virtual_hosts: Vec<VirtualHost>,
+    /// Exact domain (lower case, with or without `:port`) -> index into `virtual_hosts`.
+    exact: HashMap<String, usize>,
+    /// Wildcard domains (`*.example.com` stored as `.example.com`), longest first.
+    suffixes: Vec<(String, usize)>,
+    /// The `*` virtual host, if any.
+    catch_all: Option<usize>,
+}
+
+impl RouteTable {
+    /// Builds the table; the first virtual host to claim a domain keeps it.
+    pub fn new(virtual_hosts: Vec<VirtualHost>) -> Self {
+        let mut exact = HashMap::new();
+        let mut suffixes = Vec::new();
+        let mut catch_all = None;
+        for (i, vh) in virtual_hosts.iter().enumerate() {
+            for domain in &vh.domains {
+                let domain = domain.to_ascii_lowercase();
+                if domain == "*" {
+                    catch_all.get_or_insert(i);
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    suffixes.push((suffix.to_owned(), i));
+                } else {
+                    exact.entry(domain).or_insert(i);
+                }
+            }
+        }
+        suffixes.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        Self {
+            virtual_hosts,
+            exact,
+            suffixes,
+            catch_all,
+        }
+    }
+
+    /// The virtual hosts, in order.
+    pub fn virtual_hosts(&self) -> &[VirtualHost] {
+        &self.virtual_hosts
+    }
+
+    /// The virtual host serving `authority` (`host` or `host:port`), as Envoy picks it: an
+    /// exact domain, then the longest wildcard suffix, then `*`.
+    ///
+    /// ```
+    /// use mesh_core::model::{RouteTable, VirtualHost};
+    /// let vh = |name: &str, domains: &[&str]| VirtualHost {
+    ///     name: name.into(),
+    ///     domains: domains.iter().map(|d| d.to_string()).collect(),
+    ///     routes: vec![],
+    /// };
+    /// let table = RouteTable::new(vec![
+    ///     vh("reviews", &["reviews", "reviews:9080"]),
+    ///     vh("wild", &["*.example.com"]),
+    /// ]);
+    /// assert_eq!(table.find("Reviews:9080").unwrap().name, "reviews");
+    /// assert_eq!(table.find("api.example.com").unwrap().name, "wild");
+    /// assert!(table.find("ratings").is_none());
+    /// ```
+    pub fn find(&self, authority: &str) -> Option<&VirtualHost> {
+        let lower;
+        let authority = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = authority.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            authority
+        };
+        let index = self.exact.get(authority).copied().or_else(|| {
+            let host = strip_port(authority);
+            self.suffixes
+                .iter()
+                .find(|(suffix, _)| host.ends_with(suffix.as_str()) && host.len() > suffix.len())
+                .map(|(_, i)| *i)
+                .or(self.catch_all)
+        })?;
+        self.virtual_hosts.get(index)
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        // A bare IPv6 address has colons but no port.
+        Some((host, _)) if host.contains(':') && !host.ends_with(']') => authority,
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// A virtual host: the routes of the domains it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualHost {
+    /// The virtual host's name (`reviews.default.svc.cluster.local:9080`).
+    pub name: String,
+    /// The authorities it serves, with and without port.
+    pub domains: Vec<String>,
+    /// The routes, first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// One route: when a request matches, what happens to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The route's name, for telemetry and `/explain`.
+    pub name: String,
+    /// The route matches if any of these match; empty matches every request.
+    pub matches: Vec<RouteMatch>,
+    /// What the route does.
+    pub action: RouteAction,
+    /// Header changes on the request.
+    pub request_headers: HeaderOps,
+    /// Header changes on the response.
+    pub response_headers: HeaderOps,
+    /// Fault injection.
+    pub fault: Option<Fault>,
+    /// Shadow traffic.
+    pub mirrors: Vec<Mirror>,
+    /// Retries; `None` uses no retries.
+    pub retry: Option<RetryPolicy>,
+    /// The whole request's timeout, retries included; `None` for none.
+    pub timeout: Option<Duration>,
+    /// Hedging (a mesh extension).
+    pub hedge: Option<HedgePolicy>,
+}
+
+/// A match on request properties (Istio's `HTTPMatchRequest`); every given condition must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// The match's name, for telemetry.
+    pub name: Option<String>,
+    /// The path (without query).
+    pub uri: Option<StringMatch>,
+    /// The scheme.
+    pub scheme: Option<StringMatch>,
+    /// The method.
+    pub method: Option<StringMatch>,
+    /// The authority.
+    pub authority: Option<StringMatch>,
+    /// Headers that must be present and match (a `None` match: present with any value).
+    pub headers: Vec<(String, Option<StringMatch>)>,
+    /// Headers that must not be present with a matching value.
+    pub without_headers: Vec<(String, Option<StringMatch>)>,
+    /// Query parameters that must match.
+    pub query_params: Vec<(String, Option<StringMatch>)>,
+    /// The port the request was addressed to.
+    pub port: Option<u16>,
+    /// Compare the path case-insensitively.
+    pub ignore_uri_case: bool,
+    /// The calling workload's labels must include these.
+    pub source_labels: Labels,
+    /// The calling workload's namespace.
+    pub source_namespace: Option<String>,
+}
+
+/// What a route does with a matched request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Forward to a weighted choice of clusters.
+    Forward(Forward),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer with a fixed response.
+    DirectResponse(DirectResponse),
+}
+
+/// Forwarding to upstream clusters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// The destinations; weights sum to 100 (or the only one has weight 100).
+    pub destinations: Vec<WeightedCluster>,
+    /// Rewrites applied before forwarding.
+    pub rewrite: Option<Rewrite>,
+}
+
+impl Forward {
+    /// The destination for a uniform draw in `0..total_weight()`.
+    ///
+    /// ```
+    /// use mesh_core::model::{ClusterName, Forward, HeaderOps, WeightedCluster};
+    /// let d = |s: &str, w| WeightedCluster {
+    ///     cluster: ClusterName::new(s), weight: w,
+    ///     request_headers: HeaderOps::default(), response_headers: HeaderOps::default(),
+    /// };
+    /// let f = Forward { destinations: vec![d("v1", 90), d("v2", 10)], rewrite: None };
+    /// assert_eq!(f.pick(89).unwrap().cluster.as_str(), "v1");
+    /// assert_eq!(f.pick(90).unwrap().cluster.as_str(), "v2");
+    /// ```
+    pub fn pick(&self, draw: u32) -> Option<&WeightedCluster> {
+        let mut left = draw;
+        for d in &self.destinations {
+            if left < d.weight {
+                return Some(d);
+            }
+            left -= d.weight;
+        }
+        None
+    }
+
+    /// The sum of the destinations' weights.
+    pub fn total_weight(&self) -> u32 {
+        self.destinations.iter().map(|d| d.weight).sum()
+    }
+}
+
+/// A destination cluster with its share of the traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightedCluster {
+    /// The cluster.
+    pub cluster: ClusterName,
+    /// The relative weight.
+    pub weight: u32,
+    /// Header changes on requests to this destination.
+    pub request_headers: HeaderOps,
+    /// Header changes on responses from this destination.
+    pub response_headers: HeaderOps,
+}
+
+/// Header manipulation: set (replace), add (append), remove.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderOps {
+    /// Headers to set, replacing any value.
+    pub set: Vec<(String, String)>,
+    /// Headers to append.
+    pub add: Vec<(String, String)>,
+    /// Headers to remove.
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Rewrites before forwarding (`rewrite`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Replace the matched path prefix (or the whole path for exact matches) with this.
+    pub uri_prefix: Option<String>,
+    /// Replace regex matches in the path.
+    pub uri_regex: Option<(Pattern, String)>,
+    /// Replace the authority.
+    pub authority: Option<String>,
+}
+
+/// A redirect response (`redirect`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// Replace the path.
+    pub uri: Option<String>,
+    /// Replace the authority.
+    pub authority: Option<String>,
+    /// Replace the scheme.
+    pub scheme: Option<String>,
+    /// Replace the port.
+    pub port: Option<RedirectPort>,
+    /// The status code (301 by default).
+    pub code: u16,
+}
+
+/// The port of a redirect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectPort {
+    /// This port.
+    Port(u16),
+    /// The default port of the scheme.
+    FromProtocolDefault,
+    /// The port of the request.
+    FromRequestPort,
+}
+
+/// A fixed response (`directResponse`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectResponse {
+    /// The status code.
+    pub status: u16,
+    /// The body.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Fault injection (`fault`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fault {
+    /// Delay requests.
+    pub delay: Option<FaultDelay>,
+    /// Abort requests.
+    pub abort: Option<FaultAbort>,
+}
+
+/// Delay a share of requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultDelay {
+    /// How long.
+    pub delay: Duration,
+    /// Which share.
+    pub percentage: Percentage,
+}
+
+/// Abort a share of requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultAbort {
+    /// With what.
+    pub error: AbortError,
+    /// Which share.
+    pub percentage: Percentage,
+}
+
+/// The error an abort answers with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AbortError {
+    /// An HTTP status.
+    Http(u16),
+    /// A gRPC status code.
+    Grpc(u32),
+    /// Reset the stream.
+    Http2Error,
+}
+
+/// Mirror a share of requests to another cluster (`mirror`, `mirrors`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    /// The shadow destination.
+    pub cluster: ClusterName,
+    /// The shadow destination's host (the shadow authority is this with `-shadow`).
+    pub host: String,
+    /// Which share of requests.
+    pub percentage: Percentage,
+}
+
+/// Retries (`retries`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries allowed (Istio's `attempts`: retries, not tries).
+    pub attempts: u32,
+    /// The timeout of each try.
+    pub per_try_timeout: Option<Duration>,
+    /// The conditions, in Envoy's comma-separated `retry_on` form.
+    pub retry_on: String,
+    /// Retry on other localities.
+    pub retry_remote_localities: bool,
+    /// The first backoff interval (Envoy: 25 ms).
+    pub backoff_base: Duration,
+    /// The largest backoff interval (Envoy: 10x base).
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// Istio's retry policy when a route sets none: 2 attempts on
+    /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`.
+    pub fn istio_default() -> Self {
+        Self {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on: "connect-failure,refused-stream,unavailable,cancelled".to_owned(),
+            retry_remote_localities: false,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Hedged requests (a mesh extension, set with the VirtualService annotation
+/// `mesh.dev/hedge`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HedgePolicy {
+    /// Send the second attempt after this delay without an answer.
+    pub delay: Duration,
+    /// At most this many attempts in all.
+    pub max_attempts: u32,
+}
