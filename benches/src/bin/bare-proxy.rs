@@ -1,0 +1,48 @@
+//! A bare reverse proxy on hyper 1.x and hyper-util's pooled legacy client, with no routing,
+//! policy or telemetry: the ceiling a hyper-based sidecar is measured against.
+//!
+//! `bare-proxy LISTEN_PORT UPSTREAM_ADDR` (e.g. `bare-proxy 18090 127.0.0.1:18080`).
+
+use http::uri::{Authority, Scheme};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut args = std::env::args().skip(1);
+    let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(18090);
+    let upstream: Authority = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:18080".to_owned())
+        .parse()?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    eprintln!("bare-proxy listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let client = client.clone();
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
+                let mut parts = req.uri().clone().into_parts();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(upstream.clone());
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+                client.request(req)
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
