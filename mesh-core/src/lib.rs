@@ -5,5 +5,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod istio;
 pub mod model;
 pub mod store;

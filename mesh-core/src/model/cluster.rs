@@ -9,7 +9,7 @@ use std::time::Duration;
 /// let name = ClusterName::outbound(9080, Some("v1"), "reviews.default.svc.cluster.local");
 /// assert_eq!(name.as_str(), "outbound|9080|v1|reviews.default.svc.cluster.local");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct ClusterName(String);
 
 impl ClusterName {
@@ -44,7 +44,7 @@ impl std::borrow::Borrow<str> for ClusterName {
 /// An upstream cluster: the endpoints of one service port (optionally one subset of them) and
 /// the traffic policy that applies to them, resolved from the DestinationRule (subset and port
 /// overrides already applied).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Cluster {
     /// The cluster's name.
     pub name: ClusterName,
@@ -65,7 +65,7 @@ pub struct Cluster {
 }
 
 /// A DestinationRule's `trafficPolicy`, resolved for one cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TrafficPolicy {
     /// How endpoints are chosen.
     pub load_balancer: LoadBalancer,
@@ -78,7 +78,7 @@ pub struct TrafficPolicy {
 }
 
 /// Load-balancing settings (`trafficPolicy.loadBalancer`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LoadBalancer {
     /// The algorithm.
     pub algorithm: LbAlgorithm,
@@ -89,7 +89,7 @@ pub struct LoadBalancer {
 }
 
 /// The load-balancing algorithm.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum LbAlgorithm {
     /// Envoy's default in Istio: least request with power of two choices.
     #[default]
@@ -105,7 +105,7 @@ pub enum LbAlgorithm {
 }
 
 /// Consistent-hash load balancing (`loadBalancer.consistentHash`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ConsistentHash {
     /// What the hash is computed from.
     pub key: HashKey,
@@ -114,7 +114,7 @@ pub struct ConsistentHash {
 }
 
 /// The request property a consistent hash uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum HashKey {
     /// A request header's value.
     Header(String),
@@ -134,7 +134,7 @@ pub enum HashKey {
 }
 
 /// The consistent-hash table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum HashTable {
     /// Ketama ring hash with at least this many entries.
     RingHash {
@@ -157,7 +157,7 @@ impl Default for HashTable {
 }
 
 /// Locality-aware load balancing (`loadBalancer.localityLbSetting`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LocalityLb {
     /// Weighted distribution from a locality to others.
     pub distribute: Vec<LocalityDistribute>,
@@ -168,7 +168,7 @@ pub struct LocalityLb {
 }
 
 /// One `distribute` entry: traffic from `from` spreads over `to` by weight (percent).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LocalityDistribute {
     /// The originating locality (`region/zone/*`).
     pub from: String,
@@ -177,7 +177,7 @@ pub struct LocalityDistribute {
 }
 
 /// One `failover` entry: when `from` has no healthy endpoints, go to `to`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LocalityFailover {
     /// The originating region.
     pub from: String,
@@ -187,7 +187,7 @@ pub struct LocalityFailover {
 
 /// Connection-pool limits (`trafficPolicy.connectionPool`). Unset limits are Envoy's
 /// defaults (effectively unlimited).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ConnectionPool {
     /// Maximum connections to the cluster.
     pub max_connections: u32,
@@ -238,7 +238,7 @@ impl Default for ConnectionPool {
 }
 
 /// TCP keepalive settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TcpKeepalive {
     /// Probes before the connection is dead.
     pub probes: Option<u32>,
@@ -249,7 +249,7 @@ pub struct TcpKeepalive {
 }
 
 /// Passive outlier detection (`trafficPolicy.outlierDetection`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct OutlierDetection {
     /// Eject after this many consecutive 5xx (including local-origin failures unless split).
     pub consecutive_5xx_errors: Option<u32>,
@@ -286,7 +286,7 @@ impl Default for OutlierDetection {
 }
 
 /// TLS from the proxy to upstream endpoints (`trafficPolicy.tls`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ClientTls {
     /// The TLS mode.
     pub mode: TlsMode,
@@ -307,7 +307,7 @@ pub struct ClientTls {
 }
 
 /// The TLS mode towards an upstream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum TlsMode {
     /// Plaintext.
     #[default]

@@ -27,7 +27,7 @@ pub fn selects(selector: &Labels, labels: &Labels) -> bool {
 /// assert_eq!(Percentage::ALL.ppm(), 1_000_000);
 /// assert!(Percentage::from_percent_f64(100.5).is_none());
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Percentage(u32);
 
 impl Percentage {
@@ -108,6 +108,12 @@ impl Pattern {
     }
 }
 
+impl serde::Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.source)
+    }
+}
+
 impl PartialEq for Pattern {
     fn eq(&self, other: &Self) -> bool {
         self.source == other.source
@@ -117,7 +123,7 @@ impl PartialEq for Pattern {
 impl Eq for Pattern {}
 
 /// How a string in a request is matched (Istio's `StringMatch`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum StringMatch {
     /// The whole value equals this.
     Exact(String),

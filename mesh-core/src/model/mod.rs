@@ -13,18 +13,20 @@
 mod cluster;
 mod common;
 mod route;
+mod security;
 mod service;
 
 pub use cluster::*;
 pub use common::*;
 pub use route::*;
+pub use security::*;
 pub use service::*;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One immutable, validated snapshot of the mesh's configuration, as seen by one workload.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MeshConfig {
     /// The workload this snapshot was built for.
     pub workload: Workload,
@@ -36,6 +38,10 @@ pub struct MeshConfig {
     pub routes: RouteTable,
     /// Where inbound traffic goes: the local application's listeners.
     pub inbound: Vec<InboundListener>,
+    /// The authorization policies that apply to this workload, in config order.
+    pub authorization: Vec<AuthorizationPolicy>,
+    /// The effective peer authentication (mTLS mode) for this workload's inbound ports.
+    pub peer_authentication: PeerAuthentication,
 }
 
 impl MeshConfig {
@@ -51,7 +57,7 @@ impl MeshConfig {
 }
 
 /// The local workload: who this proxy (or embedding service) is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Workload {
     /// The workload's namespace (`default` unless told).
     pub namespace: String,
@@ -81,7 +87,7 @@ impl Default for Workload {
 }
 
 /// An inbound listener: a port this workload serves and where the local app listens for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct InboundListener {
     /// The port the traffic is addressed to (the service's target port).
     pub port: u16,

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// The outbound route table: virtual hosts, found by the request's authority.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RouteTable {
     virtual_hosts: Vec<VirtualHost>,
     /// Exact domain (lower case, with or without `:port`) -> index into `virtual_hosts`.
@@ -94,7 +94,7 @@ fn strip_port(authority: &str) -> &str {
 }
 
 /// A virtual host: the routes of the domains it serves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct VirtualHost {
     /// The virtual host's name (`reviews.default.svc.cluster.local:9080`).
     pub name: String,
@@ -105,7 +105,7 @@ pub struct VirtualHost {
 }
 
 /// One route: when a request matches, what happens to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Route {
     /// The route's name, for telemetry and `/explain`.
     pub name: String,
@@ -130,7 +130,7 @@ pub struct Route {
 }
 
 /// A match on request properties (Istio's `HTTPMatchRequest`); every given condition must hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RouteMatch {
     /// The match's name, for telemetry.
     pub name: Option<String>,
@@ -159,7 +159,7 @@ pub struct RouteMatch {
 }
 
 /// What a route does with a matched request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum RouteAction {
     /// Forward to a weighted choice of clusters.
     Forward(Forward),
@@ -170,7 +170,7 @@ pub enum RouteAction {
 }
 
 /// Forwarding to upstream clusters.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Forward {
     /// The destinations; weights sum to 100 (or the only one has weight 100).
     pub destinations: Vec<WeightedCluster>,
@@ -209,7 +209,7 @@ impl Forward {
 }
 
 /// A destination cluster with its share of the traffic.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct WeightedCluster {
     /// The cluster.
     pub cluster: ClusterName,
@@ -222,7 +222,7 @@ pub struct WeightedCluster {
 }
 
 /// Header manipulation: set (replace), add (append), remove.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HeaderOps {
     /// Headers to set, replacing any value.
     pub set: Vec<(String, String)>,
@@ -240,7 +240,7 @@ impl HeaderOps {
 }
 
 /// Rewrites before forwarding (`rewrite`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Rewrite {
     /// Replace the matched path prefix (or the whole path for exact matches) with this.
     pub uri_prefix: Option<String>,
@@ -251,7 +251,7 @@ pub struct Rewrite {
 }
 
 /// A redirect response (`redirect`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Redirect {
     /// Replace the path.
     pub uri: Option<String>,
@@ -266,7 +266,7 @@ pub struct Redirect {
 }
 
 /// The port of a redirect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum RedirectPort {
     /// This port.
     Port(u16),
@@ -277,7 +277,7 @@ pub enum RedirectPort {
 }
 
 /// A fixed response (`directResponse`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DirectResponse {
     /// The status code.
     pub status: u16,
@@ -286,7 +286,7 @@ pub struct DirectResponse {
 }
 
 /// Fault injection (`fault`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Fault {
     /// Delay requests.
     pub delay: Option<FaultDelay>,
@@ -295,7 +295,7 @@ pub struct Fault {
 }
 
 /// Delay a share of requests.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FaultDelay {
     /// How long.
     pub delay: Duration,
@@ -304,7 +304,7 @@ pub struct FaultDelay {
 }
 
 /// Abort a share of requests.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FaultAbort {
     /// With what.
     pub error: AbortError,
@@ -313,7 +313,7 @@ pub struct FaultAbort {
 }
 
 /// The error an abort answers with.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum AbortError {
     /// An HTTP status.
     Http(u16),
@@ -324,7 +324,7 @@ pub enum AbortError {
 }
 
 /// Mirror a share of requests to another cluster (`mirror`, `mirrors`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Mirror {
     /// The shadow destination.
     pub cluster: ClusterName,
@@ -335,7 +335,7 @@ pub struct Mirror {
 }
 
 /// Retries (`retries`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RetryPolicy {
     /// Retries allowed (Istio's `attempts`: retries, not tries).
     pub attempts: u32,
@@ -368,7 +368,7 @@ impl RetryPolicy {
 
 /// Hedged requests (a mesh extension, set with the VirtualService annotation
 /// `mesh.dev/hedge`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct HedgePolicy {
     /// Send the second attempt after this delay without an answer.
     pub delay: Duration,

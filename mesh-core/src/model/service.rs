@@ -6,7 +6,7 @@ use std::net::IpAddr;
 pub type Hostname = String;
 
 /// A service in the registry (from a ServiceEntry, or from xDS clusters).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Service {
     /// The service's host name.
     pub hostname: Hostname,
@@ -18,8 +18,6 @@ pub struct Service {
     pub resolution: Resolution,
     /// Whether the service is part of the mesh (mTLS applies) or outside it.
     pub location: ServiceLocation,
-    /// Every endpoint of the service, before subset selection.
-    pub endpoints: Vec<Endpoint>,
     /// Identities the service's endpoints may present (ServiceEntry `subjectAltNames`).
     pub subject_alt_names: Vec<String>,
 }
@@ -32,7 +30,7 @@ impl Service {
 }
 
 /// A port of a service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ServicePort {
     /// The port number clients address.
     pub number: u16,
@@ -45,7 +43,7 @@ pub struct ServicePort {
 }
 
 /// The application protocol of a port, as Istio names them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Protocol {
     /// HTTP/1.1 (or HTTP/2 when the client speaks it).
     #[default]
@@ -70,7 +68,7 @@ impl Protocol {
 }
 
 /// How the addresses of a service's endpoints are found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum Resolution {
     /// Endpoints are given as IP addresses.
     #[default]
@@ -82,7 +80,7 @@ pub enum Resolution {
 }
 
 /// Whether a service is inside the mesh.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum ServiceLocation {
     /// Inside the mesh: its workloads run a mesh proxy.
     #[default]
@@ -92,7 +90,7 @@ pub enum ServiceLocation {
 }
 
 /// The address of an endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Address {
     /// An IP address.
     Ip(IpAddr),
@@ -111,7 +109,7 @@ impl fmt::Display for Address {
 }
 
 /// One instance of a service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Endpoint {
     /// Where the instance is.
     pub address: Address,
@@ -139,7 +137,7 @@ impl Endpoint {
 }
 
 /// The health of an endpoint as the config source reports it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub enum HealthStatus {
     /// Healthy, or unknown (treated as healthy).
     #[default]
@@ -151,7 +149,7 @@ pub enum HealthStatus {
 }
 
 /// A place in the topology: `region/zone/subzone`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Locality {
     /// The region (`us-east1`).
     pub region: String,

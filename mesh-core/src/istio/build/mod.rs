@@ -1,0 +1,161 @@
+//! Checks parsed Istio resources together and resolves them into one [`MeshConfig`], the way
+//! istiod resolves them for one sidecar.
+//!
+//! One concern per module: [`registry`] (ServiceEntry, WorkloadEntry -> services and
+//! instances), [`policy`] (DestinationRule traffic policies), [`routes`] (VirtualService ->
+//! routes), [`security`] (AuthorizationPolicy, PeerAuthentication), [`sidecar`] (inbound
+//! listeners). Each records findings with the field path of the offending value and carries on,
+//! so that one run reports every problem.
+
+mod policy;
+mod registry;
+mod routes;
+mod security;
+mod sidecar;
+mod values;
+
+use super::{Diagnostic, Resource, Severity};
+use crate::model::{MeshConfig, Workload};
+use std::collections::BTreeMap;
+
+/// What [`build`] produced: a config when there are no errors, and every finding.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOutcome {
+    /// The resolved config; `None` when any finding is an error.
+    pub config: Option<MeshConfig>,
+    /// Errors and warnings, in resource order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl BuildOutcome {
+    /// Whether any finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    /// The findings that are errors.
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+}
+
+/// Checks `resources` together and resolves them for `workload`.
+///
+/// Never panics. Every problem becomes a [`Diagnostic`]; the config is returned only when
+/// none of them is an error.
+pub fn build(resources: &[Resource], workload: &Workload) -> BuildOutcome {
+    let mut findings = Findings::default();
+    let unique = deduplicate(resources, &mut findings);
+    let registry = registry::Registry::build(&unique, workload, &mut findings);
+    let rules = policy::DestinationRules::build(&unique, &registry, workload, &mut findings);
+    let clusters = policy::clusters(&registry, &rules);
+    let routes = routes::build(&unique, &registry, &rules, workload, &mut findings);
+    let inbound = sidecar::inbound(&unique, workload, &mut findings);
+    let authorization = security::authorization(&unique, workload, &mut findings);
+    let peer_authentication = security::peer_authentication(&unique, workload, &mut findings);
+    let config = MeshConfig {
+        workload: workload.clone(),
+        services: registry.services(),
+        clusters,
+        routes,
+        inbound,
+        authorization,
+        peer_authentication,
+    };
+    let diagnostics = findings.list;
+    let has_errors = diagnostics.iter().any(Diagnostic::is_error);
+    BuildOutcome {
+        config: (!has_errors).then_some(config),
+        diagnostics,
+    }
+}
+
+/// Keeps the first of resources that share kind, namespace and name; later ones are errors.
+fn deduplicate<'r>(resources: &'r [Resource], findings: &mut Findings) -> Vec<&'r Resource> {
+    let mut seen: BTreeMap<String, &Resource> = BTreeMap::new();
+    let mut unique = Vec::with_capacity(resources.len());
+    for resource in resources {
+        let key = resource.key();
+        if let Some(first) = seen.get(&key) {
+            findings.error(
+                resource,
+                "metadata.name",
+                format!("duplicate {key}: already defined in {}", first.file),
+            );
+            continue;
+        }
+        seen.insert(key, resource);
+        unique.push(resource);
+    }
+    unique
+}
+
+/// The findings of one build.
+#[derive(Debug, Default)]
+pub(super) struct Findings {
+    list: Vec<Diagnostic>,
+}
+
+impl Findings {
+    fn push(&mut self, severity: Severity, res: &Resource, field: &str, message: String) {
+        self.list.push(Diagnostic {
+            severity,
+            file: res.file.clone(),
+            resource: Some(res.key()),
+            field: field.to_owned(),
+            message,
+        });
+    }
+
+    /// Records an error at `field` of `res`.
+    pub(super) fn error(&mut self, res: &Resource, field: &str, message: impl Into<String>) {
+        self.push(Severity::Error, res, field, message.into());
+    }
+
+    /// Records a warning at `field` of `res`.
+    pub(super) fn warn(&mut self, res: &Resource, field: &str, message: impl Into<String>) {
+        self.push(Severity::Warning, res, field, message.into());
+    }
+
+    /// A scope that records findings against `res`.
+    pub(super) fn at<'s>(&'s mut self, res: &'s Resource) -> At<'s> {
+        At {
+            res,
+            findings: self,
+        }
+    }
+}
+
+/// Findings about one resource.
+pub(super) struct At<'s> {
+    res: &'s Resource,
+    findings: &'s mut Findings,
+}
+
+impl At<'_> {
+    /// Records an error at `field`.
+    pub(super) fn error(&mut self, field: &str, message: impl Into<String>) {
+        self.findings.error(self.res, field, message);
+    }
+
+    /// Records a warning at `field`.
+    pub(super) fn warn(&mut self, field: &str, message: impl Into<String>) {
+        self.findings.warn(self.res, field, message);
+    }
+
+    /// Runs `check` and records its error at `field`; `None` when it failed.
+    pub(super) fn check<T>(&mut self, field: &str, check: Result<T, String>) -> Option<T> {
+        check.map_err(|message| self.error(field, message)).ok()
+    }
+}
+
+/// Expands a short host (`reviews`) to its fully qualified name in `namespace`
+/// (`reviews.default.svc.cluster.local`), as Istio does; other hosts are lowercased.
+pub(super) fn qualify(host: &str, namespace: &str, cluster_domain: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    if host.contains('.') || host.contains('*') {
+        host
+    } else {
+        format!("{host}.{namespace}.svc.{cluster_domain}")
+    }
+}

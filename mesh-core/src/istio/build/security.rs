@@ -1,0 +1,282 @@
+//! AuthorizationPolicy and PeerAuthentication: checked, and narrowed to the ones that apply to
+//! this workload (root namespace `istio-system` for mesh-wide, then its namespace, then its
+//! selector).
+
+use super::{At, Findings};
+use crate::istio::{Resource, Spec, api};
+use crate::model::{
+    AuthorizationPolicy, AuthzAction, AuthzRule, ConditionMatch, MtlsMode, OperationMatch,
+    PeerAuthentication, SourceMatch, ValueMatch, Workload, selects,
+};
+
+/// Istio's default root namespace: policies there without a selector apply mesh-wide.
+const ROOT_NAMESPACE: &str = "istio-system";
+
+fn applies(res: &Resource, selector: Option<&api::SecuritySelector>, workload: &Workload) -> bool {
+    let in_scope = res.namespace == workload.namespace || res.namespace == ROOT_NAMESPACE;
+    in_scope && selector.is_none_or(|s| selects(&s.match_labels, &workload.labels))
+}
+
+pub(super) fn authorization(
+    resources: &[&Resource],
+    workload: &Workload,
+    findings: &mut Findings,
+) -> Vec<AuthorizationPolicy> {
+    let mut out = Vec::new();
+    for res in resources {
+        let Spec::AuthorizationPolicy(policy) = &res.spec else {
+            continue;
+        };
+        let mut at = findings.at(res);
+        let Some(converted) = convert(policy, res, &mut at) else {
+            continue;
+        };
+        if policy.target_ref.is_some() || !policy.target_refs.is_empty() {
+            at.warn(
+                "spec.targetRef",
+                "targetRef policies apply to gateways and waypoints, not to this proxy; ignored",
+            );
+            continue;
+        }
+        if applies(res, policy.selector.as_ref(), workload) {
+            out.push(converted);
+        }
+    }
+    out
+}
+
+fn convert(
+    p: &api::AuthorizationPolicy,
+    res: &Resource,
+    at: &mut At<'_>,
+) -> Option<AuthorizationPolicy> {
+    let action = match p.action.as_deref() {
+        None | Some("ALLOW") => AuthzAction::Allow,
+        Some("DENY") => AuthzAction::Deny,
+        Some("AUDIT") => AuthzAction::Audit,
+        Some("CUSTOM") => match &p.provider {
+            Some(provider) => AuthzAction::Custom(provider.name.clone()),
+            None => {
+                at.error("spec.provider", "action CUSTOM needs a provider");
+                return None;
+            }
+        },
+        Some(other) => {
+            at.error(
+                "spec.action",
+                format!("unknown action {other:?}: expected ALLOW, DENY, AUDIT or CUSTOM"),
+            );
+            return None;
+        }
+    };
+    if p.provider.is_some() && !matches!(action, AuthzAction::Custom(_)) {
+        at.error(
+            "spec.provider",
+            "provider is only allowed with action CUSTOM",
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut rules = Vec::new();
+    for (i, rule) in p.rules.iter().flatten().enumerate() {
+        let field = format!("spec.rules[{i}]");
+        let mut from = Vec::new();
+        for (j, f) in rule.from.iter().enumerate() {
+            let s = &f.source;
+            let sfield = format!("{field}.from[{j}].source");
+            for (name, values) in [
+                ("ipBlocks", &s.ip_blocks),
+                ("notIpBlocks", &s.not_ip_blocks),
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+            ] {
+                for (k, v) in values.iter().enumerate() {
+                    if v.parse::<ipnet::IpNet>().is_err() && v.parse::<std::net::IpAddr>().is_err()
+                    {
+                        at.error(
+                            &format!("{sfield}.{name}[{k}]"),
+                            format!("{v:?} is not an IP address or CIDR block"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            let source = SourceMatch {
+                principals: values(&s.principals, &s.not_principals),
+                request_principals: values(&s.request_principals, &s.not_request_principals),
+                namespaces: values(&s.namespaces, &s.not_namespaces),
+                service_accounts: values(&s.service_accounts, &s.not_service_accounts),
+                ip_blocks: values(&s.ip_blocks, &s.not_ip_blocks),
+                remote_ip_blocks: values(&s.remote_ip_blocks, &s.not_remote_ip_blocks),
+            };
+            if source == SourceMatch::default() {
+                at.error(&sfield, "a source needs at least one field");
+                ok = false;
+            }
+            from.push(source);
+        }
+        let mut to = Vec::new();
+        for (j, t) in rule.to.iter().enumerate() {
+            let o = &t.operation;
+            let ofield = format!("{field}.to[{j}].operation");
+            for (name, ports) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
+                for (k, port) in ports.iter().enumerate() {
+                    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+                        at.error(
+                            &format!("{ofield}.{name}[{k}]"),
+                            format!("{port:?} is not a port number"),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            let operation = OperationMatch {
+                hosts: values(&o.hosts, &o.not_hosts),
+                ports: values(&o.ports, &o.not_ports),
+                methods: values(&o.methods, &o.not_methods),
+                paths: values(&o.paths, &o.not_paths),
+            };
+            if operation == OperationMatch::default() {
+                at.error(&ofield, "an operation needs at least one field");
+                ok = false;
+            }
+            to.push(operation);
+        }
+        let mut when = Vec::new();
+        for (j, c) in rule.when.iter().enumerate() {
+            if let Err(message) = condition_key(&c.key) {
+                at.error(&format!("{field}.when[{j}].key"), message);
+                ok = false;
+            }
+            if c.values.is_empty() && c.not_values.is_empty() {
+                at.error(&format!("{field}.when[{j}]"), "set values or notValues");
+                ok = false;
+            }
+            when.push(ConditionMatch {
+                key: c.key.clone(),
+                values: values(&c.values, &c.not_values),
+            });
+        }
+        rules.push(AuthzRule { from, to, when });
+    }
+    ok.then(|| AuthorizationPolicy {
+        name: format!("{}/{}", res.namespace, res.name),
+        action,
+        rules,
+    })
+}
+
+fn values(values: &[String], not_values: &[String]) -> ValueMatch {
+    ValueMatch {
+        values: values.to_vec(),
+        not_values: not_values.to_vec(),
+    }
+}
+
+/// The `when` keys Istio defines for HTTP traffic.
+fn condition_key(key: &str) -> Result<(), String> {
+    const KEYS: &[&str] = &[
+        "source.ip",
+        "remote.ip",
+        "source.namespace",
+        "source.principal",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+        "destination.ip",
+        "destination.port",
+        "connection.sni",
+        "experimental.envoy.filters.network.mysql_proxy[db.table]",
+    ];
+    let bracketed = |prefix: &str| {
+        key.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('['))
+            .is_some_and(|rest| rest.len() > 1 && rest.ends_with(']'))
+    };
+    if KEYS.contains(&key) || bracketed("request.headers") || bracketed("request.auth.claims") {
+        Ok(())
+    } else {
+        Err(format!("unknown condition key {key:?}"))
+    }
+}
+
+/// One applicable PeerAuthentication: its resource, mode and port-level modes.
+type Level<'r> = (&'r Resource, MtlsMode, Vec<(u16, MtlsMode)>);
+
+pub(super) fn peer_authentication(
+    resources: &[&Resource],
+    workload: &Workload,
+    findings: &mut Findings,
+) -> PeerAuthentication {
+    // Mesh, namespace, workload: the most specific applicable policy wins.
+    let mut levels: [Option<Level<'_>>; 3] = [None, None, None];
+    for res in resources {
+        let Spec::PeerAuthentication(pa) = &res.spec else {
+            continue;
+        };
+        let mut at = findings.at(res);
+        let Some(mode) = mode(pa.mtls.as_ref(), "spec.mtls.mode", &mut at) else {
+            continue;
+        };
+        let mut ports = Vec::new();
+        for (port, mtls) in &pa.port_level_mtls {
+            let field = format!("spec.portLevelMtls.{port}");
+            if pa.selector.is_none() {
+                at.error(&field, "portLevelMtls needs a selector");
+                continue;
+            }
+            match port.parse::<u16>() {
+                Ok(p) if p != 0 => {
+                    if let Some(m) = self::mode(Some(mtls), &format!("{field}.mode"), &mut at) {
+                        ports.push((p, m));
+                    }
+                }
+                _ => at.error(&field, format!("{port:?} is not a port number")),
+            }
+        }
+        if !applies(res, pa.selector.as_ref(), workload) {
+            continue;
+        }
+        let level = match (&pa.selector, res.namespace == ROOT_NAMESPACE) {
+            (Some(_), _) => 2,
+            (None, false) => 1,
+            (None, true) => 0,
+        };
+        if let Some((first, _, _)) = &levels[level] {
+            at.warn(
+                "metadata.name",
+                format!(
+                    "{} already applies at this level; this PeerAuthentication is ignored",
+                    first.key()
+                ),
+            );
+            continue;
+        }
+        levels[level] = Some((res, mode, ports));
+    }
+    let mut out = PeerAuthentication::default();
+    for (res, mode, ports) in levels.into_iter().flatten() {
+        if mode != MtlsMode::Unset {
+            out.mode = mode;
+        }
+        out.port_modes.extend(ports);
+        out.sources.push(format!("{}/{}", res.namespace, res.name));
+    }
+    out
+}
+
+fn mode(mtls: Option<&api::MutualTls>, field: &str, at: &mut At<'_>) -> Option<MtlsMode> {
+    Some(match mtls.and_then(|m| m.mode.as_deref()) {
+        None | Some("UNSET") => MtlsMode::Unset,
+        Some("DISABLE") => MtlsMode::Disable,
+        Some("PERMISSIVE") => MtlsMode::Permissive,
+        Some("STRICT") => MtlsMode::Strict,
+        Some(other) => {
+            at.error(
+                field,
+                format!("unknown mode {other:?}: expected UNSET, DISABLE, PERMISSIVE or STRICT"),
+            );
+            return None;
+        }
+    })
+}

@@ -1,0 +1,134 @@
+//! Peer authentication and authorization, as data (the enforcement lives in `mesh-policy`).
+
+use std::collections::BTreeMap;
+
+/// What an [`AuthorizationPolicy`] does when one of its rules matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum AuthzAction {
+    /// Allow matching requests; when any ALLOW policy applies, requests matching none are denied.
+    #[default]
+    Allow,
+    /// Deny matching requests (checked before ALLOW).
+    Deny,
+    /// Mark matching requests for audit logging; no effect on the decision.
+    Audit,
+    /// Delegate the decision to the named external provider.
+    Custom(String),
+}
+
+/// A list of values a request attribute must match, and values it must not match.
+///
+/// Values use Istio's forms: exact, `prefix*`, `*suffix`, and `*` for "present".
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ValueMatch {
+    /// The attribute matches when it matches any of these (an empty list matches anything).
+    pub values: Vec<String>,
+    /// The attribute must match none of these.
+    pub not_values: Vec<String>,
+}
+
+impl ValueMatch {
+    /// Whether neither list constrains anything.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.not_values.is_empty()
+    }
+}
+
+/// Who sent the request (Istio's `Source`); every non-empty field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SourceMatch {
+    /// Peer identities (`cluster.local/ns/default/sa/productpage`), from mTLS.
+    pub principals: ValueMatch,
+    /// Request identities (`iss/sub` of a validated JWT).
+    pub request_principals: ValueMatch,
+    /// Peer namespaces, from mTLS.
+    pub namespaces: ValueMatch,
+    /// Peer service accounts (`ns/sa` or `sa`), from mTLS.
+    pub service_accounts: ValueMatch,
+    /// Peer address blocks (CIDR or single IP).
+    pub ip_blocks: ValueMatch,
+    /// Original client address blocks (X-Forwarded-For aware).
+    pub remote_ip_blocks: ValueMatch,
+}
+
+/// What the request does (Istio's `Operation`); every non-empty field must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OperationMatch {
+    /// Hosts (`Host` / `:authority`), case-insensitive.
+    pub hosts: ValueMatch,
+    /// Destination ports, as decimal strings.
+    pub ports: ValueMatch,
+    /// HTTP methods.
+    pub methods: ValueMatch,
+    /// Paths (without the query string).
+    pub paths: ValueMatch,
+}
+
+/// An extra condition (`when`): `key` names an attribute such as `request.headers[x-token]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConditionMatch {
+    /// The attribute.
+    pub key: String,
+    /// The values it must (not) match.
+    pub values: ValueMatch,
+}
+
+/// One rule: it matches when any `from` matches (or there is none), any `to` matches (or there
+/// is none), and every `when` matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuthzRule {
+    /// Sources; any may match.
+    pub from: Vec<SourceMatch>,
+    /// Operations; any may match.
+    pub to: Vec<OperationMatch>,
+    /// Conditions; all must match.
+    pub when: Vec<ConditionMatch>,
+}
+
+/// An authorization policy that applies to this workload.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuthorizationPolicy {
+    /// `namespace/name`, for logs and metrics.
+    pub name: String,
+    /// What a match does.
+    pub action: AuthzAction,
+    /// The rules; a policy without rules matches nothing (an ALLOW policy without rules
+    /// therefore denies everything), a rule without fields matches everything.
+    pub rules: Vec<AuthzRule>,
+}
+
+/// The mutual TLS mode for inbound connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum MtlsMode {
+    /// Inherit from the parent scope (namespace, then mesh); PERMISSIVE at the top.
+    #[default]
+    Unset,
+    /// Plaintext only.
+    Disable,
+    /// Accept mTLS and plaintext on the same port.
+    Permissive,
+    /// Require mTLS with a client certificate.
+    Strict,
+}
+
+/// The effective peer authentication for this workload, after mesh, namespace and workload
+/// policies are combined (the most specific wins).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeerAuthentication {
+    /// The mode for every port without a port-level override.
+    pub mode: MtlsMode,
+    /// Port-level overrides, by the workload's port number.
+    pub port_modes: BTreeMap<u16, MtlsMode>,
+    /// The policies that contributed, as `namespace/name`, most specific last.
+    pub sources: Vec<String>,
+}
+
+impl PeerAuthentication {
+    /// The mode that applies on `port`; `Unset` resolves to PERMISSIVE, Istio's default.
+    pub fn mode_for(&self, port: u16) -> MtlsMode {
+        match self.port_modes.get(&port).copied().unwrap_or(self.mode) {
+            MtlsMode::Unset => MtlsMode::Permissive,
+            mode => mode,
+        }
+    }
+}
