@@ -1,0 +1,475 @@
+//! The Istio YAML loader: what it resolves, and the finding (with its field path) for each
+//! kind of bad input.
+
+use mesh_core::istio::{self, BuildOutcome, Severity};
+use mesh_core::model::{ClusterName, MtlsMode, RouteAction, Workload};
+
+const REGISTRY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: reviews }
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 9080, name: http, protocol: HTTP }]
+  endpoints:
+  - { address: 127.0.0.1, ports: { http: 19081 }, labels: { app: reviews, version: v1 } }
+  - { address: 127.0.0.1, ports: { http: 19082 }, labels: { app: reviews, version: v2 } }
+  - { address: 127.0.0.1, ports: { http: 19083 }, labels: { app: reviews, version: v3 } }
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: { name: reviews }
+spec:
+  host: reviews
+  trafficPolicy:
+    outlierDetection: { consecutive5xxErrors: 3, baseEjectionTime: 15s }
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+"#;
+
+fn load(extra: &str) -> BuildOutcome {
+    istio::load(
+        &[("registry.yaml", REGISTRY), ("test.yaml", extra)],
+        &Workload::default(),
+    )
+}
+
+/// The one error the config produces, as `check` prints it.
+fn single_error(extra: &str) -> String {
+    let outcome = load(extra);
+    let errors: Vec<String> = outcome.errors().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    assert!(
+        outcome.config.is_none(),
+        "a config with errors is not built"
+    );
+    errors[0].clone()
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: reviews }}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    )
+}
+
+#[test]
+fn a_canary_split_resolves_to_weighted_subset_clusters() {
+    let outcome = load(&vs(
+        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 90 }\n    - { destination: { host: reviews, subset: v2 }, weight: 10 }\n",
+    ));
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    for authority in [
+        "reviews",
+        "reviews:9080",
+        "reviews.default",
+        "reviews.default.svc:9080",
+        "reviews.default.svc.cluster.local:9080",
+        "REVIEWS.default.svc.cluster.local",
+    ] {
+        let vhost = config
+            .routes
+            .find(authority)
+            .unwrap_or_else(|| panic!("{authority} routes"));
+        let RouteAction::Forward(forward) = &vhost.routes[0].action else {
+            panic!("forward route");
+        };
+        let split: Vec<(&str, u32)> = forward
+            .destinations
+            .iter()
+            .map(|d| (d.cluster.as_str(), d.weight))
+            .collect();
+        assert_eq!(
+            split,
+            [
+                ("outbound|9080|v1|reviews.default.svc.cluster.local", 90),
+                ("outbound|9080|v2|reviews.default.svc.cluster.local", 10)
+            ]
+        );
+    }
+    assert!(config.routes.find("ratings").is_none());
+    let v2 = config
+        .cluster(&ClusterName::outbound(
+            9080,
+            Some("v2"),
+            "reviews.default.svc.cluster.local",
+        ))
+        .expect("subset cluster");
+    let ports: Vec<u16> = v2.endpoints.iter().map(|e| e.port).collect();
+    assert_eq!(
+        ports,
+        [19082],
+        "a subset holds the endpoints its labels select"
+    );
+    let od = v2
+        .policy
+        .outlier_detection
+        .as_ref()
+        .expect("inherited from the rule");
+    assert_eq!(od.consecutive_5xx_errors, Some(3));
+    let all = config
+        .cluster(&ClusterName::outbound(
+            9080,
+            None,
+            "reviews.default.svc.cluster.local",
+        ))
+        .expect("service cluster");
+    assert_eq!(all.endpoints.len(), 3);
+}
+
+#[test]
+fn a_service_without_virtual_service_gets_a_default_route_with_istio_retries() {
+    let outcome = load("");
+    let config = outcome.config.expect("valid");
+    let route = &config
+        .routes
+        .find("reviews:9080")
+        .expect("default vhost")
+        .routes[0];
+    assert!(route.matches.is_empty());
+    assert_eq!(route.retry.as_ref().map(|r| r.attempts), Some(2));
+}
+
+#[test]
+fn a_weight_sum_other_than_100_is_an_error_on_the_route() {
+    let e = single_error(&vs(
+        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 90 }\n    - { destination: { host: reviews, subset: v2 }, weight: 20 }\n",
+    ));
+    assert_eq!(
+        e,
+        "test.yaml: VirtualService default/reviews: spec.http[0].route: weights sum to 110, expected 100"
+    );
+}
+
+#[test]
+fn a_negative_weight_names_its_destination() {
+    let outcome = load(&vs(
+        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 110 }\n    - { destination: { host: reviews, subset: v2 }, weight: -10 }\n",
+    ));
+    let errors: Vec<String> = outcome.errors().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "test.yaml: VirtualService default/reviews: spec.http[0].route[0].weight: weight 110 is out of range 0..=100",
+            "test.yaml: VirtualService default/reviews: spec.http[0].route[1].weight: weight -10 is out of range 0..=100",
+        ]
+    );
+    let outcome = load(&vs(
+        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 90 }\n    - { destination: { host: reviews, subset: v2 }, weight: -10 }\n",
+    ));
+    let first = outcome.errors().next().expect("an error").to_string();
+    assert!(
+        first.contains("spec.http[0].route[1].weight: weight -10"),
+        "{first}"
+    );
+}
+
+#[test]
+fn an_unknown_field_is_an_error_with_its_path() {
+    let e = single_error(&vs(
+        "  - route:\n    - destination: { host: reviews, subst: v1 }\n",
+    ));
+    assert!(
+        e.starts_with("test.yaml: VirtualService default/reviews: spec.http[0].route[0].destination.subst: unknown field `subst`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_fields_under_metadata_are_tolerated() {
+    let outcome = load(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: r, labels: { a: b }, uid: x, generation: 3 }\nspec: { hosts: [reviews], http: [{ route: [{ destination: { host: reviews } }] }] }\n",
+    );
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+}
+
+#[test]
+fn a_subset_no_destination_rule_defines_is_an_error() {
+    let e = single_error(&vs(
+        "  - route:\n    - destination: { host: reviews, subset: v3 }\n",
+    ));
+    assert!(
+        e.ends_with("spec.http[0].route[0].destination.subset: subset \"v3\" is not defined by any DestinationRule for host \"reviews.default.svc.cluster.local\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_host_the_registry_does_not_know_is_an_error() {
+    let e = single_error(&vs("  - route:\n    - destination: { host: ratings }\n"));
+    assert!(
+        e.ends_with("spec.http[0].route[0].destination.host: host \"ratings.default.svc.cluster.local\" is not in the service registry (no ServiceEntry defines it)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_regex_names_the_regex_field() {
+    let e = single_error(&vs(
+        "  - match: [{ uri: { regex: \"/v1/(unclosed\" } }]\n    route:\n    - destination: { host: reviews }\n",
+    ));
+    assert!(
+        e.contains("spec.http[0].match[0].uri.regex: invalid regex \"/v1/(unclosed\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_duration_names_the_field() {
+    let e = single_error(&vs(
+        "  - timeout: 5x\n    route:\n    - destination: { host: reviews }\n",
+    ));
+    assert!(
+        e.contains("spec.http[0].timeout: invalid duration \"5x\""),
+        "{e}"
+    );
+    let e = single_error(&vs(
+        "  - retries: { attempts: 3, perTryTimeout: 2y }\n    route:\n    - destination: { host: reviews }\n",
+    ));
+    assert!(
+        e.contains("spec.http[0].retries.perTryTimeout: invalid duration \"2y\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_duplicate_resource_is_an_error_naming_the_first_file() {
+    let outcome = istio::load(
+        &[("registry.yaml", REGISTRY), ("again.yaml", REGISTRY)],
+        &Workload::default(),
+    );
+    let errors: Vec<String> = outcome.errors().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "again.yaml: ServiceEntry default/reviews: metadata.name: duplicate ServiceEntry default/reviews: already defined in registry.yaml",
+            "again.yaml: DestinationRule default/reviews: metadata.name: duplicate DestinationRule default/reviews: already defined in registry.yaml",
+        ]
+    );
+}
+
+#[test]
+fn two_virtual_services_for_one_host_are_a_warning_and_the_first_wins() {
+    let first = vs("  - route:\n    - destination: { host: reviews, subset: v1 }\n");
+    let second = first
+        .replace("name: reviews", "name: reviews-2")
+        .replace("subset: v1", "subset: v2");
+    let outcome = istio::load(
+        &[
+            ("registry.yaml", REGISTRY),
+            ("a.yaml", &first),
+            ("b.yaml", &second),
+        ],
+        &Workload::default(),
+    );
+    assert!(!outcome.has_errors());
+    let warning = &outcome.diagnostics[0];
+    assert_eq!(warning.severity, Severity::Warning);
+    assert_eq!(warning.field, "spec.hosts[0]");
+    assert!(
+        warning
+            .message
+            .contains("VirtualService default/reviews already routes")
+    );
+    let config = outcome.config.expect("warnings do not block");
+    let RouteAction::Forward(f) = &config.routes.find("reviews").unwrap().routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        f.destinations[0].cluster.as_str(),
+        "outbound|9080|v1|reviews.default.svc.cluster.local"
+    );
+}
+
+#[test]
+fn malformed_yaml_reports_line_and_column() {
+    let outcome = load("apiVersion: networking.istio.io/v1\nkind: [unclosed\n");
+    let e = outcome.errors().next().expect("an error").to_string();
+    assert!(e.starts_with("test.yaml: invalid YAML at line "), "{e}");
+}
+
+#[test]
+fn wrong_types_and_huge_numbers_are_errors_not_panics() {
+    let e = single_error(&vs(
+        "  - route:\n    - { destination: { host: reviews }, weight: lots }\n",
+    ));
+    assert!(e.contains("spec.http[0].route[0].weight"), "{e}");
+    let e = single_error(&vs(
+        "  - route:\n    - { destination: { host: reviews }, weight: 99999999999999999999999 }\n",
+    ));
+    assert!(e.contains("spec.http[0].route[0].weight"), "{e}");
+    let e = single_error(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: big }\nspec: { hosts: [big.example.com], ports: [{ number: 70000, name: http }], resolution: DNS }\n",
+    );
+    assert!(
+        e.contains("spec.ports[0].number: port 70000 is out of range"),
+        "{e}"
+    );
+}
+
+#[test]
+fn empty_files_and_empty_documents_are_fine() {
+    for text in ["", "---\n", "# only a comment\n", "---\n---\n"] {
+        let outcome = load(text);
+        assert!(
+            outcome.diagnostics.is_empty(),
+            "{text:?}: {:#?}",
+            outcome.diagnostics
+        );
+    }
+}
+
+#[test]
+fn api_versions_are_checked_per_group() {
+    let e = single_error(
+        "apiVersion: security.istio.io/v1\nkind: VirtualService\nmetadata: { name: x }\nspec: {}\n",
+    );
+    assert!(
+        e.contains("apiVersion: unsupported apiVersion \"security.istio.io/v1\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn deprecated_fault_percent_fields_are_accepted() {
+    let outcome = load(&vs(
+        "  - fault:\n      delay: { fixedDelay: 7s, percent: 50 }\n      abort: { httpStatus: 500, percent: 10 }\n    route:\n    - destination: { host: reviews, subset: v1 }\n",
+    ));
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.unwrap();
+    let fault = config.routes.find("reviews").unwrap().routes[0]
+        .fault
+        .clone()
+        .unwrap();
+    assert_eq!(fault.delay.unwrap().percentage.ppm(), 500_000);
+    assert_eq!(fault.abort.unwrap().percentage.ppm(), 100_000);
+}
+
+#[test]
+fn header_and_path_matches_keep_rule_order() {
+    let outcome = load(&vs(concat!(
+        "  - match: [{ headers: { end-user: { exact: jason } } }]\n",
+        "    route: [{ destination: { host: reviews, subset: v2 } }]\n",
+        "  - match: [{ uri: { prefix: /api }, method: { exact: GET }, queryParams: { debug: {} } }]\n",
+        "    route: [{ destination: { host: reviews, subset: v1 } }]\n",
+        "  - route: [{ destination: { host: reviews } }]\n",
+    )));
+    let config = outcome.config.expect("valid");
+    let routes = &config.routes.find("reviews").unwrap().routes;
+    assert_eq!(routes.len(), 3);
+    assert_eq!(routes[0].name, "reviews.0");
+    assert_eq!(routes[0].matches[0].headers[0].0, "end-user");
+    assert_eq!(
+        routes[1].matches[0].query_params[0],
+        ("debug".to_owned(), None)
+    );
+    assert!(routes[2].matches.is_empty());
+}
+
+#[test]
+fn security_resources_narrow_to_the_workload() {
+    let workload = Workload {
+        labels: [("app".to_owned(), "reviews".to_owned())].into(),
+        ..Workload::default()
+    };
+    let text = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: mesh, namespace: istio-system }
+spec: { mtls: { mode: PERMISSIVE } }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: reviews }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  mtls: { mode: STRICT }
+  portLevelMtls: { "9090": { mode: DISABLE } }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: reviews-viewer }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: [cluster.local/ns/default/sa/productpage] } }]
+    to: [{ operation: { methods: [GET], paths: ["/reviews*"] } }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: ratings-only }
+spec:
+  selector: { matchLabels: { app: ratings } }
+  rules: [{}]
+"#;
+    let outcome = istio::load(&[("sec.yaml", text)], &workload);
+    let config = outcome.config.expect("valid");
+    assert_eq!(config.peer_authentication.mode_for(9080), MtlsMode::Strict);
+    assert_eq!(config.peer_authentication.mode_for(9090), MtlsMode::Disable);
+    assert_eq!(
+        config.authorization.len(),
+        1,
+        "the ratings policy does not apply"
+    );
+    assert_eq!(config.authorization[0].name, "default/reviews-viewer");
+
+    let bad = text.replace("paths: [\"/reviews*\"]", "ports: [\"http\"]");
+    let outcome = istio::load(&[("sec.yaml", &bad)], &workload);
+    let e = outcome.errors().next().expect("an error").to_string();
+    assert!(
+        e.contains("spec.rules[0].to[0].operation.ports[0]: \"http\" is not a port number"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_bundled_examples_load_without_findings() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
+    let read = |rel: &str| {
+        let path = root.join(rel);
+        (
+            rel.to_owned(),
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")),
+        )
+    };
+    let quickstart = read("quickstart/mesh.yaml");
+    let outcome = istio::load(&[(&quickstart.0, &quickstart.1)], &Workload::default());
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+
+    let services = read("bookinfo/services.yaml");
+    for rules in [
+        "bookinfo/destination-rules.yaml",
+        "bookinfo/destination-rules-mtls.yaml",
+    ] {
+        let rules = read(rules);
+        for scenario in [
+            "bookinfo/virtual-service-all-v1.yaml",
+            "bookinfo/virtual-service-reviews-90-10.yaml",
+            "bookinfo/virtual-service-reviews-jason-v2-v3.yaml",
+            "bookinfo/virtual-service-ratings-test-delay.yaml",
+            "bookinfo/virtual-service-ratings-test-abort.yaml",
+            "bookinfo/fault-injection-details-v1.yaml",
+            "bookinfo/egress-google-apis.yaml",
+            "bookinfo/security.yaml",
+        ] {
+            let scenario = read(scenario);
+            let files = [
+                (services.0.as_str(), services.1.as_str()),
+                (rules.0.as_str(), rules.1.as_str()),
+                (scenario.0.as_str(), scenario.1.as_str()),
+            ];
+            let outcome = istio::load(&files, &Workload::default());
+            assert!(
+                outcome.diagnostics.is_empty(),
+                "{} + {}: {:#?}",
+                rules.0,
+                scenario.0,
+                outcome.diagnostics
+            );
+        }
+    }
+}
