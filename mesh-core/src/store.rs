@@ -44,7 +44,7 @@ impl Deref for Snapshot {
 }
 
 /// A change that failed validation, kept for the admin endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Rejection {
     /// Which source produced the change (`files`, `xds`).
     pub source: String,

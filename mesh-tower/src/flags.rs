@@ -62,10 +62,12 @@ pub enum ResponseFlag {
     OverloadManager,
     /// `DF`: DNS resolution of the upstream failed.
     DnsResolutionFailed,
+    /// `NC`: the route's upstream cluster was not found.
+    NoClusterFound,
 }
 
 impl ResponseFlag {
-    const ALL: [ResponseFlag; 19] = [
+    const ALL: [ResponseFlag; 20] = [
         Self::NoHealthyUpstream,
         Self::UpstreamConnectionFailure,
         Self::UpstreamOverflow,
@@ -85,6 +87,7 @@ impl ResponseFlag {
         Self::UpstreamMaxStreamDurationReached,
         Self::OverloadManager,
         Self::DnsResolutionFailed,
+        Self::NoClusterFound,
     ];
 
     /// Envoy's short code for this flag, as it appears in access logs and metrics labels.
@@ -109,6 +112,7 @@ impl ResponseFlag {
             Self::UpstreamMaxStreamDurationReached => "UMSDR",
             Self::OverloadManager => "OM",
             Self::DnsResolutionFailed => "DF",
+            Self::NoClusterFound => "NC",
         }
     }
 }

@@ -1,8 +1,29 @@
 //! The mesh's tower layers and the stacks that assemble them.
 //!
 //! Each layer is usable on its own around any `tower::Service<http::Request<B>>`; the
-//! outbound and inbound stacks compose them in the order `DESIGN.md` gives.
+//! [`outbound`] and [`inbound`] stacks compose them in the order `DESIGN.md` gives:
+//!
+//! ```text
+//! outbound: route -> split -> balance -> client
+//! inbound:  -> local app
+//! ```
+//!
+//! Layers pass what they decided down in request extensions ([`route::Routed`],
+//! [`split::Target`], [`balance::Upstream`]); failures travel up as
+//! [`error::ProxyError`] and become Envoy's responses in one place, [`error::to_response`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod client;
+pub mod error;
 pub mod flags;
+pub mod inbound;
+pub mod outbound;
+pub mod rng;
+pub mod route;
+pub mod server;
+pub mod source;
+pub mod split;

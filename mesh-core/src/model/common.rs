@@ -83,7 +83,17 @@ pub struct Pattern {
 impl Pattern {
     /// Compiles `source`; the match must cover the whole input.
     pub fn new(source: &str) -> Result<Self, regex::Error> {
-        let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+        Self::compile(source, &format!("^(?:{source})$"))
+    }
+
+    /// Compiles `source` to match anywhere in the input, as regex rewrites do (Envoy's
+    /// `regex_rewrite` replaces every match).
+    pub fn unanchored(source: &str) -> Result<Self, regex::Error> {
+        Self::compile(source, source)
+    }
+
+    fn compile(source: &str, pattern: &str) -> Result<Self, regex::Error> {
+        let regex = regex::RegexBuilder::new(pattern)
             .size_limit(1 << 20)
             .build()?;
         Ok(Self {
@@ -92,7 +102,7 @@ impl Pattern {
         })
     }
 
-    /// Whether the whole of `input` matches.
+    /// Whether `input` matches (the whole of it, unless built [`unanchored`](Self::unanchored)).
     pub fn is_match(&self, input: &str) -> bool {
         self.regex.is_match(input)
     }
@@ -102,7 +112,7 @@ impl Pattern {
         &self.source
     }
 
-    /// The compiled (anchored) regex, for rewrites that use capture groups.
+    /// The compiled regex, for rewrites that use capture groups.
     pub fn regex(&self) -> &regex::Regex {
         &self.regex
     }

@@ -65,6 +65,12 @@ impl RouteTable {
     /// assert!(table.find("ratings").is_none());
     /// ```
     pub fn find(&self, authority: &str) -> Option<&VirtualHost> {
+        self.find_index(authority)
+            .and_then(|i| self.virtual_hosts.get(i))
+    }
+
+    /// Like [`find`](Self::find), the index of the virtual host in [`virtual_hosts`](Self::virtual_hosts).
+    pub fn find_index(&self, authority: &str) -> Option<usize> {
         let lower;
         let authority = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = authority.to_ascii_lowercase();
@@ -72,15 +78,14 @@ impl RouteTable {
         } else {
             authority
         };
-        let index = self.exact.get(authority).copied().or_else(|| {
+        self.exact.get(authority).copied().or_else(|| {
             let host = strip_port(authority);
             self.suffixes
                 .iter()
                 .find(|(suffix, _)| host.ends_with(suffix.as_str()) && host.len() > suffix.len())
                 .map(|(_, i)| *i)
                 .or(self.catch_all)
-        })?;
-        self.virtual_hosts.get(index)
+        })
     }
 }
 

@@ -638,7 +638,7 @@ fn rewrite(rw: &api::HttpRewrite, field: &str, at: &mut At<'_>) -> Option<Rewrit
         Some(r) => Some((
             at.check(
                 &format!("{field}.uriRegexRewrite.match"),
-                values::pattern(&r.pattern),
+                values::rewrite_pattern(&r.pattern),
             )?,
             r.rewrite.clone(),
         )),

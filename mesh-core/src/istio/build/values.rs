@@ -92,9 +92,9 @@ pub(super) fn string_match(m: &api::StringMatch) -> Result<Option<StringMatch>, 
     Ok(None)
 }
 
-/// A regex pattern, with a one-line reason on failure.
-pub(super) fn pattern(source: &str) -> Result<Pattern, String> {
-    Pattern::new(source)
+/// An unanchored regex pattern (for rewrites), with a one-line reason on failure.
+pub(super) fn rewrite_pattern(source: &str) -> Result<Pattern, String> {
+    Pattern::unanchored(source)
         .map_err(|e| format!("invalid regex {source:?}: {}", first_line(&e.to_string())))
 }
 

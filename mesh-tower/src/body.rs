@@ -1,0 +1,31 @@
+//! The body type the stacks hand back, and constructors for the proxy's own responses.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// A boxed error, as tower and hyper pass them around.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response a stack returns: the upstream's, or one the proxy made.
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Boxes any body whose errors convert into [`BoxError`].
+pub fn boxed<B>(body: B) -> BoxBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> BoxBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}

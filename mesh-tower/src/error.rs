@@ -1,0 +1,107 @@
+//! The proxy's errors, and the one place where an error becomes a response.
+//!
+//! Layers fail with a [`ProxyError`] (boxed as a [`BoxError`], as tower passes errors); the
+//! stack's edge calls [`to_response`], which maps it the way Envoy does and marks the
+//! response with Envoy's [`ResponseFlag`].
+
+use crate::body::{self, BoxBody, BoxError};
+use crate::flags::{ResponseFlag, ResponseFlags};
+use http::{HeaderValue, Response, StatusCode};
+
+/// Why the proxy could not serve a request from an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No virtual host or route matches the request.
+    #[error("no route for {authority:?}")]
+    NoRoute {
+        /// The authority that was looked up.
+        authority: String,
+    },
+    /// The request names no destination (no `Host`, no absolute URI).
+    #[error("request has no host")]
+    MissingHost,
+    /// The route's cluster is not in the snapshot.
+    #[error("cluster {0} not found")]
+    ClusterNotFound(String),
+    /// The cluster has no endpoint to send to.
+    #[error("no healthy upstream in {0}")]
+    NoHealthyUpstream(String),
+    /// Connecting to the upstream failed.
+    #[error("upstream connect error to {endpoint}: {source}")]
+    ConnectFailure {
+        /// The endpoint tried.
+        endpoint: String,
+        /// The connect error.
+        #[source]
+        source: BoxError,
+    },
+    /// The upstream connection failed after the request was sent.
+    #[error("upstream connection to {endpoint} failed: {source}")]
+    UpstreamReset {
+        /// The endpoint tried.
+        endpoint: String,
+        /// The I/O or protocol error.
+        #[source]
+        source: BoxError,
+    },
+    /// The request could not be turned into a valid upstream request.
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// The status code and response flag Envoy uses for this error.
+    pub fn status_and_flag(&self) -> (StatusCode, ResponseFlag) {
+        match self {
+            Self::NoRoute { .. } | Self::MissingHost => {
+                (StatusCode::NOT_FOUND, ResponseFlag::NoRouteFound)
+            }
+            Self::ClusterNotFound(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::NoClusterFound,
+            ),
+            Self::NoHealthyUpstream(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::NoHealthyUpstream,
+            ),
+            Self::ConnectFailure { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::UpstreamConnectionFailure,
+            ),
+            Self::UpstreamReset { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::UpstreamConnectionTermination,
+            ),
+            Self::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                ResponseFlag::DownstreamProtocolError,
+            ),
+        }
+    }
+}
+
+/// Turns any error from a stack into the response the client gets.
+///
+/// [`ProxyError`]s map as Envoy maps them; any other error is an upstream failure (503 with
+/// `UC`). The body is Envoy-style plain text, e.g. `no healthy upstream`.
+pub fn to_response(error: &BoxError) -> Response<BoxBody> {
+    let (status, flag) = match error.downcast_ref::<ProxyError>() {
+        Some(e) => e.status_and_flag(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ResponseFlag::UpstreamConnectionTermination,
+        ),
+    };
+    let text = match error.downcast_ref::<ProxyError>() {
+        Some(ProxyError::NoHealthyUpstream(_)) => "no healthy upstream".to_owned(),
+        _ => error.to_string(),
+    };
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    ResponseFlags::mark(&mut response, flag);
+    response
+}

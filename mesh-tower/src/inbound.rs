@@ -1,0 +1,91 @@
+//! The inbound stack: requests from other workloads, forwarded to the local application.
+//!
+//! The application's address comes from the Sidecar resource's ingress listener for the
+//! port the client addressed, else from the first ingress listener, else from the default
+//! the embedder gives (the sidecar's `--app-port`).
+
+use crate::body::{self, BoxBody, BoxError};
+use crate::client::UpstreamClient;
+use crate::error::{self, ProxyError};
+use crate::route::destination;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use mesh_core::model::Protocol;
+use mesh_core::store::ConfigStore;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+/// Forwards inbound requests to the local application.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    store: Arc<ConfigStore>,
+    default_app: Option<SocketAddr>,
+    client: UpstreamClient,
+}
+
+impl Inbound {
+    /// Forwards to the app the config's Sidecar names, else to `default_app`.
+    pub fn new(
+        store: Arc<ConfigStore>,
+        default_app: Option<SocketAddr>,
+        client: UpstreamClient,
+    ) -> Self {
+        Self {
+            store,
+            default_app,
+            client,
+        }
+    }
+
+    fn app_for<B>(&self, req: &Request<B>) -> Option<(SocketAddr, Protocol)> {
+        let snapshot = self.store.load();
+        let port = destination(req)
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        let listeners = &snapshot.inbound;
+        listeners
+            .iter()
+            .find(|l| Some(l.port) == port)
+            .or(listeners.first())
+            .map(|l| (l.default_endpoint, l.protocol))
+            .or(self.default_app.map(|a| (a, Protocol::Http)))
+    }
+}
+
+impl<B> Service<Request<B>> for Inbound
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some((app, protocol)) = self.app_for(&req) else {
+            let e: BoxError = ProxyError::NoRoute {
+                authority: destination(&req).unwrap_or_default().to_owned(),
+            }
+            .into();
+            return Box::pin(async move { Ok(error::to_response(&e)) });
+        };
+        let authority = match http::uri::Authority::try_from(app.to_string()) {
+            Ok(a) => a,
+            Err(e) => {
+                let e: BoxError = ProxyError::BadRequest(e.to_string()).into();
+                return Box::pin(async move { Ok(error::to_response(&e)) });
+            }
+        };
+        let http2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
+        let future = self.client.send(req.map(body::boxed), authority, http2);
+        Box::pin(async move { Ok(future.await.unwrap_or_else(|e| error::to_response(&e))) })
+    }
+}

@@ -1,0 +1,109 @@
+//! The outbound stack: route -> split -> balance -> client, with errors turned into
+//! responses at the edge.
+
+use crate::balance::RoundRobinLayer;
+use crate::body::{self, BoxBody, BoxError};
+use crate::client::UpstreamClient;
+use crate::error;
+use crate::rng::Rng;
+use crate::route::RouteLayer;
+use crate::split::SplitLayer;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use mesh_core::store::ConfigStore;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+use tower_service::Service;
+
+/// Builds an [`Outbound`] service.
+#[derive(Clone, Debug)]
+pub struct OutboundBuilder {
+    store: Arc<ConfigStore>,
+    rng: Rng,
+    client: UpstreamClient,
+}
+
+impl OutboundBuilder {
+    /// Draw splits from `rng` (seed it for reproducible tests).
+    pub fn rng(mut self, rng: Rng) -> Self {
+        self.rng = rng;
+        self
+    }
+
+    /// Send through `client` (to share its pools with another stack).
+    pub fn client(mut self, client: UpstreamClient) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// The service.
+    pub fn build(self) -> Outbound {
+        let inner = ServiceBuilder::new()
+            .layer(RouteLayer::new(self.store))
+            .layer(SplitLayer::new(self.rng))
+            .layer(RoundRobinLayer::new())
+            .service(self.client);
+        Outbound {
+            inner: BoxCloneSyncService::new(inner),
+        }
+    }
+}
+
+/// The outbound stack as one service: any request in, a response out (never an error: a
+/// failure is the response Envoy would give, flagged with its response flag).
+///
+/// ```no_run
+/// use mesh_core::{model::MeshConfig, store::ConfigStore};
+/// use mesh_tower::outbound::Outbound;
+/// use std::sync::Arc;
+///
+/// let store = Arc::new(ConfigStore::new(MeshConfig::default()));
+/// let outbound = Outbound::builder(store).build();
+/// // Serve it with `mesh_tower::server`, or call it from an axum handler as a client.
+/// # let _ = outbound;
+/// ```
+#[derive(Clone)]
+pub struct Outbound {
+    inner: BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+impl Outbound {
+    /// A builder for the stack over `store`'s live config.
+    pub fn builder(store: Arc<ConfigStore>) -> OutboundBuilder {
+        OutboundBuilder {
+            store,
+            rng: Rng::from_entropy(),
+            client: UpstreamClient::new(),
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Outbound
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Every layer is always ready: their readiness is per request.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let future = self.inner.call(req.map(body::boxed));
+        Box::pin(async move { Ok(future.await.unwrap_or_else(|e| error::to_response(&e))) })
+    }
+}

@@ -1,0 +1,200 @@
+//! Request and response changes a route makes: header operations, path and authority
+//! rewrites, redirect locations.
+
+use crate::error::ProxyError;
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Uri};
+use mesh_core::model::{HeaderOps, Redirect, RedirectPort, Rewrite, RouteMatch, StringMatch};
+
+/// Applies `ops` to `headers`: remove, then set (replace), then add (append).
+pub fn apply_header_ops(ops: &HeaderOps, headers: &mut HeaderMap) {
+    if ops.is_empty() {
+        return;
+    }
+    for name in &ops.remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in &ops.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &ops.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
+/// Rewrites the request's path (prefix or regex) and authority.
+pub(super) fn apply<B>(
+    rewrite: &Rewrite,
+    matched: Option<&RouteMatch>,
+    req: &mut Request<B>,
+) -> Result<(), ProxyError> {
+    let path = req.uri().path();
+    let new_path = if let Some(prefix) = &rewrite.uri_prefix {
+        Some(match matched.and_then(|m| m.uri.as_ref()) {
+            Some(StringMatch::Prefix(p)) => {
+                // The match may have ignored case: cut by length, not by text.
+                let rest = path.get(p.len()..).unwrap_or_default();
+                format!("{prefix}{rest}")
+            }
+            _ => prefix.clone(),
+        })
+    } else {
+        rewrite.uri_regex.as_ref().map(|(pattern, substitution)| {
+            pattern
+                .regex()
+                .replace_all(path, envoy_substitution(substitution).as_str())
+                .into_owned()
+        })
+    };
+    if let Some(new_path) = new_path {
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(path_and_query.parse().map_err(|_| {
+            ProxyError::BadRequest(format!("rewritten path {path_and_query:?} is invalid"))
+        })?);
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    }
+    if let Some(authority) = &rewrite.authority {
+        let value = HeaderValue::try_from(authority.as_str()).map_err(|_| {
+            ProxyError::BadRequest(format!("rewritten authority {authority:?} is invalid"))
+        })?;
+        req.headers_mut().insert(HOST, value);
+        if req.uri().authority().is_some() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.authority = authority.parse().ok();
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RE2/Envoy substitutions (`\1`) in the regex crate's syntax (`${1}`).
+fn envoy_substitution(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push_str("${");
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    out.push(d);
+                }
+                out.push('}');
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The `Location` of a redirect for `req`.
+pub(super) fn redirect_location<B>(
+    redirect: &Redirect,
+    req: &Request<B>,
+    authority: &str,
+) -> String {
+    let scheme = redirect
+        .scheme
+        .as_deref()
+        .or(req.uri().scheme_str())
+        .unwrap_or("http");
+    let (request_host, request_port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let host = redirect.authority.as_deref().unwrap_or(request_host);
+    let port = match redirect.port {
+        Some(RedirectPort::Port(p)) => Some(p.to_string()),
+        Some(RedirectPort::FromProtocolDefault) => None,
+        Some(RedirectPort::FromRequestPort) => request_port.map(str::to_owned),
+        None if redirect.authority.is_some() => None,
+        None => request_port.map(str::to_owned),
+    };
+    let path = match &redirect.uri {
+        Some(uri) => uri.clone(),
+        None => req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+    };
+    match port {
+        Some(port) => format!("{scheme}://{host}:{port}{path}"),
+        None => format!("{scheme}://{host}{path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::model::Pattern;
+
+    #[test]
+    fn prefix_rewrite_keeps_the_rest_and_the_query() {
+        let rewrite = Rewrite {
+            uri_prefix: Some("/v2".into()),
+            ..Rewrite::default()
+        };
+        let m = RouteMatch {
+            uri: Some(StringMatch::Prefix("/api".into())),
+            ..RouteMatch::default()
+        };
+        let mut req = Request::get("/api/items?x=1").body(()).unwrap();
+        apply(&rewrite, Some(&m), &mut req).unwrap();
+        assert_eq!(req.uri(), "/v2/items?x=1");
+    }
+
+    #[test]
+    fn regex_rewrite_uses_capture_groups() {
+        let rewrite = Rewrite {
+            uri_regex: Some((
+                Pattern::unanchored("^/service/([^/]+)(/.*)$").unwrap(),
+                "\\2/instance/\\1".into(),
+            )),
+            ..Rewrite::default()
+        };
+        let mut req = Request::get("/service/foo/v1/api").body(()).unwrap();
+        apply(&rewrite, None, &mut req).unwrap();
+        assert_eq!(req.uri(), "/v1/api/instance/foo");
+    }
+
+    #[test]
+    fn redirect_keeps_the_request_port_unless_told() {
+        let redirect = Redirect {
+            uri: Some("/v1/bookRatings".into()),
+            authority: Some("newratings.default.svc.cluster.local".into()),
+            scheme: None,
+            port: None,
+            code: 301,
+        };
+        let req = Request::get("/v1/getProductRatings").body(()).unwrap();
+        assert_eq!(
+            redirect_location(&redirect, &req, "ratings:9080"),
+            "http://newratings.default.svc.cluster.local/v1/bookRatings"
+        );
+        let keep = Redirect {
+            authority: None,
+            ..redirect
+        };
+        assert_eq!(
+            redirect_location(&keep, &req, "ratings:9080"),
+            "http://ratings:9080/v1/bookRatings"
+        );
+    }
+}

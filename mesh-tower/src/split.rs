@@ -1,0 +1,115 @@
+//! The split layer: a weighted choice among the matched route's destinations (a 90/10
+//! canary), each a cluster of the snapshot.
+
+use crate::body::{BoxBody, BoxError};
+use crate::error::ProxyError;
+use crate::rng::Rng;
+use crate::route::{Routed, apply_header_ops};
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use mesh_core::model::Cluster;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The cluster the split layer chose, for the layers below it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The chosen cluster.
+    pub cluster: Arc<Cluster>,
+}
+
+/// Picks one of a [`Routed`] request's weighted destinations.
+#[derive(Clone, Debug, Default)]
+pub struct SplitLayer {
+    rng: Rng,
+}
+
+impl SplitLayer {
+    /// A layer drawing from `rng` (seed it for reproducible splits).
+    pub fn new(rng: Rng) -> Self {
+        Self { rng }
+    }
+}
+
+impl<S> Layer<S> for SplitLayer {
+    type Service = Split<S>;
+
+    fn layer(&self, inner: S) -> Split<S> {
+        Split {
+            rng: self.rng.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`SplitLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Split<S> {
+    rng: Rng,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Split<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let Some(routed) = req.extensions().get::<Routed>().cloned() else {
+            let e = ProxyError::BadRequest("the split layer needs a routed request".into());
+            return Box::pin(async move { Err(e.into()) });
+        };
+        let Some(forward) = routed.forward() else {
+            let e = ProxyError::BadRequest("the route does not forward".into());
+            return Box::pin(async move { Err(e.into()) });
+        };
+        let draw = self.rng.below(forward.total_weight());
+        let Some((index, chosen)) = forward
+            .destinations
+            .iter()
+            .enumerate()
+            .scan(draw, |left, (i, d)| {
+                let hit = *left < d.weight;
+                *left = left.saturating_sub(d.weight);
+                Some((i, d, hit))
+            })
+            .find(|(_, _, hit)| *hit)
+            .map(|(i, d, _)| (i, d))
+        else {
+            let e = ProxyError::NoHealthyUpstream(format!(
+                "route {} has no weighted destination",
+                routed.route().name
+            ));
+            return Box::pin(async move { Err(e.into()) });
+        };
+        let Some(cluster) = routed.snapshot().cluster(&chosen.cluster).cloned() else {
+            let e = ProxyError::ClusterNotFound(chosen.cluster.to_string());
+            return Box::pin(async move { Err(e.into()) });
+        };
+        apply_header_ops(&chosen.request_headers, req.headers_mut());
+        req.extensions_mut().insert(Target { cluster });
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut response = inner.call(req).await?;
+            if let Some(forward) = routed.forward() {
+                apply_header_ops(
+                    &forward.destinations[index].response_headers,
+                    response.headers_mut(),
+                );
+            }
+            Ok(response)
+        })
+    }
+}
