@@ -63,9 +63,9 @@ impl UpstreamClient {
                 .uri()
                 .authority()
                 .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
-            {
-                req.headers_mut().insert(HOST, original);
-            }
+        {
+            req.headers_mut().insert(HOST, original);
+        }
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(authority.clone());

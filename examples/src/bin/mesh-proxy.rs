@@ -1,1 +1,249 @@
-fn main() {}
+//! `mesh-proxy`: the mesh as a standalone sidecar.
+//!
+//! ```text
+//! mesh-proxy run --config examples/config/quickstart --demo-upstreams
+//! mesh-proxy check examples/config/bookinfo/services.yaml examples/config/bookinfo/destination-rules.yaml
+//! ```
+//!
+//! Exit codes: 0 after a clean drain (or a `check` without errors), 1 on a config error,
+//! 2 on bad arguments.
+
+use clap::{Args, Parser, Subcommand};
+use mesh_core::model::{Labels, Workload};
+use mesh_examples::demo;
+use mesh_examples::proxy::{Options, Proxy, StartError};
+use mesh_tower::server::Drain;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mesh-proxy",
+    version,
+    about = "A service mesh sidecar driven by Istio config"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the sidecar.
+    Run(RunArgs),
+    /// Validate config files like `istioctl analyze`; exit 1 when there are errors.
+    Check {
+        /// Files or directories of Istio YAML.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        workload: WorkloadArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Istio YAML file or directory (repeatable); watched for changes.
+    #[arg(long = "config", required = true)]
+    config: Vec<PathBuf>,
+    /// Outbound listener port (0: any free port), on 127.0.0.1.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Inbound listener port, on --listen-address.
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Admin port, on 127.0.0.1.
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Health port (`/healthz/ready`), on --listen-address.
+    #[arg(long, default_value_t = 15021)]
+    health_port: u16,
+    /// Where inbound traffic goes when no Sidecar resource says: 127.0.0.1:PORT.
+    #[arg(long)]
+    app_port: Option<u16>,
+    /// Address of the inbound and health listeners.
+    #[arg(long, default_value = "0.0.0.0")]
+    listen_address: IpAddr,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Also start a small HTTP server for every 127.0.0.1 endpoint in the config (demo).
+    #[arg(long)]
+    demo_upstreams: bool,
+    /// Grace period for in-flight requests on SIGTERM/SIGINT, in seconds.
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
+    /// How often to check the config files for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    reload_interval_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct WorkloadArgs {
+    /// The workload's namespace.
+    #[arg(long, default_value = "default")]
+    workload_namespace: String,
+    /// The workload's labels, `k=v,k=v`.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    workload_labels: Labels,
+    /// The workload's service account.
+    #[arg(long, default_value = "default")]
+    service_account: String,
+}
+
+impl WorkloadArgs {
+    fn workload(&self) -> Workload {
+        Workload {
+            namespace: self.workload_namespace.clone(),
+            labels: self.workload_labels.clone(),
+            service_account: self.service_account.clone(),
+            ..Workload::default()
+        }
+    }
+}
+
+fn parse_labels(text: &str) -> Result<Labels, String> {
+    text.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => Err(format!("{pair:?} is not key=value")),
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mesh-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Check { paths, workload } => runtime.block_on(check(paths, workload.workload())),
+        Command::Run(args) => runtime.block_on(run(args)),
+    }
+}
+
+async fn check(paths: Vec<PathBuf>, workload: Workload) -> ExitCode {
+    let loaded = mesh_tower::source::FileSource::new(paths, workload)
+        .load()
+        .await;
+    for d in &loaded.diagnostics {
+        println!("{d}");
+    }
+    let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = loaded.diagnostics.len() - errors;
+    if errors > 0 {
+        eprintln!("{errors} error(s), {warnings} warning(s)");
+        ExitCode::FAILURE
+    } else {
+        eprintln!("config is valid ({warnings} warning(s))");
+        ExitCode::SUCCESS
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let options = Options {
+        outbound: SocketAddr::new(loopback, args.outbound_port),
+        inbound: SocketAddr::new(args.listen_address, args.inbound_port),
+        admin: SocketAddr::new(loopback, args.admin_port),
+        health: SocketAddr::new(args.listen_address, args.health_port),
+        app: args.app_port.map(|p| SocketAddr::new(loopback, p)),
+        workload: args.workload.workload(),
+        reload_interval: Duration::from_millis(args.reload_interval_ms.max(10)),
+        drain_grace: Duration::from_secs(args.drain_seconds),
+        ..Options::new(args.config, args.listen_address)
+    };
+    let proxy = match Proxy::start(options).await {
+        Ok(proxy) => proxy,
+        Err(StartError::Config(diagnostics)) => {
+            for d in &diagnostics {
+                eprintln!("{d}");
+            }
+            eprintln!("mesh-proxy: the config has errors; not starting");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("mesh-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &proxy.warnings {
+        tracing::warn!("{w}");
+    }
+    let demo = if args.demo_upstreams {
+        match demo::start(&proxy.store().load()).await {
+            Ok(demo) => {
+                for (addr, reply) in &demo.servers {
+                    tracing::info!("demo upstream on {addr} answers {:?}", reply.trim_end());
+                }
+                Some(demo)
+            }
+            Err(e) => {
+                eprintln!("mesh-proxy: {e}");
+                proxy.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    tracing::info!(
+        "mesh-proxy listening outbound={} inbound={} admin={} health={}",
+        proxy.outbound,
+        proxy.inbound,
+        proxy.admin,
+        proxy.health
+    );
+    let signal = shutdown_signal().await;
+    tracing::info!("received {signal}: draining");
+    let drain = proxy.shutdown().await;
+    if let Some(demo) = demo {
+        demo.shutdown().await;
+    }
+    match drain {
+        Drain::Complete => tracing::info!("drained; exiting"),
+        Drain::TimedOut => tracing::warn!("grace period over with requests in flight; exiting"),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}

@@ -1,0 +1,205 @@
+//! The sidecar: four listeners over one watched config.
+//!
+//! - outbound: the local app's requests to other services (HTTP/1.1 and h2c on one port;
+//!   the destination is `Host`/`:authority` or an absolute-form URI);
+//! - inbound: other workloads' requests to the local app;
+//! - admin: `/config_dump`, `/clusters`, `/ready`;
+//! - health: `/healthz/ready`.
+
+use mesh_core::istio::Diagnostic;
+use mesh_core::model::Workload;
+use mesh_core::store::ConfigStore;
+use mesh_tower::admin::{Admin, Readiness};
+use mesh_tower::client::UpstreamClient;
+use mesh_tower::inbound::Inbound;
+use mesh_tower::outbound::Outbound;
+use mesh_tower::rng::Rng;
+use mesh_tower::server::{Drain, serve};
+use mesh_tower::source::FileSource;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Everything the sidecar needs to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Istio YAML files and directories.
+    pub config: Vec<PathBuf>,
+    /// Where the outbound listener binds (port 0: any free port).
+    pub outbound: SocketAddr,
+    /// Where the inbound listener binds.
+    pub inbound: SocketAddr,
+    /// Where the admin listener binds.
+    pub admin: SocketAddr,
+    /// Where the health listener binds.
+    pub health: SocketAddr,
+    /// The local app, when no Sidecar resource names it.
+    pub app: Option<SocketAddr>,
+    /// Who this sidecar runs beside.
+    pub workload: Workload,
+    /// How often the config files are checked for changes.
+    pub reload_interval: Duration,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_grace: Duration,
+    /// A fixed seed for traffic splits (reproducible runs); entropy when `None`.
+    pub seed: Option<u64>,
+}
+
+impl Options {
+    /// Options with Istio's ports on `listen` (outbound and admin stay on loopback), for the
+    /// config at `config`.
+    pub fn new(config: Vec<PathBuf>, listen: std::net::IpAddr) -> Self {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        Self {
+            config,
+            outbound: SocketAddr::new(loopback, 15001),
+            inbound: SocketAddr::new(listen, 15006),
+            admin: SocketAddr::new(loopback, 15000),
+            health: SocketAddr::new(listen, 15021),
+            app: None,
+            workload: Workload::default(),
+            reload_interval: Duration::from_secs(1),
+            drain_grace: Duration::from_secs(5),
+            seed: None,
+        }
+    }
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config has errors.
+    #[error("invalid config ({} errors)", .0.iter().filter(|d| d.is_error()).count())]
+    Config(Vec<Diagnostic>),
+    /// A listener could not bind.
+    #[error("cannot bind the {listener} listener on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        listener: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The outbound listener's address.
+    pub outbound: SocketAddr,
+    /// The inbound listener's address.
+    pub inbound: SocketAddr,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+    /// The health listener's address.
+    pub health: SocketAddr,
+    /// Warnings found in the initial config.
+    pub warnings: Vec<Diagnostic>,
+    store: Arc<ConfigStore>,
+    readiness: Readiness,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<Drain>>,
+    watcher: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Loads the config, binds every listener, and starts serving and watching the config.
+    pub async fn start(options: Options) -> Result<Proxy, StartError> {
+        let source = FileSource::new(options.config.clone(), options.workload.clone());
+        let loaded = source.load().await;
+        let Some(config) = loaded.config.clone() else {
+            return Err(StartError::Config(loaded.diagnostics));
+        };
+        let warnings = loaded.diagnostics.clone();
+        let store = Arc::new(ConfigStore::new(config));
+        let bind = |listener: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    listener,
+                    addr,
+                    source,
+                })
+        };
+        let outbound_listener = bind("outbound", options.outbound).await?;
+        let inbound_listener = bind("inbound", options.inbound).await?;
+        let admin_listener = bind("admin", options.admin).await?;
+        let health_listener = bind("health", options.health).await?;
+        let local = |l: &TcpListener, fallback: SocketAddr| l.local_addr().unwrap_or(fallback);
+        let (outbound, inbound, admin, health) = (
+            local(&outbound_listener, options.outbound),
+            local(&inbound_listener, options.inbound),
+            local(&admin_listener, options.admin),
+            local(&health_listener, options.health),
+        );
+
+        let client = UpstreamClient::new();
+        let rng = options.seed.map_or_else(Rng::from_entropy, Rng::with_seed);
+        let outbound_service = Outbound::builder(store.clone())
+            .rng(rng)
+            .client(client.clone())
+            .build();
+        let inbound_service = Inbound::new(store.clone(), options.app, client);
+        let readiness = Readiness::default();
+        let admin_service = Admin::new(store.clone(), readiness.clone());
+
+        let (stop, stopped) = watch::channel(false);
+        let signal = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+        let grace = options.drain_grace;
+        let servers = vec![
+            tokio::spawn(serve(outbound_listener, outbound_service, signal(), grace)),
+            tokio::spawn(serve(inbound_listener, inbound_service, signal(), grace)),
+            tokio::spawn(serve(
+                admin_listener,
+                admin_service.clone(),
+                signal(),
+                grace,
+            )),
+            tokio::spawn(serve(health_listener, admin_service, signal(), grace)),
+        ];
+        let watcher = tokio::spawn(source.watch(store.clone(), loaded, options.reload_interval));
+        readiness.set(true);
+        Ok(Proxy {
+            outbound,
+            inbound,
+            admin,
+            health,
+            warnings,
+            store,
+            readiness,
+            stop,
+            servers,
+            watcher,
+        })
+    }
+
+    /// The live config store.
+    pub fn store(&self) -> &Arc<ConfigStore> {
+        &self.store
+    }
+
+    /// Stops accepting, waits for in-flight requests (up to the grace period), and stops.
+    pub async fn shutdown(self) -> Drain {
+        self.readiness.set(false);
+        self.watcher.abort();
+        let _ = self.stop.send(true);
+        let mut drain = Drain::Complete;
+        for server in self.servers {
+            if !matches!(server.await, Ok(Drain::Complete)) {
+                drain = Drain::TimedOut;
+            }
+        }
+        drain
+    }
+}
