@@ -41,14 +41,14 @@ pub async fn start(config: &MeshConfig) -> std::io::Result<DemoUpstreams> {
     let mut endpoints: BTreeMap<SocketAddr, String> = BTreeMap::new();
     for cluster in config.clusters.values().filter(|c| c.subset.is_none()) {
         for e in &cluster.endpoints {
-            if let Address::Ip(ip) = e.address {
-                if ip.is_loopback() {
-                    let version = e.labels.get("version").map_or("-", String::as_str);
-                    let service = cluster.service.split('.').next().unwrap_or_default();
-                    endpoints
-                        .entry(SocketAddr::new(ip, e.port))
-                        .or_insert_with(|| format!("{service} {version}"));
-                }
+            if let Address::Ip(ip) = e.address
+                && ip.is_loopback()
+            {
+                let version = e.labels.get("version").map_or("-", String::as_str);
+                let service = cluster.service.split('.').next().unwrap_or_default();
+                endpoints
+                    .entry(SocketAddr::new(ip, e.port))
+                    .or_insert_with(|| format!("{service} {version}"));
             }
         }
     }

@@ -1,0 +1,251 @@
+//! Test helpers: counting upstream servers on 127.0.0.1, a config directory, HTTP clients.
+#![allow(dead_code)] // Each test binary uses a different part.
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_examples::proxy::{Options, Proxy};
+use mesh_tower::body::{self, BoxBody};
+use mesh_tower::server::serve;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// An upstream that answers its name and counts requests, optionally after a delay.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+/// Starts an upstream named `name` on an ephemeral 127.0.0.1 port.
+pub async fn upstream(name: &str, delay: Duration) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reply = name.to_owned();
+    let service = tower::service_fn(move |req: Request<Incoming>| {
+        let reply = reply.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            let mut response = Response::new(body::full(reply));
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            response
+                .headers_mut()
+                .insert("x-path", HeaderValue::try_from(path).unwrap());
+            if let Some(user) = req.headers().get("end-user") {
+                response.headers_mut().insert("x-end-user", user.clone());
+            }
+            Ok::<Response<BoxBody>, Infallible>(response)
+        }
+    });
+    tokio::spawn(serve(
+        listener,
+        service,
+        std::future::pending(),
+        Duration::ZERO,
+    ));
+    Upstream {
+        addr,
+        name: name.to_owned(),
+    }
+}
+
+/// A config directory holding `mesh.yaml`.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    pub fn new(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    /// Replaces `mesh.yaml` the way editors and ConfigMaps do: write aside, then rename.
+    pub fn replace(&self, yaml: &str) {
+        let tmp = self.dir.path().join(".mesh.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(tmp, self.dir.path().join("mesh.yaml")).unwrap();
+    }
+}
+
+/// The registry for service `hello` (port 80) with one endpoint per upstream, labelled with
+/// `version: <upstream name>`, and a DestinationRule with a subset per version.
+pub fn registry(upstreams: &[&Upstream]) -> String {
+    let mut endpoints = String::new();
+    let mut subsets = String::new();
+    for u in upstreams {
+        endpoints.push_str(&format!(
+            "  - {{ address: 127.0.0.1, ports: {{ http: {} }}, labels: {{ app: hello, version: {} }} }}\n",
+            u.addr.port(),
+            u.name
+        ));
+        subsets.push_str(&format!(
+            "  - {{ name: {0}, labels: {{ version: {0} }} }}\n",
+            u.name
+        ));
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: hello }}
+spec:
+  hosts: [hello.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  endpoints:
+{endpoints}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: hello }}
+spec:
+  host: hello
+  subsets:
+{subsets}"
+    )
+}
+
+/// A VirtualService for `hello` splitting by `weights` (subset, weight).
+pub fn split(weights: &[(&str, i64)]) -> String {
+    let mut routes = String::new();
+    for (subset, weight) in weights {
+        routes.push_str(&format!(
+            "    - {{ destination: {{ host: hello, subset: {subset} }}, weight: {weight} }}\n"
+        ));
+    }
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: hello }}
+spec:
+  hosts: [hello]
+  http:
+  - route:
+{routes}"
+    )
+}
+
+/// Starts the sidecar in-process on ephemeral 127.0.0.1 ports over `config`.
+pub async fn start_proxy(config: &ConfigDir) -> Proxy {
+    let mut options = Options::new(vec![config.path()], [127, 0, 0, 1].into());
+    for addr in [
+        &mut options.outbound,
+        &mut options.inbound,
+        &mut options.admin,
+        &mut options.health,
+    ] {
+        addr.set_port(0);
+    }
+    options.reload_interval = Duration::from_millis(50);
+    options.seed = Some(1);
+    Proxy::start(options).await.expect("the proxy starts")
+}
+
+/// A connector that dials one address whatever the URI says, as an app whose traffic is
+/// captured by the sidecar (the URI keeps naming the destination service).
+#[derive(Clone, Debug)]
+pub struct Dial(pub SocketAddr);
+
+impl tower::Service<http::Uri> for Dial {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = futures_util::future::BoxFuture<'static, std::io::Result<Self::Response>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+pub type HttpClient = Client<Dial, Full<Bytes>>;
+
+/// A client whose connections all go to `addr`: HTTP/1.1 (keep-alive) or h2c (prior
+/// knowledge, where the URI's authority becomes `:authority`).
+pub fn client(addr: SocketAddr, http2: bool) -> HttpClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.http2_only(http2);
+    builder.build(Dial(addr))
+}
+
+/// GETs `http://host/path` with extra headers; returns status, body, and headers.
+pub async fn get(
+    client: &HttpClient,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, http::HeaderMap) {
+    let mut req = Request::get(format!("http://{host}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), headers)
+}
+
+/// Sends `n` requests over `concurrency` connections and counts the answers by body
+/// (non-200 answers count as `status NNN`).
+pub async fn tally(client: &HttpClient, n: usize, concurrency: usize) -> BTreeMap<String, usize> {
+    let counts = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let client = client.clone();
+        let counts = counts.clone();
+        let share = n / concurrency + usize::from(worker < n % concurrency);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..share {
+                let (status, body, _) = get(&client, "hello", "/", &[]).await;
+                let key = if status == 200 {
+                    body
+                } else {
+                    format!("status {status}")
+                };
+                *counts.lock().unwrap().entry(key).or_insert(0) += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(counts).unwrap().into_inner().unwrap()
+}
+
+/// The share of `key` in `counts`, in percent.
+pub fn percent(counts: &BTreeMap<String, usize>, key: &str) -> f64 {
+    let total: usize = counts.values().sum();
+    100.0 * *counts.get(key).unwrap_or(&0) as f64 / total as f64
+}

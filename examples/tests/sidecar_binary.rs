@@ -1,0 +1,172 @@
+//! The `mesh-proxy` binary's outside contract: `check` output and exit codes, `run` with
+//! ephemeral ports and one start-up line, readiness, and a clean exit on SIGTERM.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_prints_findings_with_field_paths_and_exits_1_on_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews }
+spec:
+  hosts: [reviews]
+  http:
+  - timeout: 5x
+    route: [{ destination: { host: reviews } }]
+",
+    );
+    let out = Command::new(BIN).arg("check").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let file = bad.display();
+    assert!(
+        stdout.contains(&format!(
+            "{file}: VirtualService default/reviews: spec.http[0].timeout: invalid duration \"5x\""
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("spec.http[0].route[0].destination.host: host \"reviews.default.svc.cluster.local\" is not in the service registry"), "{stdout}");
+
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/quickstart");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(examples)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2_and_a_bad_config_exits_1() {
+    let out = Command::new(BIN)
+        .args(["run", "--outbound-port", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(&dir, "bad.yaml", "kind: [");
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--outbound-port",
+            "0",
+            "--inbound-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--health-port",
+            "0",
+            "--listen-address",
+            "127.0.0.1",
+            "--config",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid YAML at line"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_its_ports_serves_and_drains_on_sigterm() {
+    let v1 = upstream("v1", Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(&dir, "mesh.yaml", &registry(&[&v1]));
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--outbound-port",
+            "0",
+            "--inbound-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--health-port",
+            "0",
+            "--listen-address",
+            "127.0.0.1",
+            "--drain-seconds",
+            "5",
+            "--config",
+        ])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a start-up line");
+        if line.contains("mesh-proxy listening") {
+            break line;
+        }
+    };
+    let port_of = |name: &str| -> std::net::SocketAddr {
+        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        line[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap()
+    };
+    let (outbound, health) = (port_of("outbound"), port_of("health"));
+    assert_eq!(
+        get(&client(health, false), "localhost", "/healthz/ready", &[])
+            .await
+            .0,
+        200
+    );
+    let c = client(outbound, false);
+
+    // A slow request in flight when SIGTERM arrives still completes.
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, "hello", "/", &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (status, body, _) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
