@@ -29,3 +29,27 @@ pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
 pub fn empty() -> BoxBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
+
+/// A request body after [`replayable`]: kept in memory, or too large (or of unknown length)
+/// to keep and therefore sent once.
+#[derive(Debug)]
+pub enum Replay {
+    /// The whole body, which can be sent again.
+    Buffered(Bytes),
+    /// A body that can be sent only once.
+    Streaming(BoxBody),
+}
+
+/// Buffers `body` when its length is known and at most `limit` bytes, so that it can be sent
+/// more than once (retries, hedges, mirrors). A larger body, or one of unknown length, is
+/// left streaming and untouched.
+pub async fn replayable(body: BoxBody, limit: usize) -> Result<Replay, BoxError> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(Replay::Buffered(Bytes::new()));
+    }
+    match body.size_hint().upper() {
+        Some(n) if n <= limit as u64 => Ok(Replay::Buffered(body.collect().await?.to_bytes())),
+        _ => Ok(Replay::Streaming(body)),
+    }
+}

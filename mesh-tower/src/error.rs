@@ -47,6 +47,18 @@ pub enum ProxyError {
     /// The request could not be turned into a valid upstream request.
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// The route timeout (or, with `per_try`, one try's timeout) expired.
+    #[error("upstream request timeout")]
+    Timeout {
+        /// Whether it was a per-try timeout.
+        per_try: bool,
+    },
+    /// A circuit breaker limit was reached (connections, pending requests, requests, retries).
+    #[error("upstream overflow: {0}")]
+    Overflow(String),
+    /// A local rate limit was reached.
+    #[error("local_rate_limited")]
+    RateLimited,
 }
 
 impl ProxyError {
@@ -76,6 +88,15 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST,
                 ResponseFlag::DownstreamProtocolError,
             ),
+            Self::Timeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                ResponseFlag::UpstreamRequestTimeout,
+            ),
+            Self::Overflow(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::UpstreamOverflow,
+            ),
+            Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, ResponseFlag::RateLimited),
         }
     }
 }

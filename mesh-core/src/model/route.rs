@@ -1,5 +1,6 @@
 use super::{ClusterName, Labels, Pattern, Percentage, StringMatch};
 use std::collections::HashMap;
+use std::fmt;
 use std::time::Duration;
 
 /// The outbound route table: virtual hosts, found by the request's authority.
@@ -346,8 +347,8 @@ pub struct RetryPolicy {
     pub attempts: u32,
     /// The timeout of each try.
     pub per_try_timeout: Option<Duration>,
-    /// The conditions, in Envoy's comma-separated `retry_on` form.
-    pub retry_on: String,
+    /// The conditions that make a try worth retrying.
+    pub retry_on: RetryOn,
     /// Retry on other localities.
     pub retry_remote_localities: bool,
     /// The first backoff interval (Envoy: 25 ms).
@@ -357,13 +358,13 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Istio's retry policy when a route sets none: 2 attempts on
-    /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`.
+    /// Istio's retry policy when a route sets none: 2 retries on
+    /// `connect-failure,refused-stream,unavailable,cancelled`.
     pub fn istio_default() -> Self {
         Self {
             attempts: 2,
             per_try_timeout: None,
-            retry_on: "connect-failure,refused-stream,unavailable,cancelled".to_owned(),
+            retry_on: RetryOn::istio_default(),
             retry_remote_localities: false,
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
@@ -379,4 +380,195 @@ pub struct HedgePolicy {
     pub delay: Duration,
     /// At most this many attempts in all.
     pub max_attempts: u32,
+}
+
+/// One retry-on condition (Envoy's `x-envoy-retry-on` and `x-envoy-retry-grpc-on` values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[repr(u8)]
+pub enum RetryCondition {
+    /// Any 5xx response, a reset, a connect failure or a per-try timeout.
+    FiveXx,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// The upstream reset or closed the connection (before or after the response began).
+    Reset,
+    /// The upstream reset before the response began.
+    ResetBeforeRequest,
+    /// The connection to the upstream could not be made.
+    ConnectFailure,
+    /// The upstream answered with `x-envoy-ratelimited`.
+    EnvoyRateLimited,
+    /// 409.
+    Retriable4xx,
+    /// The HTTP/2 stream was refused (`REFUSED_STREAM`).
+    RefusedStream,
+    /// A status code in [`RetryOn::status_codes`].
+    RetriableStatusCodes,
+    /// A response header listed by the route (not settable from Istio; kept for xDS).
+    RetriableHeaders,
+    /// HTTP/3 connect failure after the handshake.
+    Http3PostConnectFailure,
+    /// gRPC status CANCELLED (1).
+    Cancelled,
+    /// gRPC status DEADLINE_EXCEEDED (4).
+    DeadlineExceeded,
+    /// gRPC status INTERNAL (13).
+    Internal,
+    /// gRPC status RESOURCE_EXHAUSTED (8).
+    ResourceExhausted,
+    /// gRPC status UNAVAILABLE (14).
+    Unavailable,
+}
+
+impl RetryCondition {
+    const ALL: [(RetryCondition, &'static str); 16] = [
+        (Self::FiveXx, "5xx"),
+        (Self::GatewayError, "gateway-error"),
+        (Self::Reset, "reset"),
+        (Self::ResetBeforeRequest, "reset-before-request"),
+        (Self::ConnectFailure, "connect-failure"),
+        (Self::EnvoyRateLimited, "envoy-ratelimited"),
+        (Self::Retriable4xx, "retriable-4xx"),
+        (Self::RefusedStream, "refused-stream"),
+        (Self::RetriableStatusCodes, "retriable-status-codes"),
+        (Self::RetriableHeaders, "retriable-headers"),
+        (Self::Http3PostConnectFailure, "http3-post-connect-failure"),
+        (Self::Cancelled, "cancelled"),
+        (Self::DeadlineExceeded, "deadline-exceeded"),
+        (Self::Internal, "internal"),
+        (Self::ResourceExhausted, "resource-exhausted"),
+        (Self::Unavailable, "unavailable"),
+    ];
+
+    /// Envoy's name of the condition.
+    pub fn name(self) -> &'static str {
+        Self::ALL[self as usize].1
+    }
+
+    /// The gRPC status code this condition retries, for the gRPC ones.
+    pub fn grpc_status(self) -> Option<u32> {
+        match self {
+            Self::Cancelled => Some(1),
+            Self::DeadlineExceeded => Some(4),
+            Self::ResourceExhausted => Some(8),
+            Self::Internal => Some(13),
+            Self::Unavailable => Some(14),
+            _ => None,
+        }
+    }
+}
+
+/// A set of retry conditions and the status codes `retriable-status-codes` covers.
+///
+/// ```
+/// use mesh_core::model::{RetryCondition, RetryOn};
+/// let on = RetryOn::parse("gateway-error, 409,unavailable").unwrap();
+/// assert!(on.contains(RetryCondition::GatewayError));
+/// assert!(on.contains(RetryCondition::RetriableStatusCodes), "a number implies the condition");
+/// assert_eq!(on.status_codes(), &[409]);
+/// assert_eq!(on.to_string(), "gateway-error,retriable-status-codes,unavailable,409");
+/// assert!(RetryOn::parse("sometimes").is_err());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    bits: u32,
+    status_codes: Vec<u16>,
+}
+
+impl RetryOn {
+    /// Istio's default: `connect-failure,refused-stream,unavailable,cancelled`.
+    pub fn istio_default() -> Self {
+        let mut on = Self::default();
+        for c in [
+            RetryCondition::ConnectFailure,
+            RetryCondition::RefusedStream,
+            RetryCondition::Unavailable,
+            RetryCondition::Cancelled,
+        ] {
+            on.insert(c);
+        }
+        on
+    }
+
+    /// Parses Istio's `retryOn`: condition names and HTTP status codes, comma-separated.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut on = Self::default();
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if let Ok(code) = item.parse::<u16>() {
+                if !(100..=599).contains(&code) {
+                    return Err(format!("status code {code} is out of range 100..=599"));
+                }
+                on.insert(RetryCondition::RetriableStatusCodes);
+                if !on.status_codes.contains(&code) {
+                    on.status_codes.push(code);
+                }
+                continue;
+            }
+            let condition = RetryCondition::ALL
+                .iter()
+                .find(|(_, name)| *name == item)
+                .map(|(c, _)| *c)
+                .ok_or_else(|| format!("unknown retry condition {item:?}"))?;
+            on.insert(condition);
+        }
+        Ok(on)
+    }
+
+    /// Adds `condition`.
+    pub fn insert(&mut self, condition: RetryCondition) {
+        self.bits |= 1 << condition as u8;
+    }
+
+    /// Whether `condition` is in the set.
+    pub fn contains(&self, condition: RetryCondition) -> bool {
+        self.bits & (1 << condition as u8) != 0
+    }
+
+    /// The codes `retriable-status-codes` retries.
+    pub fn status_codes(&self) -> &[u16] {
+        &self.status_codes
+    }
+
+    /// Whether a response with `status` should be retried (5xx, gateway-error,
+    /// retriable-4xx, retriable-status-codes).
+    pub fn retries_status(&self, status: u16) -> bool {
+        (self.contains(RetryCondition::FiveXx) && (500..=599).contains(&status))
+            || (self.contains(RetryCondition::GatewayError) && matches!(status, 502..=504))
+            || (self.contains(RetryCondition::Retriable4xx) && status == 409)
+            || (self.contains(RetryCondition::RetriableStatusCodes)
+                && self.status_codes.contains(&status))
+    }
+
+    /// Whether a gRPC status code (from `grpc-status`) should be retried.
+    pub fn retries_grpc(&self, code: u32) -> bool {
+        RetryCondition::ALL
+            .iter()
+            .any(|(c, _)| self.contains(*c) && c.grpc_status() == Some(code))
+    }
+}
+
+impl fmt::Display for RetryOn {
+    /// Envoy's comma-separated form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let names = RetryCondition::ALL
+            .iter()
+            .filter(|(c, _)| self.contains(*c))
+            .map(|(_, n)| n.to_string());
+        let codes = self.status_codes.iter().map(u16::to_string);
+        for item in names.chain(codes) {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            f.write_str(&item)?;
+        }
+        Ok(())
+    }
+}
+
+impl serde::Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }

@@ -7,8 +7,8 @@ use super::{At, Findings, qualify, values};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
     AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
-    Mirror, Percentage, Redirect, RedirectPort, RetryPolicy, Rewrite, Route, RouteAction,
-    RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster, Workload,
+    HedgePolicy, Mirror, Percentage, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite, Route,
+    RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster, Workload,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -70,7 +70,8 @@ pub(super) fn build(
             domain,
             vs_hosts: &hosts,
         };
-        let templates: Vec<Template> = vs
+        let hedge = hedge_policy(&res.annotations, &mut at);
+        let mut templates: Vec<Template> = vs
             .http
             .iter()
             .enumerate()
@@ -78,6 +79,9 @@ pub(super) fn build(
                 context.template(r, &format!("spec.http[{i}]"), &res.name, i, &mut at)
             })
             .collect();
+        for t in templates.iter_mut().filter(|t| t.forward.is_some()) {
+            t.route.hedge.clone_from(&hedge);
+        }
         for (i, host) in hosts.iter().enumerate() {
             if let Some((owner, _)) = by_host.get(host) {
                 at.warn(
@@ -126,6 +130,40 @@ pub(super) fn build(
         }
     }
     RouteTable::new(virtual_hosts)
+}
+
+/// The annotation that turns hedging on for every forwarding rule of a VirtualService: the
+/// delay after which a second attempt goes out when the first has not answered.
+pub(crate) const HEDGE_DELAY_ANNOTATION: &str = "hedging.mesh.io/delay";
+/// The annotation bounding the attempts of a hedged request (default 2).
+pub(crate) const HEDGE_MAX_ATTEMPTS_ANNOTATION: &str = "hedging.mesh.io/max-attempts";
+
+fn hedge_policy(annotations: &BTreeMap<String, String>, at: &mut At<'_>) -> Option<HedgePolicy> {
+    let delay_field = format!("metadata.annotations.{HEDGE_DELAY_ANNOTATION}");
+    let max_field = format!("metadata.annotations.{HEDGE_MAX_ATTEMPTS_ANNOTATION}");
+    let delay = annotations.get(HEDGE_DELAY_ANNOTATION);
+    let max = annotations.get(HEDGE_MAX_ATTEMPTS_ANNOTATION);
+    if delay.is_none() {
+        if max.is_some() {
+            at.error(&max_field, format!("needs {HEDGE_DELAY_ANNOTATION}"));
+        }
+        return None;
+    }
+    let delay = at.check(&delay_field, values::duration(delay?, false))?;
+    let max_attempts = match max {
+        None => 2,
+        Some(m) => at.check(
+            &max_field,
+            m.parse::<u32>()
+                .ok()
+                .filter(|n| (2..=10).contains(n))
+                .ok_or_else(|| format!("{m:?} is not a number of attempts in 2..=10")),
+        )?,
+    };
+    Some(HedgePolicy {
+        delay,
+        max_attempts,
+    })
 }
 
 /// The names a client may use for `host`: the FQDN, `name.ns.svc`, `name.ns`, and `name` from
@@ -737,25 +775,6 @@ fn direct_response(
     Some(DirectResponse { status, body })
 }
 
-const RETRY_ON: &[&str] = &[
-    "5xx",
-    "gateway-error",
-    "reset",
-    "reset-before-request",
-    "connect-failure",
-    "envoy-ratelimited",
-    "retriable-4xx",
-    "refused-stream",
-    "retriable-status-codes",
-    "retriable-headers",
-    "http3-post-connect-failure",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
-];
-
 /// `Ok(None)` disables retries (`attempts: 0`).
 fn retry(r: &api::HttpRetry, field: &str, at: &mut At<'_>) -> Option<Option<RetryPolicy>> {
     let mut policy = RetryPolicy::istio_default();
@@ -782,19 +801,7 @@ fn retry(r: &api::HttpRetry, field: &str, at: &mut At<'_>) -> Option<Option<Retr
         )?);
     }
     if let Some(on) = &r.retry_on {
-        for condition in on.split(',').map(str::trim) {
-            let status = condition
-                .parse::<u16>()
-                .is_ok_and(|c| (100..=599).contains(&c));
-            if !status && !RETRY_ON.contains(&condition) {
-                at.error(
-                    &format!("{field}.retryOn"),
-                    format!("unknown retry condition {condition:?}"),
-                );
-                return None;
-            }
-        }
-        policy.retry_on = on.split(',').map(str::trim).collect::<Vec<_>>().join(",");
+        policy.retry_on = at.check(&format!("{field}.retryOn"), RetryOn::parse(on))?;
     }
     if let Some(b) = &r.backoff {
         let base = at.check(&format!("{field}.backoff"), values::duration(b, false))?;

@@ -1,0 +1,416 @@
+//! Retries and hedging (Istio's `retries`; hedging through the `hedging.mesh.io/delay`
+//! annotation), bounded by a [`RetryBudget`].
+//!
+//! - A try is retried when the route's `retryOn` covers its outcome: the status (`5xx`,
+//!   `gateway-error`, `retriable-4xx`, listed codes), `grpc-status` in the response headers
+//!   (`cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`), a
+//!   connect failure, a reset, or a per-try timeout.
+//! - Between tries: exponential backoff with full jitter (25 ms base and 250 ms cap unless the
+//!   route says), or the upstream's `Retry-After` on 503/429 when it is within
+//!   [`RetryLayer::max_retry_after`].
+//! - Only a body whose length is known and within the buffer limit (64 KiB by default) is
+//!   replayed; any other request is sent once. A response is handed on only when no retry will
+//!   follow, so no retry happens after a body byte reached the caller.
+//! - Each try carries `x-envoy-attempt-count`; the final response of a request whose retries
+//!   ran out is flagged `URX`.
+//!
+//! ```
+//! use mesh_core::model::{RetryOn, RetryPolicy};
+//! use mesh_tower::body::{self, BoxBody, BoxError};
+//! use mesh_tower::retry::RetryLayer;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+//! let tries = Arc::new(AtomicUsize::new(0));
+//! let flaky = {
+//!     let tries = tries.clone();
+//!     tower::service_fn(move |_req: http::Request<BoxBody>| {
+//!         let n = tries.fetch_add(1, Ordering::SeqCst);
+//!         async move {
+//!             let mut response = http::Response::new(body::empty());
+//!             *response.status_mut() = if n == 0 { http::StatusCode::SERVICE_UNAVAILABLE } else { http::StatusCode::OK };
+//!             Ok::<_, BoxError>(response)
+//!         }
+//!     })
+//! };
+//! let policy = RetryPolicy { retry_on: RetryOn::parse("5xx").unwrap(), ..RetryPolicy::istio_default() };
+//! let service = ServiceBuilder::new().layer(RetryLayer::fixed(policy)).service(flaky);
+//! let response = service.oneshot(http::Request::new(body::empty())).await.unwrap();
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(tries.load(Ordering::SeqCst), 2);
+//! # });
+//! ```
+
+mod budget;
+
+pub use budget::RetryBudget;
+
+use crate::body::{self, BoxBody, BoxError, Replay};
+use crate::error::{self, ProxyError};
+use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::rng::Rng;
+use crate::route::Routed;
+use crate::timeout::Deadline;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode};
+use mesh_core::model::{HedgePolicy, RetryCondition, RetryPolicy};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::ServiceExt;
+use tower::util::BoxCloneService;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The default limit of a body kept for replay (Envoy's `per_request_buffer_limit_bytes`
+/// is 16 KiB; 64 KiB covers typical JSON and gRPC unary messages).
+pub const DEFAULT_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// Retries (and hedges) by the route's policy, or a fixed one.
+#[derive(Clone, Debug)]
+pub struct RetryLayer {
+    fixed: Option<Arc<RetryPolicy>>,
+    fixed_hedge: Option<HedgePolicy>,
+    budget: RetryBudget,
+    rng: Rng,
+    buffer_limit: usize,
+    max_retry_after: Duration,
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        Self::new(RetryBudget::default(), Rng::from_entropy())
+    }
+}
+
+impl RetryLayer {
+    /// Retries by each request's route policy, within `budget`, jittering with `rng`.
+    pub fn new(budget: RetryBudget, rng: Rng) -> Self {
+        Self {
+            fixed: None,
+            fixed_hedge: None,
+            budget,
+            rng,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+            max_retry_after: Duration::from_secs(5),
+        }
+    }
+
+    /// Retries every request by `policy`, with a default budget.
+    pub fn fixed(policy: RetryPolicy) -> Self {
+        Self {
+            fixed: Some(Arc::new(policy)),
+            ..Self::default()
+        }
+    }
+
+    /// Hedges every request by `hedge` (routes configure it with the `hedging.mesh.io/delay`
+    /// annotation instead).
+    pub fn hedge(mut self, hedge: HedgePolicy) -> Self {
+        self.fixed_hedge = Some(hedge);
+        self
+    }
+
+    /// Replays bodies of at most `limit` bytes (larger ones are sent once).
+    pub fn buffer_limit(mut self, limit: usize) -> Self {
+        self.buffer_limit = limit;
+        self
+    }
+
+    /// Honours `Retry-After` up to `max`; a longer one ends the retries.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Uses `budget` (to share one among stacks).
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Jitters with `rng`.
+    pub fn rng(mut self, rng: Rng) -> Self {
+        self.rng = rng;
+        self
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`RetryLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    layer: RetryLayer,
+    inner: S,
+}
+
+/// The exponential backoff before retry number `retry` (1-based), with full jitter: uniform
+/// in `0..=min(max, base * 2^(retry-1))`.
+pub fn backoff(retry: u32, base: Duration, max: Duration, rng: &Rng) -> Duration {
+    let ceiling = base
+        .checked_mul(1u32 << retry.saturating_sub(1).min(20))
+        .unwrap_or(max)
+        .min(max);
+    let micros = u32::try_from(ceiling.as_micros()).unwrap_or(u32::MAX);
+    Duration::from_micros(u64::from(rng.below(micros.saturating_add(1))))
+}
+
+/// Why a try is worth another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Done,
+    Retry,
+}
+
+fn classify(policy: &RetryPolicy, result: &Result<Response<BoxBody>, BoxError>) -> Verdict {
+    let on = &policy.retry_on;
+    let retry = match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let grpc = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            on.retries_status(status)
+                || grpc.is_some_and(|code| on.retries_grpc(code))
+                || (on.contains(RetryCondition::EnvoyRateLimited)
+                    && response.headers().contains_key("x-envoy-ratelimited"))
+        }
+        Err(e) => match e.downcast_ref::<ProxyError>() {
+            Some(ProxyError::ConnectFailure { .. }) => [
+                RetryCondition::ConnectFailure,
+                RetryCondition::FiveXx,
+                RetryCondition::GatewayError,
+                RetryCondition::Reset,
+                RetryCondition::ResetBeforeRequest,
+            ]
+            .into_iter()
+            .any(|c| on.contains(c)),
+            Some(ProxyError::UpstreamReset { source, .. }) => {
+                let refused = error_chain_mentions(source.as_ref(), "REFUSED_STREAM");
+                [RetryCondition::Reset, RetryCondition::FiveXx, RetryCondition::GatewayError]
+                    .into_iter()
+                    .any(|c| on.contains(c))
+                    || (refused && on.contains(RetryCondition::RefusedStream))
+            }
+            Some(ProxyError::Timeout { per_try: true }) => true,
+            _ => false,
+        },
+    };
+    if retry { Verdict::Retry } else { Verdict::Done }
+}
+
+fn error_chain_mentions(error: &(dyn std::error::Error + 'static), needle: &str) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.to_string().contains(needle) || format!("{e:?}").contains(needle) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not honoured).
+fn retry_after(result: &Result<Response<BoxBody>, BoxError>) -> Option<Duration> {
+    let response = result.as_ref().ok()?;
+    if !matches!(response.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+        return None;
+    }
+    let secs: u64 = response.headers().get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// The request's head, kept to build each try.
+struct Template {
+    parts: http::request::Parts,
+    body: Bytes,
+}
+
+impl Template {
+    fn attempt(&self, n: u32) -> Request<BoxBody> {
+        let mut req = Request::new(body::full(self.body.clone()));
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.version_mut() = self.parts.version;
+        *req.headers_mut() = self.parts.headers.clone();
+        *req.extensions_mut() = self.parts.extensions.clone();
+        req.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(n));
+        if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
+            deadline.propagate(req.headers_mut());
+        }
+        req
+    }
+}
+
+/// Ends a request whose retries ran out: errors become their response, flagged `URX`.
+fn exhausted(result: Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, BoxError> {
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => error::to_response(&e),
+    };
+    ResponseFlags::mark(&mut response, ResponseFlag::UpstreamRetryLimitExceeded);
+    Ok(response)
+}
+
+/// The service below the retry layer, erased.
+type Inner = BoxCloneService<Request<BoxBody>, Response<BoxBody>, BoxError>;
+
+impl<S> Service<Request<BoxBody>> for Retry<S>
+where
+    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        let routed = req.extensions().get::<Routed>();
+        let policy: Option<RetryPolicy> = match &self.layer.fixed {
+            Some(p) => Some(RetryPolicy::clone(p)),
+            None => routed.and_then(|r| r.route().retry.clone()),
+        };
+        let hedge: Option<HedgePolicy> = self
+            .layer
+            .fixed_hedge
+            .clone()
+            .or_else(|| routed.and_then(|r| r.route().hedge.clone()));
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        // Erased here, where `S::Future: Send` is known, so the async tries below need no
+        // higher-ranked Send proofs about `S`.
+        let inner: Inner = BoxCloneService::new(inner);
+        let layer = self.layer.clone();
+        layer.budget.record_request();
+        let Some(policy) = policy.filter(|p| p.attempts > 0 || hedge.is_some()) else {
+            return Box::pin(inner.oneshot(req));
+        };
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = match body::replayable(body, layer.buffer_limit).await? {
+                Replay::Buffered(bytes) => bytes,
+                Replay::Streaming(body) => {
+                    // Too large (or unknown length) to replay: one try, no retries.
+                    return try_once(inner, Request::from_parts(parts, body), None).await;
+                }
+            };
+            let template = Template { parts, body };
+            match hedge {
+                Some(hedge) => hedged(inner, template, policy, hedge, layer).await,
+                None => retried(inner, template, policy, layer).await,
+            }
+        })
+    }
+}
+
+async fn try_once(mut inner: Inner, req: Request<BoxBody>, per_try: Option<Duration>) -> Result<Response<BoxBody>, BoxError> {
+    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+    let future = inner.call(req);
+    match per_try {
+        Some(limit) => match tokio::time::timeout(limit, future).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::Timeout { per_try: true }.into()),
+        },
+        None => future.await,
+    }
+}
+
+async fn retried(inner: Inner, template: Template, policy: RetryPolicy, layer: RetryLayer) -> Result<Response<BoxBody>, BoxError> {
+    let mut attempt = 1;
+    loop {
+        let result = try_once(inner.clone(), template.attempt(attempt), policy.per_try_timeout).await;
+        if classify(&policy, &result) == Verdict::Done {
+            return result;
+        }
+        if attempt > policy.attempts {
+            return exhausted(result);
+        }
+        let wait = match retry_after(&result) {
+            Some(wait) if wait > layer.max_retry_after => return exhausted(result),
+            Some(wait) => wait,
+            None => backoff(attempt, policy.backoff_base, policy.backoff_max, &layer.rng),
+        };
+        if !layer.budget.try_retry() {
+            return exhausted(result);
+        }
+        drop(result);
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
+/// Sends a try, and another each `delay` without an answer (up to `max_attempts`, each
+/// extra one paid from the budget); the first answer that needs no retry wins and the
+/// others are cancelled (dropped).
+async fn hedged(
+    inner: Inner,
+    template: Template,
+    policy: RetryPolicy,
+    hedge: HedgePolicy,
+    layer: RetryLayer,
+) -> Result<Response<BoxBody>, BoxError> {
+    let mut in_flight = FuturesUnordered::new();
+    let mut started = 1;
+    let mut budget_left = true;
+    let most = hedge.max_attempts.max(policy.attempts + 1);
+    in_flight.push(try_once(inner.clone(), template.attempt(started), policy.per_try_timeout));
+    let mut last = None;
+    loop {
+        let may_hedge = budget_left && started < hedge.max_attempts;
+        tokio::select! {
+            finished = in_flight.next() => {
+                let Some(result) = finished else { break };
+                if classify(&policy, &result) == Verdict::Done {
+                    return result;
+                }
+                last = Some(result);
+                if in_flight.is_empty() {
+                    // Every try so far failed: go on as a retry would, without backoff.
+                    if started >= most {
+                        break;
+                    }
+                    if !layer.budget.try_retry() {
+                        break;
+                    }
+                    started += 1;
+                    in_flight.push(try_once(inner.clone(), template.attempt(started), policy.per_try_timeout));
+                }
+            }
+            () = tokio::time::sleep(hedge.delay), if may_hedge => {
+                if layer.budget.try_retry() {
+                    started += 1;
+                    in_flight.push(try_once(inner.clone(), template.attempt(started), policy.per_try_timeout));
+                } else {
+                    budget_left = false;
+                }
+            }
+        }
+    }
+    match last {
+        Some(result) => exhausted(result),
+        None => Err(ProxyError::NoHealthyUpstream("no hedged try finished".into()).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
