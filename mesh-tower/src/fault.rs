@@ -111,13 +111,20 @@ fn abort_response(error: &AbortError) -> Response<BoxBody> {
     let mut response = Response::new(body::full("fault filter abort"));
     match error {
         AbortError::Http(status) => {
-            *response.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            *response.status_mut() =
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         }
         AbortError::Grpc(code) => {
             let headers = response.headers_mut();
-            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
             headers.insert("grpc-status", HeaderValue::from(*code));
-            headers.insert("grpc-message", HeaderValue::from_static("fault filter abort"));
+            headers.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
             *response.body_mut() = body::empty();
         }
         AbortError::Http2Error => {
@@ -185,8 +192,14 @@ mod tests {
         for (percent, tolerance) in [(0.1, 0.03), (10.0, 0.3), (50.0, 0.5), (99.9, 0.03)] {
             let p = Percentage::from_percent_f64(percent).unwrap();
             let fault = Fault {
-                delay: Some(FaultDelay { delay: Duration::from_secs(1), percentage: p }),
-                abort: Some(FaultAbort { error: AbortError::Http(500), percentage: p }),
+                delay: Some(FaultDelay {
+                    delay: Duration::from_secs(1),
+                    percentage: p,
+                }),
+                abort: Some(FaultAbort {
+                    error: AbortError::Http(500),
+                    percentage: p,
+                }),
             };
             let rng = Rng::with_seed(7);
             let (mut delayed, mut aborted) = (0u32, 0u32);
@@ -197,7 +210,10 @@ mod tests {
             }
             for (what, n) in [("delayed", delayed), ("aborted", aborted)] {
                 let share = f64::from(n) / 1_000.0;
-                assert!((share - percent).abs() <= tolerance, "{what} {share}% for {percent}%");
+                assert!(
+                    (share - percent).abs() <= tolerance,
+                    "{what} {share}% for {percent}%"
+                );
             }
         }
     }
@@ -214,7 +230,10 @@ mod tests {
             })
         };
         let delay = Fault {
-            delay: Some(FaultDelay { delay: Duration::from_secs(7), percentage: Percentage::ALL }),
+            delay: Some(FaultDelay {
+                delay: Duration::from_secs(7),
+                percentage: Percentage::ALL,
+            }),
             abort: None,
         };
         let started = tokio::time::Instant::now();
@@ -229,7 +248,10 @@ mod tests {
 
         let abort = Fault {
             delay: None,
-            abort: Some(FaultAbort { error: AbortError::Grpc(14), percentage: Percentage::ALL }),
+            abort: Some(FaultAbort {
+                error: AbortError::Grpc(14),
+                percentage: Percentage::ALL,
+            }),
         };
         let response = FaultLayer::fixed(abort, Rng::with_seed(1))
             .layer(upstream)
@@ -239,6 +261,10 @@ mod tests {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["grpc-status"], "14");
         assert!(ResponseFlags::of_response(&response).contains(ResponseFlag::FaultInjected));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the abort never reached it");
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the abort never reached it"
+        );
     }
 }

@@ -4,12 +4,12 @@
 //! [`outbound`] and [`inbound`] stacks compose them in the order `DESIGN.md` gives:
 //!
 //! ```text
-//! outbound: route -> split -> balance -> client
+//! outbound: route -> fault -> mirror -> timeout -> retry -> split -> balance -> client
 //! inbound:  -> local app
 //! ```
 //!
 //! Layers pass what they decided down in request extensions ([`route::Routed`],
-//! [`split::Target`], [`balance::Upstream`]); failures travel up as
+//! [`split::Target`], [`balance::Upstream`], [`timeout::Deadline`]); failures travel up as
 //! [`error::ProxyError`] and become Envoy's responses in one place, [`error::to_response`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -152,7 +151,9 @@ pub fn shadow_authority(authority: &str) -> String {
     let (host, port) = match authority.rsplit_once(':') {
         // A port: digits after the last colon, unless that colon is inside a bare IPv6 host.
         Some((h, p))
-            if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) =>
+            if !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']')) =>
         {
             (h, Some(p))
         }
@@ -166,7 +167,11 @@ pub fn shadow_authority(authority: &str) -> String {
 
 impl<S> Service<Request<BoxBody>> for Mirror<S>
 where
-    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + Sync + 'static,
+    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<BoxBody>;
@@ -187,10 +192,12 @@ where
             None => {
                 if let Some(routed) = req.extensions().get::<Routed>() {
                     for m in &routed.route().mirrors {
-                        if m.percentage.admits(layer.rng.ppm()) {
-                            if let Some(cluster) = routed.snapshot().cluster(&m.cluster) {
-                                targets.push(Some(Target { cluster: cluster.clone() }));
-                            }
+                        if m.percentage.admits(layer.rng.ppm())
+                            && let Some(cluster) = routed.snapshot().cluster(&m.cluster)
+                        {
+                            targets.push(Some(Target {
+                                cluster: cluster.clone(),
+                            }));
                         }
                     }
                 }
@@ -209,7 +216,10 @@ where
             let bytes = match body::replayable(body, layer.body_limit).await? {
                 Replay::Buffered(bytes) => bytes,
                 Replay::Streaming(body) => {
-                    layer.stats.skipped_body.fetch_add(targets.len() as u64, Ordering::Relaxed);
+                    layer
+                        .stats
+                        .skipped_body
+                        .fetch_add(targets.len() as u64, Ordering::Relaxed);
                     return call_ready(inner, Request::from_parts(parts, body)).await;
                 }
             };
@@ -244,7 +254,10 @@ where
     }
 }
 
-async fn call_ready(mut service: ShadowService, req: Request<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
+async fn call_ready(
+    mut service: ShadowService,
+    req: Request<BoxBody>,
+) -> Result<Response<BoxBody>, BoxError> {
     std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
     service.call(req).await
 }
@@ -252,6 +265,7 @@ async fn call_ready(mut service: ShadowService, req: Request<BoxBody>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
 
     #[test]
     fn shadow_hosts_keep_the_port() {
@@ -274,15 +288,27 @@ mod tests {
         let service = layer.layer(primary);
         let started = tokio::time::Instant::now();
         for _ in 0..50 {
-            let response = service.clone().oneshot(Request::new(body::full("payload"))).await.unwrap();
+            let response = service
+                .clone()
+                .oneshot(Request::new(body::full("payload")))
+                .await
+                .unwrap();
             assert_eq!(response.status(), 200);
         }
-        assert_eq!(started.elapsed(), Duration::ZERO, "no primary waited for a shadow");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no primary waited for a shadow"
+        );
         assert_eq!(stats.sent.load(Ordering::Relaxed), 10);
         assert_eq!(stats.skipped_overflow.load(Ordering::Relaxed), 40);
         // The shadows time out and free their slots.
         tokio::time::sleep(Duration::from_secs(16)).await;
-        service.clone().oneshot(Request::new(body::empty())).await.unwrap();
+        service
+            .clone()
+            .oneshot(Request::new(body::empty()))
+            .await
+            .unwrap();
         assert_eq!(stats.sent.load(Ordering::Relaxed), 11);
     }
 
@@ -293,18 +319,36 @@ mod tests {
             let _ = tx.send(());
             async { Ok::<_, BoxError>(Response::new(body::empty())) }
         });
-        let layer = MirrorLayer::to(shadow, Percentage::from_percent_f64(25.0).unwrap(), Rng::with_seed(9))
-            .max_in_flight(10_000);
-        let primary = tower::service_fn(|_req: Request<BoxBody>| async { Ok::<_, BoxError>(Response::new(body::empty())) });
+        let layer = MirrorLayer::to(
+            shadow,
+            Percentage::from_percent_f64(25.0).unwrap(),
+            Rng::with_seed(9),
+        )
+        .max_in_flight(10_000);
+        let primary = tower::service_fn(|_req: Request<BoxBody>| async {
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        });
         let service = layer.layer(primary);
         for _ in 0..10_000 {
-            service.clone().oneshot(Request::new(body::empty())).await.unwrap();
+            service
+                .clone()
+                .oneshot(Request::new(body::empty()))
+                .await
+                .unwrap();
         }
         tokio::task::yield_now().await;
         let mut n = 0;
-        while tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.ok().flatten().is_some() {
+        while tokio::time::timeout(Duration::from_millis(200), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
             n += 1;
         }
-        assert!((2_300..=2_700).contains(&n), "{n} of 10,000 mirrored at 25%");
+        assert!(
+            (2_300..=2_700).contains(&n),
+            "{n} of 10,000 mirrored at 25%"
+        );
     }
 }

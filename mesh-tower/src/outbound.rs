@@ -1,13 +1,17 @@
-//! The outbound stack: route -> split -> balance -> client, with errors turned into
-//! responses at the edge.
+//! The outbound stack: route -> fault -> mirror -> timeout -> retry -> split -> balance ->
+//! client, with errors turned into responses at the edge.
 
 use crate::balance::RoundRobinLayer;
 use crate::body::{self, BoxBody, BoxError};
 use crate::client::UpstreamClient;
 use crate::error;
+use crate::fault::FaultLayer;
+use crate::mirror::{MirrorLayer, ShadowService};
+use crate::retry::{RetryBudget, RetryLayer};
 use crate::rng::Rng;
 use crate::route::RouteLayer;
 use crate::split::SplitLayer;
+use crate::timeout::TimeoutLayer;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
+use tower_layer::Layer;
 use tower_service::Service;
 
 /// Builds an [`Outbound`] service.
@@ -25,6 +30,7 @@ pub struct OutboundBuilder {
     store: Arc<ConfigStore>,
     rng: Rng,
     client: UpstreamClient,
+    budget: RetryBudget,
 }
 
 impl OutboundBuilder {
@@ -40,13 +46,26 @@ impl OutboundBuilder {
         self
     }
 
+    /// Uses `budget` for retries and hedges (to share one among stacks).
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
     /// The service.
     pub fn build(self) -> Outbound {
+        // Below the split: a cluster's endpoint choice and the client, shared by primary
+        // requests and mirrored shadows.
+        let upstream = RoundRobinLayer::new().layer(self.client);
+        let shadow: ShadowService = BoxCloneSyncService::new(upstream.clone());
         let inner = ServiceBuilder::new()
             .layer(RouteLayer::new(self.store))
+            .layer(FaultLayer::new(self.rng.clone()))
+            .layer(MirrorLayer::new(shadow, self.rng.clone()))
+            .layer(TimeoutLayer::new())
+            .layer(RetryLayer::new(self.budget, self.rng.clone()))
             .layer(SplitLayer::new(self.rng))
-            .layer(RoundRobinLayer::new())
-            .service(self.client);
+            .service(upstream);
         Outbound {
             inner: BoxCloneSyncService::new(inner),
         }
@@ -84,6 +103,7 @@ impl Outbound {
             store,
             rng: Rng::from_entropy(),
             client: UpstreamClient::new(),
+            budget: RetryBudget::default(),
         }
     }
 }

@@ -203,9 +203,13 @@ fn classify(policy: &RetryPolicy, result: &Result<Response<BoxBody>, BoxError>) 
             .any(|c| on.contains(c)),
             Some(ProxyError::UpstreamReset { source, .. }) => {
                 let refused = error_chain_mentions(source.as_ref(), "REFUSED_STREAM");
-                [RetryCondition::Reset, RetryCondition::FiveXx, RetryCondition::GatewayError]
-                    .into_iter()
-                    .any(|c| on.contains(c))
+                [
+                    RetryCondition::Reset,
+                    RetryCondition::FiveXx,
+                    RetryCondition::GatewayError,
+                ]
+                .into_iter()
+                .any(|c| on.contains(c))
                     || (refused && on.contains(RetryCondition::RefusedStream))
             }
             Some(ProxyError::Timeout { per_try: true }) => true,
@@ -229,10 +233,20 @@ fn error_chain_mentions(error: &(dyn std::error::Error + 'static), needle: &str)
 /// `Retry-After` in seconds (the HTTP-date form is not honoured).
 fn retry_after(result: &Result<Response<BoxBody>, BoxError>) -> Option<Duration> {
     let response = result.as_ref().ok()?;
-    if !matches!(response.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+    if !matches!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
         return None;
     }
-    let secs: u64 = response.headers().get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = response
+        .headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs))
 }
 
@@ -250,7 +264,8 @@ impl Template {
         *req.version_mut() = self.parts.version;
         *req.headers_mut() = self.parts.headers.clone();
         *req.extensions_mut() = self.parts.extensions.clone();
-        req.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(n));
+        req.headers_mut()
+            .insert("x-envoy-attempt-count", HeaderValue::from(n));
         if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
             deadline.propagate(req.headers_mut());
         }
@@ -273,7 +288,10 @@ type Inner = BoxCloneService<Request<BoxBody>, Response<BoxBody>, BoxError>;
 
 impl<S> Service<Request<BoxBody>> for Retry<S>
 where
-    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + 'static,
+    S: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
 {
     type Response = Response<BoxBody>;
@@ -323,7 +341,11 @@ where
     }
 }
 
-async fn try_once(mut inner: Inner, req: Request<BoxBody>, per_try: Option<Duration>) -> Result<Response<BoxBody>, BoxError> {
+async fn try_once(
+    mut inner: Inner,
+    req: Request<BoxBody>,
+    per_try: Option<Duration>,
+) -> Result<Response<BoxBody>, BoxError> {
     std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
     let future = inner.call(req);
     match per_try {
@@ -335,10 +357,20 @@ async fn try_once(mut inner: Inner, req: Request<BoxBody>, per_try: Option<Durat
     }
 }
 
-async fn retried(inner: Inner, template: Template, policy: RetryPolicy, layer: RetryLayer) -> Result<Response<BoxBody>, BoxError> {
+async fn retried(
+    inner: Inner,
+    template: Template,
+    policy: RetryPolicy,
+    layer: RetryLayer,
+) -> Result<Response<BoxBody>, BoxError> {
     let mut attempt = 1;
     loop {
-        let result = try_once(inner.clone(), template.attempt(attempt), policy.per_try_timeout).await;
+        let result = try_once(
+            inner.clone(),
+            template.attempt(attempt),
+            policy.per_try_timeout,
+        )
+        .await;
         if classify(&policy, &result) == Verdict::Done {
             return result;
         }
@@ -373,7 +405,11 @@ async fn hedged(
     let mut started = 1;
     let mut budget_left = true;
     let most = hedge.max_attempts.max(policy.attempts + 1);
-    in_flight.push(try_once(inner.clone(), template.attempt(started), policy.per_try_timeout));
+    in_flight.push(try_once(
+        inner.clone(),
+        template.attempt(started),
+        policy.per_try_timeout,
+    ));
     let mut last = None;
     loop {
         let may_hedge = budget_left && started < hedge.max_attempts;

@@ -92,7 +92,9 @@ impl TimeoutLayer {
 
     /// Uses `timeout` for every request.
     pub fn fixed(timeout: Duration) -> Self {
-        Self { fixed: Some(timeout) }
+        Self {
+            fixed: Some(timeout),
+        }
     }
 }
 
@@ -100,7 +102,10 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout { fixed: self.fixed, inner }
+        Timeout {
+            fixed: self.fixed,
+            inner,
+        }
     }
 }
 
@@ -125,9 +130,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let route_timeout = self
-            .fixed
-            .or_else(|| req.extensions().get::<Routed>().and_then(|r| r.route().timeout));
+        let route_timeout = self.fixed.or_else(|| {
+            req.extensions()
+                .get::<Routed>()
+                .and_then(|r| r.route().timeout)
+        });
         let caller_timeout = req
             .headers()
             .get("grpc-timeout")

@@ -134,9 +134,17 @@ mod tests {
         for _ in 0..10 {
             budget.record_request();
         }
-        assert_eq!(std::iter::from_fn(|| budget.try_retry().then_some(())).take(100).count(), 5);
+        assert_eq!(
+            std::iter::from_fn(|| budget.try_retry().then_some(()))
+                .take(100)
+                .count(),
+            5
+        );
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(!budget.try_retry(), "old requests no longer pay for retries");
+        assert!(
+            !budget.try_retry(),
+            "old requests no longer pay for retries"
+        );
         assert_eq!(budget.exhausted(), 2);
         budget.record_request();
         budget.record_request();
@@ -147,6 +155,11 @@ mod tests {
     async fn the_floor_lets_a_quiet_service_retry() {
         let budget = RetryBudget::default();
         budget.record_request();
-        assert_eq!(std::iter::from_fn(|| budget.try_retry().then_some(())).take(10).count(), 3);
+        assert_eq!(
+            std::iter::from_fn(|| budget.try_retry().then_some(()))
+                .take(10)
+                .count(),
+            3
+        );
     }
 }

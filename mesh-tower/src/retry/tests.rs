@@ -45,7 +45,10 @@ impl Service<Request<BoxBody>> for Scripted {
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
         let n = self.tries.fetch_add(1, Ordering::SeqCst);
         if let Some(v) = req.headers().get("x-envoy-attempt-count") {
-            self.seen.lock().unwrap().push(v.to_str().unwrap().to_owned());
+            self.seen
+                .lock()
+                .unwrap()
+                .push(v.to_str().unwrap().to_owned());
         }
         let step = (self.script)(n);
         Box::pin(async move {
@@ -104,26 +107,57 @@ async fn each_condition_retries_what_it_names_and_nothing_else() {
         ("connect-failure", Step::ConnectFailure, 4),
         ("reset", Step::ConnectFailure, 4),
         ("unavailable", Step::ConnectFailure, 1),
-        ("unavailable", Step::Status(200, &[("grpc-status", "14")]), 4),
+        (
+            "unavailable",
+            Step::Status(200, &[("grpc-status", "14")]),
+            4,
+        ),
         ("cancelled", Step::Status(200, &[("grpc-status", "1")]), 4),
-        ("deadline-exceeded", Step::Status(200, &[("grpc-status", "4")]), 4),
+        (
+            "deadline-exceeded",
+            Step::Status(200, &[("grpc-status", "4")]),
+            4,
+        ),
         ("internal", Step::Status(200, &[("grpc-status", "13")]), 4),
-        ("resource-exhausted", Step::Status(200, &[("grpc-status", "8")]), 4),
-        ("unavailable", Step::Status(200, &[("grpc-status", "13")]), 1),
-        ("envoy-ratelimited", Step::Status(429, &[("x-envoy-ratelimited", "true")]), 4),
+        (
+            "resource-exhausted",
+            Step::Status(200, &[("grpc-status", "8")]),
+            4,
+        ),
+        (
+            "unavailable",
+            Step::Status(200, &[("grpc-status", "13")]),
+            1,
+        ),
+        (
+            "envoy-ratelimited",
+            Step::Status(429, &[("x-envoy-ratelimited", "true")]),
+            4,
+        ),
     ];
     for (on, step, tries) in cases {
         let upstream = Scripted::new(always(step));
         let response = send(&layer(policy(on, 3)), &upstream).await;
         assert_eq!(upstream.tries(), tries, "retryOn {on}");
-        let flagged = ResponseFlags::of_response(&response).contains(ResponseFlag::UpstreamRetryLimitExceeded);
-        assert_eq!(flagged, tries > 1, "retryOn {on}: URX only when the retries ran out");
+        let flagged = ResponseFlags::of_response(&response)
+            .contains(ResponseFlag::UpstreamRetryLimitExceeded);
+        assert_eq!(
+            flagged,
+            tries > 1,
+            "retryOn {on}: URX only when the retries ran out"
+        );
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_flaky_upstream_succeeds_on_the_second_try_with_attempt_counts() {
-    let upstream = Scripted::new(|n| if n == 0 { Step::Status(503, &[]) } else { Step::Status(200, &[]) });
+    let upstream = Scripted::new(|n| {
+        if n == 0 {
+            Step::Status(503, &[])
+        } else {
+            Step::Status(200, &[])
+        }
+    });
     let response = send(&layer(policy("5xx", 2)), &upstream).await;
     assert_eq!(response.status(), 200);
     assert_eq!(*upstream.seen.lock().unwrap(), ["1", "2"]);
@@ -132,7 +166,13 @@ async fn a_flaky_upstream_succeeds_on_the_second_try_with_attempt_counts() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured_within_the_cap_and_ends_retries_beyond_it() {
-    let upstream = Scripted::new(|n| if n == 0 { Step::Status(503, &[("retry-after", "2")]) } else { Step::Status(200, &[]) });
+    let upstream = Scripted::new(|n| {
+        if n == 0 {
+            Step::Status(503, &[("retry-after", "2")])
+        } else {
+            Step::Status(200, &[])
+        }
+    });
     let started = tokio::time::Instant::now();
     let response = send(&layer(policy("5xx", 2)), &upstream).await;
     assert_eq!(response.status(), 200);
@@ -147,19 +187,35 @@ async fn retry_after_is_honoured_within_the_cap_and_ends_retries_beyond_it() {
 async fn a_body_too_large_or_of_unknown_length_is_sent_once() {
     let upstream = Scripted::new(|_| Step::Status(503, &[]));
     let big = Request::new(body::full(vec![0u8; 70 * 1024]));
-    let response = layer(policy("5xx", 3)).layer(upstream.clone()).oneshot(big).await.unwrap();
+    let response = layer(policy("5xx", 3))
+        .layer(upstream.clone())
+        .oneshot(big)
+        .await
+        .unwrap();
     assert_eq!((response.status().as_u16(), upstream.tries()), (503, 1));
 
     let upstream = Scripted::new(|_| Step::Status(503, &[]));
     let (mut tx, rx) = futures_channel_body();
     tx.push(bytes::Bytes::from_static(b"chunk"));
     drop(tx);
-    let response = layer(policy("5xx", 3)).layer(upstream.clone()).oneshot(Request::new(rx)).await.unwrap();
-    assert_eq!((response.status().as_u16(), upstream.tries()), (503, 1), "unknown length: one try");
+    let response = layer(policy("5xx", 3))
+        .layer(upstream.clone())
+        .oneshot(Request::new(rx))
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.status().as_u16(), upstream.tries()),
+        (503, 1),
+        "unknown length: one try"
+    );
 
     let upstream = Scripted::new(|_| Step::Status(503, &[]));
     let small = Request::new(body::full(vec![0u8; 1024]));
-    layer(policy("5xx", 3)).layer(upstream.clone()).oneshot(small).await.unwrap();
+    layer(policy("5xx", 3))
+        .layer(upstream.clone())
+        .oneshot(small)
+        .await
+        .unwrap();
     assert_eq!(upstream.tries(), 4, "a small body is replayed");
 }
 
@@ -168,7 +224,13 @@ fn futures_channel_body() -> (ChunkSender, BoxBody) {
     let chunks = Arc::new(Mutex::new(std::collections::VecDeque::new()));
     let body = http_body_util::StreamBody::new(futures_util::stream::iter(std::iter::from_fn({
         let chunks = chunks.clone();
-        move || chunks.lock().unwrap().pop_front().map(|b| Ok::<_, BoxError>(http_body::Frame::data(b)))
+        move || {
+            chunks
+                .lock()
+                .unwrap()
+                .pop_front()
+                .map(|b| Ok::<_, BoxError>(http_body::Frame::data(b)))
+        }
     })));
     (ChunkSender(chunks), body::boxed(body))
 }
@@ -187,12 +249,23 @@ async fn the_route_timeout_bounds_the_tries_and_per_try_timeouts_are_retried() {
     let upstream = Scripted::new(|_| Step::Hang);
     let mut p = policy("5xx", 5);
     p.per_try_timeout = Some(Duration::from_millis(100));
-    let stack = TimeoutLayer::fixed(Duration::from_millis(250)).layer(layer(p).layer(upstream.clone()));
+    let stack =
+        TimeoutLayer::fixed(Duration::from_millis(250)).layer(layer(p).layer(upstream.clone()));
     let started = tokio::time::Instant::now();
-    let error = stack.oneshot(Request::new(body::empty())).await.unwrap_err();
+    let error = stack
+        .oneshot(Request::new(body::empty()))
+        .await
+        .unwrap_err();
     assert_eq!(started.elapsed(), Duration::from_millis(250));
-    assert!(matches!(error.downcast_ref::<ProxyError>(), Some(ProxyError::Timeout { per_try: false })));
-    assert!((2..=3).contains(&upstream.tries()), "tries: {}", upstream.tries());
+    assert!(matches!(
+        error.downcast_ref::<ProxyError>(),
+        Some(ProxyError::Timeout { per_try: false })
+    ));
+    assert!(
+        (2..=3).contains(&upstream.tries()),
+        "tries: {}",
+        upstream.tries()
+    );
 
     // Per-try timeouts alone: every try times out, the last one's 504 comes back flagged.
     let upstream = Scripted::new(|_| Step::Hang);
@@ -201,24 +274,33 @@ async fn the_route_timeout_bounds_the_tries_and_per_try_timeouts_are_retried() {
     let response = send(&layer(p), &upstream).await;
     assert_eq!((response.status().as_u16(), upstream.tries()), (504, 3));
     let flags = ResponseFlags::of_response(&response);
-    assert!(flags.contains(ResponseFlag::UpstreamRequestTimeout) && flags.contains(ResponseFlag::UpstreamRetryLimitExceeded));
+    assert!(
+        flags.contains(ResponseFlag::UpstreamRequestTimeout)
+            && flags.contains(ResponseFlag::UpstreamRetryLimitExceeded)
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_failures_spends_only_the_budget() {
     let budget = RetryBudget::new(20, 3, Duration::from_secs(10));
     let upstream = Scripted::new(|_| Step::Status(503, &[]));
-    let retry = RetryLayer::new(budget.clone(), Rng::with_seed(1))
-        .layer(upstream.clone());
+    let retry = RetryLayer::new(budget.clone(), Rng::with_seed(1)).layer(upstream.clone());
     let mut fixed = layer(policy("5xx", 2));
     fixed.budget = budget.clone();
     let retry_fixed = fixed.layer(upstream.clone());
     drop(retry);
     for _ in 0..1_000 {
-        retry_fixed.clone().oneshot(Request::new(body::empty())).await.unwrap();
+        retry_fixed
+            .clone()
+            .oneshot(Request::new(body::empty()))
+            .await
+            .unwrap();
     }
     let retries = upstream.tries() - 1_000;
-    assert!(retries <= 1_000 / 5 + 3, "{retries} retries for 1,000 failing requests");
+    assert!(
+        retries <= 1_000 / 5 + 3,
+        "{retries} retries for 1,000 failing requests"
+    );
     assert!(retries >= 1_000 / 5 - 2, "the budget is used: {retries}");
     assert!(budget.exhausted() > 0);
 }
@@ -241,21 +323,35 @@ async fn a_hedge_wins_when_the_first_try_is_slow_and_the_loser_is_cancelled() {
             let guard = DropGuard(guard_count.clone());
             async move {
                 let _guard = guard;
-                let delay = if n == 0 { Duration::from_secs(10) } else { Duration::from_millis(5) };
+                let delay = if n == 0 {
+                    Duration::from_secs(10)
+                } else {
+                    Duration::from_millis(5)
+                };
                 tokio::time::sleep(delay).await;
                 Ok::<_, BoxError>(Response::new(body::full(format!("try {n}"))))
             }
         })
     };
-    let hedge = HedgePolicy { delay: Duration::from_millis(50), max_attempts: 2 };
+    let hedge = HedgePolicy {
+        delay: Duration::from_millis(50),
+        max_attempts: 2,
+    };
     let service = layer(policy("5xx", 0)).hedge(hedge).layer(upstream);
     let started = tokio::time::Instant::now();
     let response = service.oneshot(Request::new(body::empty())).await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_millis(55));
-    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(&body[..], b"try 1");
     assert_eq!(tries.load(Ordering::SeqCst), 2);
-    assert_eq!(dropped.load(Ordering::SeqCst), 2, "the slow try was cancelled");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        2,
+        "the slow try was cancelled"
+    );
 }
 
 proptest::proptest! {
