@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod breaker;
 pub mod client;
 pub mod error;
 pub mod fault;

@@ -1,8 +1,9 @@
 //! The outbound stack: route -> fault -> mirror -> timeout -> retry -> split -> balance ->
 //! client, with errors turned into responses at the edge.
 
-use crate::balance::RoundRobinLayer;
+use crate::balance::BalanceLayer;
 use crate::body::{self, BoxBody, BoxError};
+use crate::breaker::BreakerLayer;
 use crate::client::UpstreamClient;
 use crate::error;
 use crate::fault::FaultLayer;
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
-use tower_layer::Layer;
 use tower_service::Service;
 
 /// Builds an [`Outbound`] service.
@@ -56,7 +56,10 @@ impl OutboundBuilder {
     pub fn build(self) -> Outbound {
         // Below the split: a cluster's endpoint choice and the client, shared by primary
         // requests and mirrored shadows.
-        let upstream = RoundRobinLayer::new().layer(self.client);
+        let upstream = ServiceBuilder::new()
+            .layer(BreakerLayer::new())
+            .layer(BalanceLayer::new(self.rng.clone()))
+            .service(self.client);
         let shadow: ShadowService = BoxCloneSyncService::new(upstream.clone());
         let inner = ServiceBuilder::new()
             .layer(RouteLayer::new(self.store))

@@ -31,6 +31,16 @@ pub struct Routed {
 }
 
 impl Routed {
+    /// A `Routed` carrying only a snapshot, for tests of layers that read nothing else.
+    #[cfg(test)]
+    pub(crate) fn for_tests(snapshot: Arc<Snapshot>) -> Self {
+        Self {
+            snapshot,
+            vhost: 0,
+            route: 0,
+        }
+    }
+
     /// The snapshot the request is served with.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot

@@ -1,0 +1,576 @@
+//! Endpoint choice within the chosen cluster (Istio's `loadBalancer`), aware of outlier
+//! ejection and locality.
+//!
+//! For each request to a [`Target`] cluster:
+//! 1. the cluster's healthy endpoints, minus those outlier detection has ejected (unless
+//!    fewer than `minHealthPercent` remain: panic mode uses them all);
+//! 2. with locality load balancing, a priority level: the workload's own locality first,
+//!    spilling to the next level as its healthy share drops (Envoy's 1.4 overprovisioning
+//!    factor), with `failover` naming the next region;
+//! 3. an endpoint of that level by the cluster's algorithm: P2C least-request (default),
+//!    round-robin, random (all weighted, with `warmup` slow start), passthrough, or
+//!    consistent hash (ring hash or Maglev on a header, cookie, source IP or query parameter).
+//!
+//! The outcome of each try feeds the endpoint's outlier detector. State is kept per cluster
+//! name and endpoint address, so a config swap that keeps an endpoint keeps its ejection
+//! state and in-flight count.
+
+mod hash;
+mod locality;
+mod outlier;
+
+pub use hash::{Table, hash64};
+pub use outlier::{Outcome, OutlierState, may_eject};
+
+use crate::body::{BoxBody, BoxError};
+use crate::error::ProxyError;
+use crate::rng::Rng;
+use crate::route::Routed;
+use crate::server::ConnectionInfo;
+use crate::split::Target;
+use arc_swap::ArcSwapOption;
+use futures_util::future::BoxFuture;
+use http::{HeaderValue, Request, Response};
+use mesh_core::model::{
+    Cluster, ClusterName, ConsistentHash, Endpoint, HashKey, HashTable, HealthStatus, LbAlgorithm,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The endpoint the balancer chose, as `host:port`.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// `address:port` of the chosen endpoint.
+    pub authority: http::uri::Authority,
+}
+
+/// One endpoint's live state: requests in flight, outlier detector, when it was first seen.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// Requests in flight to it.
+    pub active: AtomicUsize,
+    /// Its outlier detector.
+    pub outlier: OutlierState,
+    first_seen: Instant,
+}
+
+impl EndpointState {
+    fn new() -> Self {
+        Self {
+            active: AtomicUsize::new(0),
+            outlier: OutlierState::default(),
+            first_seen: Instant::now(),
+        }
+    }
+}
+
+/// A cluster's endpoints bound to their states, rebuilt when the snapshot's cluster changes.
+#[derive(Debug)]
+struct Resolved {
+    cluster: Arc<Cluster>,
+    states: Vec<Arc<EndpointState>>,
+    /// The hash table over the current candidate set, and that set's fingerprint.
+    table: Mutex<Option<(u64, Arc<Table>)>>,
+}
+
+#[derive(Debug, Default)]
+struct ClusterState {
+    resolved: ArcSwapOption<Resolved>,
+    turn: AtomicUsize,
+}
+
+impl ClusterState {
+    fn resolve(&self, cluster: &Arc<Cluster>) -> Arc<Resolved> {
+        let current = self.resolved.load_full();
+        if let Some(r) = &current {
+            if Arc::ptr_eq(&r.cluster, cluster) {
+                return r.clone();
+            }
+        }
+        // A new snapshot: keep the state of every endpoint that stays.
+        let previous: HashMap<String, Arc<EndpointState>> = current
+            .iter()
+            .flat_map(|r| {
+                r.cluster
+                    .endpoints
+                    .iter()
+                    .map(Endpoint::authority)
+                    .zip(r.states.iter().cloned())
+            })
+            .collect();
+        let states = cluster
+            .endpoints
+            .iter()
+            .map(|e| {
+                previous
+                    .get(&e.authority())
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointState::new()))
+            })
+            .collect();
+        let resolved = Arc::new(Resolved {
+            cluster: cluster.clone(),
+            states,
+            table: Mutex::new(None),
+        });
+        self.resolved.store(Some(resolved.clone()));
+        resolved
+    }
+}
+
+/// An opt-in outlier rule beyond Envoy's: eject an endpoint whose latency EWMA exceeds
+/// `factor` times the median of its cluster's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatencyOutlier {
+    /// How many times the median is too slow.
+    pub factor: f64,
+    /// The ejection time (multiplied by the number of ejections, as for errors).
+    pub base_ejection_time: Duration,
+    /// The fewest endpoints with an EWMA before the rule applies.
+    pub min_endpoints: usize,
+}
+
+/// Picks an endpoint for each request to a [`Target`] cluster.
+#[derive(Clone, Debug, Default)]
+pub struct BalanceLayer {
+    clusters: Arc<RwLock<HashMap<ClusterName, Arc<ClusterState>>>>,
+    rng: Rng,
+    latency_outlier: Option<LatencyOutlier>,
+}
+
+impl BalanceLayer {
+    /// A balancer drawing from `rng`.
+    pub fn new(rng: Rng) -> Self {
+        Self {
+            clusters: Arc::default(),
+            rng,
+            latency_outlier: None,
+        }
+    }
+
+    /// Turns on the latency outlier rule.
+    pub fn latency_outlier(mut self, rule: LatencyOutlier) -> Self {
+        self.latency_outlier = Some(rule);
+        self
+    }
+
+    fn cluster_state(&self, name: &ClusterName) -> Arc<ClusterState> {
+        if let Some(s) = self
+            .clusters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return s.clone();
+        }
+        self.clusters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The state of endpoint `authority` in cluster `name`, if it has been seen.
+    pub fn endpoint_state(
+        &self,
+        name: &ClusterName,
+        authority: &str,
+    ) -> Option<Arc<EndpointState>> {
+        let state = self
+            .clusters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)?
+            .clone();
+        let resolved = state.resolved.load_full()?;
+        resolved
+            .cluster
+            .endpoints
+            .iter()
+            .position(|e| e.authority() == authority)
+            .map(|i| resolved.states[i].clone())
+    }
+}
+
+impl<S> Layer<S> for BalanceLayer {
+    type Service = Balance<S>;
+
+    fn layer(&self, inner: S) -> Balance<S> {
+        Balance {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`BalanceLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Balance<S> {
+    layer: BalanceLayer,
+    inner: S,
+}
+
+/// What the balancer decided for one request.
+struct Pick {
+    index: usize,
+    set_cookie: Option<HeaderValue>,
+}
+
+/// The hash key of a request, when the algorithm hashes.
+fn hash_key<B>(key: &HashKey, req: &Request<B>) -> Option<String> {
+    match key {
+        HashKey::Header(name) => req
+            .headers()
+            .get(name.as_str())?
+            .to_str()
+            .ok()
+            .map(str::to_owned),
+        HashKey::Cookie { name, .. } => req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_owned()),
+        HashKey::SourceIp => req
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|c| c.peer.ip().to_string()),
+        HashKey::QueryParameter(name) => req
+            .uri()
+            .query()?
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_owned()),
+    }
+}
+
+impl BalanceLayer {
+    fn pick<B>(
+        &self,
+        resolved: &Resolved,
+        state: &ClusterState,
+        req: &Request<B>,
+    ) -> Result<Pick, ProxyError> {
+        let cluster = &resolved.cluster;
+        let now = Instant::now();
+        let healthy: Vec<usize> = cluster
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.health == HealthStatus::Healthy)
+            .map(|(i, _)| i)
+            .collect();
+        let available: Vec<usize> = healthy
+            .iter()
+            .copied()
+            .filter(|i| !resolved.states[*i].outlier.is_ejected(now))
+            .collect();
+        let min_health = cluster
+            .policy
+            .outlier_detection
+            .as_ref()
+            .map_or(0, |o| o.min_health_percent);
+        let mut candidates = if available.len() * 100 < healthy.len() * min_health as usize {
+            healthy // Panic mode: too few left to trust ejection.
+        } else {
+            available
+        };
+        if candidates.is_empty() {
+            return Err(ProxyError::NoHealthyUpstream(cluster.name.to_string()));
+        }
+        let local = req
+            .extensions()
+            .get::<Routed>()
+            .map(|r| &r.snapshot().workload.locality);
+        let locality_aware = cluster.policy.load_balancer.locality.is_some()
+            || cluster.policy.outlier_detection.is_some();
+        if let Some(local) = local.filter(|l| locality_aware && !l.region.is_empty()) {
+            candidates = locality::choose_level(cluster, local, &candidates, &self.rng);
+        }
+        let weight = |i: usize| -> f64 {
+            let w = f64::from(cluster.endpoints[i].weight.max(1));
+            match cluster.policy.load_balancer.warmup {
+                Some(warmup) if !warmup.is_zero() => {
+                    let age = now.saturating_duration_since(resolved.states[i].first_seen);
+                    w * (age.as_secs_f64() / warmup.as_secs_f64()).clamp(0.1, 1.0)
+                }
+                _ => w,
+            }
+        };
+        let index = match &cluster.policy.load_balancer.algorithm {
+            LbAlgorithm::RoundRobin => {
+                let total: u64 = candidates
+                    .iter()
+                    .map(|i| u64::from(cluster.endpoints[*i].weight.max(1)))
+                    .sum();
+                let mut turn = state.turn.fetch_add(1, Ordering::Relaxed) as u64 % total.max(1);
+                let mut chosen = candidates[0];
+                for i in &candidates {
+                    let w = u64::from(cluster.endpoints[*i].weight.max(1));
+                    if turn < w {
+                        chosen = *i;
+                        break;
+                    }
+                    turn -= w;
+                }
+                chosen
+            }
+            LbAlgorithm::Random | LbAlgorithm::Passthrough => {
+                weighted_random(&candidates, weight, &self.rng)
+            }
+            LbAlgorithm::LeastRequest => {
+                let active = |i: usize| resolved.states[i].active.load(Ordering::Relaxed) as f64;
+                let equal = candidates.iter().all(|i| {
+                    cluster.endpoints[*i].weight == cluster.endpoints[candidates[0]].weight
+                });
+                if candidates.len() == 1 {
+                    candidates[0]
+                } else if equal && cluster.policy.load_balancer.warmup.is_none() {
+                    // Power of two choices: the less loaded of two distinct random endpoints.
+                    let n = candidates.len() as u32;
+                    let first = self.rng.below(n) as usize;
+                    let second = (first + 1 + self.rng.below(n - 1) as usize) % candidates.len();
+                    let (a, b) = (candidates[first], candidates[second]);
+                    if active(b) < active(a) { b } else { a }
+                } else {
+                    // Unequal weights (Envoy): weighted random on weight / (active + 1).
+                    weighted_random(&candidates, |i| weight(i) / (active(i) + 1.0), &self.rng)
+                }
+            }
+            LbAlgorithm::ConsistentHash(ch) => {
+                let mut set_cookie = None;
+                let key = hash_key(&ch.key, req);
+                let index = match &key {
+                    Some(key) => self.table_lookup(resolved, &candidates, ch, hash64(key)),
+                    None => weighted_random(&candidates, weight, &self.rng),
+                };
+                if let (
+                    None,
+                    HashKey::Cookie {
+                        name,
+                        path,
+                        ttl: Some(ttl),
+                    },
+                ) = (&key, &ch.key)
+                {
+                    let value = format!("{:016x}", hash64(cluster.endpoints[index].authority()));
+                    let mut cookie = format!("{name}={value}; Max-Age={}; HttpOnly", ttl.as_secs());
+                    if let Some(path) = path {
+                        cookie.push_str(&format!("; Path={path}"));
+                    }
+                    set_cookie = HeaderValue::try_from(cookie).ok();
+                }
+                return Ok(Pick { index, set_cookie });
+            }
+        };
+        Ok(Pick {
+            index,
+            set_cookie: None,
+        })
+    }
+
+    fn table_lookup(
+        &self,
+        resolved: &Resolved,
+        candidates: &[usize],
+        ch: &ConsistentHash,
+        hash: u64,
+    ) -> usize {
+        let cluster = &resolved.cluster;
+        let fingerprint = hash64((candidates, format!("{:?}", ch.table)));
+        let mut cached = resolved.table.lock().unwrap_or_else(|p| p.into_inner());
+        let table = match cached.as_ref() {
+            Some((f, table)) if *f == fingerprint => table.clone(),
+            _ => {
+                let endpoints: Vec<(String, u32)> = candidates
+                    .iter()
+                    .map(|i| {
+                        (
+                            cluster.endpoints[*i].authority(),
+                            cluster.endpoints[*i].weight,
+                        )
+                    })
+                    .collect();
+                let table = Arc::new(match ch.table {
+                    HashTable::RingHash { minimum_ring_size } => {
+                        Table::ring(&endpoints, minimum_ring_size)
+                    }
+                    HashTable::Maglev { table_size } => Table::maglev(&endpoints, table_size),
+                });
+                *cached = Some((fingerprint, table.clone()));
+                table
+            }
+        };
+        table
+            .lookup(hash)
+            .map_or(candidates[0], |slot| candidates[slot])
+    }
+}
+
+fn weighted_random(candidates: &[usize], weight: impl Fn(usize) -> f64, rng: &Rng) -> usize {
+    let total: f64 = candidates.iter().map(|i| weight(*i)).sum();
+    let mut draw = f64::from(rng.ppm()) / 1_000_000.0 * total;
+    for i in candidates {
+        draw -= weight(*i);
+        if draw < 0.0 {
+            return *i;
+        }
+    }
+    candidates[candidates.len() - 1]
+}
+
+/// Decrements an endpoint's in-flight count when the try ends, however it ends.
+struct InFlight(Arc<EndpointState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S, B> Service<Request<B>> for Balance<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let Some(cluster) = req.extensions().get::<Target>().map(|t| t.cluster.clone()) else {
+            let e = ProxyError::BadRequest("the balancer needs a target cluster".into());
+            return Box::pin(async move { Err(e.into()) });
+        };
+        if matches!(
+            cluster.policy.load_balancer.algorithm,
+            LbAlgorithm::Passthrough
+        ) && cluster.endpoints.is_empty()
+        {
+            // Passthrough: the request's own destination is the endpoint.
+            let authority = crate::route::destination(&req).and_then(|a| a.parse().ok());
+            let Some(authority) = authority else {
+                let e = ProxyError::NoHealthyUpstream(cluster.name.to_string());
+                return Box::pin(async move { Err(e.into()) });
+            };
+            req.extensions_mut().insert(Upstream { authority });
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            return Box::pin(inner.call(req));
+        }
+        let state = self.layer.cluster_state(&cluster.name);
+        let resolved = state.resolve(&cluster);
+        let pick = match self.layer.pick(&resolved, &state, &req) {
+            Ok(pick) => pick,
+            Err(e) => return Box::pin(async move { Err(e.into()) }),
+        };
+        let endpoint = &cluster.endpoints[pick.index];
+        let authority = match endpoint.authority().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                let e = ProxyError::BadRequest(format!(
+                    "endpoint {} is not a valid authority",
+                    endpoint.authority()
+                ));
+                return Box::pin(async move { Err(e.into()) });
+            }
+        };
+        req.extensions_mut().insert(Upstream { authority });
+        let endpoint_state = resolved.states[pick.index].clone();
+        endpoint_state.active.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(endpoint_state.clone());
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let future = inner.call(req);
+        let layer = self.layer.clone();
+        let started = Instant::now();
+        Box::pin(async move {
+            let result = future.await;
+            drop(in_flight);
+            if let Some(policy) = &cluster.policy.outlier_detection {
+                let outcome = match &result {
+                    Ok(response) => Some(Outcome::Status(response.status().as_u16())),
+                    Err(e) => match e.downcast_ref::<ProxyError>() {
+                        Some(
+                            ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. },
+                        ) => Some(Outcome::LocalOriginFailure),
+                        Some(ProxyError::Timeout { .. }) => Some(Outcome::Status(504)),
+                        _ => None,
+                    },
+                };
+                if let Some(outcome) = outcome {
+                    if endpoint_state
+                        .outlier
+                        .record(outcome, started.elapsed(), policy)
+                    {
+                        let now = Instant::now();
+                        let ejected = resolved
+                            .states
+                            .iter()
+                            .filter(|s| s.outlier.is_ejected(now))
+                            .count();
+                        if may_eject(ejected, resolved.states.len(), policy.max_ejection_percent) {
+                            endpoint_state.outlier.eject(now, policy);
+                            tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[pick.index].authority(), "outlier ejected");
+                        }
+                    }
+                }
+            }
+            if let Some(rule) = layer.latency_outlier {
+                latency_check(&resolved, &endpoint_state, rule);
+            }
+            let mut response = result?;
+            if let Some(cookie) = pick.set_cookie {
+                response
+                    .headers_mut()
+                    .append(http::header::SET_COOKIE, cookie);
+            }
+            Ok(response)
+        })
+    }
+}
+
+fn latency_check(resolved: &Resolved, endpoint: &EndpointState, rule: LatencyOutlier) {
+    let mut ewmas: Vec<f64> = resolved
+        .states
+        .iter()
+        .filter_map(|s| s.outlier.latency_ewma_ms())
+        .collect();
+    if ewmas.len() < rule.min_endpoints.max(2) {
+        return;
+    }
+    ewmas.sort_by(f64::total_cmp);
+    let median = ewmas[ewmas.len() / 2];
+    let now = Instant::now();
+    if let Some(mine) = endpoint.outlier.latency_ewma_ms() {
+        let ejected = resolved
+            .states
+            .iter()
+            .filter(|s| s.outlier.is_ejected(now))
+            .count();
+        if mine > median * rule.factor && may_eject(ejected, resolved.states.len(), 10) {
+            endpoint
+                .outlier
+                .eject_for_latency(now, rule.base_ejection_time);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,345 @@
+use super::*;
+use crate::body;
+use mesh_core::model::{Address, LoadBalancer, Locality, OutlierDetection, TrafficPolicy};
+use tower::ServiceExt;
+
+fn endpoint(port: u16, weight: u32, region: &str) -> Endpoint {
+    Endpoint {
+        address: Address::Ip([127, 0, 0, 1].into()),
+        port,
+        labels: Default::default(),
+        weight,
+        locality: Locality {
+            region: region.into(),
+            zone: String::new(),
+            subzone: String::new(),
+        },
+        health: HealthStatus::Healthy,
+        service_account: None,
+        namespace: None,
+    }
+}
+
+fn cluster(endpoints: Vec<Endpoint>, policy: TrafficPolicy) -> Arc<Cluster> {
+    Arc::new(Cluster {
+        name: ClusterName::new("outbound|80||hello.default.svc.cluster.local"),
+        service: "hello.default.svc.cluster.local".into(),
+        port: 80,
+        subset: None,
+        subset_labels: Default::default(),
+        protocol: mesh_core::model::Protocol::Http,
+        endpoints,
+        policy,
+    })
+}
+
+fn policy(algorithm: LbAlgorithm) -> TrafficPolicy {
+    TrafficPolicy {
+        load_balancer: LoadBalancer {
+            algorithm,
+            ..LoadBalancer::default()
+        },
+        ..TrafficPolicy::default()
+    }
+}
+
+/// An upstream answering each endpoint port with the status `status(port)`, counting tries.
+fn upstream(
+    status: impl Fn(u16) -> u16 + Send + Sync + 'static,
+) -> (
+    impl Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError, Future = impl Send>
+    + Clone
+    + Send
+    + 'static,
+    Arc<Mutex<HashMap<u16, usize>>>,
+) {
+    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let status = Arc::new(status);
+    let seen = counts.clone();
+    let service = tower::service_fn(move |req: Request<BoxBody>| {
+        let port = req
+            .extensions()
+            .get::<Upstream>()
+            .unwrap()
+            .authority
+            .port_u16()
+            .unwrap();
+        *seen.lock().unwrap().entry(port).or_insert(0) += 1;
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = http::StatusCode::from_u16(status(port)).unwrap();
+        std::future::ready(Ok::<_, BoxError>(response))
+    });
+    (service, counts)
+}
+
+fn request(cluster: &Arc<Cluster>) -> Request<BoxBody> {
+    let mut req = Request::new(body::empty());
+    req.extensions_mut().insert(Target {
+        cluster: cluster.clone(),
+    });
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_robin_and_random_honour_weights() {
+    for algorithm in [
+        LbAlgorithm::RoundRobin,
+        LbAlgorithm::Random,
+        LbAlgorithm::LeastRequest,
+    ] {
+        let c = cluster(
+            vec![endpoint(1, 1, ""), endpoint(2, 3, "")],
+            policy(algorithm.clone()),
+        );
+        let (up, counts) = upstream(|_| 200);
+        let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
+        for _ in 0..4_000 {
+            svc.clone().oneshot(request(&c)).await.unwrap();
+        }
+        let counts = counts.lock().unwrap();
+        let share = counts[&2] as f64 / 4_000.0;
+        assert!((0.70..=0.80).contains(&share), "{algorithm:?}: {counts:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_endpoint_is_ejected_then_restored_and_the_cap_holds() {
+    let od = OutlierDetection {
+        consecutive_5xx_errors: Some(5),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 50,
+        ..OutlierDetection::default()
+    };
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.outlier_detection = Some(od);
+    let c = cluster(
+        vec![
+            endpoint(1, 1, ""),
+            endpoint(2, 1, ""),
+            endpoint(3, 1, ""),
+            endpoint(4, 1, ""),
+        ],
+        p,
+    );
+    let (up, counts) = upstream(|port| if port == 1 { 500 } else { 200 });
+    let layer = BalanceLayer::new(Rng::with_seed(5));
+    let svc = layer.layer(up);
+    for _ in 0..100 {
+        svc.clone().oneshot(request(&c)).await.unwrap();
+    }
+    assert_eq!(
+        counts.lock().unwrap()[&1],
+        5,
+        "ejected after exactly 5 consecutive 5xx"
+    );
+    let state = layer.endpoint_state(&c.name, "127.0.0.1:1").unwrap();
+    assert!(state.outlier.is_ejected(Instant::now()));
+
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for _ in 0..100 {
+        svc.clone().oneshot(request(&c)).await.unwrap();
+    }
+    assert_eq!(
+        counts.lock().unwrap()[&1],
+        10,
+        "back after the ejection time, ejected again"
+    );
+    assert_eq!(state.outlier.times_ejected(), 2);
+
+    // A config swap that keeps the endpoint keeps its state.
+    let swapped = cluster(c.endpoints.clone(), c.policy.clone());
+    svc.clone().oneshot(request(&swapped)).await.unwrap();
+    let again = layer.endpoint_state(&c.name, "127.0.0.1:1").unwrap();
+    assert!(Arc::ptr_eq(&state, &again));
+    assert!(again.outlier.is_ejected(Instant::now()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_max_ejection_percent_is_ejected_and_panic_mode_uses_all() {
+    let mut od = OutlierDetection {
+        consecutive_5xx_errors: Some(1),
+        max_ejection_percent: 50,
+        ..OutlierDetection::default()
+    };
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.outlier_detection = Some(od.clone());
+    let c = cluster((1..=4).map(|port| endpoint(port, 1, "")).collect(), p);
+    let (up, _) = upstream(|_| 500);
+    let layer = BalanceLayer::new(Rng::with_seed(5));
+    let svc = layer.layer(up);
+    for _ in 0..40 {
+        svc.clone().oneshot(request(&c)).await.unwrap();
+    }
+    let now = Instant::now();
+    let ejected = (1..=4)
+        .filter(|port| {
+            layer
+                .endpoint_state(&c.name, &format!("127.0.0.1:{port}"))
+                .unwrap()
+                .outlier
+                .is_ejected(now)
+        })
+        .count();
+    assert_eq!(ejected, 2, "never more than 50% of 4");
+
+    // Panic mode: with minHealthPercent 75 and half ejected, traffic spreads over all four.
+    od.min_health_percent = 75;
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.outlier_detection = Some(od);
+    let c2 = cluster(c.endpoints.clone(), p);
+    let (up, counts) = upstream(|_| 200);
+    let svc = layer.layer(up);
+    for _ in 0..40 {
+        svc.clone().oneshot(request(&c2)).await.unwrap();
+    }
+    assert_eq!(
+        counts.lock().unwrap().len(),
+        4,
+        "{:?}",
+        counts.lock().unwrap()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn consistent_hash_keeps_a_key_on_one_endpoint_across_swaps() {
+    for table in [
+        HashTable::RingHash {
+            minimum_ring_size: 1024,
+        },
+        HashTable::Maglev { table_size: 65_537 },
+    ] {
+        let ch = ConsistentHash {
+            key: HashKey::Header("x-user".into()),
+            table,
+        };
+        let c = cluster(
+            (1..=5).map(|port| endpoint(port, 1, "")).collect(),
+            policy(LbAlgorithm::ConsistentHash(ch)),
+        );
+        let (up, counts) = upstream(|_| 200);
+        let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
+        let send = |c: &Arc<Cluster>, user: &str| {
+            let mut req = request(c);
+            req.headers_mut()
+                .insert("x-user", HeaderValue::from_str(user).unwrap());
+            svc.clone().oneshot(req)
+        };
+        for _ in 0..10_000 {
+            send(&c, "user-42").await.unwrap();
+        }
+        assert_eq!(
+            counts.lock().unwrap().len(),
+            1,
+            "{table:?}: one endpoint for one key"
+        );
+        let swapped = cluster(c.endpoints.clone(), c.policy.clone());
+        send(&swapped, "user-42").await.unwrap();
+        assert_eq!(
+            counts.lock().unwrap().len(),
+            1,
+            "{table:?}: the same after a swap"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cookie_is_set_when_absent() {
+    let ch = ConsistentHash {
+        key: HashKey::Cookie {
+            name: "session".into(),
+            path: Some("/".into()),
+            ttl: Some(Duration::from_secs(60)),
+        },
+        table: HashTable::default(),
+    };
+    let c = cluster(
+        vec![endpoint(1, 1, ""), endpoint(2, 1, "")],
+        policy(LbAlgorithm::ConsistentHash(ch)),
+    );
+    let (up, _) = upstream(|_| 200);
+    let response = BalanceLayer::new(Rng::with_seed(1))
+        .layer(up)
+        .oneshot(request(&c))
+        .await
+        .unwrap();
+    let cookie = response.headers()[http::header::SET_COOKIE]
+        .to_str()
+        .unwrap();
+    assert!(
+        cookie.starts_with("session=")
+            && cookie.contains("Max-Age=60")
+            && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn locality_keeps_traffic_local_and_fails_over_when_local_is_ejected() {
+    let od = OutlierDetection {
+        consecutive_5xx_errors: Some(1),
+        max_ejection_percent: 100,
+        ..OutlierDetection::default()
+    };
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.outlier_detection = Some(od);
+    let c = cluster(
+        vec![
+            endpoint(1, 1, "us-east"),
+            endpoint(2, 1, "us-east"),
+            endpoint(3, 1, "eu-west"),
+        ],
+        p,
+    );
+    let snapshot = Arc::new(mesh_core::store::ConfigStore::new(
+        mesh_core::model::MeshConfig {
+            workload: mesh_core::model::Workload {
+                locality: Locality::parse("us-east"),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    ));
+    let routed = || {
+        let store = snapshot.clone();
+        // A Routed needs a route; build one through the route layer's public path.
+        store.load()
+    };
+    let local_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = local_down.clone();
+    let (up, counts) = upstream(move |port| {
+        if flag.load(Ordering::SeqCst) && port != 3 {
+            500
+        } else {
+            200
+        }
+    });
+    let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
+    let send = |snap: Arc<mesh_core::store::Snapshot>| {
+        let mut req = request(&c);
+        req.extensions_mut()
+            .insert(crate::route::Routed::for_tests(snap));
+        svc.clone().oneshot(req)
+    };
+    for _ in 0..1_000 {
+        send(routed()).await.unwrap();
+    }
+    assert_eq!(
+        counts.lock().unwrap().get(&3),
+        None,
+        "all local while local is healthy: {:?}",
+        counts.lock().unwrap()
+    );
+    local_down.store(true, Ordering::SeqCst);
+    counts.lock().unwrap().clear();
+    let mut failures = 0;
+    for _ in 0..1_000 {
+        if send(routed()).await.unwrap().status() != 200 {
+            failures += 1;
+        }
+    }
+    assert_eq!(
+        failures, 2,
+        "one failure per local endpoint, then they are ejected"
+    );
+    assert_eq!(counts.lock().unwrap()[&3], 998);
+}

@@ -1,0 +1,260 @@
+//! Circuit breaking (Istio's `connectionPool`): per cluster, at most `maxConnections`
+//! requests in flight on HTTP/1.1 (one per connection) or `http2MaxRequests` on HTTP/2, and
+//! at most `http1MaxPendingRequests` waiting for a slot. Past both, a request fails at once
+//! with 503 and flag `UO`; nothing queues without bound.
+//!
+//! ```
+//! use mesh_tower::breaker::Limits;
+//! let limits = Limits { active: 1, pending: 1 };
+//! assert_eq!(limits.active, 1);
+//! ```
+
+use crate::body::{BoxBody, BoxError};
+use crate::error::ProxyError;
+use crate::split::Target;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use mesh_core::model::{Cluster, ClusterName, Protocol};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// A cluster's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests in flight.
+    pub active: u32,
+    /// Requests waiting for an in-flight slot.
+    pub pending: u32,
+}
+
+impl Limits {
+    /// The limits `cluster`'s connection pool policy sets.
+    pub fn of(cluster: &Cluster) -> Self {
+        let pool = &cluster.policy.connection_pool;
+        let active = match cluster.protocol {
+            Protocol::Http2 | Protocol::Grpc => pool.http2_max_requests,
+            _ => pool.max_connections,
+        };
+        Self {
+            active,
+            pending: pool.http1_max_pending_requests,
+        }
+    }
+}
+
+/// Overflow counters, by kind.
+#[derive(Debug, Default)]
+pub struct BreakerStats {
+    /// Requests refused because the in-flight and pending limits were both reached.
+    pub overflow_pending: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Gate {
+    limits: Limits,
+    active: Arc<Semaphore>,
+    pending: Arc<Semaphore>,
+}
+
+impl Gate {
+    fn new(limits: Limits) -> Self {
+        let cap = |n: u32| (n as usize).min(Semaphore::MAX_PERMITS);
+        Self {
+            limits,
+            active: Arc::new(Semaphore::new(cap(limits.active))),
+            pending: Arc::new(Semaphore::new(cap(limits.pending))),
+        }
+    }
+}
+
+/// Enforces each cluster's limits.
+#[derive(Clone, Debug, Default)]
+pub struct BreakerLayer {
+    gates: Arc<RwLock<HashMap<ClusterName, Arc<Gate>>>>,
+    stats: Arc<BreakerStats>,
+}
+
+impl BreakerLayer {
+    /// A breaker with no cluster seen yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The overflow counters.
+    pub fn stats(&self) -> Arc<BreakerStats> {
+        self.stats.clone()
+    }
+
+    /// The gate of `cluster`, made anew when its limits change (requests in flight under the
+    /// old limits finish under them).
+    fn gate(&self, cluster: &Cluster) -> Arc<Gate> {
+        let limits = Limits::of(cluster);
+        if let Some(g) = self
+            .gates
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cluster.name)
+        {
+            if g.limits == limits {
+                return g.clone();
+            }
+        }
+        let mut gates = self.gates.write().unwrap_or_else(|p| p.into_inner());
+        let gate = gates
+            .entry(cluster.name.clone())
+            .or_insert_with(|| Arc::new(Gate::new(limits)));
+        if gate.limits != limits {
+            *gate = Arc::new(Gate::new(limits));
+        }
+        gate.clone()
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Breaker<S> {
+        Breaker {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`BreakerLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Breaker<S> {
+    layer: BreakerLayer,
+    inner: S,
+}
+
+/// An admission: a slot in flight, held until the try ends.
+async fn admit(
+    gate: Arc<Gate>,
+    stats: Arc<BreakerStats>,
+    name: String,
+) -> Result<OwnedSemaphorePermit, ProxyError> {
+    if let Ok(permit) = gate.active.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    let Ok(waiting) = gate.pending.clone().try_acquire_owned() else {
+        stats.overflow_pending.fetch_add(1, Ordering::Relaxed);
+        return Err(ProxyError::Overflow(format!(
+            "{name}: pending requests limit reached"
+        )));
+    };
+    let permit = gate
+        .active
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ProxyError::Overflow(format!("{name}: closed")))?;
+    drop(waiting);
+    Ok(permit)
+}
+
+impl<S, B> Service<Request<B>> for Breaker<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(cluster) = req.extensions().get::<Target>().map(|t| t.cluster.clone()) else {
+            return Box::pin(inner.call(req));
+        };
+        let gate = self.layer.gate(&cluster);
+        // Fast path: a free slot, no waiting.
+        if let Ok(permit) = gate.active.clone().try_acquire_owned() {
+            let future = inner.call(req);
+            return Box::pin(async move {
+                let result = future.await;
+                drop(permit);
+                result
+            });
+        }
+        let stats = self.layer.stats.clone();
+        let name = cluster.name.to_string();
+        let admission = admit(gate, stats, name);
+        Box::pin(async move {
+            let permit = admission.await?;
+            let result = inner.call(req).await;
+            drop(permit);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body;
+    use mesh_core::model::{ConnectionPool, TrafficPolicy};
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_active_and_pending_limits_requests_fail_at_once() {
+        let cluster = Arc::new(Cluster {
+            name: ClusterName::new("c"),
+            service: "s".into(),
+            port: 80,
+            subset: None,
+            subset_labels: Default::default(),
+            protocol: Protocol::Http,
+            endpoints: vec![],
+            policy: TrafficPolicy {
+                connection_pool: ConnectionPool {
+                    max_connections: 1,
+                    http1_max_pending_requests: 1,
+                    ..ConnectionPool::default()
+                },
+                ..TrafficPolicy::default()
+            },
+        });
+        let slow = tower::service_fn(|_req: Request<BoxBody>| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        });
+        let layer = BreakerLayer::new();
+        let svc = layer.layer(slow);
+        let started = tokio::time::Instant::now();
+        let tries = (0..5).map(|_| {
+            let mut req = Request::new(body::empty());
+            req.extensions_mut().insert(Target {
+                cluster: cluster.clone(),
+            });
+            let svc = svc.clone();
+            async move {
+                let result = svc.oneshot(req).await;
+                (result.is_ok(), tokio::time::Instant::now())
+            }
+        });
+        let mut ok = 0;
+        for (success, at) in futures_util::future::join_all(tries).await {
+            if success {
+                ok += 1;
+            } else {
+                assert_eq!(at, started, "an overflow fails at once");
+            }
+        }
+        assert_eq!(ok, 2, "one in flight and one pending");
+        assert_eq!(layer.stats().overflow_pending.load(Ordering::Relaxed), 3);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+}
