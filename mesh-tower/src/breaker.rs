@@ -99,10 +99,9 @@ impl BreakerLayer {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&cluster.name)
+            && g.limits == limits
         {
-            if g.limits == limits {
-                return g.clone();
-            }
+            return g.clone();
         }
         let mut gates = self.gates.write().unwrap_or_else(|p| p.into_inner());
         let gate = gates

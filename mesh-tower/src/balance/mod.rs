@@ -88,10 +88,10 @@ struct ClusterState {
 impl ClusterState {
     fn resolve(&self, cluster: &Arc<Cluster>) -> Arc<Resolved> {
         let current = self.resolved.load_full();
-        if let Some(r) = &current {
-            if Arc::ptr_eq(&r.cluster, cluster) {
-                return r.clone();
-            }
+        if let Some(r) = &current
+            && Arc::ptr_eq(&r.cluster, cluster)
+        {
+            return r.clone();
         }
         // A new snapshot: keep the state of every endpoint that stays.
         let previous: HashMap<String, Arc<EndpointState>> = current
@@ -514,21 +514,20 @@ where
                         _ => None,
                     },
                 };
-                if let Some(outcome) = outcome {
-                    if endpoint_state
+                if let Some(outcome) = outcome
+                    && endpoint_state
                         .outlier
                         .record(outcome, started.elapsed(), policy)
-                    {
-                        let now = Instant::now();
-                        let ejected = resolved
-                            .states
-                            .iter()
-                            .filter(|s| s.outlier.is_ejected(now))
-                            .count();
-                        if may_eject(ejected, resolved.states.len(), policy.max_ejection_percent) {
-                            endpoint_state.outlier.eject(now, policy);
-                            tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[pick.index].authority(), "outlier ejected");
-                        }
+                {
+                    let now = Instant::now();
+                    let ejected = resolved
+                        .states
+                        .iter()
+                        .filter(|s| s.outlier.is_ejected(now))
+                        .count();
+                    if may_eject(ejected, resolved.states.len(), policy.max_ejection_percent) {
+                        endpoint_state.outlier.eject(now, policy);
+                        tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[pick.index].authority(), "outlier ejected");
                     }
                 }
             }
