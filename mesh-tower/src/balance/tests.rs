@@ -43,16 +43,11 @@ fn policy(algorithm: LbAlgorithm) -> TrafficPolicy {
     }
 }
 
+type Counts = Arc<Mutex<HashMap<u16, usize>>>;
+type TestUpstream = tower::util::BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError>;
+
 /// An upstream answering each endpoint port with the status `status(port)`, counting tries.
-fn upstream(
-    status: impl Fn(u16) -> u16 + Send + Sync + 'static,
-) -> (
-    impl Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError, Future = impl Send>
-    + Clone
-    + Send
-    + 'static,
-    Arc<Mutex<HashMap<u16, usize>>>,
-) {
+fn upstream(status: impl Fn(u16) -> u16 + Send + Sync + 'static) -> (TestUpstream, Counts) {
     let counts = Arc::new(Mutex::new(HashMap::new()));
     let status = Arc::new(status);
     let seen = counts.clone();
@@ -69,7 +64,7 @@ fn upstream(
         *response.status_mut() = http::StatusCode::from_u16(status(port)).unwrap();
         std::future::ready(Ok::<_, BoxError>(response))
     });
-    (service, counts)
+    (tower::util::BoxCloneSyncService::new(service), counts)
 }
 
 fn request(cluster: &Arc<Cluster>) -> Request<BoxBody> {
