@@ -165,3 +165,34 @@ async fn the_route_timeout_answers_504() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_route_answers_429_past_its_burst() {
+    let v1 = upstream("v1", Duration::ZERO).await;
+    let annotated = "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: hello
+  annotations: { ratelimit.mesh.io/requests-per-second: \"1\", ratelimit.mesh.io/burst: \"5\" }
+spec:
+  hosts: [hello]
+  http:
+  - route: [{ destination: { host: hello } }]
+";
+    let config = ConfigDir::new(&(registry(&[&v1]) + annotated));
+    let proxy = start_proxy(&config).await;
+    let c = client(proxy.outbound, false);
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..8 {
+        let (status, _, headers) = get(&c, "hello", "/", &[]).await;
+        statuses.push(status);
+        last = Some(headers);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    let headers = last.unwrap();
+    assert_eq!(headers["x-ratelimit-limit"], "5");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    proxy.shutdown().await;
+}

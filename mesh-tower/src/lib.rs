@@ -4,7 +4,8 @@
 //! [`outbound`] and [`inbound`] stacks compose them in the order `DESIGN.md` gives:
 //!
 //! ```text
-//! outbound: route -> fault -> mirror -> timeout -> retry -> split -> balance -> client
+//! outbound: route -> rate limit -> fault -> mirror -> timeout -> retry -> split -> breaker
+//!           -> balance -> client
 //! inbound:  -> local app
 //! ```
 //!
@@ -25,6 +26,7 @@ pub mod flags;
 pub mod inbound;
 pub mod mirror;
 pub mod outbound;
+pub mod ratelimit;
 pub mod retry;
 pub mod rng;
 pub mod route;

@@ -1,4 +1,4 @@
-//! The outbound stack: route -> fault -> mirror -> timeout -> retry -> split -> balance ->
+//! The outbound stack: route -> rate limit -> fault -> mirror -> timeout -> retry -> split -> balance ->
 //! client, with errors turned into responses at the edge.
 
 use crate::balance::BalanceLayer;
@@ -8,6 +8,7 @@ use crate::client::UpstreamClient;
 use crate::error;
 use crate::fault::FaultLayer;
 use crate::mirror::{MirrorLayer, ShadowService};
+use crate::ratelimit::RateLimitLayer;
 use crate::retry::{RetryBudget, RetryLayer};
 use crate::rng::Rng;
 use crate::route::RouteLayer;
@@ -63,6 +64,7 @@ impl OutboundBuilder {
         let shadow: ShadowService = BoxCloneSyncService::new(upstream.clone());
         let inner = ServiceBuilder::new()
             .layer(RouteLayer::new(self.store))
+            .layer(RateLimitLayer::new())
             .layer(FaultLayer::new(self.rng.clone()))
             .layer(MirrorLayer::new(shadow, self.rng.clone()))
             .layer(TimeoutLayer::new())

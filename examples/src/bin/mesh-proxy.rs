@@ -9,7 +9,7 @@
 //! 2 on bad arguments.
 
 use clap::{Args, Parser, Subcommand};
-use mesh_core::model::{Labels, Workload};
+use mesh_core::model::{Labels, Locality, Workload};
 use mesh_examples::demo;
 use mesh_examples::proxy::{Options, Proxy, StartError};
 use mesh_tower::server::Drain;
@@ -90,6 +90,9 @@ struct WorkloadArgs {
     /// The workload's service account.
     #[arg(long, default_value = "default")]
     service_account: String,
+    /// The workload's locality, `region/zone/subzone`, for locality-aware load balancing.
+    #[arg(long, default_value = "")]
+    locality: String,
 }
 
 impl WorkloadArgs {
@@ -98,6 +101,7 @@ impl WorkloadArgs {
             namespace: self.workload_namespace.clone(),
             labels: self.workload_labels.clone(),
             service_account: self.service_account.clone(),
+            locality: Locality::parse(&self.locality),
             ..Workload::default()
         }
     }

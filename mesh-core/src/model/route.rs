@@ -133,6 +133,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Hedging (a mesh extension).
     pub hedge: Option<HedgePolicy>,
+    /// The local rate limit (a mesh extension: the `ratelimit.mesh.io/*` annotations).
+    pub rate_limit: Option<LocalRateLimit>,
 }
 
 /// A match on request properties (Istio's `HTTPMatchRequest`); every given condition must hold.
@@ -571,4 +573,16 @@ impl serde::Serialize for RetryOn {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
+}
+
+/// A local token bucket (Envoy's `local_ratelimit`): `max_tokens` burst, refilled with
+/// `tokens_per_fill` every `fill_interval`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LocalRateLimit {
+    /// The bucket's size: the largest burst.
+    pub max_tokens: u32,
+    /// Tokens added each interval.
+    pub tokens_per_fill: u32,
+    /// The refill interval.
+    pub fill_interval: Duration,
 }

@@ -7,8 +7,9 @@ use super::{At, Findings, qualify, values};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
     AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
-    HedgePolicy, Mirror, Percentage, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite, Route,
-    RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster, Workload,
+    HedgePolicy, LocalRateLimit, Mirror, Percentage, Redirect, RedirectPort, RetryOn, RetryPolicy,
+    Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster,
+    Workload,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -71,6 +72,7 @@ pub(super) fn build(
             vs_hosts: &hosts,
         };
         let hedge = hedge_policy(&res.annotations, &mut at);
+        let rate_limit = rate_limit(&res.annotations, &mut at);
         let mut templates: Vec<Template> = vs
             .http
             .iter()
@@ -79,8 +81,11 @@ pub(super) fn build(
                 context.template(r, &format!("spec.http[{i}]"), &res.name, i, &mut at)
             })
             .collect();
-        for t in templates.iter_mut().filter(|t| t.forward.is_some()) {
-            t.route.hedge.clone_from(&hedge);
+        for t in templates.iter_mut() {
+            if t.forward.is_some() {
+                t.route.hedge.clone_from(&hedge);
+            }
+            t.route.rate_limit.clone_from(&rate_limit);
         }
         for (i, host) in hosts.iter().enumerate() {
             if let Some((owner, _)) = by_host.get(host) {
@@ -166,6 +171,45 @@ fn hedge_policy(annotations: &BTreeMap<String, String>, at: &mut At<'_>) -> Opti
     })
 }
 
+/// The annotation setting a local rate limit on every rule of a VirtualService, as requests
+/// per second (a token bucket refilled every second).
+pub(crate) const RATE_LIMIT_ANNOTATION: &str = "ratelimit.mesh.io/requests-per-second";
+/// The annotation setting the bucket size (the largest burst); default: the rate.
+pub(crate) const RATE_LIMIT_BURST_ANNOTATION: &str = "ratelimit.mesh.io/burst";
+
+fn rate_limit(annotations: &BTreeMap<String, String>, at: &mut At<'_>) -> Option<LocalRateLimit> {
+    let number = |key: &str, at: &mut At<'_>| -> Option<Option<u32>> {
+        match annotations.get(key) {
+            None => Some(None),
+            Some(v) => at.check(
+                &format!("metadata.annotations.{key}"),
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Some)
+                    .ok_or_else(|| format!("{v:?} is not a positive whole number")),
+            ),
+        }
+    };
+    let rate = number(RATE_LIMIT_ANNOTATION, at)?;
+    let burst = number(RATE_LIMIT_BURST_ANNOTATION, at)?;
+    match (rate, burst) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            at.error(
+                &format!("metadata.annotations.{RATE_LIMIT_BURST_ANNOTATION}"),
+                format!("needs {RATE_LIMIT_ANNOTATION}"),
+            );
+            None
+        }
+        (Some(rate), burst) => Some(LocalRateLimit {
+            max_tokens: burst.unwrap_or(rate),
+            tokens_per_fill: rate,
+            fill_interval: Duration::from_secs(1),
+        }),
+    }
+}
+
 /// The names a client may use for `host`: the FQDN, `name.ns.svc`, `name.ns`, and `name` from
 /// the same namespace; each with `:port`, and bare on the service's default HTTP port.
 fn domains(host: &str, port: Option<u16>, bare: bool, workload: &Workload) -> Vec<String> {
@@ -213,6 +257,7 @@ fn default_route(host: &str, port: u16) -> Route {
         retry: Some(RetryPolicy::istio_default()),
         timeout: None,
         hedge: None,
+        rate_limit: None,
     }
 }
 
@@ -419,6 +464,7 @@ impl Context<'_> {
                 retry,
                 timeout: (!timeout.is_zero()).then_some(timeout),
                 hedge: None,
+                rate_limit: None,
             },
             forward,
             mirrors,

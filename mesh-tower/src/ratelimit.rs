@@ -1,0 +1,210 @@
+//! Local rate limiting: a token bucket per route (the `ratelimit.mesh.io/*` annotations on a
+//! VirtualService) or a fixed one around any service. A request without a token gets 429,
+//! flag `RL`, and `x-ratelimit-*` headers (Envoy's draft-03 form); every answer carries the
+//! headers while a limit applies.
+//!
+//! ```
+//! use mesh_core::model::LocalRateLimit;
+//! use mesh_tower::body::{self, BoxBody, BoxError};
+//! use mesh_tower::ratelimit::RateLimitLayer;
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+//! let limit = LocalRateLimit { max_tokens: 2, tokens_per_fill: 2, fill_interval: Duration::from_secs(1) };
+//! let mut service = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::fixed(limit))
+//!     .service_fn(|_req: http::Request<BoxBody>| async { Ok::<_, BoxError>(http::Response::new(body::empty())) });
+//! let mut statuses = Vec::new();
+//! for _ in 0..3 {
+//!     let response = service.ready().await.unwrap().call(http::Request::new(body::empty())).await.unwrap();
+//!     statuses.push(response.status().as_u16());
+//! }
+//! assert_eq!(statuses, [200, 200, 429]);
+//! # });
+//! ```
+
+use crate::body::{BoxBody, BoxError};
+use crate::error::{self, ProxyError};
+use crate::route::Routed;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use mesh_core::model::LocalRateLimit;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// A token bucket.
+#[derive(Debug)]
+pub struct TokenBucket {
+    limit: LocalRateLimit,
+    state: Mutex<(u32, Instant)>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(limit: LocalRateLimit) -> Self {
+        Self {
+            state: Mutex::new((limit.max_tokens, Instant::now())),
+            limit,
+        }
+    }
+
+    /// Takes a token if there is one; returns whether it did, the tokens left and the time
+    /// to the next refill.
+    pub fn take(&self) -> (bool, u32, Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let interval = self.limit.fill_interval.max(Duration::from_millis(1));
+        let fills = now.saturating_duration_since(state.1).as_nanos() / interval.as_nanos();
+        if fills > 0 {
+            let added = (fills as u64).saturating_mul(u64::from(self.limit.tokens_per_fill));
+            state.0 = (u64::from(state.0) + added).min(u64::from(self.limit.max_tokens)) as u32;
+            state.1 += interval * fills.min(u128::from(u32::MAX)) as u32;
+        }
+        let reset = (state.1 + interval).saturating_duration_since(now);
+        if state.0 > 0 {
+            state.0 -= 1;
+            (true, state.0, reset)
+        } else {
+            (false, 0, reset)
+        }
+    }
+
+    fn headers(&self, remaining: u32, reset: Duration, headers: &mut HeaderMap) {
+        headers.insert(
+            "x-ratelimit-limit",
+            HeaderValue::from(self.limit.max_tokens),
+        );
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+        headers.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from(reset.as_secs_f64().ceil() as u64),
+        );
+    }
+}
+
+/// Applies each route's rate limit, or a fixed one.
+#[derive(Clone, Debug, Default)]
+pub struct RateLimitLayer {
+    fixed: Option<Arc<TokenBucket>>,
+    buckets: Arc<Mutex<HashMap<(String, String), Arc<TokenBucket>>>>,
+}
+
+impl RateLimitLayer {
+    /// Limits by each request's route (a bucket per virtual host and route, kept across
+    /// config swaps while the limit is unchanged).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Limits every request by one bucket.
+    pub fn fixed(limit: LocalRateLimit) -> Self {
+        Self {
+            fixed: Some(Arc::new(TokenBucket::new(limit))),
+            ..Self::default()
+        }
+    }
+
+    fn bucket(&self, routed: &Routed, limit: &LocalRateLimit) -> Arc<TokenBucket> {
+        let key = (
+            routed.virtual_host().name.clone(),
+            routed.route().name.clone(),
+        );
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets
+            .entry(key)
+            .or_insert_with(|| Arc::new(TokenBucket::new(limit.clone())));
+        if bucket.limit != *limit {
+            *bucket = Arc::new(TokenBucket::new(limit.clone()));
+        }
+        bucket.clone()
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`RateLimitLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct RateLimit<S> {
+    layer: RateLimitLayer,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for RateLimit<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let bucket = self.layer.fixed.clone().or_else(|| {
+            let routed = req.extensions().get::<Routed>()?;
+            let limit = routed.route().rate_limit.as_ref()?;
+            Some(self.layer.bucket(routed, limit))
+        });
+        let Some(bucket) = bucket else {
+            return Box::pin(self.inner.call(req));
+        };
+        let (allowed, remaining, reset) = bucket.take();
+        if !allowed {
+            let mut response = error::to_response(&ProxyError::RateLimited.into());
+            bucket.headers(remaining, reset, response.headers_mut());
+            return Box::pin(async move { Ok(response) });
+        }
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = future.await?;
+            bucket.headers(remaining, reset, response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_refills_at_its_rate_up_to_its_burst() {
+        let bucket = TokenBucket::new(LocalRateLimit {
+            max_tokens: 5,
+            tokens_per_fill: 2,
+            fill_interval: Duration::from_secs(1),
+        });
+        let taken = (0..10).filter(|_| bucket.take().0).count();
+        assert_eq!(taken, 5, "the burst");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            (0..10).filter(|_| bucket.take().0).count(),
+            2,
+            "one interval's fill"
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            (0..10).filter(|_| bucket.take().0).count(),
+            5,
+            "never more than the burst"
+        );
+    }
+}
