@@ -88,11 +88,14 @@ impl TokenBucket {
     }
 }
 
+/// A route, by virtual host name and route name.
+type RouteKey = (String, String);
+
 /// Applies each route's rate limit, or a fixed one.
 #[derive(Clone, Debug, Default)]
 pub struct RateLimitLayer {
     fixed: Option<Arc<TokenBucket>>,
-    buckets: Arc<Mutex<HashMap<(String, String), Arc<TokenBucket>>>>,
+    buckets: Arc<Mutex<HashMap<RouteKey, Arc<TokenBucket>>>>,
 }
 
 impl RateLimitLayer {
