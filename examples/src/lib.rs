@@ -9,4 +9,5 @@
 #![deny(missing_docs)]
 
 pub mod demo;
+pub mod metrics;
 pub mod proxy;

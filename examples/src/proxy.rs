@@ -7,15 +7,17 @@
 //! - health: `/healthz/ready`.
 
 use mesh_core::istio::Diagnostic;
+use mesh_core::model::Percentage;
 use mesh_core::model::Workload;
 use mesh_core::store::ConfigStore;
-use mesh_tower::admin::{Admin, Readiness};
+use mesh_tower::admin::{Admin, LogLevelSetter, Readiness};
 use mesh_tower::client::UpstreamClient;
 use mesh_tower::inbound::Inbound;
 use mesh_tower::outbound::Outbound;
 use mesh_tower::rng::Rng;
 use mesh_tower::server::{Drain, serve};
 use mesh_tower::source::FileSource;
+use mesh_tower::telemetry::{AccessLogFormat, AccessLogSink, Reporter, Telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Everything the sidecar needs to start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// Istio YAML files and directories.
     pub config: Vec<PathBuf>,
@@ -47,6 +49,28 @@ pub struct Options {
     pub drain_grace: Duration,
     /// A fixed seed for traffic splits (reproducible runs); entropy when `None`.
     pub seed: Option<u64>,
+    /// The access log format; `None` turns it off.
+    pub access_log: Option<AccessLogFormat>,
+    /// The share of new traces sampled (Istio's default: 1%).
+    pub trace_sampling: Percentage,
+    /// Changes the log filter for `/logging?level=`.
+    pub log_level: Option<LogLevelSetter>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("config", &self.config)
+            .field("outbound", &self.outbound)
+            .field("inbound", &self.inbound)
+            .field("admin", &self.admin)
+            .field("health", &self.health)
+            .field("app", &self.app)
+            .field("workload", &self.workload)
+            .field("access_log", &self.access_log)
+            .field("trace_sampling", &self.trace_sampling)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Options {
@@ -65,6 +89,9 @@ impl Options {
             reload_interval: Duration::from_secs(1),
             drain_grace: Duration::from_secs(5),
             seed: None,
+            access_log: None,
+            trace_sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
+            log_level: None,
         }
     }
 }
@@ -141,13 +168,31 @@ impl Proxy {
 
         let client = UpstreamClient::new();
         let rng = options.seed.map_or_else(Rng::from_entropy, Rng::with_seed);
+        let mut telemetry = Telemetry::new(Reporter::Source, options.workload.clone())
+            .sampling(options.trace_sampling)
+            .rng(rng.clone());
+        if let Some(format) = options.access_log {
+            let stdout: AccessLogSink = Arc::new(|line: &str| {
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            });
+            telemetry = telemetry.access_log(format, stdout);
+        }
         let outbound_service = Outbound::builder(store.clone())
             .rng(rng)
             .client(client.clone())
+            .telemetry(telemetry)
             .build();
         let inbound_service = Inbound::new(store.clone(), options.app, client);
         let readiness = Readiness::default();
-        let admin_service = Admin::new(store.clone(), readiness.clone());
+        let mut admin_service = Admin::new(store.clone(), readiness.clone())
+            .balancer(outbound_service.balancer().clone());
+        if let Some(handle) = crate::metrics::prometheus() {
+            admin_service = admin_service.metrics(Arc::new(move || handle.render()));
+        }
+        if let Some(set) = options.log_level.clone() {
+            admin_service = admin_service.log_level(set);
+        }
 
         let (stop, stopped) = watch::channel(false);
         let signal = move || {

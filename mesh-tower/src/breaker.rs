@@ -143,6 +143,7 @@ async fn admit(
     }
     let Ok(waiting) = gate.pending.clone().try_acquire_owned() else {
         stats.overflow_pending.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("mesh_circuit_breaker_overflow_total", "cluster" => name.clone(), "kind" => "pending").increment(1);
         return Err(ProxyError::Overflow(format!(
             "{name}: pending requests limit reached"
         )));

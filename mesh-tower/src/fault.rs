@@ -166,6 +166,12 @@ where
         if decision == Decision::default() {
             return Box::pin(inner.call(req));
         }
+        if decision.delay.is_some() {
+            metrics::counter!("mesh_faults_injected_total", "kind" => "delay").increment(1);
+        }
+        if decision.abort.is_some() {
+            metrics::counter!("mesh_faults_injected_total", "kind" => "abort").increment(1);
+        }
         Box::pin(async move {
             if let Some(delay) = decision.delay {
                 tokio::time::sleep(delay).await;

@@ -220,12 +220,16 @@ where
                         .stats
                         .skipped_body
                         .fetch_add(targets.len() as u64, Ordering::Relaxed);
+                    metrics::counter!("mesh_mirror_requests_total", "result" => "skipped_body")
+                        .increment(targets.len() as u64);
                     return call_ready(inner, Request::from_parts(parts, body)).await;
                 }
             };
             for target in targets {
                 let Ok(permit) = layer.in_flight.clone().try_acquire_owned() else {
                     layer.stats.skipped_overflow.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mesh_mirror_requests_total", "result" => "skipped_overflow")
+                        .increment(1);
                     continue;
                 };
                 let mut shadow = Request::new(body::full(bytes.clone()));
@@ -243,6 +247,7 @@ where
                 let service = layer.shadow.clone();
                 let timeout = layer.shadow_timeout;
                 layer.stats.sent.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("mesh_mirror_requests_total", "result" => "sent").increment(1);
                 tokio::spawn(async move {
                     let _permit = permit;
                     // The shadow's answer (or failure) is dropped.

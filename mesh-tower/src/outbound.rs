@@ -13,6 +13,7 @@ use crate::retry::{RetryBudget, RetryLayer};
 use crate::rng::Rng;
 use crate::route::RouteLayer;
 use crate::split::SplitLayer;
+use crate::telemetry::Telemetry;
 use crate::timeout::TimeoutLayer;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -32,6 +33,7 @@ pub struct OutboundBuilder {
     rng: Rng,
     client: UpstreamClient,
     budget: RetryBudget,
+    telemetry: Option<Telemetry>,
 }
 
 impl OutboundBuilder {
@@ -53,13 +55,20 @@ impl OutboundBuilder {
         self
     }
 
+    /// Records metrics, trace context and access logs with `telemetry`.
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
     /// The service.
     pub fn build(self) -> Outbound {
         // Below the split: a cluster's endpoint choice and the client, shared by primary
         // requests and mirrored shadows.
+        let balancer = BalanceLayer::new(self.rng.clone());
         let upstream = ServiceBuilder::new()
             .layer(BreakerLayer::new())
-            .layer(BalanceLayer::new(self.rng.clone()))
+            .layer(balancer.clone())
             .service(self.client);
         let shadow: ShadowService = BoxCloneSyncService::new(upstream.clone());
         let inner = ServiceBuilder::new()
@@ -73,6 +82,8 @@ impl OutboundBuilder {
             .service(upstream);
         Outbound {
             inner: BoxCloneSyncService::new(inner),
+            telemetry: self.telemetry,
+            balancer,
         }
     }
 }
@@ -93,6 +104,8 @@ impl OutboundBuilder {
 #[derive(Clone)]
 pub struct Outbound {
     inner: BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError>,
+    telemetry: Option<Telemetry>,
+    balancer: BalanceLayer,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -102,6 +115,11 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
+    /// The stack's balancer, whose endpoint state the admin endpoint shows.
+    pub fn balancer(&self) -> &BalanceLayer {
+        &self.balancer
+    }
+
     /// A builder for the stack over `store`'s live config.
     pub fn builder(store: Arc<ConfigStore>) -> OutboundBuilder {
         OutboundBuilder {
@@ -109,6 +127,7 @@ impl Outbound {
             rng: Rng::from_entropy(),
             client: UpstreamClient::new(),
             budget: RetryBudget::default(),
+            telemetry: None,
         }
     }
 }
@@ -127,8 +146,15 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let observation = self.telemetry.as_ref().map(|t| t.start(&mut req));
         let future = self.inner.call(req.map(body::boxed));
-        Box::pin(async move { Ok(future.await.unwrap_or_else(|e| error::to_response(&e))) })
+        Box::pin(async move {
+            let response = future.await.unwrap_or_else(|e| error::to_response(&e));
+            Ok(match observation {
+                Some(observation) => observation.finish(response),
+                None => response,
+            })
+        })
     }
 }

@@ -171,6 +171,7 @@ where
         };
         let (allowed, remaining, reset) = bucket.take();
         if !allowed {
+            metrics::counter!("mesh_rate_limited_total").increment(1);
             let mut response = error::to_response(&ProxyError::RateLimited.into());
             bucket.headers(remaining, reset, response.headers_mut());
             return Box::pin(async move { Ok(response) });

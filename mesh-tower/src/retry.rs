@@ -52,6 +52,7 @@ use crate::error::{self, ProxyError};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::rng::Rng;
 use crate::route::Routed;
+use crate::telemetry::Attempts;
 use crate::timeout::Deadline;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -370,7 +371,11 @@ async fn retried(
             template.attempt(attempt),
             policy.per_try_timeout,
         )
-        .await;
+        .await
+        .map(|mut r| {
+            r.extensions_mut().insert(Attempts(attempt));
+            r
+        });
         if classify(&policy, &result) == Verdict::Done {
             return result;
         }
@@ -383,8 +388,10 @@ async fn retried(
             None => backoff(attempt, policy.backoff_base, policy.backoff_max, &layer.rng),
         };
         if !layer.budget.try_retry() {
+            metrics::counter!("mesh_retry_budget_exhausted_total").increment(1);
             return exhausted(result);
         }
+        metrics::counter!("mesh_retries_total").increment(1);
         drop(result);
         tokio::time::sleep(wait).await;
         attempt += 1;

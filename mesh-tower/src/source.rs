@@ -108,6 +108,8 @@ impl FileSource {
                     }
                     if store.load().config != config {
                         let version = store.publish(config);
+                        metrics::counter!("mesh_config_reloads_total", "result" => "accepted")
+                            .increment(1);
                         tracing::info!(version, "config reloaded");
                     }
                 }
@@ -121,6 +123,8 @@ impl FileSource {
                     for e in &errors {
                         tracing::error!("config rejected: {e}");
                     }
+                    metrics::counter!("mesh_config_reloads_total", "result" => "rejected")
+                        .increment(1);
                     store.reject("files", errors);
                 }
             }

@@ -9,13 +9,16 @@
 //! 2 on bad arguments.
 
 use clap::{Args, Parser, Subcommand};
-use mesh_core::model::{Labels, Locality, Workload};
+use mesh_core::model::{Labels, Locality, Percentage, Workload};
 use mesh_examples::demo;
 use mesh_examples::proxy::{Options, Proxy, StartError};
+use mesh_tower::admin::LogLevelSetter;
 use mesh_tower::server::Drain;
+use mesh_tower::telemetry::AccessLogFormat;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -77,6 +80,12 @@ struct RunArgs {
     /// How often to check the config files for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     reload_interval_ms: u64,
+    /// Access log to stdout: off, text (Envoy's default format) or json.
+    #[arg(long, default_value = "off", value_parser = ["off", "text", "json"])]
+    access_log: String,
+    /// Percentage of new traces sampled (a caller's decision is kept); Istio's default is 1.
+    #[arg(long, default_value_t = 1.0)]
+    trace_sampling: f64,
 }
 
 #[derive(Args, Debug)]
@@ -119,13 +128,7 @@ fn parse_labels(text: &str) -> Result<Labels, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let log_level = init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,7 +141,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { paths, workload } => runtime.block_on(check(paths, workload.workload())),
-        Command::Run(args) => runtime.block_on(run(args)),
+        Command::Run(args) => runtime.block_on(run(args, log_level)),
     }
 }
 
@@ -160,7 +163,39 @@ async fn check(paths: Vec<PathBuf>, workload: Workload) -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> ExitCode {
+/// Logs to stderr with `RUST_LOG`'s filter (default `info`), changeable at run time.
+fn init_logging() -> LogLevelSetter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().with_writer(std::io::stderr))
+        .init();
+    Arc::new(move |level: &str| {
+        let filter =
+            EnvFilter::try_new(level).map_err(|e| format!("invalid filter {level:?}: {e}"))?;
+        let shown = filter.to_string();
+        handle.reload(filter).map_err(|e| e.to_string())?;
+        Ok(shown)
+    })
+}
+
+async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
+    let Some(sampling) = Percentage::from_percent_f64(args.trace_sampling) else {
+        eprintln!(
+            "mesh-proxy: --trace-sampling {} is not a percentage in 0..=100",
+            args.trace_sampling
+        );
+        return ExitCode::from(2);
+    };
+    let access_log = match args.access_log.as_str() {
+        "text" => Some(AccessLogFormat::Text),
+        "json" => Some(AccessLogFormat::Json),
+        _ => None,
+    };
     let loopback = IpAddr::from([127, 0, 0, 1]);
     let options = Options {
         outbound: SocketAddr::new(loopback, args.outbound_port),
@@ -171,6 +206,9 @@ async fn run(args: RunArgs) -> ExitCode {
         workload: args.workload.workload(),
         reload_interval: Duration::from_millis(args.reload_interval_ms.max(10)),
         drain_grace: Duration::from_secs(args.drain_seconds),
+        access_log,
+        trace_sampling: sampling,
+        log_level: Some(log_level),
         ..Options::new(args.config, args.listen_address)
     };
     let proxy = match Proxy::start(options).await {

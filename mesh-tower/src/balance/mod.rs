@@ -28,6 +28,7 @@ use crate::rng::Rng;
 use crate::route::Routed;
 use crate::server::ConnectionInfo;
 use crate::split::Target;
+use crate::telemetry::UpstreamInfo;
 use arc_swap::ArcSwapOption;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
@@ -527,6 +528,7 @@ where
                         .count();
                     if may_eject(ejected, resolved.states.len(), policy.max_ejection_percent) {
                         endpoint_state.outlier.eject(now, policy);
+                        metrics::counter!("mesh_outlier_ejections_total", "cluster" => cluster.name.to_string()).increment(1);
                         tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[pick.index].authority(), "outlier ejected");
                     }
                 }
@@ -535,6 +537,14 @@ where
                 latency_check(&resolved, &endpoint_state, rule);
             }
             let mut response = result?;
+            let endpoint = &cluster.endpoints[pick.index];
+            response.extensions_mut().insert(UpstreamInfo {
+                authority: endpoint.authority(),
+                service: cluster.service.clone(),
+                namespace: endpoint.namespace.clone(),
+                labels: endpoint.labels.clone(),
+                service_account: endpoint.service_account.clone(),
+            });
             if let Some(cookie) = pick.set_cookie {
                 response
                     .headers_mut()

@@ -5,7 +5,7 @@
 //! The snapshot is loaded once per request and travels with it in [`Routed`], so a config
 //! swap never changes the rules under an in-flight request.
 
-mod matching;
+pub(crate) mod matching;
 mod rewrite;
 
 pub use rewrite::apply_header_ops;

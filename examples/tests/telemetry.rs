@@ -1,0 +1,406 @@
+//! Telemetry through the sidecar: Istio's metrics on /stats/prometheus, trace context and
+//! request id propagation, the access log, /explain, /logging, /clusters.
+
+mod common;
+
+use common::*;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use mesh_examples::proxy::{Options, Proxy};
+use mesh_tower::body::{self, BoxBody};
+use mesh_tower::server::serve;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// An upstream that echoes the trace headers it received.
+async fn echo(name: &str) -> (Upstream, Arc<Mutex<Vec<http::HeaderMap>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (reply, log) = (name.to_owned(), seen.clone());
+    let service = tower::service_fn(move |req: Request<Incoming>| {
+        log.lock().unwrap().push(req.headers().clone());
+        std::future::ready(Ok::<Response<BoxBody>, Infallible>(Response::new(
+            body::full(reply.clone()),
+        )))
+    });
+    tokio::spawn(serve(
+        listener,
+        service,
+        std::future::pending(),
+        Duration::ZERO,
+    ));
+    (
+        Upstream {
+            addr,
+            name: name.to_owned(),
+        },
+        seen,
+    )
+}
+
+/// `istio_requests_total` samples: labels -> value.
+fn requests_total(text: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(|l| {
+            let (labels, value) = l.rsplit_once(' ').unwrap();
+            let labels = labels
+                .trim_start_matches("istio_requests_total{")
+                .trim_end_matches('}');
+            let mut map = BTreeMap::new();
+            for pair in labels.split("\",") {
+                let (k, v) = pair.split_once("=\"").unwrap();
+                map.insert(k.to_owned(), v.trim_end_matches('"').to_owned());
+            }
+            (map, value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_and_the_flags_show_in_istio_requests_total() {
+    let v1 = upstream("v1", Duration::ZERO).await;
+    let v2 = upstream("v2", Duration::ZERO).await;
+    let config = ConfigDir::new(&(registry(&[&v1, &v2]) + &split(&[("v1", 90), ("v2", 10)])));
+    let proxy = start_proxy(&config).await;
+    let counts = tally(&client(proxy.outbound, false), 2_000, 8).await;
+    let (status, _, _) = get(&client(proxy.outbound, false), "nowhere", "/", &[]).await;
+    assert_eq!(status, 404);
+    // Counted when the response body ends: give the last ones a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (status, text, headers) = get(
+        &client(proxy.admin, false),
+        "localhost",
+        "/stats/prometheus",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let samples = requests_total(&text);
+    let by_version = |v: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|(l, _)| {
+                l["destination_version"] == v
+                    && l["destination_service"] == "hello.default.svc.cluster.local"
+                    && l["response_code"] == "200"
+            })
+            .map(|(_, n)| n)
+            .sum()
+    };
+    // Other tests in this binary share the recorder: compare with this test's own tally.
+    assert!(by_version("v1") >= counts["v1"] as f64, "{text}");
+    assert!(by_version("v2") >= counts["v2"] as f64);
+    let one = samples
+        .iter()
+        .find(|(l, _)| l["destination_version"] == "v1")
+        .unwrap();
+    for label in [
+        "reporter",
+        "source_workload",
+        "source_workload_namespace",
+        "source_principal",
+        "source_app",
+        "source_version",
+        "destination_workload",
+        "destination_workload_namespace",
+        "destination_principal",
+        "destination_app",
+        "destination_version",
+        "destination_service",
+        "destination_service_name",
+        "destination_service_namespace",
+        "request_protocol",
+        "response_code",
+        "grpc_response_status",
+        "response_flags",
+        "connection_security_policy",
+    ] {
+        assert!(
+            one.0.contains_key(label),
+            "missing label {label}: {:?}",
+            one.0
+        );
+    }
+    assert_eq!(one.0["reporter"], "source");
+    assert_eq!(
+        one.0["source_principal"],
+        "spiffe://cluster.local/ns/default/sa/default"
+    );
+    assert_eq!(one.0["destination_service_name"], "hello");
+    assert!(
+        samples
+            .iter()
+            .any(|(l, _)| l["response_code"] == "404" && l["response_flags"] == "NR"),
+        "{text}"
+    );
+    assert!(
+        text.contains("istio_request_duration_milliseconds_bucket{"),
+        "a histogram with buckets"
+    );
+    assert!(text.contains("le=\"0.5\""), "Istio's duration buckets");
+
+    // promtool, when the machine has it (.ci/run installs Debian's prometheus package).
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "promtool: {report}");
+    } else {
+        eprintln!("promtool not installed: skipping `promtool check metrics`");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_and_request_ids_propagate() {
+    let (v1, seen) = echo("v1").await;
+    let config = ConfigDir::new(&registry(&[&v1]));
+    let proxy = start_proxy(&config).await;
+    let c = client(proxy.outbound, false);
+    // B3 in: the upstream gets W3C and B3 with the same trace id, our span as the parent.
+    get(
+        &c,
+        "hello",
+        "/",
+        &[
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "1"),
+            ("x-request-id", "req-1"),
+        ],
+    )
+    .await;
+    // W3C in.
+    get(
+        &c,
+        "hello",
+        "/",
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
+    )
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    let first = &seen[0];
+    let traceparent = first["traceparent"].to_str().unwrap();
+    assert!(
+        traceparent.starts_with("00-463ac35c9f6413ad48485a3953bb6124-"),
+        "{traceparent}"
+    );
+    assert!(traceparent.ends_with("-01"));
+    assert_eq!(first["x-b3-traceid"], "463ac35c9f6413ad48485a3953bb6124");
+    assert_eq!(first["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+    assert_ne!(
+        first["x-b3-spanid"], "a2fb4a1d1a96d312",
+        "the proxy's own span"
+    );
+    assert_eq!(first["x-request-id"], "req-1", "kept when present");
+    let second = &seen[1];
+    assert!(
+        second["traceparent"]
+            .to_str()
+            .unwrap()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    );
+    assert_eq!(second["x-b3-parentspanid"], "00f067aa0ba902b7");
+    assert_eq!(
+        second["x-request-id"].len(),
+        36,
+        "generated when absent: {:?}",
+        second["x-request-id"]
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_request() {
+    let v1 = upstream("v1", Duration::ZERO).await;
+    let config = ConfigDir::new(&registry(&[&v1]));
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink_lines = lines.clone();
+    let store = {
+        let loaded = mesh_tower::source::FileSource::new(vec![config.path()], Default::default())
+            .load()
+            .await;
+        Arc::new(mesh_core::store::ConfigStore::new(loaded.config.unwrap()))
+    };
+    for format in [
+        mesh_tower::telemetry::AccessLogFormat::Text,
+        mesh_tower::telemetry::AccessLogFormat::Json,
+    ] {
+        let sink_lines = sink_lines.clone();
+        let telemetry = mesh_tower::telemetry::Telemetry::new(
+            mesh_tower::telemetry::Reporter::Source,
+            Default::default(),
+        )
+        .access_log(
+            format,
+            Arc::new(move |l: &str| sink_lines.lock().unwrap().push(l.to_owned())),
+        );
+        let outbound = mesh_tower::outbound::Outbound::builder(store.clone())
+            .telemetry(telemetry)
+            .build();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            outbound,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(1),
+        ));
+        let c = client(addr, false);
+        get(
+            &c,
+            "hello",
+            "/path?q=1",
+            &[("user-agent", "test-agent"), ("x-request-id", "abc")],
+        )
+        .await;
+        get(&c, "nowhere", "/", &[]).await;
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+    let lines = lines.lock().unwrap().clone();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(
+        lines[0].contains("\"GET /path?q=1 HTTP/1.1\" 200 - 0 2 "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("\"test-agent\" \"abc\" \"hello\" \"127.0.0.1:"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("\" 404 NR "), "{}", lines[1]);
+    let json: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    assert_eq!(
+        (json["response_code"].as_u64(), json["request_id"].as_str()),
+        (Some(200), Some("abc"))
+    );
+    assert_eq!(json["upstream_service"], "hello.default.svc.cluster.local");
+    let json: serde_json::Value = serde_json::from_str(&lines[3]).unwrap();
+    assert_eq!(json["response_flags"], "NR");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_answers_for_the_bundled_bookinfo_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bookinfo");
+    let mut options = Options::new(
+        vec![
+            root.join("services.yaml"),
+            root.join("destination-rules.yaml"),
+            root.join("virtual-service-reviews-jason-v2-v3.yaml"),
+        ],
+        [127, 0, 0, 1].into(),
+    );
+    for addr in [
+        &mut options.outbound,
+        &mut options.inbound,
+        &mut options.admin,
+        &mut options.health,
+    ] {
+        addr.set_port(0);
+    }
+    let levels = Arc::new(Mutex::new(Vec::new()));
+    let recorded = levels.clone();
+    options.log_level = Some(Arc::new(move |l: &str| {
+        recorded.lock().unwrap().push(l.to_owned());
+        Ok(l.to_owned())
+    }));
+    let proxy = Proxy::start(options).await.unwrap();
+    let admin = client(proxy.admin, false);
+    let ask = |query: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let (status, body, _) =
+                get(&admin, "localhost", &format!("/explain?{query}"), &[]).await;
+            assert_eq!(status, 200, "{query}: {body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let table: [(&str, &str, Option<&str>); 5] = [
+        (
+            "host=reviews:9080&header=end-user:jason",
+            "jason-to-v2",
+            Some("outbound|9080|v2|reviews.default.svc.cluster.local"),
+        ),
+        (
+            "host=reviews:9080",
+            "default-v3",
+            Some("outbound|9080|v3|reviews.default.svc.cluster.local"),
+        ),
+        (
+            "host=reviews.default.svc.cluster.local:9080&path=/reviews/0&method=POST",
+            "default-v3",
+            Some("outbound|9080|v3|reviews.default.svc.cluster.local"),
+        ),
+        (
+            "host=ratings:9080",
+            "default",
+            Some("outbound|9080||ratings.default.svc.cluster.local"),
+        ),
+        ("host=unknown.example.com", "", None),
+    ];
+    for (query, route, cluster) in table {
+        let answer = ask(query).await;
+        match cluster {
+            Some(cluster) => {
+                assert_eq!(answer["route"]["name"], route, "{query}: {answer}");
+                assert_eq!(
+                    answer["route"]["destinations"][0]["cluster"], cluster,
+                    "{query}: {answer}"
+                );
+                assert!(
+                    answer["route"]["destinations"][0]["endpoints"][0]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("127.0.0.1:")
+                );
+            }
+            None => assert!(
+                answer["outcome"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("404 no route (NR)"),
+                "{answer}"
+            ),
+        }
+    }
+    let (status, _, _) = get(&admin, "localhost", "/logging?level=debug", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(*levels.lock().unwrap(), ["debug"]);
+    let (status, html, _) = get(&admin, "localhost", "/dashboard", &[]).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("/stats/prometheus") && html.contains("<table id=\"traffic\">"));
+    proxy.shutdown().await;
+}

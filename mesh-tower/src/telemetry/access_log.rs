@@ -1,0 +1,103 @@
+//! The access log: one line per request, in Envoy's default text format or as JSON.
+
+use super::{Observation, Outcome};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The access log's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// Envoy's default format:
+    /// `[START] "METHOD PATH PROTOCOL" CODE FLAGS RX TX DURATION - "XFF" "UA" "ID" "AUTHORITY" "UPSTREAM"`.
+    Text,
+    /// One JSON object per line, with the same fields and the trace id and attempt count.
+    Json,
+}
+
+/// An RFC 3339 UTC timestamp with milliseconds, without a date library.
+fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+pub(super) fn line(
+    format: AccessLogFormat,
+    o: &Observation,
+    outcome: &Outcome,
+    response_bytes: u64,
+    elapsed: Duration,
+) -> String {
+    let start = rfc3339(SystemTime::now() - elapsed);
+    let upstream = outcome
+        .upstream
+        .as_ref()
+        .map_or("-", |u| u.authority.as_str());
+    let millis = elapsed.as_millis();
+    match format {
+        AccessLogFormat::Text => format!(
+            "[{start}] \"{} {} {}\" {} {} {} {} {millis} - \"{}\" \"{}\" \"{}\" \"{}\" \"{upstream}\"",
+            o.method,
+            o.path,
+            o.protocol,
+            outcome.status,
+            outcome.flags,
+            o.request_bytes,
+            response_bytes,
+            o.forwarded_for,
+            o.user_agent,
+            o.request_id,
+            o.authority,
+        ),
+        AccessLogFormat::Json => serde_json::json!({
+            "start_time": start,
+            "method": o.method,
+            "path": o.path,
+            "protocol": o.protocol,
+            "response_code": outcome.status,
+            "response_flags": outcome.flags.to_string(),
+            "bytes_received": o.request_bytes,
+            "bytes_sent": response_bytes,
+            "duration": millis as u64,
+            "x_forwarded_for": o.forwarded_for,
+            "user_agent": o.user_agent,
+            "request_id": o.request_id,
+            "authority": o.authority,
+            "upstream_host": upstream,
+            "upstream_service": outcome.upstream.as_ref().map(|u| u.service.as_str()),
+            "attempts": outcome.attempts,
+            "trace_id": o.trace.trace_id_hex(),
+        })
+        .to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_millis(1_764_028_800_123)),
+            "2025-11-25T00:00:00.123Z"
+        );
+    }
+}

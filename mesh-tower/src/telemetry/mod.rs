@@ -1,0 +1,309 @@
+//! Telemetry at a stack's edge: Istio's standard metrics, trace context propagation and the
+//! access log, for every request, including the ones the proxy answered itself.
+//!
+//! [`Telemetry::start`] runs when a request enters (request id, trace context); the returned
+//! [`Observation`] wraps the response body and records metrics and the access log line when
+//! the body ends, so durations and byte counts cover the whole exchange.
+//!
+//! Metrics go through the `metrics` facade: a program installs a recorder (the sidecar
+//! installs the Prometheus one); without one they cost a few atomic loads.
+
+mod access_log;
+mod istio_metrics;
+mod propagation;
+
+pub use access_log::AccessLogFormat;
+pub use istio_metrics::{BYTES_BUCKETS, DURATION_BUCKETS_MS};
+pub use propagation::{TraceContext, parse_b3, parse_traceparent};
+
+use crate::body::{self, BoxBody, BoxError};
+use crate::flags::ResponseFlags;
+use crate::rng::Rng;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use mesh_core::model::{Labels, Percentage, Workload};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+
+/// Which side of the exchange this proxy reports for (Istio's `reporter` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter {
+    /// The client side: the outbound stack.
+    Source,
+    /// The server side: the inbound stack.
+    Destination,
+}
+
+impl Reporter {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+/// What the balancer chose, left in the response's extensions for telemetry.
+#[derive(Clone, Debug)]
+pub struct UpstreamInfo {
+    /// The endpoint, `address:port`.
+    pub authority: String,
+    /// The service's host name.
+    pub service: String,
+    /// The service's namespace, when known.
+    pub namespace: Option<String>,
+    /// The endpoint's labels (`app`, `version`).
+    pub labels: Labels,
+    /// The endpoint's service account, when known.
+    pub service_account: Option<String>,
+}
+
+/// How many tries a request took, left in the response's extensions by the retry layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempts(pub u32);
+
+/// Where access log lines go.
+pub type AccessLogSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The telemetry of one stack.
+#[derive(Clone)]
+pub struct Telemetry {
+    reporter: Reporter,
+    workload: Arc<Workload>,
+    rng: Rng,
+    sampling: Percentage,
+    access_log: Option<(AccessLogFormat, AccessLogSink)>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("reporter", &self.reporter)
+            .field("sampling", &self.sampling)
+            .field("access_log", &self.access_log.as_ref().map(|(f, _)| f))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// Telemetry for `workload` reporting as `reporter`, sampling new traces at Istio's
+    /// default 1%, without an access log.
+    pub fn new(reporter: Reporter, workload: Workload) -> Self {
+        Self {
+            reporter,
+            workload: Arc::new(workload),
+            rng: Rng::from_entropy(),
+            sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
+            access_log: None,
+        }
+    }
+
+    /// Samples `percentage` of new traces (a caller's sampling decision is kept).
+    pub fn sampling(mut self, percentage: Percentage) -> Self {
+        self.sampling = percentage;
+        self
+    }
+
+    /// Writes one access log line per request to `sink`.
+    pub fn access_log(mut self, format: AccessLogFormat, sink: AccessLogSink) -> Self {
+        self.access_log = Some((format, sink));
+        self
+    }
+
+    /// Draws ids and sampling decisions from `rng`.
+    pub fn rng(mut self, rng: Rng) -> Self {
+        self.rng = rng;
+        self
+    }
+
+    /// Starts observing `req`: sets `x-request-id` when absent and the trace context headers
+    /// (W3C and B3) for the next hop.
+    pub fn start<B>(&self, req: &mut Request<B>) -> Observation {
+        let request_id = match req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) => id.to_owned(),
+            None => {
+                let id = propagation::uuid_v4(&self.rng);
+                if let Ok(v) = HeaderValue::try_from(id.as_str()) {
+                    req.headers_mut().insert("x-request-id", v);
+                }
+                id
+            }
+        };
+        let trace = propagation::continue_trace(req.headers(), &self.rng, self.sampling);
+        trace.inject(req.headers_mut());
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let request_bytes = req.body_size_hint();
+        Observation {
+            telemetry: self.clone(),
+            started: Instant::now(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            protocol: format!("{:?}", req.version()),
+            authority: crate::route::destination(req).unwrap_or("-").to_owned(),
+            user_agent: header("user-agent"),
+            forwarded_for: header("x-forwarded-for"),
+            grpc: crate::timeout::is_grpc(req.headers()),
+            request_id,
+            request_bytes,
+            trace,
+        }
+    }
+}
+
+/// A body size hint, for requests.
+trait BodySize {
+    fn body_size_hint(&self) -> u64;
+}
+
+impl<B> BodySize for Request<B> {
+    fn body_size_hint(&self) -> u64 {
+        self.headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// One request under observation.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    telemetry: Telemetry,
+    started: Instant,
+    method: String,
+    path: String,
+    protocol: String,
+    authority: String,
+    user_agent: String,
+    forwarded_for: String,
+    grpc: bool,
+    request_id: String,
+    request_bytes: u64,
+    trace: TraceContext,
+}
+
+/// What the response looked like, kept until its body ends.
+#[derive(Clone, Debug)]
+struct Outcome {
+    status: u16,
+    flags: ResponseFlags,
+    upstream: Option<UpstreamInfo>,
+    attempts: u32,
+    grpc_status: Option<String>,
+}
+
+impl Observation {
+    /// Wraps `response` so that metrics and the access log are recorded when its body ends.
+    pub fn finish(self, response: Response<BoxBody>) -> Response<BoxBody> {
+        let outcome = Outcome {
+            status: response.status().as_u16(),
+            flags: ResponseFlags::of_response(&response),
+            upstream: response.extensions().get::<UpstreamInfo>().cloned(),
+            attempts: response.extensions().get::<Attempts>().map_or(1, |a| a.0),
+            grpc_status: response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let _span = tracing::debug_span!(
+            "request",
+            trace_id = %self.trace.trace_id_hex(),
+            span_id = %self.trace.span_id_hex(),
+            request_id = %self.request_id,
+        );
+        response.map(|inner| {
+            body::boxed(ObservedBody {
+                inner,
+                bytes: 0,
+                done: Some(Box::new(move |bytes| self.record(&outcome, bytes))),
+            })
+        })
+    }
+
+    fn record(&self, outcome: &Outcome, response_bytes: u64) {
+        let elapsed = self.started.elapsed();
+        istio_metrics::record(self, outcome, response_bytes, elapsed);
+        if let Some((format, sink)) = &self.telemetry.access_log {
+            sink(&access_log::line(
+                *format,
+                self,
+                outcome,
+                response_bytes,
+                elapsed,
+            ));
+        }
+    }
+}
+
+/// A body that reports its byte count once, when it ends or is dropped.
+struct ObservedBody {
+    inner: BoxBody,
+    bytes: u64,
+    done: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl ObservedBody {
+    fn end(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes);
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.end();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.end(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.end();
+    }
+}

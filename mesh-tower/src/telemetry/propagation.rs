@@ -1,0 +1,226 @@
+//! Trace context: W3C `traceparent`/`tracestate` and B3 (multi-header and single `b3`), read
+//! from the incoming request and written for the next hop with this proxy's span as the
+//! parent.
+
+use crate::rng::Rng;
+use http::{HeaderMap, HeaderValue};
+use mesh_core::model::Percentage;
+
+/// The trace this request belongs to and this proxy's span in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The 128-bit trace id.
+    pub trace_id: u128,
+    /// This proxy's span id.
+    pub span_id: u64,
+    /// The caller's span id, when the request came with one.
+    pub parent_span_id: Option<u64>,
+    /// Whether the trace is sampled.
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// The span id as 16 lowercase hex digits.
+    pub fn span_id_hex(&self) -> String {
+        format!("{:016x}", self.span_id)
+    }
+
+    /// Writes `traceparent` and the B3 headers for the next hop (this span as its parent);
+    /// `tracestate` passes through untouched.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        let flags = if self.sampled { "01" } else { "00" };
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::try_from(value) {
+                headers.insert(name, v);
+            }
+        };
+        set(
+            "traceparent",
+            format!("00-{}-{}-{flags}", self.trace_id_hex(), self.span_id_hex()),
+        );
+        set("x-b3-traceid", self.trace_id_hex());
+        set("x-b3-spanid", self.span_id_hex());
+        set(
+            "x-b3-sampled",
+            if self.sampled { "1" } else { "0" }.to_owned(),
+        );
+        match self.parent_span_id {
+            Some(parent) => set("x-b3-parentspanid", format!("{parent:016x}")),
+            None => {
+                headers.remove("x-b3-parentspanid");
+            }
+        }
+        headers.remove("b3");
+    }
+}
+
+fn hex_u128(s: &str) -> Option<u128> {
+    (s.len() == 32 || s.len() == 16)
+        .then(|| u128::from_str_radix(s, 16).ok())
+        .flatten()
+        .filter(|v| *v != 0)
+}
+
+fn hex_u64(s: &str) -> Option<u64> {
+    (s.len() == 16)
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
+        .filter(|v| *v != 0)
+}
+
+/// Parses a W3C `traceparent` (version 00): `(trace id, parent span id, sampled)`.
+///
+/// ```
+/// use mesh_tower::telemetry::parse_traceparent;
+/// let (trace, span, sampled) =
+///     parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+/// assert_eq!(format!("{trace:032x}"), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// assert_eq!(span, 0x00f067aa0ba902b7);
+/// assert!(sampled);
+/// assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+/// ```
+pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || version == "ff" || trace.len() != 32 || flags.len() != 2 {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((hex_u128(trace)?, hex_u64(span)?, flags & 1 == 1))
+}
+
+/// Parses B3 from the single `b3` header or the `x-b3-*` headers: `(trace id, span id,
+/// sampled)`; a 64-bit trace id is kept as the low half.
+pub fn parse_b3(headers: &HeaderMap) -> Option<(u128, u64, Option<bool>)> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(single) = get("b3") {
+        let mut parts = single.split('-');
+        let trace = hex_u128(parts.next()?)?;
+        let span = hex_u64(parts.next()?)?;
+        let sampled = match parts.next() {
+            Some("1" | "d") => Some(true),
+            Some("0") => Some(false),
+            _ => None,
+        };
+        return Some((trace, span, sampled));
+    }
+    let trace = hex_u128(get("x-b3-traceid")?)?;
+    let span = hex_u64(get("x-b3-spanid")?)?;
+    let sampled = match (get("x-b3-sampled"), get("x-b3-flags")) {
+        (_, Some("1")) => Some(true),
+        (Some("1" | "true"), _) => Some(true),
+        (Some("0" | "false"), _) => Some(false),
+        _ => None,
+    };
+    Some((trace, span, sampled))
+}
+
+fn nonzero_u64(rng: &Rng) -> u64 {
+    loop {
+        let v = rng.next_u64();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// Continues the caller's trace (W3C first, then B3) with a new span for this proxy, or
+/// starts a trace sampled at `sampling`.
+pub(super) fn continue_trace(headers: &HeaderMap, rng: &Rng, sampling: Percentage) -> TraceContext {
+    let incoming = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+        .map(|(t, s, sampled)| (t, s, Some(sampled)))
+        .or_else(|| parse_b3(headers));
+    match incoming {
+        Some((trace_id, parent, sampled)) => TraceContext {
+            trace_id,
+            span_id: nonzero_u64(rng),
+            parent_span_id: Some(parent),
+            sampled: sampled.unwrap_or_else(|| sampling.admits(rng.ppm())),
+        },
+        None => TraceContext {
+            trace_id: (u128::from(nonzero_u64(rng)) << 64) | u128::from(rng.next_u64()),
+            span_id: nonzero_u64(rng),
+            parent_span_id: None,
+            sampled: sampling.admits(rng.ppm()),
+        },
+    }
+}
+
+/// A random (version 4) UUID, for `x-request-id`.
+pub(super) fn uuid_v4(rng: &Rng) -> String {
+    let hi = rng.next_u64();
+    let lo = rng.next_u64();
+    let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b3_in_w3c_out_keeps_the_trace_id() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-b3-traceid",
+            HeaderValue::from_static("463ac35c9f6413ad48485a3953bb6124"),
+        );
+        headers.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
+        headers.insert("x-b3-sampled", HeaderValue::from_static("1"));
+        let ctx = continue_trace(&headers, &Rng::with_seed(1), Percentage::NONE);
+        assert_eq!(ctx.trace_id_hex(), "463ac35c9f6413ad48485a3953bb6124");
+        assert_eq!(ctx.parent_span_id, Some(0xa2fb4a1d1a96d312));
+        assert!(
+            ctx.sampled,
+            "the caller's decision wins over the 0% sampling"
+        );
+        let mut out = HeaderMap::new();
+        ctx.inject(&mut out);
+        let (trace, parent, sampled) =
+            parse_traceparent(out["traceparent"].to_str().unwrap()).unwrap();
+        assert_eq!((trace, parent, sampled), (ctx.trace_id, ctx.span_id, true));
+        assert_eq!(out["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+
+        let mut single = HeaderMap::new();
+        single.insert(
+            "b3",
+            HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        );
+        assert_eq!(
+            parse_b3(&single).unwrap().0,
+            0x80f198ee56343ba864fe8b2a57d3eff7
+        );
+    }
+
+    #[test]
+    fn a_new_trace_is_sampled_at_the_configured_rate() {
+        let rng = Rng::with_seed(4);
+        let one_percent = Percentage::from_percent_f64(1.0).unwrap();
+        let sampled = (0..100_000)
+            .filter(|_| continue_trace(&HeaderMap::new(), &rng, one_percent).sampled)
+            .count();
+        assert!((800..=1_200).contains(&sampled), "{sampled}");
+        let id = uuid_v4(&rng);
+        assert_eq!((id.len(), &id[14..15]), (36, "4"));
+    }
+}
