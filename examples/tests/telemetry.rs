@@ -169,7 +169,14 @@ async fn the_split_and_the_flags_show_in_istio_requests_total() {
         let out = child.wait_with_output().unwrap();
         let report = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "promtool: {report}");
+        // The text parses; the only lint finding allowed is the one Istio's own name carries
+        // (milliseconds, kept so that Istio's dashboards work unchanged).
+        let findings: Vec<&str> = report
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter(|l| !l.starts_with("istio_request_duration_milliseconds use base unit"))
+            .collect();
+        assert!(findings.is_empty(), "promtool: {report}");
     } else {
         eprintln!("promtool not installed: skipping `promtool check metrics`");
     }
