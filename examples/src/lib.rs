@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod canary;
 pub mod demo;
 pub mod metrics;
 pub mod proxy;

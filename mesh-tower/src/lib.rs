@@ -20,6 +20,7 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod client;
+pub mod embed;
 pub mod error;
 pub mod explain;
 pub mod fault;

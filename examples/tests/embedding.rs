@@ -1,0 +1,39 @@
+//! The mesh embedded in an axum service: the canary example end to end, and the inbound
+//! layer's telemetry and rate limit.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_axum_canary_example_splits_90_10_through_the_embedded_mesh() {
+    let canary = mesh_examples::canary::start(Some(7)).await.unwrap();
+    let c = client(canary.frontend, false);
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..2_000 {
+        let (status, body, headers) = get(&c, "frontend", "/", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(headers.contains_key("x-request-id") || !body.is_empty());
+        *counts.entry(body).or_insert(0usize) += 1;
+    }
+    let v1 = 100.0 * counts["hello v1"] as f64 / 2_000.0;
+    assert!((87.0..=93.0).contains(&v1), "{counts:?}");
+    assert_eq!(canary.mesh.version(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_published_at_run_time_takes_effect_for_the_next_request() {
+    let canary = mesh_examples::canary::start(Some(7)).await.unwrap();
+    let (v1, v2) = (canary.backends[0], canary.backends[1]);
+    // All to v2 now: rewrite the VirtualService in Rust and publish it.
+    let yaml = mesh_examples::canary::config_yaml(v1, v2)
+        .replace("weight: 90", "weight: 0")
+        .replace("weight: 10", "weight: 100");
+    let loaded = mesh_core::istio::load(&[("new.yaml", &yaml)], &Default::default());
+    canary.mesh.store().publish(loaded.config.unwrap());
+    let c = client(canary.frontend, false);
+    for _ in 0..50 {
+        assert_eq!(get(&c, "frontend", "/", &[]).await.1, "hello v2");
+    }
+    assert_eq!(canary.mesh.version(), 2);
+}
