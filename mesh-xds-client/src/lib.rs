@@ -12,5 +12,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod protocol;
 pub mod resource;
 pub mod translate;
