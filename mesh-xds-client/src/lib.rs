@@ -15,3 +15,6 @@
 pub mod protocol;
 pub mod resource;
 pub mod translate;
+
+#[cfg(feature = "test-util")]
+pub mod test_util;
