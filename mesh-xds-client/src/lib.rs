@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod client;
+pub mod node;
 pub mod protocol;
 pub mod resource;
 pub mod translate;
