@@ -241,10 +241,13 @@ impl XdsClient {
             })?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|source| XdsError::Connect {
-            server: server.to_owned(),
-            source,
-        })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| XdsError::Connect {
+                server: server.to_owned(),
+                source,
+            })?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(self.config.max_message_size)
             .max_encoding_message_size(self.config.max_message_size);
@@ -269,8 +272,15 @@ impl XdsClient {
                     .await
                     .map_err(stream_err)?
                     .into_inner();
-                self.drive(server, state, &tx, inbound, AdsState::handle_sotw, progressed)
-                    .await
+                self.drive(
+                    server,
+                    state,
+                    &tx,
+                    inbound,
+                    AdsState::handle_sotw,
+                    progressed,
+                )
+                .await
             }
             Mode::Delta => {
                 let inbound = client
@@ -278,8 +288,15 @@ impl XdsClient {
                     .await
                     .map_err(stream_err)?
                     .into_inner();
-                self.drive(server, state, &tx, inbound, AdsState::handle_delta, progressed)
-                    .await
+                self.drive(
+                    server,
+                    state,
+                    &tx,
+                    inbound,
+                    AdsState::handle_delta,
+                    progressed,
+                )
+                .await
             }
         }
     }

@@ -63,8 +63,16 @@ impl ServerSnapshot {
     }
 
     /// Adds (or replaces) a resource in its `Any` form (which may be deliberately invalid).
-    pub fn insert_any(&mut self, kind: ResourceType, name: impl Into<String>, any: Any) -> &mut Self {
-        self.resources.entry(kind).or_default().insert(name.into(), any);
+    pub fn insert_any(
+        &mut self,
+        kind: ResourceType,
+        name: impl Into<String>,
+        any: Any,
+    ) -> &mut Self {
+        self.resources
+            .entry(kind)
+            .or_default()
+            .insert(name.into(), any);
         self
     }
 
@@ -483,7 +491,8 @@ impl AggregatedDiscoveryService for Ads {
                         }
                     }
                     let exists = |n: &String| snapshot.resources(*kind).any(|(m, _)| m == n);
-                    let gone: Vec<String> = sub.known.keys().filter(|n| !exists(n)).cloned().collect();
+                    let gone: Vec<String> =
+                        sub.known.keys().filter(|n| !exists(n)).cloned().collect();
                     for n in gone {
                         sub.known.remove(&n);
                         sub.told_absent.insert(n.clone());
@@ -519,5 +528,188 @@ impl AggregatedDiscoveryService for Ads {
             }
         });
         Ok(Response::new(receiver_stream(rx)))
+    }
+}
+
+/// Builders of typical Envoy resources, as istiod would send them to a sidecar.
+pub mod fixtures {
+    use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, AggregatedConfigSource, ConfigSource, SocketAddress, address,
+        config_source::ConfigSourceSpecifier, socket_address,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+    use envoy_types::pb::envoy::config::route::v3::{
+        Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, route,
+        route_action, route_match, weighted_cluster::ClusterWeight,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier,
+        http_filter,
+    };
+    use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+    use std::net::SocketAddr;
+
+    fn ads() -> ConfigSource {
+        ConfigSource {
+            config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+            ..Default::default()
+        }
+    }
+
+    fn socket(addr: SocketAddr) -> Address {
+        Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: addr.ip().to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                    addr.port(),
+                ))),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// An outbound listener on `0.0.0.0:port` whose HTTP connection manager takes its routes
+    /// from RDS under `route_name` (Istio names both after the port).
+    pub fn listener(port: u16, route_name: &str) -> Listener {
+        let hcm = HttpConnectionManager {
+            stat_prefix: format!("outbound_0.0.0.0_{port}"),
+            route_specifier: Some(RouteSpecifier::Rds(Rds {
+                config_source: Some(ads()),
+                route_config_name: route_name.to_owned(),
+            })),
+            http_filters: vec![HttpFilter {
+                name: "envoy.filters.http.router".to_owned(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(super::pack(
+                    &Router::default(),
+                ))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Listener {
+            name: format!("0.0.0.0_{port}"),
+            address: Some(socket(SocketAddr::from(([0, 0, 0, 0], port)))),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "envoy.filters.network.http_connection_manager".to_owned(),
+                    config_type: Some(filter::ConfigType::TypedConfig(super::pack(&hcm))),
+                }],
+                ..Default::default()
+            }],
+            // core.v3.TrafficDirection.OUTBOUND
+            traffic_direction: 2,
+            ..Default::default()
+        }
+    }
+
+    /// A route configuration with one virtual host for `domains`, whose single route (prefix
+    /// `/`) splits traffic over `clusters` by weight.
+    pub fn route_config(
+        name: &str,
+        domains: &[&str],
+        clusters: &[(&str, u32)],
+    ) -> RouteConfiguration {
+        RouteConfiguration {
+            name: name.to_owned(),
+            virtual_hosts: vec![VirtualHost {
+                name: domains.first().copied().unwrap_or("default").to_owned(),
+                domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+                routes: vec![weighted_route(
+                    "default",
+                    route_match::PathSpecifier::Prefix("/".into()),
+                    clusters,
+                )],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// A route on `path` splitting traffic over `clusters` by weight, with no timeout.
+    pub fn weighted_route(
+        name: &str,
+        path: route_match::PathSpecifier,
+        clusters: &[(&str, u32)],
+    ) -> Route {
+        let specifier = if let [(single, _)] = clusters {
+            route_action::ClusterSpecifier::Cluster((*single).to_owned())
+        } else {
+            route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: clusters
+                    .iter()
+                    .map(|(c, w)| ClusterWeight {
+                        name: (*c).to_owned(),
+                        weight: Some(UInt32Value { value: *w }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        };
+        Route {
+            name: name.to_owned(),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(path),
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(specifier),
+                timeout: Some(Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// An EDS cluster named `name` (its endpoints come by EDS under the same name), round
+    /// robin.
+    pub fn eds_cluster(name: &str) -> Cluster {
+        Cluster {
+            name: name.to_owned(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            connect_timeout: Some(Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            lb_policy: cluster::LbPolicy::RoundRobin as i32,
+            ..Default::default()
+        }
+    }
+
+    /// The endpoints of `cluster`, all healthy, in one locality.
+    pub fn endpoints(cluster: &str, addrs: &[SocketAddr]) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: cluster.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: addrs
+                    .iter()
+                    .map(|a| LbEndpoint {
+                        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                            address: Some(socket(*a)),
+                            ..Default::default()
+                        })),
+                        // core.v3.HealthStatus.HEALTHY
+                        health_status: 1,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
     }
 }

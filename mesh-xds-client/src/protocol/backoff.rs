@@ -95,7 +95,10 @@ mod tests {
         for _ in 0..30 {
             let d = a.next_delay();
             assert_eq!(d, b.next_delay(), "same seed, same delays");
-            assert!(d >= expected.mul_f64(0.799) && d <= expected.mul_f64(1.201), "{d:?} vs {expected:?}");
+            assert!(
+                d >= expected.mul_f64(0.799) && d <= expected.mul_f64(1.201),
+                "{d:?} vs {expected:?}"
+            );
             expected = expected.mul_f64(1.6).min(Duration::from_secs(120));
         }
     }

@@ -230,7 +230,9 @@ impl AdsState {
     }
 
     fn ts(&mut self, kind: ResourceType) -> &mut TypeState {
-        self.types.entry(kind).or_insert_with(|| TypeState::new(kind))
+        self.types
+            .entry(kind)
+            .or_insert_with(|| TypeState::new(kind))
     }
 
     /// A new stream is up: the requests that (re)subscribe to everything, with the versions
@@ -691,7 +693,11 @@ impl AdsState {
 
     /// The accepted secret named `name`, if any.
     pub fn secret(&self, name: &str) -> Option<&translate::XdsSecret> {
-        match &self.types[&ResourceType::Secret].resources.get(name)?.decoded {
+        match &self.types[&ResourceType::Secret]
+            .resources
+            .get(name)?
+            .decoded
+        {
             Decoded::Secret(s) => Some(s),
             _ => None,
         }
@@ -770,14 +776,13 @@ fn decode_any(
     expected_name: Option<&str>,
 ) -> Result<Decoded, InvalidResource> {
     let decoded = if any.type_url == RESOURCE_WRAPPER {
-        let wrapper: DeltaResource = prost::Message::decode(any.value.as_slice()).map_err(|e| {
-            InvalidResource {
+        let wrapper: DeltaResource =
+            prost::Message::decode(any.value.as_slice()).map_err(|e| InvalidResource {
                 kind,
                 name: String::new(),
                 field: "resource".to_owned(),
                 reason: format!("protobuf decode error: {e}"),
-            }
-        })?;
+            })?;
         let inner = wrapper.resource.ok_or_else(|| InvalidResource {
             kind,
             name: wrapper.name.clone(),

@@ -10,8 +10,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use mesh_core::model::{
-    Cluster, ClusterName, ClientTls, ConnectionPool, LbAlgorithm, LoadBalancer,
-    OutlierDetection, Protocol, Resolution, TlsMode, TrafficPolicy,
+    ClientTls, Cluster, ClusterName, ConnectionPool, LbAlgorithm, LoadBalancer, OutlierDetection,
+    Protocol, Resolution, TlsMode, TrafficPolicy,
 };
 use std::time::Duration;
 
@@ -71,9 +71,14 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
         | cluster::DiscoveryType::LogicalDns => {
             let dns = discovery != cluster::DiscoveryType::Static;
             if let Some(la) = &c.load_assignment {
-                endpoints = endpoint::endpoints(la, dns).map_err(|e| e.within("load_assignment"))?;
+                endpoints =
+                    endpoint::endpoints(la, dns).map_err(|e| e.within("load_assignment"))?;
             }
-            if dns { Resolution::Dns } else { Resolution::Static }
+            if dns {
+                Resolution::Dns
+            } else {
+                Resolution::Static
+            }
         }
         cluster::DiscoveryType::OriginalDst => {
             algorithm = LbAlgorithm::Passthrough;
@@ -81,13 +86,22 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
         }
     };
     if c.lb_subset_config.is_some() {
-        return Err(FieldError::new("lb_subset_config", "subset load balancing is not supported"));
+        return Err(FieldError::new(
+            "lb_subset_config",
+            "subset load balancing is not supported",
+        ));
     }
     if !c.health_checks.is_empty() {
-        return Err(FieldError::new("health_checks", "active health checking is not supported"));
+        return Err(FieldError::new(
+            "health_checks",
+            "active health checking is not supported",
+        ));
     }
     if !c.filters.is_empty() {
-        return Err(FieldError::new("filters", "upstream network filters are not supported"));
+        return Err(FieldError::new(
+            "filters",
+            "upstream network filters are not supported",
+        ));
     }
 
     let mut pool = ConnectionPool {
@@ -99,7 +113,8 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
             .unwrap_or(Duration::from_secs(5)),
         ..ConnectionPool::default()
     };
-    circuit_breakers(c.circuit_breakers.as_ref(), &mut pool).map_err(|e| e.within("circuit_breakers"))?;
+    circuit_breakers(c.circuit_breakers.as_ref(), &mut pool)
+        .map_err(|e| e.within("circuit_breakers"))?;
     if let Some(n) = &c.max_requests_per_connection {
         pool.max_requests_per_connection = n.value;
     }
@@ -108,7 +123,10 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
     } else {
         Protocol::Http
     };
-    if let Some(any) = c.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
+    if let Some(any) = c
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+    {
         let field = format!("typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}]");
         let opts: HttpProtocolOptions = unpack(any, &field)?;
         http_protocol_options(&opts, &mut pool, &mut protocol).map_err(|e| e.within(&field))?;
@@ -162,7 +180,10 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
 
 fn lb_algorithm(c: &pb::Cluster) -> FieldResult<LbAlgorithm> {
     if c.load_balancing_policy.is_some() {
-        return Err(FieldError::new("load_balancing_policy", "is not supported; use lb_policy"));
+        return Err(FieldError::new(
+            "load_balancing_policy",
+            "is not supported; use lb_policy",
+        ));
     }
     match cluster::LbPolicy::try_from(c.lb_policy) {
         Ok(cluster::LbPolicy::RoundRobin) => Ok(LbAlgorithm::RoundRobin),
@@ -176,13 +197,19 @@ fn lb_algorithm(c: &pb::Cluster) -> FieldResult<LbAlgorithm> {
                 p.as_str_name()
             ),
         )),
-        _ => Err(FieldError::new("lb_policy", format!("unknown policy {}", c.lb_policy))),
+        _ => Err(FieldError::new(
+            "lb_policy",
+            format!("unknown policy {}", c.lb_policy),
+        )),
     }
 }
 
 /// Envoy's circuit-breaker defaults when a cluster sets none: 1024 connections, pending and
 /// active requests, and 3 retries.
-fn circuit_breakers(cb: Option<&pb::CircuitBreakers>, pool: &mut ConnectionPool) -> FieldResult<()> {
+fn circuit_breakers(
+    cb: Option<&pb::CircuitBreakers>,
+    pool: &mut ConnectionPool,
+) -> FieldResult<()> {
     pool.max_connections = 1024;
     pool.http1_max_pending_requests = 1024;
     pool.http2_max_requests = 1024;
@@ -194,7 +221,10 @@ fn circuit_breakers(cb: Option<&pb::CircuitBreakers>, pool: &mut ConnectionPool)
             continue;
         }
         if t.retry_budget.is_some() {
-            return Err(FieldError::new(format!("thresholds[{i}].retry_budget"), "is not supported"));
+            return Err(FieldError::new(
+                format!("thresholds[{i}].retry_budget"),
+                "is not supported",
+            ));
         }
         if let Some(v) = &t.max_connections {
             pool.max_connections = v.value;
@@ -221,11 +251,14 @@ fn http_protocol_options(
     use http_protocol_options::explicit_http_config::ProtocolConfig as P;
     if let Some(common) = &o.common_http_protocol_options {
         if let Some(d) = &common.idle_timeout {
-            pool.http_idle_timeout = Some(duration(d, "common_http_protocol_options.idle_timeout")?);
+            pool.http_idle_timeout =
+                Some(duration(d, "common_http_protocol_options.idle_timeout")?);
         }
         if let Some(d) = &common.max_connection_duration {
-            pool.max_connection_duration =
-                Some(duration(d, "common_http_protocol_options.max_connection_duration")?);
+            pool.max_connection_duration = Some(duration(
+                d,
+                "common_http_protocol_options.max_connection_duration",
+            )?);
         }
         if let Some(n) = &common.max_requests_per_connection {
             pool.max_requests_per_connection = n.value;
@@ -239,17 +272,26 @@ fn http_protocol_options(
             }
             Some(P::HttpProtocolOptions(_)) | None => {}
             Some(P::Http3ProtocolOptions(_)) => {
-                return Err(FieldError::new("explicit_http_config", "HTTP/3 is not supported"));
+                return Err(FieldError::new(
+                    "explicit_http_config",
+                    "HTTP/3 is not supported",
+                ));
             }
         },
         Some(U::UseDownstreamProtocolConfig(_)) => pool.use_client_protocol = true,
         Some(U::AutoConfig(_)) => {
-            return Err(FieldError::new("auto_config", "ALPN protocol selection is not supported"));
+            return Err(FieldError::new(
+                "auto_config",
+                "ALPN protocol selection is not supported",
+            ));
         }
         None => {}
     }
     if !o.http_filters.is_empty() {
-        return Err(FieldError::new("http_filters", "upstream HTTP filters are not supported"));
+        return Err(FieldError::new(
+            "http_filters",
+            "upstream HTTP filters are not supported",
+        ));
     }
     Ok(())
 }
@@ -258,22 +300,32 @@ fn outlier(o: &pb::OutlierDetection) -> FieldResult<OutlierDetection> {
     let enforcing = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u32| {
         v.as_ref().map_or(default, |v| v.value) > 0
     };
-    let pct = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u32, field: &str| {
-        let value = v.as_ref().map_or(default, |v| v.value);
-        if value > 100 {
-            Err(FieldError::new(field, format!("{value} is above 100")))
-        } else {
-            Ok(value)
-        }
-    };
+    let pct =
+        |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u32, field: &str| {
+            let value = v.as_ref().map_or(default, |v| v.value);
+            if value > 100 {
+                Err(FieldError::new(field, format!("{value} is above 100")))
+            } else {
+                Ok(value)
+            }
+        };
     Ok(OutlierDetection {
         consecutive_5xx_errors: enforcing(&o.enforcing_consecutive_5xx, 100)
             .then(|| o.consecutive_5xx.as_ref().map_or(5, |v| v.value)),
-        consecutive_gateway_errors: enforcing(&o.enforcing_consecutive_gateway_failure, 0)
-            .then(|| o.consecutive_gateway_failure.as_ref().map_or(5, |v| v.value)),
+        consecutive_gateway_errors: enforcing(&o.enforcing_consecutive_gateway_failure, 0).then(
+            || {
+                o.consecutive_gateway_failure
+                    .as_ref()
+                    .map_or(5, |v| v.value)
+            },
+        ),
         consecutive_local_origin_failures: (o.split_external_local_origin_errors
             && enforcing(&o.enforcing_consecutive_local_origin_failure, 100))
-        .then(|| o.consecutive_local_origin_failure.as_ref().map_or(5, |v| v.value)),
+        .then(|| {
+            o.consecutive_local_origin_failure
+                .as_ref()
+                .map_or(5, |v| v.value)
+        }),
         split_external_local_origin_errors: o.split_external_local_origin_errors,
         interval: o
             .interval
@@ -321,7 +373,10 @@ fn transport_socket(
         Some(transport_socket::ConfigType::TypedConfig(a)) => a,
         None => return Ok(None),
     };
-    if any.type_url.ends_with("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer") {
+    if any
+        .type_url
+        .ends_with("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer")
+    {
         return Ok(None);
     }
     let ctx: UpstreamTlsContext = unpack(any, "typed_config")?;
@@ -339,7 +394,10 @@ fn transport_socket(
     }))
 }
 
-fn tls_mode(common: &CommonTlsContext, sds: &mut Vec<String>) -> FieldResult<(TlsMode, Option<String>)> {
+fn tls_mode(
+    common: &CommonTlsContext,
+    sds: &mut Vec<String>,
+) -> FieldResult<(TlsMode, Option<String>)> {
     use common_tls_context::ValidationContextType as V;
     if !common.tls_certificates.is_empty() {
         return Err(FieldError::new(
@@ -354,14 +412,18 @@ fn tls_mode(common: &CommonTlsContext, sds: &mut Vec<String>) -> FieldResult<(Tl
         .collect();
     let validation = match &common.validation_context_type {
         Some(V::ValidationContextSdsSecretConfig(s)) => Some(s.name.clone()),
-        Some(V::CombinedValidationContext(c)) => {
-            c.validation_context_sds_secret_config.as_ref().map(|s| s.name.clone())
-        }
+        Some(V::CombinedValidationContext(c)) => c
+            .validation_context_sds_secret_config
+            .as_ref()
+            .map(|s| s.name.clone()),
         _ => None,
     };
     sds.extend(cert_names.iter().cloned());
     sds.extend(validation.iter().cloned());
-    let mode = match (cert_names.first().map(String::as_str), validation.as_deref()) {
+    let mode = match (
+        cert_names.first().map(String::as_str),
+        validation.as_deref(),
+    ) {
         // Istio's workload certificate and root.
         (Some("default"), Some("ROOTCA")) => TlsMode::IstioMutual,
         (Some(_), _) => TlsMode::Mutual,

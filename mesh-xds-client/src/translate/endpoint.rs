@@ -37,7 +37,10 @@ pub(super) fn endpoints(cla: &ClusterLoadAssignment, dns: bool) -> FieldResult<V
             .iter()
             .position(|l| l.priority != 0)
             .map_or_else(String::new, |i| format!("endpoints[{i}].priority"));
-        return Err(FieldError::new(field, "priorities other than 0 are not supported"));
+        return Err(FieldError::new(
+            field,
+            "priorities other than 0 are not supported",
+        ));
     }
     for (i, l) in cla.endpoints.iter().enumerate() {
         let locality = l
@@ -50,7 +53,10 @@ pub(super) fn endpoints(cla: &ClusterLoadAssignment, dns: bool) -> FieldResult<V
             })
             .unwrap_or_default();
         if l.lb_config.is_some() {
-            return Err(FieldError::new(format!("endpoints[{i}].lb_config"), "LEDS is not supported"));
+            return Err(FieldError::new(
+                format!("endpoints[{i}].lb_config"),
+                "LEDS is not supported",
+            ));
         }
         for (j, e) in l.lb_endpoints.iter().enumerate() {
             let field = format!("endpoints[{i}].lb_endpoints[{j}]");
@@ -68,19 +74,31 @@ fn lb_endpoint(
     let ep = match &e.host_identifier {
         Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => ep,
         Some(lb_endpoint::HostIdentifier::EndpointName(_)) => {
-            return Err(FieldError::new("endpoint_name", "named endpoints are not supported"));
+            return Err(FieldError::new(
+                "endpoint_name",
+                "named endpoints are not supported",
+            ));
         }
         None => return Err(FieldError::new("endpoint", "is required")),
     };
     let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
         Some(address::Address::SocketAddress(sa)) => sa,
-        _ => return Err(FieldError::new("endpoint.address", "a socket_address is required")),
+        _ => {
+            return Err(FieldError::new(
+                "endpoint.address",
+                "a socket_address is required",
+            ));
+        }
     };
     let port = match sa.port_specifier {
-        Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| FieldError::new("endpoint.address.socket_address.port_value", format!("{p} is not a port")))?,
+        Some(socket_address::PortSpecifier::PortValue(p)) => {
+            u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                FieldError::new(
+                    "endpoint.address.socket_address.port_value",
+                    format!("{p} is not a port"),
+                )
+            })?
+        }
         _ => {
             return Err(FieldError::new(
                 "endpoint.address.socket_address.port_value",
@@ -105,7 +123,10 @@ fn lb_endpoint(
     };
     let weight = e.load_balancing_weight.as_ref().map_or(1, |w| w.value);
     if weight == 0 {
-        return Err(FieldError::new("load_balancing_weight", "must be at least 1"));
+        return Err(FieldError::new(
+            "load_balancing_weight",
+            "must be at least 1",
+        ));
     }
     let (labels, service_account, namespace) = istio_metadata(e.metadata.as_ref());
     Ok(Endpoint {

@@ -182,7 +182,10 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> FieldResult<ListenerR
     match &hcm.route_specifier {
         Some(RouteSpecifier::Rds(rds)) => {
             if rds.route_config_name.is_empty() {
-                return Err(FieldError::new("rds.route_config_name", "must not be empty"));
+                return Err(FieldError::new(
+                    "rds.route_config_name",
+                    "must not be empty",
+                ));
             }
             Ok(ListenerRoutes::Rds(rds.route_config_name.clone()))
         }
@@ -211,7 +214,10 @@ fn http_filter(f: &HttpFilter, last: bool) -> FieldResult<()> {
         return if last {
             Ok(())
         } else {
-            Err(FieldError::new("name", "the router filter must be the last filter"))
+            Err(FieldError::new(
+                "name",
+                "the router filter must be the last filter",
+            ))
         };
     }
     if f.disabled || f.is_optional || BENIGN_HTTP_FILTERS.contains(&f.name.as_str()) {

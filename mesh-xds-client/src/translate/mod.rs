@@ -158,10 +158,7 @@ pub fn decode(kind: ResourceType, any: &Any) -> Result<Decoded, InvalidResource>
     if any.type_url != kind.type_url() {
         return Err(invalid(
             "",
-            FieldError::new(
-                "type_url",
-                format!("{} in a {kind} response", any.type_url),
-            ),
+            FieldError::new("type_url", format!("{} in a {kind} response", any.type_url)),
         ));
     }
     match kind {
@@ -175,19 +172,19 @@ pub fn decode(kind: ResourceType, any: &Any) -> Result<Decoded, InvalidResource>
                 .map_err(|e| invalid(&msg.name, e))
         }
         ResourceType::RouteConfiguration => {
-            let msg = decode_message::<
-                envoy_types::pb::envoy::config::route::v3::RouteConfiguration,
-            >(&any.value)
-            .map_err(|e| invalid("", e))?;
+            let msg =
+                decode_message::<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>(
+                    &any.value,
+                )
+                .map_err(|e| invalid("", e))?;
             route::translate(&msg)
                 .map(Decoded::RouteConfiguration)
                 .map_err(|e| invalid(&msg.name, e))
         }
         ResourceType::Cluster => {
-            let msg = decode_message::<envoy_types::pb::envoy::config::cluster::v3::Cluster>(
-                &any.value,
-            )
-            .map_err(|e| invalid("", e))?;
+            let msg =
+                decode_message::<envoy_types::pb::envoy::config::cluster::v3::Cluster>(&any.value)
+                    .map_err(|e| invalid("", e))?;
             cluster::translate(&msg)
                 .map(Decoded::Cluster)
                 .map_err(|e| invalid(&msg.name, e))

@@ -3,15 +3,15 @@
 use super::{FieldError, FieldResult, duration, parse_istio_name, unpack};
 use envoy_types::pb::envoy::config::core::v3::{HeaderValueOption, data_source};
 use envoy_types::pb::envoy::config::route::v3 as pb;
-use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::Any;
 use mesh_core::model::{
     AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
-    Mirror, Pattern, Percentage, Redirect, RedirectPort, RetryPolicy, Rewrite, Route,
-    RouteAction, RouteMatch, StringMatch, VirtualHost, WeightedCluster,
+    Mirror, Pattern, Percentage, Redirect, RedirectPort, RetryPolicy, Rewrite, Route, RouteAction,
+    RouteMatch, StringMatch, VirtualHost, WeightedCluster,
 };
 use std::time::Duration;
 
@@ -31,7 +31,10 @@ pub struct XdsRouteConfig {
 
 pub(crate) fn translate(rc: &pb::RouteConfiguration) -> FieldResult<XdsRouteConfig> {
     if rc.vhds.is_some() {
-        return Err(FieldError::new("vhds", "on-demand virtual hosts (VHDS) are not supported"));
+        return Err(FieldError::new(
+            "vhds",
+            "on-demand virtual hosts (VHDS) are not supported",
+        ));
     }
     let rc_request = header_ops(&rc.request_headers_to_add, &rc.request_headers_to_remove)
         .map_err(|e| e.within("request_headers_to_add"))?;
@@ -58,13 +61,19 @@ fn virtual_host(
     rc_response: &HeaderOps,
 ) -> FieldResult<VirtualHost> {
     if vh.domains.is_empty() {
-        return Err(FieldError::new("domains", "at least one domain is required"));
+        return Err(FieldError::new(
+            "domains",
+            "at least one domain is required",
+        ));
     }
     if vh.require_tls != 0 {
         return Err(FieldError::new("require_tls", "is not supported"));
     }
     if vh.matcher.is_some() {
-        return Err(FieldError::new("matcher", "the generic matcher tree is not supported"));
+        return Err(FieldError::new(
+            "matcher",
+            "the generic matcher tree is not supported",
+        ));
     }
     let mut request = header_ops(&vh.request_headers_to_add, &vh.request_headers_to_remove)
         .map_err(|e| e.within("request_headers_to_add"))?;
@@ -144,14 +153,18 @@ fn route(
             route_action(action, &mut out, vh_retry).map_err(|e| e.within("route"))?
         }
         Some(pb::route::Action::Redirect(redirect)) => {
-            out.action = RouteAction::Redirect(redirect_action(redirect).map_err(|e| e.within("redirect"))?)
+            out.action =
+                RouteAction::Redirect(redirect_action(redirect).map_err(|e| e.within("redirect"))?)
         }
         Some(pb::route::Action::DirectResponse(d)) => {
             let status = u16::try_from(d.status)
                 .ok()
                 .filter(|s| (200..600).contains(s))
                 .ok_or_else(|| {
-                    FieldError::new("direct_response.status", format!("{} is not an HTTP status", d.status))
+                    FieldError::new(
+                        "direct_response.status",
+                        format!("{} is not an HTTP status", d.status),
+                    )
                 })?;
             let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
                 None => None,
@@ -172,7 +185,12 @@ fn route(
         Some(pb::route::Action::NonForwardingAction(_)) => {
             return Err(FieldError::new("non_forwarding_action", "is not supported"));
         }
-        None => return Err(FieldError::new("action", "one of route, redirect or direct_response is required")),
+        None => {
+            return Err(FieldError::new(
+                "action",
+                "one of route, redirect or direct_response is required",
+            ));
+        }
     }
     Ok(out)
 }
@@ -184,9 +202,9 @@ fn route_match(m: &pb::RouteMatch) -> FieldResult<RouteMatch> {
         Some(PathSpecifier::Prefix(p)) if p.is_empty() || p == "/" => None,
         Some(PathSpecifier::Prefix(p)) => Some(StringMatch::Prefix(p.clone())),
         Some(PathSpecifier::Path(p)) => Some(StringMatch::Exact(p.clone())),
-        Some(PathSpecifier::SafeRegex(r)) => {
-            Some(StringMatch::Regex(regex(r).map_err(|e| e.within("safe_regex"))?))
-        }
+        Some(PathSpecifier::SafeRegex(r)) => Some(StringMatch::Regex(
+            regex(r).map_err(|e| e.within("safe_regex"))?,
+        )),
         Some(_) => {
             return Err(FieldError::new(
                 "path_specifier",
@@ -202,7 +220,10 @@ fn route_match(m: &pb::RouteMatch) -> FieldResult<RouteMatch> {
             .as_ref()
             .is_none_or(|f| percentage(f) != Percentage::ALL)
     {
-        return Err(FieldError::new("runtime_fraction", "fractional route matches are not supported"));
+        return Err(FieldError::new(
+            "runtime_fraction",
+            "fractional route matches are not supported",
+        ));
     }
     if m.grpc.is_some() {
         return Err(FieldError::new("grpc", "is not supported"));
@@ -223,7 +244,8 @@ fn route_match(m: &pb::RouteMatch) -> FieldResult<RouteMatch> {
         use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
         let matcher = match &q.query_parameter_match_specifier {
             Some(Q::StringMatch(s)) => Some(
-                string_match(s).map_err(|e| e.within(format!("query_parameters[{i}].string_match")))?,
+                string_match(s)
+                    .map_err(|e| e.within(format!("query_parameters[{i}].string_match")))?,
             ),
             Some(Q::PresentMatch(true)) => None,
             Some(Q::PresentMatch(false)) | None => {
@@ -244,10 +266,15 @@ fn header_matcher(h: &pb::HeaderMatcher, out: &mut RouteMatch) -> FieldResult<()
         Some(H::ExactMatch(s)) => (Some(StringMatch::Exact(s.clone())), true),
         Some(H::PrefixMatch(s)) => (Some(StringMatch::Prefix(s.clone())), true),
         Some(H::SafeRegexMatch(r)) => (
-            Some(StringMatch::Regex(regex(r).map_err(|e| e.within("safe_regex_match"))?)),
+            Some(StringMatch::Regex(
+                regex(r).map_err(|e| e.within("safe_regex_match"))?,
+            )),
             true,
         ),
-        Some(H::StringMatch(s)) => (Some(string_match(s).map_err(|e| e.within("string_match"))?), true),
+        Some(H::StringMatch(s)) => (
+            Some(string_match(s).map_err(|e| e.within("string_match"))?),
+            true,
+        ),
         Some(H::PresentMatch(p)) => (None, *p),
         None => (None, true),
         Some(_) => {
@@ -258,7 +285,10 @@ fn header_matcher(h: &pb::HeaderMatcher, out: &mut RouteMatch) -> FieldResult<()
         }
     };
     if h.treat_missing_header_as_empty {
-        return Err(FieldError::new("treat_missing_header_as_empty", "is not supported"));
+        return Err(FieldError::new(
+            "treat_missing_header_as_empty",
+            "is not supported",
+        ));
     }
     let negated = h.invert_match != !present;
     let name = h.name.to_ascii_lowercase();
@@ -294,7 +324,9 @@ pub(crate) fn string_match(s: &StringMatcher) -> FieldResult<StringMatch> {
     match &s.match_pattern {
         Some(M::Exact(v)) => Ok(StringMatch::Exact(v.clone())),
         Some(M::Prefix(v)) => Ok(StringMatch::Prefix(v.clone())),
-        Some(M::SafeRegex(r)) => Ok(StringMatch::Regex(regex(r).map_err(|e| e.within("safe_regex"))?)),
+        Some(M::SafeRegex(r)) => Ok(StringMatch::Regex(
+            regex(r).map_err(|e| e.within("safe_regex"))?,
+        )),
         Some(_) => Err(FieldError::new(
             "match_pattern",
             "suffix, contains and custom string matches are not supported",
@@ -331,8 +363,12 @@ fn route_action(
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
         }],
-        Some(ClusterSpecifier::Cluster(_)) => return Err(FieldError::new("cluster", "must not be empty")),
-        Some(ClusterSpecifier::WeightedClusters(w)) => weighted_clusters(w).map_err(|e| e.within("weighted_clusters"))?,
+        Some(ClusterSpecifier::Cluster(_)) => {
+            return Err(FieldError::new("cluster", "must not be empty"));
+        }
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            weighted_clusters(w).map_err(|e| e.within("weighted_clusters"))?
+        }
         Some(_) => {
             return Err(FieldError::new(
                 "cluster_specifier",
@@ -350,8 +386,9 @@ fn route_action(
             .pattern
             .as_ref()
             .ok_or_else(|| FieldError::new("regex_rewrite.pattern", "is required"))?;
-        let p = Pattern::unanchored(&pattern.regex)
-            .map_err(|e| FieldError::new("regex_rewrite.pattern.regex", format!("invalid regex: {e}")))?;
+        let p = Pattern::unanchored(&pattern.regex).map_err(|e| {
+            FieldError::new("regex_rewrite.pattern.regex", format!("invalid regex: {e}"))
+        })?;
         rewrite.uri_regex = Some((p, rr.substitution.clone()));
     }
     match &a.host_rewrite_specifier {
@@ -369,7 +406,10 @@ fn route_action(
         return Err(FieldError::new("path_rewrite_policy", "is not supported"));
     }
     if !a.hash_policy.is_empty() {
-        return Err(FieldError::new("hash_policy", "consistent-hash routing is not supported yet"));
+        return Err(FieldError::new(
+            "hash_policy",
+            "consistent-hash routing is not supported yet",
+        ));
     }
     if a.hedge_policy.is_some() {
         return Err(FieldError::new("hedge_policy", "is not supported"));
@@ -414,14 +454,20 @@ fn route_action(
 
 fn weighted_clusters(w: &pb::WeightedCluster) -> FieldResult<Vec<WeightedCluster>> {
     if w.clusters.is_empty() {
-        return Err(FieldError::new("clusters", "at least one cluster is required"));
+        return Err(FieldError::new(
+            "clusters",
+            "at least one cluster is required",
+        ));
     }
     let mut out = Vec::with_capacity(w.clusters.len());
     let mut total: u64 = 0;
     for (i, c) in w.clusters.iter().enumerate() {
         let field = format!("clusters[{i}]");
         if c.name.is_empty() {
-            return Err(FieldError::new(format!("{field}.name"), "is required (cluster_header is not supported)"));
+            return Err(FieldError::new(
+                format!("{field}.name"),
+                "is required (cluster_header is not supported)",
+            ));
         }
         let weight = c.weight.as_ref().map_or(0, |w| w.value);
         total += u64::from(weight);
@@ -438,7 +484,10 @@ fn weighted_clusters(w: &pb::WeightedCluster) -> FieldResult<Vec<WeightedCluster
         return Err(FieldError::new("clusters", "weights sum to 0"));
     }
     if total > u64::from(u32::MAX) {
-        return Err(FieldError::new("clusters", format!("weights sum to {total}, above 2^32-1")));
+        return Err(FieldError::new(
+            "clusters",
+            format!("weights sum to {total}, above 2^32-1"),
+        ));
     }
     if let Some(t) = &w.total_weight
         && u64::from(t.value) != total
@@ -467,7 +516,10 @@ fn retry_policy(r: &pb::RetryPolicy) -> FieldResult<RetryPolicy> {
         .transpose()?
         .unwrap_or(backoff_base * 10);
     if backoff_max < backoff_base {
-        return Err(FieldError::new("retry_back_off.max_interval", "is below base_interval"));
+        return Err(FieldError::new(
+            "retry_back_off.max_interval",
+            "is below base_interval",
+        ));
     }
     Ok(RetryPolicy {
         attempts: r.num_retries.as_ref().map_or(1, |n| n.value),
@@ -492,7 +544,12 @@ fn redirect_action(r: &pb::RedirectAction) -> FieldResult<Redirect> {
         2 => 303,
         3 => 307,
         4 => 308,
-        other => return Err(FieldError::new("response_code", format!("unknown code {other}"))),
+        other => {
+            return Err(FieldError::new(
+                "response_code",
+                format!("unknown code {other}"),
+            ));
+        }
     };
     let scheme = match &r.scheme_rewrite_specifier {
         Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".to_owned()),
@@ -501,14 +558,19 @@ fn redirect_action(r: &pb::RedirectAction) -> FieldResult<Redirect> {
     };
     let uri = match &r.path_rewrite_specifier {
         Some(PathRewriteSpecifier::PathRedirect(p)) => Some(p.clone()),
-        Some(_) => return Err(FieldError::new("path_rewrite_specifier", "only path_redirect is supported")),
+        Some(_) => {
+            return Err(FieldError::new(
+                "path_rewrite_specifier",
+                "only path_redirect is supported",
+            ));
+        }
         None => None,
     };
     let port = match r.port_redirect {
         0 => None,
-        p => Some(RedirectPort::Port(
-            u16::try_from(p).map_err(|_| FieldError::new("port_redirect", format!("{p} is not a port")))?,
-        )),
+        p => Some(RedirectPort::Port(u16::try_from(p).map_err(|_| {
+            FieldError::new("port_redirect", format!("{p} is not a port"))
+        })?)),
     };
     if r.strip_query {
         return Err(FieldError::new("strip_query", "is not supported"));
@@ -599,7 +661,10 @@ fn per_filter_fault(
 
 fn http_fault(f: &HttpFault) -> FieldResult<Fault> {
     if !f.headers.is_empty() || !f.upstream_cluster.is_empty() || !f.downstream_nodes.is_empty() {
-        return Err(FieldError::new("headers", "conditional faults are not supported"));
+        return Err(FieldError::new(
+            "headers",
+            "conditional faults are not supported",
+        ));
     }
     let delay = match &f.delay {
         None => None,
@@ -619,10 +684,20 @@ fn http_fault(f: &HttpFault) -> FieldResult<Fault> {
                     u16::try_from(*s)
                         .ok()
                         .filter(|s| (200..600).contains(s))
-                        .ok_or_else(|| FieldError::new("abort.http_status", format!("{s} is not an HTTP status")))?,
+                        .ok_or_else(|| {
+                            FieldError::new(
+                                "abort.http_status",
+                                format!("{s} is not an HTTP status"),
+                            )
+                        })?,
                 ),
                 Some(fault_abort::ErrorType::GrpcStatus(s)) => AbortError::Grpc(*s),
-                _ => return Err(FieldError::new("abort", "header-controlled aborts are not supported")),
+                _ => {
+                    return Err(FieldError::new(
+                        "abort",
+                        "header-controlled aborts are not supported",
+                    ));
+                }
             };
             Some(FaultAbort {
                 error,

@@ -50,7 +50,10 @@ pub(super) fn translate(s: &Secret) -> FieldResult<XdsSecret> {
     }
     let kind = match &s.r#type {
         Some(secret::Type::TlsCertificate(c)) => SecretKind::Certificate {
-            chain_pem: inline(c.certificate_chain.as_ref(), "tls_certificate.certificate_chain")?,
+            chain_pem: inline(
+                c.certificate_chain.as_ref(),
+                "tls_certificate.certificate_chain",
+            )?,
             key_pem: inline(c.private_key.as_ref(), "tls_certificate.private_key")?,
         },
         Some(secret::Type::ValidationContext(v)) => SecretKind::ValidationContext {
@@ -73,7 +76,10 @@ fn inline(d: Option<&DataSource>, field: &str) -> FieldResult<Vec<u8>> {
     match d.and_then(|d| d.specifier.as_ref()) {
         Some(data_source::Specifier::InlineBytes(b)) => Ok(b.clone()),
         Some(data_source::Specifier::InlineString(s)) => Ok(s.clone().into_bytes()),
-        Some(_) => Err(FieldError::new(field, "only inline_bytes and inline_string are supported")),
+        Some(_) => Err(FieldError::new(
+            field,
+            "only inline_bytes and inline_string are supported",
+        )),
         None => Err(FieldError::new(field, "is required")),
     }
 }
