@@ -18,5 +18,5 @@ pub mod protocol;
 pub mod resource;
 pub mod translate;
 
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
