@@ -173,7 +173,7 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> FieldResult<ListenerR
         http_filter(f, i + 1 == hcm.http_filters.len())
             .map_err(|e| e.within(format!("http_filters[{i}]")))?;
     }
-    if !hcm.http_filters.iter().any(|f| is_router(f)) {
+    if !hcm.http_filters.iter().any(is_router) {
         return Err(FieldError::new(
             "http_filters",
             "no envoy.filters.http.router filter",

@@ -39,8 +39,8 @@ pub use secret::XdsSecret;
 use crate::resource::ResourceType;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use mesh_core::model::{
-    Cluster, ClusterName, Hostname, MeshConfig, Protocol, RouteTable, Service, ServiceLocation,
-    ServicePort, Workload,
+    Cluster, Hostname, MeshConfig, Protocol, RouteTable, Service, ServiceLocation, ServicePort,
+    Workload,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -100,7 +100,7 @@ pub enum Decoded {
     /// A route configuration.
     RouteConfiguration(XdsRouteConfig),
     /// A cluster (endpoints empty for EDS clusters until assembled).
-    Cluster(XdsCluster),
+    Cluster(Box<XdsCluster>),
     /// A cluster's endpoints.
     ClusterLoadAssignment(XdsEndpoints),
     /// A TLS secret.
@@ -186,7 +186,7 @@ pub fn decode(kind: ResourceType, any: &Any) -> Result<Decoded, InvalidResource>
                 decode_message::<envoy_types::pb::envoy::config::cluster::v3::Cluster>(&any.value)
                     .map_err(|e| invalid("", e))?;
             cluster::translate(&msg)
-                .map(Decoded::Cluster)
+                .map(|c| Decoded::Cluster(Box::new(c)))
                 .map_err(|e| invalid(&msg.name, e))
         }
         ResourceType::ClusterLoadAssignment => {
@@ -357,11 +357,6 @@ pub(crate) fn parse_istio_name(name: &str) -> Option<(u16, Option<&str>, &str)> 
     let subset = parts.next()?;
     let host = parts.next()?;
     (!host.is_empty()).then_some((port, (!subset.is_empty()).then_some(subset), host))
-}
-
-/// The cluster name, for callers that build names.
-pub fn cluster_name(name: &str) -> ClusterName {
-    ClusterName::new(name)
 }
 
 #[cfg(test)]

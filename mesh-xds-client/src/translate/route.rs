@@ -197,8 +197,7 @@ fn route(
 
 fn route_match(m: &pb::RouteMatch) -> FieldResult<RouteMatch> {
     use pb::route_match::PathSpecifier;
-    let mut out = RouteMatch::default();
-    out.uri = match &m.path_specifier {
+    let uri = match &m.path_specifier {
         Some(PathSpecifier::Prefix(p)) if p.is_empty() || p == "/" => None,
         Some(PathSpecifier::Prefix(p)) => Some(StringMatch::Prefix(p.clone())),
         Some(PathSpecifier::Path(p)) => Some(StringMatch::Exact(p.clone())),
@@ -212,6 +211,10 @@ fn route_match(m: &pb::RouteMatch) -> FieldResult<RouteMatch> {
             ));
         }
         None => return Err(FieldError::new("path_specifier", "is required")),
+    };
+    let mut out = RouteMatch {
+        uri,
+        ..RouteMatch::default()
     };
     out.ignore_uri_case = m.case_sensitive.as_ref().is_some_and(|c| !c.value);
     if let Some(rf) = &m.runtime_fraction
@@ -290,7 +293,12 @@ fn header_matcher(h: &pb::HeaderMatcher, out: &mut RouteMatch) -> FieldResult<()
             "is not supported",
         ));
     }
-    let negated = h.invert_match != !present;
+    // `present_match: false` and `invert_match` each negate the match.
+    let negated = if present {
+        h.invert_match
+    } else {
+        !h.invert_match
+    };
     let name = h.name.to_ascii_lowercase();
     if !negated {
         match (name.as_str(), &matcher) {
