@@ -29,12 +29,18 @@
 
 use crate::protocol::backoff::{Backoff, BackoffConfig};
 use crate::protocol::{AdsState, Handled, Mode, ProtocolConfig, Request, ResourceStatus};
+use crate::translate::XdsSecret;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
+};
 use futures_util::Stream;
 use mesh_core::model::Workload;
 use mesh_core::store::ConfigStore;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -62,6 +68,11 @@ pub struct XdsClientConfig {
     pub max_message_size: usize,
     /// Time allowed to establish a connection to a server.
     pub connect_timeout: Duration,
+    /// TLS (and mTLS, with a client identity) to the control plane; `None` for plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Where to save the last good resources after each publish, and to load them from at
+    /// start, so that the workload can start while the control plane is unreachable.
+    pub snapshot_file: Option<PathBuf>,
 }
 
 impl XdsClientConfig {
@@ -78,6 +89,8 @@ impl XdsClientConfig {
             does_not_exist_timeout: Duration::from_secs(15),
             max_message_size: 64 << 20,
             connect_timeout: Duration::from_secs(5),
+            tls: None,
+            snapshot_file: None,
         }
     }
 }
@@ -101,7 +114,12 @@ pub struct XdsStatus {
     pub published: Option<u64>,
     /// Every resource's version and state.
     pub resources: Vec<ResourceStatus>,
+    /// Whether the resources saved in the snapshot file were loaded at start.
+    pub restored: bool,
 }
+
+/// The accepted SDS secrets, by name.
+pub type Secrets = Arc<BTreeMap<String, XdsSecret>>;
 
 /// Why a stream ended.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +156,24 @@ pub enum XdsError {
         /// The server.
         server: String,
     },
+    /// The snapshot file could not be read or written.
+    #[error("xDS snapshot file {path}: {source}")]
+    SnapshotIo {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The snapshot file holds something that is not a saved snapshot, or resources that no
+    /// longer pass validation.
+    #[error("xDS snapshot file {path}: {reason}")]
+    SnapshotInvalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The ADS client. [`spawn`](Self::spawn) it, or `await` [`run`](Self::run).
@@ -146,12 +182,14 @@ pub struct XdsClient {
     config: XdsClientConfig,
     store: Arc<ConfigStore>,
     status: watch::Sender<XdsStatus>,
+    secrets: watch::Sender<Secrets>,
 }
 
 /// A spawned client: its status, and its task (aborted on drop).
 #[derive(Debug)]
 pub struct XdsHandle {
     status: watch::Receiver<XdsStatus>,
+    secrets: watch::Receiver<Secrets>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -159,6 +197,11 @@ impl XdsHandle {
     /// The client's status, updated after every event.
     pub fn status(&self) -> watch::Receiver<XdsStatus> {
         self.status.clone()
+    }
+
+    /// The accepted SDS secrets (certificates and trust bundles), updated as they rotate.
+    pub fn secrets(&self) -> watch::Receiver<Secrets> {
+        self.secrets.clone()
     }
 
     /// Stops the client; the store keeps its last snapshot.
@@ -180,6 +223,7 @@ impl XdsClient {
             config,
             store,
             status: watch::Sender::new(XdsStatus::default()),
+            secrets: watch::Sender::new(Secrets::default()),
         }
     }
 
@@ -191,8 +235,13 @@ impl XdsClient {
     /// Runs the client on a new task.
     pub fn spawn(self) -> XdsHandle {
         let status = self.status.subscribe();
+        let secrets = self.secrets.subscribe();
         let task = tokio::spawn(self.run());
-        XdsHandle { status, task }
+        XdsHandle {
+            status,
+            secrets,
+            task,
+        }
     }
 
     /// Runs the client: connects, follows the stream, reconnects; never returns.
@@ -203,6 +252,20 @@ impl XdsClient {
             does_not_exist_timeout: self.config.does_not_exist_timeout,
         });
         let mut backoff = Backoff::new(self.config.backoff.clone(), self.config.seed);
+        if let Some(path) = &self.config.snapshot_file {
+            match self.restore(path, &mut state).await {
+                Ok(true) => {
+                    let published = self.publish(&state).await;
+                    self.status.send_modify(|s| {
+                        s.restored = true;
+                        s.published = published.or(s.published);
+                        s.resources = state.status();
+                    });
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "xDS snapshot file not loaded"),
+            }
+        }
         loop {
             let mut progressed = false;
             for server in &self.config.servers {
@@ -234,13 +297,17 @@ impl XdsClient {
         state: &mut AdsState,
         progressed: &mut bool,
     ) -> Result<(), XdsError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-            .map_err(|source| XdsError::InvalidServer {
-                uri: server.to_owned(),
-                source,
-            })?
+        let invalid = |source| XdsError::InvalidServer {
+            uri: server.to_owned(),
+            source,
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+            .map_err(invalid)?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.config.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
+        }
         let channel = endpoint
             .connect()
             .await
@@ -334,7 +401,7 @@ impl XdsClient {
                         self.store.reject("xds", errors.clone());
                         errors.join("; ")
                     });
-                    let published = if handled.changed { self.publish(state) } else { None };
+                    let published = if handled.changed { self.publish(state).await } else { None };
                     self.status.send_modify(|s| {
                         s.responses += 1;
                         if let Some(n) = nack {
@@ -349,7 +416,7 @@ impl XdsClient {
                 }
                 () = sleep_until(deadline) => {
                     if state.on_timer(Instant::now()) {
-                        let published = self.publish(state);
+                        let published = self.publish(state).await;
                         self.status.send_modify(|s| {
                             if published.is_some() {
                                 s.published = published;
@@ -362,16 +429,83 @@ impl XdsClient {
         }
     }
 
-    /// Publishes the snapshot if it is complete and differs from the live one.
-    fn publish(&self, state: &AdsState) -> Option<u64> {
+    /// Publishes the snapshot if it is complete and differs from the live one; shares the
+    /// secrets if they changed; saves the resources if a snapshot file is set.
+    async fn publish(&self, state: &AdsState) -> Option<u64> {
+        let secrets = state.secrets();
+        self.secrets.send_if_modified(|current| {
+            let changed = **current != secrets;
+            if changed {
+                *current = Arc::new(secrets);
+            }
+            changed
+        });
         let config = state.snapshot(&self.config.workload)?;
         if self.store.load().config == config {
             return None;
         }
         let version = self.store.publish(config);
         tracing::info!(version, "xDS snapshot published");
+        if let Some(path) = &self.config.snapshot_file
+            && let Err(e) = save(path, state).await
+        {
+            tracing::warn!(error = %e, "xDS snapshot file not saved");
+        }
         Some(version)
     }
+
+    /// Loads the snapshot file into `state`; `Ok(false)` when there is none.
+    async fn restore(&self, path: &Path, state: &mut AdsState) -> Result<bool, XdsError> {
+        let bytes = match tokio::fs::read(path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(XdsError::SnapshotIo {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let invalid = |reason: String| XdsError::SnapshotInvalid {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut buf = bytes.as_slice();
+        let mut saved = Vec::new();
+        while !buf.is_empty() {
+            let resp = DeltaDiscoveryResponse::decode_length_delimited(&mut buf)
+                .map_err(|e| invalid(format!("protobuf decode error: {e}")))?;
+            saved.push(resp);
+        }
+        state.restore(saved, Instant::now()).map_err(|errors| {
+            invalid(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        tracing::info!(path = %path.display(), "xDS snapshot file loaded");
+        Ok(true)
+    }
+}
+
+/// Writes `state`'s resources to `path` atomically (a temporary file, then a rename).
+async fn save(path: &Path, state: &AdsState) -> Result<(), XdsError> {
+    let mut bytes = Vec::new();
+    for resp in state.persisted() {
+        // Encoding into a Vec cannot run out of space.
+        let _ = resp.encode_length_delimited(&mut bytes);
+    }
+    let io = |source| XdsError::SnapshotIo {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
+    tokio::fs::rename(&tmp, path).await.map_err(io)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -198,6 +198,29 @@ impl ManagementServer {
     /// Starts serving `snapshot` on `addr` (`127.0.0.1:0` for any free port; a previous
     /// server's address to restart it there).
     pub async fn start(addr: SocketAddr, snapshot: ServerSnapshot) -> std::io::Result<Self> {
+        Self::start_with(addr, snapshot, None).await
+    }
+
+    /// Like [`start`](Self::start), serving TLS (mTLS when `tls` names a client CA).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        snapshot: ServerSnapshot,
+        tls: tonic::transport::ServerTlsConfig,
+    ) -> std::io::Result<Self> {
+        Self::start_with(addr, snapshot, Some(tls)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        snapshot: ServerSnapshot,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> std::io::Result<Self> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        }
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (shutdown, _) = watch::channel(false);
@@ -219,7 +242,7 @@ impl ManagementServer {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = tonic::transport::Server::builder()
+            if let Err(e) = builder
                 .serve_with_incoming_shutdown(service, incoming, signal)
                 .await
             {

@@ -148,6 +148,8 @@ pub struct Handled {
 struct Entry {
     version: String,
     decoded: Decoded,
+    /// The resource as received, for persistence.
+    raw: Any,
     updated: Instant,
 }
 
@@ -351,13 +353,13 @@ impl AdsState {
         let mut decoded = Vec::with_capacity(resp.resources.len());
         let mut rejected = Vec::new();
         let mut names = BTreeSet::new();
-        for any in &resp.resources {
-            match decode_any(kind, any, None) {
+        for any in resp.resources {
+            match decode_any(kind, &any, None) {
                 Ok(d) => {
                     if !names.insert(d.name().to_owned()) {
                         rejected.push(duplicate(kind, d.name()));
                     }
-                    decoded.push(d);
+                    decoded.push((d, any));
                 }
                 Err(e) => rejected.push(e),
             }
@@ -378,13 +380,13 @@ impl AdsState {
             ts.known = true;
             ts.wildcard_deadline = None;
         }
-        for d in decoded {
+        for (d, raw) in decoded {
             let name = d.name().to_owned();
             if !kind.is_wildcard() && !ts.names.contains(&name) {
                 // Not subscribed (any more): ignore, as gRPC does.
                 continue;
             }
-            changed |= accept(ts, name, resp.version_info.clone(), d, now);
+            changed |= accept(ts, name, resp.version_info.clone(), d, raw, now);
         }
         self.after_accept(kind, changed, now)
     }
@@ -396,8 +398,8 @@ impl AdsState {
         };
         let mut decoded = Vec::with_capacity(resp.resources.len());
         let mut rejected = Vec::new();
-        for r in &resp.resources {
-            let Some(any) = &r.resource else {
+        for r in resp.resources {
+            let Some(any) = r.resource else {
                 rejected.push(InvalidResource {
                     kind,
                     name: r.name.clone(),
@@ -406,8 +408,8 @@ impl AdsState {
                 });
                 continue;
             };
-            match decode_any(kind, any, Some(&r.name)) {
-                Ok(d) => decoded.push((r.version.clone(), d)),
+            match decode_any(kind, &any, Some(&r.name)) {
+                Ok(d) => decoded.push((r.version, d, any)),
                 Err(e) => rejected.push(e),
             }
         }
@@ -422,12 +424,12 @@ impl AdsState {
             ts.known = true;
             ts.wildcard_deadline = None;
         }
-        for (version, d) in decoded {
+        for (version, d, raw) in decoded {
             let name = d.name().to_owned();
             if !kind.is_wildcard() && !ts.names.contains(&name) {
                 continue;
             }
-            changed |= accept(ts, name, version, d, now);
+            changed |= accept(ts, name, version, d, raw, now);
         }
         for name in &resp.removed_resources {
             changed |= ts.resources.remove(name).is_some();
@@ -691,6 +693,109 @@ impl AdsState {
         Some(translate::assemble(&resources, workload))
     }
 
+    /// The accepted resources in a form that can be saved and given back to
+    /// [`restore`](Self::restore): one delta response per type, each resource with its own
+    /// version, and the SotW `version_info` as `system_version_info`.
+    pub fn persisted(&self) -> Vec<DeltaDiscoveryResponse> {
+        self.types
+            .values()
+            .filter(|ts| !ts.resources.is_empty() || ts.known)
+            .map(|ts| DeltaDiscoveryResponse {
+                system_version_info: ts.version_info.clone(),
+                type_url: ts.kind.type_url().to_owned(),
+                resources: ts
+                    .resources
+                    .iter()
+                    .map(|(name, e)| DeltaResource {
+                        name: name.clone(),
+                        version: e.version.clone(),
+                        resource: Some(e.raw.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// Loads resources saved by [`persisted`](Self::persisted), before the first connection,
+    /// so that a snapshot can be served while the control plane is unreachable. Every
+    /// resource is checked as if it had just arrived; on any error nothing is loaded.
+    pub fn restore(
+        &mut self,
+        saved: Vec<DeltaDiscoveryResponse>,
+        now: Instant,
+    ) -> Result<(), Vec<InvalidResource>> {
+        let mut by_kind = BTreeMap::new();
+        let mut rejected = Vec::new();
+        for resp in saved {
+            let Some(kind) = ResourceType::from_type_url(&resp.type_url) else {
+                continue;
+            };
+            let mut decoded = Vec::new();
+            for r in resp.resources {
+                let Some(any) = r.resource else { continue };
+                match decode_any(kind, &any, Some(&r.name)) {
+                    Ok(d) => decoded.push((r.version, d, any)),
+                    Err(e) => rejected.push(e),
+                }
+            }
+            by_kind.insert(kind, (resp.system_version_info, decoded));
+        }
+        if !rejected.is_empty() {
+            return Err(rejected);
+        }
+        // Wildcard types first, so that the names of the others are subscribed to.
+        let order = [
+            ResourceType::Cluster,
+            ResourceType::Listener,
+            ResourceType::ClusterLoadAssignment,
+            ResourceType::RouteConfiguration,
+            ResourceType::Secret,
+        ];
+        for kind in order {
+            let Some((version_info, decoded)) = by_kind.remove(&kind) else {
+                continue;
+            };
+            let ts = self.ts(kind);
+            ts.version_info = version_info;
+            if kind.is_wildcard() {
+                ts.known = true;
+            }
+            for (version, d, raw) in decoded {
+                let name = d.name().to_owned();
+                if kind.is_wildcard() || ts.names.contains(&name) {
+                    accept(ts, name, version, d, raw, now);
+                }
+            }
+            self.update_watches(now);
+        }
+        // What was saved was complete: a named resource missing from it did not exist.
+        for ts in self.types.values_mut() {
+            let missing: Vec<String> = ts
+                .names
+                .iter()
+                .filter(|n| !ts.resources.contains_key(*n))
+                .cloned()
+                .collect();
+            ts.absent.extend(missing);
+        }
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// The accepted secrets, by name.
+    pub fn secrets(&self) -> BTreeMap<String, translate::XdsSecret> {
+        self.types[&ResourceType::Secret]
+            .resources
+            .iter()
+            .filter_map(|(n, e)| match &e.decoded {
+                Decoded::Secret(s) => Some((n.clone(), s.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The accepted secret named `name`, if any.
     pub fn secret(&self, name: &str) -> Option<&translate::XdsSecret> {
         match &self.types[&ResourceType::Secret]
@@ -737,7 +842,14 @@ impl AdsState {
 }
 
 /// Stores an accepted resource; whether it differs from what was there.
-fn accept(ts: &mut TypeState, name: String, version: String, d: Decoded, now: Instant) -> bool {
+fn accept(
+    ts: &mut TypeState,
+    name: String,
+    version: String,
+    d: Decoded,
+    raw: Any,
+    now: Instant,
+) -> bool {
     ts.deadlines.remove(&name);
     ts.nacked.remove(&name);
     let was_absent = ts.absent.remove(&name);
@@ -753,6 +865,7 @@ fn accept(ts: &mut TypeState, name: String, version: String, d: Decoded, now: In
         Entry {
             version,
             decoded: d,
+            raw,
             updated: now,
         },
     );

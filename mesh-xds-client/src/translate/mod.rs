@@ -34,7 +34,7 @@ pub use cluster::XdsCluster;
 pub use endpoint::XdsEndpoints;
 pub use listener::{ListenerRoutes, XdsListener};
 pub use route::XdsRouteConfig;
-pub use secret::XdsSecret;
+pub use secret::{SecretKind, XdsSecret};
 
 use crate::resource::ResourceType;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
