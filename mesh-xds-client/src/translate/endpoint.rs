@@ -1,0 +1,168 @@
+//! `ClusterLoadAssignment` -> endpoints.
+
+use super::{FieldError, FieldResult};
+use envoy_types::pb::envoy::config::core::v3::{Metadata, address, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use envoy_types::pb::google::protobuf::value::Kind;
+use mesh_core::model::{Address, Endpoint, HealthStatus, Labels, Locality};
+use std::net::IpAddr;
+
+/// A translated endpoint set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdsEndpoints {
+    /// The EDS name (the cluster name, or its `eds_cluster_config.service_name`).
+    pub cluster_name: String,
+    /// The endpoints.
+    pub endpoints: Vec<mesh_core::model::Endpoint>,
+}
+
+pub(super) fn translate(cla: &ClusterLoadAssignment) -> FieldResult<XdsEndpoints> {
+    if cla.cluster_name.is_empty() {
+        return Err(FieldError::new("cluster_name", "must not be empty"));
+    }
+    Ok(XdsEndpoints {
+        cluster_name: cla.cluster_name.clone(),
+        endpoints: endpoints(cla, false)?,
+    })
+}
+
+/// The endpoints of `cla`; with `dns`, socket addresses may be host names.
+pub(super) fn endpoints(cla: &ClusterLoadAssignment, dns: bool) -> FieldResult<Vec<Endpoint>> {
+    let mut out = Vec::new();
+    if cla.endpoints.iter().any(|l| l.priority != 0) {
+        // Priorities are failover levels; the mesh balances one level. Keep priority 0 and
+        // say so, rather than mixing failover endpoints into the primary set.
+        let field = cla
+            .endpoints
+            .iter()
+            .position(|l| l.priority != 0)
+            .map_or_else(String::new, |i| format!("endpoints[{i}].priority"));
+        return Err(FieldError::new(
+            field,
+            "priorities other than 0 are not supported",
+        ));
+    }
+    for (i, l) in cla.endpoints.iter().enumerate() {
+        let locality = l
+            .locality
+            .as_ref()
+            .map(|l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                subzone: l.sub_zone.clone(),
+            })
+            .unwrap_or_default();
+        if l.lb_config.is_some() {
+            return Err(FieldError::new(
+                format!("endpoints[{i}].lb_config"),
+                "LEDS is not supported",
+            ));
+        }
+        for (j, e) in l.lb_endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}].lb_endpoints[{j}]");
+            out.push(lb_endpoint(e, &locality, dns).map_err(|e| e.within(&field))?);
+        }
+    }
+    Ok(out)
+}
+
+fn lb_endpoint(
+    e: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+    locality: &Locality,
+    dns: bool,
+) -> FieldResult<Endpoint> {
+    let ep = match &e.host_identifier {
+        Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => ep,
+        Some(lb_endpoint::HostIdentifier::EndpointName(_)) => {
+            return Err(FieldError::new(
+                "endpoint_name",
+                "named endpoints are not supported",
+            ));
+        }
+        None => return Err(FieldError::new("endpoint", "is required")),
+    };
+    let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(address::Address::SocketAddress(sa)) => sa,
+        _ => {
+            return Err(FieldError::new(
+                "endpoint.address",
+                "a socket_address is required",
+            ));
+        }
+    };
+    let port = match sa.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => {
+            u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                FieldError::new(
+                    "endpoint.address.socket_address.port_value",
+                    format!("{p} is not a port"),
+                )
+            })?
+        }
+        _ => {
+            return Err(FieldError::new(
+                "endpoint.address.socket_address.port_value",
+                "is required",
+            ));
+        }
+    };
+    let address = match sa.address.parse::<IpAddr>() {
+        Ok(ip) => Address::Ip(ip),
+        Err(_) if dns && !sa.address.is_empty() => Address::Dns(sa.address.clone()),
+        Err(_) => {
+            return Err(FieldError::new(
+                "endpoint.address.socket_address.address",
+                format!("{:?} is not an IP address", sa.address),
+            ));
+        }
+    };
+    let health = match e.health_status {
+        0 | 1 => HealthStatus::Healthy,
+        3 => HealthStatus::Draining,
+        _ => HealthStatus::Unhealthy,
+    };
+    let weight = e.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+    if weight == 0 {
+        return Err(FieldError::new(
+            "load_balancing_weight",
+            "must be at least 1",
+        ));
+    }
+    let (labels, service_account, namespace) = istio_metadata(e.metadata.as_ref());
+    Ok(Endpoint {
+        address,
+        port,
+        labels,
+        weight,
+        locality: locality.clone(),
+        health,
+        service_account,
+        namespace,
+    })
+}
+
+/// Labels from `filter_metadata.istio` (`labels`, or the flat string fields Istio sets:
+/// `workload`, `namespace`, `service_account`...), as istiod writes them.
+fn istio_metadata(m: Option<&Metadata>) -> (Labels, Option<String>, Option<String>) {
+    let mut labels = Labels::new();
+    let mut sa = None;
+    let mut ns = None;
+    let Some(istio) = m.and_then(|m| m.filter_metadata.get("istio")) else {
+        return (labels, sa, ns);
+    };
+    for (k, v) in &istio.fields {
+        match (k.as_str(), &v.kind) {
+            ("labels", Some(Kind::StructValue(s))) => {
+                for (lk, lv) in &s.fields {
+                    if let Some(Kind::StringValue(lv)) = &lv.kind {
+                        labels.insert(lk.clone(), lv.clone());
+                    }
+                }
+            }
+            ("service_account", Some(Kind::StringValue(s))) => sa = Some(s.clone()),
+            ("namespace", Some(Kind::StringValue(s))) => ns = Some(s.clone()),
+            _ => {}
+        }
+    }
+    (labels, sa, ns)
+}

@@ -1,0 +1,244 @@
+//! `Listener` -> the route configuration(s) it serves.
+
+use super::{FieldError, FieldResult, XdsRouteConfig, route, unpack};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
+};
+
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+const ROUTER: &str = "envoy.filters.http.router";
+const FAULT: &str = "envoy.filters.http.fault";
+
+/// HTTP filters that carry no behaviour this mesh must reproduce (telemetry, ALPN hints,
+/// CORS with no policy): accepted and ignored. Istio's sidecar configures each of them.
+const BENIGN_HTTP_FILTERS: &[&str] = &[
+    "istio.metadata_exchange",
+    "istio.stats",
+    "istio.alpn",
+    "envoy.filters.http.grpc_stats",
+    "envoy.filters.http.cors",
+];
+
+/// A translated listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdsListener {
+    /// The listener's name.
+    pub name: String,
+    /// Where its routes come from.
+    pub routes: ListenerRoutes,
+    /// Whether the listener is for inbound traffic (`traffic_direction: INBOUND`); inbound
+    /// listeners do not contribute outbound routes.
+    pub inbound: bool,
+    /// The port it listens on, when it has a socket address.
+    pub port: Option<u16>,
+}
+
+impl XdsListener {
+    /// The RDS names it needs.
+    pub fn rds_names(&self) -> impl Iterator<Item = &str> {
+        match &self.routes {
+            ListenerRoutes::Rds(name) => Some(name.as_str()),
+            _ => None,
+        }
+        .into_iter()
+    }
+}
+
+/// Where a listener's routes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerRoutes {
+    /// A route configuration fetched by RDS under this name.
+    Rds(String),
+    /// A route configuration inline in the listener.
+    Inline(XdsRouteConfig),
+    /// No HTTP routes (a TCP listener).
+    None,
+}
+
+pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
+    if l.name.is_empty() {
+        return Err(FieldError::new("name", "must not be empty"));
+    }
+    let port = l.address.as_ref().and_then(|a| match &a.address {
+        Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
+            match s.port_specifier {
+                Some(
+                    envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
+                        p,
+                    ),
+                ) => u16::try_from(p).ok(),
+                _ => None,
+            }
+        }
+        _ => None,
+    });
+    if let Some(api) = &l.api_listener {
+        // gRPC-style API listener: the HCM is the listener itself.
+        let any = api
+            .api_listener
+            .as_ref()
+            .ok_or_else(|| FieldError::new("api_listener.api_listener", "missing"))?;
+        let hcm: HttpConnectionManager =
+            unpack(any, "").map_err(|e| e.within("api_listener.api_listener"))?;
+        let routes = http_connection_manager(&hcm).map_err(|e| e.within("api_listener"))?;
+        return Ok(XdsListener {
+            name: l.name.clone(),
+            routes,
+            inbound: false,
+            port,
+        });
+    }
+
+    let mut routes = ListenerRoutes::None;
+    let chains = l
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
+        .chain(
+            l.default_filter_chain
+                .iter()
+                .map(|c| ("default_filter_chain".to_owned(), c)),
+        );
+    for (path, chain) in chains {
+        let chain_routes = filter_chain(chain).map_err(|e| e.within(&path))?;
+        match (&routes, chain_routes) {
+            (_, ListenerRoutes::None) => {}
+            (ListenerRoutes::None, r) => routes = r,
+            (existing, r) if *existing == r => {}
+            _ => {
+                return Err(FieldError::new(
+                    path,
+                    "filter chains with different route configurations in one listener are not supported",
+                ));
+            }
+        }
+    }
+    Ok(XdsListener {
+        name: l.name.clone(),
+        routes,
+        // core.v3.TrafficDirection.INBOUND
+        inbound: l.traffic_direction == 1,
+        port,
+    })
+}
+
+fn filter_chain(chain: &FilterChain) -> FieldResult<ListenerRoutes> {
+    let mut routes = ListenerRoutes::None;
+    for (i, f) in chain.filters.iter().enumerate() {
+        let path = format!("filters[{i}]");
+        routes = network_filter(f).map_err(|e| e.within(&path))?;
+    }
+    Ok(routes)
+}
+
+fn network_filter(f: &Filter) -> FieldResult<ListenerRoutes> {
+    let any = match &f.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => any,
+        Some(filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(FieldError::new(
+                "config_discovery",
+                "extension config discovery (ECDS) is not supported",
+            ));
+        }
+        None => return Err(FieldError::new("typed_config", "missing")),
+    };
+    let is_hcm = any.type_url
+        == "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    if is_hcm || f.name == HCM {
+        let hcm: HttpConnectionManager = unpack(any, "typed_config")?;
+        return http_connection_manager(&hcm).map_err(|e| e.within("typed_config"));
+    }
+    if f.name == TCP_PROXY
+        || any.type_url
+            == "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+    {
+        // Opaque TCP is passed through by the sidecar's listener; it adds no HTTP routes.
+        return Ok(ListenerRoutes::None);
+    }
+    Err(FieldError::new(
+        "name",
+        format!(
+            "network filter {} ({}) is not supported",
+            f.name, any.type_url
+        ),
+    ))
+}
+
+fn http_connection_manager(hcm: &HttpConnectionManager) -> FieldResult<ListenerRoutes> {
+    for (i, f) in hcm.http_filters.iter().enumerate() {
+        http_filter(f, i + 1 == hcm.http_filters.len())
+            .map_err(|e| e.within(format!("http_filters[{i}]")))?;
+    }
+    if !hcm.http_filters.iter().any(is_router) {
+        return Err(FieldError::new(
+            "http_filters",
+            "no envoy.filters.http.router filter",
+        ));
+    }
+    match &hcm.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => {
+            if rds.route_config_name.is_empty() {
+                return Err(FieldError::new(
+                    "rds.route_config_name",
+                    "must not be empty",
+                ));
+            }
+            Ok(ListenerRoutes::Rds(rds.route_config_name.clone()))
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => route::translate(rc)
+            .map(ListenerRoutes::Inline)
+            .map_err(|e| e.within("route_config")),
+        Some(RouteSpecifier::ScopedRoutes(_)) => Err(FieldError::new(
+            "scoped_routes",
+            "scoped route configurations are not supported",
+        )),
+        None => Err(FieldError::new(
+            "route_specifier",
+            "one of rds or route_config is required",
+        )),
+    }
+}
+
+fn is_router(f: &HttpFilter) -> bool {
+    f.name == ROUTER
+        || matches!(&f.config_type, Some(http_filter::ConfigType::TypedConfig(a))
+            if a.type_url == "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")
+}
+
+fn http_filter(f: &HttpFilter, last: bool) -> FieldResult<()> {
+    if is_router(f) {
+        return if last {
+            Ok(())
+        } else {
+            Err(FieldError::new(
+                "name",
+                "the router filter must be the last filter",
+            ))
+        };
+    }
+    if f.disabled || f.is_optional || BENIGN_HTTP_FILTERS.contains(&f.name.as_str()) {
+        return Ok(());
+    }
+    if f.name == FAULT {
+        // The filter's own config applies to every route; Istio leaves it empty and puts faults
+        // in each route's typed_per_filter_config, which is what the mesh supports.
+        if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+            let fault: HttpFault = unpack(any, "typed_config")?;
+            if fault.delay.is_some() || fault.abort.is_some() {
+                return Err(FieldError::new(
+                    "typed_config",
+                    "listener-wide fault injection is not supported; use the route's typed_per_filter_config",
+                ));
+            }
+        }
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "name",
+        format!("HTTP filter {} is not supported", f.name),
+    ))
+}

@@ -1,0 +1,363 @@
+//! Translation of Envoy xDS resources into the mesh's config model.
+//!
+//! Each resource is decoded and checked on its own, when it arrives ([`decode`]): a resource
+//! that uses a field this mesh cannot honour, and that would change behaviour, is an
+//! [`InvalidResource`] naming the resource, the field path and the reason; the protocol turns it
+//! into a NACK. Valid resources are kept in their translated form ([`Decoded`]) and put together
+//! into one [`MeshConfig`] by [`assemble`] once the set is complete (every route configuration a
+//! listener names and every endpoint set an EDS cluster names has arrived, or is known not to
+//! exist).
+//!
+//! Mapping:
+//! - `Listener` (HTTP connection manager, with `rds` or an inline `route_config`): the route
+//!   tables of every outbound listener are merged, in listener-name order, into the one
+//!   outbound [`RouteTable`]. Listeners with `traffic_direction: INBOUND` do not contribute
+//!   outbound routes.
+//! - `RouteConfiguration`: virtual hosts and routes, one to one.
+//! - `Cluster`: a [`Cluster`], its service, port and subset parsed from Istio's
+//!   `outbound|PORT|SUBSET|HOST` name when it has that form.
+//! - `ClusterLoadAssignment`: the cluster's endpoints, with `istio` metadata labels.
+
+// Control planes still send deprecated fields (istiod sets `append`, `exact_match`...):
+// honouring them is the point, so their deprecation is not a warning here.
+#[allow(deprecated)]
+mod cluster;
+#[allow(deprecated)]
+mod endpoint;
+#[allow(deprecated)]
+mod listener;
+#[allow(deprecated)]
+mod route;
+mod secret;
+
+pub use cluster::XdsCluster;
+pub use endpoint::XdsEndpoints;
+pub use listener::{ListenerRoutes, XdsListener};
+pub use route::XdsRouteConfig;
+pub use secret::{SecretKind, XdsSecret};
+
+use crate::resource::ResourceType;
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+use mesh_core::model::{
+    Cluster, Hostname, MeshConfig, Protocol, RouteTable, Service, ServiceLocation, ServicePort,
+    Workload,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A resource that cannot be applied: which one, which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {name}: {field}: {reason}")]
+pub struct InvalidResource {
+    /// The resource's type.
+    pub kind: ResourceType,
+    /// The resource's name (empty when it could not be decoded far enough to have one).
+    pub name: String,
+    /// The path of the offending field (`filter_chains[0].filters[0].typed_config`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// A field-level error inside one resource; the resource's type and name are added by
+/// [`decode`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FieldError {
+    pub(crate) field: String,
+    pub(crate) reason: String,
+}
+
+impl FieldError {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Prefixes the field path with `parent`.
+    pub(crate) fn within(mut self, parent: impl AsRef<str>) -> Self {
+        let parent = parent.as_ref();
+        self.field = if self.field.is_empty() {
+            parent.to_owned()
+        } else if self.field.starts_with('[') {
+            format!("{parent}{}", self.field)
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        self
+    }
+}
+
+pub(crate) type FieldResult<T> = Result<T, FieldError>;
+
+/// A resource decoded, checked and translated, ready to be assembled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A listener.
+    Listener(XdsListener),
+    /// A route configuration.
+    RouteConfiguration(XdsRouteConfig),
+    /// A cluster (endpoints empty for EDS clusters until assembled).
+    Cluster(Box<XdsCluster>),
+    /// A cluster's endpoints.
+    ClusterLoadAssignment(XdsEndpoints),
+    /// A TLS secret.
+    Secret(XdsSecret),
+}
+
+impl Decoded {
+    /// The resource's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Listener(l) => &l.name,
+            Self::RouteConfiguration(r) => &r.name,
+            Self::Cluster(c) => c.cluster.name.as_str(),
+            Self::ClusterLoadAssignment(e) => &e.cluster_name,
+            Self::Secret(s) => &s.name,
+        }
+    }
+
+    /// The resource names of dependent types this resource refers to: RDS names of a
+    /// listener, the EDS name and SDS names of a cluster.
+    pub fn references(&self) -> Vec<(ResourceType, String)> {
+        match self {
+            Self::Listener(l) => l
+                .rds_names()
+                .map(|n| (ResourceType::RouteConfiguration, n.to_owned()))
+                .collect(),
+            Self::Cluster(c) => {
+                let mut refs = Vec::new();
+                if let Some(eds) = &c.eds_name {
+                    refs.push((ResourceType::ClusterLoadAssignment, eds.clone()));
+                }
+                refs.extend(
+                    c.sds_secrets
+                        .iter()
+                        .map(|s| (ResourceType::Secret, s.clone())),
+                );
+                refs
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Decodes, checks and translates one resource of type `kind` from its `Any` wrapper.
+///
+/// `expected_name`, when given (delta responses carry the name beside the resource), must
+/// match the resource's own name.
+pub fn decode(kind: ResourceType, any: &Any) -> Result<Decoded, InvalidResource> {
+    let invalid = |name: &str, e: FieldError| InvalidResource {
+        kind,
+        name: name.to_owned(),
+        field: e.field,
+        reason: e.reason,
+    };
+    if any.type_url != kind.type_url() {
+        return Err(invalid(
+            "",
+            FieldError::new("type_url", format!("{} in a {kind} response", any.type_url)),
+        ));
+    }
+    match kind {
+        ResourceType::Listener => {
+            let msg = decode_message::<envoy_types::pb::envoy::config::listener::v3::Listener>(
+                &any.value,
+            )
+            .map_err(|e| invalid("", e))?;
+            listener::translate(&msg)
+                .map(Decoded::Listener)
+                .map_err(|e| invalid(&msg.name, e))
+        }
+        ResourceType::RouteConfiguration => {
+            let msg =
+                decode_message::<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>(
+                    &any.value,
+                )
+                .map_err(|e| invalid("", e))?;
+            route::translate(&msg)
+                .map(Decoded::RouteConfiguration)
+                .map_err(|e| invalid(&msg.name, e))
+        }
+        ResourceType::Cluster => {
+            let msg =
+                decode_message::<envoy_types::pb::envoy::config::cluster::v3::Cluster>(&any.value)
+                    .map_err(|e| invalid("", e))?;
+            cluster::translate(&msg)
+                .map(|c| Decoded::Cluster(Box::new(c)))
+                .map_err(|e| invalid(&msg.name, e))
+        }
+        ResourceType::ClusterLoadAssignment => {
+            let msg = decode_message::<
+                envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+            >(&any.value)
+            .map_err(|e| invalid("", e))?;
+            endpoint::translate(&msg)
+                .map(Decoded::ClusterLoadAssignment)
+                .map_err(|e| invalid(&msg.cluster_name, e))
+        }
+        ResourceType::Secret => {
+            let msg = decode_message::<
+                envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+            >(&any.value)
+            .map_err(|e| invalid("", e))?;
+            secret::translate(&msg)
+                .map(Decoded::Secret)
+                .map_err(|e| invalid(&msg.name, e))
+        }
+    }
+}
+
+fn decode_message<M: prost::Message + Default>(bytes: &[u8]) -> FieldResult<M> {
+    M::decode(bytes).map_err(|e| FieldError::new("", format!("protobuf decode error: {e}")))
+}
+
+/// Decodes an `Any` that must hold a `M`, naming `field` on error.
+pub(crate) fn unpack<M: prost::Message + prost::Name + Default>(
+    any: &Any,
+    field: &str,
+) -> FieldResult<M> {
+    if any.type_url != M::type_url() {
+        return Err(FieldError::new(
+            field,
+            format!("expected {}, got {}", M::type_url(), any.type_url),
+        ));
+    }
+    M::decode(any.value.as_slice())
+        .map_err(|e| FieldError::new(field, format!("protobuf decode error: {e}")))
+}
+
+/// A protobuf duration as a `Duration`; negative durations are an error.
+pub(crate) fn duration(d: &PbDuration, field: &str) -> FieldResult<Duration> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(FieldError::new(
+            field,
+            format!("invalid duration {}s {}ns", d.seconds, d.nanos),
+        ));
+    }
+    // Both non-negative: the casts cannot wrap.
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// The resources a complete snapshot is built from, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Resources<'a> {
+    /// Listeners.
+    pub listeners: BTreeMap<&'a str, &'a XdsListener>,
+    /// Route configurations.
+    pub routes: BTreeMap<&'a str, &'a XdsRouteConfig>,
+    /// Clusters.
+    pub clusters: BTreeMap<&'a str, &'a XdsCluster>,
+    /// Endpoint sets, by EDS name.
+    pub endpoints: BTreeMap<&'a str, &'a XdsEndpoints>,
+}
+
+/// Puts the translated resources together into one snapshot for `workload`.
+///
+/// A listener naming a route configuration that does not exist contributes no routes; an EDS
+/// cluster whose endpoints do not exist has none (requests to it fail with 503, as Envoy's do).
+pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
+    let mut virtual_hosts = Vec::new();
+    let mut seen_rds = BTreeSet::new();
+    for listener in resources.listeners.values() {
+        if listener.inbound {
+            continue;
+        }
+        match &listener.routes {
+            ListenerRoutes::Rds(name) => {
+                // Several listeners may share one route configuration (Istio: per port).
+                if seen_rds.insert(name.as_str())
+                    && let Some(rc) = resources.routes.get(name.as_str())
+                {
+                    virtual_hosts.extend(rc.virtual_hosts.iter().cloned());
+                }
+            }
+            ListenerRoutes::Inline(rc) => virtual_hosts.extend(rc.virtual_hosts.iter().cloned()),
+            ListenerRoutes::None => {}
+        }
+    }
+
+    let mut clusters = BTreeMap::new();
+    let mut services: BTreeMap<Hostname, Service> = BTreeMap::new();
+    for xc in resources.clusters.values() {
+        let mut cluster: Cluster = xc.cluster.clone();
+        if let Some(eds) = &xc.eds_name {
+            cluster.endpoints = resources
+                .endpoints
+                .get(eds.as_str())
+                .map(|e| e.endpoints.clone())
+                .unwrap_or_default();
+        }
+        if xc.istio_name && cluster.port != 0 {
+            let service = services
+                .entry(cluster.service.clone())
+                .or_insert_with(|| Service {
+                    hostname: cluster.service.clone(),
+                    namespace: namespace_of(&cluster.service, &workload.cluster_domain)
+                        .unwrap_or_else(|| workload.namespace.clone()),
+                    ports: Vec::new(),
+                    resolution: xc.resolution,
+                    location: ServiceLocation::MeshInternal,
+                    subject_alt_names: Vec::new(),
+                });
+            if service.port(cluster.port).is_none() {
+                service.ports.push(ServicePort {
+                    number: cluster.port,
+                    name: format!("{}-{}", port_name(cluster.protocol), cluster.port),
+                    protocol: cluster.protocol,
+                    target_port: None,
+                });
+            }
+        }
+        clusters.insert(cluster.name.clone(), Arc::new(cluster));
+    }
+
+    MeshConfig {
+        workload: workload.clone(),
+        services: services
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect(),
+        clusters,
+        routes: RouteTable::new(virtual_hosts),
+        inbound: Vec::new(),
+        authorization: Vec::new(),
+        peer_authentication: Default::default(),
+    }
+}
+
+fn port_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Http => "http",
+        Protocol::Http2 => "http2",
+        Protocol::Grpc => "grpc",
+        Protocol::Https => "https",
+        Protocol::Tls => "tls",
+        Protocol::Tcp => "tcp",
+    }
+}
+
+/// `ns` from `name.ns.svc.<domain>`.
+fn namespace_of(host: &str, domain: &str) -> Option<String> {
+    let rest = host.strip_suffix(domain)?.strip_suffix(".svc.")?;
+    let (_, ns) = rest.rsplit_once('.')?;
+    Some(ns.to_owned())
+}
+
+/// Parses Istio's `outbound|PORT|SUBSET|HOST` cluster name.
+pub(crate) fn parse_istio_name(name: &str) -> Option<(u16, Option<&str>, &str)> {
+    let mut parts = name.splitn(4, '|');
+    let direction = parts.next()?;
+    if direction != "outbound" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    let subset = parts.next()?;
+    let host = parts.next()?;
+    (!host.is_empty()).then_some((port, (!subset.is_empty()).then_some(subset), host))
+}
+
+#[cfg(test)]
+mod tests;

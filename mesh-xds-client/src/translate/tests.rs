@@ -1,0 +1,689 @@
+#![allow(deprecated)]
+
+use super::*;
+use crate::test_util::{fixtures, pack};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, OutlierDetection as PbOutlier, circuit_breakers::Thresholds,
+    cluster::TransportSocketMatch,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, Locality as PbLocality, Metadata, RuntimeFractionalPercent,
+    TransportSocket, transport_socket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{LocalityLbEndpoints, lb_endpoint};
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    self as rpb, HeaderMatcher, QueryParameterMatcher, RetryPolicy as PbRetry,
+    header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
+    route_action::RequestMirrorPolicy, route_match::PathSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
+    FaultDelay as PbDelay, fault_delay::FaultDelaySecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort as PbAbort, HttpFault, fault_abort::ErrorType,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, SdsSecretConfig, UpstreamTlsContext, common_tls_context,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+use envoy_types::pb::google::protobuf::{
+    BoolValue, Duration as PbDuration, Struct, UInt32Value, Value, value::Kind,
+};
+use mesh_core::model::{
+    AbortError, HealthStatus, LbAlgorithm, Percentage, RouteAction, StringMatch, TlsMode,
+};
+
+const C1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
+const C2: &str = "outbound|9080|v2|reviews.default.svc.cluster.local";
+
+fn dur(secs: i64, millis: i32) -> PbDuration {
+    PbDuration {
+        seconds: secs,
+        nanos: millis * 1_000_000,
+    }
+}
+
+fn err(kind: ResourceType, any: Any) -> String {
+    decode(kind, &any).unwrap_err().to_string()
+}
+
+fn route_of(rc: &rpb::RouteConfiguration) -> mesh_core::model::Route {
+    match decode(ResourceType::RouteConfiguration, &pack(rc)).unwrap() {
+        Decoded::RouteConfiguration(r) => r.virtual_hosts[0].routes[0].clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn hcm_with_filters(names: &[&str]) -> Listener {
+    let mut l = fixtures::listener(9080, "9080");
+    let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+    else {
+        unreachable!()
+    };
+    let mut hcm: HttpConnectionManager = unpack(any, "").unwrap();
+    let router = hcm.http_filters.pop().unwrap();
+    for n in names {
+        hcm.http_filters.push(HttpFilter {
+            name: (*n).to_owned(),
+            ..Default::default()
+        });
+    }
+    hcm.http_filters.push(router);
+    l.filter_chains[0].filters[0].config_type = Some(filter::ConfigType::TypedConfig(pack(&hcm)));
+    l
+}
+
+#[test]
+fn listener_with_istio_filters_takes_routes_from_rds() {
+    let l = hcm_with_filters(&[
+        "istio.metadata_exchange",
+        "envoy.filters.http.grpc_stats",
+        "istio.alpn",
+        "envoy.filters.http.fault",
+        "envoy.filters.http.cors",
+        "istio.stats",
+    ]);
+    let Decoded::Listener(x) = decode(ResourceType::Listener, &pack(&l)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(x.routes, ListenerRoutes::Rds("9080".into()));
+    assert_eq!(x.port, Some(9080));
+    assert!(!x.inbound);
+    assert_eq!(
+        Decoded::Listener(x).references(),
+        vec![(ResourceType::RouteConfiguration, "9080".to_owned())]
+    );
+}
+
+#[test]
+fn unsupported_http_filter_is_rejected_with_its_path() {
+    let l = hcm_with_filters(&["envoy.filters.http.ext_authz"]);
+    assert_eq!(
+        err(ResourceType::Listener, pack(&l)),
+        "Listener 0.0.0.0_9080: filter_chains[0].filters[0].typed_config.http_filters[0].name: HTTP filter envoy.filters.http.ext_authz is not supported"
+    );
+}
+
+#[test]
+fn router_must_be_last_and_present() {
+    let mut l = hcm_with_filters(&[]);
+    let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+    else {
+        unreachable!()
+    };
+    let mut hcm: HttpConnectionManager = unpack(any, "").unwrap();
+    hcm.http_filters.clear();
+    l.filter_chains[0].filters[0].config_type = Some(filter::ConfigType::TypedConfig(pack(&hcm)));
+    assert!(
+        err(ResourceType::Listener, pack(&l))
+            .ends_with("http_filters: no envoy.filters.http.router filter")
+    );
+}
+
+#[test]
+fn inline_route_config_is_translated() {
+    let hcm = HttpConnectionManager {
+        route_specifier: Some(RouteSpecifier::RouteConfig(fixtures::route_config(
+            "inline",
+            &["reviews"],
+            &[(C1, 100)],
+        ))),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+                &envoy_types::pb::envoy::extensions::filters::http::router::v3::Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut l = fixtures::listener(80, "unused");
+    l.filter_chains[0].filters[0].config_type = Some(filter::ConfigType::TypedConfig(pack(&hcm)));
+    let Decoded::Listener(x) = decode(ResourceType::Listener, &pack(&l)).unwrap() else {
+        panic!()
+    };
+    let ListenerRoutes::Inline(rc) = &x.routes else {
+        panic!("{:?}", x.routes)
+    };
+    assert_eq!(rc.virtual_hosts[0].domains, ["reviews"]);
+    assert!(Decoded::Listener(x).references().is_empty());
+}
+
+#[test]
+fn route_matches_headers_query_and_method() {
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    let m = rc.virtual_hosts[0].routes[0].r#match.as_mut().unwrap();
+    m.path_specifier = Some(PathSpecifier::SafeRegex(RegexMatcher {
+        regex: "/api/v[0-9]+/.*".into(),
+        ..Default::default()
+    }));
+    m.case_sensitive = Some(BoolValue { value: false });
+    m.headers = vec![
+        HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::ExactMatch("GET".into())),
+            ..Default::default()
+        },
+        HeaderMatcher {
+            name: "X-User".into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Prefix("jason".into())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        HeaderMatcher {
+            name: "x-debug".into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+            invert_match: true,
+            ..Default::default()
+        },
+    ];
+    m.query_parameters = vec![QueryParameterMatcher {
+        name: "v".into(),
+        query_parameter_match_specifier: Some(QueryParameterMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact("2".into())),
+                ..Default::default()
+            },
+        )),
+    }];
+    let r = route_of(&rc);
+    let m = &r.matches[0];
+    assert!(
+        matches!(&m.uri, Some(StringMatch::Regex(p)) if p.is_match("/api/v2/x") && !p.is_match("/x/api/v2/"))
+    );
+    assert!(m.ignore_uri_case);
+    assert_eq!(m.method, Some(StringMatch::Exact("GET".into())));
+    assert_eq!(
+        m.headers,
+        vec![(
+            "x-user".to_owned(),
+            Some(StringMatch::Prefix("jason".into()))
+        )]
+    );
+    assert_eq!(m.without_headers, vec![("x-debug".to_owned(), None)]);
+    assert_eq!(
+        m.query_params,
+        vec![("v".to_owned(), Some(StringMatch::Exact("2".into())))]
+    );
+}
+
+#[test]
+fn route_action_weights_retry_timeout_mirror_headers_fault() {
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 90), (C2, 10)]);
+    rc.request_headers_to_remove = vec!["x-internal".into()];
+    let route = &mut rc.virtual_hosts[0].routes[0];
+    route.request_headers_to_add = vec![
+        HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "x-set".into(),
+                value: "1".into(),
+                ..Default::default()
+            }),
+            append: Some(BoolValue { value: false }),
+            ..Default::default()
+        },
+        HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "x-add".into(),
+                value: "2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    route.response_headers_to_remove = vec!["server".into()];
+    route.typed_per_filter_config.insert(
+        "envoy.filters.http.fault".into(),
+        pack(&HttpFault {
+            delay: Some(PbDelay {
+                percentage: Some(FractionalPercent {
+                    numerator: 10,
+                    denominator: 0,
+                }),
+                fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(dur(5, 0))),
+            }),
+            abort: Some(PbAbort {
+                percentage: Some(FractionalPercent {
+                    numerator: 1,
+                    denominator: 1,
+                }),
+                error_type: Some(ErrorType::HttpStatus(503)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    );
+    let Some(rpb::route::Action::Route(a)) = route.action.as_mut() else {
+        unreachable!()
+    };
+    a.timeout = Some(dur(3, 500));
+    a.retry_policy = Some(PbRetry {
+        retry_on: "5xx,connect-failure".into(),
+        num_retries: Some(UInt32Value { value: 3 }),
+        per_try_timeout: Some(dur(1, 0)),
+        ..Default::default()
+    });
+    a.request_mirror_policies = vec![RequestMirrorPolicy {
+        cluster: C2.into(),
+        runtime_fraction: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 25,
+                denominator: 0,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    a.prefix_rewrite = "/v2/".into();
+
+    let r = route_of(&rc);
+    let RouteAction::Forward(f) = &r.action else {
+        panic!("{:?}", r.action)
+    };
+    assert_eq!(
+        f.destinations
+            .iter()
+            .map(|d| (d.cluster.as_str(), d.weight))
+            .collect::<Vec<_>>(),
+        [(C1, 90), (C2, 10)]
+    );
+    assert_eq!(
+        f.rewrite.as_ref().unwrap().uri_prefix.as_deref(),
+        Some("/v2/")
+    );
+    assert_eq!(r.timeout, Some(std::time::Duration::from_millis(3500)));
+    let retry = r.retry.as_ref().unwrap();
+    assert_eq!(
+        (retry.attempts, retry.retry_on.as_str()),
+        (3, "5xx,connect-failure")
+    );
+    assert_eq!(
+        retry.per_try_timeout,
+        Some(std::time::Duration::from_secs(1))
+    );
+    assert_eq!(retry.backoff_base, std::time::Duration::from_millis(25));
+    assert_eq!(r.mirrors.len(), 1);
+    assert_eq!(r.mirrors[0].host, "reviews.default.svc.cluster.local");
+    assert_eq!(
+        r.mirrors[0].percentage,
+        Percentage::from_ppm(250_000).unwrap()
+    );
+    assert_eq!(
+        r.request_headers.set,
+        vec![("x-set".to_owned(), "1".to_owned())]
+    );
+    assert_eq!(
+        r.request_headers.add,
+        vec![("x-add".to_owned(), "2".to_owned())]
+    );
+    assert_eq!(r.request_headers.remove, vec!["x-internal".to_owned()]);
+    assert_eq!(r.response_headers.remove, vec!["server".to_owned()]);
+    let fault = r.fault.as_ref().unwrap();
+    assert_eq!(
+        fault.delay.as_ref().unwrap().percentage,
+        Percentage::from_ppm(100_000).unwrap()
+    );
+    assert_eq!(fault.abort.as_ref().unwrap().error, AbortError::Http(503));
+    assert_eq!(
+        fault.abort.as_ref().unwrap().percentage,
+        Percentage::from_ppm(100).unwrap()
+    );
+}
+
+#[test]
+fn unset_timeout_is_envoys_15_seconds_and_zero_disables() {
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    assert_eq!(
+        route_of(&rc).timeout,
+        None,
+        "the fixture sets 0s: no timeout"
+    );
+    let Some(rpb::route::Action::Route(a)) = rc.virtual_hosts[0].routes[0].action.as_mut() else {
+        unreachable!()
+    };
+    a.timeout = None;
+    assert_eq!(
+        route_of(&rc).timeout,
+        Some(std::time::Duration::from_secs(15))
+    );
+}
+
+#[test]
+fn route_errors_name_the_field() {
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 0), (C2, 0)]);
+    assert_eq!(
+        err(ResourceType::RouteConfiguration, pack(&rc)),
+        "RouteConfiguration r: virtual_hosts[0].routes[0].route.weighted_clusters.clusters: weights sum to 0"
+    );
+    rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    rc.virtual_hosts[0].routes[0]
+        .r#match
+        .as_mut()
+        .unwrap()
+        .headers = vec![HeaderMatcher {
+        name: "x".into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::SuffixMatch("z".into())),
+        ..Default::default()
+    }];
+    assert_eq!(
+        err(ResourceType::RouteConfiguration, pack(&rc)),
+        "RouteConfiguration r: virtual_hosts[0].routes[0].match.headers[0].header_match_specifier: range, suffix and contains header matches are not supported"
+    );
+    rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    rc.virtual_hosts[0].routes[0]
+        .typed_per_filter_config
+        .insert(
+            "envoy.filters.http.ext_authz".into(),
+            pack(&BoolValue { value: true }),
+        );
+    assert!(err(ResourceType::RouteConfiguration, pack(&rc)).contains(
+        "typed_per_filter_config.envoy.filters.http.ext_authz: per-route config for this filter is not supported"
+    ));
+}
+
+#[test]
+fn redirect_and_direct_response() {
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    rc.virtual_hosts[0].routes[0].action =
+        Some(rpb::route::Action::Redirect(rpb::RedirectAction {
+            host_redirect: "example.com".into(),
+            response_code: 1,
+            scheme_rewrite_specifier: Some(
+                rpb::redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true),
+            ),
+            ..Default::default()
+        }));
+    let RouteAction::Redirect(r) = route_of(&rc).action else {
+        panic!()
+    };
+    assert_eq!(
+        (r.code, r.authority.as_deref(), r.scheme.as_deref()),
+        (302, Some("example.com"), Some("https"))
+    );
+
+    rc.virtual_hosts[0].routes[0].action = Some(rpb::route::Action::DirectResponse(
+        rpb::DirectResponseAction {
+            status: 418,
+            body: Some(envoy_types::pb::envoy::config::core::v3::DataSource {
+                specifier: Some(
+                    envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                        "teapot".into(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ));
+    let RouteAction::DirectResponse(d) = route_of(&rc).action else {
+        panic!()
+    };
+    assert_eq!((d.status, d.body.as_deref()), (418, Some(&b"teapot"[..])));
+}
+
+#[test]
+fn cluster_policy_circuit_breakers_outlier_detection_and_tls() {
+    let mut c = fixtures::eds_cluster(C1);
+    c.lb_policy = 1; // LEAST_REQUEST
+    c.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: Some(UInt32Value { value: 100 }),
+            max_pending_requests: Some(UInt32Value { value: 10 }),
+            max_requests: Some(UInt32Value { value: 1000 }),
+            max_retries: Some(UInt32Value { value: 5 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    c.outlier_detection = Some(PbOutlier {
+        consecutive_5xx: Some(UInt32Value { value: 7 }),
+        interval: Some(dur(5, 0)),
+        base_ejection_time: Some(dur(60, 0)),
+        max_ejection_percent: Some(UInt32Value { value: 50 }),
+        ..Default::default()
+    });
+    let sds = |name: &str| SdsSecretConfig {
+        name: name.into(),
+        ..Default::default()
+    };
+    let tls = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds("default")],
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(
+                    "ROOTCA",
+                )),
+            ),
+            ..Default::default()
+        }),
+        sni: "outbound_.9080_.v1_.reviews.default.svc.cluster.local".into(),
+        ..Default::default()
+    };
+    c.transport_socket_matches = vec![TransportSocketMatch {
+        name: "tlsMode-istio".into(),
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack(&tls))),
+        }),
+        ..Default::default()
+    }];
+    let Decoded::Cluster(x) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(x.eds_name.as_deref(), Some(C1));
+    assert_eq!(x.sds_secrets, ["default", "ROOTCA"]);
+    let cl = &x.cluster;
+    assert_eq!(
+        (cl.port, cl.subset.as_deref(), cl.service.as_str()),
+        (9080, Some("v1"), "reviews.default.svc.cluster.local")
+    );
+    assert_eq!(cl.policy.load_balancer.algorithm, LbAlgorithm::LeastRequest);
+    let pool = &cl.policy.connection_pool;
+    assert_eq!(
+        (
+            pool.max_connections,
+            pool.http1_max_pending_requests,
+            pool.http2_max_requests,
+            pool.max_retries
+        ),
+        (100, 10, 1000, 5)
+    );
+    assert_eq!(pool.connect_timeout, std::time::Duration::from_secs(1));
+    let od = cl.policy.outlier_detection.as_ref().unwrap();
+    assert_eq!(
+        (od.consecutive_5xx_errors, od.max_ejection_percent),
+        (Some(7), 50)
+    );
+    assert_eq!(od.base_ejection_time, std::time::Duration::from_secs(60));
+    assert_eq!(od.consecutive_gateway_errors, None);
+    let tls = cl.policy.tls.as_ref().unwrap();
+    assert_eq!(tls.mode, TlsMode::IstioMutual);
+    assert!(tls.sni.as_deref().unwrap().starts_with("outbound_.9080_"));
+}
+
+#[test]
+fn cluster_defaults_are_envoys() {
+    let Decoded::Cluster(x) = decode(
+        ResourceType::Cluster,
+        &pack(&fixtures::eds_cluster("plain")),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    let pool = &x.cluster.policy.connection_pool;
+    assert_eq!((pool.max_connections, pool.max_retries), (1024, 3));
+    assert!(!x.istio_name);
+    assert_eq!(x.cluster.port, 0);
+}
+
+#[test]
+fn static_cluster_carries_its_endpoints_and_ring_hash_is_rejected() {
+    let mut c = fixtures::eds_cluster("static");
+    c.cluster_discovery_type =
+        Some(envoy_types::pb::envoy::config::cluster::v3::cluster::ClusterDiscoveryType::Type(0));
+    c.eds_cluster_config = None;
+    c.load_assignment = Some(fixtures::endpoints(
+        "static",
+        &["127.0.0.1:9".parse().unwrap()],
+    ));
+    let Decoded::Cluster(x) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(x.eds_name, None);
+    assert_eq!(x.cluster.endpoints[0].authority(), "127.0.0.1:9");
+
+    c.lb_policy = 5; // MAGLEV
+    assert_eq!(
+        err(ResourceType::Cluster, pack(&c)),
+        "Cluster static: lb_policy: MAGLEV needs the route's hash_policy, which is not supported yet"
+    );
+}
+
+#[test]
+fn endpoints_with_localities_weights_health_and_istio_labels() {
+    let mut cla = fixtures::endpoints(
+        C1,
+        &[
+            "10.0.0.1:9080".parse().unwrap(),
+            "10.0.0.2:9080".parse().unwrap(),
+        ],
+    );
+    let loc = &mut cla.endpoints[0];
+    loc.locality = Some(PbLocality {
+        region: "us-east1".into(),
+        zone: "b".into(),
+        sub_zone: String::new(),
+    });
+    loc.lb_endpoints[0].load_balancing_weight = Some(UInt32Value { value: 3 });
+    loc.lb_endpoints[1].health_status = 3; // DRAINING
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    loc.lb_endpoints[0].metadata = Some(Metadata {
+        filter_metadata: [(
+            "istio".to_owned(),
+            Struct {
+                fields: [
+                    (
+                        "labels".to_owned(),
+                        Value {
+                            kind: Some(Kind::StructValue(Struct {
+                                fields: [("version".to_owned(), s("v1"))].into(),
+                            })),
+                        },
+                    ),
+                    ("service_account".to_owned(), s("reviews")),
+                    ("namespace".to_owned(), s("default")),
+                ]
+                .into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let Decoded::ClusterLoadAssignment(x) =
+        decode(ResourceType::ClusterLoadAssignment, &pack(&cla)).unwrap()
+    else {
+        panic!()
+    };
+    let [a, b] = &x.endpoints[..] else { panic!() };
+    assert_eq!((a.weight, a.health), (3, HealthStatus::Healthy));
+    assert_eq!(b.health, HealthStatus::Draining);
+    assert_eq!(a.locality.to_string(), "us-east1/b/");
+    assert_eq!(a.labels.get("version").map(String::as_str), Some("v1"));
+    assert_eq!(a.service_account.as_deref(), Some("reviews"));
+    assert_eq!(a.namespace.as_deref(), Some("default"));
+
+    cla.endpoints.push(LocalityLbEndpoints {
+        priority: 1,
+        ..Default::default()
+    });
+    assert_eq!(
+        err(ResourceType::ClusterLoadAssignment, pack(&cla)),
+        format!(
+            "ClusterLoadAssignment {C1}: endpoints[1].priority: priorities other than 0 are not supported"
+        )
+    );
+    cla.endpoints.pop();
+    cla.endpoints[0].lb_endpoints[1].host_identifier =
+        Some(lb_endpoint::HostIdentifier::EndpointName("x".into()));
+    assert!(
+        err(ResourceType::ClusterLoadAssignment, pack(&cla))
+            .contains("endpoints[0].lb_endpoints[1].endpoint_name")
+    );
+}
+
+#[test]
+fn assemble_merges_listeners_and_fills_eds_endpoints() {
+    let l = hcm_with_filters(&[]);
+    let Decoded::Listener(l) = decode(ResourceType::Listener, &pack(&l)).unwrap() else {
+        panic!()
+    };
+    let Decoded::RouteConfiguration(r) = decode(
+        ResourceType::RouteConfiguration,
+        &pack(&fixtures::route_config(
+            "9080",
+            &["reviews", "reviews:9080"],
+            &[(C1, 100)],
+        )),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    let Decoded::Cluster(c) =
+        decode(ResourceType::Cluster, &pack(&fixtures::eds_cluster(C1))).unwrap()
+    else {
+        panic!()
+    };
+    let Decoded::ClusterLoadAssignment(e) = decode(
+        ResourceType::ClusterLoadAssignment,
+        &pack(&fixtures::endpoints(
+            C1,
+            &["10.0.0.1:9080".parse().unwrap()],
+        )),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    let mut res = Resources::default();
+    res.listeners.insert(&l.name, &l);
+    res.routes.insert(&r.name, &r);
+    res.clusters.insert(C1, &c);
+    res.endpoints.insert(C1, &e);
+    let cfg = assemble(&res, &Workload::default());
+    assert_eq!(cfg.routes.find("reviews:9080").unwrap().name, "reviews");
+    assert_eq!(
+        cfg.cluster(&mesh_core::model::ClusterName::new(C1))
+            .unwrap()
+            .endpoints
+            .len(),
+        1
+    );
+    let svc = cfg.service("reviews.default.svc.cluster.local").unwrap();
+    assert_eq!(
+        (svc.namespace.as_str(), svc.ports[0].number),
+        ("default", 9080)
+    );
+}
+
+#[test]
+fn parse_istio_names() {
+    assert_eq!(
+        parse_istio_name(C1),
+        Some((9080, Some("v1"), "reviews.default.svc.cluster.local"))
+    );
+    assert_eq!(
+        parse_istio_name("outbound|80||a.b"),
+        Some((80, None, "a.b"))
+    );
+    assert_eq!(parse_istio_name("inbound|80||"), None);
+    assert_eq!(parse_istio_name("outbound|x||a"), None);
+    assert_eq!(parse_istio_name("BlackHoleCluster"), None);
+}
