@@ -10,8 +10,8 @@ use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::Any;
 use mesh_core::model::{
     AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
-    Mirror, Pattern, Percentage, Redirect, RedirectPort, RetryPolicy, Rewrite, Route, RouteAction,
-    RouteMatch, StringMatch, VirtualHost, WeightedCluster,
+    Mirror, Pattern, Percentage, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite, Route,
+    RouteAction, RouteMatch, StringMatch, VirtualHost, WeightedCluster,
 };
 use std::time::Duration;
 
@@ -147,6 +147,7 @@ fn route(
         retry: None,
         timeout: None,
         hedge: None,
+        rate_limit: None,
     };
     match &r.action {
         Some(pb::route::Action::Route(action)) => {
@@ -537,7 +538,14 @@ fn retry_policy(r: &pb::RetryPolicy) -> FieldResult<RetryPolicy> {
             .map(|d| duration(d, "per_try_timeout"))
             .transpose()?
             .filter(|d| !d.is_zero()),
-        retry_on: r.retry_on.clone(),
+        retry_on: {
+            // Envoy lists the codes apart; the model keeps them with the conditions.
+            let mut text = r.retry_on.clone();
+            for code in &r.retriable_status_codes {
+                text.push_str(&format!(",{code}"));
+            }
+            RetryOn::parse(&text).map_err(|e| FieldError::new("retry_on", e))?
+        },
         retry_remote_localities: false,
         backoff_base,
         backoff_max,

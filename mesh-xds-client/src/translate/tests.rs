@@ -301,7 +301,7 @@ fn route_action_weights_retry_timeout_mirror_headers_fault() {
     assert_eq!(r.timeout, Some(std::time::Duration::from_millis(3500)));
     let retry = r.retry.as_ref().unwrap();
     assert_eq!(
-        (retry.attempts, retry.retry_on.as_str()),
+        (retry.attempts, retry.retry_on.to_string().as_str()),
         (3, "5xx,connect-failure")
     );
     assert_eq!(
