@@ -219,7 +219,10 @@ mod tests {
             ("spiffe://cluster.local/", EmptySegment),
             ("spiffe://cluster.local/ns//sa", EmptySegment),
             ("spiffe://cluster.local/ns/a/", EmptySegment),
-            ("spiffe://cluster.local/ns/../sa", RelativeSegment("..".into())),
+            (
+                "spiffe://cluster.local/ns/../sa",
+                RelativeSegment("..".into()),
+            ),
             ("spiffe://cluster.local/./a", RelativeSegment(".".into())),
             ("spiffe://cluster.local/ns/a?x=1", PathChar('?')),
             ("spiffe://cluster.local/ns/a#frag", PathChar('#')),
