@@ -503,8 +503,7 @@ fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {
         for (j, c) in rule.when.iter().enumerate() {
             let at = format!("{at}.when[{j}]");
             let bad = |reason: String| err(at.clone(), reason);
-            let strs =
-                || Pair::try_new(&c.values, exact).map(|p| p.unwrap_or_else(Pair::empty));
+            let strs = || Pair::try_new(&c.values, exact).map(|p| p.unwrap_or_else(Pair::empty));
             let ips = || {
                 Pair::try_new(&c.values, matcher::cidr)
                     .map(|p| p.unwrap_or_else(Pair::empty))
