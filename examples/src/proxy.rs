@@ -2,19 +2,25 @@
 //!
 //! - outbound: the local app's requests to other services (HTTP/1.1 and h2c on one port;
 //!   the destination is `Host`/`:authority` or an absolute-form URI);
-//! - inbound: other workloads' requests to the local app;
+//! - inbound: other workloads' requests to the local app, accepted by PeerAuthentication
+//!   (mutual TLS with the workload identity given by `--cert --key --ca`) and authorized by
+//!   AuthorizationPolicy;
 //! - admin: `/config_dump`, `/clusters`, `/ready`;
 //! - health: `/healthz/ready`.
 
 use mesh_core::istio::Diagnostic;
 use mesh_core::model::Workload;
 use mesh_core::store::ConfigStore;
+use mesh_policy::credentials::{CredentialStore, Credentials, CredentialsError, FileWatcher};
 use mesh_tower::admin::{Admin, Readiness};
+use mesh_tower::authz::{AuthzLayer, AuthzStats};
+use mesh_tower::tls::{InboundTls, watch_credentials};
+use tower::Layer;
 use mesh_tower::client::UpstreamClient;
 use mesh_tower::inbound::Inbound;
 use mesh_tower::outbound::Outbound;
 use mesh_tower::rng::Rng;
-use mesh_tower::server::{Drain, serve};
+use mesh_tower::server::{Drain, serve, serve_tls};
 use mesh_tower::source::FileSource;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +53,26 @@ pub struct Options {
     pub drain_grace: Duration,
     /// A fixed seed for traffic splits (reproducible runs); entropy when `None`.
     pub seed: Option<u64>,
+    /// The workload identity for mutual TLS; plaintext only when `None`.
+    pub identity: Option<Identity>,
+}
+
+/// Where the workload identity (certificate chain, key, trust bundle) comes from.
+#[derive(Clone, Debug)]
+pub enum Identity {
+    /// PEM files, watched for rotation.
+    Files {
+        /// The certificate chain, leaf first.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+        /// The trust bundle.
+        ca: PathBuf,
+        /// How often the files are checked for changes.
+        poll: Duration,
+    },
+    /// A store the embedder fills and rotates itself.
+    Store(Arc<CredentialStore>),
 }
 
 impl Options {
@@ -65,6 +91,7 @@ impl Options {
             reload_interval: Duration::from_secs(1),
             drain_grace: Duration::from_secs(5),
             seed: None,
+            identity: None,
         }
     }
 }
@@ -75,6 +102,12 @@ pub enum StartError {
     /// The config has errors.
     #[error("invalid config ({} errors)", .0.iter().filter(|d| d.is_error()).count())]
     Config(Vec<Diagnostic>),
+    /// The workload credentials are invalid.
+    #[error("workload credentials: {0}")]
+    Credentials(#[from] CredentialsError),
+    /// The TLS configuration could not be built.
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// A listener could not bind.
     #[error("cannot bind the {listener} listener on {addr}: {source}")]
     Bind {
@@ -106,6 +139,9 @@ pub struct Proxy {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<Drain>>,
     watcher: JoinHandle<()>,
+    credentials: Option<Arc<CredentialStore>>,
+    credential_watcher: Option<JoinHandle<()>>,
+    authz: Arc<AuthzStats>,
 }
 
 impl Proxy {
@@ -139,13 +175,48 @@ impl Proxy {
             local(&health_listener, options.health),
         );
 
-        let client = UpstreamClient::new();
+        let (credentials, credential_watcher) = match options.identity.clone() {
+            None => (None, None),
+            Some(Identity::Store(store)) => (Some(store), None),
+            Some(Identity::Files {
+                cert,
+                key,
+                ca,
+                poll,
+            }) => {
+                let store = CredentialStore::new(Credentials::from_files(&cert, &key, &ca)?);
+                let watcher = FileWatcher::new(cert, key, ca, true);
+                let task = tokio::spawn(watch_credentials(store.clone(), watcher, poll));
+                (Some(store), Some(task))
+            }
+        };
+        if credentials.is_none()
+            && store.load().peer_authentication.mode == mesh_core::model::MtlsMode::Strict
+        {
+            tracing::warn!(
+                "PeerAuthentication is STRICT but no workload identity is configured \
+                 (--cert, --key, --ca): inbound connections are served in plaintext"
+            );
+        }
+        let client = match &credentials {
+            Some(c) => UpstreamClient::with_mtls(store.clone(), c.clone()),
+            None => UpstreamClient::new(),
+        };
         let rng = options.seed.map_or_else(Rng::from_entropy, Rng::with_seed);
         let outbound_service = Outbound::builder(store.clone())
             .rng(rng)
             .client(client.clone())
             .build();
-        let inbound_service = Inbound::new(store.clone(), options.app, client);
+        let authz = AuthzLayer::new(store.clone());
+        let authz_stats = authz.stats();
+        let inbound_service = authz.layer(Inbound::new(store.clone(), options.app, client));
+        let inbound_tls = match &credentials {
+            Some(c) => Some(
+                InboundTls::new(store.clone(), c.clone())
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
+            ),
+            None => None,
+        };
         let readiness = Readiness::default();
         let admin_service = Admin::new(store.clone(), readiness.clone());
 
@@ -159,7 +230,16 @@ impl Proxy {
         let grace = options.drain_grace;
         let servers = vec![
             tokio::spawn(serve(outbound_listener, outbound_service, signal(), grace)),
-            tokio::spawn(serve(inbound_listener, inbound_service, signal(), grace)),
+            match inbound_tls {
+                Some(tls) => tokio::spawn(serve_tls(
+                    inbound_listener,
+                    inbound_service,
+                    tls,
+                    signal(),
+                    grace,
+                )),
+                None => tokio::spawn(serve(inbound_listener, inbound_service, signal(), grace)),
+            },
             tokio::spawn(serve(
                 admin_listener,
                 admin_service.clone(),
@@ -181,7 +261,20 @@ impl Proxy {
             stop,
             servers,
             watcher,
+            credentials,
+            credential_watcher,
+            authz: authz_stats,
         })
+    }
+
+    /// The workload credentials in use, when mutual TLS is on.
+    pub fn credentials(&self) -> Option<&Arc<CredentialStore>> {
+        self.credentials.as_ref()
+    }
+
+    /// The inbound authorization counters.
+    pub fn authz_stats(&self) -> &Arc<AuthzStats> {
+        &self.authz
     }
 
     /// The live config store.
@@ -193,6 +286,9 @@ impl Proxy {
     pub async fn shutdown(self) -> Drain {
         self.readiness.set(false);
         self.watcher.abort();
+        if let Some(w) = &self.credential_watcher {
+            w.abort();
+        }
         let _ = self.stop.send(true);
         let mut drain = Drain::Complete;
         for server in self.servers {

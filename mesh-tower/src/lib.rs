@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod client;
@@ -27,3 +28,4 @@ pub mod route;
 pub mod server;
 pub mod source;
 pub mod split;
+pub mod tls;

@@ -11,7 +11,7 @@
 use clap::{Args, Parser, Subcommand};
 use mesh_core::model::{Labels, Workload};
 use mesh_examples::demo;
-use mesh_examples::proxy::{Options, Proxy, StartError};
+use mesh_examples::proxy::{Identity, Options, Proxy, StartError};
 use mesh_tower::server::Drain;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -77,6 +77,15 @@ struct RunArgs {
     /// How often to check the config files for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     reload_interval_ms: u64,
+    /// The workload certificate chain (PEM, leaf first, with a spiffe:// URI SAN); watched.
+    #[arg(long, requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// The workload private key (PEM); watched.
+    #[arg(long, requires_all = ["cert", "ca"])]
+    key: Option<PathBuf>,
+    /// The trust bundle (PEM CA certificates); watched.
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -167,6 +176,15 @@ async fn run(args: RunArgs) -> ExitCode {
         workload: args.workload.workload(),
         reload_interval: Duration::from_millis(args.reload_interval_ms.max(10)),
         drain_grace: Duration::from_secs(args.drain_seconds),
+        identity: match (args.cert, args.key, args.ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(Identity::Files {
+                cert,
+                key,
+                ca,
+                poll: Duration::from_millis(args.reload_interval_ms.max(10)),
+            }),
+            _ => None,
+        },
         ..Options::new(args.config, args.listen_address)
     };
     let proxy = match Proxy::start(options).await {
