@@ -14,14 +14,13 @@ use mesh_core::store::ConfigStore;
 use mesh_policy::credentials::{CredentialStore, Credentials, CredentialsError, FileWatcher};
 use mesh_tower::admin::{Admin, Readiness};
 use mesh_tower::authz::{AuthzLayer, AuthzStats};
-use mesh_tower::tls::{InboundTls, watch_credentials};
-use tower::Layer;
 use mesh_tower::client::UpstreamClient;
 use mesh_tower::inbound::Inbound;
 use mesh_tower::outbound::Outbound;
 use mesh_tower::rng::Rng;
 use mesh_tower::server::{Drain, serve, serve_tls};
 use mesh_tower::source::FileSource;
+use mesh_tower::tls::{InboundTls, watch_credentials};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::Layer;
 
 /// Everything the sidecar needs to start.
 #[derive(Clone, Debug)]

@@ -6,6 +6,8 @@ use crate::balance::Upstream;
 use crate::body::{self, BoxBody, BoxError};
 use crate::error::ProxyError;
 use crate::split::Target;
+use crate::tls::MtlsConnector;
+use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
@@ -13,8 +15,6 @@ use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use crate::tls::MtlsConnector;
-use arc_swap::ArcSwap;
 use mesh_core::model::{ClientTls, Cluster, TlsMode};
 use mesh_core::store::ConfigStore;
 use mesh_policy::SpiffeId;
@@ -44,8 +44,11 @@ struct MtlsPools {
     credentials: Arc<CredentialStore>,
     config: Arc<ConfigStore>,
     connector: HttpConnector,
-    pools: ArcSwap<HashMap<(Vec<SpiffeId>, bool), Client<MtlsConnector, BoxBody>>>,
+    pools: ArcSwap<HashMap<PoolKey, Client<MtlsConnector, BoxBody>>>,
 }
+
+/// The expected server identities and whether the pool speaks HTTP/2 only.
+type PoolKey = (Vec<SpiffeId>, bool);
 
 impl MtlsPools {
     fn client(
@@ -57,8 +60,11 @@ impl MtlsPools {
         if let Some(c) = self.pools.load().get(&key) {
             return Ok(c.clone());
         }
-        let connector =
-            MtlsConnector::new(self.connector.clone(), self.credentials.clone(), key.0.clone())?;
+        let connector = MtlsConnector::new(
+            self.connector.clone(),
+            self.credentials.clone(),
+            key.0.clone(),
+        )?;
         let client = pooled(http2).build(connector);
         self.pools.rcu(|pools| {
             let mut pools = HashMap::clone(pools);
@@ -102,7 +108,10 @@ impl MtlsPools {
         {
             return parse(&service.subject_alt_names, "subjectAltNames");
         }
-        let endpoint = cluster.endpoints.iter().find(|e| e.authority() == authority);
+        let endpoint = cluster
+            .endpoints
+            .iter()
+            .find(|e| e.authority() == authority);
         let Some(sa) = endpoint.and_then(|e| e.service_account.as_deref()) else {
             return Ok(Vec::new());
         };

@@ -321,7 +321,11 @@ impl Service<Uri> for MtlsConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let host = uri.host().unwrap_or("localhost").trim_matches(['[', ']']).to_owned();
+        let host = uri
+            .host()
+            .unwrap_or("localhost")
+            .trim_matches(['[', ']'])
+            .to_owned();
         let connecting = self.http.call(uri);
         let tls = self.tls.clone();
         Box::pin(async move {
