@@ -2,7 +2,9 @@
 //!
 //! - outbound: the local app's requests to other services (HTTP/1.1 and h2c on one port;
 //!   the destination is `Host`/`:authority` or an absolute-form URI);
-//! - inbound: other workloads' requests to the local app;
+//! - inbound: other workloads' requests to the local app, accepted by PeerAuthentication
+//!   (mutual TLS with the workload identity given by `--cert --key --ca`) and authorized by
+//!   AuthorizationPolicy;
 //! - admin: `/config_dump`, `/clusters`, `/ready`;
 //! - health: `/healthz/ready`.
 
@@ -10,14 +12,17 @@ use mesh_core::istio::Diagnostic;
 use mesh_core::model::Percentage;
 use mesh_core::model::Workload;
 use mesh_core::store::ConfigStore;
+use mesh_policy::credentials::{CredentialStore, Credentials, CredentialsError, FileWatcher};
 use mesh_tower::admin::{Admin, LogLevelSetter, Readiness};
+use mesh_tower::authz::{AuthzLayer, AuthzStats};
 use mesh_tower::client::UpstreamClient;
 use mesh_tower::inbound::Inbound;
 use mesh_tower::outbound::Outbound;
 use mesh_tower::rng::Rng;
-use mesh_tower::server::{Drain, serve};
+use mesh_tower::server::{Drain, serve, serve_tls};
 use mesh_tower::source::FileSource;
 use mesh_tower::telemetry::{AccessLogFormat, AccessLogSink, Reporter, Telemetry};
+use mesh_tower::tls::{InboundTls, watch_credentials};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +30,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::Layer;
 
 /// Everything the sidecar needs to start.
 #[derive(Clone)]
@@ -55,6 +61,8 @@ pub struct Options {
     pub trace_sampling: Percentage,
     /// Changes the log filter for `/logging?level=`.
     pub log_level: Option<LogLevelSetter>,
+    /// The workload identity for mutual TLS; plaintext only when `None`.
+    pub identity: Option<Identity>,
 }
 
 impl std::fmt::Debug for Options {
@@ -69,8 +77,27 @@ impl std::fmt::Debug for Options {
             .field("workload", &self.workload)
             .field("access_log", &self.access_log)
             .field("trace_sampling", &self.trace_sampling)
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
+}
+
+/// Where the workload identity (certificate chain, key, trust bundle) comes from.
+#[derive(Clone, Debug)]
+pub enum Identity {
+    /// PEM files, watched for rotation.
+    Files {
+        /// The certificate chain, leaf first.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+        /// The trust bundle.
+        ca: PathBuf,
+        /// How often the files are checked for changes.
+        poll: Duration,
+    },
+    /// A store the embedder fills and rotates itself.
+    Store(Arc<CredentialStore>),
 }
 
 impl Options {
@@ -92,6 +119,7 @@ impl Options {
             access_log: None,
             trace_sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
             log_level: None,
+            identity: None,
         }
     }
 }
@@ -102,6 +130,12 @@ pub enum StartError {
     /// The config has errors.
     #[error("invalid config ({} errors)", .0.iter().filter(|d| d.is_error()).count())]
     Config(Vec<Diagnostic>),
+    /// The workload credentials are invalid.
+    #[error("workload credentials: {0}")]
+    Credentials(#[from] CredentialsError),
+    /// The TLS configuration could not be built.
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// A listener could not bind.
     #[error("cannot bind the {listener} listener on {addr}: {source}")]
     Bind {
@@ -133,6 +167,9 @@ pub struct Proxy {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<Drain>>,
     watcher: JoinHandle<()>,
+    credentials: Option<Arc<CredentialStore>>,
+    credential_watcher: Option<JoinHandle<()>>,
+    authz: Arc<AuthzStats>,
 }
 
 impl Proxy {
@@ -166,7 +203,33 @@ impl Proxy {
             local(&health_listener, options.health),
         );
 
-        let client = UpstreamClient::new();
+        let (credentials, credential_watcher) = match options.identity.clone() {
+            None => (None, None),
+            Some(Identity::Store(store)) => (Some(store), None),
+            Some(Identity::Files {
+                cert,
+                key,
+                ca,
+                poll,
+            }) => {
+                let store = CredentialStore::new(Credentials::from_files(&cert, &key, &ca)?);
+                let watcher = FileWatcher::new(cert, key, ca, true);
+                let task = tokio::spawn(watch_credentials(store.clone(), watcher, poll));
+                (Some(store), Some(task))
+            }
+        };
+        if credentials.is_none()
+            && store.load().peer_authentication.mode == mesh_core::model::MtlsMode::Strict
+        {
+            tracing::warn!(
+                "PeerAuthentication is STRICT but no workload identity is configured \
+                 (--cert, --key, --ca): inbound connections are served in plaintext"
+            );
+        }
+        let client = match &credentials {
+            Some(c) => UpstreamClient::with_mtls(store.clone(), c.clone()),
+            None => UpstreamClient::new(),
+        };
         let rng = options.seed.map_or_else(Rng::from_entropy, Rng::with_seed);
         let mut telemetry = Telemetry::new(Reporter::Source, options.workload.clone())
             .sampling(options.trace_sampling)
@@ -183,7 +246,16 @@ impl Proxy {
             .client(client.clone())
             .telemetry(telemetry)
             .build();
-        let inbound_service = Inbound::new(store.clone(), options.app, client);
+        let authz = AuthzLayer::new(store.clone());
+        let authz_stats = authz.stats();
+        let inbound_service = authz.layer(Inbound::new(store.clone(), options.app, client));
+        let inbound_tls = match &credentials {
+            Some(c) => Some(
+                InboundTls::new(store.clone(), c.clone())
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
+            ),
+            None => None,
+        };
         let readiness = Readiness::default();
         let mut admin_service = Admin::new(store.clone(), readiness.clone())
             .balancer(outbound_service.balancer().clone());
@@ -204,7 +276,16 @@ impl Proxy {
         let grace = options.drain_grace;
         let servers = vec![
             tokio::spawn(serve(outbound_listener, outbound_service, signal(), grace)),
-            tokio::spawn(serve(inbound_listener, inbound_service, signal(), grace)),
+            match inbound_tls {
+                Some(tls) => tokio::spawn(serve_tls(
+                    inbound_listener,
+                    inbound_service,
+                    tls,
+                    signal(),
+                    grace,
+                )),
+                None => tokio::spawn(serve(inbound_listener, inbound_service, signal(), grace)),
+            },
             tokio::spawn(serve(
                 admin_listener,
                 admin_service.clone(),
@@ -226,7 +307,20 @@ impl Proxy {
             stop,
             servers,
             watcher,
+            credentials,
+            credential_watcher,
+            authz: authz_stats,
         })
+    }
+
+    /// The workload credentials in use, when mutual TLS is on.
+    pub fn credentials(&self) -> Option<&Arc<CredentialStore>> {
+        self.credentials.as_ref()
+    }
+
+    /// The inbound authorization counters.
+    pub fn authz_stats(&self) -> &Arc<AuthzStats> {
+        &self.authz
     }
 
     /// The live config store.
@@ -238,6 +332,9 @@ impl Proxy {
     pub async fn shutdown(self) -> Drain {
         self.readiness.set(false);
         self.watcher.abort();
+        if let Some(w) = &self.credential_watcher {
+            w.abort();
+        }
         let _ = self.stop.send(true);
         let mut drain = Drain::Complete;
         for server in self.servers {

@@ -6,6 +6,8 @@ use crate::balance::Upstream;
 use crate::body::{self, BoxBody, BoxError};
 use crate::error::ProxyError;
 use crate::split::Target;
+use crate::tls::MtlsConnector;
+use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
@@ -13,15 +15,132 @@ use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mesh_core::model::{ClientTls, Cluster, TlsMode};
+use mesh_core::store::ConfigStore;
+use mesh_policy::SpiffeId;
+use mesh_policy::credentials::CredentialStore;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
 
 /// Pooled HTTP/1.1 and HTTP/2 clients; cheap to clone (clones share the pools).
+///
+/// With [`UpstreamClient::with_mtls`], clusters whose DestinationRule says
+/// `tls.mode: ISTIO_MUTUAL` are reached over mutual TLS with the workload's identity, through
+/// one pool per set of expected server identities (so a connection verified for one identity
+/// is never reused for a destination that expects another).
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     http1: Client<HttpConnector, BoxBody>,
     http2: Client<HttpConnector, BoxBody>,
+    mtls: Option<Arc<MtlsPools>>,
+}
+
+/// The mutual-TLS pools, keyed by the expected identities and the protocol.
+#[derive(Debug)]
+struct MtlsPools {
+    credentials: Arc<CredentialStore>,
+    config: Arc<ConfigStore>,
+    connector: HttpConnector,
+    pools: ArcSwap<HashMap<PoolKey, Client<MtlsConnector, BoxBody>>>,
+}
+
+/// The expected server identities and whether the pool speaks HTTP/2 only.
+type PoolKey = (Vec<SpiffeId>, bool);
+
+impl MtlsPools {
+    fn client(
+        &self,
+        expected: Vec<SpiffeId>,
+        http2: bool,
+    ) -> Result<Client<MtlsConnector, BoxBody>, BoxError> {
+        let key = (expected, http2);
+        if let Some(c) = self.pools.load().get(&key) {
+            return Ok(c.clone());
+        }
+        let connector = MtlsConnector::new(
+            self.connector.clone(),
+            self.credentials.clone(),
+            key.0.clone(),
+        )?;
+        let client = pooled(http2).build(connector);
+        self.pools.rcu(|pools| {
+            let mut pools = HashMap::clone(pools);
+            pools.entry(key.clone()).or_insert_with(|| client.clone());
+            pools
+        });
+        Ok(self.pools.load().get(&key).cloned().unwrap_or(client))
+    }
+
+    /// The identities the endpoint at `authority` of `cluster` must present, by Istio's
+    /// precedence: DestinationRule `tls.subjectAltNames`, then the ServiceEntry's
+    /// `subjectAltNames`, then the endpoint's service account (WorkloadEntry
+    /// `serviceAccount`, in its namespace); none: any identity the bundle verifies.
+    fn expected(
+        &self,
+        cluster: &Cluster,
+        tls: &ClientTls,
+        authority: &str,
+    ) -> Result<Vec<SpiffeId>, BoxError> {
+        let parse = |names: &[String], field: &str| {
+            names
+                .iter()
+                .map(|n| {
+                    SpiffeId::parse(n).map_err(|e| -> BoxError {
+                        ProxyError::BadRequest(format!(
+                            "cluster {}: {field} {n:?} is not a SPIFFE ID: {e}",
+                            cluster.name
+                        ))
+                        .into()
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if !tls.subject_alt_names.is_empty() {
+            return parse(&tls.subject_alt_names, "tls.subjectAltNames");
+        }
+        let snapshot = self.config.load();
+        let service = snapshot.service(&cluster.service);
+        if let Some(service) = service
+            && !service.subject_alt_names.is_empty()
+        {
+            return parse(&service.subject_alt_names, "subjectAltNames");
+        }
+        let endpoint = cluster
+            .endpoints
+            .iter()
+            .find(|e| e.authority() == authority);
+        let Some(sa) = endpoint.and_then(|e| e.service_account.as_deref()) else {
+            return Ok(Vec::new());
+        };
+        let namespace = endpoint
+            .and_then(|e| e.namespace.as_deref())
+            .or(service.map(|s| s.namespace.as_str()))
+            .unwrap_or("default");
+        let creds = self.credentials.load();
+        SpiffeId::from_parts(creds.id().trust_domain(), namespace, sa)
+            .map(|id| vec![id])
+            .map_err(|e| {
+                ProxyError::BadRequest(format!(
+                    "cluster {}: endpoint {authority} service account {sa:?}: {e}",
+                    cluster.name
+                ))
+                .into()
+            })
+    }
+}
+
+fn pooled(http2: bool) -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60));
+    if http2 {
+        builder.timer(TokioTimer::new()).http2_only(true);
+    }
+    builder
 }
 
 impl Default for UpstreamClient {
@@ -34,10 +153,7 @@ impl UpstreamClient {
     /// Clients with Envoy's defaults: 10 s connect timeout, TCP_NODELAY, idle connections
     /// kept for 60 s.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        connector.enforce_http(true);
+        let connector = connector();
         let http1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -48,16 +164,69 @@ impl UpstreamClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(true)
             .build(connector);
-        Self { http1, http2 }
+        Self {
+            http1,
+            http2,
+            mtls: None,
+        }
+    }
+
+    /// As [`UpstreamClient::new`], and able to reach `ISTIO_MUTUAL` clusters presenting
+    /// `credentials`; `config` supplies ServiceEntry identities.
+    pub fn with_mtls(config: Arc<ConfigStore>, credentials: Arc<CredentialStore>) -> Self {
+        let mut client = Self::new();
+        client.mtls = Some(Arc::new(MtlsPools {
+            credentials,
+            config,
+            connector: connector(),
+            pools: ArcSwap::default(),
+        }));
+        client
+    }
+
+    /// Sends `req` to `authority` over mutual TLS, requiring the server to present one of
+    /// `expected` (any identity the bundle verifies when empty).
+    pub fn send_mtls(
+        &self,
+        req: Request<BoxBody>,
+        authority: http::uri::Authority,
+        http2: bool,
+        expected: Vec<SpiffeId>,
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        let Some(mtls) = &self.mtls else {
+            let e = ProxyError::ConnectFailure {
+                endpoint: authority.to_string(),
+                source: "mutual TLS needs workload credentials (--cert, --key, --ca)".into(),
+            };
+            return Box::pin(async move { Err(e.into()) });
+        };
+        match mtls.client(expected, http2) {
+            Ok(client) => self.send_with(&client, req, authority, http2),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
     }
 
     /// Sends `req` to `authority`, over HTTP/2 when `http2`.
     pub fn send(
         &self,
-        mut req: Request<BoxBody>,
+        req: Request<BoxBody>,
         authority: http::uri::Authority,
         http2: bool,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        let client = if http2 { &self.http2 } else { &self.http1 };
+        self.send_with(client, req, authority, http2)
+    }
+
+    fn send_with<C>(
+        &self,
+        client: &Client<C, BoxBody>,
+        mut req: Request<BoxBody>,
+        authority: http::uri::Authority,
+        http2: bool,
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>>
+    where
+        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    {
         if !req.headers().contains_key(HOST)
             && let Some(original) = req
                 .uri()
@@ -87,11 +256,7 @@ impl UpstreamClient {
         } else {
             Version::HTTP_11
         };
-        let future = if http2 {
-            self.http2.request(req)
-        } else {
-            self.http1.request(req)
-        };
+        let future = client.request(req);
         Box::pin(async move {
             match future.await {
                 Ok(response) => {
@@ -128,14 +293,54 @@ impl Service<Request<BoxBody>> for UpstreamClient {
             let e = ProxyError::BadRequest("the client needs an upstream endpoint".into());
             return Box::pin(async move { Err(e.into()) });
         };
-        let http2 = req.extensions().get::<Target>().is_some_and(|t| {
+        let target = req.extensions().get::<Target>();
+        let http2 = target.is_some_and(|t| {
             matches!(
                 t.cluster.protocol,
                 mesh_core::model::Protocol::Http2 | mesh_core::model::Protocol::Grpc
             )
         });
-        self.send(req, upstream.authority, http2)
+        let tls = target.and_then(|t| {
+            let tls = t.cluster.policy.tls.as_ref()?;
+            Some((t.cluster.clone(), tls.clone()))
+        });
+        match tls {
+            None => self.send(req, upstream.authority, http2),
+            Some((_, tls)) if tls.mode == TlsMode::Disable => {
+                self.send(req, upstream.authority, http2)
+            }
+            Some((cluster, tls)) if tls.mode == TlsMode::IstioMutual => {
+                let expected = match &self.mtls {
+                    Some(m) => m.expected(&cluster, &tls, upstream.authority.as_str()),
+                    None => Ok(Vec::new()),
+                };
+                match expected {
+                    Ok(expected) => self.send_mtls(req, upstream.authority, http2, expected),
+                    Err(e) => Box::pin(async move { Err(e) }),
+                }
+            }
+            Some((cluster, tls)) => {
+                let e = ProxyError::ConnectFailure {
+                    endpoint: upstream.authority.to_string(),
+                    source: format!(
+                        "cluster {}: tls.mode {:?} with certificate files is not supported by \
+                         this client; use ISTIO_MUTUAL or DISABLE",
+                        cluster.name, tls.mode
+                    )
+                    .into(),
+                };
+                Box::pin(async move { Err(e.into()) })
+            }
+        }
     }
+}
+
+fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    connector.enforce_http(true);
+    connector
 }
 
 /// Removes the headers that describe one connection rather than the message (RFC 9110

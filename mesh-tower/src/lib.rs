@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod breaker;
@@ -37,3 +38,4 @@ pub mod source;
 pub mod split;
 pub mod telemetry;
 pub mod timeout;
+pub mod tls;

@@ -1,7 +1,8 @@
 //! Serving a stack on a TCP listener: HTTP/1.1 and h2c (prior knowledge) on one port, with a
-//! graceful drain on shutdown.
+//! graceful drain on shutdown; [`serve_tls`] adds mutual TLS by PeerAuthentication.
 
 use crate::body::BoxBody;
+use crate::tls::InboundTls;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -34,6 +35,16 @@ pub enum Drain {
     TimedOut,
 }
 
+fn http_builder() -> Arc<auto::Builder<TokioExecutor>> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(60));
+    builder.http2().timer(TokioTimer::new());
+    Arc::new(builder)
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish for up to `grace`, and returns.
 ///
@@ -52,13 +63,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(60));
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let builder = http_builder();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -85,6 +90,79 @@ where
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => Drain::Complete,
+        Err(_) => Drain::TimedOut,
+    }
+}
+
+/// As [`serve`], with each connection accepted by `tls` first (PeerAuthentication STRICT,
+/// PERMISSIVE or DISABLE, from the current snapshot). Every request carries the connection's
+/// [`ConnectionInfo`], [`crate::tls::TlsInfo`] and, over mutual TLS, the verified
+/// [`mesh_policy::PeerIdentity`] in its
+/// extensions. A connection that `tls` refuses (plaintext on a STRICT port, a failed
+/// handshake) is closed and logged at debug level.
+pub async fn serve_tls<S>(
+    listener: TcpListener,
+    service: S,
+    tls: InboundTls,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Drain
+where
+    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = http_builder();
+    let graceful = GracefulShutdown::new();
+    let tls = Arc::new(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let info = ConnectionInfo { peer, local };
+        let service = service.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let (io, identity, tls_info) = match tls.accept(stream).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "inbound connection refused");
+                    return;
+                }
+            };
+            let hyper_service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let ext = req.extensions_mut();
+                ext.insert(info);
+                ext.insert(tls_info.clone());
+                if let Some(id) = &identity {
+                    ext.insert(id.clone());
+                }
+                service.clone().oneshot(req)
+            });
+            let connection = builder.serve_connection(TokioIo::new(io), hyper_service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -11,7 +11,7 @@
 use clap::{Args, Parser, Subcommand};
 use mesh_core::model::{Labels, Locality, Percentage, Workload};
 use mesh_examples::demo;
-use mesh_examples::proxy::{Options, Proxy, StartError};
+use mesh_examples::proxy::{Identity, Options, Proxy, StartError};
 use mesh_tower::admin::LogLevelSetter;
 use mesh_tower::server::Drain;
 use mesh_tower::telemetry::AccessLogFormat;
@@ -86,6 +86,15 @@ struct RunArgs {
     /// Percentage of new traces sampled (a caller's decision is kept); Istio's default is 1.
     #[arg(long, default_value_t = 1.0)]
     trace_sampling: f64,
+    /// The workload certificate chain (PEM, leaf first, with a spiffe:// URI SAN); watched.
+    #[arg(long, requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// The workload private key (PEM); watched.
+    #[arg(long, requires_all = ["cert", "ca"])]
+    key: Option<PathBuf>,
+    /// The trust bundle (PEM CA certificates); watched.
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +218,15 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
         access_log,
         trace_sampling: sampling,
         log_level: Some(log_level),
+        identity: match (args.cert, args.key, args.ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(Identity::Files {
+                cert,
+                key,
+                ca,
+                poll: Duration::from_millis(args.reload_interval_ms.max(10)),
+            }),
+            _ => None,
+        },
         ..Options::new(args.config, args.listen_address)
     };
     let proxy = match Proxy::start(options).await {

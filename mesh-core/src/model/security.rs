@@ -95,6 +95,9 @@ pub struct AuthorizationPolicy {
     /// The rules; a policy without rules matches nothing (an ALLOW policy without rules
     /// therefore denies everything), a rule without fields matches everything.
     pub rules: Vec<AuthzRule>,
+    /// Istio's `istio.io/dry-run: "true"` annotation: the policy is evaluated and its would-be
+    /// decision logged and counted, but it does not decide the request.
+    pub dry_run: bool,
 }
 
 /// The mutual TLS mode for inbound connections.

@@ -54,13 +54,15 @@ fn convert(
         None | Some("ALLOW") => AuthzAction::Allow,
         Some("DENY") => AuthzAction::Deny,
         Some("AUDIT") => AuthzAction::Audit,
-        Some("CUSTOM") => match &p.provider {
-            Some(provider) => AuthzAction::Custom(provider.name.clone()),
-            None => {
-                at.error("spec.provider", "action CUSTOM needs a provider");
-                return None;
-            }
-        },
+        Some("CUSTOM") => {
+            // External authorization (ext_authz) is not implemented by this proxy; accepting
+            // the policy would silently skip a check the operator asked for.
+            at.error(
+                "spec.action",
+                "action CUSTOM (external authorization) is not supported by this proxy",
+            );
+            return None;
+        }
         Some(other) => {
             at.error(
                 "spec.action",
@@ -109,6 +111,14 @@ fn convert(
                 ip_blocks: values(&s.ip_blocks, &s.not_ip_blocks),
                 remote_ip_blocks: values(&s.remote_ip_blocks, &s.not_remote_ip_blocks),
             };
+            if !s.request_principals.is_empty() || !s.not_request_principals.is_empty() {
+                at.error(
+                    &format!("{sfield}.requestPrincipals"),
+                    "requestPrincipals need JWT authentication (RequestAuthentication), which \
+                     this proxy does not support",
+                );
+                ok = false;
+            }
             if source == SourceMatch::default() {
                 at.error(&sfield, "a source needs at least one field");
                 ok = false;
@@ -144,7 +154,17 @@ fn convert(
         }
         let mut when = Vec::new();
         for (j, c) in rule.when.iter().enumerate() {
-            if let Err(message) = condition_key(&c.key) {
+            if c.key.starts_with("request.auth.") || c.key.starts_with("experimental.") {
+                at.error(
+                    &format!("{field}.when[{j}].key"),
+                    format!(
+                        "condition key {:?} is not supported by this proxy (it needs JWT \
+                         authentication or a protocol filter)",
+                        c.key
+                    ),
+                );
+                ok = false;
+            } else if let Err(message) = condition_key(&c.key) {
                 at.error(&format!("{field}.when[{j}].key"), message);
                 ok = false;
             }
@@ -159,10 +179,22 @@ fn convert(
         }
         rules.push(AuthzRule { from, to, when });
     }
+    let dry_run = match res.annotations.get("istio.io/dry-run").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            at.error(
+                "metadata.annotations.istio.io/dry-run",
+                format!("{other:?} is not \"true\" or \"false\""),
+            );
+            return None;
+        }
+    };
     ok.then(|| AuthorizationPolicy {
         name: format!("{}/{}", res.namespace, res.name),
         action,
         rules,
+        dry_run,
     })
 }
 

@@ -1,0 +1,564 @@
+//! The authorization engine: Istio's AuthorizationPolicy semantics over
+//! [`mesh_core::model::AuthorizationPolicy`].
+//!
+//! The loader has already narrowed the policies to the ones that apply to this workload
+//! (root-namespace mesh-wide policies, the workload's namespace, selectors); the engine decides
+//! one request the way Envoy's RBAC filters that istiod generates do:
+//!
+//! 1. CUSTOM is rejected when the engine is built (external authorization is not supported).
+//! 2. If any DENY policy matches, the request is denied.
+//! 3. If no ALLOW policy applies, the request is allowed.
+//! 4. If any ALLOW policy matches, the request is allowed; otherwise it is denied.
+//!
+//! AUDIT policies do not change the decision; a match is reported in [`Verdict::audit`].
+//! Policies with the `istio.io/dry-run` annotation are evaluated in a shadow pass (enforced
+//! policies plus dry-run ones) whose outcome is reported in [`Verdict::shadow`] without
+//! deciding anything.
+//!
+//! A policy without rules matches nothing (an ALLOW policy without rules is Istio's
+//! "allow-nothing"); a rule without `from`, `to` and `when` matches everything ("allow-all" /
+//! "deny-all").
+//!
+//! ```
+//! # use mesh_core::model::*;
+//! # use mesh_policy::authz::{Attributes, Decision, Engine};
+//! # use mesh_policy::{PeerIdentity, SpiffeId};
+//! let only_frontend = AuthorizationPolicy {
+//!     name: "default/frontend-only".into(),
+//!     action: AuthzAction::Allow,
+//!     rules: vec![AuthzRule {
+//!         from: vec![SourceMatch {
+//!             namespaces: ValueMatch { values: vec!["frontend".into()], ..Default::default() },
+//!             ..Default::default()
+//!         }],
+//!         ..Default::default()
+//!     }],
+//!     dry_run: false,
+//! };
+//! let engine = Engine::new(&[only_frontend]).unwrap();
+//! let peer = PeerIdentity::from(SpiffeId::parse("spiffe://cluster.local/ns/frontend/sa/web").unwrap());
+//! let verdict = engine.evaluate(&Attributes { peer: Some(&peer), ..Attributes::new("GET", "/") });
+//! assert_eq!(verdict.decision, Decision::Allow);
+//! assert_eq!(verdict.to_string(), "allowed by default/frontend-only rules[0]");
+//! ```
+
+mod matcher;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::HeaderName;
+use ipnet::IpNet;
+use mesh_core::model::{self, AuthzAction};
+
+use crate::identity::PeerIdentity;
+use matcher::{Pair, PathMatch, StrMatch};
+
+/// Why a policy cannot be enforced: the policy, the field and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("AuthorizationPolicy {policy}: {field}: {reason}")]
+pub struct InvalidPolicy {
+    /// The policy, `namespace/name`.
+    pub policy: String,
+    /// The field path inside the policy.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The attributes of one request that policies can test.
+#[derive(Clone, Debug)]
+pub struct Attributes<'a> {
+    /// The verified peer identity from mTLS; `None` for plaintext.
+    pub peer: Option<&'a PeerIdentity>,
+    /// The direct peer address (`source.ip`, `ipBlocks`).
+    pub source_ip: Option<IpAddr>,
+    /// The original client address (`remote.ip`, `remoteIpBlocks`); `source_ip` when `None`.
+    pub remote_ip: Option<IpAddr>,
+    /// The local address the connection came to (`destination.ip`).
+    pub destination_ip: Option<IpAddr>,
+    /// The local port the connection came to (`ports`, `destination.port`).
+    pub destination_port: Option<u16>,
+    /// The TLS server name the client asked for (`connection.sni`).
+    pub sni: Option<&'a str>,
+    /// The `Host` / `:authority` (`hosts`).
+    pub host: Option<&'a str>,
+    /// The HTTP method (`methods`).
+    pub method: &'a str,
+    /// The request path; a query string is ignored (`paths`).
+    pub path: &'a str,
+    /// The request headers (`request.headers[...]`).
+    pub headers: Option<&'a HeaderMap>,
+}
+
+impl<'a> Attributes<'a> {
+    /// A request with only a method and a path; set the other fields with struct update syntax.
+    pub fn new(method: &'a str, path: &'a str) -> Self {
+        Self {
+            peer: None,
+            source_ip: None,
+            remote_ip: None,
+            destination_ip: None,
+            destination_port: None,
+            sni: None,
+            host: None,
+            method,
+            path,
+            headers: None,
+        }
+    }
+
+    fn principal(&self) -> Option<&'a str> {
+        self.peer.map(|p| p.id.principal())
+    }
+
+    fn namespace(&self) -> Option<&'a str> {
+        self.peer.and_then(|p| p.namespace.as_deref())
+    }
+
+    fn remote(&self) -> Option<IpAddr> {
+        self.remote_ip.or(self.source_ip)
+    }
+
+    fn path_only(&self) -> &'a str {
+        self.path.split_once('?').map_or(self.path, |(p, _)| p)
+    }
+}
+
+/// The decision for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the request through.
+    Allow,
+    /// Refuse it: 403 `RBAC: access denied`.
+    Deny,
+}
+
+/// A rule of a policy: `policy` (`namespace/name`) and the index in its `rules`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    /// The policy, `namespace/name`.
+    pub policy: Arc<str>,
+    /// The index of the rule in the policy's `rules`.
+    pub rule: usize,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} rules[{}]", self.policy, self.rule)
+    }
+}
+
+/// What decided a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No ALLOW policy applies to the workload and no DENY policy matched.
+    NoAllowPolicy,
+    /// This DENY rule matched.
+    DeniedBy(RuleRef),
+    /// This ALLOW rule matched.
+    AllowedBy(RuleRef),
+    /// ALLOW policies apply to the workload and none matched.
+    NoAllowMatched,
+}
+
+/// The outcome a dry-run evaluation would have had.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shadow {
+    /// The decision with the dry-run policies enforced.
+    pub decision: Decision,
+    /// What would have decided.
+    pub reason: Reason,
+}
+
+/// The engine's answer for one request, with what decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allow or deny.
+    pub decision: Decision,
+    /// Which policy and rule decided, or why none did.
+    pub reason: Reason,
+    /// The first AUDIT rule that matched, if any (the request should be audit-logged).
+    pub audit: Option<RuleRef>,
+    /// When dry-run policies exist: what the decision would be with them enforced.
+    pub shadow: Option<Shadow>,
+}
+
+impl Verdict {
+    /// Whether the request is allowed.
+    pub fn is_allowed(&self) -> bool {
+        self.decision == Decision::Allow
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoAllowPolicy => f.write_str("allowed: no ALLOW policy applies"),
+            Self::DeniedBy(r) => write!(f, "denied by {r}"),
+            Self::AllowedBy(r) => write!(f, "allowed by {r}"),
+            Self::NoAllowMatched => f.write_str("denied: no ALLOW policy matched"),
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.reason)?;
+        if let Some(a) = &self.audit {
+            write!(f, "; audited by {a}")?;
+        }
+        if let Some(s) = &self.shadow {
+            write!(f, "; dry-run: {}", s.reason)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Source {
+    principals: Option<Pair<StrMatch>>,
+    namespaces: Option<Pair<StrMatch>>,
+    service_accounts: Option<Pair<StrMatch>>,
+    ip_blocks: Option<Pair<IpNet>>,
+    remote_ip_blocks: Option<Pair<IpNet>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Operation {
+    hosts: Option<Pair<StrMatch>>,
+    ports: Option<Pair<u16>>,
+    methods: Option<Pair<StrMatch>>,
+    paths: Option<Pair<PathMatch>>,
+}
+
+#[derive(Clone, Debug)]
+enum Condition {
+    Header(HeaderName, Pair<StrMatch>),
+    SourceIp(Pair<IpNet>),
+    RemoteIp(Pair<IpNet>),
+    DestinationIp(Pair<IpNet>),
+    SourceNamespace(Pair<StrMatch>),
+    SourcePrincipal(Pair<StrMatch>),
+    DestinationPort(Pair<u16>),
+    Sni(Pair<StrMatch>),
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    from: Vec<Source>,
+    to: Vec<Operation>,
+    when: Vec<Condition>,
+}
+
+#[derive(Clone, Debug)]
+struct Policy {
+    name: Arc<str>,
+    rules: Vec<Rule>,
+}
+
+/// Policies of one action, enforced and dry-run.
+#[derive(Clone, Debug, Default)]
+struct Set {
+    enforced: Vec<Policy>,
+    dry_run: Vec<Policy>,
+}
+
+/// The compiled policies of one config snapshot; cheap to evaluate, immutable.
+#[derive(Clone, Debug, Default)]
+pub struct Engine {
+    deny: Set,
+    allow: Set,
+    audit: Set,
+    policies: usize,
+}
+
+fn ip_in(net: &IpNet, ip: IpAddr) -> bool {
+    net.contains(&ip)
+}
+
+fn str_is(m: &StrMatch, s: &str) -> bool {
+    m.matches(s)
+}
+
+impl Engine {
+    /// Compiles `policies`; fails on the first one that cannot be enforced (CUSTOM,
+    /// `requestPrincipals`, `request.auth.*` conditions, a bad CIDR, port or path template).
+    pub fn new(policies: &[model::AuthorizationPolicy]) -> Result<Self, InvalidPolicy> {
+        let mut engine = Self::default();
+        for p in policies {
+            let set = match &p.action {
+                AuthzAction::Allow => &mut engine.allow,
+                AuthzAction::Deny => &mut engine.deny,
+                AuthzAction::Audit => &mut engine.audit,
+                AuthzAction::Custom(provider) => {
+                    return Err(InvalidPolicy {
+                        policy: p.name.clone(),
+                        field: "spec.action".into(),
+                        reason: format!(
+                            "action CUSTOM (provider {provider:?}) is not supported: external \
+                             authorization is not implemented"
+                        ),
+                    });
+                }
+            };
+            let compiled = compile(p)?;
+            if p.dry_run {
+                set.dry_run.push(compiled);
+            } else {
+                set.enforced.push(compiled);
+            }
+            engine.policies += 1;
+        }
+        Ok(engine)
+    }
+
+    /// The number of policies compiled in.
+    pub fn len(&self) -> usize {
+        self.policies
+    }
+
+    /// Whether there are no policies (every request is allowed).
+    pub fn is_empty(&self) -> bool {
+        self.policies == 0
+    }
+
+    /// Decides one request and says why.
+    pub fn evaluate(&self, req: &Attributes<'_>) -> Verdict {
+        let (decision, reason) = decide(
+            first_match(&self.deny.enforced, req),
+            !self.allow.enforced.is_empty(),
+            || first_match(&self.allow.enforced, req),
+        );
+        let audit = first_match(&self.audit.enforced, req);
+        let shadow = (!self.deny.dry_run.is_empty() || !self.allow.dry_run.is_empty()).then(|| {
+            let deny = first_match(&self.deny.enforced, req)
+                .or_else(|| first_match(&self.deny.dry_run, req));
+            let any_allow = !self.allow.enforced.is_empty() || !self.allow.dry_run.is_empty();
+            let (decision, reason) = decide(deny, any_allow, || {
+                first_match(&self.allow.enforced, req)
+                    .or_else(|| first_match(&self.allow.dry_run, req))
+            });
+            Shadow { decision, reason }
+        });
+        Verdict {
+            decision,
+            reason,
+            audit,
+            shadow,
+        }
+    }
+}
+
+fn decide(
+    deny: Option<RuleRef>,
+    any_allow: bool,
+    allow: impl FnOnce() -> Option<RuleRef>,
+) -> (Decision, Reason) {
+    if let Some(r) = deny {
+        return (Decision::Deny, Reason::DeniedBy(r));
+    }
+    if !any_allow {
+        return (Decision::Allow, Reason::NoAllowPolicy);
+    }
+    match allow() {
+        Some(r) => (Decision::Allow, Reason::AllowedBy(r)),
+        None => (Decision::Deny, Reason::NoAllowMatched),
+    }
+}
+
+fn first_match(policies: &[Policy], req: &Attributes<'_>) -> Option<RuleRef> {
+    policies.iter().find_map(|p| {
+        p.rules
+            .iter()
+            .position(|r| r.matches(req))
+            .map(|rule| RuleRef {
+                policy: p.name.clone(),
+                rule,
+            })
+    })
+}
+
+impl Rule {
+    fn matches(&self, req: &Attributes<'_>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(req)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
+            && self.when.iter().all(|c| c.matches(req))
+    }
+}
+
+fn check<M, A: Copy>(p: &Option<Pair<M>>, attr: Option<A>, hit: impl Fn(&M, A) -> bool) -> bool {
+    p.as_ref().is_none_or(|p| p.test(attr, hit))
+}
+
+impl Source {
+    fn matches(&self, req: &Attributes<'_>) -> bool {
+        let sa = req
+            .peer
+            .and_then(|p| Some((p.namespace.as_deref()?, p.service_account.as_deref()?)));
+        check(&self.principals, req.principal(), str_is)
+            && check(&self.namespaces, req.namespace(), str_is)
+            && check(&self.service_accounts, sa, |m, (ns, sa)| {
+                // `ns/sa`, or a bare `sa` in any namespace.
+                m.matches(sa) || m.matches(&format!("{ns}/{sa}"))
+            })
+            && check(&self.ip_blocks, req.source_ip, ip_in)
+            && check(&self.remote_ip_blocks, req.remote(), ip_in)
+    }
+}
+
+impl Operation {
+    fn matches(&self, req: &Attributes<'_>) -> bool {
+        check(&self.hosts, req.host, |m, host: &str| {
+            // Case-insensitive; a `Host` with a port also matches the name without it.
+            let lower = host.to_ascii_lowercase();
+            m.matches(&lower)
+                || lower
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| p.parse::<u16>().is_ok() && m.matches(h))
+        }) && check(&self.ports, req.destination_port, |m, p| *m == p)
+            && check(&self.methods, Some(req.method), str_is)
+            && check(&self.paths, Some(req.path_only()), PathMatch::matches)
+    }
+}
+
+impl Condition {
+    fn matches(&self, req: &Attributes<'_>) -> bool {
+        match self {
+            Self::Header(name, pair) => {
+                let values = req.headers.map(|h| h.get_all(name));
+                let any = |list: &[StrMatch]| {
+                    values.as_ref().is_some_and(|vs| {
+                        vs.iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .any(|v| list.iter().any(|m| m.matches(v)))
+                    })
+                };
+                (pair.values.is_empty() || any(&pair.values)) && !any(&pair.not_values)
+            }
+            Self::SourceIp(p) => p.test(req.source_ip, ip_in),
+            Self::RemoteIp(p) => p.test(req.remote(), ip_in),
+            Self::DestinationIp(p) => p.test(req.destination_ip, ip_in),
+            Self::SourceNamespace(p) => p.test(req.namespace(), str_is),
+            Self::SourcePrincipal(p) => p.test(req.principal(), str_is),
+            Self::DestinationPort(p) => p.test(req.destination_port, |m, p| *m == p),
+            Self::Sni(p) => p.test(req.sni, str_is),
+        }
+    }
+}
+
+fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {
+    let err = |field: String, reason: String| InvalidPolicy {
+        policy: p.name.clone(),
+        field,
+        reason,
+    };
+    let exact = |v: &str| Ok::<_, String>(StrMatch::new(v, false));
+    let lower = |v: &str| Ok::<_, String>(StrMatch::new(v, true));
+    let mut rules = Vec::with_capacity(p.rules.len());
+    for (i, rule) in p.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        let mut from = Vec::new();
+        for (j, s) in rule.from.iter().enumerate() {
+            let at = format!("{at}.from[{j}].source");
+            if !s.request_principals.is_empty() {
+                return Err(err(
+                    format!("{at}.requestPrincipals"),
+                    "requestPrincipals need JWT authentication, which is not supported".into(),
+                ));
+            }
+            let wrap = |name: &str| {
+                let at = at.clone();
+                let name = name.to_owned();
+                move |reason: String| err(format!("{at}.{name}"), reason)
+            };
+            from.push(Source {
+                principals: Pair::try_new(&s.principals, exact).map_err(wrap("principals"))?,
+                namespaces: Pair::try_new(&s.namespaces, exact).map_err(wrap("namespaces"))?,
+                service_accounts: Pair::try_new(&s.service_accounts, exact)
+                    .map_err(wrap("serviceAccounts"))?,
+                ip_blocks: Pair::try_new(&s.ip_blocks, matcher::cidr).map_err(wrap("ipBlocks"))?,
+                remote_ip_blocks: Pair::try_new(&s.remote_ip_blocks, matcher::cidr)
+                    .map_err(wrap("remoteIpBlocks"))?,
+            });
+        }
+        let mut to = Vec::new();
+        for (j, o) in rule.to.iter().enumerate() {
+            let at = format!("{at}.to[{j}].operation");
+            let wrap = |name: &str| {
+                let at = at.clone();
+                let name = name.to_owned();
+                move |reason: String| err(format!("{at}.{name}"), reason)
+            };
+            to.push(Operation {
+                hosts: Pair::try_new(&o.hosts, lower).map_err(wrap("hosts"))?,
+                ports: Pair::try_new(&o.ports, matcher::port).map_err(wrap("ports"))?,
+                methods: Pair::try_new(&o.methods, exact).map_err(wrap("methods"))?,
+                paths: Pair::try_new(&o.paths, matcher::path_match).map_err(wrap("paths"))?,
+            });
+        }
+        let mut when = Vec::new();
+        for (j, c) in rule.when.iter().enumerate() {
+            let at = format!("{at}.when[{j}]");
+            let bad = |reason: String| err(at.clone(), reason);
+            let strs = || Pair::try_new(&c.values, exact).map(|p| p.unwrap_or_else(Pair::empty));
+            let ips = || {
+                Pair::try_new(&c.values, matcher::cidr)
+                    .map(|p| p.unwrap_or_else(Pair::empty))
+                    .map_err(bad)
+            };
+            let cond = match c.key.as_str() {
+                "source.ip" => Condition::SourceIp(ips()?),
+                "remote.ip" => Condition::RemoteIp(ips()?),
+                "destination.ip" => Condition::DestinationIp(ips()?),
+                "source.namespace" => Condition::SourceNamespace(strs().map_err(bad)?),
+                "source.principal" => Condition::SourcePrincipal(strs().map_err(bad)?),
+                "connection.sni" => Condition::Sni(strs().map_err(bad)?),
+                "destination.port" => Condition::DestinationPort(
+                    Pair::try_new(&c.values, matcher::port)
+                        .map(|p| p.unwrap_or_else(Pair::empty))
+                        .map_err(bad)?,
+                ),
+                key => {
+                    let header = key
+                        .strip_prefix("request.headers[")
+                        .and_then(|k| k.strip_suffix(']'))
+                        .filter(|k| !k.is_empty());
+                    match header {
+                        Some(name) => {
+                            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                                err(
+                                    format!("{at}.key"),
+                                    format!("{name:?} is not a valid header name"),
+                                )
+                            })?;
+                            Condition::Header(name, strs().map_err(bad)?)
+                        }
+                        None => {
+                            return Err(err(
+                                format!("{at}.key"),
+                                format!(
+                                    "condition key {key:?} is not supported (supported: \
+                                     request.headers[...], source.ip, remote.ip, \
+                                     source.namespace, source.principal, destination.ip, \
+                                     destination.port, connection.sni)"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            };
+            when.push(cond);
+        }
+        rules.push(Rule { from, to, when });
+    }
+    Ok(Policy {
+        name: p.name.as_str().into(),
+        rules,
+    })
+}
+
+#[cfg(test)]
+mod tests;

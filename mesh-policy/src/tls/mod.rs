@@ -1,0 +1,308 @@
+//! rustls configurations for mesh mTLS, verified by SPIFFE identity.
+//!
+//! Certificates in a mesh name workloads, not hosts: the server's chain is verified against the
+//! trust bundle and its SPIFFE ID (the single URI SAN) against the identities the caller
+//! expects, instead of matching a DNS name. On the server, the client's chain is verified
+//! against the bundle and its SPIFFE ID becomes the connection's [`PeerIdentity`].
+//!
+//! Every config reads the [`CredentialStore`] at each handshake (the certificate we present, the
+//! bundle we verify against), so a rotation affects new handshakes only; open connections keep
+//! the keys they were set up with.
+//!
+//! Both sides offer ALPN `h2` and `http/1.1`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, ResolvesClientCert};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, ServerConfig};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+
+use crate::credentials::{CredentialStore, IdentityError, provider, spiffe_id_of};
+use crate::identity::{PeerIdentity, SpiffeId};
+
+/// ALPN protocols offered on both sides, most preferred first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Whether the server requires a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A verified client certificate is required (PeerAuthentication STRICT).
+    Required,
+    /// A client certificate is verified when sent, but may be absent (TLS side of PERMISSIVE).
+    Optional,
+}
+
+/// The server presented a valid chain, but not an identity we expect.
+///
+/// Its `Debug` is its message, because rustls shows a custom verification error by `Debug`.
+#[derive(Clone, thiserror::Error)]
+#[error("server identity {got} is not one of the expected identities [{}]", list(.expected))]
+pub struct UnexpectedIdentity {
+    /// The identity the server presented.
+    pub got: SpiffeId,
+    /// The identities we accept.
+    pub expected: Vec<SpiffeId>,
+}
+
+fn list(ids: &[SpiffeId]) -> String {
+    ids.iter()
+        .map(SpiffeId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The peer's certificate does not carry a usable SPIFFE ID (`Debug` is its message, as for
+/// [`UnexpectedIdentity`]).
+#[derive(Clone, thiserror::Error)]
+#[error("peer certificate: {0}")]
+pub struct NoIdentity(pub IdentityError);
+
+impl fmt::Debug for UnexpectedIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Debug for NoIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// The peer identity of an established connection: the SPIFFE ID of its end-entity certificate.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
+    let leaf = certs?.first()?;
+    spiffe_id_of(leaf).ok().map(PeerIdentity::from)
+}
+
+/// Serves the current certificate on the server side.
+#[derive(Debug)]
+struct ServerResolver(Arc<CredentialStore>);
+
+impl ResolvesServerCert for ServerResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().certified_key().clone())
+    }
+}
+
+/// Presents the current certificate on the client side.
+#[derive(Debug)]
+struct ClientResolver(Arc<CredentialStore>);
+
+impl ResolvesClientCert for ClientResolver {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().certified_key().clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Verifies client chains against the current bundle and requires a SPIFFE ID.
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    store: Arc<CredentialStore>,
+    mandatory: bool,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints would have to borrow from the current credentials; mesh clients have one
+        // certificate and need none.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        verify_chain(&self.store, end_entity, intermediates, now)?;
+        spiffe_id_of(end_entity).map_err(|e| other(NoIdentity(e)))?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies server chains against the current bundle and the SPIFFE ID against the expected
+/// identities (any ID when the list is empty).
+struct SpiffeServerVerifier {
+    store: Arc<CredentialStore>,
+    expected: Vec<SpiffeId>,
+}
+
+impl fmt::Debug for SpiffeServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpiffeServerVerifier")
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
+}
+
+fn verify_chain(
+    store: &CredentialStore,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    let creds = store.load();
+    let parsed = ParsedCertificate::try_from(end_entity)?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        creds.roots(),
+        intermediates,
+        now,
+        provider().signature_verification_algorithms.all,
+    )
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        verify_chain(&self.store, end_entity, intermediates, now)?;
+        let id = spiffe_id_of(end_entity).map_err(|e| other(NoIdentity(e)))?;
+        if !self.expected.is_empty() && !self.expected.contains(&id) {
+            return Err(other(UnexpectedIdentity {
+                got: id,
+                expected: self.expected.clone(),
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A server config presenting the store's current certificate and verifying client
+/// certificates against its current bundle.
+pub fn server_config(
+    store: Arc<CredentialStore>,
+    auth: ClientAuth,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let verifier = SpiffeClientVerifier {
+        store: store.clone(),
+        mandatory: auth == ClientAuth::Required,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(ServerResolver(store)));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client config presenting the store's current certificate and accepting a server whose
+/// chain verifies against the current bundle and whose SPIFFE ID is in `expected` (any
+/// verified SPIFFE ID when `expected` is empty).
+pub fn client_config(
+    store: Arc<CredentialStore>,
+    expected: Vec<SpiffeId>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let verifier = SpiffeServerVerifier {
+        store: store.clone(),
+        expected,
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(ClientResolver(store)));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests;

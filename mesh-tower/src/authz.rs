@@ -1,0 +1,232 @@
+//! Authorization: Istio's AuthorizationPolicy, enforced in front of the local application.
+//!
+//! [`Authz`] evaluates every request with [`mesh_policy::authz::Engine`] over the policies of
+//! the current config snapshot (compiled once per snapshot version, not per request). The
+//! request's attributes come from its extensions: the verified [`PeerIdentity`] and
+//! [`TlsInfo`] that the inbound acceptor ([`crate::tls`]) puts there, and the
+//! [`ConnectionInfo`] the server puts there.
+//!
+//! A denial comes back as a **response**, not an error: `403` with body
+//! `RBAC: access denied`, as Envoy's RBAC filter answers. The [`Verdict`] travels in the
+//! request's extensions (for the app behind, when allowed) and in the response's extensions
+//! (when denied), so an embedding service or a test can read which policy decided. AUDIT
+//! matches and dry-run outcomes are logged and counted; they never change the answer.
+//!
+//! If the snapshot's policies cannot be compiled (a policy this engine does not support that
+//! a source other than the Istio loader let through), every request is denied: failing open
+//! would silently drop a check the operator asked for.
+
+use crate::body::{self, BoxBody};
+use crate::server::ConnectionInfo;
+use crate::tls::TlsInfo;
+use arc_swap::ArcSwapOption;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderValue, Request, Response, StatusCode};
+use mesh_core::store::ConfigStore;
+use mesh_policy::PeerIdentity;
+use mesh_policy::authz::{Attributes, Decision, Engine, InvalidPolicy, Verdict};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The body of a denied request, as Envoy's RBAC filter sends it.
+pub const DENIED_BODY: &str = "RBAC: access denied";
+
+/// Counters of decisions, shared by every clone of a layer (for the admin endpoint).
+#[derive(Debug, Default)]
+pub struct AuthzStats {
+    /// Requests allowed.
+    pub allowed: AtomicU64,
+    /// Requests denied.
+    pub denied: AtomicU64,
+    /// Requests an AUDIT policy matched.
+    pub audited: AtomicU64,
+    /// Requests dry-run policies would have denied.
+    pub shadow_denied: AtomicU64,
+}
+
+/// The engine of one snapshot version.
+#[derive(Debug)]
+struct Compiled {
+    version: u64,
+    engine: Result<Engine, InvalidPolicy>,
+}
+
+/// Shared state: the store, the engine cache and the counters.
+#[derive(Debug)]
+struct Shared {
+    store: Arc<ConfigStore>,
+    compiled: ArcSwapOption<Compiled>,
+    stats: Arc<AuthzStats>,
+}
+
+impl Shared {
+    fn engine(&self) -> Arc<Compiled> {
+        let snapshot = self.store.load();
+        if let Some(c) = self.compiled.load_full()
+            && c.version == snapshot.version
+        {
+            return c;
+        }
+        let engine = Engine::new(&snapshot.authorization);
+        if let Err(e) = &engine {
+            tracing::error!(error = %e, "authorization policies cannot be enforced; denying all requests");
+        }
+        let compiled = Arc::new(Compiled {
+            version: snapshot.version,
+            engine,
+        });
+        self.compiled.store(Some(compiled.clone()));
+        compiled
+    }
+}
+
+/// Applies [`Authz`] to a service.
+#[derive(Clone, Debug)]
+pub struct AuthzLayer {
+    shared: Arc<Shared>,
+}
+
+impl AuthzLayer {
+    /// Authorization by the policies in `store`'s current snapshot.
+    pub fn new(store: Arc<ConfigStore>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                compiled: ArcSwapOption::empty(),
+                stats: Arc::default(),
+            }),
+        }
+    }
+
+    /// The decision counters.
+    pub fn stats(&self) -> Arc<AuthzStats> {
+        self.shared.stats.clone()
+    }
+}
+
+impl<S> Layer<S> for AuthzLayer {
+    type Service = Authz<S>;
+
+    fn layer(&self, inner: S) -> Authz<S> {
+        Authz {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Decides each request before `S` sees it; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Authz<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// The attributes of `req` (its extensions and headers).
+fn attributes<'a, B>(req: &'a Request<B>) -> Attributes<'a> {
+    let ext = req.extensions();
+    let conn = ext.get::<ConnectionInfo>();
+    let tls = ext.get::<TlsInfo>();
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
+    Attributes {
+        peer: ext.get::<PeerIdentity>(),
+        source_ip: conn.map(|c| c.peer.ip()),
+        remote_ip: None,
+        destination_ip: conn.map(|c| c.local.ip()),
+        destination_port: tls
+            .and_then(|t| t.workload_port)
+            .or(conn.map(|c| c.local.port())),
+        sni: tls.and_then(|t| t.sni.as_deref()),
+        host,
+        method: req.method().as_str(),
+        path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        headers: Some(req.headers()),
+    }
+}
+
+/// Evaluates `req` against `compiled`; an uncompilable snapshot denies.
+fn evaluate<B>(compiled: &Compiled, req: &Request<B>) -> Option<Verdict> {
+    compiled
+        .engine
+        .as_ref()
+        .ok()
+        .map(|e| e.evaluate(&attributes(req)))
+}
+
+/// The 403 response Envoy's RBAC filter sends.
+pub fn denied_response() -> Response<BoxBody> {
+    let mut response = Response::new(body::full(DENIED_BODY));
+    *response.status_mut() = StatusCode::FORBIDDEN;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+impl<S, B> Service<Request<B>> for Authz<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Response<BoxBody>, S::Error>>,
+        S::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let compiled = self.shared.engine();
+        let verdict = evaluate(&compiled, &req);
+        let stats = &self.shared.stats;
+        let allowed = verdict.as_ref().is_some_and(Verdict::is_allowed);
+        if let Some(v) = &verdict {
+            if let Some(audit) = &v.audit {
+                stats.audited.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(policy = %audit, verdict = %v, path = %req.uri().path(), "authorization audit");
+            }
+            if let Some(shadow) = &v.shadow {
+                if shadow.decision == Decision::Deny {
+                    stats.shadow_denied.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!(
+                    shadow = %shadow.reason,
+                    enforced = %v.reason,
+                    path = %req.uri().path(),
+                    "authorization dry-run"
+                );
+            }
+        }
+        if allowed {
+            stats.allowed.fetch_add(1, Ordering::Relaxed);
+            if let Some(v) = verdict {
+                req.extensions_mut().insert(v);
+            }
+            futures_util::future::Either::Right(self.inner.call(req))
+        } else {
+            stats.denied.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                verdict = %verdict.as_ref().map_or_else(|| "policies cannot be enforced".to_owned(), ToString::to_string),
+                path = %req.uri().path(),
+                "request denied"
+            );
+            let mut response = denied_response();
+            if let Some(v) = verdict {
+                response.extensions_mut().insert(v);
+            }
+            futures_util::future::Either::Left(std::future::ready(Ok(response)))
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Mutual TLS on both sides of the proxy, with SPIFFE workload identities.
+//!
+//! - Inbound, [`InboundTls`] accepts a TCP connection the way the workload's
+//!   PeerAuthentication says (read from the config snapshot at each accept): `STRICT` requires
+//!   TLS with a client certificate, `PERMISSIVE` takes TLS and plaintext on the same port, told
+//!   apart by peeking at the first byte (a TLS record starts with `0x16`, an HTTP/1 request
+//!   with a method letter, an HTTP/2 preface with `P`), `DISABLE` takes plaintext only. The
+//!   verified [`PeerIdentity`] and the [`TlsInfo`] go into every request's extensions
+//!   ([`crate::server::serve_tls`] does that).
+//! - Outbound, [`MtlsConnector`] is a connector for hyper-util's legacy client: TCP, then a
+//!   rustls handshake presenting our certificate and checking the server's SPIFFE ID against
+//!   the identities it was built with. [`crate::client::UpstreamClient`] keeps one pool per
+//!   set of expected identities, so a pooled connection is never reused for a destination
+//!   that expects someone else.
+//!
+//! Both read the [`CredentialStore`] at every handshake; rotation affects new connections
+//! only. [`watch_credentials`] polls the PEM files and rotates the store.
+
+use crate::body::BoxError;
+use futures_util::future::BoxFuture;
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use mesh_core::model::MtlsMode;
+use mesh_core::store::ConfigStore;
+use mesh_policy::credentials::{CredentialStore, FileWatcher, PollOutcome};
+use mesh_policy::tls::{ClientAuth, client_config, peer_identity, server_config};
+use mesh_policy::{PeerIdentity, SpiffeId};
+use rustls::pki_types::ServerName;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tower_service::Service;
+
+/// What the TLS layer learned about an inbound connection, in request extensions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The server name the client asked for.
+    pub sni: Option<String>,
+    /// The negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// The workload port the listener serves (for `portLevelMtls` and `destination.port`), when
+    /// it differs from the listener's own port.
+    pub workload_port: Option<u16>,
+    /// The mode that applied.
+    pub mode: Option<MtlsMode>,
+}
+
+/// Why an inbound connection was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// Plaintext arrived on a STRICT port.
+    #[error("plaintext connection refused: PeerAuthentication STRICT requires mutual TLS")]
+    PlaintextRefused,
+    /// The TLS handshake failed (no client certificate under STRICT, untrusted chain, ...).
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    /// The handshake did not finish in time.
+    #[error("TLS handshake timed out after {0:?}")]
+    Timeout(Duration),
+    /// Reading the first bytes failed.
+    #[error("reading the first bytes: {0}")]
+    Io(io::Error),
+}
+
+/// An accepted inbound stream: plaintext or TLS.
+#[derive(Debug)]
+pub enum ServerStream {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS, handshake done.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// An outbound stream: TLS over TCP, handshake done.
+#[derive(Debug)]
+pub struct ClientStream(Box<tokio_rustls::client::TlsStream<TcpStream>>);
+
+/// A byte stream, for delegating to the variants of a stream enum.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Streams that are one of several [`Io`]s.
+trait Delegate {
+    fn io(&mut self) -> &mut dyn Io;
+    fn io_ref(&self) -> &dyn Io;
+}
+
+impl Delegate for ServerStream {
+    fn io(&mut self) -> &mut dyn Io {
+        match self {
+            Self::Plain(t) => t,
+            Self::Tls(t) => t.as_mut(),
+        }
+    }
+    fn io_ref(&self) -> &dyn Io {
+        match self {
+            Self::Plain(t) => t,
+            Self::Tls(t) => t.as_ref(),
+        }
+    }
+}
+
+impl Delegate for ClientStream {
+    fn io(&mut self) -> &mut dyn Io {
+        self.0.as_mut()
+    }
+    fn io_ref(&self) -> &dyn Io {
+        self.0.as_ref()
+    }
+}
+
+macro_rules! delegate_io {
+    ($ty:ty) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(self.get_mut().io()).poll_read(cx, buf)
+            }
+        }
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(self.get_mut().io()).poll_write(cx, buf)
+            }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(self.get_mut().io()).poll_write_vectored(cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                self.io_ref().is_write_vectored()
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(self.get_mut().io()).poll_flush(cx)
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(self.get_mut().io()).poll_shutdown(cx)
+            }
+        }
+    };
+}
+
+delegate_io!(ServerStream);
+delegate_io!(ClientStream);
+
+/// Accepts inbound connections by PeerAuthentication; see the module docs.
+#[derive(Clone)]
+pub struct InboundTls {
+    config: Arc<ConfigStore>,
+    credentials: Arc<CredentialStore>,
+    strict: TlsAcceptor,
+    optional: TlsAcceptor,
+    workload_port: Option<u16>,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for InboundTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundTls")
+            .field("id", self.credentials.load().id())
+            .field("workload_port", &self.workload_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboundTls {
+    /// An acceptor presenting `credentials`, with the mode from `config`'s snapshot.
+    pub fn new(
+        config: Arc<ConfigStore>,
+        credentials: Arc<CredentialStore>,
+    ) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            strict: TlsAcceptor::from(server_config(credentials.clone(), ClientAuth::Required)?),
+            optional: TlsAcceptor::from(server_config(credentials.clone(), ClientAuth::Optional)?),
+            config,
+            credentials,
+            workload_port: None,
+            handshake_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The workload port this listener serves: the key for `portLevelMtls` (default: the
+    /// listener's local port).
+    #[must_use]
+    pub fn workload_port(mut self, port: u16) -> Self {
+        self.workload_port = Some(port);
+        self
+    }
+
+    /// The credentials presented.
+    pub fn credentials(&self) -> &Arc<CredentialStore> {
+        &self.credentials
+    }
+
+    /// Accepts `stream`: the stream to serve, the verified peer (mutual TLS only) and what the
+    /// TLS layer saw.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> Result<(ServerStream, Option<PeerIdentity>, TlsInfo), AcceptError> {
+        let port = self
+            .workload_port
+            .or_else(|| stream.local_addr().ok().map(|a| a.port()))
+            .unwrap_or(0);
+        let mode = self.config.load().peer_authentication.mode_for(port);
+        let mut info = TlsInfo {
+            workload_port: self.workload_port,
+            mode: Some(mode),
+            ..TlsInfo::default()
+        };
+        let acceptor = match mode {
+            MtlsMode::Disable => return Ok((ServerStream::Plain(stream), None, info)),
+            MtlsMode::Strict => {
+                if !starts_with_tls(&stream).await? {
+                    return Err(AcceptError::PlaintextRefused);
+                }
+                &self.strict
+            }
+            MtlsMode::Permissive | MtlsMode::Unset => {
+                if !starts_with_tls(&stream).await? {
+                    return Ok((ServerStream::Plain(stream), None, info));
+                }
+                &self.optional
+            }
+        };
+        let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
+            .await
+            .map_err(|_| AcceptError::Timeout(self.handshake_timeout))?
+            .map_err(AcceptError::Handshake)?;
+        let (_, conn) = tls.get_ref();
+        let peer = peer_identity(conn.peer_certificates());
+        info.tls = true;
+        info.sni = conn.server_name().map(str::to_owned);
+        info.alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        Ok((ServerStream::Tls(Box::new(tls)), peer, info))
+    }
+}
+
+/// Whether the connection's first byte is a TLS handshake record (`0x16`). Waits for the
+/// first byte without consuming it; an immediate EOF counts as plaintext.
+async fn starts_with_tls(stream: &TcpStream) -> Result<bool, AcceptError> {
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await.map_err(AcceptError::Io)?;
+    Ok(n == 1 && first[0] == 0x16)
+}
+
+/// A hyper-util connector: TCP, then mutual TLS verified against `expected` SPIFFE IDs (any ID
+/// the bundle verifies when empty).
+#[derive(Clone)]
+pub struct MtlsConnector {
+    http: HttpConnector,
+    tls: TlsConnector,
+    expected: Arc<[SpiffeId]>,
+}
+
+impl std::fmt::Debug for MtlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtlsConnector")
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MtlsConnector {
+    /// A connector over `http` (its timeouts and TCP options apply) presenting `credentials`.
+    pub fn new(
+        mut http: HttpConnector,
+        credentials: Arc<CredentialStore>,
+        expected: Vec<SpiffeId>,
+    ) -> Result<Self, rustls::Error> {
+        // The URI keeps its `http` scheme (the pool key); TLS is this connector's job.
+        http.enforce_http(false);
+        Ok(Self {
+            http,
+            tls: TlsConnector::from(client_config(credentials, expected.clone())?),
+            expected: expected.into(),
+        })
+    }
+
+    /// The identities the server must present.
+    pub fn expected(&self) -> &[SpiffeId] {
+        &self.expected
+    }
+}
+
+impl Connection for ClientStream {
+    fn connected(&self) -> Connected {
+        let (tcp, conn) = self.0.get_ref();
+        let connected = tcp.connected();
+        if conn.alpn_protocol() == Some(b"h2") {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl Service<Uri> for MtlsConnector {
+    type Response = TokioIo<ClientStream>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<TokioIo<ClientStream>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let host = uri
+            .host()
+            .unwrap_or("localhost")
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let connecting = self.http.call(uri);
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            let name = ServerName::try_from(host)?;
+            let stream = tls.connect(name, tcp).await?;
+            Ok(TokioIo::new(ClientStream(Box::new(stream))))
+        })
+    }
+}
+
+/// Polls the PEM files every `interval` and rotates `store` when they change; a bad set is
+/// logged and the current credentials kept. Runs until dropped (spawn it and abort it).
+pub async fn watch_credentials(
+    store: Arc<CredentialStore>,
+    mut watcher: FileWatcher,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        let outcome;
+        (watcher, outcome) = match tokio::task::spawn_blocking(move || {
+            let outcome = watcher.poll(&store);
+            (watcher, outcome)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "credential watcher task failed");
+                return;
+            }
+        };
+        if let PollOutcome::Rejected(e) = outcome {
+            tracing::debug!(error = %e, "credential files not rotated");
+        }
+    }
+}
