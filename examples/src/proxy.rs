@@ -63,6 +63,10 @@ pub struct Options {
     pub log_level: Option<LogLevelSetter>,
     /// The workload identity for mutual TLS; plaintext only when `None`.
     pub identity: Option<Identity>,
+    /// Where to export spans over OTLP/gRPC (`http://host:4317`); no export when `None`.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans.
+    pub service_name: String,
 }
 
 impl std::fmt::Debug for Options {
@@ -120,6 +124,8 @@ impl Options {
             trace_sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
             log_level: None,
             identity: None,
+            otlp_endpoint: None,
+            service_name: "mesh-proxy".to_owned(),
         }
     }
 }
@@ -234,6 +240,14 @@ impl Proxy {
         let mut telemetry = Telemetry::new(Reporter::Source, options.workload.clone())
             .sampling(options.trace_sampling)
             .rng(rng.clone());
+        if let Some(endpoint) = options.otlp_endpoint.clone() {
+            let (sink, _) = mesh_tower::telemetry::otlp::exporter(
+                endpoint,
+                options.service_name.clone(),
+                Duration::from_secs(1),
+            );
+            telemetry = telemetry.spans(sink);
+        }
         if let Some(format) = options.access_log {
             let stdout: AccessLogSink = Arc::new(|line: &str| {
                 use std::io::Write;

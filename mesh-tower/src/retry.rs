@@ -52,7 +52,7 @@ use crate::error::{self, ProxyError};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::rng::Rng;
 use crate::route::Routed;
-use crate::telemetry::Attempts;
+use crate::telemetry::{Attempts, SpanKind, SpanRecord, TraceContext, TraceScope};
 use crate::timeout::Deadline;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -274,6 +274,69 @@ impl Template {
     }
 }
 
+/// One try with its span: a child of the request's span when the trace is collected, whose
+/// id the upstream sees as its parent.
+fn traced_try(
+    inner: Inner,
+    template: &Template,
+    n: u32,
+    per_try: Option<Duration>,
+    rng: &Rng,
+) -> impl std::future::Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static {
+    let mut req = template.attempt(n);
+    let span = req
+        .extensions()
+        .get::<TraceScope>()
+        .cloned()
+        .and_then(|scope| Some((scope.sink?, scope.context)))
+        .map(|(sink, parent)| {
+            let child = TraceContext {
+                span_id: rng.next_u64() | 1,
+                parent_span_id: Some(parent.span_id),
+                ..parent
+            };
+            child.inject(req.headers_mut());
+            (sink, child, std::time::SystemTime::now())
+        });
+    let upstream_hint = req.uri().to_string();
+    async move {
+        let result = try_once(inner, req, per_try).await;
+        if let Some((sink, child, start)) = span {
+            let (status, error) = match &result {
+                Ok(r) => (
+                    r.status().as_u16().to_string(),
+                    r.status().is_server_error(),
+                ),
+                Err(e) => (e.to_string(), true),
+            };
+            let mut attributes = vec![
+                ("mesh.attempt".to_owned(), n.to_string()),
+                ("http.response.status_code".to_owned(), status),
+                ("url.full".to_owned(), upstream_hint),
+            ];
+            if let Some(info) = result
+                .as_ref()
+                .ok()
+                .and_then(|r| r.extensions().get::<crate::telemetry::UpstreamInfo>())
+            {
+                attributes.push(("server.address".to_owned(), info.authority.clone()));
+            }
+            sink(SpanRecord {
+                trace_id: child.trace_id,
+                span_id: child.span_id,
+                parent_span_id: child.parent_span_id,
+                name: format!("attempt {n}"),
+                kind: SpanKind::Client,
+                start,
+                end: std::time::SystemTime::now(),
+                attributes,
+                error,
+            });
+        }
+        result
+    }
+}
+
 /// Ends a request whose retries ran out: errors become their response, flagged `URX`.
 fn exhausted(result: Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, BoxError> {
     let mut response = match result {
@@ -366,10 +429,12 @@ async fn retried(
 ) -> Result<Response<BoxBody>, BoxError> {
     let mut attempt = 1;
     loop {
-        let result = try_once(
+        let result = traced_try(
             inner.clone(),
-            template.attempt(attempt),
+            &template,
+            attempt,
             policy.per_try_timeout,
+            &layer.rng,
         )
         .await
         .map(|mut r| {
@@ -412,10 +477,12 @@ async fn hedged(
     let mut started = 1;
     let mut budget_left = true;
     let most = hedge.max_attempts.max(policy.attempts + 1);
-    in_flight.push(try_once(
+    in_flight.push(traced_try(
         inner.clone(),
-        template.attempt(started),
+        &template,
+        started,
         policy.per_try_timeout,
+        &layer.rng,
     ));
     let mut last = None;
     loop {
@@ -436,13 +503,13 @@ async fn hedged(
                         break;
                     }
                     started += 1;
-                    in_flight.push(try_once(inner.clone(), template.attempt(started), policy.per_try_timeout));
+                    in_flight.push(traced_try(inner.clone(), &template, started, policy.per_try_timeout, &layer.rng));
                 }
             }
             () = tokio::time::sleep(hedge.delay), if may_hedge => {
                 if layer.budget.try_retry() {
                     started += 1;
-                    in_flight.push(try_once(inner.clone(), template.attempt(started), policy.per_try_timeout));
+                    in_flight.push(traced_try(inner.clone(), &template, started, policy.per_try_timeout, &layer.rng));
                 } else {
                     budget_left = false;
                 }

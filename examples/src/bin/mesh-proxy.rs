@@ -86,6 +86,12 @@ struct RunArgs {
     /// Percentage of new traces sampled (a caller's decision is kept); Istio's default is 1.
     #[arg(long, default_value_t = 1.0)]
     trace_sampling: f64,
+    /// Export spans over OTLP/gRPC to this endpoint (`http://127.0.0.1:4317`).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans (default: the workload's `app` label).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    service_name: Option<String>,
     /// The workload certificate chain (PEM, leaf first, with a spiffe:// URI SAN); watched.
     #[arg(long, requires_all = ["key", "ca"])]
     cert: Option<PathBuf>,
@@ -217,6 +223,12 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
         drain_grace: Duration::from_secs(args.drain_seconds),
         access_log,
         trace_sampling: sampling,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        service_name: args
+            .service_name
+            .clone()
+            .or_else(|| args.workload.workload_labels.get("app").cloned())
+            .unwrap_or_else(|| "mesh-proxy".to_owned()),
         log_level: Some(log_level),
         identity: match (args.cert, args.key, args.ca) {
             (Some(cert), Some(key), Some(ca)) => Some(Identity::Files {

@@ -10,11 +10,14 @@
 
 mod access_log;
 mod istio_metrics;
+pub mod otlp;
 mod propagation;
+mod spans;
 
 pub use access_log::AccessLogFormat;
 pub use istio_metrics::{BYTES_BUCKETS, DURATION_BUCKETS_MS};
 pub use propagation::{TraceContext, parse_b3, parse_traceparent};
+pub use spans::{SpanKind, SpanRecord, SpanSink, TraceScope};
 
 use crate::body::{self, BoxBody, BoxError};
 use crate::flags::ResponseFlags;
@@ -76,6 +79,7 @@ pub struct Telemetry {
     rng: Rng,
     sampling: Percentage,
     access_log: Option<(AccessLogFormat, AccessLogSink)>,
+    spans: Option<SpanSink>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -98,7 +102,15 @@ impl Telemetry {
             rng: Rng::from_entropy(),
             sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
             access_log: None,
+            spans: None,
         }
+    }
+
+    /// Sends the spans of sampled requests (the request's, and one per upstream try) to `sink`,
+    /// e.g. an [`otlp::exporter`].
+    pub fn spans(mut self, sink: SpanSink) -> Self {
+        self.spans = Some(sink);
+        self
     }
 
     /// Samples `percentage` of new traces (a caller's sampling decision is kept).
@@ -138,6 +150,10 @@ impl Telemetry {
         };
         let trace = propagation::continue_trace(req.headers(), &self.rng, self.sampling);
         trace.inject(req.headers_mut());
+        req.extensions_mut().insert(TraceScope {
+            context: trace.clone(),
+            sink: self.spans.clone().filter(|_| trace.sampled),
+        });
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -241,6 +257,35 @@ impl Observation {
     fn record(&self, outcome: &Outcome, response_bytes: u64) {
         let elapsed = self.started.elapsed();
         istio_metrics::record(self, outcome, response_bytes, elapsed);
+        if let Some(sink) = self.telemetry.spans.as_ref().filter(|_| self.trace.sampled) {
+            let end = std::time::SystemTime::now();
+            let mut attributes = vec![
+                ("http.request.method".to_owned(), self.method.clone()),
+                ("url.path".to_owned(), self.path.clone()),
+                (
+                    "http.response.status_code".to_owned(),
+                    outcome.status.to_string(),
+                ),
+                ("mesh.response_flags".to_owned(), outcome.flags.to_string()),
+                ("mesh.attempts".to_owned(), outcome.attempts.to_string()),
+                ("guid:x-request-id".to_owned(), self.request_id.clone()),
+            ];
+            if let Some(up) = &outcome.upstream {
+                attributes.push(("upstream_cluster.service".to_owned(), up.service.clone()));
+                attributes.push(("server.address".to_owned(), up.authority.clone()));
+            }
+            sink(SpanRecord {
+                trace_id: self.trace.trace_id,
+                span_id: self.trace.span_id,
+                parent_span_id: self.trace.parent_span_id,
+                name: format!("{} {}", self.telemetry.reporter.label(), self.authority),
+                kind: SpanKind::Server,
+                start: end - elapsed,
+                end,
+                attributes,
+                error: outcome.status >= 500,
+            });
+        }
         if let Some((format, sink)) = &self.telemetry.access_log {
             sink(&access_log::line(
                 *format,
