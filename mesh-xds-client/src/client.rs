@@ -259,7 +259,7 @@ impl XdsClient {
                     self.status.send_modify(|s| {
                         s.restored = true;
                         s.published = published.or(s.published);
-                        s.resources = state.status();
+                        s.resources = dump(&state);
                     });
                 }
                 Ok(false) => {}
@@ -411,7 +411,7 @@ impl XdsClient {
                         if published.is_some() {
                             s.published = published;
                         }
-                        s.resources = state.status();
+                        s.resources = dump(state);
                     });
                 }
                 () = sleep_until(deadline) => {
@@ -421,7 +421,7 @@ impl XdsClient {
                             if published.is_some() {
                                 s.published = published;
                             }
-                            s.resources = state.status();
+                            s.resources = dump(state);
                         });
                     }
                 }
@@ -506,6 +506,22 @@ async fn save(path: &Path, state: &AdsState) -> Result<(), XdsError> {
     tmp.push(".tmp");
     tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
     tokio::fs::rename(&tmp, path).await.map_err(io)
+}
+
+/// The state's resource statuses with wall-clock update times, for config dumps.
+fn dump(state: &AdsState) -> Vec<ResourceStatus> {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut out = state.status();
+    for r in &mut out {
+        r.last_updated_unix_ms = r.last_updated.map(|t| {
+            let ago = now.saturating_duration_since(t);
+            u64::try_from(wall.saturating_sub(ago).as_millis()).unwrap_or(u64::MAX)
+        });
+    }
+    out
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

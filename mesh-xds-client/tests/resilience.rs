@@ -104,9 +104,10 @@ async fn falls_back_to_the_next_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_from_the_saved_snapshot_while_the_control_plane_is_down() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("xds.snapshot");
     for mode in [Mode::Sotw, Mode::Delta] {
-        let _ = std::fs::remove_file(&file);
+        // One file per mode: a save still in flight when a client is dropped must not leak
+        // into the next run.
+        let file = dir.path().join(format!("xds-{mode:?}.snapshot"));
         let server = ManagementServer::start("127.0.0.1:0".parse().unwrap(), snapshot("1"))
             .await
             .unwrap();

@@ -540,9 +540,77 @@ fn static_cluster_carries_its_endpoints_and_ring_hash_is_rejected() {
     assert_eq!(x.cluster.endpoints[0].authority(), "127.0.0.1:9");
 
     c.lb_policy = 5; // MAGLEV
+    let Decoded::Cluster(x) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        x.hash_table,
+        Some(mesh_core::model::HashTable::Maglev { table_size: 65537 })
+    );
+    c.lb_policy = 99;
     assert_eq!(
         err(ResourceType::Cluster, pack(&c)),
-        "Cluster static: lb_policy: MAGLEV needs the route's hash_policy, which is not supported yet"
+        "Cluster static: lb_policy: unknown policy 99"
+    );
+}
+
+#[test]
+fn ring_hash_cluster_takes_its_key_from_the_route_hash_policy() {
+    use rpb::route_action::{HashPolicy, hash_policy};
+    let mut c = fixtures::eds_cluster(C1);
+    c.lb_policy = 2; // RING_HASH
+    c.lb_config = Some(
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig::RingHashLbConfig(
+            envoy_types::pb::envoy::config::cluster::v3::cluster::RingHashLbConfig {
+                minimum_ring_size: Some(envoy_types::pb::google::protobuf::UInt64Value {
+                    value: 4096,
+                }),
+                ..Default::default()
+            },
+        ),
+    );
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    let Some(rpb::route::Action::Route(a)) = rc.virtual_hosts[0].routes[0].action.as_mut() else {
+        unreachable!()
+    };
+    a.hash_policy = vec![HashPolicy {
+        policy_specifier: Some(hash_policy::PolicySpecifier::Header(hash_policy::Header {
+            header_name: "X-User".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }];
+    let Decoded::Cluster(c) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+        panic!()
+    };
+    let Decoded::RouteConfiguration(r) =
+        decode(ResourceType::RouteConfiguration, &pack(&rc)).unwrap()
+    else {
+        panic!()
+    };
+    let l = XdsListener {
+        name: "l".into(),
+        routes: ListenerRoutes::Rds("r".into()),
+        inbound: false,
+        port: None,
+    };
+    let mut res = Resources::default();
+    res.listeners.insert("l", &l);
+    res.routes.insert("r", &r);
+    res.clusters.insert(C1, &c);
+    let cfg = assemble(&res, &Workload::default());
+    assert_eq!(
+        cfg.cluster(&mesh_core::model::ClusterName::new(C1))
+            .unwrap()
+            .policy
+            .load_balancer
+            .algorithm,
+        LbAlgorithm::ConsistentHash(mesh_core::model::ConsistentHash {
+            key: mesh_core::model::HashKey::Header("x-user".into()),
+            table: mesh_core::model::HashTable::RingHash {
+                minimum_ring_size: 4096
+            },
+        })
     );
 }
 
