@@ -755,3 +755,18 @@ fn parse_istio_names() {
     assert_eq!(parse_istio_name("outbound|x||a"), None);
     assert_eq!(parse_istio_name("BlackHoleCluster"), None);
 }
+
+#[test]
+fn inbound_listeners_are_accepted_without_contributing_routes() {
+    let mut l = hcm_with_filters(&["envoy.filters.http.rbac"]);
+    assert!(
+        decode(ResourceType::Listener, &pack(&l)).is_err(),
+        "outbound: rbac is not supported"
+    );
+    l.traffic_direction = 1;
+    let Decoded::Listener(x) = decode(ResourceType::Listener, &pack(&l)).unwrap() else {
+        panic!()
+    };
+    assert!(x.inbound);
+    assert_eq!(x.routes, ListenerRoutes::None);
+}
