@@ -36,7 +36,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
 use futures_util::Stream;
-use mesh_core::model::Workload;
+use mesh_core::model::{MeshConfig, Workload};
 use mesh_core::store::ConfigStore;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -176,13 +176,27 @@ pub enum XdsError {
     },
 }
 
+/// A change applied to every snapshot built from xDS before it is published: how another
+/// source (the YAML files' inbound listeners, authorization, peer authentication) is combined
+/// with the control plane's config.
+pub type Overlay = Arc<dyn Fn(MeshConfig) -> MeshConfig + Send + Sync>;
+
 /// The ADS client. [`spawn`](Self::spawn) it, or `await` [`run`](Self::run).
-#[derive(Debug)]
 pub struct XdsClient {
     config: XdsClientConfig,
     store: Arc<ConfigStore>,
     status: watch::Sender<XdsStatus>,
     secrets: watch::Sender<Secrets>,
+    overlay: Option<Overlay>,
+}
+
+impl std::fmt::Debug for XdsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsClient")
+            .field("config", &self.config)
+            .field("overlay", &self.overlay.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A spawned client: its status, and its task (aborted on drop).
@@ -224,7 +238,31 @@ impl XdsClient {
             store,
             status: watch::Sender::new(XdsStatus::default()),
             secrets: watch::Sender::new(Secrets::default()),
+            overlay: None,
         }
+    }
+
+    /// Applies `overlay` to every snapshot before it is published (see [`Overlay`]).
+    ///
+    /// ```
+    /// # use mesh_core::{model::{MeshConfig, Workload}, store::ConfigStore};
+    /// # use mesh_xds_client::{client::{XdsClient, XdsClientConfig}, protocol::Mode};
+    /// # use std::sync::Arc;
+    /// let from_yaml = MeshConfig::default(); // say, the YAML loader's snapshot
+    /// # let config = XdsClientConfig::new(vec![], Mode::Sotw, Default::default(), Workload::default());
+    /// # let store = Arc::new(ConfigStore::new(MeshConfig::default()));
+    /// let client = XdsClient::new(config, store).overlay(Arc::new(move |mut xds: MeshConfig| {
+    ///     // xDS owns services, clusters and routes; the files own the workload's own side.
+    ///     xds.inbound = from_yaml.inbound.clone();
+    ///     xds.authorization = from_yaml.authorization.clone();
+    ///     xds.peer_authentication = from_yaml.peer_authentication.clone();
+    ///     xds
+    /// }));
+    /// # let _ = client;
+    /// ```
+    pub fn overlay(mut self, overlay: Overlay) -> Self {
+        self.overlay = Some(overlay);
+        self
     }
 
     /// The client's status.
@@ -440,7 +478,10 @@ impl XdsClient {
             }
             changed
         });
-        let config = state.snapshot(&self.config.workload)?;
+        let mut config = state.snapshot(&self.config.workload)?;
+        if let Some(overlay) = &self.overlay {
+            config = overlay(config);
+        }
         if self.store.load().config == config {
             return None;
         }
