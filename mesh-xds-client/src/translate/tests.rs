@@ -770,3 +770,59 @@ fn inbound_listeners_are_accepted_without_contributing_routes() {
     assert!(x.inbound);
     assert_eq!(x.routes, ListenerRoutes::None);
 }
+
+mod no_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid(kind: ResourceType) -> Any {
+        match kind {
+            ResourceType::Listener => pack(&fixtures::listener(80, "80")),
+            ResourceType::RouteConfiguration => {
+                pack(&fixtures::route_config("80", &["a"], &[(C1, 60), (C2, 40)]))
+            }
+            ResourceType::Cluster => pack(&fixtures::eds_cluster(C1)),
+            ResourceType::ClusterLoadAssignment => pack(&fixtures::endpoints(
+                C1,
+                &[
+                    "10.0.0.1:80".parse().unwrap(),
+                    "10.0.0.2:80".parse().unwrap(),
+                ],
+            )),
+            ResourceType::Secret => pack(
+                &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+                    name: "default".into(),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes never panic: they decode to an error or to a checked resource.
+        #[test]
+        fn arbitrary_bytes(kind in 0usize..5, bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let kind = ResourceType::ALL[kind];
+            let any = Any { type_url: kind.type_url().into(), value: bytes };
+            let _ = decode(kind, &any);
+        }
+
+        /// Valid resources with bytes flipped or cut never panic.
+        #[test]
+        fn mutated_resources(kind in 0usize..5, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8), cut in any::<usize>()) {
+            let kind = ResourceType::ALL[kind];
+            let mut any = valid(kind);
+            if !any.value.is_empty() {
+                for (at, x) in flips {
+                    let i = at % any.value.len();
+                    any.value[i] ^= x;
+                }
+                let keep = cut % (any.value.len() + 1);
+                any.value.truncate(keep);
+            }
+            let _ = decode(kind, &any);
+        }
+    }
+}
