@@ -70,6 +70,9 @@ pub struct XdsClientConfig {
     pub connect_timeout: Duration,
     /// TLS (and mTLS, with a client identity) to the control plane; `None` for plaintext.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// While streaming from a fallback server, how often to try the servers before it in the
+    /// list; the first that accepts a connection takes over (gRPC's A71).
+    pub primary_retry: Duration,
     /// Where to save the last good resources after each publish, and to load them from at
     /// start, so that the workload can start while the control plane is unreachable.
     pub snapshot_file: Option<PathBuf>,
@@ -90,6 +93,7 @@ impl XdsClientConfig {
             max_message_size: 64 << 20,
             connect_timeout: Duration::from_secs(5),
             tls: None,
+            primary_retry: Duration::from_secs(30),
             snapshot_file: None,
         }
     }
@@ -306,8 +310,11 @@ impl XdsClient {
         }
         loop {
             let mut progressed = false;
-            for server in &self.config.servers {
-                let result = self.attempt(server, &mut state, &mut progressed).await;
+            for (i, server) in self.config.servers.iter().enumerate() {
+                let higher = &self.config.servers[..i];
+                let result = self
+                    .attempt(server, higher, &mut state, &mut progressed)
+                    .await;
                 state.disconnected();
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "xDS stream ended");
@@ -329,12 +336,7 @@ impl XdsClient {
         }
     }
 
-    async fn attempt(
-        &self,
-        server: &str,
-        state: &mut AdsState,
-        progressed: &mut bool,
-    ) -> Result<(), XdsError> {
+    fn endpoint(&self, server: &str) -> Result<tonic::transport::Endpoint, XdsError> {
         let invalid = |source| XdsError::InvalidServer {
             uri: server.to_owned(),
             source,
@@ -346,13 +348,26 @@ impl XdsClient {
         if let Some(tls) = &self.config.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| XdsError::Connect {
-                server: server.to_owned(),
-                source,
-            })?;
+        Ok(endpoint)
+    }
+
+    /// One stream to `server`; `higher` are the servers before it, probed while it serves.
+    /// `Ok(())` means a higher-priority server is reachable again.
+    async fn attempt(
+        &self,
+        server: &str,
+        higher: &[String],
+        state: &mut AdsState,
+        progressed: &mut bool,
+    ) -> Result<(), XdsError> {
+        let channel =
+            self.endpoint(server)?
+                .connect()
+                .await
+                .map_err(|source| XdsError::Connect {
+                    server: server.to_owned(),
+                    source,
+                })?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(self.config.max_message_size)
             .max_encoding_message_size(self.config.max_message_size);
@@ -378,7 +393,7 @@ impl XdsClient {
                     .map_err(stream_err)?
                     .into_inner();
                 self.drive(
-                    server,
+                    (server, higher),
                     state,
                     &tx,
                     inbound,
@@ -394,7 +409,7 @@ impl XdsClient {
                     .map_err(stream_err)?
                     .into_inner();
                 self.drive(
-                    server,
+                    (server, higher),
                     state,
                     &tx,
                     inbound,
@@ -408,16 +423,29 @@ impl XdsClient {
 
     async fn drive<R>(
         &self,
-        server: &str,
+        (server, higher): (&str, &[String]),
         state: &mut AdsState,
         tx: &mpsc::UnboundedSender<Request>,
         mut inbound: Streaming<R>,
         handle: fn(&mut AdsState, R, Instant) -> Handled,
         progressed: &mut bool,
     ) -> Result<(), XdsError> {
+        let retry = self.config.primary_retry;
+        let mut probe = tokio::time::interval_at(Instant::now() + retry, retry);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = state.next_deadline();
             tokio::select! {
+                _ = probe.tick(), if !higher.is_empty() => {
+                    for h in higher {
+                        let Ok(endpoint) = self.endpoint(h) else { continue };
+                        if endpoint.connect().await.is_ok() {
+                            tracing::info!(server = %h, "higher-priority xDS server reachable: switching back");
+                            *progressed = true;
+                            return Ok(());
+                        }
+                    }
+                }
                 msg = inbound.message() => {
                     let resp = match msg {
                         Ok(Some(resp)) => resp,
