@@ -50,7 +50,10 @@ use tonic::Streaming;
 /// The client's settings.
 #[derive(Clone, Debug)]
 pub struct XdsClientConfig {
-    /// Control-plane URIs (`http://host:port`), in fallback order.
+    /// Control planes in fallback order: `host:port` (plaintext, or TLS when [`tls`] is set)
+    /// or a URI (`http://host:port`, `https://host:port`).
+    ///
+    /// [`tls`]: Self::tls
     pub servers: Vec<String>,
     /// State of the world or delta.
     pub mode: Mode,
@@ -341,10 +344,11 @@ impl XdsClient {
             uri: server.to_owned(),
             source,
         };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-            .map_err(invalid)?
-            .connect_timeout(self.config.connect_timeout)
-            .tcp_nodelay(true);
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(server_uri(server, self.config.tls.is_some()))
+                .map_err(invalid)?
+                .connect_timeout(self.config.connect_timeout)
+                .tcp_nodelay(true);
         if let Some(tls) = &self.config.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
         }
@@ -575,6 +579,24 @@ async fn save(path: &Path, state: &AdsState) -> Result<(), XdsError> {
     tmp.push(".tmp");
     tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
     tokio::fs::rename(&tmp, path).await.map_err(io)
+}
+
+/// `server` as a URI: `host:port` gets `http://`, or `https://` with TLS.
+///
+/// ```
+/// use mesh_xds_client::client::server_uri;
+/// assert_eq!(server_uri("istiod.istio-system.svc:15010", false), "http://istiod.istio-system.svc:15010");
+/// assert_eq!(server_uri("istiod:15012", true), "https://istiod:15012");
+/// assert_eq!(server_uri("http://127.0.0.1:18000", true), "http://127.0.0.1:18000");
+/// ```
+pub fn server_uri(server: &str, tls: bool) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else if tls {
+        format!("https://{server}")
+    } else {
+        format!("http://{server}")
+    }
 }
 
 /// The state's resource statuses with wall-clock update times, for config dumps.

@@ -87,7 +87,7 @@ async fn falls_back_to_the_next_server() {
         let server = ManagementServer::start("127.0.0.1:0".parse().unwrap(), snapshot("1"))
             .await
             .unwrap();
-        let (store, handle) = spawn(config(vec![format!("http://{dead}"), server.uri()], mode));
+        let (store, handle) = spawn(config(vec![dead.to_string(), server.uri()], mode));
         let mut status = handle.status();
         let store2 = store.clone();
         wait(&mut status, "sync through the second server", move |_| {
