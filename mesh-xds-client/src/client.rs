@@ -36,7 +36,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
 use futures_util::Stream;
-use mesh_core::model::Workload;
+use mesh_core::model::{MeshConfig, Workload};
 use mesh_core::store::ConfigStore;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -50,7 +50,10 @@ use tonic::Streaming;
 /// The client's settings.
 #[derive(Clone, Debug)]
 pub struct XdsClientConfig {
-    /// Control-plane URIs (`http://host:port`), in fallback order.
+    /// Control planes in fallback order: `host:port` (plaintext, or TLS when [`tls`] is set)
+    /// or a URI (`http://host:port`, `https://host:port`).
+    ///
+    /// [`tls`]: Self::tls
     pub servers: Vec<String>,
     /// State of the world or delta.
     pub mode: Mode,
@@ -70,6 +73,9 @@ pub struct XdsClientConfig {
     pub connect_timeout: Duration,
     /// TLS (and mTLS, with a client identity) to the control plane; `None` for plaintext.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// While streaming from a fallback server, how often to try the servers before it in the
+    /// list; the first that accepts a connection takes over (gRPC's A71).
+    pub primary_retry: Duration,
     /// Where to save the last good resources after each publish, and to load them from at
     /// start, so that the workload can start while the control plane is unreachable.
     pub snapshot_file: Option<PathBuf>,
@@ -90,6 +96,7 @@ impl XdsClientConfig {
             max_message_size: 64 << 20,
             connect_timeout: Duration::from_secs(5),
             tls: None,
+            primary_retry: Duration::from_secs(30),
             snapshot_file: None,
         }
     }
@@ -176,13 +183,27 @@ pub enum XdsError {
     },
 }
 
+/// A change applied to every snapshot built from xDS before it is published: how another
+/// source (the YAML files' inbound listeners, authorization, peer authentication) is combined
+/// with the control plane's config.
+pub type Overlay = Arc<dyn Fn(MeshConfig) -> MeshConfig + Send + Sync>;
+
 /// The ADS client. [`spawn`](Self::spawn) it, or `await` [`run`](Self::run).
-#[derive(Debug)]
 pub struct XdsClient {
     config: XdsClientConfig,
     store: Arc<ConfigStore>,
     status: watch::Sender<XdsStatus>,
     secrets: watch::Sender<Secrets>,
+    overlay: Option<Overlay>,
+}
+
+impl std::fmt::Debug for XdsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsClient")
+            .field("config", &self.config)
+            .field("overlay", &self.overlay.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A spawned client: its status, and its task (aborted on drop).
@@ -224,7 +245,31 @@ impl XdsClient {
             store,
             status: watch::Sender::new(XdsStatus::default()),
             secrets: watch::Sender::new(Secrets::default()),
+            overlay: None,
         }
+    }
+
+    /// Applies `overlay` to every snapshot before it is published (see [`Overlay`]).
+    ///
+    /// ```
+    /// # use mesh_core::{model::{MeshConfig, Workload}, store::ConfigStore};
+    /// # use mesh_xds_client::{client::{XdsClient, XdsClientConfig}, protocol::Mode};
+    /// # use std::sync::Arc;
+    /// let from_yaml = MeshConfig::default(); // say, the YAML loader's snapshot
+    /// # let config = XdsClientConfig::new(vec![], Mode::Sotw, Default::default(), Workload::default());
+    /// # let store = Arc::new(ConfigStore::new(MeshConfig::default()));
+    /// let client = XdsClient::new(config, store).overlay(Arc::new(move |mut xds: MeshConfig| {
+    ///     // xDS owns services, clusters and routes; the files own the workload's own side.
+    ///     xds.inbound = from_yaml.inbound.clone();
+    ///     xds.authorization = from_yaml.authorization.clone();
+    ///     xds.peer_authentication = from_yaml.peer_authentication.clone();
+    ///     xds
+    /// }));
+    /// # let _ = client;
+    /// ```
+    pub fn overlay(mut self, overlay: Overlay) -> Self {
+        self.overlay = Some(overlay);
+        self
     }
 
     /// The client's status.
@@ -259,7 +304,7 @@ impl XdsClient {
                     self.status.send_modify(|s| {
                         s.restored = true;
                         s.published = published.or(s.published);
-                        s.resources = state.status();
+                        s.resources = dump(&state);
                     });
                 }
                 Ok(false) => {}
@@ -268,8 +313,11 @@ impl XdsClient {
         }
         loop {
             let mut progressed = false;
-            for server in &self.config.servers {
-                let result = self.attempt(server, &mut state, &mut progressed).await;
+            for (i, server) in self.config.servers.iter().enumerate() {
+                let higher = &self.config.servers[..i];
+                let result = self
+                    .attempt(server, higher, &mut state, &mut progressed)
+                    .await;
                 state.disconnected();
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "xDS stream ended");
@@ -291,30 +339,39 @@ impl XdsClient {
         }
     }
 
-    async fn attempt(
-        &self,
-        server: &str,
-        state: &mut AdsState,
-        progressed: &mut bool,
-    ) -> Result<(), XdsError> {
+    fn endpoint(&self, server: &str) -> Result<tonic::transport::Endpoint, XdsError> {
         let invalid = |source| XdsError::InvalidServer {
             uri: server.to_owned(),
             source,
         };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-            .map_err(invalid)?
-            .connect_timeout(self.config.connect_timeout)
-            .tcp_nodelay(true);
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(server_uri(server, self.config.tls.is_some()))
+                .map_err(invalid)?
+                .connect_timeout(self.config.connect_timeout)
+                .tcp_nodelay(true);
         if let Some(tls) = &self.config.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| XdsError::Connect {
-                server: server.to_owned(),
-                source,
-            })?;
+        Ok(endpoint)
+    }
+
+    /// One stream to `server`; `higher` are the servers before it, probed while it serves.
+    /// `Ok(())` means a higher-priority server is reachable again.
+    async fn attempt(
+        &self,
+        server: &str,
+        higher: &[String],
+        state: &mut AdsState,
+        progressed: &mut bool,
+    ) -> Result<(), XdsError> {
+        let channel =
+            self.endpoint(server)?
+                .connect()
+                .await
+                .map_err(|source| XdsError::Connect {
+                    server: server.to_owned(),
+                    source,
+                })?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(self.config.max_message_size)
             .max_encoding_message_size(self.config.max_message_size);
@@ -340,7 +397,7 @@ impl XdsClient {
                     .map_err(stream_err)?
                     .into_inner();
                 self.drive(
-                    server,
+                    (server, higher),
                     state,
                     &tx,
                     inbound,
@@ -356,7 +413,7 @@ impl XdsClient {
                     .map_err(stream_err)?
                     .into_inner();
                 self.drive(
-                    server,
+                    (server, higher),
                     state,
                     &tx,
                     inbound,
@@ -370,16 +427,29 @@ impl XdsClient {
 
     async fn drive<R>(
         &self,
-        server: &str,
+        (server, higher): (&str, &[String]),
         state: &mut AdsState,
         tx: &mpsc::UnboundedSender<Request>,
         mut inbound: Streaming<R>,
         handle: fn(&mut AdsState, R, Instant) -> Handled,
         progressed: &mut bool,
     ) -> Result<(), XdsError> {
+        let retry = self.config.primary_retry;
+        let mut probe = tokio::time::interval_at(Instant::now() + retry, retry);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = state.next_deadline();
             tokio::select! {
+                _ = probe.tick(), if !higher.is_empty() => {
+                    for h in higher {
+                        let Ok(endpoint) = self.endpoint(h) else { continue };
+                        if endpoint.connect().await.is_ok() {
+                            tracing::info!(server = %h, "higher-priority xDS server reachable: switching back");
+                            *progressed = true;
+                            return Ok(());
+                        }
+                    }
+                }
                 msg = inbound.message() => {
                     let resp = match msg {
                         Ok(Some(resp)) => resp,
@@ -411,7 +481,7 @@ impl XdsClient {
                         if published.is_some() {
                             s.published = published;
                         }
-                        s.resources = state.status();
+                        s.resources = dump(state);
                     });
                 }
                 () = sleep_until(deadline) => {
@@ -421,7 +491,7 @@ impl XdsClient {
                             if published.is_some() {
                                 s.published = published;
                             }
-                            s.resources = state.status();
+                            s.resources = dump(state);
                         });
                     }
                 }
@@ -440,7 +510,10 @@ impl XdsClient {
             }
             changed
         });
-        let config = state.snapshot(&self.config.workload)?;
+        let mut config = state.snapshot(&self.config.workload)?;
+        if let Some(overlay) = &self.overlay {
+            config = overlay(config);
+        }
         if self.store.load().config == config {
             return None;
         }
@@ -506,6 +579,40 @@ async fn save(path: &Path, state: &AdsState) -> Result<(), XdsError> {
     tmp.push(".tmp");
     tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
     tokio::fs::rename(&tmp, path).await.map_err(io)
+}
+
+/// `server` as a URI: `host:port` gets `http://`, or `https://` with TLS.
+///
+/// ```
+/// use mesh_xds_client::client::server_uri;
+/// assert_eq!(server_uri("istiod.istio-system.svc:15010", false), "http://istiod.istio-system.svc:15010");
+/// assert_eq!(server_uri("istiod:15012", true), "https://istiod:15012");
+/// assert_eq!(server_uri("http://127.0.0.1:18000", true), "http://127.0.0.1:18000");
+/// ```
+pub fn server_uri(server: &str, tls: bool) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else if tls {
+        format!("https://{server}")
+    } else {
+        format!("http://{server}")
+    }
+}
+
+/// The state's resource statuses with wall-clock update times, for config dumps.
+fn dump(state: &AdsState) -> Vec<ResourceStatus> {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut out = state.status();
+    for r in &mut out {
+        r.last_updated_unix_ms = r.last_updated.map(|t| {
+            let ago = now.saturating_duration_since(t);
+            u64::try_from(wall.saturating_sub(ago).as_millis()).unwrap_or(u64::MAX)
+        });
+    }
+    out
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

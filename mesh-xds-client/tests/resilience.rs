@@ -87,7 +87,7 @@ async fn falls_back_to_the_next_server() {
         let server = ManagementServer::start("127.0.0.1:0".parse().unwrap(), snapshot("1"))
             .await
             .unwrap();
-        let (store, handle) = spawn(config(vec![format!("http://{dead}"), server.uri()], mode));
+        let (store, handle) = spawn(config(vec![dead.to_string(), server.uri()], mode));
         let mut status = handle.status();
         let store2 = store.clone();
         wait(&mut status, "sync through the second server", move |_| {
@@ -104,9 +104,10 @@ async fn falls_back_to_the_next_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_from_the_saved_snapshot_while_the_control_plane_is_down() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("xds.snapshot");
     for mode in [Mode::Sotw, Mode::Delta] {
-        let _ = std::fs::remove_file(&file);
+        // One file per mode: a save still in flight when a client is dropped must not leak
+        // into the next run.
+        let file = dir.path().join(format!("xds-{mode:?}.snapshot"));
         let server = ManagementServer::start("127.0.0.1:0".parse().unwrap(), snapshot("1"))
             .await
             .unwrap();
@@ -328,4 +329,48 @@ async fn sds_secrets_follow_the_cluster_tls_context_and_rotate() {
     .await
     .unwrap()
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_to_the_primary_when_it_comes_back() {
+    let primary_addr = closed_port().await;
+    let fallback = ManagementServer::start("127.0.0.1:0".parse().unwrap(), snapshot("1"))
+        .await
+        .unwrap();
+    let mut c = config(
+        vec![format!("http://{primary_addr}"), fallback.uri()],
+        Mode::Sotw,
+    );
+    c.primary_retry = Duration::from_millis(50);
+    let (store, handle) = spawn(c);
+    let mut status = handle.status();
+    let store2 = store.clone();
+    wait(&mut status, "sync through the fallback", move |_| {
+        routes_hello(&store2)
+    })
+    .await;
+    assert_eq!(
+        status.borrow().server.as_deref(),
+        Some(fallback.uri().as_str())
+    );
+
+    let mut next = snapshot("2");
+    next.endpoints(fixtures::endpoints(
+        C,
+        &["127.0.0.1:18083".parse().unwrap()],
+    ));
+    let primary = ManagementServer::start(primary_addr, next).await.unwrap();
+    let primary_uri = primary.uri();
+    wait(&mut status, "switch to the primary", move |s| {
+        s.server.as_deref() == Some(primary_uri.as_str())
+    })
+    .await;
+    let store2 = store.clone();
+    wait(&mut status, "primary's config", move |_| {
+        store2
+            .load()
+            .cluster(&ClusterName::new(C))
+            .is_some_and(|c| c.endpoints[0].port == 18083)
+    })
+    .await;
 }

@@ -128,9 +128,12 @@ pub struct ResourceStatus {
     pub version: Option<String>,
     /// Where it stands.
     pub state: ResourceState,
-    /// How long before `now` (as given to [`AdsState::status`]) it was last accepted.
+    /// When it was last accepted, on the clock the state machine was given.
     #[serde(skip)]
     pub last_updated: Option<Instant>,
+    /// When it was last accepted, in milliseconds since the Unix epoch (filled in by the
+    /// client, which knows the wall clock; `None` from the state machine).
+    pub last_updated_unix_ms: Option<u64>,
 }
 
 /// What handling a response did.
@@ -834,6 +837,7 @@ impl AdsState {
                     version: entry.map(|e| e.version.clone()),
                     state,
                     last_updated: entry.map(|e| e.updated),
+                    last_updated_unix_ms: None,
                 });
             }
         }

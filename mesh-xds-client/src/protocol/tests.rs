@@ -289,7 +289,7 @@ fn sotw_nack_keeps_the_previous_version_and_names_the_resource() {
     let before = s.snapshot(&Workload::default());
     let generation = s.generation();
     let mut bad = fixtures::eds_cluster(C2);
-    bad.lb_policy = 2; // RING_HASH without a hash policy
+    bad.lb_policy = 99;
     let h = s.handle_sotw(
         response(
             ResourceType::Cluster,
@@ -312,7 +312,7 @@ fn sotw_nack_keeps_the_previous_version_and_names_the_resource() {
     assert!(
         detail
             .message
-            .starts_with(&format!("Cluster {C2}: lb_policy: RING_HASH")),
+            .starts_with(&format!("Cluster {C2}: lb_policy: unknown policy 99")),
         "{}",
         detail.message
     );

@@ -10,8 +10,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use mesh_core::model::{
-    ClientTls, Cluster, ClusterName, ConnectionPool, LbAlgorithm, LoadBalancer, OutlierDetection,
-    Protocol, Resolution, TlsMode, TrafficPolicy,
+    ClientTls, Cluster, ClusterName, ConnectionPool, HashTable, LbAlgorithm, LoadBalancer,
+    OutlierDetection, Protocol, Resolution, TlsMode, TrafficPolicy,
 };
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ pub struct XdsCluster {
     pub istio_name: bool,
     /// How the endpoints' addresses are resolved.
     pub resolution: Resolution,
+    /// The ring-hash or Maglev table, for RING_HASH and MAGLEV clusters; the hash key comes
+    /// from the routes' `hash_policy` when the snapshot is assembled.
+    pub hash_table: Option<HashTable>,
 }
 
 pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
@@ -52,7 +55,7 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
             ));
         }
     };
-    let mut algorithm = lb_algorithm(c)?;
+    let (mut algorithm, hash_table) = lb_algorithm(c)?;
     let mut eds_name = None;
     let mut endpoints = Vec::new();
     let resolution = match discovery {
@@ -175,27 +178,48 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
         sds_secrets,
         istio_name: parsed.is_some(),
         resolution,
+        hash_table,
     })
 }
 
-fn lb_algorithm(c: &pb::Cluster) -> FieldResult<LbAlgorithm> {
+/// The algorithm, and the hash table of RING_HASH and MAGLEV clusters (whose algorithm is
+/// completed with the routes' hash key at assembly; without one Envoy spreads requests at
+/// random, and so does the mesh).
+fn lb_algorithm(c: &pb::Cluster) -> FieldResult<(LbAlgorithm, Option<HashTable>)> {
     if c.load_balancing_policy.is_some() {
         return Err(FieldError::new(
             "load_balancing_policy",
             "is not supported; use lb_policy",
         ));
     }
+    let ring = || match &c.lb_config {
+        Some(cluster::LbConfig::RingHashLbConfig(r)) => {
+            r.minimum_ring_size.as_ref().map_or(1024, |v| v.value)
+        }
+        _ => 1024,
+    };
+    let maglev = || match &c.lb_config {
+        Some(cluster::LbConfig::MaglevLbConfig(m)) => {
+            m.table_size.as_ref().map_or(65537, |v| v.value)
+        }
+        _ => 65537,
+    };
     match cluster::LbPolicy::try_from(c.lb_policy) {
-        Ok(cluster::LbPolicy::RoundRobin) => Ok(LbAlgorithm::RoundRobin),
-        Ok(cluster::LbPolicy::LeastRequest) => Ok(LbAlgorithm::LeastRequest),
-        Ok(cluster::LbPolicy::Random) => Ok(LbAlgorithm::Random),
-        Ok(cluster::LbPolicy::ClusterProvided) => Ok(LbAlgorithm::Passthrough),
-        Ok(p @ (cluster::LbPolicy::RingHash | cluster::LbPolicy::Maglev)) => Err(FieldError::new(
-            "lb_policy",
-            format!(
-                "{} needs the route's hash_policy, which is not supported yet",
-                p.as_str_name()
-            ),
+        Ok(cluster::LbPolicy::RoundRobin) => Ok((LbAlgorithm::RoundRobin, None)),
+        Ok(cluster::LbPolicy::LeastRequest) => Ok((LbAlgorithm::LeastRequest, None)),
+        Ok(cluster::LbPolicy::Random) => Ok((LbAlgorithm::Random, None)),
+        Ok(cluster::LbPolicy::ClusterProvided) => Ok((LbAlgorithm::Passthrough, None)),
+        Ok(cluster::LbPolicy::RingHash) => Ok((
+            LbAlgorithm::Random,
+            Some(HashTable::RingHash {
+                minimum_ring_size: ring(),
+            }),
+        )),
+        Ok(cluster::LbPolicy::Maglev) => Ok((
+            LbAlgorithm::Random,
+            Some(HashTable::Maglev {
+                table_size: maglev(),
+            }),
         )),
         _ => Err(FieldError::new(
             "lb_policy",

@@ -22,6 +22,9 @@ const BENIGN_HTTP_FILTERS: &[&str] = &[
     "envoy.filters.http.cors",
 ];
 
+/// Network filters that only observe (Istio's telemetry): accepted and ignored.
+const BENIGN_NETWORK_FILTERS: &[&str] = &["istio.metadata_exchange", "istio.stats"];
+
 /// A translated listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XdsListener {
@@ -92,6 +95,19 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
         });
     }
 
+    // core.v3.TrafficDirection.INBOUND
+    if l.traffic_direction == 1 {
+        // Inbound traffic is configured by the sidecar itself (ports, local app, mTLS mode
+        // and authorization from the mesh config), not from the control plane's inbound
+        // listener: it is accepted and reported, not applied.
+        tracing::debug!(listener = %l.name, "inbound listener accepted, not applied");
+        return Ok(XdsListener {
+            name: l.name.clone(),
+            routes: ListenerRoutes::None,
+            inbound: true,
+            port,
+        });
+    }
     let mut routes = ListenerRoutes::None;
     let chains = l
         .filter_chains
@@ -120,8 +136,7 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
     Ok(XdsListener {
         name: l.name.clone(),
         routes,
-        // core.v3.TrafficDirection.INBOUND
-        inbound: l.traffic_direction == 1,
+        inbound: false,
         port,
     })
 }
@@ -151,6 +166,9 @@ fn network_filter(f: &Filter) -> FieldResult<ListenerRoutes> {
     if is_hcm || f.name == HCM {
         let hcm: HttpConnectionManager = unpack(any, "typed_config")?;
         return http_connection_manager(&hcm).map_err(|e| e.within("typed_config"));
+    }
+    if BENIGN_NETWORK_FILTERS.contains(&f.name.as_str()) {
+        return Ok(ListenerRoutes::None);
     }
     if f.name == TCP_PROXY
         || any.type_url

@@ -39,8 +39,8 @@ pub use secret::{SecretKind, XdsSecret};
 use crate::resource::ResourceType;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use mesh_core::model::{
-    Cluster, Hostname, MeshConfig, Protocol, RouteTable, Service, ServiceLocation, ServicePort,
-    Workload,
+    Cluster, ConsistentHash, HashKey, Hostname, LbAlgorithm, MeshConfig, Protocol, RouteTable,
+    Service, ServiceLocation, ServicePort, Workload,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -260,6 +260,7 @@ pub struct Resources<'a> {
 /// cluster whose endpoints do not exist has none (requests to it fail with 503, as Envoy's do).
 pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
     let mut virtual_hosts = Vec::new();
+    let mut hash_keys: BTreeMap<&str, &HashKey> = BTreeMap::new();
     let mut seen_rds = BTreeSet::new();
     for listener in resources.listeners.values() {
         if listener.inbound {
@@ -272,9 +273,17 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
                     && let Some(rc) = resources.routes.get(name.as_str())
                 {
                     virtual_hosts.extend(rc.virtual_hosts.iter().cloned());
+                    for (c, k) in &rc.hash_keys {
+                        hash_keys.entry(c).or_insert(k);
+                    }
                 }
             }
-            ListenerRoutes::Inline(rc) => virtual_hosts.extend(rc.virtual_hosts.iter().cloned()),
+            ListenerRoutes::Inline(rc) => {
+                virtual_hosts.extend(rc.virtual_hosts.iter().cloned());
+                for (c, k) in &rc.hash_keys {
+                    hash_keys.entry(c).or_insert(k);
+                }
+            }
             ListenerRoutes::None => {}
         }
     }
@@ -283,6 +292,12 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
     let mut services: BTreeMap<Hostname, Service> = BTreeMap::new();
     for xc in resources.clusters.values() {
         let mut cluster: Cluster = xc.cluster.clone();
+        if let (Some(table), Some(key)) = (xc.hash_table, hash_keys.get(cluster.name.as_str())) {
+            cluster.policy.load_balancer.algorithm = LbAlgorithm::ConsistentHash(ConsistentHash {
+                key: (*key).clone(),
+                table,
+            });
+        }
         if let Some(eds) = &xc.eds_name {
             cluster.endpoints = resources
                 .endpoints

@@ -9,10 +9,11 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, s
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::Any;
 use mesh_core::model::{
-    AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
-    Mirror, Pattern, Percentage, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite, Route,
-    RouteAction, RouteMatch, StringMatch, VirtualHost, WeightedCluster,
+    AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HashKey,
+    HeaderOps, Mirror, Pattern, Percentage, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite,
+    Route, RouteAction, RouteMatch, StringMatch, VirtualHost, WeightedCluster,
 };
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 const FAULT: &str = "envoy.filters.http.fault";
@@ -27,6 +28,10 @@ pub struct XdsRouteConfig {
     pub name: String,
     /// Its virtual hosts, in order.
     pub virtual_hosts: Vec<VirtualHost>,
+    /// The consistent-hash key of the routes that set a `hash_policy`, by destination
+    /// cluster (the first route to name a cluster wins). The mesh keeps the hash key on the
+    /// cluster, where the ring or Maglev table is.
+    pub hash_keys: BTreeMap<String, HashKey>,
 }
 
 pub(crate) fn translate(rc: &pb::RouteConfiguration) -> FieldResult<XdsRouteConfig> {
@@ -48,10 +53,33 @@ pub(crate) fn translate(rc: &pb::RouteConfiguration) -> FieldResult<XdsRouteConf
             virtual_host(vh, &rc_request, &rc_response)
                 .map_err(|e| e.within(format!("virtual_hosts[{i}]")))
         })
-        .collect::<FieldResult<_>>()?;
+        .collect::<FieldResult<Vec<VirtualHost>>>()?;
+    let mut hash_keys = BTreeMap::new();
+    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+        for (j, r) in vh.routes.iter().enumerate() {
+            let Some(pb::route::Action::Route(a)) = &r.action else {
+                continue;
+            };
+            let Some(key) = hash_key(&a.hash_policy).map_err(|e| {
+                e.within(format!("virtual_hosts[{i}].routes[{j}].route.hash_policy"))
+            })?
+            else {
+                continue;
+            };
+            let RouteAction::Forward(f) = &virtual_hosts[i].routes[j].action else {
+                continue;
+            };
+            for d in &f.destinations {
+                hash_keys
+                    .entry(d.cluster.as_str().to_owned())
+                    .or_insert_with(|| key.clone());
+            }
+        }
+    }
     Ok(XdsRouteConfig {
         name: rc.name.clone(),
         virtual_hosts,
+        hash_keys,
     })
 }
 
@@ -414,12 +442,6 @@ fn route_action(
     if a.path_rewrite_policy.is_some() || !a.path_rewrite.is_empty() {
         return Err(FieldError::new("path_rewrite_policy", "is not supported"));
     }
-    if !a.hash_policy.is_empty() {
-        return Err(FieldError::new(
-            "hash_policy",
-            "consistent-hash routing is not supported yet",
-        ));
-    }
     if a.hedge_policy.is_some() {
         return Err(FieldError::new("hedge_policy", "is not supported"));
     }
@@ -459,6 +481,38 @@ fn route_action(
         rewrite: (rewrite != Rewrite::default()).then_some(rewrite),
     });
     Ok(())
+}
+
+/// The hash key of a route's `hash_policy`: the first policy (Envoy falls through to the next
+/// only when a request lacks the first one's input; the mesh hashes on one key).
+fn hash_key(policies: &[pb::route_action::HashPolicy]) -> FieldResult<Option<HashKey>> {
+    use pb::route_action::hash_policy::PolicySpecifier as P;
+    let Some(first) = policies.first() else {
+        return Ok(None);
+    };
+    let key = match &first.policy_specifier {
+        Some(P::Header(h)) if h.regex_rewrite.is_none() => {
+            HashKey::Header(h.header_name.to_ascii_lowercase())
+        }
+        Some(P::Cookie(c)) => HashKey::Cookie {
+            name: c.name.clone(),
+            path: (!c.path.is_empty()).then(|| c.path.clone()),
+            ttl: c
+                .ttl
+                .as_ref()
+                .map(|d| duration(d, "[0].cookie.ttl"))
+                .transpose()?,
+        },
+        Some(P::ConnectionProperties(p)) if p.source_ip => HashKey::SourceIp,
+        Some(P::QueryParameter(q)) => HashKey::QueryParameter(q.name.clone()),
+        _ => {
+            return Err(FieldError::new(
+                "[0]",
+                "only header (without regex_rewrite), cookie, source_ip and query_parameter hash policies are supported",
+            ));
+        }
+    };
+    Ok(Some(key))
 }
 
 fn weighted_clusters(w: &pb::WeightedCluster) -> FieldResult<Vec<WeightedCluster>> {

@@ -540,9 +540,77 @@ fn static_cluster_carries_its_endpoints_and_ring_hash_is_rejected() {
     assert_eq!(x.cluster.endpoints[0].authority(), "127.0.0.1:9");
 
     c.lb_policy = 5; // MAGLEV
+    let Decoded::Cluster(x) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        x.hash_table,
+        Some(mesh_core::model::HashTable::Maglev { table_size: 65537 })
+    );
+    c.lb_policy = 99;
     assert_eq!(
         err(ResourceType::Cluster, pack(&c)),
-        "Cluster static: lb_policy: MAGLEV needs the route's hash_policy, which is not supported yet"
+        "Cluster static: lb_policy: unknown policy 99"
+    );
+}
+
+#[test]
+fn ring_hash_cluster_takes_its_key_from_the_route_hash_policy() {
+    use rpb::route_action::{HashPolicy, hash_policy};
+    let mut c = fixtures::eds_cluster(C1);
+    c.lb_policy = 2; // RING_HASH
+    c.lb_config = Some(
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig::RingHashLbConfig(
+            envoy_types::pb::envoy::config::cluster::v3::cluster::RingHashLbConfig {
+                minimum_ring_size: Some(envoy_types::pb::google::protobuf::UInt64Value {
+                    value: 4096,
+                }),
+                ..Default::default()
+            },
+        ),
+    );
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    let Some(rpb::route::Action::Route(a)) = rc.virtual_hosts[0].routes[0].action.as_mut() else {
+        unreachable!()
+    };
+    a.hash_policy = vec![HashPolicy {
+        policy_specifier: Some(hash_policy::PolicySpecifier::Header(hash_policy::Header {
+            header_name: "X-User".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }];
+    let Decoded::Cluster(c) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+        panic!()
+    };
+    let Decoded::RouteConfiguration(r) =
+        decode(ResourceType::RouteConfiguration, &pack(&rc)).unwrap()
+    else {
+        panic!()
+    };
+    let l = XdsListener {
+        name: "l".into(),
+        routes: ListenerRoutes::Rds("r".into()),
+        inbound: false,
+        port: None,
+    };
+    let mut res = Resources::default();
+    res.listeners.insert("l", &l);
+    res.routes.insert("r", &r);
+    res.clusters.insert(C1, &c);
+    let cfg = assemble(&res, &Workload::default());
+    assert_eq!(
+        cfg.cluster(&mesh_core::model::ClusterName::new(C1))
+            .unwrap()
+            .policy
+            .load_balancer
+            .algorithm,
+        LbAlgorithm::ConsistentHash(mesh_core::model::ConsistentHash {
+            key: mesh_core::model::HashKey::Header("x-user".into()),
+            table: mesh_core::model::HashTable::RingHash {
+                minimum_ring_size: 4096
+            },
+        })
     );
 }
 
@@ -686,4 +754,75 @@ fn parse_istio_names() {
     assert_eq!(parse_istio_name("inbound|80||"), None);
     assert_eq!(parse_istio_name("outbound|x||a"), None);
     assert_eq!(parse_istio_name("BlackHoleCluster"), None);
+}
+
+#[test]
+fn inbound_listeners_are_accepted_without_contributing_routes() {
+    let mut l = hcm_with_filters(&["envoy.filters.http.rbac"]);
+    assert!(
+        decode(ResourceType::Listener, &pack(&l)).is_err(),
+        "outbound: rbac is not supported"
+    );
+    l.traffic_direction = 1;
+    let Decoded::Listener(x) = decode(ResourceType::Listener, &pack(&l)).unwrap() else {
+        panic!()
+    };
+    assert!(x.inbound);
+    assert_eq!(x.routes, ListenerRoutes::None);
+}
+
+mod no_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid(kind: ResourceType) -> Any {
+        match kind {
+            ResourceType::Listener => pack(&fixtures::listener(80, "80")),
+            ResourceType::RouteConfiguration => {
+                pack(&fixtures::route_config("80", &["a"], &[(C1, 60), (C2, 40)]))
+            }
+            ResourceType::Cluster => pack(&fixtures::eds_cluster(C1)),
+            ResourceType::ClusterLoadAssignment => pack(&fixtures::endpoints(
+                C1,
+                &[
+                    "10.0.0.1:80".parse().unwrap(),
+                    "10.0.0.2:80".parse().unwrap(),
+                ],
+            )),
+            ResourceType::Secret => pack(
+                &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+                    name: "default".into(),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes never panic: they decode to an error or to a checked resource.
+        #[test]
+        fn arbitrary_bytes(kind in 0usize..5, bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let kind = ResourceType::ALL[kind];
+            let any = Any { type_url: kind.type_url().into(), value: bytes };
+            let _ = decode(kind, &any);
+        }
+
+        /// Valid resources with bytes flipped or cut never panic.
+        #[test]
+        fn mutated_resources(kind in 0usize..5, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8), cut in any::<usize>()) {
+            let kind = ResourceType::ALL[kind];
+            let mut any = valid(kind);
+            if !any.value.is_empty() {
+                for (at, x) in flips {
+                    let i = at % any.value.len();
+                    any.value[i] ^= x;
+                }
+                let keep = cut % (any.value.len() + 1);
+                any.value.truncate(keep);
+            }
+            let _ = decode(kind, &any);
+        }
+    }
 }
