@@ -67,6 +67,12 @@ pub struct Options {
     pub otlp_endpoint: Option<String>,
     /// The `service.name` of exported spans.
     pub service_name: String,
+    /// xDS control planes, in fallback order (`host:port`); none: config from files only.
+    pub xds: Vec<String>,
+    /// State of the world or delta.
+    pub xds_mode: mesh_xds_client::protocol::Mode,
+    /// Where to save the last good xDS snapshot, and start from it.
+    pub xds_snapshot: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Options {
@@ -126,6 +132,9 @@ impl Options {
             identity: None,
             otlp_endpoint: None,
             service_name: "mesh-proxy".to_owned(),
+            xds: Vec::new(),
+            xds_mode: mesh_xds_client::protocol::Mode::Sotw,
+            xds_snapshot: None,
         }
     }
 }
@@ -176,6 +185,7 @@ pub struct Proxy {
     credentials: Option<Arc<CredentialStore>>,
     credential_watcher: Option<JoinHandle<()>>,
     authz: Arc<AuthzStats>,
+    xds: Option<mesh_xds_client::client::XdsHandle>,
 }
 
 impl Proxy {
@@ -183,9 +193,10 @@ impl Proxy {
     pub async fn start(options: Options) -> Result<Proxy, StartError> {
         let source = FileSource::new(options.config.clone(), options.workload.clone());
         let loaded = source.load().await;
-        let Some(config) = loaded.config.clone() else {
+        let Some(mut config) = loaded.config.clone() else {
             return Err(StartError::Config(loaded.diagnostics));
         };
+        config.workload = options.workload.clone();
         let warnings = loaded.diagnostics.clone();
         let store = Arc::new(ConfigStore::new(config));
         let bind = |listener: &'static str, addr: SocketAddr| async move {
@@ -280,6 +291,54 @@ impl Proxy {
             admin_service = admin_service.log_level(set);
         }
 
+        let (watcher, xds) = if options.xds.is_empty() {
+            let watcher =
+                tokio::spawn(source.watch(store.clone(), loaded, options.reload_interval));
+            (watcher, None)
+        } else {
+            // With xDS, the control plane owns services, clusters and routes; the files (read
+            // once, at start) keep inbound listeners, authorization and peer authentication.
+            let files = store.load().config.clone();
+            let overlay: mesh_xds_client::client::Overlay =
+                Arc::new(move |mut config: mesh_core::model::MeshConfig| {
+                    config.inbound.clone_from(&files.inbound);
+                    config.authorization.clone_from(&files.authorization);
+                    config
+                        .peer_authentication
+                        .clone_from(&files.peer_authentication);
+                    config
+                });
+            let ip = std::env::var("INSTANCE_IP")
+                .ok()
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            let pod = std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| "mesh-proxy".to_owned());
+            let node =
+                mesh_xds_client::node::NodeIdentity::from_workload(&options.workload, ip, pod)
+                    .to_node();
+            let mut xds_config = mesh_xds_client::client::XdsClientConfig::new(
+                options.xds.clone(),
+                options.xds_mode,
+                node,
+                options.workload.clone(),
+            );
+            xds_config.snapshot_file.clone_from(&options.xds_snapshot);
+            let handle = mesh_xds_client::client::XdsClient::new(xds_config, store.clone())
+                .overlay(overlay)
+                .spawn();
+            (tokio::spawn(std::future::pending::<()>()), Some(handle))
+        };
+        if let Some(handle) = &xds {
+            let status = handle.status();
+            admin_service = admin_service.dump_section(
+                "xds",
+                Arc::new(move || serde_json::to_value(&*status.borrow()).unwrap_or_default()),
+            );
+        }
+        let admin_service = admin_service;
+
         let (stop, stopped) = watch::channel(false);
         let signal = move || {
             let mut stopped = stopped.clone();
@@ -308,7 +367,6 @@ impl Proxy {
             )),
             tokio::spawn(serve(health_listener, admin_service, signal(), grace)),
         ];
-        let watcher = tokio::spawn(source.watch(store.clone(), loaded, options.reload_interval));
         readiness.set(true);
         Ok(Proxy {
             outbound,
@@ -324,6 +382,7 @@ impl Proxy {
             credentials,
             credential_watcher,
             authz: authz_stats,
+            xds,
         })
     }
 
@@ -344,6 +403,9 @@ impl Proxy {
 
     /// Stops accepting, waits for in-flight requests (up to the grace period), and stops.
     pub async fn shutdown(self) -> Drain {
+        if let Some(xds) = &self.xds {
+            xds.abort();
+        }
         self.readiness.set(false);
         self.watcher.abort();
         if let Some(w) = &self.credential_watcher {

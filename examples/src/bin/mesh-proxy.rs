@@ -48,9 +48,20 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Istio YAML file or directory (repeatable); watched for changes.
-    #[arg(long = "config", required = true)]
+    /// Istio YAML file or directory (repeatable); watched for changes (with --xds: read once,
+    /// for inbound listeners, authorization and peer authentication).
+    #[arg(long = "config", required_unless_present = "xds")]
     config: Vec<PathBuf>,
+    /// xDS control plane `host:port` (repeatable: fallback order). The control plane then owns
+    /// services, clusters and routes.
+    #[arg(long)]
+    xds: Vec<String>,
+    /// xDS variant: sotw (state of the world) or delta.
+    #[arg(long, default_value = "sotw", value_parser = ["sotw", "delta"])]
+    xds_protocol: String,
+    /// Save the last good xDS snapshot here, and start from it when the control plane is down.
+    #[arg(long)]
+    xds_snapshot: Option<PathBuf>,
     /// Outbound listener port (0: any free port), on 127.0.0.1.
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
@@ -224,6 +235,13 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
         access_log,
         trace_sampling: sampling,
         otlp_endpoint: args.otlp_endpoint.clone(),
+        xds: args.xds.clone(),
+        xds_mode: if args.xds_protocol == "delta" {
+            mesh_xds_client::protocol::Mode::Delta
+        } else {
+            mesh_xds_client::protocol::Mode::Sotw
+        },
+        xds_snapshot: args.xds_snapshot.clone(),
         service_name: args
             .service_name
             .clone()

@@ -43,7 +43,11 @@ pub struct Admin {
     metrics: Option<MetricsRenderer>,
     log_level: Option<LogLevelSetter>,
     balancer: Option<BalanceLayer>,
+    dump_sections: Vec<(&'static str, DumpSection)>,
 }
+
+/// Adds a section to `/config_dump` (e.g. the xDS client's per-resource status).
+pub type DumpSection = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,7 +66,14 @@ impl Admin {
             metrics: None,
             log_level: None,
             balancer: None,
+            dump_sections: Vec::new(),
         }
+    }
+
+    /// Adds `section` to `/config_dump` under `name`.
+    pub fn dump_section(mut self, name: &'static str, section: DumpSection) -> Self {
+        self.dump_sections.push((name, section));
+        self
     }
 
     /// Serves `/stats/prometheus` from `render`.
@@ -177,11 +188,14 @@ impl Admin {
 
     fn config_dump(&self) -> Response<BoxBody> {
         let snapshot = self.store.load();
-        let dump = serde_json::json!({
+        let mut dump = serde_json::json!({
             "version": snapshot.version,
             "config": &snapshot.config,
             "last_rejection": self.store.last_rejection().as_deref(),
         });
+        for (name, section) in &self.dump_sections {
+            dump[*name] = section();
+        }
         match serde_json::to_vec_pretty(&dump) {
             Ok(json) => {
                 let mut response = Response::new(body::full(json));
