@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the sidecar.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate config files like `istioctl analyze`; exit 1 when there are errors.
     Check {
         /// Files or directories of Istio YAML.
@@ -167,7 +167,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { paths, workload } => runtime.block_on(check(paths, workload.workload())),
-        Command::Run(args) => runtime.block_on(run(args, log_level)),
+        Command::Run(args) => runtime.block_on(run(*args, log_level)),
     }
 }
 
