@@ -8,9 +8,11 @@
 //! - Between tries: exponential backoff with full jitter (25 ms base and 250 ms cap unless the
 //!   route says), or the upstream's `Retry-After` on 503/429 when it is within
 //!   [`RetryLayer::max_retry_after`].
-//! - Only a body whose length is known and within the buffer limit (64 KiB by default) is
-//!   replayed; any other request is sent once. A response is handed on only when no retry will
-//!   follow, so no retry happens after a body byte reached the caller.
+//! - A body of known length within the buffer limit (64 KiB by default) is read first and
+//!   replayed; any other body is sent as it arrives with a copy kept up to the limit, and is
+//!   replayed only if it ended within the limit before the retry (a gRPC unary call, a small
+//!   chunked upload); otherwise the request is sent once. A response is handed on only when
+//!   no retry will follow, so no retry happens after a body byte reached the caller.
 //! - Each try carries `x-envoy-attempt-count`; the final response of a request whose retries
 //!   ran out is flagged `URX`.
 //!
@@ -254,12 +256,101 @@ fn retry_after(result: &Result<Response<BoxBody>, BoxError>) -> Option<Duration>
 /// The request's head, kept to build each try.
 struct Template {
     parts: http::request::Parts,
-    body: Bytes,
+    body: ReplayBody,
+}
+
+/// The request body, kept so that it can be sent again.
+enum ReplayBody {
+    /// Read whole before the first try (its length was known and small).
+    Buffered(Bytes),
+    /// Sent as it arrives on the first try, with a copy kept up to the limit: replayable once
+    /// it has ended within the limit (a gRPC unary call, a small chunked body), not before.
+    Tee {
+        first: std::sync::Mutex<Option<BoxBody>>,
+        copy: Arc<std::sync::Mutex<TeeState>>,
+    },
+}
+
+/// What a [`Tee`] has seen of the body.
+#[derive(Debug, Default)]
+struct TeeState {
+    data: bytes::BytesMut,
+    complete: bool,
+    overflow: bool,
+}
+
+/// Passes a body through, keeping a copy of it up to `limit` bytes.
+struct Tee {
+    inner: BoxBody,
+    copy: Arc<std::sync::Mutex<TeeState>>,
+    limit: usize,
+}
+
+impl http_body::Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        let mut copy = this.copy.lock().unwrap_or_else(|p| p.into_inner());
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) if !copy.overflow => {
+                    if copy.data.len() + data.len() > this.limit {
+                        copy.overflow = true;
+                        copy.data = bytes::BytesMut::new();
+                    } else {
+                        copy.data.extend_from_slice(data);
+                    }
+                }
+                Some(_) => {}
+                // Trailers are not kept: such a body is not replayed.
+                None => copy.overflow = true,
+            },
+            Poll::Ready(None) => copy.complete = true,
+            Poll::Ready(Some(Err(_))) => copy.overflow = true,
+            Poll::Pending => {}
+        }
+        // A sender may stop polling once the body says it has ended.
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream() {
+            copy.complete = true;
+        }
+        drop(copy);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Template {
-    fn attempt(&self, n: u32) -> Request<BoxBody> {
-        let mut req = Request::new(body::full(self.body.clone()));
+    /// The body for try `n`, or `None` when it cannot be sent again.
+    fn body(&self, n: u32) -> Option<BoxBody> {
+        match &self.body {
+            ReplayBody::Buffered(bytes) => Some(body::full(bytes.clone())),
+            ReplayBody::Tee { first, copy } => {
+                if n == 1 {
+                    if let Some(body) = first.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        return Some(body);
+                    }
+                }
+                let copy = copy.lock().unwrap_or_else(|p| p.into_inner());
+                (copy.complete && !copy.overflow).then(|| body::full(copy.data.clone().freeze()))
+            }
+        }
+    }
+
+    fn attempt(&self, n: u32) -> Option<Request<BoxBody>> {
+        let mut req = Request::new(self.body(n)?);
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = self.parts.version;
@@ -270,7 +361,7 @@ impl Template {
         if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
             deadline.propagate(req.headers_mut());
         }
-        req
+        Some(req)
     }
 }
 
@@ -278,12 +369,11 @@ impl Template {
 /// id the upstream sees as its parent.
 fn traced_try(
     inner: Inner,
-    template: &Template,
+    mut req: Request<BoxBody>,
     n: u32,
     per_try: Option<Duration>,
     rng: &Rng,
 ) -> impl std::future::Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static {
-    let mut req = template.attempt(n);
     let span = req
         .extensions()
         .get::<TraceScope>()
@@ -390,10 +480,24 @@ where
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let body = match body::replayable(body, layer.buffer_limit).await? {
-                Replay::Buffered(bytes) => bytes,
-                Replay::Streaming(body) => {
-                    // Too large (or unknown length) to replay: one try, no retries.
+                Replay::Buffered(bytes) => ReplayBody::Buffered(bytes),
+                Replay::Streaming(body)
+                    if http_body::Body::size_hint(&body).lower() > layer.buffer_limit as u64 =>
+                {
+                    // Known to be too large to replay: one try, no retries.
                     return try_once(inner, Request::from_parts(parts, body), None).await;
+                }
+                Replay::Streaming(body) => {
+                    let copy = Arc::new(std::sync::Mutex::new(TeeState::default()));
+                    let tee = Tee {
+                        inner: body,
+                        copy: copy.clone(),
+                        limit: layer.buffer_limit,
+                    };
+                    ReplayBody::Tee {
+                        first: std::sync::Mutex::new(Some(body::boxed(tee))),
+                        copy,
+                    }
                 }
             };
             let template = Template { parts, body };
@@ -428,10 +532,17 @@ async fn retried(
     layer: RetryLayer,
 ) -> Result<Response<BoxBody>, BoxError> {
     let mut attempt = 1;
+    let mut previous: Option<Result<Response<BoxBody>, BoxError>> = None;
     loop {
+        let Some(req) = template.attempt(attempt) else {
+            // The body cannot be sent again (it had not ended, or was too large).
+            return previous.unwrap_or_else(|| {
+                Err(ProxyError::BadRequest("request body already sent".into()).into())
+            });
+        };
         let result = traced_try(
             inner.clone(),
-            &template,
+            req,
             attempt,
             policy.per_try_timeout,
             &layer.rng,
@@ -457,8 +568,8 @@ async fn retried(
             return exhausted(result);
         }
         metrics::counter!("mesh_retries_total").increment(1);
-        drop(result);
         tokio::time::sleep(wait).await;
+        previous = Some(result);
         attempt += 1;
     }
 }
@@ -477,9 +588,12 @@ async fn hedged(
     let mut started = 1;
     let mut budget_left = true;
     let most = hedge.max_attempts.max(policy.attempts + 1);
+    let Some(first) = template.attempt(started) else {
+        return Err(ProxyError::BadRequest("request body already sent".into()).into());
+    };
     in_flight.push(traced_try(
         inner.clone(),
-        &template,
+        first,
         started,
         policy.per_try_timeout,
         &layer.rng,
@@ -499,19 +613,22 @@ async fn hedged(
                     if started >= most {
                         break;
                     }
+                    let Some(req) = template.attempt(started + 1) else { break };
                     if !layer.budget.try_retry() {
                         break;
                     }
                     started += 1;
-                    in_flight.push(traced_try(inner.clone(), &template, started, policy.per_try_timeout, &layer.rng));
+                    in_flight.push(traced_try(inner.clone(), req, started, policy.per_try_timeout, &layer.rng));
                 }
             }
             () = tokio::time::sleep(hedge.delay), if may_hedge => {
-                if layer.budget.try_retry() {
-                    started += 1;
-                    in_flight.push(traced_try(inner.clone(), &template, started, policy.per_try_timeout, &layer.rng));
-                } else {
-                    budget_left = false;
+                match template.attempt(started + 1) {
+                    Some(req) if layer.budget.try_retry() => {
+                        started += 1;
+                        in_flight.push(traced_try(inner.clone(), req, started, policy.per_try_timeout, &layer.rng));
+                    }
+                    // No budget, or a body not (yet) replayable: wait for the tries in flight.
+                    _ => budget_left = false,
                 }
             }
         }

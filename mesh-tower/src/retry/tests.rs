@@ -367,3 +367,45 @@ proptest::proptest! {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_chunked_body_that_ended_is_replayed_from_its_copy() {
+    use http_body_util::BodyExt as _;
+    let tries = Arc::new(AtomicUsize::new(0));
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let upstream = {
+        let (tries, bodies) = (tries.clone(), bodies.clone());
+        tower::service_fn(move |req: Request<BoxBody>| {
+            let n = tries.fetch_add(1, Ordering::SeqCst);
+            let bodies = bodies.clone();
+            async move {
+                // Like a unary handler: read the whole request, then answer.
+                let body = req.into_body().collect().await?.to_bytes();
+                bodies.lock().unwrap().push(body);
+                let mut r = Response::new(body::empty());
+                *r.status_mut() = if n == 0 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                Ok::<_, BoxError>(r)
+            }
+        })
+    };
+    let chunks = ["hel", "lo"].map(|c| {
+        Ok::<_, BoxError>(http_body::Frame::data(bytes::Bytes::from_static(
+            c.as_bytes(),
+        )))
+    });
+    let streaming = body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        chunks,
+    )));
+    let response = layer(policy("5xx", 2))
+        .layer(upstream)
+        .oneshot(Request::new(streaming))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(tries.load(Ordering::SeqCst), 2);
+    assert_eq!(*bodies.lock().unwrap(), ["hello", "hello"]);
+}
