@@ -338,10 +338,10 @@ impl Template {
         match &self.body {
             ReplayBody::Buffered(bytes) => Some(body::full(bytes.clone())),
             ReplayBody::Tee { first, copy } => {
-                if n == 1 {
-                    if let Some(body) = first.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        return Some(body);
-                    }
+                if n == 1
+                    && let Some(body) = first.lock().unwrap_or_else(|p| p.into_inner()).take()
+                {
+                    return Some(body);
                 }
                 let copy = copy.lock().unwrap_or_else(|p| p.into_inner());
                 (copy.complete && !copy.overflow).then(|| body::full(copy.data.clone().freeze()))
