@@ -47,6 +47,28 @@ pub struct AuthzStats {
     pub shadow_denied: AtomicU64,
 }
 
+impl AuthzStats {
+    /// The counters in Prometheus text format, for the admin endpoint.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::from(
+            "# HELP mesh_authz_requests_total Inbound requests by authorization decision.\n\
+             # TYPE mesh_authz_requests_total counter\n",
+        );
+        for (decision, counter) in [
+            ("allow", &self.allowed),
+            ("deny", &self.denied),
+            ("audit", &self.audited),
+            ("dry_run_deny", &self.shadow_denied),
+        ] {
+            out.push_str(&format!(
+                "mesh_authz_requests_total{{decision=\"{decision}\"}} {}\n",
+                counter.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+}
+
 /// The engine of one snapshot version.
 #[derive(Debug)]
 struct Compiled {
