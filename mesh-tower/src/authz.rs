@@ -252,3 +252,119 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use mesh_core::model::{
+        AuthorizationPolicy, AuthzAction, AuthzRule, MeshConfig, SourceMatch, ValueMatch,
+    };
+    use mesh_policy::SpiffeId;
+    use mesh_policy::authz::Reason;
+    use tower::ServiceExt;
+
+    fn frontend_only(action: AuthzAction) -> MeshConfig {
+        MeshConfig {
+            authorization: vec![AuthorizationPolicy {
+                name: "backend/frontend-only".into(),
+                action,
+                rules: vec![AuthzRule {
+                    from: vec![SourceMatch {
+                        namespaces: ValueMatch {
+                            values: vec!["frontend".into()],
+                            not_values: vec![],
+                        },
+                        ..SourceMatch::default()
+                    }],
+                    ..AuthzRule::default()
+                }],
+                dry_run: false,
+            }],
+            ..MeshConfig::default()
+        }
+    }
+
+    /// An app that answers with the verdict it saw.
+    fn app() -> impl Service<
+        Request<()>,
+        Response = Response<BoxBody>,
+        Error = std::convert::Infallible,
+        Future = impl Send + 'static,
+    > + Clone {
+        tower::service_fn(|req: Request<()>| async move {
+            let seen = req
+                .extensions()
+                .get::<Verdict>()
+                .map_or_else(|| "none".to_owned(), ToString::to_string);
+            Ok(Response::new(body::full(seen)))
+        })
+    }
+
+    fn request(ns: Option<&str>) -> Request<()> {
+        let mut req = Request::get("/x").body(()).unwrap();
+        if let Some(ns) = ns {
+            let id = SpiffeId::from_parts("cluster.local", ns, "web").unwrap();
+            req.extensions_mut().insert(PeerIdentity::from(id));
+        }
+        req
+    }
+
+    async fn text(r: Response<BoxBody>) -> String {
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn allowed_requests_carry_the_verdict_and_denied_ones_get_403() {
+        let store = Arc::new(ConfigStore::new(frontend_only(AuthzAction::Allow)));
+        let layer = AuthzLayer::new(store.clone());
+        let svc = layer.layer(app());
+
+        let ok = svc
+            .clone()
+            .oneshot(request(Some("frontend")))
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(text(ok).await, "allowed by backend/frontend-only rules[0]");
+
+        let denied = svc.clone().oneshot(request(Some("other"))).await.unwrap();
+        assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            denied
+                .extensions()
+                .get::<Verdict>()
+                .map(|v| v.reason.clone()),
+            Some(Reason::NoAllowMatched)
+        );
+        assert_eq!(text(denied).await, DENIED_BODY);
+        let plaintext = svc.clone().oneshot(request(None)).await.unwrap();
+        assert_eq!(plaintext.status(), StatusCode::FORBIDDEN);
+
+        // A new snapshot is compiled once and applies at the next request.
+        store.publish(frontend_only(AuthzAction::Deny));
+        let now_denied = svc
+            .clone()
+            .oneshot(request(Some("frontend")))
+            .await
+            .unwrap();
+        assert_eq!(now_denied.status(), StatusCode::FORBIDDEN);
+        let now_ok = svc.oneshot(request(Some("other"))).await.unwrap();
+        assert_eq!(text(now_ok).await, "allowed: no ALLOW policy applies");
+        let stats = layer.stats();
+        assert_eq!(stats.allowed.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.denied.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn policies_that_cannot_be_enforced_deny_everything() {
+        let store = Arc::new(ConfigStore::new(frontend_only(AuthzAction::Custom(
+            "opa".into(),
+        ))));
+        let svc = AuthzLayer::new(store).layer(app());
+        let r = svc.oneshot(request(Some("frontend"))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.extensions().get::<Verdict>().is_none());
+    }
+}
