@@ -26,6 +26,14 @@ const FRONTEND: &str = "spiffe://cluster.local/ns/frontend/sa/web";
 const OTHER: &str = "spiffe://cluster.local/ns/other/sa/web";
 const HOST: &str = "backend.backend.svc.cluster.local";
 
+/// Runs a test body with an upper bound, so a hang fails with a message instead of stalling
+/// the suite.
+async fn within(body: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(60), body)
+        .await
+        .expect("the test did not finish within 60 s");
+}
+
 /// PEM files of one workload identity.
 struct IdentityFiles {
     dir: tempfile::TempDir,
@@ -177,6 +185,10 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frontend_gets_200_another_namespace_403_and_plaintext_is_refused() {
+    within(frontend_gets_200_another_namespace_403_and_plaintext_is_refused_body()).await;
+}
+
+async fn frontend_gets_200_another_namespace_403_and_plaintext_is_refused_body() {
     let ca = TestCa::new("mesh root");
     let app = upstream("app", Duration::ZERO).await;
     let server_files = IdentityFiles::new(&ca, BACKEND);
@@ -262,6 +274,10 @@ async fn frontend_gets_200_another_namespace_403_and_plaintext_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_server_identity_in_the_destination_rule_fails_the_request() {
+    within(a_wrong_server_identity_in_the_destination_rule_fails_the_request_body()).await;
+}
+
+async fn a_wrong_server_identity_in_the_destination_rule_fails_the_request_body() {
     let ca = TestCa::new("mesh root");
     let app = upstream("app", Duration::ZERO).await;
     let server_files = IdentityFiles::new(&ca, BACKEND);
@@ -287,6 +303,10 @@ async fn a_wrong_server_identity_in_the_destination_rule_fails_the_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissive_accepts_tls_and_plaintext_on_one_port() {
+    within(permissive_accepts_tls_and_plaintext_on_one_port_body()).await;
+}
+
+async fn permissive_accepts_tls_and_plaintext_on_one_port_body() {
     let ca = TestCa::new("mesh root");
     let app = upstream("app", Duration::ZERO).await;
     let server_files = IdentityFiles::new(&ca, BACKEND);
@@ -322,6 +342,10 @@ async fn permissive_accepts_tls_and_plaintext_on_one_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_mid_run_new_connections_use_the_new_cert_and_no_request_fails() {
+    within(rotation_mid_run_new_connections_use_the_new_cert_and_no_request_fails_body()).await;
+}
+
+async fn rotation_mid_run_new_connections_use_the_new_cert_and_no_request_fails_body() {
     let ca = TestCa::new("mesh root");
     let app = upstream("app", Duration::ZERO).await;
     let server_files = IdentityFiles::new(&ca, BACKEND);
@@ -420,6 +444,10 @@ async fn rotation_mid_run_new_connections_use_the_new_cert_and_no_request_fails(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_with_a_client_certificate_passes_strict_and_without_one_fails() {
+    within(curl_with_a_client_certificate_passes_strict_and_without_one_fails_body()).await;
+}
+
+async fn curl_with_a_client_certificate_passes_strict_and_without_one_fails_body() {
     if std::process::Command::new("curl")
         .arg("--version")
         .output()
@@ -481,6 +509,10 @@ async fn curl_with_a_client_certificate_passes_strict_and_without_one_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_and_mutual_tls_with_certificate_files() {
+    within(simple_and_mutual_tls_with_certificate_files_body()).await;
+}
+
+async fn simple_and_mutual_tls_with_certificate_files_body() {
     let ca = TestCa::new("mesh root");
     let app = upstream("app", Duration::ZERO).await;
     let server_files = IdentityFiles::new(&ca, BACKEND);
