@@ -586,3 +586,66 @@ async fn simple_and_mutual_tls_with_certificate_files_body() {
     caller.shutdown().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_level_mtls_overrides_the_workload_mode_by_app_port() {
+    within(port_level_body()).await;
+}
+
+async fn port_level_body() {
+    let ca = TestCa::new("mesh root");
+    let app = upstream("app", Duration::ZERO).await;
+    let server_files = IdentityFiles::new(&ca, BACKEND);
+    let pa = |port_mode: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: backend, namespace: backend }}
+spec:
+  selector: {{ matchLabels: {{ app: backend }} }}
+  mtls: {{ mode: STRICT }}
+  portLevelMtls: {{ \"{}\": {{ mode: {port_mode} }} }}
+",
+            app.addr.port()
+        )
+    };
+    let cfg = ConfigDir::new(&pa("PERMISSIVE"));
+    let mut options = Options::new(vec![cfg.path()], [127, 0, 0, 1].into());
+    for addr in [
+        &mut options.outbound,
+        &mut options.inbound,
+        &mut options.admin,
+        &mut options.health,
+    ] {
+        addr.set_port(0);
+    }
+    options.reload_interval = Duration::from_millis(50);
+    options.app = Some(app.addr);
+    options.workload.namespace = "backend".into();
+    options.workload.labels = [("app".to_owned(), "backend".to_owned())].into();
+    options.identity = Some(server_files.identity());
+    let server = Proxy::start(options).await.unwrap();
+    // The app port is PERMISSIVE: plaintext passes although the workload is STRICT.
+    let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let (status, body) = send(&plain, server.inbound).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "app"));
+    // Back to STRICT on that port: plaintext is refused.
+    let version = server.store().version();
+    cfg.replace(&pa("STRICT"));
+    for _ in 0..200 {
+        if server.store().version() > version {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    assert!(send(&plain, server.inbound).await.is_err());
+    let (status, _) = send(
+        &mtls_client(ca.credentials(FRONTEND), &[BACKEND]),
+        server.inbound,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}
