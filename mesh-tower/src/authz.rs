@@ -9,7 +9,8 @@
 //! A denial comes back as a **response**, not an error: `403` with body
 //! `RBAC: access denied`, as Envoy's RBAC filter answers. The [`Verdict`] travels in the
 //! request's extensions (for the app behind, when allowed) and in the response's extensions
-//! (when denied), so an embedding service or a test can read which policy decided. AUDIT
+//! (when denied), so an embedding service or a test can read which policy decided. When no
+//! policy applies to the workload the request passes untouched, without a verdict. AUDIT
 //! matches and dry-run outcomes are logged and counted; they never change the answer.
 //!
 //! If the snapshot's policies cannot be compiled (a policy this engine does not support that
@@ -211,6 +212,11 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let compiled = self.shared.engine();
+        if compiled.engine.as_ref().is_ok_and(Engine::is_empty) {
+            // No policy applies: allowed, and nothing to record (no verdict is inserted).
+            self.shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            return futures_util::future::Either::Right(self.inner.call(req));
+        }
         let verdict = evaluate(&compiled, &req);
         let stats = &self.shared.stats;
         let allowed = verdict.as_ref().is_some_and(Verdict::is_allowed);
@@ -350,10 +356,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(now_denied.status(), StatusCode::FORBIDDEN);
-        let now_ok = svc.oneshot(request(Some("other"))).await.unwrap();
+        let now_ok = svc.clone().oneshot(request(Some("other"))).await.unwrap();
         assert_eq!(text(now_ok).await, "allowed: no ALLOW policy applies");
+        // No policies at all: passed through without a verdict.
+        store.publish(MeshConfig::default());
+        let untouched = svc.oneshot(request(None)).await.unwrap();
+        assert_eq!(text(untouched).await, "none");
         let stats = layer.stats();
-        assert_eq!(stats.allowed.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.allowed.load(Ordering::Relaxed), 3);
         assert_eq!(stats.denied.load(Ordering::Relaxed), 3);
     }
 
