@@ -274,11 +274,23 @@ impl Proxy {
         let authz = AuthzLayer::new(store.clone());
         let authz_stats = authz.stats();
         let inbound_service = authz.layer(Inbound::new(store.clone(), options.app, client));
+        // PeerAuthentication's portLevelMtls is keyed by the workload's port: the Sidecar's
+        // first ingress port, else the app port (the inbound listener's own port is 15006).
+        let workload_port = store
+            .load()
+            .inbound
+            .first()
+            .map(|l| l.port)
+            .or(options.app.map(|a| a.port()));
         let inbound_tls = match &credentials {
-            Some(c) => Some(
-                InboundTls::new(store.clone(), c.clone())
-                    .map_err(|e| StartError::Tls(e.to_string()))?,
-            ),
+            Some(c) => {
+                let tls = InboundTls::new(store.clone(), c.clone())
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+                Some(match workload_port {
+                    Some(port) => tls.workload_port(port),
+                    None => tls,
+                })
+            }
             None => None,
         };
         let readiness = Readiness::default();

@@ -26,6 +26,14 @@ const FRONTEND: &str = "spiffe://cluster.local/ns/frontend/sa/web";
 const OTHER: &str = "spiffe://cluster.local/ns/other/sa/web";
 const HOST: &str = "backend.backend.svc.cluster.local";
 
+/// Runs a test body with an upper bound, so a hang fails with a message instead of stalling
+/// the suite.
+async fn within(body: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(60), body)
+        .await
+        .expect("the test did not finish within 60 s");
+}
+
 /// PEM files of one workload identity.
 struct IdentityFiles {
     dir: tempfile::TempDir,
@@ -177,6 +185,10 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frontend_gets_200_another_namespace_403_and_plaintext_is_refused() {
+    within(frontend_gets_200_another_namespace_403_and_plaintext_is_refused_body()).await;
+}
+
+async fn frontend_gets_200_another_namespace_403_and_plaintext_is_refused_body() {
     let ca = TestCa::new("mesh root");
     let app = upstream("app", Duration::ZERO).await;
     let server_files = IdentityFiles::new(&ca, BACKEND);
@@ -205,6 +217,11 @@ async fn frontend_gets_200_another_namespace_403_and_plaintext_is_refused() {
     let stats = server.authz_stats();
     assert_eq!(stats.denied.load(Ordering::Relaxed), 1);
     assert_eq!(stats.allowed.load(Ordering::Relaxed), 4);
+    assert!(
+        stats
+            .prometheus()
+            .contains("mesh_authz_requests_total{decision=\"deny\"} 1\n")
+    );
 
     // Plaintext straight to the STRICT inbound port: the connection is closed, no response.
     let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -257,6 +274,10 @@ async fn frontend_gets_200_another_namespace_403_and_plaintext_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_server_identity_in_the_destination_rule_fails_the_request() {
+    within(a_wrong_server_identity_in_the_destination_rule_fails_the_request_body()).await;
+}
+
+async fn a_wrong_server_identity_in_the_destination_rule_fails_the_request_body() {
     let ca = TestCa::new("mesh root");
     let app = upstream("app", Duration::ZERO).await;
     let server_files = IdentityFiles::new(&ca, BACKEND);
@@ -282,6 +303,10 @@ async fn a_wrong_server_identity_in_the_destination_rule_fails_the_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissive_accepts_tls_and_plaintext_on_one_port() {
+    within(permissive_accepts_tls_and_plaintext_on_one_port_body()).await;
+}
+
+async fn permissive_accepts_tls_and_plaintext_on_one_port_body() {
     let ca = TestCa::new("mesh root");
     let app = upstream("app", Duration::ZERO).await;
     let server_files = IdentityFiles::new(&ca, BACKEND);
@@ -317,6 +342,10 @@ async fn permissive_accepts_tls_and_plaintext_on_one_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_mid_run_new_connections_use_the_new_cert_and_no_request_fails() {
+    within(rotation_mid_run_new_connections_use_the_new_cert_and_no_request_fails_body()).await;
+}
+
+async fn rotation_mid_run_new_connections_use_the_new_cert_and_no_request_fails_body() {
     let ca = TestCa::new("mesh root");
     let app = upstream("app", Duration::ZERO).await;
     let server_files = IdentityFiles::new(&ca, BACKEND);
@@ -365,6 +394,18 @@ async fn rotation_mid_run_new_connections_use_the_new_cert_and_no_request_fails(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(store.load().id().as_str(), NEXT);
+    let metrics = mesh_tower::tls::credential_metrics(&store);
+    assert!(
+        metrics.contains("mesh_workload_cert_rotations_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "mesh_workload_cert_expiry_timestamp_seconds{{spiffe_id=\"{NEXT}\"}} {}",
+            store.load().not_after_unix()
+        )),
+        "{metrics}"
+    );
     // A new connection sees the new certificate ...
     let (status, _) = send(
         &mtls_client(ca.credentials(FRONTEND), &[NEXT]),
@@ -403,6 +444,10 @@ async fn rotation_mid_run_new_connections_use_the_new_cert_and_no_request_fails(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_with_a_client_certificate_passes_strict_and_without_one_fails() {
+    within(curl_with_a_client_certificate_passes_strict_and_without_one_fails_body()).await;
+}
+
+async fn curl_with_a_client_certificate_passes_strict_and_without_one_fails_body() {
     if std::process::Command::new("curl")
         .arg("--version")
         .output()
@@ -459,5 +504,148 @@ async fn curl_with_a_client_certificate_passes_strict_and_without_one_fails() {
         "curl without a client certificate: {}",
         String::from_utf8_lossy(&refused.stderr).trim()
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_and_mutual_tls_with_certificate_files() {
+    within(simple_and_mutual_tls_with_certificate_files_body()).await;
+}
+
+async fn simple_and_mutual_tls_with_certificate_files_body() {
+    let ca = TestCa::new("mesh root");
+    let app = upstream("app", Duration::ZERO).await;
+    let server_files = IdentityFiles::new(&ca, BACKEND);
+    // STRICT with frontend-only: MUTUAL with the frontend files passes, SIMPLE has no client
+    // certificate and is refused at the handshake.
+    let server_cfg = ConfigDir::new(&server_config("STRICT", Some("frontend")));
+    let server = sidecar(&server_cfg, "backend", Some(app.addr), &server_files).await;
+    let frontend_files = IdentityFiles::new(&ca, FRONTEND);
+    let path = |name: &str| frontend_files.path(name).display().to_string();
+    let dr = |mode: &str, client: bool| {
+        let mut tls = format!(
+            "mode: {mode}, caCertificates: \"{}\", sni: localhost",
+            path("ca.pem")
+        );
+        if client {
+            tls.push_str(&format!(
+                ", clientCertificate: \"{}\", privateKey: \"{}\"",
+                path("cert.pem"),
+                path("key.pem")
+            ));
+        }
+        client_config(server.inbound, "").replace("mode: ISTIO_MUTUAL", &tls)
+    };
+    // No workload identity on this caller: the files are all it has.
+    let mut options = Options::new(vec![], [127, 0, 0, 1].into());
+    let mutual_cfg = ConfigDir::new(&dr("MUTUAL", true));
+    options.config = vec![mutual_cfg.path()];
+    for addr in [
+        &mut options.outbound,
+        &mut options.inbound,
+        &mut options.admin,
+        &mut options.health,
+    ] {
+        addr.set_port(0);
+    }
+    options.identity = Some(frontend_files.identity());
+    let caller = Proxy::start(options.clone()).await.unwrap();
+    let (status, body, _) = get(&client(caller.outbound, false), HOST, "/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "app"));
+    caller.shutdown().await;
+
+    let simple_cfg = ConfigDir::new(&dr("SIMPLE", false));
+    options.config = vec![simple_cfg.path()];
+    let caller = Proxy::start(options).await.unwrap();
+    let (status, body, _) = get(&client(caller.outbound, false), HOST, "/", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    caller.shutdown().await;
+
+    // SIMPLE against a PERMISSIVE server without policies: TLS without a client cert is fine.
+    server_cfg.replace(&server_config("PERMISSIVE", None));
+    let version = server.store().version();
+    for _ in 0..200 {
+        if server.store().version() > version {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut options = Options::new(vec![simple_cfg.path()], [127, 0, 0, 1].into());
+    for addr in [
+        &mut options.outbound,
+        &mut options.inbound,
+        &mut options.admin,
+        &mut options.health,
+    ] {
+        addr.set_port(0);
+    }
+    options.identity = Some(frontend_files.identity());
+    let caller = Proxy::start(options).await.unwrap();
+    let (status, body, _) = get(&client(caller.outbound, false), HOST, "/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "app"));
+    caller.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_level_mtls_overrides_the_workload_mode_by_app_port() {
+    within(port_level_body()).await;
+}
+
+async fn port_level_body() {
+    let ca = TestCa::new("mesh root");
+    let app = upstream("app", Duration::ZERO).await;
+    let server_files = IdentityFiles::new(&ca, BACKEND);
+    let pa = |port_mode: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: backend, namespace: backend }}
+spec:
+  selector: {{ matchLabels: {{ app: backend }} }}
+  mtls: {{ mode: STRICT }}
+  portLevelMtls: {{ \"{}\": {{ mode: {port_mode} }} }}
+",
+            app.addr.port()
+        )
+    };
+    let cfg = ConfigDir::new(&pa("PERMISSIVE"));
+    let mut options = Options::new(vec![cfg.path()], [127, 0, 0, 1].into());
+    for addr in [
+        &mut options.outbound,
+        &mut options.inbound,
+        &mut options.admin,
+        &mut options.health,
+    ] {
+        addr.set_port(0);
+    }
+    options.reload_interval = Duration::from_millis(50);
+    options.app = Some(app.addr);
+    options.workload.namespace = "backend".into();
+    options.workload.labels = [("app".to_owned(), "backend".to_owned())].into();
+    options.identity = Some(server_files.identity());
+    let server = Proxy::start(options).await.unwrap();
+    // The app port is PERMISSIVE: plaintext passes although the workload is STRICT.
+    let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let (status, body) = send(&plain, server.inbound).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "app"));
+    // Back to STRICT on that port: plaintext is refused.
+    let version = server.store().version();
+    cfg.replace(&pa("STRICT"));
+    for _ in 0..200 {
+        if server.store().version() > version {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    assert!(send(&plain, server.inbound).await.is_err());
+    let (status, _) = send(
+        &mtls_client(ca.credentials(FRONTEND), &[BACKEND]),
+        server.inbound,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
     server.shutdown().await;
 }

@@ -9,7 +9,8 @@
 //! A denial comes back as a **response**, not an error: `403` with body
 //! `RBAC: access denied`, as Envoy's RBAC filter answers. The [`Verdict`] travels in the
 //! request's extensions (for the app behind, when allowed) and in the response's extensions
-//! (when denied), so an embedding service or a test can read which policy decided. AUDIT
+//! (when denied), so an embedding service or a test can read which policy decided. When no
+//! policy applies to the workload the request passes untouched, without a verdict. AUDIT
 //! matches and dry-run outcomes are logged and counted; they never change the answer.
 //!
 //! If the snapshot's policies cannot be compiled (a policy this engine does not support that
@@ -45,6 +46,28 @@ pub struct AuthzStats {
     pub audited: AtomicU64,
     /// Requests dry-run policies would have denied.
     pub shadow_denied: AtomicU64,
+}
+
+impl AuthzStats {
+    /// The counters in Prometheus text format, for the admin endpoint.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::from(
+            "# HELP mesh_authz_requests_total Inbound requests by authorization decision.\n\
+             # TYPE mesh_authz_requests_total counter\n",
+        );
+        for (decision, counter) in [
+            ("allow", &self.allowed),
+            ("deny", &self.denied),
+            ("audit", &self.audited),
+            ("dry_run_deny", &self.shadow_denied),
+        ] {
+            out.push_str(&format!(
+                "mesh_authz_requests_total{{decision=\"{decision}\"}} {}\n",
+                counter.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
 }
 
 /// The engine of one snapshot version.
@@ -189,6 +212,11 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let compiled = self.shared.engine();
+        if compiled.engine.as_ref().is_ok_and(Engine::is_empty) {
+            // No policy applies: allowed, and nothing to record (no verdict is inserted).
+            self.shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            return futures_util::future::Either::Right(self.inner.call(req));
+        }
         let verdict = evaluate(&compiled, &req);
         let stats = &self.shared.stats;
         let allowed = verdict.as_ref().is_some_and(Verdict::is_allowed);
@@ -228,5 +256,125 @@ where
             }
             futures_util::future::Either::Left(std::future::ready(Ok(response)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use mesh_core::model::{
+        AuthorizationPolicy, AuthzAction, AuthzRule, MeshConfig, SourceMatch, ValueMatch,
+    };
+    use mesh_policy::SpiffeId;
+    use mesh_policy::authz::Reason;
+    use tower::ServiceExt;
+
+    fn frontend_only(action: AuthzAction) -> MeshConfig {
+        MeshConfig {
+            authorization: vec![AuthorizationPolicy {
+                name: "backend/frontend-only".into(),
+                action,
+                rules: vec![AuthzRule {
+                    from: vec![SourceMatch {
+                        namespaces: ValueMatch {
+                            values: vec!["frontend".into()],
+                            not_values: vec![],
+                        },
+                        ..SourceMatch::default()
+                    }],
+                    ..AuthzRule::default()
+                }],
+                dry_run: false,
+            }],
+            ..MeshConfig::default()
+        }
+    }
+
+    /// An app that answers with the verdict it saw.
+    fn app() -> impl Service<
+        Request<()>,
+        Response = Response<BoxBody>,
+        Error = std::convert::Infallible,
+        Future = impl Send + 'static,
+    > + Clone {
+        tower::service_fn(|req: Request<()>| async move {
+            let seen = req
+                .extensions()
+                .get::<Verdict>()
+                .map_or_else(|| "none".to_owned(), ToString::to_string);
+            Ok(Response::new(body::full(seen)))
+        })
+    }
+
+    fn request(ns: Option<&str>) -> Request<()> {
+        let mut req = Request::get("/x").body(()).unwrap();
+        if let Some(ns) = ns {
+            let id = SpiffeId::from_parts("cluster.local", ns, "web").unwrap();
+            req.extensions_mut().insert(PeerIdentity::from(id));
+        }
+        req
+    }
+
+    async fn text(r: Response<BoxBody>) -> String {
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn allowed_requests_carry_the_verdict_and_denied_ones_get_403() {
+        let store = Arc::new(ConfigStore::new(frontend_only(AuthzAction::Allow)));
+        let layer = AuthzLayer::new(store.clone());
+        let svc = layer.layer(app());
+
+        let ok = svc
+            .clone()
+            .oneshot(request(Some("frontend")))
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(text(ok).await, "allowed by backend/frontend-only rules[0]");
+
+        let denied = svc.clone().oneshot(request(Some("other"))).await.unwrap();
+        assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            denied
+                .extensions()
+                .get::<Verdict>()
+                .map(|v| v.reason.clone()),
+            Some(Reason::NoAllowMatched)
+        );
+        assert_eq!(text(denied).await, DENIED_BODY);
+        let plaintext = svc.clone().oneshot(request(None)).await.unwrap();
+        assert_eq!(plaintext.status(), StatusCode::FORBIDDEN);
+
+        // A new snapshot is compiled once and applies at the next request.
+        store.publish(frontend_only(AuthzAction::Deny));
+        let now_denied = svc
+            .clone()
+            .oneshot(request(Some("frontend")))
+            .await
+            .unwrap();
+        assert_eq!(now_denied.status(), StatusCode::FORBIDDEN);
+        let now_ok = svc.clone().oneshot(request(Some("other"))).await.unwrap();
+        assert_eq!(text(now_ok).await, "allowed: no ALLOW policy applies");
+        // No policies at all: passed through without a verdict.
+        store.publish(MeshConfig::default());
+        let untouched = svc.oneshot(request(None)).await.unwrap();
+        assert_eq!(text(untouched).await, "none");
+        let stats = layer.stats();
+        assert_eq!(stats.allowed.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.denied.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn policies_that_cannot_be_enforced_deny_everything() {
+        let store = Arc::new(ConfigStore::new(frontend_only(AuthzAction::Custom(
+            "opa".into(),
+        ))));
+        let svc = AuthzLayer::new(store).layer(app());
+        let r = svc.oneshot(request(Some("frontend"))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.extensions().get::<Verdict>().is_none());
     }
 }

@@ -47,24 +47,54 @@ struct MtlsPools {
     pools: ArcSwap<HashMap<PoolKey, Client<MtlsConnector, BoxBody>>>,
 }
 
-/// The expected server identities and whether the pool speaks HTTP/2 only.
-type PoolKey = (Vec<SpiffeId>, bool);
+/// What a pool's connections were verified for, and whether it speaks HTTP/2 only.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum PoolKey {
+    /// ISTIO_MUTUAL: the expected server identities.
+    Mesh(Vec<SpiffeId>, bool),
+    /// SIMPLE / MUTUAL with files: the settings and the server name.
+    Files(ClientTlsKey, bool),
+}
+
+/// The parts of a [`ClientTls`] that shape a file-based TLS client.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ClientTlsKey {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    sni: String,
+}
 
 impl MtlsPools {
-    fn client(
-        &self,
-        expected: Vec<SpiffeId>,
-        http2: bool,
-    ) -> Result<Client<MtlsConnector, BoxBody>, BoxError> {
-        let key = (expected, http2);
+    fn client(&self, key: PoolKey) -> Result<Client<MtlsConnector, BoxBody>, BoxError> {
         if let Some(c) = self.pools.load().get(&key) {
             return Ok(c.clone());
         }
-        let connector = MtlsConnector::new(
-            self.connector.clone(),
-            self.credentials.clone(),
-            key.0.clone(),
-        )?;
+        let (connector, http2) = match &key {
+            PoolKey::Mesh(expected, http2) => (
+                MtlsConnector::new(
+                    self.connector.clone(),
+                    self.credentials.clone(),
+                    expected.clone(),
+                )?,
+                *http2,
+            ),
+            PoolKey::Files(tls, http2) => {
+                fn path(p: &Option<String>) -> Option<&std::path::Path> {
+                    p.as_deref().map(std::path::Path::new)
+                }
+                let client = match (path(&tls.cert), path(&tls.key)) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    _ => None,
+                };
+                let config = mesh_policy::tls::client_config_from_files(path(&tls.ca), client)?;
+                let sni = rustls::pki_types::ServerName::try_from(tls.sni.clone())?;
+                (
+                    MtlsConnector::with_config(self.connector.clone(), config, sni),
+                    *http2,
+                )
+            }
+        };
         let client = pooled(http2).build(connector);
         self.pools.rcu(|pools| {
             let mut pools = HashMap::clone(pools);
@@ -200,10 +230,61 @@ impl UpstreamClient {
             };
             return Box::pin(async move { Err(e.into()) });
         };
-        match mtls.client(expected, http2) {
+        self.send_pooled(mtls, PoolKey::Mesh(expected, http2), req, authority, http2)
+    }
+
+    fn send_pooled(
+        &self,
+        mtls: &MtlsPools,
+        key: PoolKey,
+        req: Request<BoxBody>,
+        authority: http::uri::Authority,
+        http2: bool,
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        match mtls.client(key) {
             Ok(client) => self.send_with(&client, req, authority, http2),
-            Err(e) => Box::pin(async move { Err(e) }),
+            Err(source) => {
+                let e = ProxyError::ConnectFailure {
+                    endpoint: authority.to_string(),
+                    source,
+                };
+                Box::pin(async move { Err(e.into()) })
+            }
         }
+    }
+
+    /// Sends `req` over TLS configured by DestinationRule `SIMPLE` / `MUTUAL` with files.
+    fn send_files(
+        &self,
+        cluster: &Cluster,
+        tls: &ClientTls,
+        req: Request<BoxBody>,
+        authority: http::uri::Authority,
+        http2: bool,
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        let unsupported = |what: &str| -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+            let e = ProxyError::ConnectFailure {
+                endpoint: authority.to_string(),
+                source: format!("cluster {}: {what} is not supported", cluster.name).into(),
+            };
+            Box::pin(async move { Err(e.into()) })
+        };
+        if tls.credential_name.is_some() {
+            return unsupported("tls.credentialName (SDS secrets)");
+        }
+        if tls.insecure_skip_verify {
+            return unsupported("tls.insecureSkipVerify");
+        }
+        let Some(mtls) = &self.mtls else {
+            return unsupported("TLS without a TLS-enabled client (UpstreamClient::with_mtls)");
+        };
+        let key = ClientTlsKey {
+            ca: tls.ca_certificates.clone(),
+            cert: tls.client_certificate.clone(),
+            key: tls.private_key.clone(),
+            sni: tls.sni.clone().unwrap_or_else(|| cluster.service.clone()),
+        };
+        self.send_pooled(mtls, PoolKey::Files(key, http2), req, authority, http2)
     }
 
     /// Sends `req` to `authority`, over HTTP/2 when `http2`.
@@ -319,18 +400,7 @@ impl Service<Request<BoxBody>> for UpstreamClient {
                     Err(e) => Box::pin(async move { Err(e) }),
                 }
             }
-            Some((cluster, tls)) => {
-                let e = ProxyError::ConnectFailure {
-                    endpoint: upstream.authority.to_string(),
-                    source: format!(
-                        "cluster {}: tls.mode {:?} with certificate files is not supported by \
-                         this client; use ISTIO_MUTUAL or DISABLE",
-                        cluster.name, tls.mode
-                    )
-                    .into(),
-                };
-                Box::pin(async move { Err(e.into()) })
-            }
+            Some((cluster, tls)) => self.send_files(&cluster, &tls, req, upstream.authority, http2),
         }
     }
 }

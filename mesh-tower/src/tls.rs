@@ -224,16 +224,17 @@ impl InboundTls {
             mode: Some(mode),
             ..TlsInfo::default()
         };
+        let timeout = self.handshake_timeout;
         let acceptor = match mode {
             MtlsMode::Disable => return Ok((ServerStream::Plain(stream), None, info)),
             MtlsMode::Strict => {
-                if !starts_with_tls(&stream).await? {
+                if !starts_with_tls(&stream, timeout).await? {
                     return Err(AcceptError::PlaintextRefused);
                 }
                 &self.strict
             }
             MtlsMode::Permissive | MtlsMode::Unset => {
-                if !starts_with_tls(&stream).await? {
+                if !starts_with_tls(&stream, timeout).await? {
                     return Ok((ServerStream::Plain(stream), None, info));
                 }
                 &self.optional
@@ -252,12 +253,33 @@ impl InboundTls {
     }
 }
 
-/// Whether the connection's first byte is a TLS handshake record (`0x16`). Waits for the
-/// first byte without consuming it; an immediate EOF counts as plaintext.
-async fn starts_with_tls(stream: &TcpStream) -> Result<bool, AcceptError> {
+/// Whether the connection's first byte is a TLS handshake record (`0x16`). Waits (up to
+/// `timeout`, so an idle connection cannot hold a task forever) for the first byte without
+/// consuming it; an immediate EOF counts as plaintext.
+async fn starts_with_tls(stream: &TcpStream, timeout: Duration) -> Result<bool, AcceptError> {
     let mut first = [0u8; 1];
-    let n = stream.peek(&mut first).await.map_err(AcceptError::Io)?;
+    let n = tokio::time::timeout(timeout, stream.peek(&mut first))
+        .await
+        .map_err(|_| AcceptError::Timeout(timeout))?
+        .map_err(AcceptError::Io)?;
     Ok(n == 1 && first[0] == 0x16)
+}
+
+/// The workload certificate's expiry and the rotation count, in Prometheus text format, for
+/// the admin endpoint's `/stats/prometheus` (the seed's "alert on certificate expiry").
+pub fn credential_metrics(store: &CredentialStore) -> String {
+    let creds = store.load();
+    format!(
+        "# HELP mesh_workload_cert_expiry_timestamp_seconds When the workload certificate expires (unix seconds).\n\
+         # TYPE mesh_workload_cert_expiry_timestamp_seconds gauge\n\
+         mesh_workload_cert_expiry_timestamp_seconds{{spiffe_id=\"{id}\"}} {exp}\n\
+         # HELP mesh_workload_cert_rotations_total Workload certificate rotations since start.\n\
+         # TYPE mesh_workload_cert_rotations_total counter\n\
+         mesh_workload_cert_rotations_total {rot}\n",
+        id = creds.id(),
+        exp = creds.not_after_unix(),
+        rot = store.rotations(),
+    )
 }
 
 /// A hyper-util connector: TCP, then mutual TLS verified against `expected` SPIFFE IDs (any ID
@@ -267,6 +289,7 @@ pub struct MtlsConnector {
     http: HttpConnector,
     tls: TlsConnector,
     expected: Arc<[SpiffeId]>,
+    sni: Option<ServerName<'static>>,
 }
 
 impl std::fmt::Debug for MtlsConnector {
@@ -290,7 +313,24 @@ impl MtlsConnector {
             http,
             tls: TlsConnector::from(client_config(credentials, expected.clone())?),
             expected: expected.into(),
+            sni: None,
         })
+    }
+
+    /// A connector with a given rustls config (DestinationRule `SIMPLE` / `MUTUAL` with
+    /// certificate files), sending `sni` as the server name and verifying it.
+    pub fn with_config(
+        mut http: HttpConnector,
+        config: Arc<rustls::ClientConfig>,
+        sni: ServerName<'static>,
+    ) -> Self {
+        http.enforce_http(false);
+        Self {
+            http,
+            tls: TlsConnector::from(config),
+            expected: Arc::new([]),
+            sni: Some(sni),
+        }
     }
 
     /// The identities the server must present.
@@ -328,9 +368,13 @@ impl Service<Uri> for MtlsConnector {
             .to_owned();
         let connecting = self.http.call(uri);
         let tls = self.tls.clone();
+        let sni = self.sni.clone();
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
-            let name = ServerName::try_from(host)?;
+            let name = match sni {
+                Some(name) => name,
+                None => ServerName::try_from(host)?,
+            };
             let stream = tls.connect(name, tcp).await?;
             Ok(TokioIo::new(ClientStream(Box::new(stream))))
         })

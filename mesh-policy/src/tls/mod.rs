@@ -304,5 +304,90 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// Why a `SIMPLE` / `MUTUAL` client config could not be built from its files.
+#[derive(Debug, thiserror::Error)]
+pub enum FileTlsError {
+    /// A file could not be read or parsed.
+    #[error("{field} {path:?}: {reason}")]
+    File {
+        /// `caCertificates`, `clientCertificate` or `privateKey`.
+        field: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Verification without `caCertificates` would need the system's roots, which this build
+    /// does not carry.
+    #[error("caCertificates is required: system root certificates are not available")]
+    NoRoots,
+    /// The config could not be built (bad key, no usable protocol version).
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A client config for DestinationRule `tls.mode: SIMPLE` (no `client`) or `MUTUAL` (with
+/// `client` = certificate chain and key files): the server's chain is verified against `ca`
+/// and its DNS name against the SNI, as any TLS client does.
+pub fn client_config_from_files(
+    ca: Option<&std::path::Path>,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Arc<ClientConfig>, FileTlsError> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let read = |field: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| FileTlsError::File {
+            field,
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    };
+    let certs = |field: &'static str, path: &std::path::Path| {
+        let pem = read(field, path)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| FileTlsError::File {
+                field,
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(FileTlsError::File {
+                field,
+                path: path.to_owned(),
+                reason: "no certificate found".into(),
+            });
+        }
+        Ok(certs)
+    };
+    let ca = ca.ok_or(FileTlsError::NoRoots)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs("caCertificates", ca)? {
+        roots.add(cert).map_err(|e| FileTlsError::File {
+            field: "caCertificates",
+            path: ca.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = certs("clientCertificate", cert)?;
+            let pem = read("privateKey", key)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| FileTlsError::File {
+                field: "privateKey",
+                path: key.to_owned(),
+                reason: e.to_string(),
+            })?;
+            builder.with_client_auth_cert(chain, key_der)?
+        }
+    };
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests;
