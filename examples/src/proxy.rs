@@ -297,7 +297,16 @@ impl Proxy {
         let mut admin_service = Admin::new(store.clone(), readiness.clone())
             .balancer(outbound_service.balancer().clone());
         if let Some(handle) = crate::metrics::prometheus() {
-            admin_service = admin_service.metrics(Arc::new(move || handle.render()));
+            let credentials = credentials.clone();
+            let authz = authz_stats.clone();
+            admin_service = admin_service.metrics(Arc::new(move || {
+                let mut text = handle.render();
+                text.push_str(&authz.prometheus());
+                if let Some(store) = &credentials {
+                    text.push_str(&mesh_tower::tls::credential_metrics(store));
+                }
+                text
+            }));
         }
         if let Some(set) = options.log_level.clone() {
             admin_service = admin_service.log_level(set);

@@ -37,3 +37,34 @@ async fn config_published_at_run_time_takes_effect_for_the_next_request() {
     }
     assert_eq!(canary.mesh.version(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbound_layer_enforces_authorization_policies() {
+    let policy = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: public-only }
+spec:
+  action: ALLOW
+  rules: [{ to: [{ operation: { methods: [GET], paths: [\"/public/*\"] } }] }]
+";
+    let config = mesh_core::istio::load(&[("policy.yaml", policy)], &Default::default())
+        .config
+        .unwrap();
+    let mesh = mesh_tower::embed::Mesh::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/public/page", axum::routing::get(|| async { "public" }))
+        .route("/private", axum::routing::get(|| async { "private" }))
+        .layer(mesh.inbound_layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let c = client(addr, false);
+    let (status, body, _) = get(&c, "app", "/public/page", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "public"));
+    let (status, body, _) = get(&c, "app", "/private", &[]).await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+}

@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+use crate::authz::AuthzLayer;
 use crate::body::{self, BoxBody, BoxError};
 use crate::outbound::Outbound;
 use crate::ratelimit::RateLimitLayer;
@@ -147,12 +148,14 @@ impl MeshBuilder {
         let inbound_telemetry = self
             .telemetry
             .then(|| Telemetry::new(Reporter::Destination, workload.clone()).rng(rng));
+        let authz = AuthzLayer::new(store.clone());
         Ok(Mesh {
             store,
             client: builder.build(),
             inbound: InboundLayer {
                 telemetry: inbound_telemetry,
                 rate_limit: self.inbound_rate_limit.map(RateLimitLayer::fixed),
+                authz,
             },
             watcher,
             workload,
@@ -227,11 +230,13 @@ impl Drop for Mesh {
 }
 
 /// Puts the mesh's inbound policies in front of a service: telemetry (Istio's metrics with
-/// `reporter="destination"`, trace context, request ids) and the local rate limit.
-#[derive(Clone, Debug, Default)]
+/// `reporter="destination"`, trace context, request ids), the local rate limit, and
+/// authorization by the config's AuthorizationPolicies (403 `RBAC: access denied`).
+#[derive(Clone, Debug)]
 pub struct InboundLayer {
     telemetry: Option<Telemetry>,
     rate_limit: Option<RateLimitLayer>,
+    authz: AuthzLayer,
 }
 
 impl<S> Layer<S> for InboundLayer {
@@ -281,6 +286,7 @@ where
             tower::util::MapErr::new(inner, Into::<BoxError>::into),
             |r: Response<RB>| r.map(body::boxed),
         );
+        let boxed = self.layer.authz.layer(boxed);
         let future: BoxFuture<'static, Result<Response<BoxBody>, BoxError>> =
             match &self.layer.rate_limit {
                 Some(limit) => Box::pin(tower::ServiceExt::oneshot(limit.layer(boxed), req)),
