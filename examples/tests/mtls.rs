@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mesh_examples::proxy::{Identity, Options, Proxy};
+use mesh_examples::proxy::{Identity, Proxy};
 use mesh_policy::SpiffeId;
 use mesh_policy::credentials::{CredentialStore, Credentials};
 use mesh_policy::testing::TestCa;
@@ -83,15 +83,7 @@ async fn sidecar(
     app: Option<SocketAddr>,
     identity: &IdentityFiles,
 ) -> Proxy {
-    let mut options = Options::new(vec![config.path()], [127, 0, 0, 1].into());
-    for addr in [
-        &mut options.outbound,
-        &mut options.inbound,
-        &mut options.admin,
-        &mut options.health,
-    ] {
-        addr.set_port(0);
-    }
+    let mut options = test_options(vec![config.path()]);
     options.reload_interval = Duration::from_millis(50);
     options.seed = Some(1);
     options.app = app;
@@ -537,17 +529,8 @@ async fn simple_and_mutual_tls_with_certificate_files_body() {
         client_config(server.inbound, "").replace("mode: ISTIO_MUTUAL", &tls)
     };
     // No workload identity on this caller: the files are all it has.
-    let mut options = Options::new(vec![], [127, 0, 0, 1].into());
     let mutual_cfg = ConfigDir::new(&dr("MUTUAL", true));
-    options.config = vec![mutual_cfg.path()];
-    for addr in [
-        &mut options.outbound,
-        &mut options.inbound,
-        &mut options.admin,
-        &mut options.health,
-    ] {
-        addr.set_port(0);
-    }
+    let mut options = test_options(vec![mutual_cfg.path()]);
     options.identity = Some(frontend_files.identity());
     let caller = Proxy::start(options.clone()).await.unwrap();
     let (status, body, _) = get(&client(caller.outbound, false), HOST, "/", &[]).await;
@@ -570,15 +553,7 @@ async fn simple_and_mutual_tls_with_certificate_files_body() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let mut options = Options::new(vec![simple_cfg.path()], [127, 0, 0, 1].into());
-    for addr in [
-        &mut options.outbound,
-        &mut options.inbound,
-        &mut options.admin,
-        &mut options.health,
-    ] {
-        addr.set_port(0);
-    }
+    let mut options = test_options(vec![simple_cfg.path()]);
     options.identity = Some(frontend_files.identity());
     let caller = Proxy::start(options).await.unwrap();
     let (status, body, _) = get(&client(caller.outbound, false), HOST, "/", &[]).await;
@@ -610,15 +585,7 @@ spec:
         )
     };
     let cfg = ConfigDir::new(&pa("PERMISSIVE"));
-    let mut options = Options::new(vec![cfg.path()], [127, 0, 0, 1].into());
-    for addr in [
-        &mut options.outbound,
-        &mut options.inbound,
-        &mut options.admin,
-        &mut options.health,
-    ] {
-        addr.set_port(0);
-    }
+    let mut options = test_options(vec![cfg.path()]);
     options.reload_interval = Duration::from_millis(50);
     options.app = Some(app.addr);
     options.workload.namespace = "backend".into();

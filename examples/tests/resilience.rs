@@ -7,7 +7,7 @@ use common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use mesh_examples::proxy::{Options, Proxy};
+use mesh_examples::proxy::Proxy;
 use mesh_tower::body::{self, BoxBody};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -274,15 +274,7 @@ async fn traffic_stays_local_and_fails_over_to_the_other_region() {
             "retries: { attempts: 3, retryOn: \"connect-failure,reset,5xx\" }",
         );
     let config = ConfigDir::new(&yaml);
-    let mut options = Options::new(vec![config.path()], [127, 0, 0, 1].into());
-    for addr in [
-        &mut options.outbound,
-        &mut options.inbound,
-        &mut options.admin,
-        &mut options.health,
-    ] {
-        addr.set_port(0);
-    }
+    let mut options = test_options(vec![config.path()]);
     options.workload.locality = mesh_core::model::Locality::parse("us-east/a");
     options.seed = Some(3);
     let proxy = Proxy::start(options).await.unwrap();

@@ -4,8 +4,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
@@ -94,55 +93,11 @@ async fn run_logs_its_ports_serves_and_drains_on_sigterm() {
     let v1 = upstream("v1", Duration::from_millis(300)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write(&dir, "mesh.yaml", &registry(&[&v1]));
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--outbound-port",
-            "0",
-            "--inbound-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--health-port",
-            "0",
-            "--listen-address",
-            "127.0.0.1",
-            "--drain-seconds",
-            "5",
-            "--config",
-        ])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a start-up line");
-        if line.contains("mesh-proxy listening") {
-            break line;
-        }
-    };
-    let port_of = |name: &str| -> std::net::SocketAddr {
-        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-        line[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .trim_end_matches(|c: char| !c.is_ascii_digit())
-            .parse()
-            .unwrap()
-    };
-    let (outbound, health) = (port_of("outbound"), port_of("health"));
+    let sidecar = SidecarProcess::start(
+        BIN,
+        &["--drain-seconds", "5", "--config", config.to_str().unwrap()],
+    );
+    let (outbound, health) = (sidecar.addr("outbound"), sidecar.addr("health"));
     assert_eq!(
         get(&client(health, false), "localhost", "/healthz/ready", &[])
             .await
@@ -157,16 +112,8 @@ async fn run_logs_its_ports_serves_and_drains_on_sigterm() {
         async move { get(&c, "hello", "/", &[]).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let exit = tokio::spawn(sidecar.terminate());
     let (status, body, _) = in_flight.await.unwrap();
     assert_eq!((status, body.as_str()), (200, "v1"));
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(exit.await.unwrap(), Some(0));
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use mesh_examples::proxy::{Options, Proxy};
+use mesh_examples::proxy::Proxy;
 use mesh_tower::body::{self, BoxBody};
 use mesh_tower::server::serve;
 use std::collections::BTreeMap;
@@ -322,22 +322,11 @@ async fn the_access_log_has_one_line_per_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_answers_for_the_bundled_bookinfo_config() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bookinfo");
-    let mut options = Options::new(
-        vec![
-            root.join("services.yaml"),
-            root.join("destination-rules.yaml"),
-            root.join("virtual-service-reviews-jason-v2-v3.yaml"),
-        ],
-        [127, 0, 0, 1].into(),
-    );
-    for addr in [
-        &mut options.outbound,
-        &mut options.inbound,
-        &mut options.admin,
-        &mut options.health,
-    ] {
-        addr.set_port(0);
-    }
+    let mut options = test_options(vec![
+        root.join("services.yaml"),
+        root.join("destination-rules.yaml"),
+        root.join("virtual-service-reviews-jason-v2-v3.yaml"),
+    ]);
     let levels = Arc::new(Mutex::new(Vec::new()));
     let recorded = levels.clone();
     options.log_level = Some(Arc::new(move |l: &str| {

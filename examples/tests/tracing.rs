@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use mesh_examples::proxy::{Options, Proxy};
+use mesh_examples::proxy::Proxy;
 use mesh_tower::body::{self, BoxBody};
 use mesh_tower::server::serve;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -86,15 +86,7 @@ async fn a_retried_request_exports_its_span_and_one_child_per_try() {
 
     let rules = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: hello }\nspec:\n  hosts: [hello]\n  http:\n  - retries: { attempts: 2, retryOn: 5xx }\n    route: [{ destination: { host: hello } }]\n";
     let config = ConfigDir::new(&(registry(&[&upstream]) + rules));
-    let mut options = Options::new(vec![config.path()], [127, 0, 0, 1].into());
-    for a in [
-        &mut options.outbound,
-        &mut options.inbound,
-        &mut options.admin,
-        &mut options.health,
-    ] {
-        a.set_port(0);
-    }
+    let mut options = test_options(vec![config.path()]);
     options.otlp_endpoint = Some(format!("http://{otlp}"));
     options.trace_sampling = mesh_core::model::Percentage::NONE;
     let proxy = Proxy::start(options).await.unwrap();

@@ -5,8 +5,6 @@ mod common;
 
 use common::*;
 use mesh_xds_client::test_util::{ManagementServer, ServerSnapshot, fixtures};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
@@ -43,51 +41,9 @@ async fn the_sidecar_routes_by_xds_alone_and_follows_updates() {
     )
     .await
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--outbound-port",
-            "0",
-            "--inbound-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--health-port",
-            "0",
-            "--listen-address",
-            "127.0.0.1",
-            "--xds",
-        ])
-        .arg(server.addr().to_string())
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a start-up line");
-        if line.contains("mesh-proxy listening") {
-            break line;
-        }
-    };
-    let addr_of = |name: &str| -> std::net::SocketAddr {
-        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-        line[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let (outbound, admin) = (addr_of("outbound"), addr_of("admin"));
+    let xds = server.addr().to_string();
+    let sidecar = SidecarProcess::start(BIN, &["--xds", &xds]);
+    let (outbound, admin) = (sidecar.addr("outbound"), sidecar.addr("admin"));
     let c = client(outbound, false);
     // Wait (bounded) for the first snapshot to arrive.
     let mut first = String::new();
@@ -127,13 +83,6 @@ async fn the_sidecar_routes_by_xds_alone_and_follows_updates() {
             .is_some_and(|r| !r.is_empty())
     );
 
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -TERM {}", child.id()))
-        .status();
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(sidecar.terminate().await, Some(0));
     server.shutdown().await;
 }

@@ -66,19 +66,7 @@ where
     let builder = http_builder();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await {
         let local = stream.local_addr().unwrap_or(peer);
         let info = ConnectionInfo { peer, local };
         let service = service.clone();
@@ -95,11 +83,7 @@ where
             }
         });
     }
-    drop(listener);
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
-        Ok(()) => Drain::Complete,
-        Err(_) => Drain::TimedOut,
-    }
+    drain(listener, graceful, grace).await
 }
 
 /// As [`serve`], with each connection accepted by `tls` first (PeerAuthentication STRICT,
@@ -126,19 +110,7 @@ where
     let graceful = GracefulShutdown::new();
     let tls = Arc::new(tls);
     tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await {
         let local = stream.local_addr().unwrap_or(peer);
         let info = ConnectionInfo { peer, local };
         let service = service.clone();
@@ -168,6 +140,35 @@ where
             }
         });
     }
+    drain(listener, graceful, grace).await
+}
+
+/// The next connection (with `TCP_NODELAY` set), or `None` once `shutdown` resolves. Accept
+/// errors (e.g. too many open files) are logged and retried after a short pause, so one bad
+/// moment does not take the listener down.
+async fn next_connection<F: Future<Output = ()>>(
+    listener: &TcpListener,
+    shutdown: &mut std::pin::Pin<&mut F>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.as_mut() => return None,
+        }
+    }
+}
+
+/// Stops accepting and gives open connections `grace` to finish their requests.
+async fn drain(listener: TcpListener, graceful: GracefulShutdown, grace: Duration) -> Drain {
     drop(listener);
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => Drain::Complete,

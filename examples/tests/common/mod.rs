@@ -143,9 +143,10 @@ spec:
     )
 }
 
-/// Starts the sidecar in-process on ephemeral 127.0.0.1 ports over `config`.
-pub async fn start_proxy(config: &ConfigDir) -> Proxy {
-    let mut options = Options::new(vec![config.path()], [127, 0, 0, 1].into());
+/// Sidecar options over `paths` with every listener on an ephemeral 127.0.0.1 port, a fast
+/// config reload and a fixed seed.
+pub fn test_options(paths: Vec<PathBuf>) -> Options {
+    let mut options = Options::new(paths, [127, 0, 0, 1].into());
     for addr in [
         &mut options.outbound,
         &mut options.inbound,
@@ -156,7 +157,95 @@ pub async fn start_proxy(config: &ConfigDir) -> Proxy {
     }
     options.reload_interval = Duration::from_millis(50);
     options.seed = Some(1);
-    Proxy::start(options).await.expect("the proxy starts")
+    options
+}
+
+/// Starts the sidecar in-process on ephemeral 127.0.0.1 ports over `config`.
+pub async fn start_proxy(config: &ConfigDir) -> Proxy {
+    Proxy::start(test_options(vec![config.path()]))
+        .await
+        .expect("the proxy starts")
+}
+
+/// The `mesh-proxy` binary, started with `args`, and its start-up line.
+pub struct SidecarProcess {
+    pub child: std::process::Child,
+    pub line: String,
+}
+
+impl SidecarProcess {
+    /// Starts `binary run ARGS` with ephemeral ports on 127.0.0.1 and waits (at most 30 s)
+    /// for the line that lists the bound ports.
+    pub fn start(binary: &str, args: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(binary)
+            .args([
+                "run",
+                "--outbound-port",
+                "0",
+                "--inbound-port",
+                "0",
+                "--admin-port",
+                "0",
+                "--health-port",
+                "0",
+                "--listen-address",
+                "127.0.0.1",
+            ])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("mesh-proxy starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("a start-up line");
+            if line.contains("mesh-proxy listening") {
+                break line;
+            }
+        };
+        Self { child, line }
+    }
+
+    /// The address of listener `name` (`outbound`, `inbound`, `admin`, `health`).
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        let start = self
+            .line
+            .find(&format!("{name}="))
+            .expect("listener in the line")
+            + name.len()
+            + 1;
+        self.line[start..]
+            .split_whitespace()
+            .next()
+            .and_then(|a| {
+                a.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .ok()
+            })
+            .expect("an address")
+    }
+
+    /// Sends SIGTERM (with the shell's `kill`: a minimal machine may lack procps) and waits.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {}", self.child.id()))
+            .status();
+        tokio::task::spawn_blocking(move || self.child.wait().ok().and_then(|s| s.code()))
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 /// A connector that dials one address whatever the URI says, as an app whose traffic is
