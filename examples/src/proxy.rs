@@ -273,7 +273,10 @@ impl Proxy {
             .build();
         let authz = AuthzLayer::new(store.clone());
         let authz_stats = authz.stats();
-        let inbound_service = authz.layer(Inbound::new(store.clone(), options.app, client));
+        let inbound_telemetry = Telemetry::new(Reporter::Destination, options.workload.clone())
+            .sampling(options.trace_sampling);
+        let inbound_service = mesh_tower::telemetry::TelemetryLayer::new(inbound_telemetry)
+            .layer(authz.layer(Inbound::new(store.clone(), options.app, client)));
         // PeerAuthentication's portLevelMtls is keyed by the workload's port: the Sidecar's
         // first ingress port, else the app port (the inbound listener's own port is 15006).
         let workload_port = store

@@ -215,6 +215,35 @@ async fn frontend_gets_200_another_namespace_403_and_plaintext_is_refused_body()
             .contains("mesh_authz_requests_total{decision=\"deny\"} 1\n")
     );
 
+    // The server side reports the exchange with the caller's verified identity.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, metrics, _) = get(
+        &client(server.admin, false),
+        "localhost",
+        "/stats/prometheus",
+        &[],
+    )
+    .await;
+    let inbound: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_requests_total{") && l.contains("reporter=\"destination\"")
+        })
+        .collect();
+    assert!(
+        inbound
+            .iter()
+            .any(|l| l.contains("connection_security_policy=\"mutual_tls\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/frontend/")
+                && l.contains("source_workload_namespace=\"frontend\"")
+                && l.contains("response_code=\"200\"")),
+        "{inbound:#?}"
+    );
+    assert!(
+        inbound.iter().any(|l| l.contains("response_code=\"403\"")),
+        "{inbound:#?}"
+    );
+
     // Plaintext straight to the STRICT inbound port: the connection is closed, no response.
     let plain = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let err = send(&plain, server.inbound).await.unwrap_err();

@@ -78,16 +78,25 @@ fn labels(o: &Observation, outcome: &Outcome) -> Vec<(&'static str, String)> {
             "unknown".to_owned()
         }
     };
+    let peer_principal = o.peer.as_ref().map(|(id, _)| id.as_str());
+    let peer_namespace = o.peer.as_ref().and_then(|(_, ns)| ns.as_deref());
     vec![
         ("reporter", o.telemetry.reporter.label().to_owned()),
         ("source_workload", me(app)),
-        ("source_workload_namespace", me(Some(&w.namespace))),
+        (
+            "source_workload_namespace",
+            if source {
+                w.namespace.clone()
+            } else {
+                or_unknown(peer_namespace)
+            },
+        ),
         (
             "source_principal",
             if source {
                 spiffe.clone()
             } else {
-                "unknown".to_owned()
+                or_unknown(peer_principal)
             },
         ),
         ("source_app", me(app)),
@@ -148,7 +157,15 @@ fn labels(o: &Observation, outcome: &Outcome) -> Vec<(&'static str, String)> {
             outcome.grpc_status.clone().unwrap_or_default(),
         ),
         ("response_flags", outcome.flags.to_string()),
-        ("connection_security_policy", "unknown".to_owned()),
+        (
+            "connection_security_policy",
+            match (destination, o.mutual_tls) {
+                (true, true) => "mutual_tls",
+                (true, false) => "none",
+                (false, _) => "unknown",
+            }
+            .to_owned(),
+        ),
     ]
 }
 

@@ -154,6 +154,15 @@ impl Telemetry {
             context: trace.clone(),
             sink: self.spans.clone().filter(|_| trace.sampled),
         });
+        let peer = req
+            .extensions()
+            .get::<mesh_policy::PeerIdentity>()
+            .map(|p| (p.id.to_string(), p.namespace.clone()));
+        let mutual_tls = peer.is_some()
+            && req
+                .extensions()
+                .get::<crate::tls::TlsInfo>()
+                .is_some_and(|t| t.tls);
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -179,7 +188,71 @@ impl Telemetry {
             request_id,
             request_bytes,
             trace,
+            peer,
+            mutual_tls,
         }
+    }
+}
+
+/// Puts [`Telemetry`] around any service that answers every request (the inbound stack, an
+/// app): metrics, trace context, access log.
+#[derive(Clone, Debug)]
+pub struct TelemetryLayer {
+    telemetry: Telemetry,
+}
+
+impl TelemetryLayer {
+    /// A layer recording with `telemetry`.
+    pub fn new(telemetry: Telemetry) -> Self {
+        Self { telemetry }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for TelemetryLayer {
+    type Service = Telemetered<S>;
+
+    fn layer(&self, inner: S) -> Telemetered<S> {
+        Telemetered {
+            telemetry: self.telemetry.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`TelemetryLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Telemetered<S> {
+    telemetry: Telemetry,
+    inner: S,
+}
+
+impl<S, B> tower_service::Service<Request<B>> for Telemetered<S>
+where
+    S: tower_service::Service<
+            Request<B>,
+            Response = Response<BoxBody>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<
+        'static,
+        Result<Response<BoxBody>, std::convert::Infallible>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let observation = self.telemetry.start(&mut req);
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let Ok(response) = future.await;
+            Ok(observation.finish(response))
+        })
     }
 }
 
@@ -213,6 +286,9 @@ pub struct Observation {
     request_id: String,
     request_bytes: u64,
     trace: TraceContext,
+    /// The verified peer (SPIFFE ID, namespace) on an mTLS connection.
+    peer: Option<(String, Option<String>)>,
+    mutual_tls: bool,
 }
 
 /// What the response looked like, kept until its body ends.
