@@ -299,18 +299,6 @@ impl Proxy {
         let readiness = Readiness::default();
         let mut admin_service = Admin::new(store.clone(), readiness.clone())
             .balancer(outbound_service.balancer().clone());
-        if let Some(handle) = crate::metrics::prometheus() {
-            let credentials = credentials.clone();
-            let authz = authz_stats.clone();
-            admin_service = admin_service.metrics(Arc::new(move || {
-                let mut text = handle.render();
-                text.push_str(&authz.prometheus());
-                if let Some(store) = &credentials {
-                    text.push_str(&mesh_tower::tls::credential_metrics(store));
-                }
-                text
-            }));
-        }
         if let Some(set) = options.log_level.clone() {
             admin_service = admin_service.log_level(set);
         }
@@ -354,12 +342,27 @@ impl Proxy {
                 .spawn();
             (tokio::spawn(std::future::pending::<()>()), Some(handle))
         };
-        if let Some(handle) = &xds {
-            let status = handle.status();
+        let xds_status = xds.as_ref().map(|handle| handle.status());
+        if let Some(status) = xds_status.clone() {
             admin_service = admin_service.dump_section(
                 "xds",
                 Arc::new(move || serde_json::to_value(&*status.borrow()).unwrap_or_default()),
             );
+        }
+        if let Some(handle) = crate::metrics::prometheus() {
+            let credentials = credentials.clone();
+            let authz = authz_stats.clone();
+            admin_service = admin_service.metrics(Arc::new(move || {
+                let mut text = handle.render();
+                text.push_str(&authz.prometheus());
+                if let Some(store) = &credentials {
+                    text.push_str(&mesh_tower::tls::credential_metrics(store));
+                }
+                if let Some(status) = &xds_status {
+                    text.push_str(&xds_metrics(&status.borrow()));
+                }
+                text
+            }));
         }
         let admin_service = admin_service;
 
@@ -444,4 +447,34 @@ impl Proxy {
         }
         drain
     }
+}
+
+/// The xDS client's state in Prometheus text format.
+fn xds_metrics(status: &mesh_xds_client::client::XdsStatus) -> String {
+    let acked = status
+        .resources
+        .iter()
+        .filter(|r| matches!(r.state, mesh_xds_client::protocol::ResourceState::Acked))
+        .count();
+    format!(
+        "# HELP mesh_xds_connected Whether a stream to a control plane is open.\n\
+         # TYPE mesh_xds_connected gauge\n\
+         mesh_xds_connected {}\n\
+         # HELP mesh_xds_streams_total Streams opened to control planes.\n\
+         # TYPE mesh_xds_streams_total counter\n\
+         mesh_xds_streams_total {}\n\
+         # HELP mesh_xds_responses_total xDS responses received.\n\
+         # TYPE mesh_xds_responses_total counter\n\
+         mesh_xds_responses_total {}\n\
+         # HELP mesh_xds_nacks_total xDS responses rejected.\n\
+         # TYPE mesh_xds_nacks_total counter\n\
+         mesh_xds_nacks_total {}\n\
+         # HELP mesh_xds_resources_acked Resources accepted and serving.\n\
+         # TYPE mesh_xds_resources_acked gauge\n\
+         mesh_xds_resources_acked {acked}\n",
+        u8::from(status.server.is_some()),
+        status.streams,
+        status.responses,
+        status.nacks,
+    )
 }
