@@ -10,5 +10,6 @@
 
 pub mod canary;
 pub mod demo;
+pub mod grpc;
 pub mod metrics;
 pub mod proxy;

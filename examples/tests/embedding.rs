@@ -68,3 +68,32 @@ spec:
     let (status, body, _) = get(&c, "app", "/private", &[]).await;
     assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_client_on_the_mesh_channel_is_retried_on_unavailable() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let (addr, calls) = mesh_examples::grpc::start_flaky_server().await.unwrap();
+    let yaml = mesh_examples::grpc::config_yaml(addr);
+    let config = mesh_core::istio::load(&[("grpc.yaml", &yaml)], &Default::default())
+        .config
+        .unwrap();
+    let mesh = mesh_tower::embed::Mesh::builder()
+        .config(config)
+        .build()
+        .await
+        .unwrap();
+    let mut client =
+        TraceServiceClient::with_origin(mesh.client(), "http://collector:4317".parse().unwrap());
+    for _ in 0..3 {
+        client
+            .export(ExportTraceServiceRequest::default())
+            .await
+            .expect("retried past UNAVAILABLE");
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        6,
+        "each call: one UNAVAILABLE, one retry"
+    );
+}
