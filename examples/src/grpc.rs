@@ -22,7 +22,7 @@ impl TraceService for Flaky {
         &self,
         _: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        if self.0.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if self.0.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             return Err(tonic::Status::unavailable("warming up"));
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
