@@ -9,7 +9,8 @@ use mesh_benches::{
 use mesh_core::model::Workload;
 use mesh_tower::route::RouteLayer;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tower::Layer;
 
 fn route_matching(c: &mut Criterion) {

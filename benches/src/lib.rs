@@ -9,7 +9,8 @@ use mesh_tower::body::{self, BoxBody, BoxError};
 use std::fmt::Write as _;
 use std::future::{Ready, ready};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tower_service::Service;
 
 /// The namespace every generated resource lives in.

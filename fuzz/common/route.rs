@@ -8,7 +8,7 @@ use http::{Request, Response};
 use mesh_core::store::ConfigStore;
 use mesh_tower::body::{self, BoxBody, BoxError};
 use mesh_tower::route::RouteLayer;
-use std::future::{Future, Ready, ready};
+use std::future::{Ready, ready};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use tower_layer::Layer;
