@@ -4,10 +4,12 @@
 #   benches/load/run.sh [DURATION_SECONDS=10] [CONNECTIONS=64]
 #
 # Starts a bare hyper upstream (64-byte body), then each proxy in turn in front of it, drives each
-# with wrk (HTTP/1.1 keep-alive) pinned to one core while the proxy is pinned to the other, and
-# prints a markdown table: requests/s, latency percentiles, proxy CPU-ms per 1,000 requests and
-# RSS. Targets: direct (no proxy), bare hyper-util proxy, mesh-proxy, and nginx / haproxy when
-# installed. Only 127.0.0.1 is used; every run is bounded by DURATION.
+# with wrk (HTTP/1.1 keep-alive) and, when installed, h2load (h2c, prior knowledge) pinned to one
+# core while the proxy is pinned to the other, and prints a markdown table: requests/s, latency
+# percentiles, the p50 added over direct, proxy CPU-ms per 1,000 requests and RSS. Targets:
+# direct (no proxy), bare hyper-util proxy, mesh-proxy, and nginx / haproxy when installed
+# (HTTP/1.1 only: their h2c listeners would refuse HTTP/1.1 on the same port). Only 127.0.0.1 is
+# used; every run is bounded by DURATION (and `timeout`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
@@ -52,37 +54,72 @@ spec:
 YAML
 
 results="$OUT/results.md"
-printf '| target | req/s | p50 | p99 | p99.9 | proxy CPU-ms / 1k req | proxy RSS (MB) |\n|---|---|---|---|---|---|---|\n' > "$results"
+printf '| target | protocol | req/s | p50 | p99 | p99.9 | p50 added over direct | proxy CPU-ms / 1k req | proxy RSS (MB) |\n|---|---|---|---|---|---|---|---|---|\n' > "$results"
+DIRECT_P50=
+DIRECT_H2_MEAN=
+
+usage() { # pid before-ticks total-requests -> "cpu rss"
+  local pid=$1 before=$2 total=$3 after
+  if [ "$pid" = - ]; then echo "- -"; return; fi
+  after=$(cpu_ticks "$pid")
+  awk -v t=$((after - before)) -v n="$total" -v hz="$(getconf CLK_TCK)" -v k="$(rss_kb "$pid")" \
+    'BEGIN { printf "%.2f %.1f", (n > 0 ? t * 1000 / hz / (n / 1000) : 0), k / 1024 }'
+}
+
+to_ms() { # 1.234ms | 567us | 1.2s -> milliseconds, 3 decimals
+  awk -v x="$1" 'BEGIN { if (x ~ /us$/) v = x / 1000; else if (x ~ /ms$/) v = x + 0; else v = x * 1000; printf "%.3fms", v }'
+}
+
+added() { # value base (both like 1.234ms) -> "+0.123ms"
+  awk -v v="${1%ms}" -v b="${2%ms}" 'BEGIN { if (b == "") print "-"; else printf "%+.3fms", v - b }'
+}
 
 measure() { # name port pid(or -)
-  local name=$1 port=$2 pid=$3 before after out rps p50 p99 p999 cpu rss
+  local name=$1 port=$2 pid=$3 before=0 out rps p50 p99 p999 total cpu rss
   [ "$pid" = - ] || before=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: bench' \
-        -s benches/load/percentiles.lua "http://127.0.0.1:$port/")
+  out=$(timeout $((DURATION + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
+        -H 'Host: bench' -s benches/load/percentiles.lua "http://127.0.0.1:$port/")
   echo "$out" > "$OUT/$name.wrk.txt"
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '/^p50 / {print $2}' <<<"$out"); p99=$(awk '/^p99 / {print $2}' <<<"$out"); p999=$(awk '/^p99.9 / {print $2}' <<<"$out")
-  local total; total=$(awk '/^requests / {print $2}' <<<"$out")
-  if [ "$pid" = - ]; then cpu=-; rss=-; else
-    after=$(cpu_ticks "$pid")
-    cpu=$(awk -v t=$((after - before)) -v n="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1000 / hz / (n / 1000) }')
-    rss=$(awk -v k="$(rss_kb "$pid")" 'BEGIN { printf "%.1f", k / 1024 }')
-  fi
-  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$p999" "$cpu" "$rss" >> "$results"
+  total=$(awk '/^requests / {print $2}' <<<"$out")
+  if grep -q 'Non-2xx' <<<"$out"; then echo "warning: $name answered non-2xx: $(grep Non-2xx <<<"$out")" >&2; fi
+  [ "$name" = direct ] && DIRECT_P50=$p50
+  read -r cpu rss <<<"$(usage "$pid" "$before" "$total")"
+  printf '| %s | HTTP/1.1 | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$p999" \
+    "$(added "$p50" "$DIRECT_P50")" "$cpu" "$rss" >> "$results"
+}
+
+measure_h2() { # name port pid(or -): h2c with 10 streams per connection; h2load reports the mean
+  command -v h2load >/dev/null || return 0
+  local name=$1 port=$2 pid=$3 before=0 out rps mean total cpu rss
+  [ "$pid" = - ] || before=$(cpu_ticks "$pid")
+  out=$(timeout $((DURATION + 30)) taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m10 -D"$DURATION" \
+        -H ':authority: bench' "http://127.0.0.1:$port/")
+  echo "$out" > "$OUT/$name.h2load.txt"
+  rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  mean=$(to_ms "$(awk '/^time for request:/ {print $6}' <<<"$out")")
+  total=$(awk '/^requests:/ {print $8}' <<<"$out")
+  if ! grep -q '^status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx' <<<"$out"; then echo "warning: $name h2c: $(grep '^status codes' <<<"$out")" >&2; fi
+  [ "$name" = direct ] && DIRECT_H2_MEAN=$mean
+  read -r cpu rss <<<"$(usage "$pid" "$before" "$total")"
+  printf '| %s | h2c (mean) | %s | %s | - | - | %s | %s | %s |\n' "$name" "$rps" "$mean" \
+    "$(added "$mean" "$DIRECT_H2_MEAN")" "$cpu" "$rss" >> "$results"
 }
 
 measure direct "$UP_PORT" -
+measure_h2 direct "$UP_PORT" -
 
 taskset -c "$PROXY_CPU" "$BIN/bare-proxy" "$PROXY_PORT" "127.0.0.1:$UP_PORT" 2>/dev/null & p=$!; pids+=($p)
-wait_port "$PROXY_PORT"; measure bare-hyper-proxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
+wait_port "$PROXY_PORT"; measure bare-hyper-proxy "$PROXY_PORT" "$p"; measure_h2 bare-hyper-proxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 
 taskset -c "$PROXY_CPU" "$BIN/mesh-proxy" run --config "$CFG" --outbound-port "$PROXY_PORT" \
-  --inbound-port 0 --admin-port 0 --health-port 0 >"$OUT/mesh-proxy.log" 2>&1 & p=$!; pids+=($p)
-wait_port "$PROXY_PORT"; measure mesh-proxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
+  --inbound-port 0 --admin-port 0 --health-port 0 --listen-address 127.0.0.1 >"$OUT/mesh-proxy.log" 2>&1 & p=$!; pids+=($p)
+wait_port "$PROXY_PORT"; measure mesh-proxy "$PROXY_PORT" "$p"; measure_h2 mesh-proxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 
 if command -v nginx >/dev/null; then
   cat > "$OUT/nginx.conf" <<NGINX
-worker_processes 1; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr error;
+worker_processes 1; master_process off; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr error;
 events { worker_connections 1024; }
 http { access_log off;
   upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; }
@@ -112,5 +149,5 @@ HAPROXY
   wait_port "$PROXY_PORT"; measure haproxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 fi
 
-echo; echo "load: $CONNS connections, ${DURATION}s each, wrk on cpu $LOAD_CPU, proxy on cpu $PROXY_CPU, $(date -u +%F)"
+echo; echo "load: $CONNS connections, ${DURATION}s each, wrk/h2load and the upstream on cpu $LOAD_CPU, proxy on cpu $PROXY_CPU, $(date -u '+%F %H:%M UTC'), $(nproc) cpus: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 cat "$results"

@@ -38,6 +38,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 if let Ok(uri) = http::Uri::from_parts(parts) {
                     *req.uri_mut() = uri;
                 }
+                // The pooled client speaks HTTP/1.1 upstream whatever the downstream spoke
+                // (h2c downstream included), as a sidecar's default pool does.
+                *req.version_mut() = http::Version::HTTP_11;
                 client.request(req)
             });
             let _ = auto::Builder::new(TokioExecutor::new())

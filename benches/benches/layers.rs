@@ -1,0 +1,193 @@
+//! Each mesh-tower layer alone, and the outbound stack down to the balancer, beside the bare
+//! service in the same criterion group; afterwards a fixed loop per layer prints the overhead as
+//! ns/request and as a ratio over the bare service (`layer: X ns/req, ratio Y`).
+//!
+//! In-process, no network: the innermost service answers at once.
+
+use criterion::{BenchmarkId, Criterion};
+use http::{Request, Response};
+use mesh_benches::{Bare, drive, host, one_service_yaml, overhead, request, runtime, with_body};
+use mesh_core::model::{
+    AbortError, ClusterName, Fault, FaultAbort, LocalRateLimit, Percentage, RetryPolicy,
+};
+use mesh_tower::balance::BalanceLayer;
+use mesh_tower::body::{BoxBody, BoxError};
+use mesh_tower::breaker::BreakerLayer;
+use mesh_tower::fault::FaultLayer;
+use mesh_tower::mirror::{MirrorLayer, ShadowService};
+use mesh_tower::ratelimit::RateLimitLayer;
+use mesh_tower::retry::{RetryBudget, RetryLayer};
+use mesh_tower::rng::Rng;
+use mesh_tower::route::RouteLayer;
+use mesh_tower::split::{SplitLayer, Target};
+use mesh_tower::timeout::TimeoutLayer;
+use std::time::Duration;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder};
+use tower_service::Service;
+
+/// Benches `svc` beside [`Bare`] in group `layer/<name>`, then prints its overhead.
+fn compare<S, F>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S, make: F)
+where
+    S: Service<Request<BoxBody>, Response = Response<BoxBody>> + Clone,
+    S::Error: std::fmt::Debug,
+    F: Fn() -> Request<BoxBody> + Copy,
+{
+    let mut group = c.benchmark_group(format!("layer/{name}"));
+    group.bench_function(BenchmarkId::from_parameter("bare"), |b| {
+        b.iter_custom(|iters| rt.block_on(drive(&mut Bare, make, iters)));
+    });
+    let mut layered = svc.clone();
+    group.bench_function(BenchmarkId::from_parameter(name), |b| {
+        b.iter_custom(|iters| rt.block_on(drive(&mut layered, make, iters)));
+    });
+    group.finish();
+    overhead(rt, name, svc, make);
+}
+
+fn layers(c: &mut Criterion) {
+    let rt = runtime();
+    let store = mesh_benches::store(&one_service_yaml(1, 2, "simple: LEAST_REQUEST"));
+    let snapshot = store.load();
+    let host0 = host(0);
+    let template = request(&host0, "/r0/items/42");
+    let plain = move || with_body(&template);
+    // The layers below the split find their cluster in a `Target` extension.
+    let cluster = snapshot
+        .cluster(&ClusterName::outbound(80, Some("v1"), &host0))
+        .expect("cluster v1")
+        .clone();
+    let targeted_template = {
+        let mut r = request(&host0, "/r0/items/42");
+        r.extensions_mut().insert(Target {
+            cluster: cluster.clone(),
+        });
+        r
+    };
+    let targeted = move || with_body(&targeted_template);
+    // Leak the closures' captures into 'static Copy closures: `compare` runs each many times.
+    let plain: &'static _ = Box::leak(Box::new(plain));
+    let targeted: &'static _ = Box::leak(Box::new(targeted));
+    let plain = || plain();
+    let targeted = || targeted();
+
+    compare(
+        c,
+        &rt,
+        "route",
+        RouteLayer::new(store.clone()).layer(Bare),
+        plain,
+    );
+    compare(
+        c,
+        &rt,
+        "route+split",
+        ServiceBuilder::new()
+            .layer(RouteLayer::new(store.clone()))
+            .layer(SplitLayer::new(Rng::with_seed(1)))
+            .service(Bare),
+        plain,
+    );
+    compare(
+        c,
+        &rt,
+        "ratelimit",
+        RateLimitLayer::fixed(LocalRateLimit {
+            max_tokens: u32::MAX,
+            tokens_per_fill: u32::MAX,
+            fill_interval: Duration::from_secs(1),
+        })
+        .layer(Bare),
+        plain,
+    );
+    compare(
+        c,
+        &rt,
+        "fault(abort 0%)",
+        FaultLayer::fixed(
+            Fault {
+                delay: None,
+                abort: Some(FaultAbort {
+                    error: AbortError::Http(503),
+                    percentage: Percentage::NONE,
+                }),
+            },
+            Rng::with_seed(1),
+        )
+        .layer(Bare),
+        plain,
+    );
+    compare(
+        c,
+        &rt,
+        "mirror(0%)",
+        MirrorLayer::to(Bare, Percentage::NONE, Rng::with_seed(1)).layer(Bare),
+        plain,
+    );
+    compare(
+        c,
+        &rt,
+        "timeout(10s)",
+        TimeoutLayer::fixed(Duration::from_secs(10)).layer(Bare),
+        plain,
+    );
+    compare(
+        c,
+        &rt,
+        "retry(2 attempts)",
+        RetryLayer::fixed(RetryPolicy::istio_default()).layer(Bare),
+        plain,
+    );
+    compare(c, &rt, "breaker", BreakerLayer::new().layer(Bare), targeted);
+    compare(
+        c,
+        &rt,
+        "balance(P2C, 1 endpoint)",
+        BalanceLayer::new(Rng::with_seed(1)).layer(Bare),
+        targeted,
+    );
+
+    // The outbound stack as `mesh_tower::outbound` assembles it, down to the balancer, over the
+    // bare service instead of the hyper client.
+    let upstream = ServiceBuilder::new()
+        .layer(BreakerLayer::new())
+        .layer(BalanceLayer::new(Rng::with_seed(1)))
+        .service(Bare);
+    let shadow: ShadowService = BoxCloneSyncService::new(upstream.clone());
+    let stack = ServiceBuilder::new()
+        .layer(RouteLayer::new(store.clone()))
+        .layer(RateLimitLayer::new())
+        .layer(FaultLayer::new(Rng::with_seed(1)))
+        .layer(MirrorLayer::new(shadow, Rng::with_seed(1)))
+        .layer(TimeoutLayer::new())
+        .layer(RetryLayer::new(RetryBudget::default(), Rng::with_seed(1)))
+        .layer(SplitLayer::new(Rng::with_seed(1)))
+        .service(upstream);
+    compare(c, &rt, "outbound stack", stack.clone(), plain);
+    // The same, type-erased as `Outbound` holds it.
+    let boxed: BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError> =
+        BoxCloneSyncService::new(stack);
+    compare(c, &rt, "outbound stack (boxed)", boxed, plain);
+
+    // Mirroring every request: the caller-side cost (buffering, the shadow copy, the spawn).
+    // The shadows run on a worker thread, so this one uses a multi-thread runtime.
+    let mt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    compare(
+        c,
+        &mt,
+        "mirror(100%)",
+        MirrorLayer::to(Bare, Percentage::ALL, Rng::with_seed(1)).layer(Bare),
+        plain,
+    );
+}
+
+fn main() {
+    let mut c = mesh_benches::criterion();
+    layers(&mut c);
+    c.final_summary();
+    mesh_benches::print_table("layer overhead over the bare service");
+}
