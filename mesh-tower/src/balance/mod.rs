@@ -76,6 +76,10 @@ impl EndpointState {
 struct Resolved {
     cluster: Arc<Cluster>,
     states: Vec<Arc<EndpointState>>,
+    /// The endpoints healthy by status (before outlier ejection), computed once.
+    healthy: Vec<usize>,
+    /// Each endpoint's `address:port`, parsed once.
+    authorities: Vec<Option<http::uri::Authority>>,
     /// The hash table over the current candidate set, and that set's fingerprint.
     table: Mutex<Option<(u64, Arc<Table>)>>,
 }
@@ -115,9 +119,23 @@ impl ClusterState {
                     .unwrap_or_else(|| Arc::new(EndpointState::new()))
             })
             .collect();
+        let healthy = cluster
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.health == HealthStatus::Healthy)
+            .map(|(i, _)| i)
+            .collect();
+        let authorities = cluster
+            .endpoints
+            .iter()
+            .map(|e| e.authority().parse().ok())
+            .collect();
         let resolved = Arc::new(Resolved {
             cluster: cluster.clone(),
             states,
+            healthy,
+            authorities,
             table: Mutex::new(None),
         });
         self.resolved.store(Some(resolved.clone()));
@@ -265,39 +283,44 @@ impl BalanceLayer {
     ) -> Result<Pick, ProxyError> {
         let cluster = &resolved.cluster;
         let now = Instant::now();
-        let healthy: Vec<usize> = cluster
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.health == HealthStatus::Healthy)
-            .map(|(i, _)| i)
-            .collect();
-        let available: Vec<usize> = healthy
-            .iter()
-            .copied()
-            .filter(|i| !resolved.states[*i].outlier.is_ejected(now))
-            .collect();
-        let min_health = cluster
-            .policy
-            .outlier_detection
-            .as_ref()
-            .map_or(0, |o| o.min_health_percent);
-        let mut candidates = if available.len() * 100 < healthy.len() * min_health as usize {
-            healthy // Panic mode: too few left to trust ejection.
-        } else {
-            available
-        };
-        if candidates.is_empty() {
-            return Err(ProxyError::NoHealthyUpstream(cluster.name.to_string()));
-        }
+        let healthy = &resolved.healthy;
         let local = req
             .extensions()
             .get::<Routed>()
-            .map(|r| &r.snapshot().workload.locality);
+            .map(|r| &r.snapshot().workload.locality)
+            .filter(|l| !l.region.is_empty());
         let locality_aware = cluster.policy.load_balancer.locality.is_some()
             || cluster.policy.outlier_detection.is_some();
-        if let Some(local) = local.filter(|l| locality_aware && !l.region.is_empty()) {
-            candidates = locality::choose_level(cluster, local, &candidates, &self.rng);
+        // Without outlier detection or locality, the candidates are the cached healthy set:
+        // no per-request list, no per-endpoint lock.
+        let candidates: std::borrow::Cow<'_, [usize]> =
+            if cluster.policy.outlier_detection.is_none() && !(locality_aware && local.is_some()) {
+                std::borrow::Cow::Borrowed(healthy.as_slice())
+            } else {
+                let available: Vec<usize> = healthy
+                    .iter()
+                    .copied()
+                    .filter(|i| !resolved.states[*i].outlier.is_ejected(now))
+                    .collect();
+                let min_health = cluster
+                    .policy
+                    .outlier_detection
+                    .as_ref()
+                    .map_or(0, |o| o.min_health_percent);
+                let mut candidates = if available.len() * 100 < healthy.len() * min_health as usize
+                {
+                    healthy.clone() // Panic mode: too few left to trust ejection.
+                } else {
+                    available
+                };
+                if let Some(local) = local.filter(|_| locality_aware && !candidates.is_empty()) {
+                    candidates = locality::choose_level(cluster, local, &candidates, &self.rng);
+                }
+                std::borrow::Cow::Owned(candidates)
+            };
+        let candidates = candidates.as_ref();
+        if candidates.is_empty() {
+            return Err(ProxyError::NoHealthyUpstream(cluster.name.to_string()));
         }
         let weight = |i: usize| -> f64 {
             let w = f64::from(cluster.endpoints[i].weight.max(1));
@@ -317,7 +340,7 @@ impl BalanceLayer {
                     .sum();
                 let mut turn = state.turn.fetch_add(1, Ordering::Relaxed) as u64 % total.max(1);
                 let mut chosen = candidates[0];
-                for i in &candidates {
+                for i in candidates {
                     let w = u64::from(cluster.endpoints[*i].weight.max(1));
                     if turn < w {
                         chosen = *i;
@@ -328,7 +351,7 @@ impl BalanceLayer {
                 chosen
             }
             LbAlgorithm::Random | LbAlgorithm::Passthrough => {
-                weighted_random(&candidates, weight, &self.rng)
+                weighted_random(candidates, weight, &self.rng)
             }
             LbAlgorithm::LeastRequest => {
                 let active = |i: usize| resolved.states[i].active.load(Ordering::Relaxed) as f64;
@@ -346,15 +369,15 @@ impl BalanceLayer {
                     if active(b) < active(a) { b } else { a }
                 } else {
                     // Unequal weights (Envoy): weighted random on weight / (active + 1).
-                    weighted_random(&candidates, |i| weight(i) / (active(i) + 1.0), &self.rng)
+                    weighted_random(candidates, |i| weight(i) / (active(i) + 1.0), &self.rng)
                 }
             }
             LbAlgorithm::ConsistentHash(ch) => {
                 let mut set_cookie = None;
                 let key = hash_key(&ch.key, req);
                 let index = match &key {
-                    Some(key) => self.table_lookup(resolved, &candidates, ch, hash64(key)),
-                    None => weighted_random(&candidates, weight, &self.rng),
+                    Some(key) => self.table_lookup(resolved, candidates, ch, hash64(key)),
+                    None => weighted_random(candidates, weight, &self.rng),
                 };
                 if let (
                     None,
@@ -482,9 +505,9 @@ where
             Err(e) => return Box::pin(async move { Err(e.into()) }),
         };
         let endpoint = &cluster.endpoints[pick.index];
-        let authority = match endpoint.authority().parse() {
-            Ok(a) => a,
-            Err(_) => {
+        let authority = match resolved.authorities[pick.index].clone() {
+            Some(a) => a,
+            None => {
                 let e = ProxyError::BadRequest(format!(
                     "endpoint {} is not a valid authority",
                     endpoint.authority()
