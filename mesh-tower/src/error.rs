@@ -59,6 +59,9 @@ pub enum ProxyError {
     /// A local rate limit was reached.
     #[error("local_rate_limited")]
     RateLimited,
+    /// A response stream sent nothing for the stream idle timeout.
+    #[error("stream idle timeout")]
+    StreamIdleTimeout,
 }
 
 impl ProxyError {
@@ -97,6 +100,9 @@ impl ProxyError {
                 ResponseFlag::UpstreamOverflow,
             ),
             Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, ResponseFlag::RateLimited),
+            Self::StreamIdleTimeout => {
+                (StatusCode::GATEWAY_TIMEOUT, ResponseFlag::StreamIdleTimeout)
+            }
         }
     }
 }

@@ -26,6 +26,8 @@ use crate::error::ProxyError;
 use crate::route::Routed;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Body as _;
+use std::future::Future as _;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -79,13 +81,28 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 }
 
 /// Applies the route's (or a fixed) timeout.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct TimeoutLayer {
     fixed: Option<Duration>,
+    idle: Option<Duration>,
+}
+
+/// Envoy's default `stream_idle_timeout`: a response body that sends nothing for this long
+/// is ended with an error.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Default for TimeoutLayer {
+    fn default() -> Self {
+        Self {
+            fixed: None,
+            idle: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+        }
+    }
 }
 
 impl TimeoutLayer {
-    /// Uses each request's route timeout (none when the route sets none).
+    /// Uses each request's route timeout (none when the route sets none) and Envoy's 5 min
+    /// stream idle timeout.
     pub fn new() -> Self {
         Self::default()
     }
@@ -94,7 +111,65 @@ impl TimeoutLayer {
     pub fn fixed(timeout: Duration) -> Self {
         Self {
             fixed: Some(timeout),
+            ..Self::default()
         }
+    }
+
+    /// Ends a response body that sends no frame for `idle` (`None`: never).
+    pub fn stream_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle = idle;
+        self
+    }
+}
+
+/// A response body that fails when no frame arrives for `idle`.
+struct IdleBody {
+    inner: BoxBody,
+    idle: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for IdleBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(ProxyError::StreamIdleTimeout.into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn with_idle_timeout(response: Response<BoxBody>, idle: Option<Duration>) -> Response<BoxBody> {
+    match idle {
+        Some(idle) if !response.body().is_end_stream() => response.map(|inner| {
+            crate::body::boxed(IdleBody {
+                inner,
+                idle,
+                timer: Box::pin(tokio::time::sleep(idle)),
+            })
+        }),
+        _ => response,
     }
 }
 
@@ -104,6 +179,7 @@ impl<S> Layer<S> for TimeoutLayer {
     fn layer(&self, inner: S) -> Timeout<S> {
         Timeout {
             fixed: self.fixed,
+            idle: self.idle,
             inner,
         }
     }
@@ -113,6 +189,7 @@ impl<S> Layer<S> for TimeoutLayer {
 #[derive(Clone, Debug)]
 pub struct Timeout<S> {
     fixed: Option<Duration>,
+    idle: Option<Duration>,
     inner: S,
 }
 
@@ -144,8 +221,10 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let idle = self.idle;
         let Some(timeout) = timeout else {
-            return Box::pin(self.inner.call(req));
+            let future = self.inner.call(req);
+            return Box::pin(async move { Ok(with_idle_timeout(future.await?, idle)) });
         };
         let deadline = Deadline(Instant::now() + timeout);
         deadline.propagate(req.headers_mut());
@@ -153,7 +232,7 @@ where
         let future = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout(timeout, future).await {
-                Ok(result) => result,
+                Ok(result) => Ok(with_idle_timeout(result?, idle)),
                 Err(_) => Err(ProxyError::Timeout { per_try: false }.into()),
             }
         })
@@ -163,6 +242,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_response_body_ends_with_an_error_after_the_idle_timeout() {
+        use futures_util::StreamExt;
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let stalls = tower::service_fn(|_req: Request<BoxBody>| async {
+            let chunks = futures_util::stream::iter([Ok::<_, BoxError>(http_body::Frame::data(
+                bytes::Bytes::from_static(b"first"),
+            ))])
+            .chain(futures_util::stream::pending::<
+                Result<http_body::Frame<bytes::Bytes>, BoxError>,
+            >());
+            Ok::<_, BoxError>(Response::new(crate::body::boxed(
+                http_body_util::StreamBody::new(chunks),
+            )))
+        });
+        let service = TimeoutLayer::new()
+            .stream_idle_timeout(Some(Duration::from_secs(60)))
+            .layer(stalls);
+        let response = service
+            .oneshot(Request::new(crate::body::empty()))
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let started = Instant::now();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "first");
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(error.to_string(), "stream idle timeout");
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
 
     #[test]
     fn grpc_timeouts_parse_in_every_unit() {
