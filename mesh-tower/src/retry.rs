@@ -257,6 +257,7 @@ fn retry_after(result: &Result<Response<BoxBody>, BoxError>) -> Option<Duration>
 struct Template {
     parts: http::request::Parts,
     body: ReplayBody,
+    remote_localities: bool,
 }
 
 /// The request body, kept so that it can be sent again.
@@ -358,6 +359,10 @@ impl Template {
         *req.extensions_mut() = self.parts.extensions.clone();
         req.headers_mut()
             .insert("x-envoy-attempt-count", HeaderValue::from(n));
+        req.extensions_mut().insert(crate::telemetry::Attempt {
+            number: n,
+            remote_localities: self.remote_localities,
+        });
         if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
             deadline.propagate(req.headers_mut());
         }
@@ -500,7 +505,11 @@ where
                     }
                 }
             };
-            let template = Template { parts, body };
+            let template = Template {
+                parts,
+                body,
+                remote_localities: policy.retry_remote_localities,
+            };
             match hedge {
                 Some(hedge) => hedged(inner, template, policy, hedge, layer).await,
                 None => retried(inner, template, policy, layer).await,

@@ -313,7 +313,14 @@ impl BalanceLayer {
                 } else {
                     available
                 };
-                if let Some(local) = local.filter(|_| locality_aware && !candidates.is_empty()) {
+                // A retry may leave the locality when the route says so (`retryRemoteLocalities`).
+                let remote_retry = req
+                    .extensions()
+                    .get::<crate::telemetry::Attempt>()
+                    .is_some_and(|a| a.number > 1 && a.remote_localities);
+                if let Some(local) =
+                    local.filter(|_| locality_aware && !remote_retry && !candidates.is_empty())
+                {
                     candidates = locality::choose_level(cluster, local, &candidates, &self.rng);
                 }
                 std::borrow::Cow::Owned(candidates)

@@ -338,3 +338,41 @@ async fn locality_keeps_traffic_local_and_fails_over_when_local_is_ejected() {
     );
     assert_eq!(counts.lock().unwrap()[&3], 998);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_leaves_the_locality_only_when_the_route_allows_it() {
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.outlier_detection = Some(OutlierDetection::default());
+    let c = cluster(
+        vec![endpoint(1, 1, "us-east"), endpoint(2, 1, "eu-west")],
+        p,
+    );
+    let store = mesh_core::store::ConfigStore::new(mesh_core::model::MeshConfig {
+        workload: mesh_core::model::Workload {
+            locality: Locality::parse("us-east"),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    for (remote, expect_remote) in [(false, false), (true, true)] {
+        let (up, counts) = upstream(|_| 200);
+        let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
+        for _ in 0..100 {
+            let mut req = request(&c);
+            req.extensions_mut()
+                .insert(crate::route::Routed::for_tests(store.load()));
+            req.extensions_mut().insert(crate::telemetry::Attempt {
+                number: 2,
+                remote_localities: remote,
+            });
+            svc.clone().oneshot(req).await.unwrap();
+        }
+        let went_remote = counts.lock().unwrap().contains_key(&2);
+        assert_eq!(
+            went_remote,
+            expect_remote,
+            "retryRemoteLocalities {remote}: {:?}",
+            counts.lock().unwrap()
+        );
+    }
+}

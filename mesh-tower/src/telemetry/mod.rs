@@ -68,6 +68,16 @@ pub struct UpstreamInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempts(pub u32);
 
+/// Which try a request is, in the request's extensions (set by the retry layer), so that the
+/// balancer can send a retry to another locality when the route allows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1 for the first try.
+    pub number: u32,
+    /// Istio's `retryRemoteLocalities`: retries may leave the workload's locality.
+    pub remote_localities: bool,
+}
+
 /// Where access log lines go.
 pub type AccessLogSink = Arc<dyn Fn(&str) + Send + Sync>;
 
