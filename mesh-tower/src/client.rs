@@ -331,7 +331,18 @@ impl UpstreamClient {
                 return Box::pin(async move { Err(ProxyError::BadRequest(e.to_string()).into()) });
             }
         }
+        // An HTTP/1.1 Upgrade (WebSocket, ...) keeps its Connection/Upgrade headers and, once
+        // the upstream answers 101, becomes a byte tunnel between the two connections.
+        let upgrade = (!http2).then(|| upgrade_protocol(req.headers())).flatten();
+        let downstream = upgrade
+            .as_ref()
+            .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
         strip_hop_by_hop(req.headers_mut());
+        if let Some(protocol) = &upgrade {
+            req.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            req.headers_mut().insert(UPGRADE, protocol.clone());
+        }
         *req.version_mut() = if http2 {
             Version::HTTP_2
         } else {
@@ -340,6 +351,25 @@ impl UpstreamClient {
         let future = client.request(req);
         Box::pin(async move {
             match future.await {
+                Ok(mut response)
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                        && upgrade.is_some() =>
+                {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    let protocol = response.headers().get(UPGRADE).cloned();
+                    if let Some(downstream) = downstream {
+                        tokio::spawn(tunnel(downstream, upstream));
+                    }
+                    let mut response = response.map(body::boxed);
+                    strip_hop_by_hop(response.headers_mut());
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                    if let Some(protocol) = protocol {
+                        response.headers_mut().insert(UPGRADE, protocol);
+                    }
+                    Ok(response)
+                }
                 Ok(response) => {
                     let mut response = response.map(body::boxed);
                     strip_hop_by_hop(response.headers_mut());
@@ -411,6 +441,31 @@ fn connector() -> HttpConnector {
     connector.set_connect_timeout(Some(Duration::from_secs(10)));
     connector.enforce_http(true);
     connector
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with `Upgrade`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    wants.then(|| headers.get(UPGRADE).cloned()).flatten()
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections until
+/// either side closes.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) else {
+        tracing::debug!("upgrade abandoned before both sides switched");
+        return;
+    };
+    let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
 }
 
 /// Removes the headers that describe one connection rather than the message (RFC 9110

@@ -77,7 +77,8 @@ where
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let connection = builder.serve_connection(TokioIo::new(stream), hyper_service);
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -134,7 +135,8 @@ where
                 }
                 service.clone().oneshot(req)
             });
-            let connection = builder.serve_connection(TokioIo::new(io), hyper_service);
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
