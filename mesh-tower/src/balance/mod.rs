@@ -80,8 +80,15 @@ struct Resolved {
     healthy: Vec<usize>,
     /// Each endpoint's `address:port`, parsed once.
     authorities: Vec<Option<http::uri::Authority>>,
+    /// Whether every endpoint has the same weight (P2C then compares in-flight counts).
+    equal_weights: bool,
+    /// Bumped at each ejection, so that the cached available set is rebuilt.
+    ejections: std::sync::atomic::AtomicU64,
+    /// The healthy endpoints not ejected, valid until the generation changes or the first
+    /// ejected endpoint returns.
+    available: ArcSwapOption<Available>,
     /// The hash table over the current candidate set, and that set's fingerprint.
-    table: Mutex<Option<(u64, Arc<Table>)>>,
+    table: Mutex<Option<(TableKey, Arc<Table>)>>,
 }
 
 #[derive(Debug, Default)]
@@ -131,11 +138,18 @@ impl ClusterState {
             .iter()
             .map(|e| e.authority().parse().ok())
             .collect();
+        let equal_weights = cluster
+            .endpoints
+            .windows(2)
+            .all(|w| w[0].weight == w[1].weight);
         let resolved = Arc::new(Resolved {
             cluster: cluster.clone(),
             states,
             healthy,
             authorities,
+            equal_weights,
+            ejections: std::sync::atomic::AtomicU64::new(0),
+            available: ArcSwapOption::empty(),
             table: Mutex::new(None),
         });
         self.resolved.store(Some(resolved.clone()));
@@ -293,25 +307,22 @@ impl BalanceLayer {
             || cluster.policy.outlier_detection.is_some();
         // Without outlier detection or locality, the candidates are the cached healthy set:
         // no per-request list, no per-endpoint lock.
-        let candidates: std::borrow::Cow<'_, [usize]> =
+        let candidates: Chosen<'_> =
             if cluster.policy.outlier_detection.is_none() && !(locality_aware && local.is_some()) {
-                std::borrow::Cow::Borrowed(healthy.as_slice())
+                Chosen::Healthy(healthy.as_slice())
             } else {
-                let available: Vec<usize> = healthy
-                    .iter()
-                    .copied()
-                    .filter(|i| !resolved.states[*i].outlier.is_ejected(now))
-                    .collect();
+                let available = resolved.available(now);
                 let min_health = cluster
                     .policy
                     .outlier_detection
                     .as_ref()
                     .map_or(0, |o| o.min_health_percent);
-                let mut candidates = if available.len() * 100 < healthy.len() * min_health as usize
-                {
-                    healthy.clone() // Panic mode: too few left to trust ejection.
+                // Panic mode: too few left to trust ejection, so use every healthy endpoint.
+                let panic = available.len() * 100 < healthy.len() * min_health as usize;
+                let base: &[usize] = if panic {
+                    healthy.as_slice()
                 } else {
-                    available
+                    &available
                 };
                 // A retry may leave the locality when the route says so (`retryRemoteLocalities`).
                 let remote_retry = req
@@ -319,13 +330,21 @@ impl BalanceLayer {
                     .get::<crate::telemetry::Attempt>()
                     .is_some_and(|a| a.number > 1 && a.remote_localities);
                 if let Some(local) =
-                    local.filter(|_| locality_aware && !remote_retry && !candidates.is_empty())
+                    local.filter(|_| locality_aware && !remote_retry && !base.is_empty())
                 {
-                    candidates = locality::choose_level(cluster, local, &candidates, &self.rng);
+                    Chosen::Level(locality::choose_level(cluster, local, base, &self.rng))
+                } else if panic {
+                    Chosen::Healthy(healthy.as_slice())
+                } else {
+                    Chosen::Available(available)
                 }
-                std::borrow::Cow::Owned(candidates)
             };
-        let candidates = candidates.as_ref();
+        let chosen = candidates;
+        let candidates: &[usize] = match &chosen {
+            Chosen::Healthy(h) => h,
+            Chosen::Available(a) => a,
+            Chosen::Level(l) => l,
+        };
         if candidates.is_empty() {
             return Err(ProxyError::NoHealthyUpstream(cluster.name.to_string()));
         }
@@ -341,10 +360,15 @@ impl BalanceLayer {
         };
         let index = match &cluster.policy.load_balancer.algorithm {
             LbAlgorithm::RoundRobin => {
-                let total: u64 = candidates
-                    .iter()
-                    .map(|i| u64::from(cluster.endpoints[*i].weight.max(1)))
-                    .sum();
+                let total: u64 = if resolved.equal_weights {
+                    candidates.len() as u64
+                        * u64::from(cluster.endpoints.first().map_or(1, |e| e.weight.max(1)))
+                } else {
+                    candidates
+                        .iter()
+                        .map(|i| u64::from(cluster.endpoints[*i].weight.max(1)))
+                        .sum()
+                };
                 let mut turn = state.turn.fetch_add(1, Ordering::Relaxed) as u64 % total.max(1);
                 let mut chosen = candidates[0];
                 for i in candidates {
@@ -362,9 +386,7 @@ impl BalanceLayer {
             }
             LbAlgorithm::LeastRequest => {
                 let active = |i: usize| resolved.states[i].active.load(Ordering::Relaxed) as f64;
-                let equal = candidates.iter().all(|i| {
-                    cluster.endpoints[*i].weight == cluster.endpoints[candidates[0]].weight
-                });
+                let equal = resolved.equal_weights;
                 if candidates.len() == 1 {
                     candidates[0]
                 } else if equal && cluster.policy.load_balancer.warmup.is_none() {
@@ -383,7 +405,7 @@ impl BalanceLayer {
                 let mut set_cookie = None;
                 let key = hash_key(&ch.key, req);
                 let index = match &key {
-                    Some(key) => self.table_lookup(resolved, candidates, ch, hash64(key)),
+                    Some(key) => self.table_lookup(resolved, &chosen, candidates, ch, hash64(key)),
                     None => weighted_random(candidates, weight, &self.rng),
                 };
                 if let (
@@ -414,15 +436,24 @@ impl BalanceLayer {
     fn table_lookup(
         &self,
         resolved: &Resolved,
+        chosen: &Chosen<'_>,
         candidates: &[usize],
         ch: &ConsistentHash,
         hash: u64,
     ) -> usize {
         let cluster = &resolved.cluster;
-        let fingerprint = hash64((candidates, format!("{:?}", ch.table)));
+        // The cached sets are recognised by identity (no per-request hashing of the list).
+        let key = TableKey {
+            table: ch.table,
+            candidates: match chosen {
+                Chosen::Healthy(_) => CandidatesKey::Healthy,
+                Chosen::Available(list) => CandidatesKey::Available(list.clone()),
+                Chosen::Level(list) => CandidatesKey::Content(hash64(list)),
+            },
+        };
         let mut cached = resolved.table.lock().unwrap_or_else(|p| p.into_inner());
         let table = match cached.as_ref() {
-            Some((f, table)) if *f == fingerprint => table.clone(),
+            Some((k, table)) if *k == key => table.clone(),
             _ => {
                 let endpoints: Vec<(String, u32)> = candidates
                     .iter()
@@ -439,7 +470,7 @@ impl BalanceLayer {
                     }
                     HashTable::Maglev { table_size } => Table::maglev(&endpoints, table_size),
                 });
-                *cached = Some((fingerprint, table.clone()));
+                *cached = Some((key, table.clone()));
                 table
             }
         };
@@ -459,6 +490,83 @@ fn weighted_random(candidates: &[usize], weight: impl Fn(usize) -> f64, rng: &Rn
         }
     }
     candidates[candidates.len() - 1]
+}
+
+/// The candidates of one pick, borrowed from the cached sets when possible.
+enum Chosen<'a> {
+    Healthy(&'a [usize]),
+    Available(Arc<[usize]>),
+    Level(Vec<usize>),
+}
+
+/// What a cached hash table was built over.
+#[derive(Debug)]
+struct TableKey {
+    table: HashTable,
+    candidates: CandidatesKey,
+}
+
+#[derive(Debug)]
+enum CandidatesKey {
+    /// The snapshot's healthy set.
+    Healthy,
+    /// A cached available set (held here, so its identity cannot be reused).
+    Available(Arc<[usize]>),
+    /// Any other list, by content.
+    Content(u64),
+}
+
+impl PartialEq for TableKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.table == other.table
+            && match (&self.candidates, &other.candidates) {
+                (CandidatesKey::Healthy, CandidatesKey::Healthy) => true,
+                (CandidatesKey::Available(a), CandidatesKey::Available(b)) => Arc::ptr_eq(a, b),
+                (CandidatesKey::Content(a), CandidatesKey::Content(b)) => a == b,
+                _ => false,
+            }
+    }
+}
+
+/// The cached set of endpoints that are healthy and not ejected.
+#[derive(Debug)]
+struct Available {
+    generation: u64,
+    valid_until: Option<Instant>,
+    list: Arc<[usize]>,
+}
+
+impl Resolved {
+    /// The healthy endpoints not ejected at `now`: cached until an ejection happens or an
+    /// ejected endpoint's time is up, so a pick does not visit every endpoint.
+    fn available(&self, now: Instant) -> Arc<[usize]> {
+        let generation = self.ejections.load(Ordering::Acquire);
+        if let Some(cached) = self.available.load_full()
+            && cached.generation == generation
+            && cached.valid_until.is_none_or(|t| now < t)
+        {
+            return cached.list.clone();
+        }
+        let mut valid_until: Option<Instant> = None;
+        let list: Arc<[usize]> = self
+            .healthy
+            .iter()
+            .copied()
+            .filter(|i| match self.states[*i].outlier.ejected_until(now) {
+                Some(until) => {
+                    valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        self.available.store(Some(Arc::new(Available {
+            generation,
+            valid_until,
+            list: list.clone(),
+        })));
+        list
+    }
 }
 
 /// Decrements an endpoint's in-flight count when the try ends, however it ends.
@@ -558,6 +666,7 @@ where
                         .count();
                     if may_eject(ejected, resolved.states.len(), policy.max_ejection_percent) {
                         endpoint_state.outlier.eject(now, policy);
+                        resolved.ejections.fetch_add(1, Ordering::Release);
                         metrics::counter!("mesh_outlier_ejections_total", "cluster" => cluster.name.to_string()).increment(1);
                         tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[pick.index].authority(), "outlier ejected");
                     }
@@ -607,6 +716,7 @@ fn latency_check(resolved: &Resolved, endpoint: &EndpointState, rule: LatencyOut
             endpoint
                 .outlier
                 .eject_for_latency(now, rule.base_ejection_time);
+            resolved.ejections.fetch_add(1, Ordering::Release);
         }
     }
 }

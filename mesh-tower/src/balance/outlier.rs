@@ -46,6 +46,11 @@ impl OutlierState {
         self.lock().ejected_until.is_some_and(|t| t > now)
     }
 
+    /// Until when the endpoint is ejected, if it is at `now`.
+    pub fn ejected_until(&self, now: Instant) -> Option<Instant> {
+        self.lock().ejected_until.filter(|t| *t > now)
+    }
+
     /// How many times the endpoint has been ejected.
     pub fn times_ejected(&self) -> u32 {
         self.lock().times_ejected
