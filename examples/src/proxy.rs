@@ -342,6 +342,19 @@ impl Proxy {
                 .spawn();
             (tokio::spawn(std::future::pending::<()>()), Some(handle))
         };
+        if let Some(store) = credentials.clone() {
+            admin_service = admin_service.dump_section(
+                "certificate",
+                Arc::new(move || {
+                    let creds = store.load();
+                    serde_json::json!({
+                        "spiffe_id": creds.id().to_string(),
+                        "not_after_unix": creds.not_after_unix(),
+                        "seconds_to_expiry": creds.seconds_to_expiry(),
+                    })
+                }),
+            );
+        }
         let xds_status = xds.as_ref().map(|handle| handle.status());
         if let Some(status) = xds_status.clone() {
             admin_service = admin_service.dump_section(

@@ -215,6 +215,31 @@ async fn frontend_gets_200_another_namespace_403_and_plaintext_is_refused_body()
             .contains("mesh_authz_requests_total{decision=\"deny\"} 1\n")
     );
 
+    // The admin endpoint explains the authorization decision for a given peer, and shows the
+    // workload certificate and its expiry.
+    let admin = client(server.admin, false);
+    let explain = |peer: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let (_, body, _) = get(
+                &admin,
+                "localhost",
+                &format!("/explain?host=api:9080&path=/&peer={peer}"),
+                &[],
+            )
+            .await;
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let allowed = explain(FRONTEND).await;
+    assert_eq!(allowed["authorization"]["allowed"], true, "{allowed}");
+    let denied = explain(OTHER).await;
+    assert_eq!(denied["authorization"]["allowed"], false, "{denied}");
+    let (_, dump, _) = get(&admin, "localhost", "/config_dump", &[]).await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["certificate"]["spiffe_id"], BACKEND);
+    assert!(dump["certificate"]["seconds_to_expiry"].as_i64().unwrap() > 0);
+
     // The server side reports the exchange with the caller's verified identity.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, metrics, _) = get(

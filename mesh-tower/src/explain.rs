@@ -9,7 +9,8 @@ use mesh_core::model::{MeshConfig, RouteAction};
 use serde_json::{Value, json};
 
 /// Explains how `config` would handle a request with this method, authority, path (with
-/// query) and headers.
+/// query) and headers, and what its authorization policies decide for it coming from `peer`
+/// (a SPIFFE ID; `None`: plaintext).
 ///
 /// ```
 /// use mesh_core::{istio, model::Workload};
@@ -24,7 +25,7 @@ use serde_json::{Value, json};
 ///   endpoints: [{ address: 127.0.0.1, ports: { http: 8080 } }]
 /// "#;
 /// let config = istio::load(&[("hello.yaml", yaml)], &Workload::default()).config.unwrap();
-/// let answer = mesh_tower::explain::explain(&config, "GET", "hello", "/", &[]);
+/// let answer = mesh_tower::explain::explain(&config, "GET", "hello", "/", &[], None);
 /// assert_eq!(answer["route"]["name"], "default");
 /// assert_eq!(answer["route"]["destinations"][0]["cluster"], "outbound|80||hello.default.svc.cluster.local");
 /// ```
@@ -34,6 +35,7 @@ pub fn explain(
     authority: &str,
     path: &str,
     headers: &[(String, String)],
+    peer: Option<&str>,
 ) -> Value {
     let mut builder = Request::builder().method(method).uri(path);
     for (k, v) in headers {
@@ -43,10 +45,13 @@ pub fn explain(
         Ok(req) => req,
         Err(e) => return json!({ "error": format!("not a valid request: {e}") }),
     };
+    // Inbound, the workload's policies apply whatever the outbound routes say.
+    let authz = authorization(config, method, authority, path, &req, peer);
     let Some(vhost_index) = config.routes.find_index(authority) else {
         return json!({
             "authority": authority,
             "virtual_host": null,
+            "authorization": authz,
             "outcome": "404 no route (NR): no virtual host matches the authority",
         });
     };
@@ -63,6 +68,7 @@ pub fn explain(
         return json!({
             "authority": authority,
             "virtual_host": vhost.name,
+            "authorization": authz,
             "outcome": "404 no route (NR): no route of the virtual host matches",
         });
     };
@@ -105,6 +111,7 @@ pub fn explain(
     json!({
         "authority": authority,
         "virtual_host": vhost.name,
+        "authorization": authz,
         "route": {
             "name": route.name,
             "index": route_index,
@@ -122,5 +129,37 @@ pub fn explain(
             "hedge": route.hedge,
             "rate_limit": route.rate_limit,
         },
+    })
+}
+
+/// What the workload's AuthorizationPolicies decide for a request like this one arriving
+/// inbound from `peer` (a SPIFFE ID), with the policy and rule that decided.
+pub fn authorization<B>(
+    config: &MeshConfig,
+    method: &str,
+    authority: &str,
+    path: &str,
+    req: &Request<B>,
+    peer: Option<&str>,
+) -> Value {
+    let engine = match mesh_policy::authz::Engine::new(&config.authorization) {
+        Ok(engine) => engine,
+        Err(e) => return json!({ "error": e.to_string() }),
+    };
+    let peer = match peer.map(mesh_policy::SpiffeId::parse).transpose() {
+        Ok(peer) => peer.map(mesh_policy::PeerIdentity::from),
+        Err(e) => return json!({ "error": format!("peer: {e}") }),
+    };
+    let attributes = mesh_policy::authz::Attributes {
+        peer: peer.as_ref(),
+        host: Some(authority),
+        headers: Some(req.headers()),
+        ..mesh_policy::authz::Attributes::new(method, path)
+    };
+    let verdict = engine.evaluate(&attributes);
+    json!({
+        "allowed": verdict.is_allowed(),
+        "explanation": verdict.to_string(),
+        "policies": config.authorization.len(),
     })
 }

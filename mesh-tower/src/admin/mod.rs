@@ -155,6 +155,7 @@ impl Admin {
                     &host,
                     &param("path").unwrap_or_else(|| "/".to_owned()),
                     &headers,
+                    param("peer").as_deref(),
                 );
                 json(&answer)
             }
