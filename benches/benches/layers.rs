@@ -20,6 +20,7 @@ use mesh_tower::retry::{RetryBudget, RetryLayer};
 use mesh_tower::rng::Rng;
 use mesh_tower::route::RouteLayer;
 use mesh_tower::split::{SplitLayer, Target};
+use mesh_tower::telemetry::{Reporter, Telemetry, TelemetryLayer};
 use mesh_tower::timeout::TimeoutLayer;
 use std::time::Duration;
 use tower::util::BoxCloneSyncService;
@@ -168,6 +169,28 @@ fn layers(c: &mut Criterion) {
     let boxed: BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError> =
         BoxCloneSyncService::new(stack);
     compare(c, &rt, "outbound stack (boxed)", boxed, plain);
+
+    // Telemetry at a stack's edge: Istio's labels and metrics (no recorder installed: the cost
+    // of building them), trace context, request id; spans to a sink that drops them.
+    let answer = tower::service_fn(|_req: Request<BoxBody>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(mesh_tower::body::empty()))
+    });
+    for (name, percent) in [
+        ("telemetry (sampling 0%)", 0.0),
+        ("telemetry (sampling 1%)", 1.0),
+    ] {
+        let telemetry = Telemetry::new(Reporter::Source, snapshot.workload.clone())
+            .rng(Rng::with_seed(1))
+            .sampling(Percentage::from_percent_f64(percent).expect("a percentage"))
+            .spans(std::sync::Arc::new(|_span| {}));
+        compare(
+            c,
+            &rt,
+            name,
+            TelemetryLayer::new(telemetry).layer(answer),
+            plain,
+        );
+    }
 
     // Mirroring every request: the caller-side cost (buffering, the shadow copy, the spawn).
     // The shadows run on a worker thread, so this one uses a multi-thread runtime.

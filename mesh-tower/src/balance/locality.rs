@@ -8,7 +8,7 @@
 //! healthy).
 
 use crate::rng::Rng;
-use mesh_core::model::{Cluster, HealthStatus, Locality};
+use mesh_core::model::{Cluster, HealthStatus, Labels, Locality};
 use std::collections::BTreeMap;
 
 /// Envoy's overprovisioning factor, in percent.
@@ -38,26 +38,112 @@ pub(super) fn level(cluster: &Cluster, endpoint: &Locality, local: &Locality) ->
     }
 }
 
-/// The candidates of the level this request goes to.
-pub(super) fn choose_level(
+/// Whether `locality` matches an Istio locality pattern (`region/zone/subzone`, where `*`
+/// matches anything and missing parts match everything).
+pub(super) fn locality_matches(pattern: &str, locality: &Locality) -> bool {
+    let parts = [
+        locality.region.as_str(),
+        locality.zone.as_str(),
+        locality.subzone.as_str(),
+    ];
+    pattern
+        .split('/')
+        .zip(parts)
+        .all(|(p, part)| p == "*" || p == part)
+}
+
+/// With a `distribute` rule for the workload's locality: the candidates of a destination
+/// locality drawn by the rule's weights (`None` when no rule applies or none of its
+/// destinations has a candidate).
+fn distributed(
     cluster: &Cluster,
     local: &Locality,
     candidates: &[usize],
     rng: &Rng,
+) -> Option<Vec<usize>> {
+    let lb = cluster.policy.load_balancer.locality.as_ref()?;
+    let rule = lb
+        .distribute
+        .iter()
+        .find(|d| locality_matches(&d.from, local))?;
+    // Only destinations with candidates share the traffic, in proportion to their weights.
+    let targets: Vec<(&str, u32, Vec<usize>)> = rule
+        .to
+        .iter()
+        .map(|(pattern, weight)| {
+            let members = candidates
+                .iter()
+                .copied()
+                .filter(|i| locality_matches(pattern, &cluster.endpoints[*i].locality))
+                .collect::<Vec<_>>();
+            (pattern.as_str(), *weight, members)
+        })
+        .filter(|(_, weight, members)| *weight > 0 && !members.is_empty())
+        .collect();
+    let total: u32 = targets.iter().map(|t| t.1).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut draw = rng.below(total);
+    for (_, weight, members) in targets {
+        if draw < weight {
+            return Some(members);
+        }
+        draw -= weight;
+    }
+    None
+}
+
+/// With `failoverPriority` labels: how many of them, from the first, the endpoint does not
+/// share with the workload (0 when it shares them all). Istio groups endpoints this way
+/// before locality.
+fn label_level(cluster: &Cluster, endpoint: &mesh_core::model::Endpoint, workload: &Labels) -> u8 {
+    let Some(labels) = cluster
+        .policy
+        .load_balancer
+        .locality
+        .as_ref()
+        .map(|l| &l.failover_priority)
+        .filter(|l| !l.is_empty())
+    else {
+        return 0;
+    };
+    let matched = labels
+        .iter()
+        .take_while(|label| {
+            let mine = workload.get(label.as_str());
+            mine.is_some() && endpoint.labels.get(label.as_str()) == mine
+        })
+        .count();
+    u8::try_from(labels.len() - matched).unwrap_or(u8::MAX)
+}
+
+/// The candidates of the level this request goes to.
+pub(super) fn choose_level(
+    cluster: &Cluster,
+    local: &Locality,
+    workload_labels: &Labels,
+    candidates: &[usize],
+    rng: &Rng,
 ) -> Vec<usize> {
+    if let Some(members) = distributed(cluster, local, candidates, rng) {
+        return members;
+    }
+    // failoverPriority labels first, then locality.
+    let level = |e: &mesh_core::model::Endpoint| -> u16 {
+        u16::from(label_level(cluster, e, workload_labels)) * 8
+            + u16::from(level(cluster, &e.locality, local))
+    };
     // Per level: endpoints that are healthy by status, and the candidates among them.
-    let mut levels: BTreeMap<u8, (u64, Vec<usize>)> = BTreeMap::new();
+    let mut levels: BTreeMap<u16, (u64, Vec<usize>)> = BTreeMap::new();
     for e in &cluster.endpoints {
         if e.health == HealthStatus::Healthy {
-            levels
-                .entry(level(cluster, &e.locality, local))
-                .or_default()
-                .0 += 1;
+            levels.entry(level(e)).or_default().0 += 1;
         }
     }
     for &i in candidates {
         levels
-            .entry(level(cluster, &cluster.endpoints[i].locality, local))
+            .entry(level(&cluster.endpoints[i]))
             .or_default()
             .1
             .push(i);

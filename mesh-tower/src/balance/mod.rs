@@ -298,10 +298,12 @@ impl BalanceLayer {
         let cluster = &resolved.cluster;
         let now = Instant::now();
         let healthy = &resolved.healthy;
-        let local = req
+        let workload = req
             .extensions()
             .get::<Routed>()
-            .map(|r| &r.snapshot().workload.locality)
+            .map(|r| &r.snapshot().workload);
+        let local = workload
+            .map(|w| &w.locality)
             .filter(|l| !l.region.is_empty());
         let locality_aware = cluster.policy.load_balancer.locality.is_some()
             || cluster.policy.outlier_detection.is_some();
@@ -332,7 +334,11 @@ impl BalanceLayer {
                 if let Some(local) =
                     local.filter(|_| locality_aware && !remote_retry && !base.is_empty())
                 {
-                    Chosen::Level(locality::choose_level(cluster, local, base, &self.rng))
+                    let none = mesh_core::model::Labels::new();
+                    let labels = workload.map_or(&none, |w| &w.labels);
+                    Chosen::Level(locality::choose_level(
+                        cluster, local, labels, base, &self.rng,
+                    ))
                 } else if panic {
                     Chosen::Healthy(healthy.as_slice())
                 } else {

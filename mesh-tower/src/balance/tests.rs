@@ -376,3 +376,82 @@ async fn a_retry_leaves_the_locality_only_when_the_route_allows_it() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn distribute_splits_traffic_between_localities_by_weight() {
+    use mesh_core::model::{LocalityDistribute, LocalityLb};
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.load_balancer.locality = Some(LocalityLb {
+        distribute: vec![LocalityDistribute {
+            from: "us-east/*".into(),
+            to: vec![("us-east/*".into(), 80), ("eu-west/*".into(), 20)],
+        }],
+        ..LocalityLb::default()
+    });
+    let c = cluster(
+        vec![endpoint(1, 1, "us-east"), endpoint(2, 1, "eu-west")],
+        p,
+    );
+    let store = mesh_core::store::ConfigStore::new(mesh_core::model::MeshConfig {
+        workload: mesh_core::model::Workload {
+            locality: Locality::parse("us-east/a"),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let (up, counts) = upstream(|_| 200);
+    let svc = BalanceLayer::new(Rng::with_seed(9)).layer(up);
+    for _ in 0..2_000 {
+        let mut req = request(&c);
+        req.extensions_mut()
+            .insert(crate::route::Routed::for_tests(store.load()));
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    let east = counts.lock().unwrap()[&1] as f64 / 2_000.0;
+    assert!(
+        (0.76..=0.84).contains(&east),
+        "{:?}",
+        counts.lock().unwrap()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_priority_prefers_endpoints_sharing_the_workloads_labels() {
+    use mesh_core::model::LocalityLb;
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.outlier_detection = Some(OutlierDetection::default());
+    p.load_balancer.locality = Some(LocalityLb {
+        failover_priority: vec!["topology.istio.io/network".into()],
+        ..LocalityLb::default()
+    });
+    let mut same = endpoint(1, 1, "us-east");
+    same.labels
+        .insert("topology.istio.io/network".into(), "net-a".into());
+    let mut other = endpoint(2, 1, "us-east");
+    other
+        .labels
+        .insert("topology.istio.io/network".into(), "net-b".into());
+    let c = cluster(vec![same, other], p);
+    let store = mesh_core::store::ConfigStore::new(mesh_core::model::MeshConfig {
+        workload: mesh_core::model::Workload {
+            locality: Locality::parse("us-east"),
+            labels: [("topology.istio.io/network".to_owned(), "net-a".to_owned())].into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let (up, counts) = upstream(|_| 200);
+    let svc = BalanceLayer::new(Rng::with_seed(3)).layer(up);
+    for _ in 0..200 {
+        let mut req = request(&c);
+        req.extensions_mut()
+            .insert(crate::route::Routed::for_tests(store.load()));
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    assert_eq!(
+        counts.lock().unwrap().get(&2),
+        None,
+        "{:?}",
+        counts.lock().unwrap()
+    );
+}
