@@ -1,6 +1,7 @@
 //! Istio's standard HTTP metrics, with their names and label sets.
 
 use super::{Observation, Outcome, Reporter};
+use metrics::{Label, SharedString};
 use std::time::Duration;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
@@ -39,21 +40,48 @@ pub const BYTES_BUCKETS: [f64; 9] = [
     100_000_000.0,
 ];
 
-fn or_unknown(value: Option<&str>) -> String {
-    value
-        .filter(|v| !v.is_empty())
-        .unwrap_or("unknown")
-        .to_owned()
+/// The labels that describe this workload, computed once per stack and shared (cheap
+/// clones) by every request's label set.
+#[derive(Debug)]
+pub(super) struct WorkloadLabels {
+    app: SharedString,
+    namespace: SharedString,
+    principal: SharedString,
+    version: SharedString,
+    trust_domain: String,
+}
+
+impl WorkloadLabels {
+    pub(super) fn new(w: &mesh_core::model::Workload) -> Self {
+        let shared = |v: Option<&String>| match v.filter(|v| !v.is_empty()) {
+            Some(v) => SharedString::from(v.clone()),
+            None => SharedString::from(UNKNOWN),
+        };
+        Self {
+            app: shared(w.labels.get("app")),
+            namespace: shared(Some(&w.namespace)),
+            principal: SharedString::from(format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                w.trust_domain, w.namespace, w.service_account
+            )),
+            version: shared(w.labels.get("version")),
+            trust_domain: w.trust_domain.clone(),
+        }
+    }
+}
+
+const UNKNOWN: &str = "unknown";
+
+fn or_unknown(value: Option<&str>) -> SharedString {
+    match value.filter(|v| !v.is_empty()) {
+        Some(v) => SharedString::from(v.to_owned()),
+        None => SharedString::from(UNKNOWN),
+    }
 }
 
 /// The standard label set for one request.
-fn labels(o: &Observation, outcome: &Outcome) -> Vec<(&'static str, String)> {
-    let w = &o.telemetry.workload;
-    let app = w.labels.get("app").map(String::as_str);
-    let spiffe = format!(
-        "spiffe://{}/ns/{}/sa/{}",
-        w.trust_domain, w.namespace, w.service_account
-    );
+fn labels(o: &Observation, outcome: &Outcome) -> Vec<Label> {
+    let me = &o.telemetry.labels;
     let up = outcome.upstream.as_ref();
     let service = up.map(|u| u.service.as_str());
     let service_name = service.and_then(|s| s.split('.').next());
@@ -62,109 +90,83 @@ fn labels(o: &Observation, outcome: &Outcome) -> Vec<(&'static str, String)> {
     let dest_principal = up.and_then(|u| {
         Some(format!(
             "spiffe://{}/ns/{}/sa/{}",
-            w.trust_domain,
+            me.trust_domain,
             u.namespace.as_deref()?,
             u.service_account.as_deref()?
         ))
     });
-    let (source, destination) = match o.telemetry.reporter {
-        Reporter::Source => (true, false),
-        Reporter::Destination => (false, true),
-    };
-    let me = |v: Option<&str>| {
-        if source {
-            or_unknown(v)
-        } else {
-            "unknown".to_owned()
-        }
-    };
+    let unknown = || SharedString::from(UNKNOWN);
+    let source = o.telemetry.reporter == Reporter::Source;
+    let (src, dst): (bool, bool) = (source, !source);
     let peer_principal = o.peer.as_ref().map(|(id, _)| id.as_str());
     let peer_namespace = o.peer.as_ref().and_then(|(_, ns)| ns.as_deref());
+    let pick = |mine: bool, value: &SharedString, other: SharedString| {
+        if mine { value.clone() } else { other }
+    };
+    let label = |key: &'static str, value: SharedString| Label::new(key, value);
     vec![
-        ("reporter", o.telemetry.reporter.label().to_owned()),
-        ("source_workload", me(app)),
-        (
+        label("reporter", SharedString::from(o.telemetry.reporter.label())),
+        label("source_workload", pick(src, &me.app, unknown())),
+        label(
             "source_workload_namespace",
-            if source {
-                w.namespace.clone()
-            } else {
-                or_unknown(peer_namespace)
-            },
+            pick(src, &me.namespace, or_unknown(peer_namespace)),
         ),
-        (
+        label(
             "source_principal",
-            if source {
-                spiffe.clone()
-            } else {
-                or_unknown(peer_principal)
-            },
+            pick(src, &me.principal, or_unknown(peer_principal)),
         ),
-        ("source_app", me(app)),
-        (
-            "source_version",
-            me(w.labels.get("version").map(String::as_str)),
-        ),
-        (
+        label("source_app", pick(src, &me.app, unknown())),
+        label("source_version", pick(src, &me.version, unknown())),
+        label(
             "destination_workload",
-            if destination {
-                or_unknown(app)
-            } else {
-                or_unknown(dest_app)
-            },
+            pick(dst, &me.app, or_unknown(dest_app)),
         ),
-        (
+        label(
             "destination_workload_namespace",
-            if destination {
-                w.namespace.clone()
-            } else {
-                or_unknown(dest_ns)
-            },
+            pick(dst, &me.namespace, or_unknown(dest_ns)),
         ),
-        (
+        label(
             "destination_principal",
-            if destination {
-                spiffe
-            } else {
-                or_unknown(dest_principal.as_deref())
-            },
+            pick(dst, &me.principal, or_unknown(dest_principal.as_deref())),
         ),
-        (
-            "destination_app",
-            if destination {
-                or_unknown(app)
-            } else {
-                or_unknown(dest_app)
-            },
-        ),
-        (
+        label("destination_app", pick(dst, &me.app, or_unknown(dest_app))),
+        label(
             "destination_version",
-            if destination {
-                or_unknown(w.labels.get("version").map(String::as_str))
-            } else {
-                or_unknown(up.and_then(|u| u.labels.get("version").map(String::as_str)))
-            },
+            pick(
+                dst,
+                &me.version,
+                or_unknown(up.and_then(|u| u.labels.get("version").map(String::as_str))),
+            ),
         ),
-        ("destination_service", or_unknown(service)),
-        ("destination_service_name", or_unknown(service_name)),
-        ("destination_service_namespace", or_unknown(dest_ns)),
-        (
+        label("destination_service", or_unknown(service)),
+        label("destination_service_name", or_unknown(service_name)),
+        label("destination_service_namespace", or_unknown(dest_ns)),
+        label(
             "request_protocol",
-            if o.grpc { "grpc" } else { "http" }.to_owned(),
+            SharedString::from(if o.grpc { "grpc" } else { "http" }),
         ),
-        ("response_code", outcome.status.to_string()),
-        (
+        label(
+            "response_code",
+            SharedString::from(outcome.status.to_string()),
+        ),
+        label(
             "grpc_response_status",
-            outcome.grpc_status.clone().unwrap_or_default(),
+            outcome
+                .grpc_status
+                .clone()
+                .map_or(SharedString::from(""), SharedString::from),
         ),
-        ("response_flags", outcome.flags.to_string()),
-        (
+        label(
+            "response_flags",
+            SharedString::from(outcome.flags.to_string()),
+        ),
+        label(
             "connection_security_policy",
-            match (destination, o.mutual_tls) {
+            SharedString::from(match (dst, o.mutual_tls) {
                 (true, true) => "mutual_tls",
                 (true, false) => "none",
-                (false, _) => "unknown",
-            }
-            .to_owned(),
+                (false, _) => UNKNOWN,
+            }),
         ),
     ]
 }
@@ -172,9 +174,9 @@ fn labels(o: &Observation, outcome: &Outcome) -> Vec<(&'static str, String)> {
 /// Records the standard metrics for one finished request.
 pub(super) fn record(o: &Observation, outcome: &Outcome, response_bytes: u64, elapsed: Duration) {
     let labels = labels(o, outcome);
-    metrics::counter!("istio_requests_total", &labels).increment(1);
-    metrics::histogram!("istio_request_duration_milliseconds", &labels)
+    metrics::counter!("istio_requests_total", labels.clone()).increment(1);
+    metrics::histogram!("istio_request_duration_milliseconds", labels.clone())
         .record(elapsed.as_secs_f64() * 1_000.0);
-    metrics::histogram!("istio_request_bytes", &labels).record(o.request_bytes as f64);
-    metrics::histogram!("istio_response_bytes", &labels).record(response_bytes as f64);
+    metrics::histogram!("istio_request_bytes", labels.clone()).record(o.request_bytes as f64);
+    metrics::histogram!("istio_response_bytes", labels).record(response_bytes as f64);
 }

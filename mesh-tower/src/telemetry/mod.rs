@@ -85,11 +85,11 @@ pub type AccessLogSink = Arc<dyn Fn(&str) + Send + Sync>;
 #[derive(Clone)]
 pub struct Telemetry {
     reporter: Reporter,
-    workload: Arc<Workload>,
     rng: Rng,
     sampling: Percentage,
     access_log: Option<(AccessLogFormat, AccessLogSink)>,
     spans: Option<SpanSink>,
+    labels: Arc<istio_metrics::WorkloadLabels>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -108,7 +108,7 @@ impl Telemetry {
     pub fn new(reporter: Reporter, workload: Workload) -> Self {
         Self {
             reporter,
-            workload: Arc::new(workload),
+            labels: Arc::new(istio_metrics::WorkloadLabels::new(&workload)),
             rng: Rng::from_entropy(),
             sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
             access_log: None,
