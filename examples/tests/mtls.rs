@@ -670,3 +670,58 @@ spec:
     assert_eq!(status, 200);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_mesh_with_an_identity_calls_a_strict_sidecar_over_mutual_tls() {
+    within(async {
+        let ca = TestCa::new("mesh root");
+        let app = upstream("app", Duration::ZERO).await;
+        let server_files = IdentityFiles::new(&ca, BACKEND);
+        let server_cfg = ConfigDir::new(&server_config("STRICT", Some("frontend")));
+        let server = sidecar(&server_cfg, "backend", Some(app.addr), &server_files).await;
+
+        let yaml = client_config(server.inbound, "");
+        let config = mesh_core::istio::load(&[("client.yaml", &yaml)], &Default::default())
+            .config
+            .unwrap();
+        for (identity, expected) in [
+            (FRONTEND, (200, "app")),
+            (OTHER, (403, "RBAC: access denied")),
+        ] {
+            let mesh = mesh_tower::embed::Mesh::builder()
+                .config(config.clone())
+                .identity(CredentialStore::new(ca.credentials(identity)))
+                .build()
+                .await
+                .unwrap();
+            let request = http::Request::get(format!("http://{HOST}/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = tower::ServiceExt::oneshot(mesh.client(), request)
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                (status, String::from_utf8_lossy(&body).as_ref()),
+                expected,
+                "as {identity}"
+            );
+        }
+        // Without an identity the ISTIO_MUTUAL destination cannot be reached.
+        let mesh = mesh_tower::embed::Mesh::builder()
+            .config(config)
+            .build()
+            .await
+            .unwrap();
+        let request = http::Request::get(format!("http://{HOST}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tower::ServiceExt::oneshot(mesh.client(), request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        server.shutdown().await;
+    })
+    .await;
+}

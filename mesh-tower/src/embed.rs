@@ -65,6 +65,7 @@ pub struct MeshBuilder {
     reload_interval: Duration,
     telemetry: bool,
     inbound_rate_limit: Option<LocalRateLimit>,
+    identity: Option<Arc<mesh_policy::credentials::CredentialStore>>,
 }
 
 impl std::fmt::Debug for MeshBuilder {
@@ -112,6 +113,14 @@ impl MeshBuilder {
         self
     }
 
+    /// This workload's identity (SPIFFE certificate, key, trust bundle): the client then speaks
+    /// mutual TLS to destinations whose DestinationRule says `ISTIO_MUTUAL` (or SIMPLE/MUTUAL),
+    /// checking each server's SPIFFE ID. Rotate by storing new credentials in the store.
+    pub fn identity(mut self, credentials: Arc<mesh_policy::credentials::CredentialStore>) -> Self {
+        self.identity = Some(credentials);
+        self
+    }
+
     /// Rate-limits inbound requests (the inbound layer answers 429 past the limit).
     pub fn inbound_rate_limit(mut self, limit: LocalRateLimit) -> Self {
         self.inbound_rate_limit = Some(limit);
@@ -141,6 +150,12 @@ impl MeshBuilder {
         });
         let rng = self.seed.map_or_else(Rng::from_entropy, Rng::with_seed);
         let mut builder = Outbound::builder(store.clone()).rng(rng.clone());
+        if let Some(credentials) = self.identity {
+            builder = builder.client(crate::client::UpstreamClient::with_mtls(
+                store.clone(),
+                credentials,
+            ));
+        }
         if self.telemetry {
             builder = builder
                 .telemetry(Telemetry::new(Reporter::Source, workload.clone()).rng(rng.clone()));
@@ -183,6 +198,7 @@ impl Mesh {
             reload_interval: Duration::from_secs(1),
             telemetry: true,
             inbound_rate_limit: None,
+            identity: None,
         }
     }
 
