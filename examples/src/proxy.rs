@@ -73,6 +73,8 @@ pub struct Options {
     pub xds_mode: mesh_xds_client::protocol::Mode,
     /// Where to save the last good xDS snapshot, and start from it.
     pub xds_snapshot: Option<PathBuf>,
+    /// Plain TCP forwards: a local address, and the service host and `TCP` port behind it.
+    pub tcp_forwards: Vec<(SocketAddr, String, u16)>,
 }
 
 impl std::fmt::Debug for Options {
@@ -135,6 +137,7 @@ impl Options {
             xds: Vec::new(),
             xds_mode: mesh_xds_client::protocol::Mode::Sotw,
             xds_snapshot: None,
+            tcp_forwards: Vec::new(),
         }
     }
 }
@@ -186,6 +189,7 @@ pub struct Proxy {
     credential_watcher: Option<JoinHandle<()>>,
     authz: Arc<AuthzStats>,
     xds: Option<mesh_xds_client::client::XdsHandle>,
+    tcp_forwards: Vec<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl Proxy {
@@ -407,6 +411,17 @@ impl Proxy {
             )),
             tokio::spawn(serve(health_listener, admin_service, signal(), grace)),
         ];
+        let mut tcp_forwards = Vec::new();
+        for (addr, host, port) in &options.tcp_forwards {
+            let listener = bind("tcp forward", *addr).await?;
+            let bound = local(&listener, *addr);
+            tracing::info!("tcp forward {bound} -> {host}:{port}");
+            let forward = mesh_tower::tcp::TcpForward::new(store.clone(), host, *port);
+            tcp_forwards.push((
+                bound,
+                tokio::spawn(mesh_tower::tcp::serve_tcp(listener, forward, signal())),
+            ));
+        }
         readiness.set(true);
         Ok(Proxy {
             outbound,
@@ -423,6 +438,7 @@ impl Proxy {
             credential_watcher,
             authz: authz_stats,
             xds,
+            tcp_forwards,
         })
     }
 
@@ -436,6 +452,11 @@ impl Proxy {
         &self.authz
     }
 
+    /// The local addresses of the TCP forwards, in the order given.
+    pub fn tcp_forwards(&self) -> Vec<SocketAddr> {
+        self.tcp_forwards.iter().map(|(a, _)| *a).collect()
+    }
+
     /// The live config store.
     pub fn store(&self) -> &Arc<ConfigStore> {
         &self.store
@@ -445,6 +466,9 @@ impl Proxy {
     pub async fn shutdown(self) -> Drain {
         if let Some(xds) = &self.xds {
             xds.abort();
+        }
+        for (_, task) in &self.tcp_forwards {
+            task.abort();
         }
         self.readiness.set(false);
         self.watcher.abort();

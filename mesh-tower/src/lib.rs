@@ -36,6 +36,7 @@ pub mod route;
 pub mod server;
 pub mod source;
 pub mod split;
+pub mod tcp;
 pub mod telemetry;
 pub mod timeout;
 pub mod tls;

@@ -62,6 +62,10 @@ struct RunArgs {
     /// Save the last good xDS snapshot here, and start from it when the control plane is down.
     #[arg(long)]
     xds_snapshot: Option<PathBuf>,
+    /// Forward plain TCP from 127.0.0.1:LOCAL to a service's TCP port: `LOCAL=HOST:PORT`
+    /// (repeatable; a short host is in the workload's namespace).
+    #[arg(long, value_parser = parse_tcp_forward)]
+    tcp_forward: Vec<(u16, String, u16)>,
     /// Outbound listener port (0: any free port), on 127.0.0.1.
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
@@ -150,6 +154,18 @@ fn parse_labels(text: &str) -> Result<Labels, String> {
             _ => Err(format!("{pair:?} is not key=value")),
         })
         .collect()
+}
+
+fn parse_tcp_forward(text: &str) -> Result<(u16, String, u16), String> {
+    let bad = || format!("{text:?} is not LOCAL_PORT=HOST:PORT");
+    let (local, target) = text.split_once('=').ok_or_else(bad)?;
+    let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
+    let local: u16 = local.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((local, host.to_owned(), port))
 }
 
 fn main() -> ExitCode {
@@ -242,6 +258,21 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
             mesh_xds_client::protocol::Mode::Sotw
         },
         xds_snapshot: args.xds_snapshot.clone(),
+        tcp_forwards: args
+            .tcp_forward
+            .iter()
+            .map(|(local, host, port)| {
+                let host = if host.contains('.') {
+                    host.clone()
+                } else {
+                    format!(
+                        "{host}.{}.svc.cluster.local",
+                        args.workload.workload_namespace
+                    )
+                };
+                (SocketAddr::new(loopback, *local), host, *port)
+            })
+            .collect(),
         service_name: args
             .service_name
             .clone()
