@@ -113,7 +113,7 @@ measure_h2 direct "$UP_PORT" -
 taskset -c "$PROXY_CPU" "$BIN/bare-proxy" "$PROXY_PORT" "127.0.0.1:$UP_PORT" 2>/dev/null & p=$!; pids+=($p)
 wait_port "$PROXY_PORT"; measure bare-hyper-proxy "$PROXY_PORT" "$p"; measure_h2 bare-hyper-proxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 
-taskset -c "$PROXY_CPU" "$BIN/mesh-proxy" run --config "$CFG" --outbound-port "$PROXY_PORT" \
+taskset -c "$PROXY_CPU" "$BIN/mesh-proxy" --concurrency 1 run --config "$CFG" --outbound-port "$PROXY_PORT" \
   --inbound-port 0 --admin-port 0 --health-port 0 --listen-address 127.0.0.1 >"$OUT/mesh-proxy.log" 2>&1 & p=$!; pids+=($p)
 wait_port "$PROXY_PORT"; measure mesh-proxy "$PROXY_PORT" "$p"; measure_h2 mesh-proxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 

@@ -28,6 +28,10 @@ use std::time::Duration;
     about = "A service mesh sidecar driven by Istio config"
 )]
 struct Cli {
+    /// Worker threads (Envoy's `--concurrency`); 1 runs everything on one thread, the best
+    /// choice for a sidecar pinned to one core. Default: one per available core.
+    #[arg(long, global = true)]
+    concurrency: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -171,10 +175,19 @@ fn parse_tcp_forward(text: &str) -> Result<(u16, String, u16), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_level = init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli.concurrency {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("mesh-proxy: cannot start the runtime: {e}");
