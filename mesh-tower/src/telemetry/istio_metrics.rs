@@ -2,6 +2,8 @@
 
 use super::{Observation, Outcome, Reporter};
 use metrics::{Label, SharedString};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Istio's buckets for `istio_request_duration_milliseconds`.
@@ -41,14 +43,47 @@ pub const BYTES_BUCKETS: [f64; 9] = [
 ];
 
 /// The labels that describe this workload, computed once per stack and shared (cheap
-/// clones) by every request's label set.
-#[derive(Debug)]
+/// clones) by every request's label set, and the metric handles of the label sets seen so far.
 pub(super) struct WorkloadLabels {
     app: SharedString,
     namespace: SharedString,
     principal: SharedString,
     version: SharedString,
     trust_domain: String,
+    /// One registry lookup per new label set instead of four per request.
+    handles: Mutex<HashMap<Vec<Label>, Arc<Handles>>>,
+}
+
+/// The four standard metrics of one label set.
+struct Handles {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+    request_bytes: metrics::Histogram,
+    response_bytes: metrics::Histogram,
+}
+
+/// Label sets beyond this many are recorded without caching their handles (a bound on memory
+/// should label values ever grow without bound).
+const MAX_CACHED_LABEL_SETS: usize = 4_096;
+
+impl std::fmt::Debug for WorkloadLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadLabels")
+            .field("app", &self.app)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handles {
+    fn new(labels: Vec<Label>) -> Self {
+        Self {
+            requests: metrics::counter!("istio_requests_total", labels.clone()),
+            duration: metrics::histogram!("istio_request_duration_milliseconds", labels.clone()),
+            request_bytes: metrics::histogram!("istio_request_bytes", labels.clone()),
+            response_bytes: metrics::histogram!("istio_response_bytes", labels),
+        }
+    }
 }
 
 impl WorkloadLabels {
@@ -66,6 +101,7 @@ impl WorkloadLabels {
             )),
             version: shared(w.labels.get("version")),
             trust_domain: w.trust_domain.clone(),
+            handles: Mutex::default(),
         }
     }
 }
@@ -174,9 +210,25 @@ fn labels(o: &Observation, outcome: &Outcome) -> Vec<Label> {
 /// Records the standard metrics for one finished request.
 pub(super) fn record(o: &Observation, outcome: &Outcome, response_bytes: u64, elapsed: Duration) {
     let labels = labels(o, outcome);
-    metrics::counter!("istio_requests_total", labels.clone()).increment(1);
-    metrics::histogram!("istio_request_duration_milliseconds", labels.clone())
-        .record(elapsed.as_secs_f64() * 1_000.0);
-    metrics::histogram!("istio_request_bytes", labels.clone()).record(o.request_bytes as f64);
-    metrics::histogram!("istio_response_bytes", labels).record(response_bytes as f64);
+    let cache = &o.telemetry.labels.handles;
+    let cached = cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&labels)
+        .cloned();
+    let handles = match cached {
+        Some(handles) => handles,
+        None => {
+            let handles = Arc::new(Handles::new(labels.clone()));
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() < MAX_CACHED_LABEL_SETS {
+                cache.insert(labels, handles.clone());
+            }
+            handles
+        }
+    };
+    handles.requests.increment(1);
+    handles.duration.record(elapsed.as_secs_f64() * 1_000.0);
+    handles.request_bytes.record(o.request_bytes as f64);
+    handles.response_bytes.record(response_bytes as f64);
 }
