@@ -1,11 +1,13 @@
 //! Circuit breaking (Istio's `connectionPool`): per cluster, at most `maxConnections`
 //! requests in flight on HTTP/1.1 (one per connection) or `http2MaxRequests` on HTTP/2, and
 //! at most `http1MaxPendingRequests` waiting for a slot. Past both, a request fails at once
-//! with 503 and flag `UO`; nothing queues without bound.
+//! with 503 and flag `UO`; nothing queues without bound. Retries (tries after the first) are
+//! also bounded: at most `maxRetries` of them in flight per cluster; one more is refused with
+//! [`ProxyError::RetryOverflow`], and the retry layer answers with the previous try's result.
 //!
 //! ```
 //! use mesh_tower::breaker::Limits;
-//! let limits = Limits { active: 1, pending: 1 };
+//! let limits = Limits { active: 1, pending: 1, retries: 3 };
 //! assert_eq!(limits.active, 1);
 //! ```
 
@@ -30,6 +32,8 @@ pub struct Limits {
     pub active: u32,
     /// Requests waiting for an in-flight slot.
     pub pending: u32,
+    /// Retries in flight.
+    pub retries: u32,
 }
 
 impl Limits {
@@ -43,6 +47,7 @@ impl Limits {
         Self {
             active,
             pending: pool.http1_max_pending_requests,
+            retries: pool.max_retries,
         }
     }
 }
@@ -52,6 +57,8 @@ impl Limits {
 pub struct BreakerStats {
     /// Requests refused because the in-flight and pending limits were both reached.
     pub overflow_pending: AtomicU64,
+    /// Retries refused because `maxRetries` retries were in flight.
+    pub overflow_retries: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -59,6 +66,7 @@ struct Gate {
     limits: Limits,
     active: Arc<Semaphore>,
     pending: Arc<Semaphore>,
+    retries: Arc<Semaphore>,
 }
 
 impl Gate {
@@ -68,6 +76,7 @@ impl Gate {
             limits,
             active: Arc::new(Semaphore::new(cap(limits.active))),
             pending: Arc::new(Semaphore::new(cap(limits.pending))),
+            retries: Arc::new(Semaphore::new(cap(limits.retries))),
         }
     }
 }
@@ -179,12 +188,35 @@ where
             return Box::pin(inner.call(req));
         };
         let gate = self.layer.gate(&cluster);
+        let is_retry = req
+            .extensions()
+            .get::<crate::telemetry::Attempt>()
+            .is_some_and(|a| a.number > 1);
+        let retry_permit = if is_retry {
+            match gate.retries.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    self.layer
+                        .stats
+                        .overflow_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mesh_circuit_breaker_overflow_total", "cluster" => cluster.name.to_string(), "kind" => "retries").increment(1);
+                    let e = ProxyError::RetryOverflow(format!(
+                        "{}: retries limit reached",
+                        cluster.name
+                    ));
+                    return Box::pin(async move { Err(e.into()) });
+                }
+            }
+        } else {
+            None
+        };
         // Fast path: a free slot, no waiting.
         if let Ok(permit) = gate.active.clone().try_acquire_owned() {
             let future = inner.call(req);
             return Box::pin(async move {
                 let result = future.await;
-                drop(permit);
+                drop((permit, retry_permit));
                 result
             });
         }
@@ -194,7 +226,7 @@ where
         Box::pin(async move {
             let permit = admission.await?;
             let result = inner.call(req).await;
-            drop(permit);
+            drop((permit, retry_permit));
             result
         })
     }
@@ -207,6 +239,79 @@ mod tests {
     use mesh_core::model::{ConnectionPool, TrafficPolicy};
     use std::time::Duration;
     use tower::ServiceExt;
+
+    fn cluster(pool: ConnectionPool) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: ClusterName::new("c"),
+            service: "s".into(),
+            port: 80,
+            subset: None,
+            subset_labels: Default::default(),
+            protocol: Protocol::Http,
+            endpoints: vec![],
+            policy: TrafficPolicy {
+                connection_pool: pool,
+                ..TrafficPolicy::default()
+            },
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_max_retries_in_flight_a_retry_is_refused_at_once_and_first_tries_are_not() {
+        let cluster = cluster(ConnectionPool {
+            max_retries: 1,
+            ..ConnectionPool::default()
+        });
+        let slow = tower::service_fn(|_req: Request<BoxBody>| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        });
+        let layer = BreakerLayer::new();
+        let svc = layer.layer(slow);
+        let started = tokio::time::Instant::now();
+        // Two retries (second tries) and three first tries at once.
+        let tries = [2, 2, 1, 1, 1].map(|number| {
+            let mut req = Request::new(body::empty());
+            req.extensions_mut().insert(Target {
+                cluster: cluster.clone(),
+            });
+            req.extensions_mut().insert(crate::telemetry::Attempt {
+                number,
+                remote_localities: false,
+            });
+            let svc = svc.clone();
+            async move {
+                let result = svc.oneshot(req).await;
+                let overflow = result.as_ref().err().is_some_and(|e| {
+                    matches!(
+                        e.downcast_ref::<ProxyError>(),
+                        Some(ProxyError::RetryOverflow(_))
+                    )
+                });
+                (
+                    number,
+                    result.is_ok(),
+                    overflow,
+                    tokio::time::Instant::now(),
+                )
+            }
+        });
+        let results = futures_util::future::join_all(tries).await;
+        let refused: Vec<_> = results.iter().filter(|r| r.2).collect();
+        assert_eq!(refused.len(), 1, "one retry over maxRetries: {results:?}");
+        assert_eq!(refused[0].0, 2, "only retries count against maxRetries");
+        assert_eq!(refused[0].3, started, "refused at once");
+        assert_eq!(results.iter().filter(|r| r.1).count(), 4);
+        assert_eq!(layer.stats().overflow_retries.load(Ordering::Relaxed), 1);
+        // Once the retry in flight ends, another may go.
+        let mut req = Request::new(body::empty());
+        req.extensions_mut().insert(Target { cluster });
+        req.extensions_mut().insert(crate::telemetry::Attempt {
+            number: 3,
+            remote_localities: false,
+        });
+        assert!(svc.oneshot(req).await.is_ok());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn past_the_active_and_pending_limits_requests_fail_at_once() {

@@ -56,6 +56,10 @@ pub enum ProxyError {
     /// A circuit breaker limit was reached (connections, pending requests, requests, retries).
     #[error("upstream overflow: {0}")]
     Overflow(String),
+    /// A retry was refused because the cluster's `maxRetries` retries were already in
+    /// flight: the retry layer answers with the previous try's result, as Envoy does.
+    #[error("upstream retry overflow: {0}")]
+    RetryOverflow(String),
     /// A local rate limit was reached.
     #[error("local_rate_limited")]
     RateLimited,
@@ -95,7 +99,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT,
                 ResponseFlag::UpstreamRequestTimeout,
             ),
-            Self::Overflow(_) => (
+            Self::Overflow(_) | Self::RetryOverflow(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlag::UpstreamOverflow,
             ),

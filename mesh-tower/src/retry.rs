@@ -561,6 +561,13 @@ async fn retried(
             r.extensions_mut().insert(Attempts(attempt));
             r
         });
+        if let Err(e) = &result
+            && let Some(ProxyError::RetryOverflow(_)) = e.downcast_ref::<ProxyError>()
+            && let Some(previous) = previous
+        {
+            // The cluster's maxRetries were all in flight: the previous answer stands.
+            return previous;
+        }
         if classify(&policy, &result) == Verdict::Done {
             return result;
         }

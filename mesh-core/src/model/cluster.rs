@@ -238,7 +238,7 @@ impl Default for ConnectionPool {
 }
 
 /// TCP keepalive settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct TcpKeepalive {
     /// Probes before the connection is dead.
     pub probes: Option<u32>,

@@ -1,6 +1,10 @@
 //! The upstream client: sends a routed request to the endpoint the balancer chose, over
 //! HTTP/1.1 or HTTP/2 (prior knowledge) as the cluster's protocol says, with pooled
-//! connections.
+//! connections shaped by the cluster's `connectionPool` settings (see [`connection`]).
+
+pub mod connection;
+
+use connection::{Lifetime, PoolSettings, Tracked};
 
 use crate::balance::Upstream;
 use crate::body::{self, BoxBody, BoxError};
@@ -13,7 +17,7 @@ use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCOD
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mesh_core::model::{ClientTls, Cluster, TlsMode};
 use mesh_core::store::ConfigStore;
@@ -22,10 +26,18 @@ use mesh_policy::credentials::CredentialStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tower_service::Service;
 
+/// A pool of plaintext connections.
+type PlainClient = Client<Tracked<HttpConnector>, BoxBody>;
+/// A pool of TLS connections.
+type TlsClient = Client<Tracked<MtlsConnector>, BoxBody>;
+
 /// Pooled HTTP/1.1 and HTTP/2 clients; cheap to clone (clones share the pools).
+///
+/// Clusters whose `connectionPool` asks for other connect timeouts, keepalive or idle
+/// timeouts get a pool of their own (one per distinct set of settings); connections are
+/// retired after `maxRequestsPerConnection` requests or `maxConnectionDuration`.
 ///
 /// With [`UpstreamClient::with_mtls`], clusters whose DestinationRule says
 /// `tls.mode: ISTIO_MUTUAL` are reached over mutual TLS with the workload's identity, through
@@ -33,8 +45,10 @@ use tower_service::Service;
 /// is never reused for a destination that expects another).
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    http1: Client<HttpConnector, BoxBody>,
-    http2: Client<HttpConnector, BoxBody>,
+    http1: PlainClient,
+    http2: PlainClient,
+    defaults: [PoolSettings; 2],
+    pools: Arc<ArcSwap<HashMap<PoolSettings, PlainClient>>>,
     mtls: Option<Arc<MtlsPools>>,
 }
 
@@ -43,17 +57,16 @@ pub struct UpstreamClient {
 struct MtlsPools {
     credentials: Arc<CredentialStore>,
     config: Arc<ConfigStore>,
-    connector: HttpConnector,
-    pools: ArcSwap<HashMap<PoolKey, Client<MtlsConnector, BoxBody>>>,
+    pools: ArcSwap<HashMap<PoolKey, TlsClient>>,
 }
 
-/// What a pool's connections were verified for, and whether it speaks HTTP/2 only.
+/// What a pool's connections were verified for, and how they are made and kept.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum PoolKey {
     /// ISTIO_MUTUAL: the expected server identities.
-    Mesh(Vec<SpiffeId>, bool),
+    Mesh(Vec<SpiffeId>, PoolSettings),
     /// SIMPLE / MUTUAL with files: the settings and the server name.
-    Files(ClientTlsKey, bool),
+    Files(ClientTlsKey, PoolSettings),
 }
 
 /// The parts of a [`ClientTls`] that shape a file-based TLS client.
@@ -66,20 +79,20 @@ struct ClientTlsKey {
 }
 
 impl MtlsPools {
-    fn client(&self, key: PoolKey) -> Result<Client<MtlsConnector, BoxBody>, BoxError> {
+    fn client(&self, key: PoolKey) -> Result<TlsClient, BoxError> {
         if let Some(c) = self.pools.load().get(&key) {
             return Ok(c.clone());
         }
-        let (connector, http2) = match &key {
-            PoolKey::Mesh(expected, http2) => (
+        let (connector, settings) = match &key {
+            PoolKey::Mesh(expected, settings) => (
                 MtlsConnector::new(
-                    self.connector.clone(),
+                    connector(settings),
                     self.credentials.clone(),
                     expected.clone(),
                 )?,
-                *http2,
+                settings,
             ),
-            PoolKey::Files(tls, http2) => {
+            PoolKey::Files(tls, settings) => {
                 fn path(p: &Option<String>) -> Option<&std::path::Path> {
                     p.as_deref().map(std::path::Path::new)
                 }
@@ -90,12 +103,12 @@ impl MtlsPools {
                 let config = mesh_policy::tls::client_config_from_files(path(&tls.ca), client)?;
                 let sni = rustls::pki_types::ServerName::try_from(tls.sni.clone())?;
                 (
-                    MtlsConnector::with_config(self.connector.clone(), config, sni),
-                    *http2,
+                    MtlsConnector::with_config(connector(settings), config, sni),
+                    settings,
                 )
             }
         };
-        let client = pooled(http2).build(connector);
+        let client = pooled(settings).build(Tracked::new(connector));
         self.pools.rcu(|pools| {
             let mut pools = HashMap::clone(pools);
             pools.entry(key.clone()).or_insert_with(|| client.clone());
@@ -162,15 +175,21 @@ impl MtlsPools {
     }
 }
 
-fn pooled(http2: bool) -> hyper_util::client::legacy::Builder {
+/// A pool builder for connections with `settings`.
+fn pooled(settings: &PoolSettings) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60));
-    if http2 {
+        .pool_idle_timeout(settings.idle_timeout);
+    if settings.http2 {
         builder.timer(TokioTimer::new()).http2_only(true);
     }
     builder
+}
+
+/// A plaintext pool for connections with `settings`.
+fn plain_pool(settings: &PoolSettings) -> PlainClient {
+    pooled(settings).build(Tracked::new(connector(settings)))
 }
 
 impl Default for UpstreamClient {
@@ -181,24 +200,38 @@ impl Default for UpstreamClient {
 
 impl UpstreamClient {
     /// Clients with Envoy's defaults: 10 s connect timeout, TCP_NODELAY, idle connections
-    /// kept for 60 s.
+    /// kept for 60 s ([`connection::DEFAULT_IDLE_TIMEOUT`]).
     pub fn new() -> Self {
-        let connector = connector();
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .http2_only(true)
-            .build(connector);
+        let defaults = [PoolSettings::new(false), PoolSettings::new(true)];
         Self {
-            http1,
-            http2,
+            http1: plain_pool(&defaults[0]),
+            http2: plain_pool(&defaults[1]),
+            defaults,
+            pools: Arc::default(),
             mtls: None,
         }
+    }
+
+    /// The plaintext pool for connections with `settings`.
+    fn plain(&self, settings: &PoolSettings) -> PlainClient {
+        if *settings == self.defaults[0] {
+            return self.http1.clone();
+        }
+        if *settings == self.defaults[1] {
+            return self.http2.clone();
+        }
+        if let Some(client) = self.pools.load().get(settings) {
+            return client.clone();
+        }
+        let client = plain_pool(settings);
+        self.pools.rcu(|pools| {
+            let mut pools = HashMap::clone(pools);
+            pools
+                .entry(settings.clone())
+                .or_insert_with(|| client.clone());
+            pools
+        });
+        self.pools.load().get(settings).cloned().unwrap_or(client)
     }
 
     /// As [`UpstreamClient::new`], and able to reach `ISTIO_MUTUAL` clusters presenting
@@ -208,7 +241,6 @@ impl UpstreamClient {
         client.mtls = Some(Arc::new(MtlsPools {
             credentials,
             config,
-            connector: connector(),
             pools: ArcSwap::default(),
         }));
         client
@@ -223,6 +255,16 @@ impl UpstreamClient {
         http2: bool,
         expected: Vec<SpiffeId>,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        self.send_mtls_with(req, authority, PoolSettings::new(http2), expected)
+    }
+
+    fn send_mtls_with(
+        &self,
+        req: Request<BoxBody>,
+        authority: http::uri::Authority,
+        settings: PoolSettings,
+        expected: Vec<SpiffeId>,
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
         let Some(mtls) = &self.mtls else {
             let e = ProxyError::ConnectFailure {
                 endpoint: authority.to_string(),
@@ -230,7 +272,7 @@ impl UpstreamClient {
             };
             return Box::pin(async move { Err(e.into()) });
         };
-        self.send_pooled(mtls, PoolKey::Mesh(expected, http2), req, authority, http2)
+        self.send_pooled(mtls, PoolKey::Mesh(expected, settings), req, authority)
     }
 
     fn send_pooled(
@@ -239,10 +281,11 @@ impl UpstreamClient {
         key: PoolKey,
         req: Request<BoxBody>,
         authority: http::uri::Authority,
-        http2: bool,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        let (PoolKey::Mesh(_, settings) | PoolKey::Files(_, settings)) = &key;
+        let (http2, lifetime) = (settings.http2, settings.lifetime);
         match mtls.client(key) {
-            Ok(client) => self.send_with(&client, req, authority, http2),
+            Ok(client) => self.send_with(&client, req, authority, http2, lifetime),
             Err(source) => {
                 let e = ProxyError::ConnectFailure {
                     endpoint: authority.to_string(),
@@ -260,7 +303,7 @@ impl UpstreamClient {
         tls: &ClientTls,
         req: Request<BoxBody>,
         authority: http::uri::Authority,
-        http2: bool,
+        settings: PoolSettings,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
         let unsupported = |what: &str| -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
             let e = ProxyError::ConnectFailure {
@@ -284,7 +327,7 @@ impl UpstreamClient {
             key: tls.private_key.clone(),
             sni: tls.sni.clone().unwrap_or_else(|| cluster.service.clone()),
         };
-        self.send_pooled(mtls, PoolKey::Files(key, http2), req, authority, http2)
+        self.send_pooled(mtls, PoolKey::Files(key, settings), req, authority)
     }
 
     /// Sends `req` to `authority`, over HTTP/2 when `http2`.
@@ -295,7 +338,18 @@ impl UpstreamClient {
         http2: bool,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
         let client = if http2 { &self.http2 } else { &self.http1 };
-        self.send_with(client, req, authority, http2)
+        self.send_with(client, req, authority, http2, Lifetime::default())
+    }
+
+    /// Sends `req` to `authority` through the plaintext pool for `settings`.
+    fn send_plain(
+        &self,
+        req: Request<BoxBody>,
+        authority: http::uri::Authority,
+        settings: &PoolSettings,
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        let client = self.plain(settings);
+        self.send_with(&client, req, authority, settings.http2, settings.lifetime)
     }
 
     fn send_with<C>(
@@ -304,6 +358,7 @@ impl UpstreamClient {
         mut req: Request<BoxBody>,
         authority: http::uri::Authority,
         http2: bool,
+        lifetime: Lifetime,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>>
     where
         C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
@@ -348,9 +403,17 @@ impl UpstreamClient {
         } else {
             Version::HTTP_11
         };
+        let captured = lifetime.is_limited().then(|| capture_connection(&mut req));
         let future = client.request(req);
         Box::pin(async move {
-            match future.await {
+            let result = future.await;
+            if let Some(captured) = &captured
+                && result.is_ok()
+                && lifetime.account(captured)
+            {
+                tracing::debug!(endpoint = %authority, "upstream connection retired");
+            }
+            match result {
                 Ok(mut response)
                     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
                         && upgrade.is_some() =>
@@ -405,41 +468,61 @@ impl Service<Request<BoxBody>> for UpstreamClient {
             return Box::pin(async move { Err(e.into()) });
         };
         let target = req.extensions().get::<Target>();
-        let http2 = target.is_some_and(|t| {
-            matches!(
-                t.cluster.protocol,
-                mesh_core::model::Protocol::Http2 | mesh_core::model::Protocol::Grpc
-            )
-        });
+        let settings = match target {
+            Some(t) => {
+                let http2 = speaks_http2(&t.cluster, &req);
+                PoolSettings::of(&t.cluster.policy.connection_pool, http2)
+            }
+            None => PoolSettings::new(false),
+        };
         let tls = target.and_then(|t| {
             let tls = t.cluster.policy.tls.as_ref()?;
             Some((t.cluster.clone(), tls.clone()))
         });
         match tls {
-            None => self.send(req, upstream.authority, http2),
-            Some((_, tls)) if tls.mode == TlsMode::Disable => {
-                self.send(req, upstream.authority, http2)
-            }
             Some((cluster, tls)) if tls.mode == TlsMode::IstioMutual => {
                 let expected = match &self.mtls {
                     Some(m) => m.expected(&cluster, &tls, upstream.authority.as_str()),
                     None => Ok(Vec::new()),
                 };
                 match expected {
-                    Ok(expected) => self.send_mtls(req, upstream.authority, http2, expected),
+                    Ok(expected) => {
+                        self.send_mtls_with(req, upstream.authority, settings, expected)
+                    }
                     Err(e) => Box::pin(async move { Err(e) }),
                 }
             }
-            Some((cluster, tls)) => self.send_files(&cluster, &tls, req, upstream.authority, http2),
+            Some((cluster, tls)) if tls.mode != TlsMode::Disable => {
+                self.send_files(&cluster, &tls, req, upstream.authority, settings)
+            }
+            _ => self.send_plain(req, upstream.authority, &settings),
         }
     }
 }
 
-fn connector() -> HttpConnector {
+/// Whether `req` goes to `cluster` over HTTP/2: HTTP2 and GRPC ports always; HTTP ports when
+/// the DestinationRule says `h2UpgradePolicy: UPGRADE` (except HTTP/1.1 `Upgrade` requests,
+/// which need HTTP/1.1) or `useClientProtocol` and the client spoke HTTP/2.
+fn speaks_http2<B>(cluster: &Cluster, req: &Request<B>) -> bool {
+    use mesh_core::model::Protocol;
+    match cluster.protocol {
+        Protocol::Http2 | Protocol::Grpc => true,
+        Protocol::Http => {
+            let pool = &cluster.policy.connection_pool;
+            if pool.use_client_protocol {
+                req.version() == Version::HTTP_2
+            } else {
+                pool.h2_upgrade && upgrade_protocol(req.headers()).is_none()
+            }
+        }
+        _ => false,
+    }
+}
+
+/// A TCP connector with `settings`.
+fn connector(settings: &PoolSettings) -> HttpConnector {
     let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(10)));
-    connector.enforce_http(true);
+    connection::configure(&mut connector, settings);
     connector
 }
 
