@@ -473,3 +473,74 @@ fn the_bundled_examples_load_without_findings() {
         }
     }
 }
+
+const RATINGS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: ratings }
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 9080, name: http, protocol: HTTP }]
+  endpoints:
+  - { address: 127.0.0.1, ports: { http: 19091 }, labels: { version: v1 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: ratings
+  annotations: ANNOTATIONS
+spec:
+  host: ratings
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - name: rr
+    labels: { version: v1 }
+    trafficPolicy: { loadBalancer: { simple: ROUND_ROBIN } }
+"#;
+
+#[test]
+fn the_peak_ewma_annotation_replaces_least_request_but_not_an_explicit_algorithm() {
+    use mesh_core::model::LbAlgorithm;
+    use std::time::Duration;
+    let yaml = RATINGS.replace(
+        "ANNOTATIONS",
+        r#"{ loadbalancer.mesh.io/algorithm: PEAK_EWMA, loadbalancer.mesh.io/peak-ewma-decay: 5s }"#,
+    );
+    let config = load(&yaml).config.expect("valid");
+    let algorithm = |subset: Option<&str>| {
+        let name = ClusterName::outbound(9080, subset, "ratings.default.svc.cluster.local");
+        config.clusters[&name]
+            .policy
+            .load_balancer
+            .algorithm
+            .clone()
+    };
+    let ewma = LbAlgorithm::PeakEwma {
+        decay: Duration::from_secs(5),
+    };
+    assert_eq!(algorithm(None), ewma);
+    assert_eq!(algorithm(Some("v1")), ewma);
+    assert_eq!(algorithm(Some("rr")), LbAlgorithm::RoundRobin);
+}
+
+#[test]
+fn a_bad_load_balancer_annotation_names_the_annotation() {
+    let yaml = RATINGS.replace(
+        "ANNOTATIONS",
+        r#"{ loadbalancer.mesh.io/algorithm: FASTEST }"#,
+    );
+    let e = single_error(&yaml);
+    assert!(
+        e.ends_with(
+            "metadata.annotations.loadbalancer.mesh.io/algorithm: unknown load balancer \"FASTEST\": expected PEAK_EWMA"
+        ),
+        "{e}"
+    );
+    let yaml = RATINGS.replace(
+        "ANNOTATIONS",
+        r#"{ loadbalancer.mesh.io/peak-ewma-decay: 5s }"#,
+    );
+    assert!(single_error(&yaml).ends_with("needs loadbalancer.mesh.io/algorithm: PEAK_EWMA"));
+}

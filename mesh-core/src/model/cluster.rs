@@ -102,6 +102,13 @@ pub enum LbAlgorithm {
     Passthrough,
     /// Consistent hashing on a request property.
     ConsistentHash(ConsistentHash),
+    /// linkerd2-proxy's least latency: power of two choices on the endpoints' peak-EWMA
+    /// round-trip time times their requests in flight (a mesh extension, set with the
+    /// DestinationRule annotation `loadbalancer.mesh.io/algorithm: PEAK_EWMA`).
+    PeakEwma {
+        /// How fast an observation loses weight (linkerd's default: 10 s).
+        decay: Duration,
+    },
 }
 
 /// Consistent-hash load balancing (`loadBalancer.consistentHash`).

@@ -8,17 +8,20 @@
 //!    spilling to the next level as its healthy share drops (Envoy's 1.4 overprovisioning
 //!    factor), with `failover` naming the next region;
 //! 3. an endpoint of that level by the cluster's algorithm: P2C least-request (default),
-//!    round-robin, random (all weighted, with `warmup` slow start), passthrough, or
-//!    consistent hash (ring hash or Maglev on a header, cookie, source IP or query parameter).
+//!    round-robin, random (all weighted, with `warmup` slow start), passthrough,
+//!    consistent hash (ring hash or Maglev on a header, cookie, source IP or query parameter),
+//!    or P2C on peak-EWMA latency x load (linkerd2-proxy's balancer, see [`PeakEwma`]).
 //!
 //! The outcome of each try feeds the endpoint's outlier detector. State is kept per cluster
 //! name and endpoint address, so a config swap that keeps an endpoint keeps its ejection
 //! state and in-flight count.
 
+mod ewma;
 mod hash;
 mod locality;
 mod outlier;
 
+pub use ewma::PeakEwma;
 pub use hash::{Table, hash64};
 pub use outlier::{Outcome, OutlierState, may_eject};
 
@@ -58,6 +61,8 @@ pub struct EndpointState {
     pub active: AtomicUsize,
     /// Its outlier detector.
     pub outlier: OutlierState,
+    /// Its latency estimate (kept when the cluster balances on peak EWMA).
+    pub latency: PeakEwma,
     first_seen: Instant,
 }
 
@@ -66,6 +71,7 @@ impl EndpointState {
         Self {
             active: AtomicUsize::new(0),
             outlier: OutlierState::default(),
+            latency: PeakEwma::new(),
             first_seen: Instant::now(),
         }
     }
@@ -407,6 +413,23 @@ impl BalanceLayer {
                     weighted_random(candidates, |i| weight(i) / (active(i) + 1.0), &self.rng)
                 }
             }
+            LbAlgorithm::PeakEwma { decay } => {
+                if candidates.len() == 1 {
+                    candidates[0]
+                } else {
+                    // Power of two choices on latency x load (per unit of weight).
+                    let cost = |i: usize| {
+                        let s = &resolved.states[i];
+                        let active = s.active.load(Ordering::Relaxed) as f64;
+                        s.latency.estimate_ns(now, *decay) * (active + 1.0) / weight(i)
+                    };
+                    let n = candidates.len() as u32;
+                    let first = self.rng.below(n) as usize;
+                    let second = (first + 1 + self.rng.below(n - 1) as usize) % candidates.len();
+                    let (a, b) = (candidates[first], candidates[second]);
+                    if cost(b) < cost(a) { b } else { a }
+                }
+            }
             LbAlgorithm::ConsistentHash(ch) => {
                 let mut set_cookie = None;
                 let key = hash_key(&ch.key, req);
@@ -648,6 +671,15 @@ where
         Box::pin(async move {
             let result = future.await;
             drop(in_flight);
+            if let LbAlgorithm::PeakEwma { decay } = cluster.policy.load_balancer.algorithm {
+                // Failures count as slow, so that a failing endpoint is not preferred.
+                let elapsed = started.elapsed();
+                let rtt = match &result {
+                    Ok(r) if !r.status().is_server_error() => elapsed,
+                    _ => elapsed.max(Duration::from_secs(1)),
+                };
+                endpoint_state.latency.observe(rtt, Instant::now(), decay);
+            }
             if let Some(policy) = &cluster.policy.outlier_detection {
                 let outcome = match &result {
                     Ok(response) => Some(Outcome::Status(response.status().as_u16())),

@@ -455,3 +455,101 @@ async fn failover_priority_prefers_endpoints_sharing_the_workloads_labels() {
         counts.lock().unwrap()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_steers_traffic_away_from_a_slow_endpoint_and_back_when_it_recovers() {
+    let decay = Duration::from_secs(10);
+    let c = cluster(
+        (1..=3).map(|p| endpoint(p, 1, "")).collect(),
+        policy(LbAlgorithm::PeakEwma { decay }),
+    );
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let counts: Counts = Arc::default();
+    let (seen, is_slow) = (counts.clone(), slow.clone());
+    // Endpoint 1 answers in 200 ms while `slow`, the others in 5 ms.
+    let up = tower::service_fn(move |req: Request<BoxBody>| {
+        let port = req
+            .extensions()
+            .get::<Upstream>()
+            .unwrap()
+            .authority
+            .port_u16()
+            .unwrap();
+        *seen.lock().unwrap().entry(port).or_insert(0) += 1;
+        let delay = if port == 1 && is_slow.load(Ordering::Relaxed) {
+            200
+        } else {
+            5
+        };
+        async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        }
+    });
+    let svc = BalanceLayer::new(Rng::with_seed(9)).layer(TestUpstream::new(up));
+    // 8 concurrent clients, 1,500 requests in all.
+    let run = |n: usize| {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (svc, c) = (svc.clone(), c.clone());
+                async move {
+                    for _ in 0..n / 8 {
+                        svc.clone().oneshot(request(&c)).await.unwrap();
+                    }
+                }
+            })
+            .collect();
+        futures_util::future::join_all(tasks)
+    };
+    run(1_500).await;
+    let slow_share = {
+        let counts = counts.lock().unwrap();
+        counts.get(&1).copied().unwrap_or(0) as f64 / counts.values().sum::<usize>() as f64
+    };
+    assert!(
+        slow_share < 0.05,
+        "the slow endpoint got {slow_share:.3} of the traffic"
+    );
+
+    // Recovered: as its estimate decays it is tried again, and its fast answers win it back.
+    slow.store(false, Ordering::Relaxed);
+    tokio::time::sleep(decay * 5).await;
+    counts.lock().unwrap().clear();
+    run(3_000).await;
+    let counts = counts.lock().unwrap();
+    let share = counts.get(&1).copied().unwrap_or(0) as f64 / 3_000.0;
+    assert!(share > 0.25, "after recovery: {counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_request_does_not_see_latency_but_peak_ewma_does() {
+    // The same slow endpoint under LEAST_REQUEST with one client at a time: in-flight counts
+    // are all zero, so it keeps its third of the traffic; that is the gap peak EWMA fills.
+    let c = cluster(
+        (1..=3).map(|p| endpoint(p, 1, "")).collect(),
+        policy(LbAlgorithm::LeastRequest),
+    );
+    let counts: Counts = Arc::default();
+    let seen = counts.clone();
+    let up = tower::service_fn(move |req: Request<BoxBody>| {
+        let port = req
+            .extensions()
+            .get::<Upstream>()
+            .unwrap()
+            .authority
+            .port_u16()
+            .unwrap();
+        *seen.lock().unwrap().entry(port).or_insert(0) += 1;
+        async move {
+            let delay = if port == 1 { 200 } else { 5 };
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        }
+    });
+    let svc = BalanceLayer::new(Rng::with_seed(9)).layer(TestUpstream::new(up));
+    for _ in 0..600 {
+        svc.clone().oneshot(request(&c)).await.unwrap();
+    }
+    let share = counts.lock().unwrap()[&1] as f64 / 600.0;
+    assert!((0.25..0.42).contains(&share), "{share}");
+}

@@ -24,6 +24,46 @@ pub(super) struct SubsetRule {
 pub(super) struct HostRule {
     policy: Option<api::TrafficPolicy>,
     pub(super) subsets: BTreeMap<String, SubsetRule>,
+    /// The algorithm the rule's annotations ask for, replacing LEAST_REQUEST.
+    extension: Option<LbAlgorithm>,
+}
+
+/// The DestinationRule annotation choosing a load balancer beyond Istio's: `PEAK_EWMA`.
+pub(crate) const ALGORITHM_ANNOTATION: &str = "loadbalancer.mesh.io/algorithm";
+/// The decay of the peak-EWMA latency estimate (default 10 s).
+pub(crate) const PEAK_EWMA_DECAY_ANNOTATION: &str = "loadbalancer.mesh.io/peak-ewma-decay";
+
+/// The algorithm a DestinationRule's annotations ask for.
+fn algorithm_extension(
+    annotations: &BTreeMap<String, String>,
+    at: &mut At<'_>,
+) -> Option<LbAlgorithm> {
+    let decay_field = format!("metadata.annotations.{PEAK_EWMA_DECAY_ANNOTATION}");
+    let decay = match annotations.get(PEAK_EWMA_DECAY_ANNOTATION) {
+        Some(d) => Some(at.check(&decay_field, values::duration(d, false))?),
+        None => None,
+    };
+    match annotations.get(ALGORITHM_ANNOTATION).map(String::as_str) {
+        None => {
+            if decay.is_some() {
+                at.error(
+                    &decay_field,
+                    format!("needs {ALGORITHM_ANNOTATION}: PEAK_EWMA"),
+                );
+            }
+            None
+        }
+        Some("PEAK_EWMA") => Some(LbAlgorithm::PeakEwma {
+            decay: decay.unwrap_or(std::time::Duration::from_secs(10)),
+        }),
+        Some(other) => {
+            at.error(
+                &format!("metadata.annotations.{ALGORITHM_ANNOTATION}"),
+                format!("unknown load balancer {other:?}: expected PEAK_EWMA"),
+            );
+            None
+        }
+    }
 }
 
 /// DestinationRules by fully qualified host.
@@ -67,6 +107,7 @@ impl DestinationRules {
             if let Some(tp) = &dr.traffic_policy {
                 check_policy(tp, "spec.trafficPolicy", &mut at);
             }
+            let extension = algorithm_extension(&res.annotations, &mut at);
             let mut subsets = BTreeMap::new();
             for (i, subset) in dr.subsets.iter().enumerate() {
                 let field = format!("spec.subsets[{i}]");
@@ -107,6 +148,7 @@ impl DestinationRules {
                 HostRule {
                     policy: dr.traffic_policy.clone(),
                     subsets,
+                    extension,
                 },
             );
         }
@@ -131,13 +173,19 @@ pub(super) fn clusters(
             );
             let mut add = |subset: Option<(&String, &SubsetRule)>| {
                 let name = ClusterName::outbound(port.number, subset.map(|s| s.0.as_str()), host);
-                let (labels, policy) = match subset {
+                let (labels, mut policy) = match subset {
                     Some((_, s)) => (
                         s.labels.clone(),
                         resolve(&base, s.policy.as_ref(), port.number),
                     ),
                     None => (Labels::new(), base.clone()),
                 };
+                // The annotation replaces the default least-request, not an explicit choice.
+                if let Some(extension) = rule.and_then(|r| r.extension.as_ref())
+                    && policy.load_balancer.algorithm == LbAlgorithm::LeastRequest
+                {
+                    policy.load_balancer.algorithm = extension.clone();
+                }
                 let endpoints = endpoints
                     .iter()
                     .filter(|e| selects(&labels, &e.labels))
