@@ -544,3 +544,34 @@ fn a_bad_load_balancer_annotation_names_the_annotation() {
     );
     assert!(single_error(&yaml).ends_with("needs loadbalancer.mesh.io/algorithm: PEAK_EWMA"));
 }
+
+#[test]
+fn latency_outlier_annotations_set_the_rule_on_every_cluster_of_the_host() {
+    use mesh_core::model::LatencyOutlierRule;
+    use std::time::Duration;
+    let yaml = RATINGS.replace(
+        "ANNOTATIONS",
+        r#"{ outlier.mesh.io/latency-factor: "2.5", outlier.mesh.io/latency-ejection-time: 1m }"#,
+    );
+    let config = load(&yaml).config.expect("valid");
+    for subset in [None, Some("v1"), Some("rr")] {
+        let name = ClusterName::outbound(9080, subset, "ratings.default.svc.cluster.local");
+        assert_eq!(
+            config.clusters[&name].policy.latency_outlier,
+            Some(LatencyOutlierRule {
+                factor_percent: 250,
+                base_ejection_time: Duration::from_secs(60),
+                min_endpoints: 3,
+            })
+        );
+    }
+    let yaml = RATINGS.replace(
+        "ANNOTATIONS",
+        r#"{ outlier.mesh.io/latency-factor: "0.5" }"#,
+    );
+    assert!(
+        single_error(&yaml).ends_with(
+            "metadata.annotations.outlier.mesh.io/latency-factor: \"0.5\" is not a factor above 1 (at most 100)"
+        )
+    );
+}

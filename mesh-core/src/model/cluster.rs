@@ -75,6 +75,22 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     /// TLS towards the endpoints; `None` means plaintext.
     pub tls: Option<ClientTls>,
+    /// The latency outlier rule (a mesh extension), when set.
+    pub latency_outlier: Option<LatencyOutlierRule>,
+}
+
+/// A mesh extension beyond Envoy (envoy#288): eject an endpoint whose latency EWMA exceeds
+/// `factor_percent`% of the median of its cluster's endpoints. Set with the DestinationRule
+/// annotations `outlier.mesh.io/latency-factor` (e.g. `"3"`),
+/// `outlier.mesh.io/latency-ejection-time` and `outlier.mesh.io/latency-min-endpoints`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LatencyOutlierRule {
+    /// How slow, in percent of the median, is too slow (300: three times the median).
+    pub factor_percent: u32,
+    /// The ejection time, multiplied by the number of ejections as for errors.
+    pub base_ejection_time: Duration,
+    /// The fewest endpoints with a latency estimate before the rule applies.
+    pub min_endpoints: u32,
 }
 
 /// Load-balancing settings (`trafficPolicy.loadBalancer`).

@@ -175,6 +175,16 @@ pub struct LatencyOutlier {
     pub min_endpoints: usize,
 }
 
+impl From<mesh_core::model::LatencyOutlierRule> for LatencyOutlier {
+    fn from(rule: mesh_core::model::LatencyOutlierRule) -> Self {
+        Self {
+            factor: f64::from(rule.factor_percent) / 100.0,
+            base_ejection_time: rule.base_ejection_time,
+            min_endpoints: rule.min_endpoints as usize,
+        }
+    }
+}
+
 /// Picks an endpoint for each request to a [`Target`] cluster.
 #[derive(Clone, Debug, Default)]
 pub struct BalanceLayer {
@@ -193,7 +203,8 @@ impl BalanceLayer {
         }
     }
 
-    /// Turns on the latency outlier rule.
+    /// Turns on the latency outlier rule for every cluster whose policy sets none (a
+    /// DestinationRule sets one with the `outlier.mesh.io/latency-*` annotations).
     pub fn latency_outlier(mut self, rule: LatencyOutlier) -> Self {
         self.latency_outlier = Some(rule);
         self
@@ -311,46 +322,47 @@ impl BalanceLayer {
         let local = workload
             .map(|w| &w.locality)
             .filter(|l| !l.region.is_empty());
-        let locality_aware = cluster.policy.load_balancer.locality.is_some()
-            || cluster.policy.outlier_detection.is_some();
+        let ejects = cluster.policy.outlier_detection.is_some()
+            || cluster.policy.latency_outlier.is_some()
+            || self.latency_outlier.is_some();
+        let locality_aware = cluster.policy.load_balancer.locality.is_some() || ejects;
         // Without outlier detection or locality, the candidates are the cached healthy set:
         // no per-request list, no per-endpoint lock.
-        let candidates: Chosen<'_> =
-            if cluster.policy.outlier_detection.is_none() && !(locality_aware && local.is_some()) {
+        let candidates: Chosen<'_> = if !(ejects || locality_aware && local.is_some()) {
+            Chosen::Healthy(healthy.as_slice())
+        } else {
+            let available = resolved.available(now);
+            let min_health = cluster
+                .policy
+                .outlier_detection
+                .as_ref()
+                .map_or(0, |o| o.min_health_percent);
+            // Panic mode: too few left to trust ejection, so use every healthy endpoint.
+            let panic = available.len() * 100 < healthy.len() * min_health as usize;
+            let base: &[usize] = if panic {
+                healthy.as_slice()
+            } else {
+                &available
+            };
+            // A retry may leave the locality when the route says so (`retryRemoteLocalities`).
+            let remote_retry = req
+                .extensions()
+                .get::<crate::telemetry::Attempt>()
+                .is_some_and(|a| a.number > 1 && a.remote_localities);
+            if let Some(local) =
+                local.filter(|_| locality_aware && !remote_retry && !base.is_empty())
+            {
+                let none = mesh_core::model::Labels::new();
+                let labels = workload.map_or(&none, |w| &w.labels);
+                Chosen::Level(locality::choose_level(
+                    cluster, local, labels, base, &self.rng,
+                ))
+            } else if panic {
                 Chosen::Healthy(healthy.as_slice())
             } else {
-                let available = resolved.available(now);
-                let min_health = cluster
-                    .policy
-                    .outlier_detection
-                    .as_ref()
-                    .map_or(0, |o| o.min_health_percent);
-                // Panic mode: too few left to trust ejection, so use every healthy endpoint.
-                let panic = available.len() * 100 < healthy.len() * min_health as usize;
-                let base: &[usize] = if panic {
-                    healthy.as_slice()
-                } else {
-                    &available
-                };
-                // A retry may leave the locality when the route says so (`retryRemoteLocalities`).
-                let remote_retry = req
-                    .extensions()
-                    .get::<crate::telemetry::Attempt>()
-                    .is_some_and(|a| a.number > 1 && a.remote_localities);
-                if let Some(local) =
-                    local.filter(|_| locality_aware && !remote_retry && !base.is_empty())
-                {
-                    let none = mesh_core::model::Labels::new();
-                    let labels = workload.map_or(&none, |w| &w.labels);
-                    Chosen::Level(locality::choose_level(
-                        cluster, local, labels, base, &self.rng,
-                    ))
-                } else if panic {
-                    Chosen::Healthy(healthy.as_slice())
-                } else {
-                    Chosen::Available(available)
-                }
-            };
+                Chosen::Available(available)
+            }
+        };
         let chosen = candidates;
         let candidates: &[usize] = match &chosen {
             Chosen::Healthy(h) => h,
@@ -692,9 +704,7 @@ where
                     },
                 };
                 if let Some(outcome) = outcome
-                    && endpoint_state
-                        .outlier
-                        .record(outcome, started.elapsed(), policy)
+                    && endpoint_state.outlier.record(outcome, policy)
                 {
                     let now = Instant::now();
                     let ejected = resolved
@@ -710,7 +720,13 @@ where
                     }
                 }
             }
-            if let Some(rule) = layer.latency_outlier {
+            let latency_rule = cluster
+                .policy
+                .latency_outlier
+                .map(LatencyOutlier::from)
+                .or(layer.latency_outlier);
+            if let Some(rule) = latency_rule {
+                endpoint_state.outlier.record_latency(started.elapsed());
                 latency_check(&resolved, &endpoint_state, rule);
             }
             let mut response = result?;

@@ -65,13 +65,8 @@ impl OutlierState {
     /// should be ejected (the caller checks the cluster-wide cap, then calls [`eject`]).
     ///
     /// [`eject`]: Self::eject
-    pub fn record(&self, outcome: Outcome, latency: Duration, policy: &OutlierDetection) -> bool {
+    pub fn record(&self, outcome: Outcome, policy: &OutlierDetection) -> bool {
         let mut s = self.lock();
-        let ms = latency.as_secs_f64() * 1_000.0;
-        s.latency_ewma_ms = Some(match s.latency_ewma_ms {
-            Some(prev) => prev * 0.8 + ms * 0.2,
-            None => ms,
-        });
         // Without the split, a local-origin failure counts as a 503 (Envoy's mapping).
         let outcome = match outcome {
             Outcome::LocalOriginFailure if !policy.split_external_local_origin_errors => {
@@ -102,6 +97,16 @@ impl OutlierState {
                 s.consecutive_local,
                 policy.consecutive_local_origin_failures,
             )
+    }
+
+    /// Feeds a try's latency into the endpoint's EWMA (weight 0.2 for the newest).
+    pub fn record_latency(&self, latency: Duration) {
+        let mut s = self.lock();
+        let ms = latency.as_secs_f64() * 1_000.0;
+        s.latency_ewma_ms = Some(match s.latency_ewma_ms {
+            Some(prev) => prev * 0.8 + ms * 0.2,
+            None => ms,
+        });
     }
 
     /// Ejects the endpoint for `base_ejection_time` times the number of its ejections.
@@ -151,11 +156,10 @@ mod tests {
     async fn ejected_after_exactly_n_failures_and_out_twice_as_long_the_second_time() {
         let p = policy(3);
         let e = OutlierState::default();
-        let ms = Duration::from_millis(1);
-        assert!(!e.record(Outcome::Status(500), ms, &p));
-        assert!(!e.record(Outcome::Status(503), ms, &p));
+        assert!(!e.record(Outcome::Status(500), &p));
+        assert!(!e.record(Outcome::Status(503), &p));
         assert!(
-            e.record(Outcome::Status(500), ms, &p),
+            e.record(Outcome::Status(500), &p),
             "the third consecutive 5xx ejects"
         );
         let t0 = Instant::now();
@@ -165,7 +169,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(30)).await;
         for _ in 0..3 {
-            e.record(Outcome::Status(500), ms, &p);
+            e.record(Outcome::Status(500), &p);
         }
         let t1 = Instant::now();
         e.eject(t1, &p);
@@ -181,26 +185,24 @@ mod tests {
     fn a_success_resets_the_count() {
         let p = policy(3);
         let e = OutlierState::default();
-        let ms = Duration::from_millis(1);
-        e.record(Outcome::Status(500), ms, &p);
-        e.record(Outcome::Status(500), ms, &p);
-        e.record(Outcome::Status(200), ms, &p);
-        assert!(!e.record(Outcome::Status(500), ms, &p));
+        e.record(Outcome::Status(500), &p);
+        e.record(Outcome::Status(500), &p);
+        e.record(Outcome::Status(200), &p);
+        assert!(!e.record(Outcome::Status(500), &p));
     }
 
     #[test]
     fn local_origin_failures_count_as_5xx_unless_split() {
         let mut p = policy(2);
         let e = OutlierState::default();
-        let ms = Duration::from_millis(1);
-        e.record(Outcome::LocalOriginFailure, ms, &p);
-        assert!(e.record(Outcome::LocalOriginFailure, ms, &p));
+        e.record(Outcome::LocalOriginFailure, &p);
+        assert!(e.record(Outcome::LocalOriginFailure, &p));
         p.split_external_local_origin_errors = true;
         p.consecutive_local_origin_failures = Some(3);
         let e = OutlierState::default();
-        e.record(Outcome::LocalOriginFailure, ms, &p);
-        assert!(!e.record(Outcome::LocalOriginFailure, ms, &p));
-        assert!(e.record(Outcome::LocalOriginFailure, ms, &p));
+        e.record(Outcome::LocalOriginFailure, &p);
+        assert!(!e.record(Outcome::LocalOriginFailure, &p));
+        assert!(e.record(Outcome::LocalOriginFailure, &p));
     }
 
     #[test]

@@ -553,3 +553,45 @@ async fn least_request_does_not_see_latency_but_peak_ewma_does() {
     let share = counts.lock().unwrap()[&1] as f64 / 600.0;
     assert!((0.25..0.42).contains(&share), "{share}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_latency_outlier_rule_ejects_an_endpoint_much_slower_than_its_peers() {
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.latency_outlier = Some(mesh_core::model::LatencyOutlierRule {
+        factor_percent: 300,
+        base_ejection_time: Duration::from_secs(30),
+        min_endpoints: 3,
+    });
+    let c = cluster((1..=4).map(|p| endpoint(p, 1, "")).collect(), p);
+    let counts: Counts = Arc::default();
+    let seen = counts.clone();
+    // Endpoint 4 answers in 400 ms, the others in 10 ms: no errors at all.
+    let up = tower::service_fn(move |req: Request<BoxBody>| {
+        let port = req
+            .extensions()
+            .get::<Upstream>()
+            .unwrap()
+            .authority
+            .port_u16()
+            .unwrap();
+        *seen.lock().unwrap().entry(port).or_insert(0) += 1;
+        async move {
+            let delay = if port == 4 { 400 } else { 10 };
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        }
+    });
+    let layer = BalanceLayer::new(Rng::with_seed(3));
+    let svc = layer.clone().layer(TestUpstream::new(up));
+    for _ in 0..400 {
+        svc.clone().oneshot(request(&c)).await.unwrap();
+    }
+    let state = layer.endpoint_state(&c.name, "127.0.0.1:4").unwrap();
+    assert_eq!(state.outlier.times_ejected(), 1, "ejected once, for 30 s");
+    let counts = counts.lock().unwrap();
+    assert!(
+        counts[&4] <= 2,
+        "the slow endpoint stopped getting traffic: {counts:?}"
+    );
+    assert!(counts[&1] > 100 && counts[&2] > 100 && counts[&3] > 100);
+}

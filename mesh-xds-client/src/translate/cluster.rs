@@ -172,6 +172,7 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
                 connection_pool: pool,
                 outlier_detection,
                 tls,
+                latency_outlier: None,
             },
         },
         eds_name,

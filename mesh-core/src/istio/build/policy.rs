@@ -6,8 +6,8 @@ use super::{At, Findings, qualify, values};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
     ClientTls, Cluster, ClusterName, ConnectionPool, ConsistentHash, HashKey, HashTable, Labels,
-    LbAlgorithm, LoadBalancer, LocalityDistribute, LocalityFailover, LocalityLb, OutlierDetection,
-    TcpKeepalive, TlsMode, TrafficPolicy, Workload, selects,
+    LatencyOutlierRule, LbAlgorithm, LoadBalancer, LocalityDistribute, LocalityFailover,
+    LocalityLb, OutlierDetection, TcpKeepalive, TlsMode, TrafficPolicy, Workload, selects,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +26,66 @@ pub(super) struct HostRule {
     pub(super) subsets: BTreeMap<String, SubsetRule>,
     /// The algorithm the rule's annotations ask for, replacing LEAST_REQUEST.
     extension: Option<LbAlgorithm>,
+    /// The latency outlier rule its annotations set.
+    latency_outlier: Option<LatencyOutlierRule>,
+}
+
+/// The annotation turning the latency outlier rule on: how many times the median latency
+/// is too slow (a number above 1, e.g. `"3"` or `"2.5"`).
+pub(crate) const LATENCY_FACTOR_ANNOTATION: &str = "outlier.mesh.io/latency-factor";
+/// The latency outlier's base ejection time (default 30 s).
+pub(crate) const LATENCY_EJECTION_ANNOTATION: &str = "outlier.mesh.io/latency-ejection-time";
+/// The fewest endpoints with a latency estimate before the rule applies (default 3).
+pub(crate) const LATENCY_MIN_ENDPOINTS_ANNOTATION: &str = "outlier.mesh.io/latency-min-endpoints";
+
+/// The latency outlier rule a DestinationRule's annotations set.
+fn latency_outlier(
+    annotations: &BTreeMap<String, String>,
+    at: &mut At<'_>,
+) -> Option<LatencyOutlierRule> {
+    let field = |key: &str| format!("metadata.annotations.{key}");
+    let Some(factor) = annotations.get(LATENCY_FACTOR_ANNOTATION) else {
+        for key in [
+            LATENCY_EJECTION_ANNOTATION,
+            LATENCY_MIN_ENDPOINTS_ANNOTATION,
+        ] {
+            if annotations.contains_key(key) {
+                at.error(&field(key), format!("needs {LATENCY_FACTOR_ANNOTATION}"));
+            }
+        }
+        return None;
+    };
+    let factor_percent = at.check(
+        &field(LATENCY_FACTOR_ANNOTATION),
+        factor
+            .parse::<f64>()
+            .ok()
+            .filter(|f| *f > 1.0 && *f <= 100.0)
+            .map(|f| (f * 100.0).round() as u32)
+            .ok_or_else(|| format!("{factor:?} is not a factor above 1 (at most 100)")),
+    )?;
+    let base_ejection_time = match annotations.get(LATENCY_EJECTION_ANNOTATION) {
+        Some(d) => at.check(
+            &field(LATENCY_EJECTION_ANNOTATION),
+            values::duration(d, false),
+        )?,
+        None => std::time::Duration::from_secs(30),
+    };
+    let min_endpoints = match annotations.get(LATENCY_MIN_ENDPOINTS_ANNOTATION) {
+        Some(n) => at.check(
+            &field(LATENCY_MIN_ENDPOINTS_ANNOTATION),
+            n.parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 2)
+                .ok_or_else(|| format!("{n:?} is not a whole number of at least 2")),
+        )?,
+        None => 3,
+    };
+    Some(LatencyOutlierRule {
+        factor_percent,
+        base_ejection_time,
+        min_endpoints,
+    })
 }
 
 /// The DestinationRule annotation choosing a load balancer beyond Istio's: `PEAK_EWMA`.
@@ -108,6 +168,7 @@ impl DestinationRules {
                 check_policy(tp, "spec.trafficPolicy", &mut at);
             }
             let extension = algorithm_extension(&res.annotations, &mut at);
+            let latency = latency_outlier(&res.annotations, &mut at);
             let mut subsets = BTreeMap::new();
             for (i, subset) in dr.subsets.iter().enumerate() {
                 let field = format!("spec.subsets[{i}]");
@@ -149,6 +210,7 @@ impl DestinationRules {
                     policy: dr.traffic_policy.clone(),
                     subsets,
                     extension,
+                    latency_outlier: latency,
                 },
             );
         }
@@ -186,6 +248,7 @@ pub(super) fn clusters(
                 {
                     policy.load_balancer.algorithm = extension.clone();
                 }
+                policy.latency_outlier = rule.and_then(|r| r.latency_outlier);
                 let endpoints = endpoints
                     .iter()
                     .filter(|e| selects(&labels, &e.labels))
