@@ -14,11 +14,32 @@
 //! let request = http::Request::get("http://hello/").body(http_body_util::Empty::<bytes::Bytes>::new())?;
 //! let response = mesh.client().oneshot(request).await?;
 //! println!("{} (config version {})", response.status(), mesh.version());
-//! // Inbound: `mesh.inbound_layer()` in front of an axum Router or any tower service.
-//! mesh.shutdown();
+//! // Inbound: `mesh.inbound_layer()` in front of an axum Router or any tower service, and
+//! // `mesh.listener(..)` for TLS by PeerAuthentication (with `.identity(..)`).
+//! mesh.shutdown(std::time::Duration::from_secs(5)).await;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The pieces:
+//! - [`Mesh::client`]: the outbound stack as a `tower::Service` (a hyper-util client
+//!   replacement, a tonic channel).
+//! - [`Mesh::inbound_layer`]: authorization, rate limit and telemetry in front of an app.
+//! - [`Mesh::listener`] / [`Mesh::acceptor`]: TLS by PeerAuthentication with the workload's
+//!   credentials ([`listener`] module); [`AddPeerInfo`] puts the peer's identity into request
+//!   extensions; with the `axum` feature, [`axum`] makes the listener an `axum::serve`
+//!   listener and gives the `PeerIdentity` and `Verdict` extractors.
+//! - [`Mesh::health`], [`Mesh::version`], [`Mesh::shutdown_signal`] and [`Mesh::shutdown`]:
+//!   the handle.
+//!
+//! # Graceful shutdown
+//! [`Mesh::shutdown`] stops watching the config, resolves every [`Mesh::shutdown_signal`]
+//! (give it to `axum::serve(..).with_graceful_shutdown(..)` or your own accept loop: the
+//! server stops accepting and closes idle connections), makes listeners from
+//! [`Mesh::listener`] stop accepting, and then waits, up to a grace period, until every
+//! request that entered the inbound layer has finished: its response sent, body included.
+//! The outbound client keeps working throughout, so a handler that is draining can still call
+//! its upstreams.
 
 use crate::authz::AuthzLayer;
 use crate::body::{self, BoxBody, BoxError};
@@ -35,11 +56,20 @@ use mesh_core::model::{LocalRateLimit, MeshConfig, Workload};
 use mesh_core::store::ConfigStore;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio::sync::{Notify, watch};
 use tower_layer::Layer;
 use tower_service::Service;
+
+#[cfg(feature = "axum")]
+pub mod axum;
+pub mod listener;
+
+pub use crate::server::Drain;
+pub use listener::{AddPeerInfo, MeshListener, MeshStream, PeerInfo};
 
 /// Why a mesh could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +80,15 @@ pub enum MeshError {
     /// No config source was given.
     #[error("no config: call config_files or config")]
     NoConfig,
+    /// A listener or acceptor was asked for without the workload's credentials.
+    #[error("identity: the inbound TLS acceptor needs the workload's credentials: call identity(..)")]
+    NoIdentity,
+    /// The workload's credentials cannot make a TLS server config.
+    #[error("identity: the credentials do not make a TLS server config: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The listener's local address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
 }
 
 enum Source {
@@ -150,10 +189,10 @@ impl MeshBuilder {
         });
         let rng = self.seed.map_or_else(Rng::from_entropy, Rng::with_seed);
         let mut builder = Outbound::builder(store.clone()).rng(rng.clone());
-        if let Some(credentials) = self.identity {
+        if let Some(credentials) = &self.identity {
             builder = builder.client(crate::client::UpstreamClient::with_mtls(
                 store.clone(),
-                credentials,
+                credentials.clone(),
             ));
         }
         if self.telemetry {
@@ -164,6 +203,8 @@ impl MeshBuilder {
             .telemetry
             .then(|| Telemetry::new(Reporter::Destination, workload.clone()).rng(rng));
         let authz = AuthzLayer::new(store.clone());
+        let drain = Arc::new(DrainState::default());
+        let (shutdown, _) = watch::channel(false);
         Ok(Mesh {
             store,
             client: builder.build(),
@@ -171,9 +212,13 @@ impl MeshBuilder {
                 telemetry: inbound_telemetry,
                 rate_limit: self.inbound_rate_limit.map(RateLimitLayer::fixed),
                 authz,
+                drain: drain.clone(),
             },
             watcher,
             workload,
+            identity: self.identity,
+            drain,
+            shutdown,
         })
     }
 }
@@ -186,6 +231,72 @@ pub struct Mesh {
     inbound: InboundLayer,
     watcher: Option<JoinHandle<()>>,
     workload: Workload,
+    identity: Option<Arc<mesh_policy::credentials::CredentialStore>>,
+    drain: Arc<DrainState>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A snapshot of the mesh's state, for a health endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The version of the config now serving.
+    pub config_version: u64,
+    /// Requests inside the inbound layer (response bodies included).
+    pub in_flight: usize,
+    /// Whether [`Mesh::shutdown`] was called.
+    pub draining: bool,
+    /// Seconds until the workload certificate expires (negative once expired), with an
+    /// identity.
+    pub certificate_seconds_to_expiry: Option<i64>,
+}
+
+impl Health {
+    /// Ready to take requests: not draining, and the certificate (if any) still valid.
+    pub fn is_ready(&self) -> bool {
+        !self.draining && self.certificate_seconds_to_expiry.is_none_or(|s| s > 0)
+    }
+}
+
+/// Counts the requests inside the inbound layer and wakes the drain when none are left.
+#[derive(Debug, Default)]
+struct DrainState {
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// One request in flight; dropped when its response (body included) is done or abandoned.
+#[derive(Debug)]
+struct InFlight(Arc<DrainState>);
+
+impl InFlight {
+    fn new(state: &Arc<DrainState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl DrainState {
+    /// Resolves once no request is in flight.
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a request finishing in between still wakes us.
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Mesh {
@@ -229,10 +340,69 @@ impl Mesh {
         &self.workload
     }
 
-    /// Stops watching the config; clients already handed out keep working on the last one.
-    pub fn shutdown(mut self) {
-        if let Some(watcher) = self.watcher.take() {
+    /// The workload's credentials, when built with [`MeshBuilder::identity`].
+    pub fn identity(&self) -> Option<&Arc<mesh_policy::credentials::CredentialStore>> {
+        self.identity.as_ref()
+    }
+
+    /// The inbound TLS acceptor: PeerAuthentication from this mesh's config (STRICT,
+    /// PERMISSIVE or DISABLE, read at each accept), the workload's credentials (read at each
+    /// handshake, so rotation applies to new connections). For a hand-written accept loop;
+    /// [`Mesh::listener`] wraps it around a whole `TcpListener`.
+    pub fn acceptor(&self) -> Result<crate::tls::InboundTls, MeshError> {
+        let credentials = self.identity.clone().ok_or(MeshError::NoIdentity)?;
+        Ok(crate::tls::InboundTls::new(self.store.clone(), credentials)?)
+    }
+
+    /// `listener` with [`Mesh::acceptor`] applied to every connection: serve it with
+    /// `axum::serve` (feature `axum`) or accept from it by hand. It stops accepting when
+    /// [`Mesh::shutdown`] is called. Must be called inside a tokio runtime.
+    pub fn listener(&self, listener: tokio::net::TcpListener) -> Result<MeshListener, MeshError> {
+        Ok(MeshListener::with_shutdown(
+            listener,
+            self.acceptor()?,
+            self.shutdown_signal(),
+        )?)
+    }
+
+    /// A snapshot of the mesh's state: config version, requests in flight, draining,
+    /// certificate expiry.
+    pub fn health(&self) -> Health {
+        Health {
+            config_version: self.version(),
+            in_flight: self.drain.in_flight.load(Ordering::Acquire),
+            draining: *self.shutdown.borrow(),
+            certificate_seconds_to_expiry: self
+                .identity
+                .as_ref()
+                .map(|c| c.load().seconds_to_expiry()),
+        }
+    }
+
+    /// Resolves when [`Mesh::shutdown`] is called (at once if it was). Give it to
+    /// `axum::serve(..).with_graceful_shutdown(..)`, hyper-util's `GracefulShutdown` or an
+    /// accept loop. Never resolves if the mesh is dropped without a shutdown.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            if rx.wait_for(|down| *down).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Shuts down gracefully (see the module docs): stops watching the config, fires
+    /// [`Mesh::shutdown_signal`], and waits up to `grace` for every request in the inbound
+    /// layer to finish. [`Drain::TimedOut`] if some were still running; they are not cancelled
+    /// (the server that runs them decides). Calling it again waits again.
+    pub async fn shutdown(&self, grace: Duration) -> Drain {
+        if let Some(watcher) = &self.watcher {
             watcher.abort();
+        }
+        self.shutdown.send_replace(true);
+        match tokio::time::timeout(grace, self.drain.idle()).await {
+            Ok(()) => Drain::Complete,
+            Err(_) => Drain::TimedOut,
         }
     }
 }
@@ -253,6 +423,7 @@ pub struct InboundLayer {
     telemetry: Option<Telemetry>,
     rate_limit: Option<RateLimitLayer>,
     authz: AuthzLayer,
+    drain: Arc<DrainState>,
 }
 
 impl<S> Layer<S> for InboundLayer {
@@ -295,6 +466,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let in_flight = InFlight::new(&self.layer.drain);
         let observation = self.layer.telemetry.as_ref().map(|t| t.start(&mut req));
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -312,10 +484,20 @@ where
             let response = future
                 .await
                 .unwrap_or_else(|e| crate::error::to_response(&e));
-            Ok(match observation {
+            let response = match observation {
                 Some(observation) => observation.finish(response),
                 None => response,
-            })
+            };
+            // Counted until the body is done (or dropped), so a drain waits for it.
+            Ok(response.map(|body| {
+                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_frame(
+                    body,
+                    move |frame| {
+                        let _held = &in_flight;
+                        frame
+                    },
+                ))
+            }))
         })
     }
 }
