@@ -199,7 +199,9 @@ impl MeshListener {
                 let peer = stream.info.connection.peer;
                 Ok((stream, peer))
             }
-            None => Err(io::Error::other("the mesh listener's accept task has ended")),
+            None => Err(io::Error::other(
+                "the mesh listener's accept task has ended",
+            )),
         }
     }
 

@@ -59,8 +59,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -81,7 +81,9 @@ pub enum MeshError {
     #[error("no config: call config_files or config")]
     NoConfig,
     /// A listener or acceptor was asked for without the workload's credentials.
-    #[error("identity: the inbound TLS acceptor needs the workload's credentials: call identity(..)")]
+    #[error(
+        "identity: the inbound TLS acceptor needs the workload's credentials: call identity(..)"
+    )]
     NoIdentity,
     /// The workload's credentials cannot make a TLS server config.
     #[error("identity: the credentials do not make a TLS server config: {0}")]
@@ -351,7 +353,10 @@ impl Mesh {
     /// [`Mesh::listener`] wraps it around a whole `TcpListener`.
     pub fn acceptor(&self) -> Result<crate::tls::InboundTls, MeshError> {
         let credentials = self.identity.clone().ok_or(MeshError::NoIdentity)?;
-        Ok(crate::tls::InboundTls::new(self.store.clone(), credentials)?)
+        Ok(crate::tls::InboundTls::new(
+            self.store.clone(),
+            credentials,
+        )?)
     }
 
     /// `listener` with [`Mesh::acceptor`] applied to every connection: serve it with
