@@ -472,6 +472,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let in_flight = InFlight::new(&self.layer.drain);
+        let grpc = crate::timeout::is_grpc(req.headers());
         let observation = self.layer.telemetry.as_ref().map(|t| t.start(&mut req));
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -489,6 +490,13 @@ where
             let response = future
                 .await
                 .unwrap_or_else(|e| crate::error::to_response(&e));
+            // A gRPC client gets a denial or a rate limit as a gRPC status (PERMISSION_DENIED,
+            // UNAVAILABLE), as Envoy answers it.
+            let response = if grpc && crate::grpc::needs_rewrite(&response) {
+                crate::grpc::to_grpc(response).await
+            } else {
+                response
+            };
             let response = match observation {
                 Some(observation) => observation.finish(response),
                 None => response,
