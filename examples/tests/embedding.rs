@@ -118,6 +118,7 @@ use mesh_policy::SpiffeId;
 use mesh_policy::credentials::{CredentialStore, Credentials};
 use mesh_policy::testing::TestCa;
 use mesh_tower::embed::{Drain, Mesh};
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -509,6 +510,81 @@ async fn the_hyper_client_example_gets_every_answer_through_the_mesh() {
             .filter(|(_, body)| body == "backend a")
             .count();
         assert_eq!(from_a, a_hits - usize::from(a_hits > 0));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_shutdown_drains_a_served_apps_in_flight_request() {
+    use axum::routing::get;
+    use mesh_tower::embed::axum::with_peer_info;
+    within(async {
+        let ca = TestCa::new("mesh root");
+        let mesh = std::sync::Arc::new(
+            Mesh::builder()
+                .config(mesh_core::model::MeshConfig::default())
+                .identity(CredentialStore::new(
+                    ca.credentials(peer_identity_example::SERVER_ID),
+                ))
+                .build()
+                .await
+                .unwrap(),
+        );
+        // A handler that says it started, then waits for the test to let it finish.
+        let (entered_tx, mut entered) = tokio::sync::mpsc::channel::<()>(1);
+        let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+        let release = gate.clone();
+        let app = axum::Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let (gate, entered_tx) = (gate.clone(), entered_tx.clone());
+                    async move {
+                        let _ = entered_tx.send(()).await;
+                        gate.notified().await;
+                        "done"
+                    }
+                }),
+            )
+            .layer(mesh.inbound_layer());
+        let listener = mesh
+            .listener(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+            .unwrap();
+        let addr = listener.local_addr();
+        let server = tokio::spawn(
+            axum::serve(listener, with_peer_info(app))
+                .with_graceful_shutdown(mesh.shutdown_signal())
+                .into_future(),
+        );
+
+        let request = tokio::spawn(async move { fetch(&client(addr, false), addr, "/slow").await });
+        entered.recv().await.unwrap();
+        assert_eq!(mesh.health().in_flight, 1);
+
+        let draining = tokio::spawn({
+            let mesh = mesh.clone();
+            async move { mesh.shutdown(Duration::from_secs(30)).await }
+        });
+        mesh.shutdown_signal().await;
+        assert!(mesh.health().draining);
+        // The request is still running, so the drain cannot have finished.
+        assert!(!draining.is_finished());
+
+        release.notify_one();
+        assert_eq!(request.await.unwrap().unwrap(), (200, "done".to_owned()));
+        assert_eq!(draining.await.unwrap(), Drain::Complete);
+        assert_eq!(mesh.health().in_flight, 0);
+        // axum::serve returns once its connections are closed; the port is closed.
+        server.await.unwrap().unwrap();
+        let mut refused = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(refused, "the listener still accepts after shutdown");
     })
     .await;
 }

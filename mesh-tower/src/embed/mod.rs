@@ -514,3 +514,84 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use std::convert::Infallible;
+
+    async fn mesh() -> Mesh {
+        Mesh::builder()
+            .config(MeshConfig::default())
+            .without_telemetry()
+            .build()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_in_flight_requests_up_to_the_grace_period() {
+        let mesh = mesh().await;
+        let never = tower::service_fn(|_: Request<BoxBody>| {
+            std::future::pending::<Result<Response<BoxBody>, Infallible>>()
+        });
+        let mut service = mesh.inbound_layer().layer(never);
+        let stuck = service.call(Request::new(body::empty()));
+        assert_eq!(mesh.health().in_flight, 1);
+        assert!(mesh.health().is_ready());
+
+        assert_eq!(mesh.shutdown(Duration::from_secs(5)).await, Drain::TimedOut);
+        let health = mesh.health();
+        assert!(health.draining && !health.is_ready());
+        assert_eq!(health.in_flight, 1);
+        // The signal fired; a late subscriber sees it at once.
+        mesh.shutdown_signal().await;
+
+        // Abandoned (the server dropped it): nothing left to wait for.
+        drop(stuck);
+        assert_eq!(mesh.health().in_flight, 0);
+        assert_eq!(mesh.shutdown(Duration::from_secs(5)).await, Drain::Complete);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_body_still_streaming_keeps_the_request_in_flight() {
+        let mesh = mesh().await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+        let streaming = tower::service_fn(move |_: Request<BoxBody>| {
+            let rx = rx.lock().unwrap().take().unwrap();
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+            });
+            std::future::ready(Ok::<_, Infallible>(Response::new(StreamBody::new(stream))))
+        });
+        let response = tower::ServiceExt::oneshot(
+            mesh.inbound_layer().layer(streaming),
+            Request::new(body::empty()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            mesh.health().in_flight,
+            1,
+            "the head is out, the body is not"
+        );
+        let draining = tokio::spawn({
+            let drain = mesh.drain.clone();
+            async move { tokio::time::timeout(Duration::from_secs(5), drain.idle()).await }
+        });
+        tx.send(Bytes::from_static(b"last chunk")).await.unwrap();
+        drop(tx);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "last chunk");
+        assert_eq!(mesh.health().in_flight, 0);
+        assert!(
+            draining.await.unwrap().is_ok(),
+            "the drain saw the body end"
+        );
+    }
+}
