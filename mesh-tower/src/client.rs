@@ -71,13 +71,23 @@ impl MtlsPools {
             return Ok(c.clone());
         }
         let (connector, http2) = match &key {
-            PoolKey::Mesh(expected, http2) => (
+            // An HTTP/1 pool offers ALPN http/1.1 only, so that its connections stay HTTP/1.1
+            // (an Upgrade cannot travel over h2).
+            PoolKey::Mesh(expected, true) => (
                 MtlsConnector::new(
                     self.connector.clone(),
                     self.credentials.clone(),
                     expected.clone(),
                 )?,
-                *http2,
+                true,
+            ),
+            PoolKey::Mesh(expected, false) => (
+                MtlsConnector::new_http1(
+                    self.connector.clone(),
+                    self.credentials.clone(),
+                    expected.clone(),
+                )?,
+                false,
             ),
             PoolKey::Files(tls, http2) => {
                 fn path(p: &Option<String>) -> Option<&std::path::Path> {
@@ -88,6 +98,11 @@ impl MtlsPools {
                     _ => None,
                 };
                 let config = mesh_policy::tls::client_config_from_files(path(&tls.ca), client)?;
+                let config = if *http2 {
+                    config
+                } else {
+                    crate::tls::http1_only(config)
+                };
                 let sni = rustls::pki_types::ServerName::try_from(tls.sni.clone())?;
                 (
                     MtlsConnector::with_config(self.connector.clone(), config, sni),
