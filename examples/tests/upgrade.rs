@@ -115,3 +115,188 @@ async fn an_upgraded_connection_tunnels_bytes_both_ways() {
     );
     proxy.shutdown().await;
 }
+
+// ---- WebSocket through two sidecars with mutual TLS. ----
+
+use futures_util::{SinkExt, StreamExt};
+use mesh_examples::proxy::{Identity, Proxy};
+use mesh_policy::credentials::CredentialStore;
+use mesh_policy::testing::TestCa;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Request as WsRequest, Response as WsResponse,
+};
+
+const BACKEND: &str = "spiffe://cluster.local/ns/backend/sa/api";
+const FRONTEND: &str = "spiffe://cluster.local/ns/frontend/sa/web";
+const HOST: &str = "backend.backend.svc.cluster.local";
+
+/// A WebSocket echo server (tokio-tungstenite): echoes text and binary messages, answers
+/// close. Records the path of each handshake it accepted.
+async fn websocket_echo() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let seen = paths.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let record = |req: &WsRequest, resp: WsResponse| {
+                    seen.lock().unwrap().push(req.uri().path().to_owned());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                    return;
+                };
+                // Bounded: the test sends a few messages, then closes.
+                for _ in 0..100 {
+                    match ws.next().await {
+                        Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                            if ws.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Reading on after a close frame sends tungstenite's reply to it.
+                        None | Some(Err(_)) => return,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, paths)
+}
+
+/// A sidecar for the workload in `namespace`, over `yaml`, with `app` behind its inbound
+/// port and `credentials` as its identity.
+async fn mtls_sidecar(
+    yaml: &str,
+    namespace: &str,
+    app: Option<SocketAddr>,
+    credentials: Arc<CredentialStore>,
+) -> (Proxy, ConfigDir) {
+    let config = ConfigDir::new(yaml);
+    let mut options = test_options(vec![config.path()]);
+    options.app = app;
+    options.workload.namespace = namespace.to_owned();
+    options.identity = Some(Identity::Store(credentials));
+    (
+        Proxy::start(options).await.expect("the sidecar starts"),
+        config,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_echo_runs_through_two_sidecars_over_mutual_tls() {
+    tokio::time::timeout(Duration::from_secs(60), websocket_through_two_sidecars())
+        .await
+        .expect("the test did not finish within 60 s");
+}
+
+async fn websocket_through_two_sidecars() {
+    let ca = TestCa::new("mesh root");
+    let (echo, paths) = websocket_echo().await;
+    // Sidecar B: inbound, STRICT mutual TLS, callers from `frontend` only, the echo server
+    // behind it.
+    let (server, _server_cfg) = mtls_sidecar(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: default, namespace: backend }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: frontend-only, namespace: backend }
+spec:
+  action: ALLOW
+  rules: [{ from: [{ source: { namespaces: [frontend] } }] }]
+",
+        "backend",
+        Some(echo),
+        CredentialStore::new(ca.credentials(BACKEND)),
+    )
+    .await;
+    // Sidecar A: outbound, reaching B over ISTIO_MUTUAL.
+    let client_yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: backend, namespace: backend }}
+spec:
+  hosts: [{HOST}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  endpoints: [{{ address: 127.0.0.1, ports: {{ http: {} }}, serviceAccount: api }}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: backend, namespace: backend }}
+spec:
+  host: {HOST}
+  trafficPolicy: {{ tls: {{ mode: ISTIO_MUTUAL }} }}
+",
+        server.inbound.port()
+    );
+    let (frontend, _frontend_cfg) = mtls_sidecar(
+        &client_yaml,
+        "frontend",
+        None,
+        CredentialStore::new(ca.credentials(FRONTEND)),
+    )
+    .await;
+
+    // A real WebSocket client, connected to sidecar A's outbound port as a captured app is.
+    let stream = TcpStream::connect(frontend.outbound).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async(format!("ws://{HOST}/chat"), stream)
+        .await
+        .expect("the WebSocket handshake through both sidecars");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(paths.lock().unwrap().as_slice(), ["/chat"]);
+
+    let big: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let messages = [
+        Message::text("hello through two sidecars"),
+        Message::binary(big),
+        Message::text("ünïcödé ✓"),
+    ];
+    for message in messages {
+        ws.send(message.clone()).await.unwrap();
+        let echoed = loop {
+            match ws.next().await.expect("an answer").unwrap() {
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(echoed, message);
+    }
+    ws.close(None).await.unwrap();
+    // The close handshake completes: the server's close frame comes back, then the end.
+    let mut closed = false;
+    for _ in 0..10 {
+        match ws.next().await {
+            Some(Ok(Message::Close(_))) => closed = true,
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    assert!(closed, "no close frame came back");
+
+    // A client outside the mesh (plaintext) cannot open the socket on B's STRICT port.
+    let stream = TcpStream::connect(server.inbound).await.unwrap();
+    assert!(
+        tokio_tungstenite::client_async(format!("ws://{HOST}/chat"), stream)
+            .await
+            .is_err()
+    );
+    assert_eq!(paths.lock().unwrap().len(), 1);
+    // B authorized the one handshake that came over mutual TLS (the plaintext one never got
+    // past TLS).
+    let stats = server.authz_stats();
+    assert_eq!(stats.allowed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(stats.denied.load(std::sync::atomic::Ordering::Relaxed), 0);
+    frontend.shutdown().await;
+    server.shutdown().await;
+}

@@ -26,6 +26,7 @@ pub mod error;
 pub mod explain;
 pub mod fault;
 pub mod flags;
+pub mod grpc;
 pub mod inbound;
 pub mod mirror;
 pub mod outbound;

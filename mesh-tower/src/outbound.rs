@@ -148,9 +148,16 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let observation = self.telemetry.as_ref().map(|t| t.start(&mut req));
+        let grpc = crate::timeout::is_grpc(req.headers());
         let future = self.inner.call(req.map(body::boxed));
         Box::pin(async move {
             let response = future.await.unwrap_or_else(|e| error::to_response(&e));
+            // A gRPC client gets the mesh's own answers (503 UH, 504 UT, ...) as gRPC.
+            let response = if grpc && crate::grpc::needs_rewrite(&response) {
+                crate::grpc::to_grpc(response).await
+            } else {
+                response
+            };
             Ok(match observation {
                 Some(observation) => observation.finish(response),
                 None => response,

@@ -333,10 +333,36 @@ impl MtlsConnector {
         }
     }
 
+    /// As [`MtlsConnector::new`], offering ALPN `http/1.1` only: the connector of an HTTP/1
+    /// pool. Offering `h2` there lets the server pick it and turns the pool's connections
+    /// into HTTP/2 ones, on which an HTTP/1.1 Upgrade (WebSocket) cannot be sent; Istio keeps
+    /// HTTP/1.1 as HTTP/1.1 between sidecars unless `h2UpgradePolicy: UPGRADE`.
+    pub fn new_http1(
+        mut http: HttpConnector,
+        credentials: Arc<CredentialStore>,
+        expected: Vec<SpiffeId>,
+    ) -> Result<Self, rustls::Error> {
+        http.enforce_http(false);
+        Ok(Self {
+            http,
+            tls: TlsConnector::from(http1_only(client_config(credentials, expected.clone())?)),
+            expected: expected.into(),
+            sni: None,
+        })
+    }
+
     /// The identities the server must present.
     pub fn expected(&self) -> &[SpiffeId] {
         &self.expected
     }
+}
+
+/// `config`, offering ALPN `http/1.1` only (for an HTTP/1 pool; see
+/// [`MtlsConnector::new_http1`]).
+pub fn http1_only(config: Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+    let mut config = Arc::unwrap_or_clone(config);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 impl Connection for ClientStream {

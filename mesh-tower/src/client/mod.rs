@@ -84,8 +84,18 @@ impl MtlsPools {
             return Ok(c.clone());
         }
         let (connector, settings) = match &key {
-            PoolKey::Mesh(expected, settings) => (
+            // An HTTP/1 pool offers ALPN http/1.1 only, so that its connections stay HTTP/1.1
+            // (an Upgrade cannot travel over h2).
+            PoolKey::Mesh(expected, settings) if settings.http2 => (
                 MtlsConnector::new(
+                    connector(settings),
+                    self.credentials.clone(),
+                    expected.clone(),
+                )?,
+                settings,
+            ),
+            PoolKey::Mesh(expected, settings) => (
+                MtlsConnector::new_http1(
                     connector(settings),
                     self.credentials.clone(),
                     expected.clone(),
@@ -101,6 +111,11 @@ impl MtlsPools {
                     _ => None,
                 };
                 let config = mesh_policy::tls::client_config_from_files(path(&tls.ca), client)?;
+                let config = if settings.http2 {
+                    config
+                } else {
+                    crate::tls::http1_only(config)
+                };
                 let sni = rustls::pki_types::ServerName::try_from(tls.sni.clone())?;
                 (
                     MtlsConnector::with_config(connector(settings), config, sni),

@@ -1,0 +1,140 @@
+//! The mesh's own answers to gRPC requests, in gRPC's form.
+//!
+//! A denial (403 `RBAC: access denied`), a rate limit (429) or an upstream failure (503 `no
+//! healthy upstream`, 504) is an HTTP response with a text body. A gRPC client reads the body
+//! of any answer as gRPC messages and reports a protocol error (tonic: `Internal`, "invalid
+//! compression flag") instead of the failure. Envoy answers gRPC requests with a trailers-only
+//! response instead; [`to_grpc`] does the same: HTTP 200, `content-type: application/grpc`,
+//! `grpc-status` from the HTTP status by gRPC's own mapping (`doc/http-grpc-status-mapping.md`:
+//! 400 INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 UNIMPLEMENTED, 429 / 502 /
+//! 503 / 504 UNAVAILABLE, anything else UNKNOWN) and `grpc-message` from the body text
+//! (percent-encoded as the spec says). Extensions (response flags, the authorization verdict)
+//! and other headers are kept.
+//!
+//! Only error answers to gRPC requests that are not gRPC already are touched: an upstream's
+//! own gRPC answer (whatever its `grpc-status`) passes unchanged.
+
+use crate::body::{self, BoxBody};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+
+/// Bodies up to this size become the `grpc-message`; a larger one is dropped unread.
+const MESSAGE_LIMIT: u64 = 4096;
+
+/// gRPC's status code for an HTTP status, by gRPC's mapping.
+pub fn code_for(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// Whether `response` should be rewritten for a gRPC client: an error status, and not gRPC.
+pub fn needs_rewrite<B>(response: &Response<B>) -> bool {
+    let status = response.status();
+    !(status.is_success()
+        || status.is_informational()
+        || crate::timeout::is_grpc(response.headers()))
+}
+
+/// `response`, as a gRPC trailers-only answer when [`needs_rewrite`] says so; see the module
+/// docs. Call it only for gRPC requests ([`crate::timeout::is_grpc`] on the request headers).
+pub async fn to_grpc(response: Response<BoxBody>) -> Response<BoxBody> {
+    if !needs_rewrite(&response) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = if body.size_hint().upper().is_some_and(|n| n <= MESSAGE_LIMIT) {
+        body.collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default()
+    } else {
+        Bytes::new()
+    };
+    let text = String::from_utf8_lossy(&text);
+    let text = match text.trim() {
+        "" => parts.status.canonical_reason().unwrap_or("error"),
+        t => t,
+    };
+    let code = code_for(parts.status);
+    parts.status = StatusCode::OK;
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    parts.headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(message) = HeaderValue::from_str(&percent_encode(text)) {
+        parts.headers.insert("grpc-message", message);
+    }
+    Response::from_parts(parts, body::empty())
+}
+
+/// gRPC's `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_reply_becomes_a_trailers_only_grpc_answer() {
+        let mut denied = Response::new(body::full("RBAC: access denied"));
+        *denied.status_mut() = StatusCode::FORBIDDEN;
+        denied
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        denied.extensions_mut().insert(7u8);
+        let reply = to_grpc(denied).await;
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert_eq!(reply.headers()["content-type"], "application/grpc");
+        assert_eq!(reply.headers()["grpc-status"], "7");
+        assert_eq!(reply.headers()["grpc-message"], "RBAC: access denied");
+        assert_eq!(reply.extensions().get::<u8>(), Some(&7));
+        assert!(reply.into_body().is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn grpc_answers_and_successes_pass_unchanged() {
+        let mut grpc = Response::new(body::empty());
+        *grpc.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        grpc.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        let grpc = to_grpc(grpc).await;
+        assert_eq!(grpc.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(grpc.headers().get("grpc-status").is_none());
+        let ok = to_grpc(Response::new(body::full("fine"))).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert!(ok.headers().get("grpc-status").is_none());
+    }
+
+    #[test]
+    fn codes_and_message_encoding_follow_the_grpc_spec() {
+        assert_eq!(code_for(StatusCode::SERVICE_UNAVAILABLE), 14);
+        assert_eq!(code_for(StatusCode::GATEWAY_TIMEOUT), 14);
+        assert_eq!(code_for(StatusCode::TOO_MANY_REQUESTS), 14);
+        assert_eq!(code_for(StatusCode::NOT_FOUND), 12);
+        assert_eq!(code_for(StatusCode::UNAUTHORIZED), 16);
+        assert_eq!(code_for(StatusCode::INTERNAL_SERVER_ERROR), 2);
+        assert_eq!(percent_encode("100% sûr\n"), "100%25 s%C3%BBr%0A");
+    }
+}
