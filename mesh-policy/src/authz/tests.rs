@@ -1116,7 +1116,8 @@ fn tcp_connections_ignore_http_only_rules_as_istio_does() {
     assert_eq!(tcp_verdict(&e, other, 9000), Decision::Deny);
     assert_eq!(tcp_verdict(&e, frontend, 9000), Decision::Allow);
     // The HTTP evaluation of the same policy still needs the path.
-    let peer = PeerIdentity::from(SpiffeId::parse(other.unwrap()).unwrap());
+    let peer =
+        PeerIdentity::from(SpiffeId::parse("spiffe://cluster.local/ns/other/sa/web").unwrap());
     let http = e.evaluate(&Attributes {
         peer: Some(&peer),
         ..Attributes::new("GET", "/public")
