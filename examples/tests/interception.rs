@@ -609,3 +609,34 @@ fn a_plain_ip_call_goes_through_both_sidecars_with_mtls_and_authorization() {
     drop(server_sidecar);
     drop(topology);
 }
+
+/// With `--intercept`, connections made to the listeners directly (no iptables rule) are
+/// served as before: the outbound port as an explicit HTTP proxy, the inbound port towards
+/// `--app-port`. Needs no root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_listeners_still_serve_direct_connections() {
+    let hello = common::upstream("v1", Duration::ZERO).await;
+    let config = common::ConfigDir::new(&common::registry(&[&hello]));
+    let mut options = common::test_options(vec![config.path()]);
+    options.intercept = true;
+    options.app = Some(hello.addr);
+    let proxy = mesh_examples::proxy::Proxy::start(options).await.unwrap();
+
+    let outbound = common::client(proxy.outbound, false);
+    let (status, body, _) = get(&outbound, "hello", "/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    let h2c = common::client(proxy.outbound, true);
+    let (status, body, _) = get(&h2c, "hello", "/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    let (status, _, _) = get(&outbound, "nowhere", "/", &[]).await;
+    assert_eq!(
+        status, 404,
+        "an unknown name is no route, as without --intercept"
+    );
+
+    let inbound = common::client(proxy.inbound, false);
+    let (status, body, headers) = get(&inbound, "anything", "/in", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    assert_eq!(headers["x-path"], "/in");
+    proxy.shutdown().await;
+}

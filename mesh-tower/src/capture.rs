@@ -605,3 +605,74 @@ async fn drain(listener: TcpListener, graceful: GracefulShutdown, grace: Duratio
         Err(_) => Drain::TimedOut,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn classify_waits_for_enough_bytes_and_knows_every_method() {
+        for start in HTTP_STARTS {
+            assert_eq!(classify(start), Some(Sniffed::Http));
+            assert_eq!(classify(&start[..start.len() - 1]), None, "{start:?}");
+        }
+        assert_eq!(classify(b""), None);
+        assert_eq!(classify(b"get / HTTP/1.1"), Some(Sniffed::Opaque));
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Sniffed::Opaque));
+        assert_eq!(classify(b"SSH-2.0-OpenSSH"), Some(Sniffed::Opaque));
+        assert_eq!(classify(b"PRI * HTTP/1.1"), Some(Sniffed::Opaque));
+    }
+
+    #[tokio::test]
+    async fn sniffed_bytes_are_replayed_before_the_rest() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"PO").await.unwrap();
+        let writer = tokio::spawn(async move {
+            client.write_all(b"ST /x HTTP/1.1\r\n\r\n").await.unwrap();
+            client
+        });
+        let (sniffed, prefix) = sniff(&mut server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(sniffed, Sniffed::Http);
+        assert!(prefix.starts_with(b"POST "));
+        let _client = writer.await.unwrap();
+        let mut rewound = Rewind::new(prefix, server);
+        let mut all = vec![0u8; 19];
+        rewound.read_exact(&mut all).await.unwrap();
+        assert_eq!(&all, b"POST /x HTTP/1.1\r\n\r\n"[..19].as_ref());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_opaque_after_the_timeout() {
+        let (_client, mut server) = tokio::io::duplex(64);
+        let (sniffed, prefix) = sniff(&mut server, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(sniffed, Sniffed::Opaque);
+        assert!(prefix.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_early_end_is_opaque_with_what_arrived() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GE").await.unwrap();
+        drop(client);
+        let (sniffed, prefix) = sniff(&mut server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(sniffed, Sniffed::Opaque);
+        assert_eq!(&prefix[..], b"GE");
+    }
+
+    #[tokio::test]
+    async fn a_connection_no_rule_redirected_has_no_original_destination() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        // Without a NAT rule there is no conntrack entry (or it names the listener itself):
+        // either way the connection counts as a direct one.
+        if let Ok(dst) = original_dst(&stream) {
+            assert_eq!(dst, addr);
+        }
+        assert_eq!(destination_of(&stream), (addr, false));
+    }
+}
