@@ -40,6 +40,9 @@ const SERVER_ID: &str = "spiffe://cluster.local/ns/server/sa/echo";
 const PROXY_UID: &str = "1337";
 /// Ports of the upstream in the server namespace.
 const HTTP_PORT: u16 = 8080;
+/// An HTTP port no service declares: the client sidecar passes calls through, in plaintext
+/// (the server's PeerAuthentication is PERMISSIVE on it).
+const PASSTHROUGH_PORT: u16 = 8081;
 const TCP_PORT: u16 = 9000;
 const DENIED_TCP_PORT: u16 = 9001;
 const EXCLUDED_PORT: u16 = 7000;
@@ -235,33 +238,36 @@ struct Seen {
     tcp: Vec<(u16, SocketAddr)>,
 }
 
-/// The upstream app: HTTP on 8080 answering `hello from echo`, TCP echo on 9000, 9001 and 7000.
+/// The upstream app: HTTP on 8080 and 8081 answering `hello from echo`, TCP echo on 9000,
+/// 9001 and 7000.
 async fn upstream_app(seen: Arc<Mutex<Seen>>, stop: tokio::sync::oneshot::Receiver<()>) {
     use http::{Request, Response};
     use hyper::body::Incoming;
-    let http = TcpListener::bind(("0.0.0.0", HTTP_PORT)).await.unwrap();
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = http.accept().await {
-            let record = record.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                record
-                    .lock()
-                    .unwrap()
-                    .http
-                    .push((req.uri().path().to_owned(), peer));
-                async move {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                        bytes::Bytes::from_static(b"hello from echo"),
-                    )))
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
+    for port in [HTTP_PORT, PASSTHROUGH_PORT] {
+        let http = TcpListener::bind(("0.0.0.0", port)).await.unwrap();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = http.accept().await {
+                let record = record.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    record
+                        .lock()
+                        .unwrap()
+                        .http
+                        .push((req.uri().path().to_owned(), peer));
+                    async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            bytes::Bytes::from_static(b"hello from echo"),
+                        )))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+    }
     for port in [TCP_PORT, DENIED_TCP_PORT, EXCLUDED_PORT] {
         let listener = TcpListener::bind(("0.0.0.0", port)).await.unwrap();
         let record = seen.clone();
@@ -333,8 +339,11 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-metadata: {{ name: default, namespace: server }}
-spec: {{ mtls: {{ mode: STRICT }} }}
+metadata: {{ name: echo, namespace: server }}
+spec:
+  selector: {{ matchLabels: {{ app: echo }} }}
+  mtls: {{ mode: STRICT }}
+  portLevelMtls: {{ "{PASSTHROUGH_PORT}": {{ mode: PERMISSIVE }} }}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -346,6 +355,7 @@ spec:
     to: [{{ operation: {{ ports: ["{HTTP_PORT}"], paths: ["/api/*"] }} }}]
   - from: [{{ source: {{ namespaces: [client] }} }}]
     to: [{{ operation: {{ ports: ["{TCP_PORT}"] }} }}]
+  - to: [{{ operation: {{ ports: ["{PASSTHROUGH_PORT}"] }} }}]
 "#
     )
 }
@@ -428,19 +438,29 @@ fn a_plain_ip_call_goes_through_both_sidecars_with_mtls_and_authorization() {
 
     // The app in the client namespace calls plain IP:port addresses.
     let server = |port: u16| -> SocketAddr { format!("{SERVER_IP}:{port}").parse().unwrap() };
-    let (allowed, denied, tcp, tcp_denied, client_before) =
+    let (allowed, denied, passthrough, tcp, tcp_denied, client_before) =
         in_netns(&client_ns, move || async move {
             let client: Client<Dial, Full<bytes::Bytes>> =
                 Client::builder(TokioExecutor::new()).build(Dial(server(HTTP_PORT)));
             let host = format!("{SERVER_IP}:{HTTP_PORT}");
             let allowed = get(&client, &host, "/api/hello", &[]).await;
             let denied = get(&client, &host, "/admin", &[]).await;
+            let plain: Client<Dial, Full<bytes::Bytes>> =
+                Client::builder(TokioExecutor::new()).build(Dial(server(PASSTHROUGH_PORT)));
+            let passthrough = get(
+                &plain,
+                &format!("{SERVER_IP}:{PASSTHROUGH_PORT}"),
+                "/pass",
+                &[],
+            )
+            .await;
             let tcp = echo(server(TCP_PORT), b"ping over tcp").await;
             let tcp_denied = echo(server(DENIED_TCP_PORT), b"let me in").await;
             let before = stats().await;
             (
                 (allowed.0, allowed.1),
                 (denied.0, denied.1),
+                (passthrough.0, passthrough.1),
                 tcp,
                 tcp_denied,
                 before,
@@ -466,6 +486,14 @@ fn a_plain_ip_call_goes_through_both_sidecars_with_mtls_and_authorization() {
     );
     assert_eq!(denied.0, 403, "{}", diagnostics());
     assert_eq!(denied.1, "RBAC: access denied");
+    // No service owns 10.200.0.2:8081: PassthroughCluster, then the server sidecar (PERMISSIVE
+    // there) hands it to the app.
+    assert_eq!(
+        passthrough,
+        (200, "hello from echo".to_owned()),
+        "{}",
+        diagnostics()
+    );
     // TCP: the echo works on the allowed port; the denied port is closed before the app.
     assert_eq!(
         tcp.as_deref(),
@@ -477,7 +505,7 @@ fn a_plain_ip_call_goes_through_both_sidecars_with_mtls_and_authorization() {
     {
         let seen = seen.lock().unwrap();
         let paths: Vec<&str> = seen.http.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(paths, ["/api/hello"], "{}", diagnostics());
+        assert_eq!(paths, ["/api/hello", "/pass"], "{}", diagnostics());
         // The server sidecar delivered them: the app sees loopback peers.
         assert!(seen.http.iter().all(|(_, peer)| peer.ip().is_loopback()));
         let ports: Vec<u16> = seen.tcp.iter().map(|(p, _)| *p).collect();
