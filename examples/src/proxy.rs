@@ -15,6 +15,9 @@ use mesh_core::store::ConfigStore;
 use mesh_policy::credentials::{CredentialStore, Credentials, CredentialsError, FileWatcher};
 use mesh_tower::admin::{Admin, LogLevelSetter, Readiness};
 use mesh_tower::authz::{AuthzLayer, AuthzStats};
+use mesh_tower::capture::{
+    InboundCapture, OutboundCapture, serve_inbound_capture, serve_outbound_capture,
+};
 use mesh_tower::client::UpstreamClient;
 use mesh_tower::inbound::Inbound;
 use mesh_tower::outbound::Outbound;
@@ -75,6 +78,11 @@ pub struct Options {
     pub xds_snapshot: Option<PathBuf>,
     /// Plain TCP forwards: a local address, and the service host and `TCP` port behind it.
     pub tcp_forwards: Vec<(SocketAddr, String, u16)>,
+    /// Transparent interception: the outbound and inbound listeners are capture listeners
+    /// (`mesh-proxy iptables --apply` redirects traffic to them) that read each connection's
+    /// original destination and carry HTTP and opaque TCP ([`mesh_tower::capture`]).
+    /// Connections made to them directly are served as before.
+    pub intercept: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -90,6 +98,7 @@ impl std::fmt::Debug for Options {
             .field("access_log", &self.access_log)
             .field("trace_sampling", &self.trace_sampling)
             .field("identity", &self.identity)
+            .field("intercept", &self.intercept)
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +147,7 @@ impl Options {
             xds_mode: mesh_xds_client::protocol::Mode::Sotw,
             xds_snapshot: None,
             tcp_forwards: Vec::new(),
+            intercept: false,
         }
     }
 }
@@ -279,8 +289,23 @@ impl Proxy {
         let authz_stats = authz.stats();
         let inbound_telemetry = Telemetry::new(Reporter::Destination, options.workload.clone())
             .sampling(options.trace_sampling);
-        let inbound_service = mesh_tower::telemetry::TelemetryLayer::new(inbound_telemetry)
-            .layer(authz.layer(Inbound::new(store.clone(), options.app, client)));
+        let inbound_telemetry = mesh_tower::telemetry::TelemetryLayer::new(inbound_telemetry);
+        let inbound_service = inbound_telemetry.layer(authz.layer(Inbound::new(
+            store.clone(),
+            options.app,
+            client.clone(),
+        )));
+        // With interception, each inbound connection's app is 127.0.0.1:<original port>.
+        let make_inbound = {
+            let (store, authz, client) = (store.clone(), authz.clone(), client.clone());
+            move |app: SocketAddr| {
+                inbound_telemetry.layer(authz.layer(Inbound::new(
+                    store.clone(),
+                    Some(app),
+                    client.clone(),
+                )))
+            }
+        };
         // PeerAuthentication's portLevelMtls is keyed by the workload's port: the Sidecar's
         // first ingress port, else the app port (the inbound listener's own port is 15006).
         let workload_port = store
@@ -391,17 +416,49 @@ impl Proxy {
             }
         };
         let grace = options.drain_grace;
+        let capture_outbound = options.intercept.then(|| {
+            let mut tcp = mesh_tower::tcp::TcpOutbound::new(store.clone());
+            if let Some(c) = &credentials {
+                tcp = tcp.mtls(c.clone());
+            }
+            OutboundCapture::new(store.clone(), outbound_service.clone(), client.clone(), tcp)
+        });
+        let capture_inbound = options.intercept.then(|| {
+            InboundCapture::new(
+                store.clone(),
+                inbound_tls.clone(),
+                mesh_tower::tcp::TcpInbound::new(store.clone()),
+                make_inbound,
+            )
+            .direct(options.app, workload_port)
+        });
         let servers = vec![
-            tokio::spawn(serve(outbound_listener, outbound_service, signal(), grace)),
-            match inbound_tls {
-                Some(tls) => tokio::spawn(serve_tls(
-                    inbound_listener,
-                    inbound_service,
-                    tls,
+            match capture_outbound {
+                Some(capture) => tokio::spawn(serve_outbound_capture(
+                    outbound_listener,
+                    capture,
                     signal(),
                     grace,
                 )),
-                None => tokio::spawn(serve(inbound_listener, inbound_service, signal(), grace)),
+                None => tokio::spawn(serve(outbound_listener, outbound_service, signal(), grace)),
+            },
+            match (capture_inbound, inbound_tls) {
+                (Some(capture), _) => tokio::spawn(serve_inbound_capture(
+                    inbound_listener,
+                    capture,
+                    signal(),
+                    grace,
+                )),
+                (None, inbound_tls) => match inbound_tls {
+                    Some(tls) => tokio::spawn(serve_tls(
+                        inbound_listener,
+                        inbound_service,
+                        tls,
+                        signal(),
+                        grace,
+                    )),
+                    None => tokio::spawn(serve(inbound_listener, inbound_service, signal(), grace)),
+                },
             },
             tokio::spawn(serve(
                 admin_listener,

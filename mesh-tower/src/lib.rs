@@ -20,6 +20,7 @@ pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod breaker;
+pub mod capture;
 pub mod client;
 pub mod embed;
 pub mod error;

@@ -3,6 +3,7 @@
 //! ```text
 //! mesh-proxy run --config examples/config/quickstart --demo-upstreams
 //! mesh-proxy check examples/config/bookinfo/services.yaml examples/config/bookinfo/destination-rules.yaml
+//! mesh-proxy iptables --apply --exclude-outbound-ports 5432 --dry-run
 //! ```
 //!
 //! Exit codes: 0 after a clean drain (or a `check` without errors), 1 on a config error,
@@ -40,6 +41,9 @@ struct Cli {
 enum Command {
     /// Run the sidecar.
     Run(Box<RunArgs>),
+    /// Program this network namespace's iptables to redirect traffic to the sidecar's capture
+    /// listeners (Istio's init container), or remove those rules.
+    Iptables(IptablesArgs),
     /// Validate config files like `istioctl analyze`; exit 1 when there are errors.
     Check {
         /// Files or directories of Istio YAML.
@@ -70,6 +74,10 @@ struct RunArgs {
     /// (repeatable; a short host is in the workload's namespace).
     #[arg(long, value_parser = parse_tcp_forward)]
     tcp_forward: Vec<(u16, String, u16)>,
+    /// Transparent interception: the outbound and inbound listeners read each connection's
+    /// original destination (after `mesh-proxy iptables --apply`) and carry HTTP and TCP.
+    #[arg(long)]
+    intercept: bool,
     /// Outbound listener port (0: any free port), on 127.0.0.1.
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
@@ -120,6 +128,50 @@ struct RunArgs {
     /// The trust bundle (PEM CA certificates); watched.
     #[arg(long, requires_all = ["cert", "key"])]
     ca: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["apply", "remove"])))]
+struct IptablesArgs {
+    /// Add the rules (after removing any earlier ones).
+    #[arg(long)]
+    apply: bool,
+    /// Remove the rules; succeeds when they are already gone.
+    #[arg(long)]
+    remove: bool,
+    /// Print what would be run instead of running it (needs neither root nor iptables).
+    #[arg(long)]
+    dry_run: bool,
+    /// iptables variant: auto (the one already in use; nft on a tie), nft or legacy.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "nft", "legacy"])]
+    iptables_mode: String,
+    /// The sidecar's user id, whose traffic is not captured (run the sidecar as this user).
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The sidecar's group id, whose traffic is not captured (default: --proxy-uid).
+    #[arg(long)]
+    proxy_gid: Option<u32>,
+    /// The outbound capture port (the sidecar's --outbound-port).
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// The inbound capture port (the sidecar's --inbound-port).
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Outbound destinations to capture: CIDR list, `*` for all, empty for none.
+    #[arg(long, default_value = "*")]
+    include_outbound_ip_ranges: String,
+    /// Outbound destinations never captured: CIDR list.
+    #[arg(long, default_value = "")]
+    exclude_outbound_ip_ranges: String,
+    /// Outbound destination ports never captured: port list.
+    #[arg(long, default_value = "")]
+    exclude_outbound_ports: String,
+    /// Inbound ports to capture: port list, `*` for all, empty for none.
+    #[arg(long, default_value = "*")]
+    include_inbound_ports: String,
+    /// Inbound ports never captured (with `*`): port list.
+    #[arg(long, default_value = "")]
+    exclude_inbound_ports: String,
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +249,58 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { paths, workload } => runtime.block_on(check(paths, workload.workload())),
         Command::Run(args) => runtime.block_on(run(*args, log_level)),
+        Command::Iptables(args) => iptables(&args),
+    }
+}
+
+fn iptables(args: &IptablesArgs) -> ExitCode {
+    use mesh_examples::iptables::{Backend, Intercept, RawOptions, Variant, removal_commands};
+    let intercept = match Intercept::parse(&RawOptions {
+        proxy_uid: args.proxy_uid,
+        proxy_gid: args.proxy_gid,
+        outbound_port: args.outbound_port,
+        inbound_port: args.inbound_port,
+        include_outbound_ip_ranges: &args.include_outbound_ip_ranges,
+        exclude_outbound_ip_ranges: &args.exclude_outbound_ip_ranges,
+        exclude_outbound_ports: &args.exclude_outbound_ports,
+        include_inbound_ports: &args.include_inbound_ports,
+        exclude_inbound_ports: &args.exclude_inbound_ports,
+    }) {
+        Ok(intercept) => intercept,
+        Err(e) => {
+            eprintln!("mesh-proxy iptables: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.dry_run {
+        if args.apply {
+            print!("{}", removal_commands());
+            println!("iptables-restore --noflush <<EOF");
+            print!("{}", intercept.rules());
+            println!("EOF");
+        } else {
+            print!("{}", removal_commands());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let variant = match args.iptables_mode.as_str() {
+        "nft" => Variant::Nft,
+        "legacy" => Variant::Legacy,
+        _ => Variant::Auto,
+    };
+    let result = Backend::detect(variant).and_then(|backend| {
+        if args.apply {
+            backend.apply(&intercept)
+        } else {
+            backend.remove()
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-proxy iptables: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -271,6 +375,7 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
             mesh_xds_client::protocol::Mode::Sotw
         },
         xds_snapshot: args.xds_snapshot.clone(),
+        intercept: args.intercept,
         tcp_forwards: args
             .tcp_forward
             .iter()

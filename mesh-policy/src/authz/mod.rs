@@ -327,19 +327,51 @@ impl Engine {
 
     /// Decides one request and says why.
     pub fn evaluate(&self, req: &Attributes<'_>) -> Verdict {
+        self.evaluate_as(req, Mode::Http)
+    }
+
+    /// Decides one plain TCP connection (no HTTP attributes) the way Istio's network RBAC
+    /// filter does: in ALLOW and AUDIT policies a rule that names an HTTP-only field
+    /// (`hosts`, `methods`, `paths`, a `request.headers` condition) matches nothing; in DENY
+    /// policies those fields are ignored, so the rule denies more, never less.
+    ///
+    /// ```
+    /// # use mesh_core::model::*;
+    /// # use mesh_policy::authz::{Attributes, Decision, Engine};
+    /// let get_only = AuthorizationPolicy {
+    ///     name: "default/get-only".into(),
+    ///     action: AuthzAction::Allow,
+    ///     rules: vec![AuthzRule {
+    ///         to: vec![OperationMatch {
+    ///             methods: ValueMatch { values: vec!["GET".into()], ..Default::default() },
+    ///             ..Default::default()
+    ///         }],
+    ///         ..Default::default()
+    ///     }],
+    ///     dry_run: false,
+    /// };
+    /// let engine = Engine::new(&[get_only]).unwrap();
+    /// let conn = Attributes { destination_port: Some(9000), ..Attributes::new("", "") };
+    /// assert_eq!(engine.evaluate_tcp(&conn).decision, Decision::Deny);
+    /// ```
+    pub fn evaluate_tcp(&self, conn: &Attributes<'_>) -> Verdict {
+        self.evaluate_as(conn, Mode::Tcp)
+    }
+
+    fn evaluate_as(&self, req: &Attributes<'_>, mode: Mode) -> Verdict {
+        let deny = |set: &[Policy]| first_match(set, req, mode, true);
+        let allow = |set: &[Policy]| first_match(set, req, mode, false);
         let (decision, reason) = decide(
-            first_match(&self.deny.enforced, req),
+            deny(&self.deny.enforced),
             !self.allow.enforced.is_empty(),
-            || first_match(&self.allow.enforced, req),
+            || allow(&self.allow.enforced),
         );
-        let audit = first_match(&self.audit.enforced, req);
+        let audit = allow(&self.audit.enforced);
         let shadow = (!self.deny.dry_run.is_empty() || !self.allow.dry_run.is_empty()).then(|| {
-            let deny = first_match(&self.deny.enforced, req)
-                .or_else(|| first_match(&self.deny.dry_run, req));
+            let denied = deny(&self.deny.enforced).or_else(|| deny(&self.deny.dry_run));
             let any_allow = !self.allow.enforced.is_empty() || !self.allow.dry_run.is_empty();
-            let (decision, reason) = decide(deny, any_allow, || {
-                first_match(&self.allow.enforced, req)
-                    .or_else(|| first_match(&self.allow.dry_run, req))
+            let (decision, reason) = decide(denied, any_allow, || {
+                allow(&self.allow.enforced).or_else(|| allow(&self.allow.dry_run))
             });
             Shadow { decision, reason }
         });
@@ -350,6 +382,13 @@ impl Engine {
             shadow,
         }
     }
+}
+
+/// What is being decided: an HTTP request or a TCP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Http,
+    Tcp,
 }
 
 fn decide(
@@ -369,11 +408,19 @@ fn decide(
     }
 }
 
-fn first_match(policies: &[Policy], req: &Attributes<'_>) -> Option<RuleRef> {
+fn first_match(
+    policies: &[Policy],
+    req: &Attributes<'_>,
+    mode: Mode,
+    deny: bool,
+) -> Option<RuleRef> {
     policies.iter().find_map(|p| {
         p.rules
             .iter()
-            .position(|r| r.matches(req))
+            .position(|r| match mode {
+                Mode::Http => r.matches(req),
+                Mode::Tcp => r.matches_tcp(req, deny),
+            })
             .map(|rule| RuleRef {
                 policy: p.name.clone(),
                 rule,
@@ -386,6 +433,32 @@ impl Rule {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(req)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
             && self.when.iter().all(|c| c.matches(req))
+    }
+
+    /// Whether the rule names a field only an HTTP request has.
+    fn has_http_fields(&self) -> bool {
+        self.to
+            .iter()
+            .any(|o| o.hosts.is_some() || o.methods.is_some() || o.paths.is_some())
+            || self.when.iter().any(|c| matches!(c, Condition::Header(..)))
+    }
+
+    /// [`Rule::matches`] for a TCP connection: see [`Engine::evaluate_tcp`].
+    fn matches_tcp(&self, conn: &Attributes<'_>, deny: bool) -> bool {
+        if !deny && self.has_http_fields() {
+            return false;
+        }
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(conn)))
+            && (self.to.is_empty()
+                || self
+                    .to
+                    .iter()
+                    .any(|o| check(&o.ports, conn.destination_port, |m, p| *m == p)))
+            && self
+                .when
+                .iter()
+                .filter(|c| !matches!(c, Condition::Header(..)))
+                .all(|c| c.matches(conn))
     }
 }
 

@@ -1074,3 +1074,53 @@ fn unsupported_and_invalid_policies_are_clear_errors() {
             .any(|e| e.to_string().contains("requestPrincipals"))
     );
 }
+
+/// A TCP connection on `port` from `principal` (mutual TLS), or from no one (plaintext).
+fn tcp_verdict(engine: &Engine, principal: Option<&str>, port: u16) -> Decision {
+    let peer = principal.map(|p| PeerIdentity::from(SpiffeId::parse(p).unwrap()));
+    engine
+        .evaluate_tcp(&Attributes {
+            peer: peer.as_ref(),
+            destination_port: Some(port),
+            ..Attributes::new("", "")
+        })
+        .decision
+}
+
+#[test]
+fn tcp_connections_ignore_http_only_rules_as_istio_does() {
+    let frontend = Some("spiffe://cluster.local/ns/frontend/sa/web");
+    let other = Some("spiffe://cluster.local/ns/other/sa/web");
+    // ALLOW on source namespace and port: applies to TCP as to HTTP.
+    let e = engine(&allow(
+        "from: [{ source: { namespaces: [frontend] } }], to: [{ operation: { ports: [\"9000\"] } }]",
+    ));
+    assert_eq!(tcp_verdict(&e, frontend, 9000), Decision::Allow);
+    assert_eq!(tcp_verdict(&e, frontend, 9001), Decision::Deny);
+    assert_eq!(tcp_verdict(&e, other, 9000), Decision::Deny);
+    assert_eq!(tcp_verdict(&e, None, 9000), Decision::Deny);
+    // An ALLOW rule with an HTTP-only field matches no TCP connection (AP: "ALLOW policy with
+    // HTTP-only fields ... the rule is ignored for TCP traffic").
+    let e = engine(&allow(
+        "from: [{ source: { namespaces: [frontend] } }], to: [{ operation: { methods: [GET] } }]",
+    ));
+    assert_eq!(tcp_verdict(&e, frontend, 9000), Decision::Deny);
+    let e = engine(&allow(
+        "when: [{ key: \"request.headers[x-user]\", values: [alice] }]",
+    ));
+    assert_eq!(tcp_verdict(&e, frontend, 9000), Decision::Deny);
+    // A DENY rule with HTTP-only fields drops them for TCP, denying more.
+    let e = engine(&deny(
+        "from: [{ source: { namespaces: [other] } }], to: [{ operation: { paths: [\"/admin\"] } }]",
+    ));
+    assert_eq!(tcp_verdict(&e, other, 9000), Decision::Deny);
+    assert_eq!(tcp_verdict(&e, frontend, 9000), Decision::Allow);
+    // The HTTP evaluation of the same policy still needs the path.
+    let peer =
+        PeerIdentity::from(SpiffeId::parse("spiffe://cluster.local/ns/other/sa/web").unwrap());
+    let http = e.evaluate(&Attributes {
+        peer: Some(&peer),
+        ..Attributes::new("GET", "/public")
+    });
+    assert_eq!(http.decision, Decision::Allow);
+}
