@@ -58,6 +58,11 @@ async fn peer_echo(status: u16, delay: Duration) -> (Upstream, Arc<AtomicUsize>)
 /// Service `hello` on `upstream`, with subsets `limited` (whose trafficPolicy is `policy`) and
 /// `plain` (defaults), routed by header `x-pool`; `vs_extra` is added to each route.
 fn config(upstream: &Upstream, policy: &str, vs_extra: &str) -> String {
+    config_with(upstream, "HTTP", policy, vs_extra)
+}
+
+/// As [`config`], with the service port's `protocol`.
+fn config_with(upstream: &Upstream, protocol: &str, policy: &str, vs_extra: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -66,7 +71,7 @@ spec:
   hosts: [hello.default.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  ports: [{{ number: 80, name: http, protocol: {protocol} }}]
   endpoints:
   - {{ address: 127.0.0.1, ports: {{ http: {port} }}, labels: {{ pool: any }} }}
 ---
@@ -263,5 +268,44 @@ async fn a_retry_over_max_retries_is_not_sent_and_the_first_answer_stands() {
     )
     .await;
     assert_eq!(hits.load(Ordering::SeqCst), 4);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_past_max_concurrent_streams_open_another_connection() {
+    let (upstream, _) = peer_echo(200, Duration::from_millis(300)).await;
+    let policy = "      connectionPool: { http: { maxConcurrentStreams: 2 } }";
+    let config = ConfigDir::new(&config_with(&upstream, "HTTP2", policy, ""));
+    let proxy = start_proxy(&config).await;
+    let client = client(proxy.outbound, true);
+    let concurrent = |pool: &'static str| {
+        let client = client.clone();
+        async move {
+            let headers = [("x-pool", pool)];
+            let calls = (0..6).map(|_| get(&client, "hello", "/", &headers));
+            let answers = futures_util::future::join_all(calls).await;
+            let mut ports: Vec<String> = answers
+                .iter()
+                .map(|(status, _, headers)| {
+                    assert_eq!(*status, 200);
+                    assert_eq!(headers["x-version"], "HTTP/2.0");
+                    headers["x-peer-port"].to_str().unwrap().to_owned()
+                })
+                .collect();
+            ports.sort();
+            ports.dedup();
+            ports.len()
+        }
+    };
+    assert_eq!(
+        concurrent("limited").await,
+        3,
+        "six streams, two per connection"
+    );
+    assert_eq!(
+        concurrent("plain").await,
+        1,
+        "no cap: one multiplexed connection"
+    );
     proxy.shutdown().await;
 }

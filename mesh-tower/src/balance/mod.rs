@@ -54,6 +54,13 @@ pub struct Upstream {
     pub authority: http::uri::Authority,
 }
 
+/// Which of an endpoint's HTTP/2 connections a request should use when the cluster caps the
+/// streams per connection (`connectionPool.http.maxConcurrentStreams`): the requests already
+/// in flight to the endpoint divided by the cap, so that past the cap another connection is
+/// opened, as Envoy does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamSlot(pub u32);
+
 /// One endpoint's live state: requests in flight, outlier detector, when it was first seen.
 #[derive(Debug)]
 pub struct EndpointState {
@@ -673,7 +680,13 @@ where
         };
         req.extensions_mut().insert(Upstream { authority });
         let endpoint_state = resolved.states[pick.index].clone();
-        endpoint_state.active.fetch_add(1, Ordering::Relaxed);
+        let already = endpoint_state.active.fetch_add(1, Ordering::Relaxed);
+        if let Some(cap) = cluster.policy.connection_pool.max_concurrent_streams
+            && cap > 0
+        {
+            let slot = u32::try_from(already).unwrap_or(u32::MAX) / cap;
+            req.extensions_mut().insert(StreamSlot(slot));
+        }
         let in_flight = InFlight(endpoint_state.clone());
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

@@ -39,6 +39,9 @@ pub struct PoolSettings {
     pub http2: bool,
     /// When connections are retired.
     pub lifetime: Lifetime,
+    /// Which set of connections (see [`crate::balance::StreamSlot`]): each slot is a pool of
+    /// its own, so HTTP/2 streams past `maxConcurrentStreams` go over another connection.
+    pub slot: u32,
 }
 
 impl PoolSettings {
@@ -50,6 +53,7 @@ impl PoolSettings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             http2,
             lifetime: Lifetime::default(),
+            slot: 0,
         }
     }
 
@@ -61,6 +65,7 @@ impl PoolSettings {
             idle_timeout: pool.http_idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             http2,
             lifetime: Lifetime::of(pool),
+            slot: 0,
         }
     }
 }

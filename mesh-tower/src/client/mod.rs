@@ -486,7 +486,11 @@ impl Service<Request<BoxBody>> for UpstreamClient {
         let settings = match target {
             Some(t) => {
                 let http2 = speaks_http2(&t.cluster, &req);
-                PoolSettings::of(&t.cluster.policy.connection_pool, http2)
+                let mut settings = PoolSettings::of(&t.cluster.policy.connection_pool, http2);
+                if http2 && let Some(slot) = req.extensions().get::<crate::balance::StreamSlot>() {
+                    settings.slot = slot.0;
+                }
+                settings
             }
             None => PoolSettings::new(false),
         };
