@@ -144,6 +144,8 @@ async fn websocket_echo() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         while let Ok((stream, _)) = listener.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
+                // The callback's signature is tungstenite's (its error is a whole response).
+                #[allow(clippy::result_large_err)]
                 let record = |req: &WsRequest, resp: WsResponse| {
                     seen.lock().unwrap().push(req.uri().path().to_owned());
                     Ok(resp)

@@ -5,7 +5,8 @@
 //! [`MeshListener`] owns a `TcpListener` and accepts in a task of its own: each TCP connection
 //! goes through [`InboundTls::accept`] (STRICT: mutual TLS required; PERMISSIVE: TLS or
 //! plaintext on the same port; DISABLE: plaintext, the mode read from the config snapshot at
-//! each accept, the workload's credentials read from the [`CredentialStore`] at each
+//! each accept, the workload's credentials read from the
+//! [`CredentialStore`](mesh_policy::credentials::CredentialStore) at each
 //! handshake, so rotation applies to new connections). Handshakes run concurrently (at most
 //! [`MeshListener::MAX_HANDSHAKES`] at once), so a slow or silent client never holds up the
 //! next one; a refused connection (plaintext under STRICT, no client certificate, an untrusted
@@ -16,7 +17,7 @@
 //! per-connection service in [`AddPeerInfo`] and every request carries them as typed
 //! extensions ([`ConnectionInfo`], [`TlsInfo`], [`PeerIdentity`]), where the inbound layer's
 //! authorization and the handlers find them. With the `axum` feature the listener implements
-//! `axum::serve::Listener` (see [`crate::embed::axum`]); with hyper, use it directly:
+//! `axum::serve::Listener` (see `embed::axum`); with hyper, use it directly:
 //!
 //! ```no_run
 //! # async fn example(mesh: mesh_tower::embed::Mesh) -> Result<(), Box<dyn std::error::Error>> {

@@ -27,7 +27,7 @@
 //! - [`Mesh::inbound_layer`]: authorization, rate limit and telemetry in front of an app.
 //! - [`Mesh::listener`] / [`Mesh::acceptor`]: TLS by PeerAuthentication with the workload's
 //!   credentials ([`listener`] module); [`AddPeerInfo`] puts the peer's identity into request
-//!   extensions; with the `axum` feature, [`axum`] makes the listener an `axum::serve`
+//!   extensions; with the `axum` feature, `embed::axum` makes the listener an `axum::serve`
 //!   listener and gives the `PeerIdentity` and `Verdict` extractors.
 //! - [`Mesh::health`], [`Mesh::version`], [`Mesh::shutdown_signal`] and [`Mesh::shutdown`]:
 //!   the handle.
