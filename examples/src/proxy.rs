@@ -19,6 +19,7 @@ use mesh_tower::capture::{
     InboundCapture, OutboundCapture, serve_inbound_capture, serve_outbound_capture,
 };
 use mesh_tower::client::UpstreamClient;
+use mesh_tower::grpc::GrpcErrorsLayer;
 use mesh_tower::inbound::Inbound;
 use mesh_tower::outbound::Outbound;
 use mesh_tower::rng::Rng;
@@ -290,20 +291,22 @@ impl Proxy {
         let inbound_telemetry = Telemetry::new(Reporter::Destination, options.workload.clone())
             .sampling(options.trace_sampling);
         let inbound_telemetry = mesh_tower::telemetry::TelemetryLayer::new(inbound_telemetry);
-        let inbound_service = inbound_telemetry.layer(authz.layer(Inbound::new(
-            store.clone(),
-            options.app,
-            client.clone(),
-        )));
+        // A gRPC client gets the sidecar's own answers (denial, no app) as a gRPC status.
+        let inbound_service =
+            inbound_telemetry.layer(GrpcErrorsLayer.layer(authz.layer(Inbound::new(
+                store.clone(),
+                options.app,
+                client.clone(),
+            ))));
         // With interception, each inbound connection's app is 127.0.0.1:<original port>.
         let make_inbound = {
             let (store, authz, client) = (store.clone(), authz.clone(), client.clone());
             move |app: SocketAddr| {
-                inbound_telemetry.layer(authz.layer(Inbound::new(
+                inbound_telemetry.layer(GrpcErrorsLayer.layer(authz.layer(Inbound::new(
                     store.clone(),
                     Some(app),
                     client.clone(),
-                )))
+                ))))
             }
         };
         // PeerAuthentication's portLevelMtls is keyed by the workload's port: the Sidecar's

@@ -191,3 +191,34 @@ async fn a_unary_call_answered_unavailable_is_retried_and_succeeds() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_call_denied_by_policy_gets_permission_denied_as_grpc() {
+    let upstream = grpc_upstream().await;
+    let deny = "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-streams }
+spec:
+  action: DENY
+  rules: [{ to: [{ operation: { paths: [\"/test.Stream/*\"] } }] }]
+";
+    let config = ConfigDir::new(&(grpc_registry(&upstream) + deny));
+    let mut options = test_options(vec![config.path()]);
+    options.app = Some(upstream.addr);
+    let proxy = mesh_examples::proxy::Proxy::start(options).await.unwrap();
+    let (status, messages, _, headers) = call(proxy.inbound, "/test.Stream/Many").await;
+    // Trailers-only, as Envoy answers a gRPC request it refuses: not a text 403.
+    assert_eq!(status, 200);
+    assert!(messages.is_empty());
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(
+        headers["grpc-status"], "7",
+        "PERMISSION_DENIED: {headers:?}"
+    );
+    assert!(
+        headers["grpc-message"].to_str().unwrap().contains("RBAC"),
+        "{headers:?}"
+    );
+    proxy.shutdown().await;
+}

@@ -138,3 +138,62 @@ mod tests {
         assert_eq!(percent_encode("100% sûr\n"), "100%25 s%C3%BBr%0A");
     }
 }
+
+/// A layer answering gRPC requests' error responses in gRPC's form ([`to_grpc`]), for a
+/// stack whose errors are already responses (the sidecar's inbound stack: a denial, a
+/// missing app, an unreachable app).
+///
+/// ```
+/// use mesh_tower::grpc::GrpcErrorsLayer;
+/// use tower::Layer;
+/// let service = GrpcErrorsLayer.layer(tower::service_fn(|_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(mesh_tower::body::empty()))
+/// }));
+/// # let _ = service;
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcErrorsLayer;
+
+impl<S> tower_layer::Layer<S> for GrpcErrorsLayer {
+    type Service = GrpcErrors<S>;
+
+    fn layer(&self, inner: S) -> GrpcErrors<S> {
+        GrpcErrors { inner }
+    }
+}
+
+/// The service [`GrpcErrorsLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct GrpcErrors<S> {
+    inner: S,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for GrpcErrors<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = Response<BoxBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response<BoxBody>, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let grpc = crate::timeout::is_grpc(req.headers());
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(if grpc && needs_rewrite(&response) {
+                to_grpc(response).await
+            } else {
+                response
+            })
+        })
+    }
+}
