@@ -402,6 +402,26 @@ fn a_plain_ip_call_goes_through_both_sidecars_with_mtls_and_authorization() {
     };
     iptables(&client_ns, &["--exclude-outbound-ports", &excluded]);
     iptables(&server_ns, &["--exclude-inbound-ports", &excluded]);
+    // Applying again replaces the rules rather than adding a second copy.
+    iptables(&client_ns, &["--exclude-outbound-ports", &excluded]);
+    let nat = |ns: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "iptables", "-t", "nat", "-S"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rules = nat(&client_ns);
+    assert_eq!(
+        rules.matches("-A OUTPUT -p tcp -j ISTIO_OUTPUT").count(),
+        1,
+        "{rules}"
+    );
+    assert_eq!(
+        rules.matches("--dport 7000 -j RETURN").count(),
+        1,
+        "{rules}"
+    );
 
     // The upstream app in the server namespace.
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -623,11 +643,7 @@ fn a_plain_ip_call_goes_through_both_sidecars_with_mtls_and_authorization() {
     for ns in [&client_ns, &server_ns] {
         run(&["ip", "netns", "exec", ns, BIN, "iptables", "--remove"]).unwrap();
         run(&["ip", "netns", "exec", ns, BIN, "iptables", "--remove"]).unwrap();
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "iptables", "-t", "nat", "-S"])
-            .output()
-            .unwrap();
-        let rules = String::from_utf8_lossy(&out.stdout);
+        let rules = nat(ns);
         assert!(!rules.contains("ISTIO"), "{rules}");
     }
 
