@@ -452,16 +452,16 @@ impl Proxy {
                     signal(),
                     grace,
                 )),
-                (None, inbound_tls) => match inbound_tls {
-                    Some(tls) => tokio::spawn(serve_tls(
-                        inbound_listener,
-                        inbound_service,
-                        tls,
-                        signal(),
-                        grace,
-                    )),
-                    None => tokio::spawn(serve(inbound_listener, inbound_service, signal(), grace)),
-                },
+                (None, Some(tls)) => tokio::spawn(serve_tls(
+                    inbound_listener,
+                    inbound_service,
+                    tls,
+                    signal(),
+                    grace,
+                )),
+                (None, None) => {
+                    tokio::spawn(serve(inbound_listener, inbound_service, signal(), grace))
+                }
             },
             tokio::spawn(serve(
                 admin_listener,

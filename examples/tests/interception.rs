@@ -402,6 +402,26 @@ fn a_plain_ip_call_goes_through_both_sidecars_with_mtls_and_authorization() {
     };
     iptables(&client_ns, &["--exclude-outbound-ports", &excluded]);
     iptables(&server_ns, &["--exclude-inbound-ports", &excluded]);
+    // Applying again replaces the rules rather than adding a second copy.
+    iptables(&client_ns, &["--exclude-outbound-ports", &excluded]);
+    let nat = |ns: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "iptables", "-t", "nat", "-S"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rules = nat(&client_ns);
+    assert_eq!(
+        rules.matches("-A OUTPUT -p tcp -j ISTIO_OUTPUT").count(),
+        1,
+        "{rules}"
+    );
+    assert_eq!(
+        rules.matches("--dport 7000 -j RETURN").count(),
+        1,
+        "{rules}"
+    );
 
     // The upstream app in the server namespace.
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -623,11 +643,7 @@ fn a_plain_ip_call_goes_through_both_sidecars_with_mtls_and_authorization() {
     for ns in [&client_ns, &server_ns] {
         run(&["ip", "netns", "exec", ns, BIN, "iptables", "--remove"]).unwrap();
         run(&["ip", "netns", "exec", ns, BIN, "iptables", "--remove"]).unwrap();
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "iptables", "-t", "nat", "-S"])
-            .output()
-            .unwrap();
-        let rules = String::from_utf8_lossy(&out.stdout);
+        let rules = nat(ns);
         assert!(!rules.contains("ISTIO"), "{rules}");
     }
 
@@ -667,4 +683,49 @@ async fn capture_listeners_still_serve_direct_connections() {
     assert_eq!((status, body.as_str()), (200, "v1"));
     assert_eq!(headers["x-path"], "/in");
     proxy.shutdown().await;
+}
+
+/// `mesh-proxy iptables --dry-run` prints the rules without root or iptables; a bad value is
+/// exit code 2 with the flag named.
+#[test]
+fn iptables_dry_run_prints_the_rules_and_bad_values_exit_2() {
+    let out = Command::new(BIN)
+        .args(["iptables", "--apply", "--dry-run", "--proxy-uid", "2000"])
+        .args([
+            "--exclude-outbound-ports",
+            "5432",
+            "--include-inbound-ports",
+            "8080",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "iptables -t nat -D OUTPUT -p tcp -j ISTIO_OUTPUT",
+        "iptables-restore --noflush <<EOF",
+        "-A ISTIO_OUTPUT -p tcp --dport 5432 -j RETURN",
+        "-A ISTIO_OUTPUT -m owner --uid-owner 2000 -j RETURN",
+        "-A ISTIO_INBOUND -p tcp --dport 8080 -j ISTIO_IN_REDIRECT",
+        "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
+        "COMMIT",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing in\n{text}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args([
+            "iptables",
+            "--apply",
+            "--dry-run",
+            "--exclude-inbound-ports",
+            "22,ssh",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--exclude-inbound-ports \"ssh\""), "{err}");
 }

@@ -12,7 +12,7 @@
 //! AuthorizationPolicies (source identity, namespace, port) before it reaches the app.
 
 use crate::flags::{ResponseFlag, ResponseFlags};
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::model::{Address, Cluster, ClusterName, HealthStatus, TlsMode, Workload};
 use mesh_core::store::ConfigStore;
 use mesh_policy::authz::{Attributes, Engine, Verdict};
@@ -20,6 +20,7 @@ use mesh_policy::credentials::CredentialStore;
 use mesh_policy::tls::client_config;
 use mesh_policy::{PeerIdentity, SpiffeId};
 use rustls::pki_types::ServerName;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -245,6 +246,9 @@ pub struct TcpOutbound {
     credentials: Option<Arc<CredentialStore>>,
     workload: Arc<Workload>,
     connect_timeout: Duration,
+    /// rustls client configs by expected server identities (they read the credential store
+    /// at each handshake, so rotation needs no rebuild).
+    configs: Arc<ArcSwap<HashMap<Vec<SpiffeId>, Arc<rustls::ClientConfig>>>>,
 }
 
 impl std::fmt::Debug for TcpOutbound {
@@ -329,6 +333,7 @@ impl TcpOutbound {
             credentials: None,
             workload,
             connect_timeout: Duration::from_secs(10),
+            configs: Arc::default(),
         }
     }
 
@@ -336,7 +341,28 @@ impl TcpOutbound {
     #[must_use]
     pub fn mtls(mut self, credentials: Arc<CredentialStore>) -> Self {
         self.credentials = Some(credentials);
+        self.configs = Arc::default();
         self
+    }
+
+    /// The client config checking `expected`, built once per identity set.
+    fn client_config(
+        &self,
+        credentials: Arc<CredentialStore>,
+        expected: Vec<SpiffeId>,
+    ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        if let Some(config) = self.configs.load().get(&expected) {
+            return Ok(config.clone());
+        }
+        let config = client_config(credentials, expected.clone())?;
+        self.configs.rcu(|configs| {
+            let mut configs = HashMap::clone(configs);
+            configs
+                .entry(expected.clone())
+                .or_insert_with(|| config.clone());
+            configs
+        });
+        Ok(config)
     }
 
     /// Where a connection to `dst` goes.
@@ -433,8 +459,9 @@ impl TcpOutbound {
         };
         let trust_domain = credentials.load().id().trust_domain().to_owned();
         let expected = self.expected(cluster, &tls.subject_alt_names, addr, &trust_domain)?;
-        let config =
-            client_config(credentials, expected).map_err(|source| TcpConnectError::Tls {
+        let config = self
+            .client_config(credentials, expected)
+            .map_err(|source| TcpConnectError::Tls {
                 cluster: cluster.name.to_string(),
                 source,
             })?;
