@@ -38,7 +38,6 @@ pub struct TcpForward {
     service: String,
     workload: Arc<Workload>,
     turn: Arc<AtomicUsize>,
-    connect_timeout: Duration,
 }
 
 impl TcpForward {
@@ -51,7 +50,6 @@ impl TcpForward {
             service: host.to_owned(),
             workload,
             turn: Arc::default(),
-            connect_timeout: Duration::from_secs(10),
         }
     }
 
@@ -104,8 +102,9 @@ impl TcpForward {
         .collect()
     }
 
-    /// The next healthy endpoint of the cluster, round-robin.
-    fn pick(&self) -> Option<String> {
+    /// The next healthy endpoint of the cluster, round-robin, with the cluster's connect
+    /// and idle timeouts.
+    fn pick(&self) -> Option<(String, Duration, Duration)> {
         let snapshot = self.store.load();
         let cluster = snapshot.cluster(&self.cluster)?;
         let healthy: Vec<_> = cluster
@@ -117,12 +116,17 @@ impl TcpForward {
             return None;
         }
         let i = self.turn.fetch_add(1, Ordering::Relaxed) % healthy.len();
-        Some(healthy[i].authority())
+        let pool = &cluster.policy.connection_pool;
+        Some((
+            healthy[i].authority(),
+            pool.connect_timeout,
+            idle_timeout(Some(cluster)),
+        ))
     }
 
     /// Carries one client connection to an endpoint and back, recording Istio's TCP metrics.
-    pub async fn forward(&self, mut client: TcpStream) {
-        let Some(endpoint) = self.pick() else {
+    pub async fn forward(&self, client: TcpStream) {
+        let Some((endpoint, connect_timeout, idle)) = self.pick() else {
             metrics::counter!(
                 "istio_tcp_connections_opened_total",
                 self.labels(ResponseFlags::of(ResponseFlag::NoHealthyUpstream))
@@ -135,9 +139,8 @@ impl TcpForward {
             .increment(1);
             return;
         };
-        let upstream =
-            tokio::time::timeout(self.connect_timeout, TcpStream::connect(&endpoint)).await;
-        let Ok(Ok(mut upstream)) = upstream else {
+        let upstream = tokio::time::timeout(connect_timeout, TcpStream::connect(&endpoint)).await;
+        let Ok(Ok(upstream)) = upstream else {
             let flags = ResponseFlags::of(ResponseFlag::UpstreamConnectionFailure);
             metrics::counter!("istio_tcp_connections_opened_total", self.labels(flags))
                 .increment(1);
@@ -149,11 +152,11 @@ impl TcpForward {
         let _ = upstream.set_nodelay(true);
         let labels = self.labels(ResponseFlags::default());
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
-        let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-        let (sent, received) = copied.unwrap_or((0, 0));
+        let spliced = splice(client, upstream, idle).await;
         // `sent`: client -> upstream; `received`: upstream -> client (Istio's direction names).
-        metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(sent);
-        metrics::counter!("istio_tcp_received_bytes_total", labels.clone()).increment(received);
+        metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(spliced.sent);
+        metrics::counter!("istio_tcp_received_bytes_total", labels.clone())
+            .increment(spliced.received);
         metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
     }
 }
@@ -508,12 +511,16 @@ impl TcpOutbound {
 
     /// Carries one intercepted connection, whose original destination was `dst`, to its
     /// target and back, recording Istio's TCP metrics.
-    pub async fn forward<S>(&self, mut client: S, dst: SocketAddr)
+    pub async fn forward<S>(&self, client: S, dst: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let target = self.resolve(dst);
-        let mut upstream = match self.connect(&target).await {
+        let idle = idle_timeout(match &target {
+            TcpTarget::Cluster { cluster, .. } => Some(cluster),
+            TcpTarget::Passthrough(_) => None,
+        });
+        let upstream = match self.connect(&target).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 tracing::debug!(%dst, error = %e, "intercepted tcp: upstream connect failed");
@@ -531,14 +538,154 @@ impl TcpOutbound {
         let mtls = matches!(upstream, UpstreamStream::Tls(_));
         let labels = self.labels(&target, ResponseFlags::default(), mtls);
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
-        let copied = match &mut upstream {
-            UpstreamStream::Plain(s) => tokio::io::copy_bidirectional(&mut client, s).await,
-            UpstreamStream::Tls(s) => tokio::io::copy_bidirectional(&mut client, s.as_mut()).await,
+        let spliced = match upstream {
+            UpstreamStream::Plain(s) => splice(client, s, idle).await,
+            UpstreamStream::Tls(s) => splice(client, s, idle).await,
         };
-        let (sent, received) = copied.unwrap_or((0, 0));
-        metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(sent);
-        metrics::counter!("istio_tcp_received_bytes_total", labels.clone()).increment(received);
+        metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(spliced.sent);
+        metrics::counter!("istio_tcp_received_bytes_total", labels.clone())
+            .increment(spliced.received);
         metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
+    }
+}
+
+/// Envoy's TCP proxy idle timeout when the DestinationRule sets none.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The idle timeout of a connection to `cluster`: `connectionPool.tcp.idleTimeout`, else one
+/// hour as Envoy's.
+fn idle_timeout(cluster: Option<&Arc<Cluster>>) -> Duration {
+    cluster
+        .and_then(|c| c.policy.connection_pool.tcp_idle_timeout)
+        .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT)
+}
+
+/// What [`splice`] carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spliced {
+    /// Bytes from the client to the upstream.
+    pub sent: u64,
+    /// Bytes from the upstream to the client.
+    pub received: u64,
+    /// Whether the connection was closed for carrying nothing for the idle timeout.
+    pub idle_timed_out: bool,
+}
+
+/// Copies bytes both ways between `client` and `upstream` until either side closes, an I/O
+/// error, or `idle` passes with no byte in either direction (Istio's
+/// `connectionPool.tcp.idleTimeout`). The byte counts survive an error or a timeout.
+pub async fn splice<A, B>(client: A, mut upstream: B, idle: Duration) -> Spliced
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut watched = Watched::new(client);
+    let (activity, started) = (watched.activity.clone(), watched.started);
+    let copy = tokio::io::copy_bidirectional(&mut watched, &mut upstream);
+    tokio::pin!(copy);
+    let idle_timed_out = loop {
+        let last = started + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
+        tokio::select! {
+            result = &mut copy => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "tcp connection ended with an error");
+                }
+                break false;
+            }
+            () = tokio::time::sleep_until(last + idle) => {
+                let now_ms = started.elapsed().as_millis() as u64;
+                if now_ms.saturating_sub(activity.last_ms.load(Ordering::Relaxed))
+                    >= idle.as_millis() as u64
+                {
+                    tracing::debug!(?idle, "tcp connection idle: closed");
+                    break true;
+                }
+            }
+        }
+    };
+    Spliced {
+        sent: activity.read.load(Ordering::Relaxed),
+        received: activity.written.load(Ordering::Relaxed),
+        idle_timed_out,
+    }
+}
+
+/// The client side's byte counts and last activity (milliseconds since the splice began).
+#[derive(Debug, Default)]
+struct Activity {
+    read: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The client stream, counting bytes and noting when they moved. Every byte of a splice
+/// crosses the client side (read to go up, written when it comes back), so watching it is
+/// enough.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    started: tokio::time::Instant,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            activity: Arc::default(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    fn moved(&self, counter: &std::sync::atomic::AtomicU64, n: usize) {
+        if n > 0 {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.activity.last_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        let this = &*self;
+        this.moved(&this.activity.read, n);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            let this = &*self;
+            this.moved(&this.activity.written, *n);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -721,7 +868,7 @@ impl TcpInbound {
             }
         }
         let upstream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(app)).await;
-        let Ok(Ok(mut upstream)) = upstream else {
+        let Ok(Ok(upstream)) = upstream else {
             tracing::debug!(%app, "inbound tcp: app connect failed");
             closed(ResponseFlags::of(ResponseFlag::UpstreamConnectionFailure));
             return;
@@ -729,12 +876,72 @@ impl TcpInbound {
         let _ = upstream.set_nodelay(true);
         let labels = self.labels(&conn, ResponseFlags::default());
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
-        let (received, sent) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
-            .await
-            .unwrap_or((0, 0));
+        let spliced = splice(client, upstream, idle_timeout(None)).await;
         // From the server side: received = client -> app, sent = app -> client.
-        metrics::counter!("istio_tcp_received_bytes_total", labels.clone()).increment(received);
-        metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(sent);
+        metrics::counter!("istio_tcp_received_bytes_total", labels.clone()).increment(spliced.sent);
+        metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(spliced.received);
         metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_splice_carries_both_ways_and_ends_after_the_idle_timeout() {
+        let (mut app_client, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_upstream, mut app_upstream) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        let splice = tokio::spawn(splice(
+            proxy_client,
+            proxy_upstream,
+            Duration::from_secs(10),
+        ));
+        app_client.write_all(b"ping!").await.unwrap();
+        let mut buf = [0; 5];
+        app_upstream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping!");
+        // Activity 6 s in pushes the deadline on.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        app_upstream.write_all(b"pong").await.unwrap();
+        let mut buf = [0; 4];
+        app_client.read_exact(&mut buf).await.unwrap();
+        let spliced = splice.await.unwrap();
+        assert_eq!(
+            spliced,
+            Spliced {
+                sent: 5,
+                received: 4,
+                idle_timed_out: true
+            }
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(16),
+            "10 s after the last byte"
+        );
+        // Both sides see the end.
+        assert_eq!(app_client.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_splice_ends_when_a_side_closes_and_keeps_its_counts() {
+        let (mut app_client, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_upstream, mut app_upstream) = tokio::io::duplex(1024);
+        let splice = tokio::spawn(splice(
+            proxy_client,
+            proxy_upstream,
+            DEFAULT_TCP_IDLE_TIMEOUT,
+        ));
+        app_client.write_all(&[7; 300]).await.unwrap();
+        app_client.shutdown().await.unwrap();
+        let mut all = Vec::new();
+        app_upstream.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), 300);
+        drop(app_upstream);
+        let spliced = splice.await.unwrap();
+        assert_eq!((spliced.sent, spliced.idle_timed_out), (300, false));
     }
 }
