@@ -434,7 +434,11 @@ impl TcpOutbound {
     /// Opens the upstream connection for `target`, with the cluster's TLS policy.
     pub async fn connect(&self, target: &TcpTarget) -> Result<UpstreamStream, TcpConnectError> {
         let addr = target.address();
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let connect_timeout = match target {
+            TcpTarget::Cluster { cluster, .. } => cluster.policy.connection_pool.connect_timeout,
+            TcpTarget::Passthrough(_) => self.connect_timeout,
+        };
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
             .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")))
             .map_err(|source| TcpConnectError::Connect { addr, source })?;
@@ -470,7 +474,7 @@ impl TcpOutbound {
             })?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let name = ServerName::IpAddress(addr.ip().into());
-        let stream = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp))
+        let stream = tokio::time::timeout(connect_timeout, connector.connect(name, tcp))
             .await
             .unwrap_or_else(|_| {
                 Err(io::Error::new(
