@@ -575,3 +575,33 @@ fn latency_outlier_annotations_set_the_rule_on_every_cluster_of_the_host() {
         )
     );
 }
+
+#[test]
+fn service_entry_addresses_are_kept_and_a_bad_one_names_its_index() {
+    let se = |addresses: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: db }}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  addresses: {addresses}
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 5432, name: tcp, protocol: TCP }}]
+  endpoints: [{{ address: 127.0.0.1 }}]
+"
+        )
+    };
+    let config = load(&se("[10.96.0.10, 240.240.0.0/16]"))
+        .config
+        .expect("valid");
+    let db = config.service("db.default.svc.cluster.local").unwrap();
+    let addresses: Vec<String> = db.addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(addresses, ["10.96.0.10/32", "240.240.0.0/16"]);
+    let e = single_error(&se("[10.96.0.10, not-an-ip]"));
+    assert!(
+        e.ends_with("spec.addresses[1]: \"not-an-ip\" is not an IP address or CIDR range"),
+        "{e}"
+    );
+}

@@ -219,8 +219,9 @@ impl TcpTarget {
     }
 }
 
-/// The cluster of the service that owns `dst` (one of its endpoints is `dst`), preferring the
-/// service's own cluster over its subsets' (Istio's registry lookup by address).
+/// The cluster of the service that owns `dst` (one of its endpoints is `dst`, preferring the
+/// service's own cluster over its subsets', else `dst` is one of the service's virtual
+/// `addresses` on one of its ports), as Istio's registry lookup by address.
 pub fn cluster_for(config: &mesh_core::model::MeshConfig, dst: SocketAddr) -> Option<Arc<Cluster>> {
     let owns = |c: &Cluster| {
         c.endpoints
@@ -236,7 +237,19 @@ pub fn cluster_for(config: &mesh_core::model::MeshConfig, dst: SocketAddr) -> Op
             found.get_or_insert_with(|| cluster.clone());
         }
     }
-    found
+    if found.is_some() {
+        return found;
+    }
+    // A service's virtual address (ClusterIP) on one of its ports: the service's cluster.
+    config
+        .services
+        .values()
+        .find(|s| s.port(dst.port()).is_some() && s.addresses.iter().any(|a| a.contains(&dst.ip())))
+        .and_then(|s| {
+            config
+                .cluster(&ClusterName::outbound(dst.port(), None, &s.hostname))
+                .cloned()
+        })
 }
 
 /// Intercepted outbound TCP: each connection goes to the cluster owning its original
@@ -252,6 +265,8 @@ pub struct TcpOutbound {
     /// rustls client configs by expected server identities (they read the credential store
     /// at each handshake, so rotation needs no rebuild).
     configs: Arc<ArcSwap<HashMap<Vec<SpiffeId>, Arc<rustls::ClientConfig>>>>,
+    /// Round-robin turn for connections to a service's virtual address.
+    turn: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for TcpOutbound {
@@ -337,6 +352,7 @@ impl TcpOutbound {
             workload,
             connect_timeout: Duration::from_secs(10),
             configs: Arc::default(),
+            turn: Arc::default(),
         }
     }
 
@@ -370,13 +386,32 @@ impl TcpOutbound {
 
     /// Where a connection to `dst` goes.
     pub fn resolve(&self, dst: SocketAddr) -> TcpTarget {
-        match cluster_for(&self.store.load(), dst) {
-            Some(cluster) => TcpTarget::Cluster {
-                cluster,
-                endpoint: dst,
-            },
-            None => TcpTarget::Passthrough(dst),
-        }
+        let Some(cluster) = cluster_for(&self.store.load(), dst) else {
+            return TcpTarget::Passthrough(dst);
+        };
+        let is_endpoint = cluster
+            .endpoints
+            .iter()
+            .any(|e| e.port == dst.port() && e.address == Address::Ip(dst.ip()));
+        // A virtual address: one of the service's healthy endpoints, round-robin.
+        let endpoint = if is_endpoint {
+            dst
+        } else {
+            let healthy: Vec<SocketAddr> = cluster
+                .endpoints
+                .iter()
+                .filter(|e| e.health == HealthStatus::Healthy)
+                .filter_map(|e| match e.address {
+                    Address::Ip(ip) => Some(SocketAddr::new(ip, e.port)),
+                    _ => None,
+                })
+                .collect();
+            match healthy.len() {
+                0 => dst,
+                n => healthy[self.turn.fetch_add(1, Ordering::Relaxed) % n],
+            }
+        };
+        TcpTarget::Cluster { cluster, endpoint }
     }
 
     /// The identities the endpoint must present, by Istio's precedence: DestinationRule
@@ -928,6 +963,47 @@ mod tests {
         );
         // Both sides see the end.
         assert_eq!(app_client.read(&mut buf).await.unwrap(), 0);
+    }
+
+    const DB: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: db }
+spec:
+  hosts: [db.default.svc.cluster.local]
+  addresses: [10.96.0.10]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 5432, name: tcp, protocol: TCP }]
+  endpoints:
+  - { address: 127.0.0.1, ports: { tcp: 15432 } }
+  - { address: 127.0.0.2, ports: { tcp: 15432 } }
+"#;
+
+    #[test]
+    fn a_services_virtual_address_resolves_to_its_endpoints_round_robin() {
+        let config = mesh_core::istio::load(&[("db.yaml", DB)], &Workload::default())
+            .config
+            .expect("valid");
+        let store = Arc::new(ConfigStore::new(config));
+        let outbound = TcpOutbound::new(store.clone());
+        let vip: SocketAddr = "10.96.0.10:5432".parse().unwrap();
+        let picks: Vec<SocketAddr> = (0..4).map(|_| outbound.resolve(vip).address()).collect();
+        let first: SocketAddr = "127.0.0.1:15432".parse().unwrap();
+        let second: SocketAddr = "127.0.0.2:15432".parse().unwrap();
+        assert_eq!(picks, [first, second, first, second]);
+        assert!(matches!(
+            outbound.resolve(vip),
+            TcpTarget::Cluster { cluster, .. } if cluster.service == "db.default.svc.cluster.local"
+        ));
+        // An endpoint's own address stays itself; another port of the VIP, or another
+        // address, is nobody's.
+        assert_eq!(outbound.resolve(second).address(), second);
+        let other_port: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        assert!(matches!(
+            outbound.resolve(other_port),
+            TcpTarget::Passthrough(a) if a == other_port
+        ));
     }
 
     #[tokio::test(start_paused = true)]

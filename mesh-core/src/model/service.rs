@@ -20,6 +20,9 @@ pub struct Service {
     pub location: ServiceLocation,
     /// Identities the service's endpoints may present (ServiceEntry `subjectAltNames`).
     pub subject_alt_names: Vec<String>,
+    /// The service's virtual addresses (ServiceEntry `addresses`, a Kubernetes ClusterIP):
+    /// an intercepted connection to one of them, on a service port, goes to the service.
+    pub addresses: Vec<ipnet::IpNet>,
 }
 
 impl Service {

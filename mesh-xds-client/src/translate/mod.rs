@@ -316,6 +316,7 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
                     resolution: xc.resolution,
                     location: ServiceLocation::MeshInternal,
                     subject_alt_names: Vec::new(),
+                    addresses: Vec::new(),
                 });
             if service.port(cluster.port).is_none() {
                 service.ports.push(ServicePort {

@@ -265,6 +265,17 @@ fn service_entry(
                 .map(|(_, we)| we.clone()),
         );
     }
+    let mut addresses = Vec::new();
+    for (i, a) in se.addresses.iter().enumerate() {
+        let parsed = a
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("{a:?} is not an IP address or CIDR range"));
+        match at.check(&format!("spec.addresses[{i}]"), parsed) {
+            Some(net) => addresses.push(net),
+            None => ok = false,
+        }
+    }
     ok.then(|| {
         let service = Service {
             hostname: String::new(),
@@ -273,6 +284,7 @@ fn service_entry(
             resolution,
             location,
             subject_alt_names: se.subject_alt_names.clone(),
+            addresses,
         };
         (service, instances)
     })
