@@ -118,7 +118,11 @@ fn envoy_config_file(to: &[(&str, std::net::SocketAddr)]) -> tempfile::NamedTemp
     for (pod, addr) in to {
         text = text.replace(
             &format!("\"address\": \"{pod}\", \"port_value\": 9080"),
-            &format!("\"address\": \"{}\", \"port_value\": {}", addr.ip(), addr.port()),
+            &format!(
+                "\"address\": \"{}\", \"port_value\": {}",
+                addr.ip(),
+                addr.port()
+            ),
         );
     }
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -154,7 +158,14 @@ fn a_malformed_envoy_config_is_a_config_error_naming_the_field() {
         .join("../mesh-xds-client/tests/fixtures/malformed_cluster.json");
     let out = std::process::Command::new(BIN)
         .args(["run", "--outbound-port", "0", "--inbound-port", "0"])
-        .args(["--admin-port", "0", "--health-port", "0", "--listen-address", "127.0.0.1"])
+        .args([
+            "--admin-port",
+            "0",
+            "--health-port",
+            "0",
+            "--listen-address",
+            "127.0.0.1",
+        ])
         .arg("--envoy-config")
         .arg(&path)
         .output()

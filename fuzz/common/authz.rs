@@ -124,11 +124,13 @@ pub fn run(data: &[u8]) -> Result<Vec<Verdict>, InvalidPolicy> {
     let mut verdicts = Vec::with_capacity(requests.len());
     for req in &requests {
         let verdict = engine.evaluate(&req.attributes());
-        let consistent = match (&verdict.decision, &verdict.reason) {
-            (Decision::Allow, Reason::NoAllowPolicy | Reason::AllowedBy(_)) => true,
-            (Decision::Deny, Reason::DeniedBy(_) | Reason::NoAllowMatched) => true,
-            _ => false,
-        };
+        let consistent = matches!(
+            (&verdict.decision, &verdict.reason),
+            (
+                Decision::Allow,
+                Reason::NoAllowPolicy | Reason::AllowedBy(_)
+            ) | (Decision::Deny, Reason::DeniedBy(_) | Reason::NoAllowMatched)
+        );
         assert!(consistent, "verdict {verdict:?} contradicts its reason");
         let _ = verdict.to_string();
         verdicts.push(verdict);

@@ -104,21 +104,23 @@ fn write_sniff_seeds() {
         (
             "seed-client-hello-istio",
             "outbound_.9080_._.reviews.default.svc.cluster.local",
-            vec![b"istio-peer-exchange".to_vec(), b"h2".to_vec(), b"http/1.1".to_vec()],
+            vec![
+                b"istio-peer-exchange".to_vec(),
+                b"h2".to_vec(),
+                b"http/1.1".to_vec(),
+            ],
         ),
         ("seed-client-hello-plain", "reviews", Vec::new()),
     ] {
-        let mut config = rustls::ClientConfig::builder_with_provider(
-            mesh_policy::credentials::provider(),
-        )
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(mesh_policy::credentials::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
         config.alpn_protocols = alpn;
         let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
-        let mut conn =
-            rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
         let mut hello = Vec::new();
         while conn.wants_write() {
             conn.write_tls(&mut hello).unwrap();
@@ -150,23 +152,45 @@ fn sniff_regressions_replay_without_panic() {
 
 #[test]
 fn sniff_seeds_are_told_apart() {
-    let sniffed = |name: &str| sniff::run(&std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/sniff").join(name)).unwrap());
+    let sniffed = |name: &str| {
+        sniff::run(
+            &std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../fuzz/corpus/sniff")
+                    .join(name),
+            )
+            .unwrap(),
+        )
+    };
     assert_eq!(sniffed("seed-http1"), sniff::Sniffed::Plaintext);
     assert_eq!(sniffed("seed-h2c-preface"), sniff::Sniffed::Plaintext);
     assert_eq!(
         sniffed("seed-client-hello-istio"),
         sniff::Sniffed::ClientHello {
             sni: Some("outbound_.9080_._.reviews.default.svc.cluster.local".to_owned()),
-            alpn: vec![b"istio-peer-exchange".to_vec(), b"h2".to_vec(), b"http/1.1".to_vec()],
+            alpn: vec![
+                b"istio-peer-exchange".to_vec(),
+                b"h2".to_vec(),
+                b"http/1.1".to_vec()
+            ],
         }
     );
     assert_eq!(
         sniffed("seed-client-hello-plain"),
-        sniff::Sniffed::ClientHello { sni: Some("reviews".to_owned()), alpn: Vec::new() }
+        sniff::Sniffed::ClientHello {
+            sni: Some("reviews".to_owned()),
+            alpn: Vec::new()
+        }
     );
     // Cut short, the hello is incomplete, not refused; one byte is TLS but nothing yet.
-    let hello = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/sniff/seed-client-hello-plain")).unwrap();
-    assert_eq!(sniff::run(&hello[..hello.len() / 2]), sniff::Sniffed::Incomplete);
+    let hello = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/sniff/seed-client-hello-plain"),
+    )
+    .unwrap();
+    assert_eq!(
+        sniff::run(&hello[..hello.len() / 2]),
+        sniff::Sniffed::Incomplete
+    );
     assert_eq!(sniff::run(&[0x16]), sniff::Sniffed::Incomplete);
     assert_eq!(sniff::run(b""), sniff::Sniffed::Plaintext);
 }

@@ -347,7 +347,11 @@ fn dump_section(config: &Value, at: &str, out: &mut EnvoyConfig) -> Result<(), J
         ],
         "envoy.admin.v3.ClustersConfigDump" => &[
             ("static_clusters", &["cluster"], ResourceType::Cluster),
-            ("dynamic_active_clusters", &["cluster"], ResourceType::Cluster),
+            (
+                "dynamic_active_clusters",
+                &["cluster"],
+                ResourceType::Cluster,
+            ),
         ],
         "envoy.admin.v3.RoutesConfigDump" => &[
             (
@@ -470,8 +474,8 @@ mod tests {
         assert!(at.starts_with("circuit_breakers.thresholds[0]"), "{err}");
         assert!(reason.contains("max_connexions"), "{err}");
 
-        let err = decode_resource(r#"{"@type": "type.googleapis.com/envoy.admin.v3.Nope"}"#)
-            .unwrap_err();
+        let err =
+            decode_resource(r#"{"@type": "type.googleapis.com/envoy.admin.v3.Nope"}"#).unwrap_err();
         assert!(err.to_string().starts_with("@type: "), "{err}");
         assert!(matches!(
             decode_resource("[1]"),
@@ -493,10 +497,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(snake, camel);
-        let c = envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(
-            snake.value.as_slice(),
-        )
-        .unwrap();
+        let c =
+            envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(snake.value.as_slice())
+                .unwrap();
         assert_eq!(c.connect_timeout.unwrap().nanos, 500_000_000);
     }
 }

@@ -36,25 +36,40 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .map(|(n, d)| (n.to_owned(), d))
         .collect();
-    for file in ["config_dump.json", "bootstrap.json", "inbound_listener.json"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
+    for file in [
+        "config_dump.json",
+        "bootstrap.json",
+        "inbound_listener.json",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(file);
         let text = std::fs::read_to_string(&path).unwrap();
         let doc = mesh_xds_client::json::load_config_dump(&text).unwrap();
         for (i, r) in doc.resources.iter().enumerate() {
             let stem = file.trim_end_matches(".json").replace('_', "-");
-            out.push((format!("seed-{stem}-{i}"), xds::encode(r.kind, &r.any.value)));
+            out.push((
+                format!("seed-{stem}-{i}"),
+                xds::encode(r.kind, &r.any.value),
+            ));
         }
     }
     out
 }
 
 fn fixture_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    let addrs = ["10.0.0.1:8080".parse().unwrap(), "10.0.0.2:8080".parse().unwrap()];
+    let addrs = [
+        "10.0.0.1:8080".parse().unwrap(),
+        "10.0.0.2:8080".parse().unwrap(),
+    ];
     let cluster = "outbound|9080||reviews.default.svc.cluster.local";
     vec![
         (
             "seed-listener",
-            xds::encode(ResourceType::Listener, &fixtures::listener(9080, "9080").encode_to_vec()),
+            xds::encode(
+                ResourceType::Listener,
+                &fixtures::listener(9080, "9080").encode_to_vec(),
+            ),
         ),
         (
             "seed-route",
@@ -63,14 +78,20 @@ fn fixture_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 &fixtures::route_config(
                     "9080",
                     &["reviews.default.svc.cluster.local", "reviews"],
-                    &[(cluster, 90), ("outbound|9080|v2|reviews.default.svc.cluster.local", 10)],
+                    &[
+                        (cluster, 90),
+                        ("outbound|9080|v2|reviews.default.svc.cluster.local", 10),
+                    ],
                 )
                 .encode_to_vec(),
             ),
         ),
         (
             "seed-cluster",
-            xds::encode(ResourceType::Cluster, &fixtures::eds_cluster(cluster).encode_to_vec()),
+            xds::encode(
+                ResourceType::Cluster,
+                &fixtures::eds_cluster(cluster).encode_to_vec(),
+            ),
         ),
         (
             "seed-endpoints",

@@ -21,8 +21,8 @@ use std::time::Duration;
 use tower::{Layer, ServiceExt};
 
 fn fixture(port: Option<u16>) -> String {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inbound_listener.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/inbound_listener.json");
     let text = std::fs::read_to_string(path).unwrap();
     let Some(port) = port else { return text };
     // The chain is for the app's port; the test's app listens on an ephemeral one.
@@ -118,9 +118,9 @@ async fn app() -> SocketAddr {
             };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: hyper::Request<_>| async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from(format!("app {}", req.uri().path())),
-                    )))
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        format!("app {}", req.uri().path()),
+                    ))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -140,11 +140,8 @@ async fn inbound_rbac_allows_and_denies_real_requests() {
         .unwrap();
     assert_eq!(config.inbound[0].default_endpoint, app);
     let store = Arc::new(ConfigStore::new(config));
-    let inbound = AuthzLayer::new(store.clone()).layer(Inbound::new(
-        store,
-        None,
-        UpstreamClient::new(),
-    ));
+    let inbound =
+        AuthzLayer::new(store.clone()).layer(Inbound::new(store, None, UpstreamClient::new()));
     let call = |method: &'static str, path: &'static str, peer: Option<&str>, canary: bool| {
         let inbound = inbound.clone();
         let peer = peer.map(|p| PeerIdentity::from(SpiffeId::parse(p).unwrap()));
@@ -178,8 +175,14 @@ async fn inbound_rbac_allows_and_denies_real_requests() {
         call("GET", "/reviews/1", Some(PRODUCTPAGE), false).await,
         (200, "app /reviews/1".to_owned())
     );
-    assert_eq!(call("POST", "/reviews/1", Some(PRODUCTPAGE), false).await.0, 403);
-    assert_eq!(call("GET", "/ratings", Some(PRODUCTPAGE), false).await.0, 403);
+    assert_eq!(
+        call("POST", "/reviews/1", Some(PRODUCTPAGE), false).await.0,
+        403
+    );
+    assert_eq!(
+        call("GET", "/ratings", Some(PRODUCTPAGE), false).await.0,
+        403
+    );
     // rule[1]: frontend with the canary header, any path on 9080 but DELETE.
     assert_eq!(call("PUT", "/any", Some(FRONTEND), true).await.0, 200);
     assert_eq!(call("PUT", "/any", Some(FRONTEND), false).await.0, 403);
@@ -203,8 +206,8 @@ fn unsupported_rbac_is_refused_with_the_field() {
     };
     // A CEL condition.
     let err = with(&|v| {
-        v["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][1]["typed_config"]
-            ["rules"]["policies"]["ns[default]-policy[reviews-viewer]-rule[0]"]["condition"] =
+        v["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][1]["typed_config"]["rules"]
+            ["policies"]["ns[default]-policy[reviews-viewer]-rule[0]"]["condition"] =
             serde_json::json!({"const_expr": {"bool_value": true}});
     });
     assert!(
@@ -213,18 +216,20 @@ fn unsupported_rbac_is_refused_with_the_field() {
     );
     // A rate limit enforced on half the requests.
     let err = with(&|v| {
-        v["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][2]["typed_config"]
-            ["filter_enforced"]["default_value"]["numerator"] = Value::from(50);
+        v["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][2]["typed_config"]["filter_enforced"]
+            ["default_value"]["numerator"] = Value::from(50);
     });
     assert!(
-        err.contains("http_filters[2].typed_config.filter_enforced: enabling or enforcing for a fraction"),
+        err.contains(
+            "http_filters[2].typed_config.filter_enforced: enabling or enforcing for a fraction"
+        ),
         "{err}"
     );
     // Two value lists on one attribute joined by AND.
     let err = with(&|v| {
-        let rules = &mut v["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][1]
-            ["typed_config"]["rules"]["policies"]["ns[default]-policy[reviews-viewer]-rule[0]"]
-            ["permissions"][0]["and_rules"]["rules"];
+        let rules = &mut v["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][1]["typed_config"]
+            ["rules"]["policies"]["ns[default]-policy[reviews-viewer]-rule[0]"]["permissions"][0]["and_rules"]
+            ["rules"];
         rules
             .as_array_mut()
             .unwrap()

@@ -60,9 +60,9 @@ async fn upstream(name: &'static str) -> SocketAddr {
                         .unwrap_or("-")
                         .to_owned();
                     let body = format!("{name} {} {source}", req.uri().path());
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from(body),
-                    )))
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        body,
+                    ))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -144,7 +144,10 @@ fn config_dump_translates_into_the_model() {
     let v2 = config.cluster(&ClusterName::new(V2)).unwrap();
     assert_eq!(v1.policy.load_balancer.algorithm, LbAlgorithm::LeastRequest);
     assert_eq!(v1.subset.as_deref(), Some("v1"));
-    assert_eq!(v1.policy.connection_pool.connect_timeout, Duration::from_secs(10));
+    assert_eq!(
+        v1.policy.connection_pool.connect_timeout,
+        Duration::from_secs(10)
+    );
     assert_eq!(v1.policy.connection_pool.max_connections, u32::MAX);
     let od = v1.policy.outlier_detection.as_ref().unwrap();
     assert_eq!(od.consecutive_5xx_errors, Some(5));
@@ -162,8 +165,16 @@ fn config_dump_translates_into_the_model() {
     assert_eq!(v2.endpoints.len(), 2);
     assert_eq!(v2.endpoints[0].locality.zone, "us-east1-b");
     assert_eq!(v2.endpoints[1].locality.zone, "us-east1-c");
-    assert!(v2.endpoints.iter().all(|e| e.health == HealthStatus::Healthy));
-    assert!(config.service("reviews.default.svc.cluster.local").is_some());
+    assert!(
+        v2.endpoints
+            .iter()
+            .all(|e| e.health == HealthStatus::Healthy)
+    );
+    assert!(
+        config
+            .service("reviews.default.svc.cluster.local")
+            .is_some()
+    );
 
     let vh = config.routes.find("reviews").unwrap();
     assert_eq!(vh.routes.len(), 2);
@@ -192,7 +203,11 @@ fn config_dump_translates_into_the_model() {
 
 #[tokio::test]
 async fn config_dump_routes_real_requests() {
-    let (v1, v2b, v2c) = (upstream("v1").await, upstream("v2").await, upstream("v2").await);
+    let (v1, v2b, v2c) = (
+        upstream("v1").await,
+        upstream("v2").await,
+        upstream("v2").await,
+    );
     let to = BTreeMap::from([("10.44.0.11", v1), ("10.44.0.12", v2b), ("10.44.1.12", v2c)]);
     let config = load("config_dump.json", &to)
         .translate(&Workload::default())
@@ -212,7 +227,8 @@ async fn config_dump_routes_real_requests() {
     for _ in 0..200 {
         let (status, body) = call(&outbound, "reviews.default.svc.cluster.local", "/", None).await;
         assert_eq!(status, 200);
-        *by.entry(body.split(' ').next().unwrap().to_owned()).or_default() += 1;
+        *by.entry(body.split(' ').next().unwrap().to_owned())
+            .or_default() += 1;
     }
     assert!(by["v1"] > by["v2"], "{by:?}");
     assert!(by.get("v2").copied().unwrap_or_default() > 0, "{by:?}");

@@ -1,14 +1,14 @@
 //! `Listener` -> the route configuration(s) it serves.
 
 use super::{FieldError, FieldResult, XdsRouteConfig, rbac, route, unpack};
-use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
-use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
-use mesh_core::model::{AuthorizationPolicy, LocalRateLimit};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
 };
+use mesh_core::model::{AuthorizationPolicy, LocalRateLimit};
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
@@ -257,7 +257,10 @@ fn inbound_hcm(
                     Some(_) => {
                         return Err(FieldError::new(
                             format!("{at}.typed_config"),
-                            format!("policy {} differs from the one of another filter chain", p.name),
+                            format!(
+                                "policy {} differs from the one of another filter chain",
+                                p.name
+                            ),
                         ));
                     }
                     None => out.authorization.push(p),
@@ -266,7 +269,8 @@ fn inbound_hcm(
         } else if f.name == LOCAL_RATE_LIMIT {
             let cfg: PbLocalRateLimit =
                 unpack(&typed(f)?, "typed_config").map_err(|e| e.within(&at))?;
-            limit = rbac::local_rate_limit(&cfg).map_err(|e| e.within(format!("{at}.typed_config")))?;
+            limit =
+                rbac::local_rate_limit(&cfg).map_err(|e| e.within(format!("{at}.typed_config")))?;
         } else {
             http_filter(f, last).map_err(|e| e.within(&at))?;
         }

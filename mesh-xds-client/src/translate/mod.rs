@@ -41,8 +41,8 @@ pub use secret::{SecretKind, XdsSecret};
 use crate::resource::ResourceType;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use mesh_core::model::{
-    Cluster, ConsistentHash, HashKey, Hostname, LbAlgorithm, MeshConfig, Protocol, RouteTable,
-    Service, ServiceLocation, ServicePort, VirtualHost, Workload, AuthorizationPolicy, InboundListener,
+    AuthorizationPolicy, Cluster, ConsistentHash, HashKey, Hostname, InboundListener, LbAlgorithm,
+    MeshConfig, Protocol, RouteTable, Service, ServiceLocation, ServicePort, VirtualHost, Workload,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -278,7 +278,9 @@ fn or_leaves(leaves: Vec<Leaf>) -> Option<Leaf> {
                 a.values.extend(b.values);
                 Leaf::Ports(a)
             }
-            (Leaf::When(mut a), Leaf::When(b)) if a.key == b.key && or_able(&a.values, &b.values) => {
+            (Leaf::When(mut a), Leaf::When(b))
+                if a.key == b.key && or_able(&a.values, &b.values) =>
+            {
                 a.values.values.extend(b.values.values);
                 Leaf::When(a)
             }
@@ -338,9 +340,8 @@ fn principal(p: &Principal) -> FieldResult<Vec<Src>> {
             for (i, id) in set.ids.iter().enumerate() {
                 match principal_leaf(id).map_err(|e| e.within(format!("or_ids.ids[{i}]")))? {
                     Some(l) => leaves.push(l),
-                    None => alts.extend(
-                        principal(id).map_err(|e| e.within(format!("or_ids.ids[{i}]")))?,
-                    ),
+                    None => alts
+                        .extend(principal(id).map_err(|e| e.within(format!("or_ids.ids[{i}]")))?),
                 }
             }
             // Leaves on one attribute make one list; mixed leaves are separate alternatives.
@@ -437,7 +438,10 @@ fn principal_leaf(p: &Principal) -> FieldResult<Option<Leaf>> {
                 },
             };
             return Ok(Some(leaf.and_then(negate).ok_or_else(|| {
-                FieldError::new("not_id", "only the negation of values of one attribute is supported")
+                FieldError::new(
+                    "not_id",
+                    "only the negation of values of one attribute is supported",
+                )
             })?));
         }
         Some(I::UrlPath(_)) => {
@@ -517,8 +521,8 @@ fn permission(p: &Permission) -> FieldResult<Vec<Op>> {
             Ok(acc)
         }
         _ => {
-            let leaf = permission_leaf(p)?
-                .ok_or_else(|| FieldError::new("rule", "is not supported"))?;
+            let leaf =
+                permission_leaf(p)?.ok_or_else(|| FieldError::new("rule", "is not supported"))?;
             let mut o = Op::default();
             op_leaf(&mut o, &leaf)?;
             Ok(vec![o])
@@ -803,7 +807,9 @@ pub(crate) fn local_rate_limit(l: &PbLocalRateLimit) -> FieldResult<Option<Local
         // Shadow mode (enabled, not enforced) only counts in Envoy: no limit here.
         return Ok(None);
     }
-    if !l.response_headers_to_add.is_empty() || !l.request_headers_to_add_when_not_enforced.is_empty() {
+    if !l.response_headers_to_add.is_empty()
+        || !l.request_headers_to_add_when_not_enforced.is_empty()
+    {
         return Err(FieldError::new(
             "response_headers_to_add",
             "headers on rate-limited responses are not supported",
