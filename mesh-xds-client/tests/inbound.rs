@@ -237,3 +237,121 @@ fn unsupported_rbac_is_refused_with_the_field() {
     });
     assert!(err.contains("cannot be expressed"), "{err}");
 }
+
+/// Inbound listener with one HTTP chain whose filters are `filters` (JSON), router last.
+fn inbound_with(filters: Value) -> Result<mesh_core::model::MeshConfig, String> {
+    let mut http_filters = filters.as_array().cloned().unwrap_or_default();
+    http_filters.push(serde_json::json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    let listener = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "name": "virtualInbound",
+        "traffic_direction": "INBOUND",
+        "filter_chains": [{
+            "filter_chain_match": {"destination_port": 8080},
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "inbound_0.0.0.0_8080",
+                    "route_config": {"name": "inbound|8080||"},
+                    "http_filters": http_filters
+                }
+            }]
+        }]
+    });
+    load_config_dump(&listener.to_string())
+        .map_err(|e| e.to_string())?
+        .translate(&Workload::default())
+        .map_err(|e| {
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+}
+
+#[test]
+fn rbac_actions_and_rate_limit_modes() {
+    let rbac = |rules: Value| {
+        serde_json::json!([{
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "rules": rules
+            }
+        }])
+    };
+    // ALLOW with no policy: Istio's allow-nothing.
+    let c = inbound_with(rbac(serde_json::json!({"action": "ALLOW"}))).unwrap();
+    assert_eq!(c.authorization.len(), 1);
+    assert!(c.authorization[0].rules.is_empty());
+    // DENY with no policy: nothing.
+    let c = inbound_with(rbac(serde_json::json!({"action": "DENY"}))).unwrap();
+    assert!(c.authorization.is_empty());
+    // LOG is AUDIT; a principal `any` and a permission `any` give one empty rule.
+    let c = inbound_with(rbac(serde_json::json!({
+        "action": "LOG",
+        "policies": {"audit": {"permissions": [{"any": true}], "principals": [{"any": true}]}}
+    })))
+    .unwrap();
+    assert_eq!(c.authorization[0].action, AuthzAction::Audit);
+    assert_eq!(c.authorization[0].rules.len(), 1);
+    assert!(
+        c.authorization[0].rules[0].from.is_empty() && c.authorization[0].rules[0].to.is_empty()
+    );
+    // An IP principal with a CIDR.
+    let c = inbound_with(rbac(serde_json::json!({
+        "action": "DENY",
+        "policies": {"net": {
+            "permissions": [{"any": true}],
+            "principals": [{"direct_remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 8}},
+                           {"remote_ip": {"address_prefix": "203.0.113.7"}}]
+        }}
+    })))
+    .unwrap();
+    let rules = &c.authorization[0].rules;
+    assert_eq!(rules.len(), 2, "one rule per principal alternative");
+    assert_eq!(rules[0].from[0].ip_blocks.values, ["10.0.0.0/8"]);
+    assert_eq!(rules[1].from[0].remote_ip_blocks.values, ["203.0.113.7/32"]);
+
+    // local_ratelimit: unset fractions are 0% (no limit); 100%/100% enforces the bucket.
+    let limit = |enabled: u32, enforced: u32| {
+        serde_json::json!([{
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "rl",
+                "token_bucket": {"max_tokens": 5, "fill_interval": "0.5s"},
+                "filter_enabled": {"runtime_key": "e", "default_value": {"numerator": enabled}},
+                "filter_enforced": {"runtime_key": "f", "default_value": {"numerator": enforced}}
+            }
+        }])
+    };
+    let c = inbound_with(limit(100, 0)).unwrap();
+    assert_eq!(c.inbound[0].port, 8080);
+    assert_eq!(c.inbound[0].rate_limit, None, "shadow mode only counts");
+    let c = inbound_with(limit(100, 100)).unwrap();
+    assert_eq!(
+        c.inbound[0].rate_limit,
+        Some(LocalRateLimit {
+            max_tokens: 5,
+            tokens_per_fill: 1,
+            fill_interval: Duration::from_millis(500),
+        })
+    );
+    let err = inbound_with(limit(100, 30)).unwrap_err();
+    assert!(err.contains("filter_enforced"), "{err}");
+    // Another HTTP filter is still refused inbound.
+    let err = inbound_with(serde_json::json!([{
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}
+    }]))
+    .unwrap_err();
+    assert!(
+        err.contains("HTTP filter envoy.filters.http.ext_authz is not supported"),
+        "{err}"
+    );
+}
