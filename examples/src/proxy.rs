@@ -77,6 +77,15 @@ pub struct Options {
     pub xds_mode: mesh_xds_client::protocol::Mode,
     /// Where to save the last good xDS snapshot, and start from it.
     pub xds_snapshot: Option<PathBuf>,
+    /// The xDS node id; Istio's `sidecar~IP~POD.NS~NS.svc.<domain>` from the workload when
+    /// `None`.
+    pub node_id: Option<String>,
+    /// The xDS node cluster; `APP.NS` from the workload labels when `None`.
+    pub node_cluster: Option<String>,
+    /// An Envoy JSON file (admin config dump, bootstrap `static_resources`, discovery
+    /// response) giving services, clusters, routes and, from its inbound listener,
+    /// authorization; read once at start, like an xDS snapshot.
+    pub envoy_config: Option<PathBuf>,
     /// Plain TCP forwards: a local address, and the service host and `TCP` port behind it.
     pub tcp_forwards: Vec<(SocketAddr, String, u16)>,
     /// Transparent interception: the outbound and inbound listeners are capture listeners
@@ -147,6 +156,9 @@ impl Options {
             xds: Vec::new(),
             xds_mode: mesh_xds_client::protocol::Mode::Sotw,
             xds_snapshot: None,
+            node_id: None,
+            node_cluster: None,
+            envoy_config: None,
             tcp_forwards: Vec::new(),
             intercept: false,
         }
@@ -159,6 +171,14 @@ pub enum StartError {
     /// The config has errors.
     #[error("invalid config ({} errors)", .0.iter().filter(|d| d.is_error()).count())]
     Config(Vec<Diagnostic>),
+    /// The Envoy JSON file (`envoy_config`) cannot be read, decoded or translated.
+    #[error("envoy config {path}: {errors}")]
+    EnvoyConfig {
+        /// The file.
+        path: PathBuf,
+        /// Every error, `; `-separated, each with its place in the file and the field.
+        errors: String,
+    },
     /// The workload credentials are invalid.
     #[error("workload credentials: {0}")]
     Credentials(#[from] CredentialsError),
@@ -212,6 +232,9 @@ impl Proxy {
             return Err(StartError::Config(loaded.diagnostics));
         };
         config.workload = options.workload.clone();
+        if let Some(path) = &options.envoy_config {
+            config = overlay_files(load_envoy_config(path, &options.workload).await?, &config);
+        }
         let warnings = loaded.diagnostics.clone();
         let store = Arc::new(ConfigStore::new(config));
         let bind = |listener: &'static str, addr: SocketAddr| async move {
@@ -335,7 +358,10 @@ impl Proxy {
             admin_service = admin_service.log_level(set);
         }
 
-        let (watcher, xds) = if options.xds.is_empty() {
+        let (watcher, xds) = if options.envoy_config.is_some() {
+            // Read once, like an xDS snapshot: the files are not watched either.
+            (tokio::spawn(std::future::pending::<()>()), None)
+        } else if options.xds.is_empty() {
             let watcher =
                 tokio::spawn(source.watch(store.clone(), loaded, options.reload_interval));
             (watcher, None)
@@ -344,14 +370,7 @@ impl Proxy {
             // once, at start) keep inbound listeners, authorization and peer authentication.
             let files = store.load().config.clone();
             let overlay: mesh_xds_client::client::Overlay =
-                Arc::new(move |mut config: mesh_core::model::MeshConfig| {
-                    config.inbound.clone_from(&files.inbound);
-                    config.authorization.clone_from(&files.authorization);
-                    config
-                        .peer_authentication
-                        .clone_from(&files.peer_authentication);
-                    config
-                });
+                Arc::new(move |config: mesh_core::model::MeshConfig| overlay_files(config, &files));
             let ip = std::env::var("INSTANCE_IP")
                 .ok()
                 .and_then(|ip| ip.parse().ok())
@@ -359,9 +378,15 @@ impl Proxy {
             let pod = std::env::var("POD_NAME")
                 .or_else(|_| std::env::var("HOSTNAME"))
                 .unwrap_or_else(|_| "mesh-proxy".to_owned());
-            let node =
+            let mut node =
                 mesh_xds_client::node::NodeIdentity::from_workload(&options.workload, ip, pod)
                     .to_node();
+            if let Some(id) = &options.node_id {
+                node.id.clone_from(id);
+            }
+            if let Some(cluster) = &options.node_cluster {
+                node.cluster.clone_from(cluster);
+            }
             let mut xds_config = mesh_xds_client::client::XdsClientConfig::new(
                 options.xds.clone(),
                 options.xds_mode,
@@ -547,6 +572,51 @@ impl Proxy {
 }
 
 /// The xDS client's state in Prometheus text format.
+/// A control-plane config (xDS or an Envoy file) with what the YAML files keep: their inbound
+/// listeners and authorization policies when they have any (else the control plane's, from
+/// its inbound listener), and their peer authentication (xDS carries none the mesh reads).
+fn overlay_files(
+    mut config: mesh_core::model::MeshConfig,
+    files: &mesh_core::model::MeshConfig,
+) -> mesh_core::model::MeshConfig {
+    if !files.inbound.is_empty() {
+        config.inbound.clone_from(&files.inbound);
+    }
+    if !files.authorization.is_empty() {
+        config.authorization.clone_from(&files.authorization);
+    }
+    config
+        .peer_authentication
+        .clone_from(&files.peer_authentication);
+    config
+}
+
+/// Reads and translates the `--envoy-config` file.
+async fn load_envoy_config(
+    path: &std::path::Path,
+    workload: &Workload,
+) -> Result<mesh_core::model::MeshConfig, StartError> {
+    let fail = |errors: String| StartError::EnvoyConfig {
+        path: path.to_owned(),
+        errors,
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    mesh_xds_client::json::load_config_dump(&text)
+        .map_err(|e| fail(e.to_string()))?
+        .translate(workload)
+        .map_err(|errors| {
+            fail(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+}
+
 fn xds_metrics(status: &mesh_xds_client::client::XdsStatus) -> String {
     let acked = status
         .resources

@@ -86,3 +86,91 @@ async fn the_sidecar_routes_by_xds_alone_and_follows_updates() {
     assert_eq!(sidecar.terminate().await, Some(0));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_id_flag_is_what_the_control_plane_sees() {
+    let a = upstream("a", Duration::ZERO).await;
+    let server = ManagementServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        snapshot("1", &[(A, 100)], a.addr, a.addr),
+    )
+    .await
+    .unwrap();
+    let xds = server.addr().to_string();
+    let node = "sidecar~10.1.2.3~reviews-v1-abc.default~default.svc.cluster.local";
+    let sidecar = SidecarProcess::start(BIN, &["--xds", &xds, "--node-id", node]);
+    let first = tokio::time::timeout(
+        Duration::from_secs(20),
+        server.wait_for_request(|r| r.node_id.is_some()),
+    )
+    .await
+    .expect("the sidecar sends its node");
+    assert_eq!(first.node_id.as_deref(), Some(node));
+    assert_eq!(sidecar.terminate().await, Some(0));
+    server.shutdown().await;
+}
+
+/// Rewrites the config dump fixture's pod addresses to local upstreams.
+fn envoy_config_file(to: &[(&str, std::net::SocketAddr)]) -> tempfile::NamedTempFile {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-xds-client/tests/fixtures/config_dump.json");
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (pod, addr) in to {
+        text = text.replace(
+            &format!("\"address\": \"{pod}\", \"port_value\": 9080"),
+            &format!(
+                "\"address\": \"{}\", \"port_value\": {}",
+                addr.ip(),
+                addr.port()
+            ),
+        );
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_runs_from_an_envoy_config_dump() {
+    let v1 = upstream("v1", Duration::ZERO).await;
+    let v2 = upstream("v2", Duration::ZERO).await;
+    let file = envoy_config_file(&[
+        ("10.44.0.11", v1.addr),
+        ("10.44.0.12", v2.addr),
+        ("10.44.1.12", v2.addr),
+    ]);
+    let path = file.path().to_str().unwrap().to_owned();
+    let sidecar = SidecarProcess::start(BIN, &["--envoy-config", &path]);
+    let c = client(sidecar.addr("outbound"), false);
+    // Loaded before the listeners bind: the first request is routed.
+    let (status, body, _) = get(&c, "reviews:9080", "/r", &[("end-user", "jason")]).await;
+    assert_eq!((status, body.as_str()), (200, "v2"));
+    let (status, body, _) = get(&c, "reviews.default.svc.cluster.local", "/", &[]).await;
+    assert_eq!(status, 200);
+    assert!(body == "v1" || body == "v2", "{body}");
+    assert_eq!(get(&c, "details", "/", &[]).await.0, 404);
+    assert_eq!(sidecar.terminate().await, Some(0));
+}
+
+#[test]
+fn a_malformed_envoy_config_is_a_config_error_naming_the_field() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh-xds-client/tests/fixtures/malformed_cluster.json");
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--outbound-port", "0", "--inbound-port", "0"])
+        .args([
+            "--admin-port",
+            "0",
+            "--health-port",
+            "0",
+            "--listen-address",
+            "127.0.0.1",
+        ])
+        .arg("--envoy-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("outlier_detection.interval: "), "{stderr}");
+}

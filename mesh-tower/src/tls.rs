@@ -262,7 +262,15 @@ async fn starts_with_tls(stream: &TcpStream, timeout: Duration) -> Result<bool, 
         .await
         .map_err(|_| AcceptError::Timeout(timeout))?
         .map_err(AcceptError::Io)?;
-    Ok(n == 1 && first[0] == 0x16)
+    Ok(is_tls_handshake(&first[..n]))
+}
+
+/// Whether a connection whose first bytes are `prefix` carries TLS: a TLS handshake record
+/// starts with `0x16`, which no HTTP/1 method and no HTTP/2 preface does. This is how a
+/// PERMISSIVE port tells mTLS from plaintext; an empty prefix (the peer closed at once) is
+/// plaintext.
+pub fn is_tls_handshake(prefix: &[u8]) -> bool {
+    prefix.first() == Some(&0x16)
 }
 
 /// The workload certificate's expiry and the rotation count, in Prometheus text format, for

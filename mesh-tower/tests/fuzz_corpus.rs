@@ -81,3 +81,116 @@ fn route_match_decoder_rejects_garbage_without_panic() {
     let req = route::request(b"GET\n/x\nh\nbad header\n: empty\nx-ok: 1\n").expect("a request");
     assert_eq!(req.headers()["x-ok"], "1");
 }
+
+#[path = "../../fuzz/common/sniff.rs"]
+mod sniff;
+
+/// The `sniff` seeds: an HTTP/1 request, the HTTP/2 preface, and TLS ClientHellos as rustls
+/// sends them (with SNI and ALPN as an Istio client does, and a second one without).
+fn write_sniff_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/sniff");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("seed-http1"),
+        "GET /reviews/1 HTTP/1.1\r\nHost: reviews:9080\r\n\r\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("seed-h2c-preface"),
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    )
+    .unwrap();
+    for (file, sni, alpn) in [
+        (
+            "seed-client-hello-istio",
+            "outbound_.9080_._.reviews.default.svc.cluster.local",
+            vec![
+                b"istio-peer-exchange".to_vec(),
+                b"h2".to_vec(),
+                b"http/1.1".to_vec(),
+            ],
+        ),
+        ("seed-client-hello-plain", "reviews", Vec::new()),
+    ] {
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(mesh_policy::credentials::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+        config.alpn_protocols = alpn;
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut hello).unwrap();
+        }
+        std::fs::write(dir.join(file), hello).unwrap();
+    }
+}
+
+#[test]
+fn sniff_corpus_replays_without_panic() {
+    if std::env::var_os("MESH_FUZZ_WRITE_SEEDS").is_some() {
+        write_sniff_seeds();
+    }
+    let files = inputs("fuzz/corpus/sniff");
+    assert!(files.len() >= 4, "the sniff corpus is missing");
+    for file in &files {
+        let data = std::fs::read(file).expect("a readable corpus file");
+        let _ = sniff::run(&data);
+    }
+}
+
+#[test]
+fn sniff_regressions_replay_without_panic() {
+    for file in inputs("fuzz/regressions/sniff") {
+        let data = std::fs::read(&file).expect("a readable regression file");
+        let _ = sniff::run(&data);
+    }
+}
+
+#[test]
+fn sniff_seeds_are_told_apart() {
+    let sniffed = |name: &str| {
+        sniff::run(
+            &std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../fuzz/corpus/sniff")
+                    .join(name),
+            )
+            .unwrap(),
+        )
+    };
+    assert_eq!(sniffed("seed-http1"), sniff::Sniffed::Plaintext);
+    assert_eq!(sniffed("seed-h2c-preface"), sniff::Sniffed::Plaintext);
+    assert_eq!(
+        sniffed("seed-client-hello-istio"),
+        sniff::Sniffed::ClientHello {
+            sni: Some("outbound_.9080_._.reviews.default.svc.cluster.local".to_owned()),
+            alpn: vec![
+                b"istio-peer-exchange".to_vec(),
+                b"h2".to_vec(),
+                b"http/1.1".to_vec()
+            ],
+        }
+    );
+    assert_eq!(
+        sniffed("seed-client-hello-plain"),
+        sniff::Sniffed::ClientHello {
+            sni: Some("reviews".to_owned()),
+            alpn: Vec::new()
+        }
+    );
+    // Cut short, the hello is incomplete, not refused; one byte is TLS but nothing yet.
+    let hello = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/sniff/seed-client-hello-plain"),
+    )
+    .unwrap();
+    assert_eq!(
+        sniff::run(&hello[..hello.len() / 2]),
+        sniff::Sniffed::Incomplete
+    );
+    assert_eq!(sniff::run(&[0x16]), sniff::Sniffed::Incomplete);
+    assert_eq!(sniff::run(b""), sniff::Sniffed::Plaintext);
+}

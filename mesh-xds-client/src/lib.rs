@@ -15,6 +15,9 @@
 //!   fallback order, plaintext or TLS/mTLS, jittered backoff, the last good snapshot kept on
 //!   NACK or disconnect, optionally saved to a file and loaded at start.
 //! - [`node`]: the node identity in Istio's form (`sidecar~IP~POD.NS~NS.svc.cluster.local`).
+//! - `json` (feature `json`): Envoy's proto3 JSON (config dumps, bootstrap `static_resources`,
+//!   discovery responses) decoded into the same resources, for fixtures and for running from
+//!   an Envoy config file.
 //! - `test_util` (feature `test-util`): an in-process ADS management server serving scripted
 //!   snapshots, for tests of this crate and of its users.
 //!
@@ -47,6 +50,8 @@
 #![deny(missing_docs)]
 
 pub mod client;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod node;
 pub mod protocol;
 pub mod resource;

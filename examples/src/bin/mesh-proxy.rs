@@ -58,7 +58,7 @@ enum Command {
 struct RunArgs {
     /// Istio YAML file or directory (repeatable); watched for changes (with --xds: read once,
     /// for inbound listeners, authorization and peer authentication).
-    #[arg(long = "config", required_unless_present = "xds")]
+    #[arg(long = "config", required_unless_present_any = ["xds", "envoy_config"])]
     config: Vec<PathBuf>,
     /// xDS control plane `host:port` (repeatable: fallback order). The control plane then owns
     /// services, clusters and routes.
@@ -70,6 +70,19 @@ struct RunArgs {
     /// Save the last good xDS snapshot here, and start from it when the control plane is down.
     #[arg(long)]
     xds_snapshot: Option<PathBuf>,
+    /// The xDS node id (default: Istio's `sidecar~IP~POD.NS~NS.svc.cluster.local` from the
+    /// workload flags, `INSTANCE_IP` and `POD_NAME`/`HOSTNAME`).
+    #[arg(long, env = "MESH_NODE_ID")]
+    node_id: Option<String>,
+    /// The xDS node cluster (default: `APP.NAMESPACE` from the workload's `app` label).
+    #[arg(long, env = "MESH_NODE_CLUSTER")]
+    node_cluster: Option<String>,
+    /// Run from an Envoy JSON file instead of a control plane: an admin config dump, a
+    /// bootstrap's `static_resources` or a discovery response, read once at start. It owns
+    /// services, clusters and routes (and authorization, from its inbound listener, unless
+    /// --config files give policies).
+    #[arg(long, conflicts_with = "xds")]
+    envoy_config: Option<PathBuf>,
     /// Forward plain TCP from 127.0.0.1:LOCAL to a service's TCP port: `LOCAL=HOST:PORT`
     /// (repeatable; a short host is in the workload's namespace).
     #[arg(long, value_parser = parse_tcp_forward)]
@@ -376,6 +389,9 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
         },
         xds_snapshot: args.xds_snapshot.clone(),
         intercept: args.intercept,
+        node_id: args.node_id.clone(),
+        node_cluster: args.node_cluster.clone(),
+        envoy_config: args.envoy_config.clone(),
         tcp_forwards: args
             .tcp_forward
             .iter()

@@ -95,4 +95,7 @@ pub struct InboundListener {
     pub protocol: Protocol,
     /// Where the local application listens (`127.0.0.1:8080`).
     pub default_endpoint: std::net::SocketAddr,
+    /// A local token bucket for the requests to this port (Envoy's `local_ratelimit` on the
+    /// inbound listener's filter chain, from xDS; the Istio YAML loader sets none).
+    pub rate_limit: Option<LocalRateLimit>,
 }

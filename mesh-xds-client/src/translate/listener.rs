@@ -1,16 +1,22 @@
 //! `Listener` -> the route configuration(s) it serves.
 
-use super::{FieldError, FieldResult, XdsRouteConfig, route, unpack};
+use super::{FieldError, FieldResult, XdsRouteConfig, rbac, route, unpack};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
 };
+use mesh_core::model::{AuthorizationPolicy, LocalRateLimit};
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 const ROUTER: &str = "envoy.filters.http.router";
 const FAULT: &str = "envoy.filters.http.fault";
+const RBAC: &str = "envoy.filters.http.rbac";
+const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
+const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 
 /// HTTP filters that carry no behaviour this mesh must reproduce (telemetry, ALPN hints,
 /// CORS with no policy): accepted and ignored. Istio's sidecar configures each of them.
@@ -37,6 +43,22 @@ pub struct XdsListener {
     pub inbound: bool,
     /// The port it listens on, when it has a socket address.
     pub port: Option<u16>,
+    /// For an inbound listener: what its HTTP filter chains enforce.
+    pub inbound_http: Option<InboundHttp>,
+}
+
+/// What an inbound listener's HTTP filter chains enforce (istiod's `virtualInbound`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboundHttp {
+    /// The authorization policies of the `envoy.filters.http.rbac` filters, enforced and
+    /// (from `shadow_rules`) dry-run; each distinct policy once, in chain order.
+    pub authorization: Vec<AuthorizationPolicy>,
+    /// The ports of the HTTP filter chains (`filter_chain_match.destination_port`), with the
+    /// token bucket of their `envoy.filters.http.local_ratelimit` filter if it enforces one.
+    pub ports: std::collections::BTreeMap<u16, Option<LocalRateLimit>>,
+    /// Network RBAC filters on TCP chains, accepted and not enforced (the sidecar's inbound
+    /// side authorizes HTTP requests).
+    pub tcp_rbac_filters: usize,
 }
 
 impl XdsListener {
@@ -92,20 +114,21 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
             routes,
             inbound: false,
             port,
+            inbound_http: None,
         });
     }
 
     // core.v3.TrafficDirection.INBOUND
     if l.traffic_direction == 1 {
-        // Inbound traffic is configured by the sidecar itself (ports, local app, mTLS mode
-        // and authorization from the mesh config), not from the control plane's inbound
-        // listener: it is accepted and reported, not applied.
-        tracing::debug!(listener = %l.name, "inbound listener accepted, not applied");
+        // The sidecar serves inbound traffic itself (its inbound port, the local app, the
+        // mTLS mode); what it takes from the control plane's inbound listener is what the
+        // HTTP chains enforce: RBAC (authorization) and local rate limits, per port.
         return Ok(XdsListener {
             name: l.name.clone(),
             routes: ListenerRoutes::None,
             inbound: true,
             port,
+            inbound_http: Some(inbound(l)?),
         });
     }
     let mut routes = ListenerRoutes::None;
@@ -138,7 +161,137 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
         routes,
         inbound: false,
         port,
+        inbound_http: None,
     })
+}
+
+/// The inbound listener's HTTP chains: their RBAC policies and rate limits.
+fn inbound(l: &Listener) -> FieldResult<InboundHttp> {
+    let mut out = InboundHttp::default();
+    let chains = l
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
+        .chain(
+            l.default_filter_chain
+                .iter()
+                .map(|c| ("default_filter_chain".to_owned(), c)),
+        );
+    for (path, chain) in chains {
+        let port = chain
+            .filter_chain_match
+            .as_ref()
+            .and_then(|m| m.destination_port.as_ref())
+            .map(|p| u16::try_from(p.value))
+            .transpose()
+            .map_err(|_| {
+                FieldError::new("filter_chain_match.destination_port", "is not a port")
+                    .within(&path)
+            })?;
+        for (i, f) in chain.filters.iter().enumerate() {
+            let at = format!("{path}.filters[{i}]");
+            inbound_network_filter(f, port, &mut out).map_err(|e| e.within(&at))?;
+        }
+    }
+    Ok(out)
+}
+
+fn inbound_network_filter(f: &Filter, port: Option<u16>, out: &mut InboundHttp) -> FieldResult<()> {
+    let any = match &f.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => any,
+        Some(filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(FieldError::new(
+                "config_discovery",
+                "extension config discovery (ECDS) is not supported",
+            ));
+        }
+        None => return Err(FieldError::new("typed_config", "missing")),
+    };
+    let is_hcm = any.type_url
+        == "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    if is_hcm || f.name == HCM {
+        let hcm: HttpConnectionManager = unpack(any, "typed_config")?;
+        return inbound_hcm(&hcm, port, out).map_err(|e| e.within("typed_config"));
+    }
+    if f.name == NETWORK_RBAC
+        || any.type_url == "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+    {
+        out.tcp_rbac_filters += 1;
+        return Ok(());
+    }
+    if BENIGN_NETWORK_FILTERS.contains(&f.name.as_str())
+        || f.name == TCP_PROXY
+        || any.type_url
+            == "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+    {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "name",
+        format!(
+            "network filter {} ({}) is not supported",
+            f.name, any.type_url
+        ),
+    ))
+}
+
+fn inbound_hcm(
+    hcm: &HttpConnectionManager,
+    port: Option<u16>,
+    out: &mut InboundHttp,
+) -> FieldResult<()> {
+    let mut limit = None;
+    for (i, f) in hcm.http_filters.iter().enumerate() {
+        let at = format!("http_filters[{i}]");
+        let last = i + 1 == hcm.http_filters.len();
+        let typed = |f: &HttpFilter| match &f.config_type {
+            Some(http_filter::ConfigType::TypedConfig(any)) => Ok(any.clone()),
+            _ => Err(FieldError::new("typed_config", "missing").within(&at)),
+        };
+        if f.name == RBAC {
+            let cfg: RbacFilter = unpack(&typed(f)?, "typed_config").map_err(|e| e.within(&at))?;
+            for p in rbac::rbac_filter(&cfg).map_err(|e| e.within(format!("{at}.typed_config")))? {
+                match out.authorization.iter().find(|q| q.name == p.name) {
+                    Some(q) if *q == p => {}
+                    Some(_) => {
+                        return Err(FieldError::new(
+                            format!("{at}.typed_config"),
+                            format!(
+                                "policy {} differs from the one of another filter chain",
+                                p.name
+                            ),
+                        ));
+                    }
+                    None => out.authorization.push(p),
+                }
+            }
+        } else if f.name == LOCAL_RATE_LIMIT {
+            let cfg: PbLocalRateLimit =
+                unpack(&typed(f)?, "typed_config").map_err(|e| e.within(&at))?;
+            limit =
+                rbac::local_rate_limit(&cfg).map_err(|e| e.within(format!("{at}.typed_config")))?;
+        } else {
+            http_filter(f, last).map_err(|e| e.within(&at))?;
+        }
+    }
+    if !hcm.http_filters.iter().any(is_router) {
+        return Err(FieldError::new(
+            "http_filters",
+            "no envoy.filters.http.router filter",
+        ));
+    }
+    let port = port.unwrap_or(0);
+    match out.ports.get(&port) {
+        Some(existing) if *existing != limit => Err(FieldError::new(
+            "http_filters",
+            format!("port {port} has filter chains with different rate limits"),
+        )),
+        _ => {
+            out.ports.insert(port, limit);
+            Ok(())
+        }
+    }
 }
 
 fn filter_chain(chain: &FilterChain) -> FieldResult<ListenerRoutes> {

@@ -27,20 +27,22 @@ mod endpoint;
 #[allow(deprecated)]
 mod listener;
 #[allow(deprecated)]
+mod rbac;
+#[allow(deprecated)]
 mod route;
 mod secret;
 
 pub use cluster::XdsCluster;
 pub use endpoint::XdsEndpoints;
-pub use listener::{ListenerRoutes, XdsListener};
+pub use listener::{InboundHttp, ListenerRoutes, XdsListener};
 pub use route::XdsRouteConfig;
 pub use secret::{SecretKind, XdsSecret};
 
 use crate::resource::ResourceType;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use mesh_core::model::{
-    Cluster, ConsistentHash, HashKey, Hostname, LbAlgorithm, MeshConfig, Protocol, RouteTable,
-    Service, ServiceLocation, ServicePort, Workload,
+    AuthorizationPolicy, Cluster, ConsistentHash, HashKey, Hostname, InboundListener, LbAlgorithm,
+    MeshConfig, Protocol, RouteTable, Service, ServiceLocation, ServicePort, VirtualHost, Workload,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -272,7 +274,8 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
                 if seen_rds.insert(name.as_str())
                     && let Some(rc) = resources.routes.get(name.as_str())
                 {
-                    virtual_hosts.extend(rc.virtual_hosts.iter().cloned());
+                    let port = listener.port.filter(|_| rc.ignore_port_in_host_matching);
+                    virtual_hosts.extend(rc.virtual_hosts.iter().map(|vh| with_port(vh, port)));
                     for (c, k) in &rc.hash_keys {
                         hash_keys.entry(c).or_insert(k);
                     }
@@ -330,6 +333,32 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
         clusters.insert(cluster.name.clone(), Arc::new(cluster));
     }
 
+    // Inbound listeners (istiod's `virtualInbound`): authorization from their RBAC filters,
+    // and one inbound listener per HTTP chain port, to the local app on that port, with its
+    // rate limit. A policy named by two listeners is kept once.
+    let mut authorization: Vec<AuthorizationPolicy> = Vec::new();
+    let mut inbound = Vec::new();
+    for l in resources.listeners.values() {
+        let Some(http) = &l.inbound_http else {
+            continue;
+        };
+        for p in &http.authorization {
+            if !authorization.iter().any(|q| q.name == p.name) {
+                authorization.push(p.clone());
+            }
+        }
+        for (port, limit) in &http.ports {
+            if *port != 0 && !inbound.iter().any(|i: &InboundListener| i.port == *port) {
+                inbound.push(InboundListener {
+                    port: *port,
+                    protocol: Protocol::Http,
+                    default_endpoint: std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
+                    rate_limit: limit.clone(),
+                });
+            }
+        }
+    }
+
     MeshConfig {
         workload: workload.clone(),
         services: services
@@ -338,10 +367,27 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
             .collect(),
         clusters,
         routes: RouteTable::new(virtual_hosts),
-        inbound: Vec::new(),
-        authorization: Vec::new(),
+        inbound,
+        authorization,
         peer_authentication: Default::default(),
     }
+}
+
+/// `vh`, with `domain:port` added for each domain without a port when `port` is given (a
+/// route configuration that ignores the port in host matching, served on that port).
+fn with_port(vh: &VirtualHost, port: Option<u16>) -> VirtualHost {
+    let mut vh = vh.clone();
+    if let Some(port) = port {
+        let extra: Vec<String> = vh
+            .domains
+            .iter()
+            .filter(|d| !d.contains(':') && !d.starts_with('*'))
+            .map(|d| format!("{d}:{port}"))
+            .filter(|d| !vh.domains.contains(d))
+            .collect();
+        vh.domains.extend(extra);
+    }
+    vh
 }
 
 fn port_name(protocol: Protocol) -> &'static str {

@@ -32,6 +32,10 @@ pub struct XdsRouteConfig {
     /// cluster (the first route to name a cluster wins). The mesh keeps the hash key on the
     /// cluster, where the ring or Maglev table is.
     pub hash_keys: BTreeMap<String, HashKey>,
+    /// `ignore_port_in_host_matching` (what istiod sets): the port of `Host` is not part of
+    /// the match. The mesh's route table matches `host:port` exactly, so the snapshot adds
+    /// `domain:PORT` for the port of each listener that uses this configuration.
+    pub ignore_port_in_host_matching: bool,
 }
 
 pub(crate) fn translate(rc: &pb::RouteConfiguration) -> FieldResult<XdsRouteConfig> {
@@ -80,6 +84,7 @@ pub(crate) fn translate(rc: &pb::RouteConfiguration) -> FieldResult<XdsRouteConf
         name: rc.name.clone(),
         virtual_hosts,
         hash_keys,
+        ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
     })
 }
 

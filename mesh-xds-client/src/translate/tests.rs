@@ -593,6 +593,7 @@ fn ring_hash_cluster_takes_its_key_from_the_route_hash_policy() {
         routes: ListenerRoutes::Rds("r".into()),
         inbound: false,
         port: None,
+        inbound_http: None,
     };
     let mut res = Resources::default();
     res.listeners.insert("l", &l);
@@ -764,11 +765,20 @@ fn inbound_listeners_are_accepted_without_contributing_routes() {
         "outbound: rbac is not supported"
     );
     l.traffic_direction = 1;
+    // Inbound, the RBAC filter is translated: it needs its config.
+    let err = decode(ResourceType::Listener, &pack(&l)).unwrap_err();
+    assert!(err.field.ends_with("http_filters[0].typed_config"), "{err}");
+    assert_eq!(err.reason, "missing");
+    let mut l = hcm_with_filters(&[]);
+    l.traffic_direction = 1;
     let Decoded::Listener(x) = decode(ResourceType::Listener, &pack(&l)).unwrap() else {
         panic!()
     };
     assert!(x.inbound);
     assert_eq!(x.routes, ListenerRoutes::None);
+    let http = x.inbound_http.unwrap();
+    assert!(http.authorization.is_empty());
+    assert_eq!(http.ports.len(), 1, "one HTTP chain, without a port match");
 }
 
 mod no_panic {

@@ -70,6 +70,7 @@ fn listeners(res: &Resource, findings: &mut Findings) -> Vec<InboundListener> {
                 port,
                 protocol,
                 default_endpoint,
+                rate_limit: None,
             });
         }
     }
