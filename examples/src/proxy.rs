@@ -22,6 +22,7 @@ use mesh_tower::client::UpstreamClient;
 use mesh_tower::grpc::GrpcErrorsLayer;
 use mesh_tower::inbound::Inbound;
 use mesh_tower::outbound::Outbound;
+use mesh_tower::ratelimit::InboundRateLimitLayer;
 use mesh_tower::rng::Rng;
 use mesh_tower::server::{Drain, serve, serve_tls};
 use mesh_tower::source::FileSource;
@@ -315,21 +316,19 @@ impl Proxy {
             .sampling(options.trace_sampling);
         let inbound_telemetry = mesh_tower::telemetry::TelemetryLayer::new(inbound_telemetry);
         // A gRPC client gets the sidecar's own answers (denial, no app) as a gRPC status.
+        // Envoy's inbound filter order: RBAC, then the local rate limit, then the router.
+        let inbound_limit = InboundRateLimitLayer::new(store.clone());
         let inbound_service =
-            inbound_telemetry.layer(GrpcErrorsLayer.layer(authz.layer(Inbound::new(
-                store.clone(),
-                options.app,
-                client.clone(),
-            ))));
+            inbound_telemetry.layer(GrpcErrorsLayer.layer(authz.layer(
+                inbound_limit.layer(Inbound::new(store.clone(), options.app, client.clone())),
+            )));
         // With interception, each inbound connection's app is 127.0.0.1:<original port>.
         let make_inbound = {
             let (store, authz, client) = (store.clone(), authz.clone(), client.clone());
             move |app: SocketAddr| {
-                inbound_telemetry.layer(GrpcErrorsLayer.layer(authz.layer(Inbound::new(
-                    store.clone(),
-                    Some(app),
-                    client.clone(),
-                ))))
+                inbound_telemetry.layer(GrpcErrorsLayer.layer(authz.layer(
+                    inbound_limit.layer(Inbound::new(store.clone(), Some(app), client.clone())),
+                )))
             }
         };
         // PeerAuthentication's portLevelMtls is keyed by the workload's port: the Sidecar's

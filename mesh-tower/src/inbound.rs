@@ -11,7 +11,7 @@ use crate::route::destination;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
-use mesh_core::model::Protocol;
+use mesh_core::model::{InboundListener, MeshConfig, Protocol};
 use mesh_core::store::ConfigStore;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,17 +43,26 @@ impl Inbound {
 
     fn app_for<B>(&self, req: &Request<B>) -> Option<(SocketAddr, Protocol)> {
         let snapshot = self.store.load();
-        let port = destination(req)
-            .and_then(|a| a.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse::<u16>().ok());
-        let listeners = &snapshot.inbound;
-        listeners
-            .iter()
-            .find(|l| Some(l.port) == port)
-            .or(listeners.first())
+        listener_for(&snapshot, req)
             .map(|l| (l.default_endpoint, l.protocol))
             .or(self.default_app.map(|a| (a, Protocol::Http)))
     }
+}
+
+/// The inbound listener a request is for: the one for the port it addresses, else the
+/// first one.
+pub fn listener_for<'a, B>(
+    snapshot: &'a MeshConfig,
+    req: &Request<B>,
+) -> Option<&'a InboundListener> {
+    let port = destination(req)
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    let listeners = &snapshot.inbound;
+    listeners
+        .iter()
+        .find(|l| Some(l.port) == port)
+        .or(listeners.first())
 }
 
 impl<B> Service<Request<B>> for Inbound

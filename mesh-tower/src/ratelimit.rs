@@ -1,5 +1,6 @@
 //! Local rate limiting: a token bucket per route (the `ratelimit.mesh.io/*` annotations on a
-//! VirtualService) or a fixed one around any service. A request without a token gets 429,
+//! VirtualService), per inbound port ([`InboundRateLimitLayer`], from xDS's `local_ratelimit`
+//! on an inbound listener) or a fixed one around any service. A request without a token gets 429,
 //! flag `RL`, and `x-ratelimit-*` headers (Envoy's draft-03 form); every answer carries the
 //! headers while a limit applies.
 //!
@@ -185,6 +186,91 @@ where
     }
 }
 
+/// Limits inbound requests by the token bucket of the inbound listener they are for
+/// ([`crate::inbound::listener_for`]; `InboundListener::rate_limit`), a bucket per port kept
+/// while its limit is unchanged. Errors of the inner service pass through unchanged, so it
+/// fits stacks whose errors are already responses.
+#[derive(Clone, Debug)]
+pub struct InboundRateLimitLayer {
+    store: Arc<mesh_core::store::ConfigStore>,
+    buckets: Arc<Mutex<HashMap<u16, Arc<TokenBucket>>>>,
+}
+
+impl InboundRateLimitLayer {
+    /// Limits by `store`'s live inbound listeners.
+    pub fn new(store: Arc<mesh_core::store::ConfigStore>) -> Self {
+        Self {
+            store,
+            buckets: Arc::default(),
+        }
+    }
+
+    fn bucket<B>(&self, req: &Request<B>) -> Option<Arc<TokenBucket>> {
+        let snapshot = self.store.load();
+        let listener = crate::inbound::listener_for(&snapshot, req)?;
+        let limit = listener.rate_limit.as_ref()?;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets
+            .entry(listener.port)
+            .or_insert_with(|| Arc::new(TokenBucket::new(limit.clone())));
+        if bucket.limit != *limit {
+            *bucket = Arc::new(TokenBucket::new(limit.clone()));
+        }
+        Some(bucket.clone())
+    }
+}
+
+impl<S> Layer<S> for InboundRateLimitLayer {
+    type Service = InboundRateLimit<S>;
+
+    fn layer(&self, inner: S) -> InboundRateLimit<S> {
+        InboundRateLimit {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`InboundRateLimitLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct InboundRateLimit<S> {
+    layer: InboundRateLimitLayer,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for InboundRateLimit<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(bucket) = self.layer.bucket(&req) else {
+            return Box::pin(self.inner.call(req));
+        };
+        let (allowed, remaining, reset) = bucket.take();
+        if !allowed {
+            metrics::counter!("mesh_rate_limited_total").increment(1);
+            let mut response = error::to_response(&ProxyError::RateLimited.into());
+            bucket.headers(remaining, reset, response.headers_mut());
+            return Box::pin(async move { Ok(response) });
+        }
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = future.await?;
+            bucket.headers(remaining, reset, response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +296,53 @@ mod tests {
             5,
             "never more than the burst"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inbound_listeners_bucket_limits_the_requests_to_its_port_only() {
+        use mesh_core::model::{InboundListener, MeshConfig, Protocol};
+        use tower::ServiceExt;
+        let listener = |port: u16, rate_limit: Option<LocalRateLimit>| InboundListener {
+            port,
+            protocol: Protocol::Http,
+            default_endpoint: ([127, 0, 0, 1], 8080).into(),
+            rate_limit,
+        };
+        let limit = LocalRateLimit {
+            max_tokens: 2,
+            tokens_per_fill: 2,
+            fill_interval: Duration::from_secs(1),
+        };
+        let config = MeshConfig {
+            inbound: vec![listener(9080, Some(limit)), listener(9090, None)],
+            ..MeshConfig::default()
+        };
+        let store = Arc::new(mesh_core::store::ConfigStore::new(config));
+        let app = tower::service_fn(|_req: Request<BoxBody>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(crate::body::empty()))
+        });
+        let service = InboundRateLimitLayer::new(store).layer(app);
+        let statuses = |port: u16| {
+            let service = service.clone();
+            async move {
+                let mut statuses = Vec::new();
+                for _ in 0..3 {
+                    let req = Request::get(format!("http://reviews:{port}/"))
+                        .body(crate::body::empty())
+                        .unwrap();
+                    let response = service.clone().oneshot(req).await.unwrap();
+                    statuses.push(response.status().as_u16());
+                }
+                statuses
+            }
+        };
+        assert_eq!(statuses(9080).await, [200, 200, 429]);
+        assert_eq!(
+            statuses(9090).await,
+            [200, 200, 200],
+            "no limit on the other port"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(statuses(9080).await, [200, 200, 429], "refilled");
     }
 }
