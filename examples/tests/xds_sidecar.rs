@@ -174,3 +174,64 @@ fn a_malformed_envoy_config_is_a_config_error_naming_the_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("outlier_detection.interval: "), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_mesh_is_driven_by_xds_through_its_config_store() {
+    use mesh_core::{model::MeshConfig, store::ConfigStore};
+    use mesh_xds_client::client::{XdsClient, XdsClientConfig};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    let a = upstream("a", Duration::ZERO).await;
+    let b = upstream("b", Duration::ZERO).await;
+    let server = ManagementServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        snapshot("1", &[(B, 100)], a.addr, b.addr),
+    )
+    .await
+    .unwrap();
+    // The two lines an embedding service adds: the xDS client publishing into a store, and
+    // the mesh built over that store.
+    let workload = mesh_core::model::Workload::default();
+    let store = Arc::new(ConfigStore::new(MeshConfig::default()));
+    let node = mesh_xds_client::node::NodeIdentity::from_workload(
+        &workload,
+        [127, 0, 0, 1].into(),
+        "embedded-0",
+    )
+    .to_node();
+    let config = XdsClientConfig::new(
+        vec![server.addr().to_string()],
+        mesh_xds_client::protocol::Mode::Sotw,
+        node,
+        workload,
+    );
+    let xds = XdsClient::new(config, store.clone()).spawn();
+    let mesh = mesh_tower::embed::Mesh::builder()
+        .config_store(store)
+        .build()
+        .await
+        .unwrap();
+
+    let mut body = String::new();
+    for _ in 0..200 {
+        let req = http::Request::get("http://hello/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = mesh.client().oneshot(req).await.unwrap();
+        body = String::from_utf8_lossy(
+            &http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes(),
+        )
+        .into_owned();
+        if body == "b" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(body, "b", "routed by the control plane's weights");
+    assert!(mesh.version() > 0);
+    xds.abort();
+}

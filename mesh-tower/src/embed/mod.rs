@@ -78,7 +78,7 @@ pub enum MeshError {
     #[error("invalid mesh config: {}", .0.iter().filter(|d| d.is_error()).map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Config(Vec<Diagnostic>),
     /// No config source was given.
-    #[error("no config: call config_files or config")]
+    #[error("no config: call config_files, config or config_store")]
     NoConfig,
     /// A listener or acceptor was asked for without the workload's credentials.
     #[error(
@@ -96,6 +96,7 @@ pub enum MeshError {
 enum Source {
     Files(Vec<PathBuf>),
     Static(Box<MeshConfig>),
+    Store(Arc<ConfigStore>),
 }
 
 /// Builds a [`Mesh`].
@@ -127,6 +128,26 @@ impl MeshBuilder {
     /// A config built in Rust (or loaded by the caller); [`Mesh::store`] publishes changes.
     pub fn config(mut self, config: MeshConfig) -> Self {
         self.source = Some(Source::Static(Box::new(config)));
+        self
+    }
+
+    /// A config store that another source publishes into: the xDS client
+    /// (`mesh_xds_client::client::XdsClient::new(config, store.clone()).spawn()`, so that a
+    /// control plane such as istiod drives the embedded mesh), or your own.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use mesh_core::{model::MeshConfig, store::ConfigStore};
+    /// use std::sync::Arc;
+    /// let store = Arc::new(ConfigStore::new(MeshConfig::default()));
+    /// // mesh_xds_client::client::XdsClient::new(xds_config, store.clone()).spawn();
+    /// let mesh = mesh_tower::embed::Mesh::builder().config_store(store).build().await?;
+    /// # let _ = mesh;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn config_store(mut self, store: Arc<ConfigStore>) -> Self {
+        self.source = Some(Source::Store(store));
         self
     }
 
@@ -171,10 +192,10 @@ impl MeshBuilder {
     /// Loads the config, starts watching it, and assembles the stacks.
     pub async fn build(self) -> Result<Mesh, MeshError> {
         let mut workload = self.workload.clone();
-        let (config, watcher) = match self.source.ok_or(MeshError::NoConfig)? {
+        let (store, watcher) = match self.source.ok_or(MeshError::NoConfig)? {
             Source::Static(config) => {
                 workload = config.workload.clone();
-                (*config, None)
+                (Arc::new(ConfigStore::new(*config)), None)
             }
             Source::Files(paths) => {
                 let source = FileSource::new(paths, self.workload.clone());
@@ -182,10 +203,10 @@ impl MeshBuilder {
                 let Some(config) = loaded.config.clone() else {
                     return Err(MeshError::Config(loaded.diagnostics));
                 };
-                (config, Some((source, loaded)))
+                (Arc::new(ConfigStore::new(config)), Some((source, loaded)))
             }
+            Source::Store(store) => (store, None),
         };
-        let store = Arc::new(ConfigStore::new(config));
         let watcher = watcher.map(|(source, loaded)| {
             tokio::spawn(source.watch(store.clone(), loaded, self.reload_interval))
         });
