@@ -302,3 +302,87 @@ spec:
     frontend.shutdown().await;
     server.shutdown().await;
 }
+
+/// A raw TCP echo server (no HTTP at all).
+async fn tcp_echo() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        name: "tcp-echo".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_request_is_terminated_and_tunnels_to_the_routed_endpoint() {
+    let echo = tcp_echo().await;
+    let config = ConfigDir::new(&registry(&[&echo]));
+    let proxy = start_proxy(&config).await;
+    let mut stream = TcpStream::connect(proxy.outbound).await.unwrap();
+    stream
+        .write_all(b"CONNECT hello:80 HTTP/1.1\r\nHost: hello:80\r\n\r\n")
+        .await
+        .unwrap();
+    // The sidecar's answer, up to the end of its head.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(n, 1, "closed early: {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+        assert!(head.len() < 4096);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Now raw bytes, both ways, to the endpoint the route chose.
+    for payload in [
+        &b"ping"[..],
+        &[0u8, 255, 13, 10, 7][..],
+        &[42u8; 70_000][..],
+    ] {
+        stream.write_all(payload).await.unwrap();
+        let mut back = vec![0; payload.len()];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut back))
+            .await
+            .expect("echoed")
+            .unwrap();
+        assert_eq!(back, payload);
+    }
+    drop(stream);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_to_an_unreachable_endpoint_gets_503() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = Upstream {
+        addr: closed.local_addr().unwrap(),
+        name: "dead".into(),
+    };
+    drop(closed);
+    let config = ConfigDir::new(&registry(&[&dead]));
+    let proxy = start_proxy(&config).await;
+    let mut stream = TcpStream::connect(proxy.outbound).await.unwrap();
+    stream
+        .write_all(b"CONNECT hello:80 HTTP/1.1\r\nHost: hello:80\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 503");
+    proxy.shutdown().await;
+}

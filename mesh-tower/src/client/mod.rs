@@ -498,6 +498,12 @@ impl Service<Request<BoxBody>> for UpstreamClient {
             let tls = t.cluster.policy.tls.as_ref()?;
             Some((t.cluster.clone(), tls.clone()))
         });
+        if req.method() == http::Method::CONNECT {
+            let idle = target
+                .and_then(|t| t.cluster.policy.connection_pool.tcp_idle_timeout)
+                .unwrap_or(crate::tcp::DEFAULT_TCP_IDLE_TIMEOUT);
+            return self.tunnel(req, upstream.authority, &settings, tls, idle);
+        }
         match tls {
             Some((cluster, tls)) if tls.mode == TlsMode::IstioMutual => {
                 let expected = match &self.mtls {
@@ -515,6 +521,148 @@ impl Service<Request<BoxBody>> for UpstreamClient {
                 self.send_files(&cluster, &tls, req, upstream.authority, settings)
             }
             _ => self.send_plain(req, upstream.authority, &settings),
+        }
+    }
+}
+
+impl UpstreamClient {
+    /// Terminates an HTTP/1.1 `CONNECT` (Envoy's CONNECT termination): opens a TCP connection
+    /// to the endpoint (mutual TLS for `ISTIO_MUTUAL`), answers 200, and once the client's
+    /// connection is upgraded carries bytes both ways until either side closes or `idle`
+    /// passes without traffic.
+    fn tunnel(
+        &self,
+        mut req: Request<BoxBody>,
+        authority: http::uri::Authority,
+        settings: &PoolSettings,
+        tls: Option<(Arc<Cluster>, ClientTls)>,
+        idle: std::time::Duration,
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        let downstream = hyper::upgrade::on(&mut req);
+        let uri = match Uri::try_from(format!("http://{authority}")) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Box::pin(async move { Err(ProxyError::BadRequest(e.to_string()).into()) });
+            }
+        };
+        let endpoint = authority.to_string();
+        let failed = move |source: BoxError| -> BoxError {
+            ProxyError::ConnectFailure {
+                endpoint: endpoint.clone(),
+                source,
+            }
+            .into()
+        };
+        let mutual = match (&tls, &self.mtls) {
+            (Some((_, t)), _) if t.mode == TlsMode::Disable => None,
+            (Some((cluster, t)), Some(mtls)) if t.mode == TlsMode::IstioMutual => {
+                let connector =
+                    mtls.expected(cluster, t, authority.as_str())
+                        .and_then(|expected| {
+                            MtlsConnector::new_http1(
+                                connector(settings),
+                                mtls.credentials.clone(),
+                                expected,
+                            )
+                            .map_err(BoxError::from)
+                        });
+                match connector {
+                    Ok(c) => Some(c),
+                    Err(e) => return Box::pin(async move { Err(failed(e)) }),
+                }
+            }
+            (Some((cluster, t)), _) => {
+                let e = failed(
+                    format!(
+                        "cluster {}: CONNECT over TLS mode {:?} needs ISTIO_MUTUAL and workload credentials",
+                        cluster.name, t.mode
+                    )
+                    .into(),
+                );
+                return Box::pin(async move { Err(e) });
+            }
+            (None, _) => None,
+        };
+        let mut plain = connector(settings);
+        Box::pin(async move {
+            use tower::ServiceExt;
+            let spawn_splice = |upstream| {
+                tokio::spawn(async move {
+                    match downstream.await {
+                        Ok(client) => {
+                            let client = hyper_util::rt::TokioIo::new(client);
+                            crate::tcp::splice(client, upstream, idle).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "CONNECT: client never upgraded"),
+                    }
+                });
+            };
+            match mutual {
+                Some(connector) => {
+                    let io = connector.oneshot(uri).await.map_err(failed)?;
+                    spawn_splice(TunnelIo::Tls(hyper_util::rt::TokioIo::new(io)));
+                }
+                None => {
+                    let io = (&mut plain)
+                        .oneshot(uri)
+                        .await
+                        .map_err(|e| failed(e.into()))?;
+                    spawn_splice(TunnelIo::Plain(hyper_util::rt::TokioIo::new(io)));
+                }
+            }
+            Ok(Response::new(body::empty()))
+        })
+    }
+}
+
+/// The upstream side of a CONNECT tunnel.
+enum TunnelIo {
+    Plain(hyper_util::rt::TokioIo<hyper_util::rt::TokioIo<tokio::net::TcpStream>>),
+    Tls(hyper_util::rt::TokioIo<hyper_util::rt::TokioIo<crate::tls::ClientStream>>),
+}
+
+impl tokio::io::AsyncRead for TunnelIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            Self::Tls(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for TunnelIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            Self::Tls(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
+            Self::Tls(io) => std::pin::Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            Self::Tls(io) => std::pin::Pin::new(io).poll_shutdown(cx),
         }
     }
 }
