@@ -212,3 +212,42 @@ spec:
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_http1_requests_are_answered_in_order_on_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream("a", Duration::ZERO).await;
+    let config = ConfigDir::new(&(registry(&[&a]) + &split(&[("a", 100)])));
+    let proxy = start_proxy(&config).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.outbound)
+        .await
+        .unwrap();
+    // Three requests in one write, before any answer.
+    let mut burst = String::new();
+    for path in ["/one", "/two", "/three"] {
+        burst.push_str(&format!("GET {path} HTTP/1.1\r\nHost: hello\r\n\r\n"));
+    }
+    stream.write_all(burst.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let mut text = String::new();
+    for _ in 0..100 {
+        if text.matches("x-path: ").count() == 3 {
+            break;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("answers")
+            .unwrap();
+        assert!(n > 0, "closed early: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    for line in text.lines() {
+        if let Some(path) = line.strip_prefix("x-path: ") {
+            seen.push(path.to_owned());
+        }
+    }
+    assert_eq!(seen, ["/one", "/two", "/three"], "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3);
+    proxy.shutdown().await;
+}
