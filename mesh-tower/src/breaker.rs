@@ -2,8 +2,10 @@
 //! requests in flight on HTTP/1.1 (one per connection) or `http2MaxRequests` on HTTP/2, and
 //! at most `http1MaxPendingRequests` waiting for a slot. Past both, a request fails at once
 //! with 503 and flag `UO`; nothing queues without bound. Retries (tries after the first) are
-//! also bounded: at most `maxRetries` of them in flight per cluster; one more is refused with
-//! [`ProxyError::RetryOverflow`], and the retry layer answers with the previous try's result.
+//! also bounded: at most `maxRetries` of them in flight per cluster, or, with Envoy's retry
+//! budget (xDS), at most a share of the cluster's requests in flight (never fewer than its
+//! floor); one more is refused with [`ProxyError::RetryOverflow`], and the retry layer
+//! answers with the previous try's result.
 //!
 //! ```
 //! use mesh_tower::breaker::Limits;
@@ -16,9 +18,9 @@ use crate::error::ProxyError;
 use crate::split::Target;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
-use mesh_core::model::{Cluster, ClusterName, Protocol};
+use mesh_core::model::{Cluster, ClusterName, ClusterRetryBudget, Protocol};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -67,6 +69,58 @@ struct Gate {
     active: Arc<Semaphore>,
     pending: Arc<Semaphore>,
     retries: Arc<Semaphore>,
+    /// Requests in flight (first tries and retries), counted with a retry budget.
+    requests: AtomicUsize,
+    /// Retries in flight, counted with a retry budget.
+    retries_in_flight: AtomicUsize,
+}
+
+/// Decrements a [`Gate`] counter when a try ends, however it ends.
+struct Counted(Arc<Gate>, fn(&Gate) -> &AtomicUsize);
+
+impl Counted {
+    fn new(gate: &Arc<Gate>, counter: fn(&Gate) -> &AtomicUsize) -> Self {
+        counter(gate).fetch_add(1, Ordering::AcqRel);
+        Self(gate.clone(), counter)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a try holds until it ends: its retry admission and its place in the request count
+/// (released on drop).
+#[derive(Default)]
+struct Held {
+    _retry: Option<OwnedSemaphorePermit>,
+    _retry_counted: Option<Counted>,
+    _request: Option<Counted>,
+}
+
+impl Gate {
+    /// Admits one retry, by the budget when the cluster has one, else by `maxRetries`;
+    /// `None` when the limit is reached.
+    fn admit_retry(gate: &Arc<Gate>, budget: Option<ClusterRetryBudget>) -> Option<Held> {
+        match budget {
+            Some(b) => {
+                // This retry is already counted among the requests.
+                let requests = gate.requests.load(Ordering::Acquire);
+                let allowed = (requests * b.budget_per_mille as usize / 1000)
+                    .max(b.min_retry_concurrency as usize);
+                (gate.retries_in_flight.load(Ordering::Acquire) < allowed).then(|| Held {
+                    _retry_counted: Some(Counted::new(gate, |g| &g.retries_in_flight)),
+                    ..Held::default()
+                })
+            }
+            None => gate.retries.clone().try_acquire_owned().ok().map(|p| Held {
+                _retry: Some(p),
+                ..Held::default()
+            }),
+        }
+    }
 }
 
 impl Gate {
@@ -77,6 +131,8 @@ impl Gate {
             active: Arc::new(Semaphore::new(cap(limits.active))),
             pending: Arc::new(Semaphore::new(cap(limits.pending))),
             retries: Arc::new(Semaphore::new(cap(limits.retries))),
+            requests: AtomicUsize::new(0),
+            retries_in_flight: AtomicUsize::new(0),
         }
     }
 }
@@ -192,10 +248,12 @@ where
             .extensions()
             .get::<crate::telemetry::Attempt>()
             .is_some_and(|a| a.number > 1);
-        let retry_permit = if is_retry {
-            match gate.retries.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
+        let budget = cluster.policy.connection_pool.retry_budget;
+        let request = budget.map(|_| Counted::new(&gate, |g| &g.requests));
+        let mut held = if is_retry {
+            match Gate::admit_retry(&gate, budget) {
+                Some(held) => held,
+                None => {
                     self.layer
                         .stats
                         .overflow_retries
@@ -209,14 +267,15 @@ where
                 }
             }
         } else {
-            None
+            Held::default()
         };
+        held._request = request;
         // Fast path: a free slot, no waiting.
         if let Ok(permit) = gate.active.clone().try_acquire_owned() {
             let future = inner.call(req);
             return Box::pin(async move {
                 let result = future.await;
-                drop((permit, retry_permit));
+                drop((permit, held));
                 result
             });
         }
@@ -226,7 +285,7 @@ where
         Box::pin(async move {
             let permit = admission.await?;
             let result = inner.call(req).await;
-            drop((permit, retry_permit));
+            drop((permit, held));
             result
         })
     }
@@ -311,6 +370,48 @@ mod tests {
             remote_localities: false,
         });
         assert!(svc.oneshot(req).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_budget_allows_a_share_of_the_requests_in_flight_with_a_floor() {
+        use mesh_core::model::ClusterRetryBudget;
+        for (min_retry_concurrency, admitted) in [(1, 2), (3, 3)] {
+            // Envoy's default share, 20%: with 10 first tries in flight, a retry k (k in
+            // flight) is admitted while k < 20% of (10 + k + 1).
+            let cluster = cluster(ConnectionPool {
+                max_retries: 0,
+                retry_budget: Some(ClusterRetryBudget {
+                    budget_per_mille: 200,
+                    min_retry_concurrency,
+                }),
+                ..ConnectionPool::default()
+            });
+            let slow = tower::service_fn(|_req: Request<BoxBody>| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, BoxError>(Response::new(body::empty()))
+            });
+            let layer = BreakerLayer::new();
+            let svc = layer.layer(slow);
+            let tries = (0..15).map(|i| {
+                let mut req = Request::new(body::empty());
+                req.extensions_mut().insert(Target {
+                    cluster: cluster.clone(),
+                });
+                req.extensions_mut().insert(crate::telemetry::Attempt {
+                    number: if i < 10 { 1 } else { 2 },
+                    remote_localities: false,
+                });
+                svc.clone().oneshot(req)
+            });
+            let results = futures_util::future::join_all(tries).await;
+            let retries_ok = results[10..].iter().filter(|r| r.is_ok()).count();
+            assert!(results[..10].iter().all(Result::is_ok), "first tries pass");
+            assert_eq!(retries_ok, admitted, "floor {min_retry_concurrency}");
+            assert_eq!(
+                layer.stats().overflow_retries.load(Ordering::Relaxed),
+                5 - admitted as u64
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -238,6 +238,18 @@ pub struct ConnectionPool {
     pub use_client_protocol: bool,
     /// Maximum concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: Option<u32>,
+    /// Envoy's retry budget (circuit breaker `retry_budget`, from xDS): when set, it replaces
+    /// `max_retries` by a share of the requests in flight.
+    pub retry_budget: Option<ClusterRetryBudget>,
+}
+
+/// Retries in flight allowed as a share of the cluster's requests in flight, with a floor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ClusterRetryBudget {
+    /// The share, in thousandths (Envoy's `budget_percent` 20.0 is 200).
+    pub budget_per_mille: u32,
+    /// Retries always allowed in flight (Envoy's `min_retry_concurrency`, default 3).
+    pub min_retry_concurrency: u32,
 }
 
 impl Default for ConnectionPool {
@@ -256,6 +268,7 @@ impl Default for ConnectionPool {
             h2_upgrade: false,
             use_client_protocol: false,
             max_concurrent_streams: None,
+            retry_budget: None,
         }
     }
 }

@@ -245,11 +245,24 @@ fn circuit_breakers(
         if t.priority != 0 {
             continue;
         }
-        if t.retry_budget.is_some() {
-            return Err(FieldError::new(
-                format!("thresholds[{i}].retry_budget"),
-                "is not supported",
-            ));
+        if let Some(budget) = &t.retry_budget {
+            if budget.budget_interval.is_some() {
+                return Err(FieldError::new(
+                    format!("thresholds[{i}].retry_budget.budget_interval"),
+                    "is not supported (the budget counts retries in flight)",
+                ));
+            }
+            let percent = budget.budget_percent.as_ref().map_or(20.0, |p| p.value);
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(FieldError::new(
+                    format!("thresholds[{i}].retry_budget.budget_percent"),
+                    format!("{percent} is not a percentage"),
+                ));
+            }
+            pool.retry_budget = Some(mesh_core::model::ClusterRetryBudget {
+                budget_per_mille: (percent * 10.0).round() as u32,
+                min_retry_concurrency: budget.min_retry_concurrency.as_ref().map_or(3, |v| v.value),
+            });
         }
         if let Some(v) = &t.max_connections {
             pool.max_connections = v.value;

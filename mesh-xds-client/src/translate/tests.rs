@@ -836,3 +836,57 @@ mod no_panic {
         }
     }
 }
+
+#[test]
+fn a_retry_budget_in_the_circuit_breakers_replaces_max_retries() {
+    use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
+    use envoy_types::pb::envoy::r#type::v3::Percent;
+    let mut c = fixtures::eds_cluster(C1);
+    c.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![Thresholds {
+            retry_budget: Some(RetryBudget {
+                budget_percent: Some(Percent { value: 25.0 }),
+                min_retry_concurrency: Some(UInt32Value { value: 5 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let Decoded::Cluster(x) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        x.cluster.policy.connection_pool.retry_budget,
+        Some(mesh_core::model::ClusterRetryBudget {
+            budget_per_mille: 250,
+            min_retry_concurrency: 5
+        })
+    );
+    // Envoy's defaults for an empty budget: 20%, at least 3.
+    c.circuit_breakers.as_mut().unwrap().thresholds[0].retry_budget = Some(RetryBudget::default());
+    let Decoded::Cluster(x) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        x.cluster.policy.connection_pool.retry_budget,
+        Some(mesh_core::model::ClusterRetryBudget {
+            budget_per_mille: 200,
+            min_retry_concurrency: 3
+        })
+    );
+    // Not a percentage: a NACK naming the field.
+    c.circuit_breakers.as_mut().unwrap().thresholds[0].retry_budget = Some(RetryBudget {
+        budget_percent: Some(Percent { value: 120.0 }),
+        ..Default::default()
+    });
+    let e = decode(ResourceType::Cluster, &pack(&c))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "circuit_breakers.thresholds[0].retry_budget.budget_percent: 120 is not a percentage"
+        ),
+        "{e}"
+    );
+}
