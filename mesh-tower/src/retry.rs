@@ -358,7 +358,7 @@ impl Template {
         *req.headers_mut() = self.parts.headers.clone();
         *req.extensions_mut() = self.parts.extensions.clone();
         req.headers_mut()
-            .insert("x-envoy-attempt-count", HeaderValue::from(n));
+            .insert(X_ENVOY_ATTEMPT_COUNT, attempt_count(n));
         req.extensions_mut().insert(crate::telemetry::Attempt {
             number: n,
             remote_localities: self.remote_localities,
@@ -367,6 +367,18 @@ impl Template {
             deadline.propagate(req.headers_mut());
         }
         Some(req)
+    }
+}
+
+const X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-attempt-count");
+
+/// `x-envoy-attempt-count`'s value: static for the usual few tries (no allocation).
+fn attempt_count(n: u32) -> HeaderValue {
+    const STATIC: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8"];
+    match STATIC.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
     }
 }
 
@@ -382,8 +394,7 @@ fn traced_try(
     let span = req
         .extensions()
         .get::<TraceScope>()
-        .cloned()
-        .and_then(|scope| Some((scope.sink?, scope.context)))
+        .and_then(|scope| Some((scope.sink.clone()?, scope.context.clone())))
         .map(|(sink, parent)| {
             let child = TraceContext {
                 span_id: rng.next_u64() | 1,
@@ -393,7 +404,8 @@ fn traced_try(
             child.inject(req.headers_mut());
             (sink, child, std::time::SystemTime::now())
         });
-    let upstream_hint = req.uri().to_string();
+    // Only a collected span reads it.
+    let upstream_hint = span.as_ref().map(|_| req.uri().to_string());
     async move {
         let result = try_once(inner, req, per_try).await;
         if let Some((sink, child, start)) = span {
@@ -407,7 +419,7 @@ fn traced_try(
             let mut attributes = vec![
                 ("mesh.attempt".to_owned(), n.to_string()),
                 ("http.response.status_code".to_owned(), status),
-                ("url.full".to_owned(), upstream_hint),
+                ("url.full".to_owned(), upstream_hint.unwrap_or_default()),
             ];
             if let Some(info) = result
                 .as_ref()
