@@ -163,9 +163,7 @@ impl http_body::Body for IdleBody {
                 };
                 this.progressed = false;
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        Poll::Ready(Some(Err(ProxyError::StreamIdleTimeout.into())))
-                    }
+                    Poll::Ready(()) => Poll::Ready(Some(Err(ProxyError::StreamIdleTimeout.into()))),
                     Poll::Pending => Poll::Pending,
                 }
             }

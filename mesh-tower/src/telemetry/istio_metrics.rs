@@ -54,8 +54,11 @@ pub(super) struct WorkloadLabels {
     /// One registry lookup per new label set instead of four per request, found by a
     /// fingerprint of what varies between requests ([`Key`]), so the 19 labels are built and
     /// hashed only for a set not seen before.
-    handles: Mutex<HashMap<u64, Vec<(Key, Arc<Handles>)>>>,
+    handles: Mutex<HandleCache>,
 }
+
+/// Metric handles by label-set fingerprint (a collision keeps both sets under one entry).
+type HandleCache = HashMap<u64, Vec<(Key, Arc<Handles>)>>;
 
 /// What makes one request's label set differ from another's in the same stack (the workload's
 /// own labels and the reporter are fixed per stack).

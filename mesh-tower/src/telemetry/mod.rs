@@ -381,7 +381,12 @@ impl Observation {
         })
     }
 
-    fn record(&self, handles: &istio_metrics::Handles, outcome: Option<&Outcome>, response_bytes: u64) {
+    fn record(
+        &self,
+        handles: &istio_metrics::Handles,
+        outcome: Option<&Outcome>,
+        response_bytes: u64,
+    ) {
         let elapsed = self.started.elapsed();
         istio_metrics::record(self, handles, response_bytes, elapsed);
         let (Some(details), Some(outcome)) = (self.details.as_deref(), outcome) else {
