@@ -384,13 +384,19 @@ fn attempt_count(n: u32) -> HeaderValue {
 
 /// One try with its span: a child of the request's span when the trace is collected, whose
 /// id the upstream sees as its parent.
-fn traced_try(
-    inner: Inner,
+///
+/// `inner` is the service itself for sequential retries (no clone per try) or a clone of it
+/// for a hedge's concurrent tries.
+fn traced_try<I>(
+    mut inner: I,
     mut req: Request<BoxBody>,
     n: u32,
     per_try: Option<Duration>,
     rng: &Rng,
-) -> impl std::future::Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static {
+) -> impl std::future::Future<Output = Result<Response<BoxBody>, BoxError>> + Send + use<I>
+where
+    I: std::borrow::BorrowMut<Inner> + Send,
+{
     let span = req
         .extensions()
         .get::<TraceScope>()
@@ -407,7 +413,7 @@ fn traced_try(
     // Only a collected span reads it.
     let upstream_hint = span.as_ref().map(|_| req.uri().to_string());
     async move {
-        let result = try_once(inner, req, per_try).await;
+        let result = try_once(inner.borrow_mut(), req, per_try).await;
         if let Some((sink, child, start)) = span {
             let (status, error) = match &result {
                 Ok(r) => (
@@ -488,7 +494,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         // Erased here, where `S::Future: Send` is known, so the async tries below need no
         // higher-ranked Send proofs about `S`.
-        let inner: Inner = BoxCloneService::new(inner);
+        let mut inner: Inner = BoxCloneService::new(inner);
         let layer = self.layer.clone();
         layer.budget.record_request();
         let Some(policy) = policy.filter(|p| p.attempts > 0 || hedge.is_some()) else {
@@ -502,7 +508,7 @@ where
                     if http_body::Body::size_hint(&body).lower() > layer.buffer_limit as u64 =>
                 {
                     // Known to be too large to replay: one try, no retries.
-                    return try_once(inner, Request::from_parts(parts, body), None).await;
+                    return try_once(&mut inner, Request::from_parts(parts, body), None).await;
                 }
                 Replay::Streaming(body) => {
                     let copy = Arc::new(std::sync::Mutex::new(TeeState::default()));
@@ -531,7 +537,7 @@ where
 }
 
 async fn try_once(
-    mut inner: Inner,
+    inner: &mut Inner,
     req: Request<BoxBody>,
     per_try: Option<Duration>,
 ) -> Result<Response<BoxBody>, BoxError> {
@@ -547,7 +553,7 @@ async fn try_once(
 }
 
 async fn retried(
-    inner: Inner,
+    mut inner: Inner,
     template: Template,
     policy: RetryPolicy,
     layer: RetryLayer,
@@ -561,18 +567,12 @@ async fn retried(
                 Err(ProxyError::BadRequest("request body already sent".into()).into())
             });
         };
-        let result = traced_try(
-            inner.clone(),
-            req,
-            attempt,
-            policy.per_try_timeout,
-            &layer.rng,
-        )
-        .await
-        .map(|mut r| {
-            r.extensions_mut().insert(Attempts(attempt));
-            r
-        });
+        let result = traced_try(&mut inner, req, attempt, policy.per_try_timeout, &layer.rng)
+            .await
+            .map(|mut r| {
+                r.extensions_mut().insert(Attempts(attempt));
+                r
+            });
         if classify(&policy, &result) == Verdict::Done {
             return result;
         }
