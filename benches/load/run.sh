@@ -20,8 +20,10 @@ OUT=${OUT:-target/load}
 mkdir -p "$OUT"
 
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&2; exit 1; }
-cargo build --release -q -p mesh-benches --bin bare-upstream --bin bare-proxy
-cargo build --release -q -p mesh-examples --bin mesh-proxy
+if [ -z "${NO_BUILD:-}" ]; then # NO_BUILD=1: use the release binaries as they are
+  cargo build --release -q -p mesh-benches --bin bare-upstream --bin bare-proxy --bin bench-certs --bin load-chart
+  cargo build --release -q -p mesh-examples --bin mesh-proxy
+fi
 BIN=target/release
 LOAD_CPU=1
 PROXY_CPU=0
@@ -32,8 +34,9 @@ cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# A pid, or several joined with commas (two sidecars): CPU ticks and RSS are summed.
+cpu_ticks() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+rss_kb() { local k=0; for p in ${1//,/ }; do k=$((k + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$k"; }
 
 taskset -c "$LOAD_CPU" "$BIN/bare-upstream" "$UP_PORT" 64 2>/dev/null & pids+=($!)
 wait_port "$UP_PORT"
@@ -117,6 +120,54 @@ taskset -c "$PROXY_CPU" "$BIN/mesh-proxy" --concurrency 1 run --config "$CFG" --
   --inbound-port 0 --admin-port 0 --health-port 0 --listen-address 127.0.0.1 >"$OUT/mesh-proxy.log" 2>&1 & p=$!; pids+=($p)
 wait_port "$PROXY_PORT"; measure mesh-proxy "$PROXY_PORT" "$p"; measure_h2 mesh-proxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 
+# Two sidecars in a row (client sidecar -> server sidecar's inbound -> upstream), as a mesh
+# deploys them: plaintext between them, then mutual TLS (ISTIO_MUTUAL out, STRICT in) with
+# identities from a test CA made here. Both sidecars share the proxy core; their CPU and RSS
+# are summed.
+IN_PORT=18091
+two_hop() { # name tls(0|1)
+  local name=$1 tls=$2 dir="$OUT/$1" server client certs=()
+  mkdir -p "$dir/server" "$dir/client"
+  local dr="" pa="PERMISSIVE"
+  if [ "$tls" = 1 ]; then
+    "$BIN/bench-certs" "$dir/certs" server=spiffe://cluster.local/ns/default/sa/bench \
+      client=spiffe://cluster.local/ns/default/sa/client
+    dr=$'---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: bench, namespace: default }\nspec: { host: bench, trafficPolicy: { tls: { mode: ISTIO_MUTUAL } } }'
+    pa=STRICT
+  fi
+  cat > "$dir/server/pa.yaml" <<YAML
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: default, namespace: default }
+spec: { mtls: { mode: $pa } }
+YAML
+  cat > "$dir/client/bench.yaml" <<YAML
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: bench, namespace: default }
+spec:
+  hosts: [bench]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: $IN_PORT }]
+  endpoints: [{ address: 127.0.0.1, labels: { version: v1 }, serviceAccount: bench }]
+$dr
+YAML
+  [ "$tls" = 1 ] && certs=(--cert "$dir/certs/server.cert.pem" --key "$dir/certs/server.key.pem" --ca "$dir/certs/ca.pem")
+  taskset -c "$PROXY_CPU" "$BIN/mesh-proxy" --concurrency 1 run --config "$dir/server" --outbound-port 0 \
+    --inbound-port "$IN_PORT" --admin-port 0 --health-port 0 --listen-address 127.0.0.1 --app-port "$UP_PORT" \
+    --service-account bench "${certs[@]}" >"$dir/server.log" 2>&1 & server=$!; pids+=($server)
+  [ "$tls" = 1 ] && certs=(--cert "$dir/certs/client.cert.pem" --key "$dir/certs/client.key.pem" --ca "$dir/certs/ca.pem")
+  taskset -c "$PROXY_CPU" "$BIN/mesh-proxy" --concurrency 1 run --config "$dir/client" --outbound-port "$PROXY_PORT" \
+    --inbound-port 0 --admin-port 0 --health-port 0 --listen-address 127.0.0.1 \
+    --service-account client "${certs[@]}" >"$dir/client.log" 2>&1 & client=$!; pids+=($client)
+  wait_port "$IN_PORT"; wait_port "$PROXY_PORT"
+  measure "$name" "$PROXY_PORT" "$client,$server"; measure_h2 "$name" "$PROXY_PORT" "$client,$server"
+  kill "$client" "$server"; wait "$client" "$server" 2>/dev/null || true
+}
+two_hop mesh-proxy-x2-plaintext 0
+two_hop mesh-proxy-x2-mtls 1
+
 if command -v nginx >/dev/null; then
   cat > "$OUT/nginx.conf" <<NGINX
 worker_processes 1; master_process off; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr error;
@@ -149,5 +200,6 @@ HAPROXY
   wait_port "$PROXY_PORT"; measure haproxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 fi
 
+"$BIN/load-chart" "$results" "$OUT/results.png" || echo "warning: no chart" >&2
 echo; echo "load: $CONNS connections, ${DURATION}s each, wrk/h2load and the upstream on cpu $LOAD_CPU, proxy on cpu $PROXY_CPU, $(date -u '+%F %H:%M UTC'), $(nproc) cpus: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 cat "$results"

@@ -2,6 +2,8 @@
 //! measured against, and a fixed-loop timer that prints each layer's overhead as ns/request and
 //! as a ratio over the bare service.
 
+pub mod chart;
+
 use http::{Request, Response};
 use mesh_core::model::{MeshConfig, Workload};
 use mesh_core::store::ConfigStore;

@@ -140,7 +140,7 @@ fn abort_response(error: &AbortError) -> Response<BoxBody> {
 impl<S, B> Service<Request<B>> for FaultInjection<S>
 where
     S: Service<Request<B>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
     B: Send + 'static,
 {
     type Response = Response<BoxBody>;
@@ -161,11 +161,12 @@ where
                 .map(|f| decide(f, &self.layer.rng))
                 .unwrap_or_default(),
         };
+        if decision == Decision::default() {
+            return Box::pin(self.inner.call(req));
+        }
+        // The call waits (delay) or never happens (abort): the future owns the ready service.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if decision == Decision::default() {
-            return Box::pin(inner.call(req));
-        }
         if decision.delay.is_some() {
             metrics::counter!("mesh_faults_injected_total", "kind" => "delay").increment(1);
         }

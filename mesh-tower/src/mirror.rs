@@ -172,7 +172,7 @@ where
         + Send
         + Sync
         + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
@@ -203,11 +203,11 @@ where
                 }
             }
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         if targets.is_empty() {
-            return Box::pin(inner.call(req));
+            return Box::pin(self.inner.call(req));
         }
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
         let layer = layer.clone();
         // Erased where `S::Future: Send` is known, so the async block needs no proof about `S`.
         let inner: ShadowService = BoxCloneSyncService::new(inner);

@@ -358,7 +358,7 @@ impl Template {
         *req.headers_mut() = self.parts.headers.clone();
         *req.extensions_mut() = self.parts.extensions.clone();
         req.headers_mut()
-            .insert("x-envoy-attempt-count", HeaderValue::from(n));
+            .insert(X_ENVOY_ATTEMPT_COUNT, attempt_count(n));
         req.extensions_mut().insert(crate::telemetry::Attempt {
             number: n,
             remote_localities: self.remote_localities,
@@ -370,20 +370,37 @@ impl Template {
     }
 }
 
+const X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-attempt-count");
+
+/// `x-envoy-attempt-count`'s value: static for the usual few tries (no allocation).
+fn attempt_count(n: u32) -> HeaderValue {
+    const STATIC: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8"];
+    match STATIC.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
+}
+
 /// One try with its span: a child of the request's span when the trace is collected, whose
 /// id the upstream sees as its parent.
-fn traced_try(
-    inner: Inner,
+///
+/// `inner` is the service itself for sequential retries (no clone per try) or a clone of it
+/// for a hedge's concurrent tries.
+fn traced_try<I>(
+    mut inner: I,
     mut req: Request<BoxBody>,
     n: u32,
     per_try: Option<Duration>,
     rng: &Rng,
-) -> impl std::future::Future<Output = Result<Response<BoxBody>, BoxError>> + Send + 'static {
+) -> impl std::future::Future<Output = Result<Response<BoxBody>, BoxError>> + Send + use<I>
+where
+    I: std::borrow::BorrowMut<Inner> + Send,
+{
     let span = req
         .extensions()
         .get::<TraceScope>()
-        .cloned()
-        .and_then(|scope| Some((scope.sink?, scope.context)))
+        .and_then(|scope| Some((scope.sink.clone()?, scope.context.clone())))
         .map(|(sink, parent)| {
             let child = TraceContext {
                 span_id: rng.next_u64() | 1,
@@ -393,9 +410,10 @@ fn traced_try(
             child.inject(req.headers_mut());
             (sink, child, std::time::SystemTime::now())
         });
-    let upstream_hint = req.uri().to_string();
+    // Only a collected span reads it.
+    let upstream_hint = span.as_ref().map(|_| req.uri().to_string());
     async move {
-        let result = try_once(inner, req, per_try).await;
+        let result = try_once(inner.borrow_mut(), req, per_try).await;
         if let Some((sink, child, start)) = span {
             let (status, error) = match &result {
                 Ok(r) => (
@@ -407,7 +425,7 @@ fn traced_try(
             let mut attributes = vec![
                 ("mesh.attempt".to_owned(), n.to_string()),
                 ("http.response.status_code".to_owned(), status),
-                ("url.full".to_owned(), upstream_hint),
+                ("url.full".to_owned(), upstream_hint.unwrap_or_default()),
             ];
             if let Some(info) = result
                 .as_ref()
@@ -476,7 +494,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         // Erased here, where `S::Future: Send` is known, so the async tries below need no
         // higher-ranked Send proofs about `S`.
-        let inner: Inner = BoxCloneService::new(inner);
+        let mut inner: Inner = BoxCloneService::new(inner);
         let layer = self.layer.clone();
         layer.budget.record_request();
         let Some(policy) = policy.filter(|p| p.attempts > 0 || hedge.is_some()) else {
@@ -490,7 +508,7 @@ where
                     if http_body::Body::size_hint(&body).lower() > layer.buffer_limit as u64 =>
                 {
                     // Known to be too large to replay: one try, no retries.
-                    return try_once(inner, Request::from_parts(parts, body), None).await;
+                    return try_once(&mut inner, Request::from_parts(parts, body), None).await;
                 }
                 Replay::Streaming(body) => {
                     let copy = Arc::new(std::sync::Mutex::new(TeeState::default()));
@@ -519,7 +537,7 @@ where
 }
 
 async fn try_once(
-    mut inner: Inner,
+    inner: &mut Inner,
     req: Request<BoxBody>,
     per_try: Option<Duration>,
 ) -> Result<Response<BoxBody>, BoxError> {
@@ -535,7 +553,7 @@ async fn try_once(
 }
 
 async fn retried(
-    inner: Inner,
+    mut inner: Inner,
     template: Template,
     policy: RetryPolicy,
     layer: RetryLayer,
@@ -549,18 +567,12 @@ async fn retried(
                 Err(ProxyError::BadRequest("request body already sent".into()).into())
             });
         };
-        let result = traced_try(
-            inner.clone(),
-            req,
-            attempt,
-            policy.per_try_timeout,
-            &layer.rng,
-        )
-        .await
-        .map(|mut r| {
-            r.extensions_mut().insert(Attempts(attempt));
-            r
-        });
+        let result = traced_try(&mut inner, req, attempt, policy.per_try_timeout, &layer.rng)
+            .await
+            .map(|mut r| {
+                r.extensions_mut().insert(Attempts(attempt));
+                r
+            });
         if let Err(e) = &result
             && let Some(ProxyError::RetryOverflow(_)) = e.downcast_ref::<ProxyError>()
             && let Some(previous) = previous

@@ -69,10 +69,10 @@ where
     while let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await {
         let local = stream.local_addr().unwrap_or(peer);
         let info = ConnectionInfo { peer, local };
-        let service = service.clone();
+        let service = InPlace::new(service.clone());
         let hyper_service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(info);
-            service.clone().oneshot(req)
+            service.call(req)
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -114,7 +114,7 @@ where
     while let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await {
         let local = stream.local_addr().unwrap_or(peer);
         let info = ConnectionInfo { peer, local };
-        let service = service.clone();
+        let service = InPlace::new(service.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -133,7 +133,7 @@ where
                 if let Some(id) = &identity {
                     ext.insert(id.clone());
                 }
-                service.clone().oneshot(req)
+                service.call(req)
             });
             let connection =
                 builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_service);
@@ -143,6 +143,38 @@ where
         });
     }
     drain(listener, graceful, grace).await
+}
+
+/// A connection's own copy of the stack, called in place while it is ready (the stacks here
+/// always are: their readiness is per request), so that a request does not clone the whole
+/// stack; when it is not ready, the request gets a clone driven to readiness (`oneshot`).
+struct InPlace<S> {
+    service: std::sync::Mutex<S>,
+}
+
+impl<S> InPlace<S>
+where
+    S: Service<Request<Incoming>, Error = Infallible> + Clone,
+{
+    fn new(service: S) -> Self {
+        Self {
+            service: std::sync::Mutex::new(service),
+        }
+    }
+
+    fn call(
+        &self,
+        req: Request<Incoming>,
+    ) -> futures_util::future::Either<S::Future, tower::util::Oneshot<S, Request<Incoming>>> {
+        use futures_util::future::Either;
+        let mut service = self.service.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match service.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => Either::Left(service.call(req)),
+            std::task::Poll::Ready(Err(never)) => match never {},
+            std::task::Poll::Pending => Either::Right(service.clone().oneshot(req)),
+        }
+    }
 }
 
 /// The next connection (with `TCP_NODELAY` set), or `None` once `shutdown` resolves. Accept

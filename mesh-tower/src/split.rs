@@ -54,7 +54,7 @@ pub struct Split<S> {
 impl<S, B> Service<Request<B>> for Split<S>
 where
     S: Service<Request<B>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
     B: Send + 'static,
 {
     type Response = Response<BoxBody>;
@@ -99,10 +99,10 @@ where
         };
         apply_header_ops(&chosen.request_headers, req.headers_mut());
         req.extensions_mut().insert(Target { cluster });
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Called now (it is ready): no clone of the stack below per request.
+        let future = self.inner.call(req);
         Box::pin(async move {
-            let mut response = inner.call(req).await?;
+            let mut response = future.await?;
             if let Some(forward) = routed.forward() {
                 apply_header_ops(
                     &forward.destinations[index].response_headers,

@@ -123,10 +123,15 @@ impl TimeoutLayer {
 }
 
 /// A response body that fails when no frame arrives for `idle`.
+///
+/// The timer is armed only when the body has to wait (a frame that is ready at once costs no
+/// clock read and no timer), and re-armed after frames arrived since it was last armed.
 struct IdleBody {
     inner: BoxBody,
     idle: Duration,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// A frame arrived since the timer was last armed.
+    progressed: bool,
 }
 
 impl http_body::Body for IdleBody {
@@ -140,14 +145,28 @@ impl http_body::Body for IdleBody {
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                this.progressed = true;
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(ProxyError::StreamIdleTimeout.into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let deadline = || Instant::now() + this.idle;
+                let timer = match &mut this.timer {
+                    Some(timer) => {
+                        if this.progressed {
+                            timer.as_mut().reset(deadline());
+                        }
+                        timer
+                    }
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline()))),
+                };
+                this.progressed = false;
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(ProxyError::StreamIdleTimeout.into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -166,7 +185,8 @@ fn with_idle_timeout(response: Response<BoxBody>, idle: Option<Duration>) -> Res
             crate::body::boxed(IdleBody {
                 inner,
                 idle,
-                timer: Box::pin(tokio::time::sleep(idle)),
+                timer: None,
+                progressed: false,
             })
         }),
         _ => response,

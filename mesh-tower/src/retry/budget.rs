@@ -18,8 +18,8 @@
 //! # });
 //! ```
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -31,25 +31,29 @@ pub struct RetryBudget {
     inner: Arc<Inner>,
 }
 
+/// The window is `SLOTS` slots of `slot_length`, each tagged with the epoch (slot number since
+/// `origin`) it counts, all atomics: no lock per request. A slot is reset by the first caller
+/// that finds it tagged with an older epoch; a count landing between that tag swap and the
+/// reset can be lost, and two racing retries can both pass the check: the budget is a bound on
+/// the load within a request or two, as a sliding window of counters is anyway.
 #[derive(Debug)]
 struct Inner {
     percent: u64,
     min_retries: u64,
-    slot_length: Duration,
-    window: Mutex<Window>,
+    slot_nanos: u64,
+    origin: Instant,
+    slots: [Slot; SLOTS],
     exhausted: AtomicU64,
 }
 
-#[derive(Debug)]
-struct Window {
-    /// Requests and retries per slot, the current slot at `head`.
-    slots: [(u64, u64); SLOTS],
-    head: usize,
-    head_start: Instant,
+#[derive(Debug, Default)]
+struct Slot {
+    epoch: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
 }
 
 impl Default for RetryBudget {
-    /// 20% of requests, a floor of 3 retries, over 10 s.
     fn default() -> Self {
         Self::new(20, 3, Duration::from_secs(10))
     }
@@ -63,56 +67,64 @@ impl RetryBudget {
             inner: Arc::new(Inner {
                 percent: u64::from(percent),
                 min_retries: u64::from(min_retries),
-                slot_length,
-                window: Mutex::new(Window {
-                    slots: [(0, 0); SLOTS],
-                    head: 0,
-                    head_start: Instant::now(),
-                }),
+                slot_nanos: u64::try_from(slot_length.as_nanos()).unwrap_or(u64::MAX),
+                origin: Instant::now(),
+                slots: Default::default(),
                 exhausted: AtomicU64::new(0),
             }),
         }
     }
 
-    fn with_window<T>(&self, f: impl FnOnce(&mut Window) -> T) -> T {
-        let mut window = self.inner.window.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(window.head_start);
-        let steps = (elapsed.as_nanos() / self.inner.slot_length.as_nanos().max(1)) as usize;
-        if steps > 0 {
-            for _ in 0..steps.min(SLOTS) {
-                window.head = (window.head + 1) % SLOTS;
-                let head = window.head;
-                window.slots[head] = (0, 0);
-            }
-            window.head_start += self.inner.slot_length * steps.min(u32::MAX as usize) as u32;
-            if steps >= SLOTS {
-                window.head_start = now;
-            }
+    /// The current slot number since the budget was made.
+    fn epoch(&self) -> u64 {
+        let elapsed = Instant::now().saturating_duration_since(self.inner.origin);
+        u64::try_from(elapsed.as_nanos() / u128::from(self.inner.slot_nanos)).unwrap_or(u64::MAX)
+    }
+
+    /// The slot counting `epoch`, reset first when it still holds an older one.
+    fn slot(&self, epoch: u64) -> &Slot {
+        let slot = &self.inner.slots[(epoch % SLOTS as u64) as usize];
+        let seen = slot.epoch.load(Ordering::Acquire);
+        if seen != epoch
+            && slot
+                .epoch
+                .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.retries.store(0, Ordering::Relaxed);
         }
-        f(&mut window)
+        slot
     }
 
     /// Counts one original request (not a retry).
     pub fn record_request(&self) {
-        self.with_window(|w| w.slots[w.head].0 += 1);
+        self.slot(self.epoch())
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the budget allows a retry now (and counts it); a refusal is counted too.
     pub fn try_retry(&self) -> bool {
-        let allowed = self.with_window(|w| {
-            let (requests, retries) = w
-                .slots
-                .iter()
-                .fold((0, 0), |(q, r), (sq, sr)| (q + sq, r + sr));
-            let allowance = (requests * self.inner.percent / 100).max(self.inner.min_retries);
-            let ok = retries < allowance;
-            if ok {
-                w.slots[w.head].1 += 1;
-            }
-            ok
-        });
-        if !allowed {
+        let epoch = self.epoch();
+        let current = self.slot(epoch);
+        let oldest = epoch.saturating_sub(SLOTS as u64 - 1);
+        let (requests, retries) = self
+            .inner
+            .slots
+            .iter()
+            .filter(|s| (oldest..=epoch).contains(&s.epoch.load(Ordering::Acquire)))
+            .fold((0, 0), |(q, r), s| {
+                (
+                    q + s.requests.load(Ordering::Relaxed),
+                    r + s.retries.load(Ordering::Relaxed),
+                )
+            });
+        let allowance = (requests * self.inner.percent / 100).max(self.inner.min_retries);
+        let allowed = retries < allowance;
+        if allowed {
+            current.retries.fetch_add(1, Ordering::Relaxed);
+        } else {
             self.inner.exhausted.fetch_add(1, Ordering::Relaxed);
         }
         allowed
@@ -149,6 +161,24 @@ mod tests {
         budget.record_request();
         budget.record_request();
         assert!(budget.try_retry());
+    }
+
+    #[test]
+    fn requests_counted_from_many_threads_all_pay_for_retries() {
+        let budget = RetryBudget::new(20, 0, Duration::from_secs(10));
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..1_000 {
+                        budget.record_request();
+                    }
+                });
+            }
+        });
+        let retries = std::iter::from_fn(|| budget.try_retry().then_some(()))
+            .take(10_000)
+            .count();
+        assert_eq!(retries, 800, "20% of 4,000 requests");
     }
 
     #[tokio::test(start_paused = true)]

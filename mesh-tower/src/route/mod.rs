@@ -117,7 +117,7 @@ pub struct Router<S> {
 impl<S, B> Service<Request<B>> for Router<S>
 where
     S: Service<Request<B>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send,
+    S::Future: Send + 'static,
     B: Send + 'static,
 {
     type Response = Response<BoxBody>;
@@ -156,10 +156,11 @@ where
         };
         let routed_for_response = routed.clone();
         req.extensions_mut().insert(routed);
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The inner service was made ready by `poll_ready`: call it now rather than moving a
+        // clone of the whole stack below into the future.
+        let future = self.inner.call(req);
         Box::pin(async move {
-            let mut response = inner.call(req).await?;
+            let mut response = future.await?;
             apply_header_ops(
                 &routed_for_response.route().response_headers,
                 response.headers_mut(),

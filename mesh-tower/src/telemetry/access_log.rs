@@ -1,6 +1,6 @@
 //! The access log: one line per request, in Envoy's default text format or as JSON.
 
-use super::{Observation, Outcome};
+use super::{Details, Observation, Outcome};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The access log's format.
@@ -40,6 +40,7 @@ fn rfc3339(time: SystemTime) -> String {
 pub(super) fn line(
     format: AccessLogFormat,
     o: &Observation,
+    d: &Details,
     outcome: &Outcome,
     response_bytes: u64,
     elapsed: Duration,
@@ -53,32 +54,32 @@ pub(super) fn line(
     match format {
         AccessLogFormat::Text => format!(
             "[{start}] \"{} {} {}\" {} {} {} {} {millis} - \"{}\" \"{}\" \"{}\" \"{}\" \"{upstream}\"",
-            o.method,
-            o.path,
-            o.protocol,
+            d.method,
+            d.path,
+            d.protocol,
             outcome.status,
             outcome.flags,
             o.request_bytes,
             response_bytes,
-            o.forwarded_for,
-            o.user_agent,
-            o.request_id,
-            o.authority,
+            d.forwarded_for,
+            d.user_agent,
+            d.request_id,
+            d.authority,
         ),
         AccessLogFormat::Json => serde_json::json!({
             "start_time": start,
-            "method": o.method,
-            "path": o.path,
-            "protocol": o.protocol,
+            "method": d.method,
+            "path": d.path,
+            "protocol": d.protocol,
             "response_code": outcome.status,
             "response_flags": outcome.flags.to_string(),
             "bytes_received": o.request_bytes,
             "bytes_sent": response_bytes,
             "duration": millis as u64,
-            "x_forwarded_for": o.forwarded_for,
-            "user_agent": o.user_agent,
-            "request_id": o.request_id,
-            "authority": o.authority,
+            "x_forwarded_for": d.forwarded_for,
+            "user_agent": d.user_agent,
+            "request_id": d.request_id,
+            "authority": d.authority,
             "upstream_host": upstream,
             "upstream_service": outcome.upstream.as_ref().map(|u| u.service.as_str()),
             "attempts": outcome.attempts,

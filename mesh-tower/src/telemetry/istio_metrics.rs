@@ -1,6 +1,7 @@
 //! Istio's standard HTTP metrics, with their names and label sets.
 
-use super::{Observation, Outcome, Reporter};
+use super::{Observation, Reporter, UpstreamInfo};
+use crate::flags::ResponseFlags;
 use metrics::{Label, SharedString};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,12 +51,120 @@ pub(super) struct WorkloadLabels {
     principal: SharedString,
     version: SharedString,
     trust_domain: String,
-    /// One registry lookup per new label set instead of four per request.
-    handles: Mutex<HashMap<Vec<Label>, Arc<Handles>>>,
+    /// One registry lookup per new label set instead of four per request, found by a
+    /// fingerprint of what varies between requests ([`Key`]), so the 19 labels are built and
+    /// hashed only for a set not seen before.
+    handles: Mutex<HandleCache>,
+}
+
+/// Metric handles by label-set fingerprint (a collision keeps both sets under one entry).
+type HandleCache = HashMap<u64, Vec<(Key, Arc<Handles>)>>;
+
+/// What makes one request's label set differ from another's in the same stack (the workload's
+/// own labels and the reporter are fixed per stack).
+#[derive(Debug)]
+struct Key {
+    service: Option<String>,
+    namespace: Option<String>,
+    app: Option<String>,
+    version: Option<String>,
+    service_account: Option<String>,
+    status: u16,
+    flags: ResponseFlags,
+    grpc_status: Option<String>,
+    grpc: bool,
+    peer_principal: Option<String>,
+    peer_namespace: Option<String>,
+    mutual_tls: bool,
+}
+
+/// [`Key`], borrowed from the request and its response.
+#[derive(Hash)]
+struct KeyRef<'a> {
+    service: Option<&'a str>,
+    namespace: Option<&'a str>,
+    app: Option<&'a str>,
+    version: Option<&'a str>,
+    service_account: Option<&'a str>,
+    status: u16,
+    flags: ResponseFlags,
+    grpc_status: Option<&'a str>,
+    grpc: bool,
+    peer_principal: Option<&'a str>,
+    peer_namespace: Option<&'a str>,
+    mutual_tls: bool,
+}
+
+impl<'a> KeyRef<'a> {
+    fn new(o: &'a Observation, outcome: &'a OutcomeRef<'a>) -> Self {
+        let up = outcome.upstream;
+        Self {
+            service: up.map(|u| u.service.as_str()),
+            namespace: up.and_then(|u| u.namespace.as_deref()),
+            app: up.and_then(|u| u.labels.get("app").map(String::as_str)),
+            version: up.and_then(|u| u.labels.get("version").map(String::as_str)),
+            service_account: up.and_then(|u| u.service_account.as_deref()),
+            status: outcome.status,
+            flags: outcome.flags,
+            grpc_status: outcome.grpc_status,
+            grpc: o.grpc,
+            peer_principal: o.peer.as_ref().map(|(id, _)| id.as_str()),
+            peer_namespace: o.peer.as_ref().and_then(|(_, ns)| ns.as_deref()),
+            mutual_tls: o.mutual_tls,
+        }
+    }
+
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn matches(&self, key: &Key) -> bool {
+        self.service == key.service.as_deref()
+            && self.namespace == key.namespace.as_deref()
+            && self.app == key.app.as_deref()
+            && self.version == key.version.as_deref()
+            && self.service_account == key.service_account.as_deref()
+            && self.status == key.status
+            && self.flags == key.flags
+            && self.grpc_status == key.grpc_status.as_deref()
+            && self.grpc == key.grpc
+            && self.peer_principal == key.peer_principal.as_deref()
+            && self.peer_namespace == key.peer_namespace.as_deref()
+            && self.mutual_tls == key.mutual_tls
+    }
+
+    fn to_owned(&self) -> Key {
+        let own = |v: Option<&str>| v.map(str::to_owned);
+        Key {
+            service: own(self.service),
+            namespace: own(self.namespace),
+            app: own(self.app),
+            version: own(self.version),
+            service_account: own(self.service_account),
+            status: self.status,
+            flags: self.flags,
+            grpc_status: own(self.grpc_status),
+            grpc: self.grpc,
+            peer_principal: own(self.peer_principal),
+            peer_namespace: own(self.peer_namespace),
+            mutual_tls: self.mutual_tls,
+        }
+    }
+}
+
+/// What the label set needs of a response, borrowed from it.
+pub(super) struct OutcomeRef<'a> {
+    pub(super) status: u16,
+    pub(super) flags: ResponseFlags,
+    pub(super) upstream: Option<&'a UpstreamInfo>,
+    pub(super) grpc_status: Option<&'a str>,
 }
 
 /// The four standard metrics of one label set.
-struct Handles {
+pub(super) struct Handles {
     requests: metrics::Counter,
     duration: metrics::Histogram,
     request_bytes: metrics::Histogram,
@@ -116,9 +225,9 @@ fn or_unknown(value: Option<&str>) -> SharedString {
 }
 
 /// The standard label set for one request.
-fn labels(o: &Observation, outcome: &Outcome) -> Vec<Label> {
+fn labels(o: &Observation, outcome: &OutcomeRef<'_>) -> Vec<Label> {
     let me = &o.telemetry.labels;
-    let up = outcome.upstream.as_ref();
+    let up = outcome.upstream;
     let service = up.map(|u| u.service.as_str());
     let service_name = service.and_then(|s| s.split('.').next());
     let dest_ns = up.and_then(|u| u.namespace.as_deref());
@@ -189,8 +298,7 @@ fn labels(o: &Observation, outcome: &Outcome) -> Vec<Label> {
             "grpc_response_status",
             outcome
                 .grpc_status
-                .clone()
-                .map_or(SharedString::from(""), SharedString::from),
+                .map_or(SharedString::from(""), |v| SharedString::from(v.to_owned())),
         ),
         label(
             "response_flags",
@@ -207,26 +315,34 @@ fn labels(o: &Observation, outcome: &Outcome) -> Vec<Label> {
     ]
 }
 
-/// Records the standard metrics for one finished request.
-pub(super) fn record(o: &Observation, outcome: &Outcome, response_bytes: u64, elapsed: Duration) {
-    let labels = labels(o, outcome);
+/// The metric handles of a finished response's label set: looked up by a fingerprint of what
+/// varies between requests; the labels are built (and the registry asked) only for a new set.
+pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> Arc<Handles> {
+    let key = KeyRef::new(o, outcome);
+    let fingerprint = key.fingerprint();
     let cache = &o.telemetry.labels.handles;
-    let cached = cache
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&labels)
-        .cloned();
-    let handles = match cached {
-        Some(handles) => handles,
-        None => {
-            let handles = Arc::new(Handles::new(labels.clone()));
-            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() < MAX_CACHED_LABEL_SETS {
-                cache.insert(labels, handles.clone());
-            }
-            handles
+    {
+        let cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, handles)) = cache
+            .get(&fingerprint)
+            .and_then(|sets| sets.iter().find(|(k, _)| key.matches(k)))
+        {
+            return handles.clone();
         }
-    };
+    }
+    let handles = Arc::new(Handles::new(labels(o, outcome)));
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() < MAX_CACHED_LABEL_SETS {
+        cache
+            .entry(fingerprint)
+            .or_default()
+            .push((key.to_owned(), handles.clone()));
+    }
+    handles
+}
+
+/// Records the standard metrics for one finished request.
+pub(super) fn record(o: &Observation, handles: &Handles, response_bytes: u64, elapsed: Duration) {
     handles.requests.increment(1);
     handles.duration.record(elapsed.as_secs_f64() * 1_000.0);
     handles.request_bytes.record(o.request_bytes as f64);

@@ -146,23 +146,49 @@ impl Telemetry {
     pub fn start<B>(&self, req: &mut Request<B>) -> Observation {
         let request_id = match req
             .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
+            .get(&X_REQUEST_ID)
+            .filter(|v| v.to_str().is_ok())
         {
-            Some(id) => id.to_owned(),
+            Some(id) => id.clone(),
             None => {
-                let id = propagation::uuid_v4(&self.rng);
-                if let Ok(v) = HeaderValue::try_from(id.as_str()) {
-                    req.headers_mut().insert("x-request-id", v);
-                }
+                let id = HeaderValue::from_bytes(&propagation::uuid_v4_bytes(&self.rng))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
                 id
             }
         };
         let trace = propagation::continue_trace(req.headers(), &self.rng, self.sampling);
         trace.inject(req.headers_mut());
+        let sink = self.spans.clone().filter(|_| trace.sampled);
+        // The strings only the access log, a collected span or a debug log read.
+        let details = (self.access_log.is_some()
+            || sink.is_some()
+            || tracing::enabled!(tracing::Level::DEBUG))
+        .then(|| {
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            Box::new(Details {
+                method: req.method().to_string(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned(),
+                protocol: format!("{:?}", req.version()),
+                authority: crate::route::destination(req).unwrap_or("-").to_owned(),
+                user_agent: header("user-agent"),
+                forwarded_for: header("x-forwarded-for"),
+                request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            })
+        });
         req.extensions_mut().insert(TraceScope {
             context: trace.clone(),
-            sink: self.spans.clone().filter(|_| trace.sampled),
+            sink,
         });
         let peer = req
             .extensions()
@@ -173,36 +199,20 @@ impl Telemetry {
                 .extensions()
                 .get::<crate::tls::TlsInfo>()
                 .is_some_and(|t| t.tls);
-        let header = |name: &str| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_owned()
-        };
-        let request_bytes = req.body_size_hint();
         Observation {
             telemetry: self.clone(),
             started: Instant::now(),
-            method: req.method().to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
-            protocol: format!("{:?}", req.version()),
-            authority: crate::route::destination(req).unwrap_or("-").to_owned(),
-            user_agent: header("user-agent"),
-            forwarded_for: header("x-forwarded-for"),
+            details,
             grpc: crate::timeout::is_grpc(req.headers()),
-            request_id,
-            request_bytes,
+            request_bytes: req.body_size_hint(),
             trace,
             peer,
             mutual_tls,
         }
     }
 }
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Puts [`Telemetry`] around any service that answers every request (the inbound stack, an
 /// app): metrics, trace context, access log.
@@ -286,14 +296,9 @@ impl<B> BodySize for Request<B> {
 pub struct Observation {
     telemetry: Telemetry,
     started: Instant,
-    method: String,
-    path: String,
-    protocol: String,
-    authority: String,
-    user_agent: String,
-    forwarded_for: String,
+    /// Filled only when something reads it (access log, a collected span, debug logging).
+    details: Option<Box<Details>>,
     grpc: bool,
-    request_id: String,
     request_bytes: u64,
     trace: TraceContext,
     /// The verified peer (SPIFFE ID, namespace) on an mTLS connection.
@@ -301,60 +306,104 @@ pub struct Observation {
     mutual_tls: bool,
 }
 
-/// What the response looked like, kept until its body ends.
+/// The request's strings for the access log and spans.
+#[derive(Clone, Debug)]
+struct Details {
+    method: String,
+    path: String,
+    protocol: String,
+    authority: String,
+    user_agent: String,
+    forwarded_for: String,
+    request_id: String,
+}
+
+/// What the response looked like, kept until its body ends (for the access log and spans).
 #[derive(Clone, Debug)]
 struct Outcome {
     status: u16,
     flags: ResponseFlags,
     upstream: Option<UpstreamInfo>,
     attempts: u32,
-    grpc_status: Option<String>,
+}
+
+/// Everything recorded when the response body ends.
+struct Finished {
+    observation: Observation,
+    handles: Arc<istio_metrics::Handles>,
+    /// Only with [`Details`].
+    outcome: Option<Outcome>,
 }
 
 impl Observation {
     /// Wraps `response` so that metrics and the access log are recorded when its body ends.
     pub fn finish(self, response: Response<BoxBody>) -> Response<BoxBody> {
-        let outcome = Outcome {
-            status: response.status().as_u16(),
-            flags: ResponseFlags::of_response(&response),
-            upstream: response.extensions().get::<UpstreamInfo>().cloned(),
-            attempts: response.extensions().get::<Attempts>().map_or(1, |a| a.0),
-            grpc_status: response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        };
-        let _span = tracing::debug_span!(
-            "request",
-            trace_id = %self.trace.trace_id_hex(),
-            span_id = %self.trace.span_id_hex(),
-            request_id = %self.request_id,
+        let status = response.status().as_u16();
+        let flags = ResponseFlags::of_response(&response);
+        let upstream = response.extensions().get::<UpstreamInfo>();
+        let grpc_status = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok());
+        let handles = istio_metrics::handles(
+            &self,
+            &istio_metrics::OutcomeRef {
+                status,
+                flags,
+                upstream,
+                grpc_status,
+            },
         );
+        let outcome = self.details.is_some().then(|| Outcome {
+            status,
+            flags,
+            upstream: upstream.cloned(),
+            attempts: response.extensions().get::<Attempts>().map_or(1, |a| a.0),
+        });
+        if let Some(details) = &self.details {
+            let _span = tracing::debug_span!(
+                "request",
+                trace_id = %self.trace.trace_id_hex(),
+                span_id = %self.trace.span_id_hex(),
+                request_id = %details.request_id,
+            );
+        }
         response.map(|inner| {
             body::boxed(ObservedBody {
                 inner,
                 bytes: 0,
-                done: Some(Box::new(move |bytes| self.record(&outcome, bytes))),
+                done: Some(Finished {
+                    observation: self,
+                    handles,
+                    outcome,
+                }),
             })
         })
     }
 
-    fn record(&self, outcome: &Outcome, response_bytes: u64) {
+    fn record(
+        &self,
+        handles: &istio_metrics::Handles,
+        outcome: Option<&Outcome>,
+        response_bytes: u64,
+    ) {
         let elapsed = self.started.elapsed();
-        istio_metrics::record(self, outcome, response_bytes, elapsed);
+        istio_metrics::record(self, handles, response_bytes, elapsed);
+        let (Some(details), Some(outcome)) = (self.details.as_deref(), outcome) else {
+            return;
+        };
         if let Some(sink) = self.telemetry.spans.as_ref().filter(|_| self.trace.sampled) {
             let end = std::time::SystemTime::now();
             let mut attributes = vec![
-                ("http.request.method".to_owned(), self.method.clone()),
-                ("url.path".to_owned(), self.path.clone()),
+                ("http.request.method".to_owned(), details.method.clone()),
+                ("url.path".to_owned(), details.path.clone()),
                 (
                     "http.response.status_code".to_owned(),
                     outcome.status.to_string(),
                 ),
                 ("mesh.response_flags".to_owned(), outcome.flags.to_string()),
                 ("mesh.attempts".to_owned(), outcome.attempts.to_string()),
-                ("guid:x-request-id".to_owned(), self.request_id.clone()),
+                ("guid:x-request-id".to_owned(), details.request_id.clone()),
             ];
             if let Some(up) = &outcome.upstream {
                 attributes.push(("upstream_cluster.service".to_owned(), up.service.clone()));
@@ -364,7 +413,7 @@ impl Observation {
                 trace_id: self.trace.trace_id,
                 span_id: self.trace.span_id,
                 parent_span_id: self.trace.parent_span_id,
-                name: format!("{} {}", self.telemetry.reporter.label(), self.authority),
+                name: format!("{} {}", self.telemetry.reporter.label(), details.authority),
                 kind: SpanKind::Server,
                 start: end - elapsed,
                 end,
@@ -376,6 +425,7 @@ impl Observation {
             sink(&access_log::line(
                 *format,
                 self,
+                details,
                 outcome,
                 response_bytes,
                 elapsed,
@@ -388,13 +438,14 @@ impl Observation {
 struct ObservedBody {
     inner: BoxBody,
     bytes: u64,
-    done: Option<Box<dyn FnOnce(u64) + Send>>,
+    done: Option<Finished>,
 }
 
 impl ObservedBody {
     fn end(&mut self) {
         if let Some(done) = self.done.take() {
-            done(self.bytes);
+            done.observation
+                .record(&done.handles, done.outcome.as_ref(), self.bytes);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! parent.
 
 use crate::rng::Rng;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use mesh_core::model::Percentage;
 
 /// The trace this request belongs to and this proxy's span in it.
@@ -22,41 +22,69 @@ pub struct TraceContext {
 impl TraceContext {
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        hex_string(&hex::<32>(self.trace_id))
     }
 
     /// The span id as 16 lowercase hex digits.
     pub fn span_id_hex(&self) -> String {
-        format!("{:016x}", self.span_id)
+        hex_string(&hex::<16>(u128::from(self.span_id)))
     }
 
     /// Writes `traceparent` and the B3 headers for the next hop (this span as its parent);
     /// `tracestate` passes through untouched.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let flags = if self.sampled { "01" } else { "00" };
-        let mut set = |name: &'static str, value: String| {
-            if let Ok(v) = HeaderValue::try_from(value) {
+        let trace = hex::<32>(self.trace_id);
+        let span = hex::<16>(u128::from(self.span_id));
+        // `00-{trace}-{span}-{flags}`
+        let mut traceparent = [0u8; 55];
+        traceparent[..3].copy_from_slice(b"00-");
+        traceparent[3..35].copy_from_slice(&trace);
+        traceparent[35] = b'-';
+        traceparent[36..52].copy_from_slice(&span);
+        traceparent[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        let set = |headers: &mut HeaderMap, name: HeaderName, value: &[u8]| {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
                 headers.insert(name, v);
             }
         };
-        set(
-            "traceparent",
-            format!("00-{}-{}-{flags}", self.trace_id_hex(), self.span_id_hex()),
-        );
-        set("x-b3-traceid", self.trace_id_hex());
-        set("x-b3-spanid", self.span_id_hex());
-        set(
-            "x-b3-sampled",
-            if self.sampled { "1" } else { "0" }.to_owned(),
+        set(headers, TRACEPARENT, &traceparent);
+        set(headers, X_B3_TRACEID, &trace);
+        set(headers, X_B3_SPANID, &span);
+        headers.insert(
+            X_B3_SAMPLED,
+            HeaderValue::from_static(if self.sampled { "1" } else { "0" }),
         );
         match self.parent_span_id {
-            Some(parent) => set("x-b3-parentspanid", format!("{parent:016x}")),
+            Some(parent) => set(headers, X_B3_PARENTSPANID, &hex::<16>(u128::from(parent))),
             None => {
-                headers.remove("x-b3-parentspanid");
+                headers.remove(X_B3_PARENTSPANID);
             }
         }
-        headers.remove("b3");
+        headers.remove(B3);
     }
+}
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3: HeaderName = HeaderName::from_static("b3");
+
+/// The low `N * 4` bits of `value` as `N` lowercase hex digits (no formatting machinery: this
+/// runs several times per request).
+fn hex<const N: usize>(value: u128) -> [u8; N] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; N];
+    for (i, digit) in out.iter_mut().enumerate() {
+        let shift = 4 * (N - 1 - i);
+        *digit = DIGITS[((value >> shift) & 0xf) as usize];
+    }
+    out
+}
+
+fn hex_string(digits: &[u8]) -> String {
+    digits.iter().map(|&d| char::from(d)).collect()
 }
 
 fn hex_u128(s: &str) -> Option<u128> {
@@ -159,19 +187,25 @@ pub(super) fn continue_trace(headers: &HeaderMap, rng: &Rng, sampling: Percentag
 }
 
 /// A random (version 4) UUID, for `x-request-id`.
+#[cfg(test)]
 pub(super) fn uuid_v4(rng: &Rng) -> String {
+    hex_string(&uuid_v4_bytes(rng))
+}
+
+/// A random (version 4) UUID in its 36-character text form.
+pub(super) fn uuid_v4_bytes(rng: &Rng) -> [u8; 36] {
     let hi = rng.next_u64();
     let lo = rng.next_u64();
     let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
     let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    )
+    let digits = hex::<32>((u128::from(hi) << 64) | u128::from(lo));
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&digits[..8]);
+    out[9..13].copy_from_slice(&digits[8..12]);
+    out[14..18].copy_from_slice(&digits[12..16]);
+    out[19..23].copy_from_slice(&digits[16..20]);
+    out[24..].copy_from_slice(&digits[20..]);
+    out
 }
 
 #[cfg(test)]
@@ -222,5 +256,35 @@ mod tests {
         assert!((800..=1_200).contains(&sampled), "{sampled}");
         let id = uuid_v4(&rng);
         assert_eq!((id.len(), &id[14..15]), (36, "4"));
+        let seeded = uuid_v4(&Rng::with_seed(9));
+        let (hi, lo) = {
+            let rng = Rng::with_seed(9);
+            (rng.next_u64(), rng.next_u64())
+        };
+        let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x4000;
+        let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+        let formatted = format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            hi >> 32,
+            (hi >> 16) & 0xffff,
+            hi & 0xffff,
+            lo >> 48,
+            lo & 0xffff_ffff_ffff
+        );
+        assert_eq!(seeded, formatted, "the same text as the formatted UUID");
+        let ctx = TraceContext {
+            trace_id: 0x0af7651916cd43dd8448eb211c80319c,
+            span_id: 0x00f067aa0ba902b7,
+            parent_span_id: Some(0x1),
+            sampled: false,
+        };
+        let mut out = HeaderMap::new();
+        ctx.inject(&mut out);
+        assert_eq!(
+            out["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-00"
+        );
+        assert_eq!(out["x-b3-parentspanid"], "0000000000000001");
+        assert_eq!(out["x-b3-sampled"], "0");
     }
 }

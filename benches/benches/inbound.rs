@@ -1,0 +1,147 @@
+//! The inbound stack beside the bare service: authorization through `mesh_policy`'s engine
+//! with 10 and 1,000 policies (the request matches the last one), and the whole in-process
+//! inbound stack as the sidecar assembles it (telemetry as the destination reporter ->
+//! authorization -> the service), each with the overhead printed as ns/request and as a ratio.
+//!
+//! In-process, no network and no TLS (the handshake is in the `security` bench): the request
+//! carries the verified peer identity and the connection info the TLS listener would add; the
+//! innermost service answers at once in place of the forward to the local app.
+
+use criterion::{BenchmarkId, Criterion};
+use http::{Request, Response};
+use mesh_benches::{Bare, drive, overhead, runtime};
+use mesh_core::model::{
+    AuthorizationPolicy, AuthzAction, AuthzRule, ConditionMatch, MeshConfig, OperationMatch,
+    SourceMatch, ValueMatch,
+};
+use mesh_core::store::ConfigStore;
+use mesh_policy::{PeerIdentity, SpiffeId};
+use mesh_tower::authz::AuthzLayer;
+use mesh_tower::body::{self, BoxBody};
+use mesh_tower::server::ConnectionInfo;
+use mesh_tower::telemetry::{Reporter, Telemetry, TelemetryLayer};
+use std::sync::Arc;
+use tower::{Layer, ServiceExt};
+use tower_service::Service;
+
+/// Benches `svc` beside [`Bare`] in group `inbound/<name>`, then prints its overhead.
+fn compare<S, F>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S, make: F)
+where
+    S: Service<Request<BoxBody>, Response = Response<BoxBody>> + Clone,
+    S::Error: std::fmt::Debug,
+    F: Fn() -> Request<BoxBody> + Copy,
+{
+    let mut group = c.benchmark_group(format!("inbound/{name}"));
+    group.bench_function(BenchmarkId::from_parameter("bare"), |b| {
+        b.iter_custom(|iters| rt.block_on(drive(&mut Bare, make, iters)));
+    });
+    let mut layered = svc.clone();
+    group.bench_function(BenchmarkId::from_parameter(name), |b| {
+        b.iter_custom(|iters| rt.block_on(drive(&mut layered, make, iters)));
+    });
+    group.finish();
+    overhead(rt, name, svc, make);
+}
+
+fn values(v: &[&str]) -> ValueMatch {
+    ValueMatch {
+        values: v.iter().map(|s| (*s).to_owned()).collect(),
+        not_values: Vec::new(),
+    }
+}
+
+/// `n` policies (one DENY in ten), each one rule over the source namespace, method, path and
+/// a header; only the last one matches the benchmark request.
+fn policies(n: usize) -> Vec<AuthorizationPolicy> {
+    (0..n)
+        .map(|i| AuthorizationPolicy {
+            name: format!("default/p{i}"),
+            action: if i % 10 == 0 && i + 1 != n {
+                AuthzAction::Deny
+            } else {
+                AuthzAction::Allow
+            },
+            rules: vec![AuthzRule {
+                from: vec![SourceMatch {
+                    namespaces: values(&[&format!("ns{i}")]),
+                    ..SourceMatch::default()
+                }],
+                to: vec![OperationMatch {
+                    methods: values(&["GET", "POST"]),
+                    paths: values(&[&format!("/api/v{i}/*"), "/items/{*}/detail"]),
+                    ..OperationMatch::default()
+                }],
+                when: vec![ConditionMatch {
+                    key: "request.headers[x-tenant]".into(),
+                    values: values(&[&format!("t{i}")]),
+                }],
+            }],
+            dry_run: false,
+        })
+        .collect()
+}
+
+/// A request from namespace `ns{last}` that the last of `n` policies allows, carrying what the
+/// mTLS listener adds (peer identity, connection info).
+fn template(n: usize) -> Request<()> {
+    let last = n.saturating_sub(1);
+    let mut req = Request::builder()
+        .uri(format!("/api/v{last}/users?page=2"))
+        .header(http::header::HOST, "backend.default.svc.cluster.local:8080")
+        .header("x-tenant", format!("t{last}"))
+        .header("x-request-id", "bench-0123456789abcdef")
+        .header(http::header::USER_AGENT, "mesh-bench")
+        .body(())
+        .expect("a valid request");
+    let id = SpiffeId::parse(&format!("spiffe://cluster.local/ns/ns{last}/sa/web"))
+        .expect("a SPIFFE ID");
+    req.extensions_mut().insert(PeerIdentity::from(id));
+    req.extensions_mut().insert(ConnectionInfo {
+        peer: ([10, 0, 0, 7], 41_000).into(),
+        local: ([10, 0, 0, 8], 8080).into(),
+    });
+    req
+}
+
+fn store(n: usize) -> Arc<ConfigStore> {
+    Arc::new(ConfigStore::new(MeshConfig {
+        authorization: policies(n),
+        ..MeshConfig::default()
+    }))
+}
+
+fn inbound(c: &mut Criterion) {
+    let rt = runtime();
+    // The service the inbound stack ends in (the sidecar's forward to the app): answers at once.
+    let app = tower::service_fn(|_req: Request<BoxBody>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(body::empty()))
+    });
+    for n in [10, 1_000] {
+        let template: &'static Request<()> = Box::leak(Box::new(template(n)));
+        let make = move || template.clone().map(|()| body::empty());
+        let authz = AuthzLayer::new(store(n)).layer(Bare);
+        let status = rt
+            .block_on(authz.clone().oneshot(make()))
+            .expect("an answer")
+            .status();
+        assert_eq!(status, 200, "the last of {n} policies allows the request");
+        compare(c, &rt, &format!("authz ({n} policies)"), authz, make);
+
+        let telemetry = Telemetry::new(Reporter::Destination, MeshConfig::default().workload);
+        let stack = TelemetryLayer::new(telemetry).layer(AuthzLayer::new(store(n)).layer(app));
+        compare(
+            c,
+            &rt,
+            &format!("inbound stack ({n} policies)"),
+            stack,
+            make,
+        );
+    }
+}
+
+fn main() {
+    let mut c = mesh_benches::criterion();
+    inbound(&mut c);
+    c.final_summary();
+    mesh_benches::print_table("inbound overhead over the bare service");
+}
