@@ -200,6 +200,15 @@ HAPROXY
   wait_port "$PROXY_PORT"; measure haproxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 fi
 
-"$BIN/load-chart" "$results" "$OUT/results.png" || echo "warning: no chart" >&2
+if "$BIN/load-chart" "$results" "$OUT/results.svg"; then
+  # The PNG: rsvg-convert (Debian's librsvg2-bin).
+  if command -v rsvg-convert >/dev/null; then
+    rsvg-convert "$OUT/results.svg" -o "$OUT/results.png" || echo "warning: no PNG chart" >&2
+  else
+    echo "warning: rsvg-convert missing (apt-get install -y librsvg2-bin): only $OUT/results.svg" >&2
+  fi
+else
+  echo "warning: no chart" >&2
+fi
 echo; echo "load: $CONNS connections, ${DURATION}s each, wrk/h2load and the upstream on cpu $LOAD_CPU, proxy on cpu $PROXY_CPU, $(date -u '+%F %H:%M UTC'), $(nproc) cpus: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 cat "$results"

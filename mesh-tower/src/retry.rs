@@ -430,7 +430,7 @@ where
             if let Some(info) = result
                 .as_ref()
                 .ok()
-                .and_then(|r| r.extensions().get::<crate::telemetry::UpstreamInfo>())
+                .and_then(|r| r.extensions().get::<Arc<crate::telemetry::UpstreamInfo>>())
             {
                 attributes.push(("server.address".to_owned(), info.authority.clone()));
             }

@@ -93,6 +93,8 @@ struct Resolved {
     healthy: Vec<usize>,
     /// Each endpoint's `address:port`, parsed once.
     authorities: Vec<Option<http::uri::Authority>>,
+    /// What telemetry reports of each endpoint, built once per snapshot.
+    upstream_info: Vec<Arc<UpstreamInfo>>,
     /// Whether every endpoint has the same weight (P2C then compares in-flight counts).
     equal_weights: bool,
     /// Bumped at each ejection, so that the cached available set is rebuilt.
@@ -155,11 +157,25 @@ impl ClusterState {
             .endpoints
             .windows(2)
             .all(|w| w[0].weight == w[1].weight);
+        let upstream_info = cluster
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                Arc::new(UpstreamInfo {
+                    authority: endpoint.authority(),
+                    service: cluster.service.clone(),
+                    namespace: endpoint.namespace.clone(),
+                    labels: endpoint.labels.clone(),
+                    service_account: endpoint.service_account.clone(),
+                })
+            })
+            .collect();
         let resolved = Arc::new(Resolved {
             cluster: cluster.clone(),
             states,
             healthy,
             authorities,
+            upstream_info,
             equal_weights,
             ejections: std::sync::atomic::AtomicU64::new(0),
             available: ArcSwapOption::empty(),
@@ -743,14 +759,9 @@ where
                 latency_check(&resolved, &endpoint_state, rule);
             }
             let mut response = result?;
-            let endpoint = &cluster.endpoints[pick.index];
-            response.extensions_mut().insert(UpstreamInfo {
-                authority: endpoint.authority(),
-                service: cluster.service.clone(),
-                namespace: endpoint.namespace.clone(),
-                labels: endpoint.labels.clone(),
-                service_account: endpoint.service_account.clone(),
-            });
+            response
+                .extensions_mut()
+                .insert(resolved.upstream_info[pick.index].clone());
             if let Some(cookie) = pick.set_cookie {
                 response
                     .headers_mut()

@@ -721,20 +721,34 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
 /// Removes the headers that describe one connection rather than the message (RFC 9110
 /// section 7.6.1), keeping `te: trailers`, which gRPC needs.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    static TRAILER: HeaderName = HeaderName::from_static("trailer");
+    if headers.contains_key(CONNECTION) {
+        // The headers the Connection header names (rare beyond `keep-alive` / `close`).
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|name| {
+                !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close")
+            })
+            .filter_map(|name| HeaderName::try_from(name).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
     }
-    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
-        headers.remove(name);
-    }
-    for name in ["keep-alive", "proxy-connection", "trailer"] {
+    for name in [
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TRAILER,
+    ] {
         headers.remove(name);
     }
     let trailers_only = headers

@@ -49,7 +49,8 @@ impl Reporter {
     }
 }
 
-/// What the balancer chose, left in the response's extensions for telemetry.
+/// What the balancer chose, left in the response's extensions (as `Arc<UpstreamInfo>`, built
+/// once per endpoint and snapshot) for telemetry.
 #[derive(Clone, Debug)]
 pub struct UpstreamInfo {
     /// The endpoint, `address:port`.
@@ -323,7 +324,7 @@ struct Details {
 struct Outcome {
     status: u16,
     flags: ResponseFlags,
-    upstream: Option<UpstreamInfo>,
+    upstream: Option<Arc<UpstreamInfo>>,
     attempts: u32,
 }
 
@@ -340,7 +341,7 @@ impl Observation {
     pub fn finish(self, response: Response<BoxBody>) -> Response<BoxBody> {
         let status = response.status().as_u16();
         let flags = ResponseFlags::of_response(&response);
-        let upstream = response.extensions().get::<UpstreamInfo>();
+        let upstream = response.extensions().get::<Arc<UpstreamInfo>>();
         let grpc_status = response
             .headers()
             .get("grpc-status")
@@ -350,7 +351,7 @@ impl Observation {
             &istio_metrics::OutcomeRef {
                 status,
                 flags,
-                upstream,
+                upstream: upstream.map(|u| &**u),
                 grpc_status,
             },
         );
