@@ -41,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             health: HealthStatus::Healthy,
             service_account: None,
             namespace: None,
+            priority: 0,
         }],
         policy: TrafficPolicy::default(),
     };

@@ -130,6 +130,9 @@ pub struct Endpoint {
     pub service_account: Option<String>,
     /// The instance's namespace, when known.
     pub namespace: Option<String>,
+    /// Envoy's priority level (EDS `priority`; 0, the first, when unset): traffic stays on
+    /// the lowest level while it is healthy and spills to the next as its healthy share drops.
+    pub priority: u32,
 }
 
 impl Endpoint {

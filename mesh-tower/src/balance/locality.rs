@@ -1,11 +1,12 @@
 //! Locality-aware priority levels (Istio's locality failover, Envoy's priority load).
 //!
-//! Endpoints are ranked by how close they are to the workload: same subzone, same zone, same
-//! region, then the rest (with a `failover` entry for the workload's region, its target region
-//! comes before the rest). Traffic goes to the closest level while it is healthy; as its
-//! healthy share drops, load spills to the next level in proportion, with Envoy's
-//! overprovisioning factor of 1.4 (a level keeps all its traffic while 72% or more of it is
-//! healthy).
+//! Endpoints with an EDS `priority` are ranked by it first (0 before 1, ...). Within a
+//! priority (and without EDS priorities), endpoints are ranked by how close they are to the
+//! workload: same subzone, same zone, same region, then the rest (with a `failover` entry for
+//! the workload's region, its target region comes before the rest). Traffic goes to the
+//! closest level while it is healthy; as its healthy share drops, load spills to the next
+//! level in proportion, with Envoy's overprovisioning factor of 1.4 (a level keeps all its
+//! traffic while 72% or more of it is healthy).
 
 use crate::rng::Rng;
 use mesh_core::model::{Cluster, HealthStatus, Labels, Locality};
@@ -129,13 +130,20 @@ pub(super) fn choose_level(
     if let Some(members) = distributed(cluster, local, candidates, rng) {
         return members;
     }
-    // failoverPriority labels first, then locality.
-    let level = |e: &mesh_core::model::Endpoint| -> u16 {
-        u16::from(label_level(cluster, e, workload_labels)) * 8
-            + u16::from(level(cluster, &e.locality, local))
+    // EDS priority first (a control plane such as istiod has already ranked the
+    // endpoints), then failoverPriority labels, then locality.
+    let level = |e: &mesh_core::model::Endpoint| -> u64 {
+        (u64::from(e.priority) << 16)
+            + u64::from(label_level(cluster, e, workload_labels)) * 8
+            + if local.region.is_empty() {
+                // The workload's locality is unknown: the priorities alone rank.
+                0
+            } else {
+                u64::from(level(cluster, &e.locality, local))
+            }
     };
     // Per level: endpoints that are healthy by status, and the candidates among them.
-    let mut levels: BTreeMap<u16, (u64, Vec<usize>)> = BTreeMap::new();
+    let mut levels: BTreeMap<u64, (u64, Vec<usize>)> = BTreeMap::new();
     for e in &cluster.endpoints {
         if e.health == HealthStatus::Healthy {
             levels.entry(level(e)).or_default().0 += 1;

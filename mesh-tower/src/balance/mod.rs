@@ -97,6 +97,8 @@ struct Resolved {
     upstream_info: Vec<Arc<UpstreamInfo>>,
     /// Whether every endpoint has the same weight (P2C then compares in-flight counts).
     equal_weights: bool,
+    /// Whether some endpoint has an EDS priority above 0 (levels apply without locality).
+    has_priorities: bool,
     /// Bumped at each ejection, so that the cached available set is rebuilt.
     ejections: std::sync::atomic::AtomicU64,
     /// The healthy endpoints not ejected, valid until the generation changes or the first
@@ -177,6 +179,7 @@ impl ClusterState {
             authorities,
             upstream_info,
             equal_weights,
+            has_priorities: cluster.endpoints.iter().any(|e| e.priority > 0),
             ejections: std::sync::atomic::AtomicU64::new(0),
             available: ArcSwapOption::empty(),
             table: Mutex::new(None),
@@ -348,7 +351,11 @@ impl BalanceLayer {
         let ejects = cluster.policy.outlier_detection.is_some()
             || cluster.policy.latency_outlier.is_some()
             || self.latency_outlier.is_some();
-        let locality_aware = cluster.policy.load_balancer.locality.is_some() || ejects;
+        let locality_aware =
+            cluster.policy.load_balancer.locality.is_some() || ejects || resolved.has_priorities;
+        // EDS priorities are levels even when the workload's locality is unknown.
+        let unknown = mesh_core::model::Locality::default();
+        let local = local.or(resolved.has_priorities.then_some(&unknown));
         // Without outlier detection or locality, the candidates are the cached healthy set:
         // no per-request list, no per-endpoint lock.
         let candidates: Chosen<'_> = if !(ejects || locality_aware && local.is_some()) {

@@ -17,6 +17,7 @@ fn endpoint(port: u16, weight: u32, region: &str) -> Endpoint {
         health: HealthStatus::Healthy,
         service_account: None,
         namespace: None,
+        priority: 0,
     }
 }
 
@@ -594,4 +595,66 @@ async fn the_latency_outlier_rule_ejects_an_endpoint_much_slower_than_its_peers(
         "the slow endpoint stopped getting traffic: {counts:?}"
     );
     assert!(counts[&1] > 100 && counts[&2] > 100 && counts[&3] > 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn eds_priorities_keep_traffic_on_priority_0_and_spill_as_it_is_ejected() {
+    // Four endpoints at priority 0, two at priority 1; no workload locality at all.
+    let mut endpoints: Vec<Endpoint> = (1..=6).map(|p| endpoint(p, 1, "")).collect();
+    for e in &mut endpoints[4..] {
+        e.priority = 1;
+    }
+    let od = OutlierDetection {
+        consecutive_5xx_errors: Some(1),
+        base_ejection_time: Duration::from_secs(300),
+        max_ejection_percent: 100,
+        ..OutlierDetection::default()
+    };
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.outlier_detection = Some(od);
+    let c = cluster(endpoints, p);
+    let failing = Arc::new(Mutex::new(Vec::<u16>::new()));
+    let f = failing.clone();
+    let (up, counts) = upstream(move |port| {
+        if f.lock().unwrap().contains(&port) {
+            500
+        } else {
+            200
+        }
+    });
+    let svc = BalanceLayer::new(Rng::with_seed(11)).layer(up);
+    let run = |n: usize| {
+        let (svc, c) = (svc.clone(), c.clone());
+        async move {
+            for _ in 0..n {
+                let _ = svc.clone().oneshot(request(&c)).await;
+            }
+        }
+    };
+    run(400).await;
+    {
+        let counts = counts.lock().unwrap();
+        assert_eq!(
+            counts.get(&5).copied().unwrap_or(0) + counts.get(&6).copied().unwrap_or(0),
+            0,
+            "priority 1 idle: {counts:?}"
+        );
+    }
+    // Two of four priority-0 endpoints fail and are ejected: 50% healthy x 1.4 = 70% of the
+    // traffic stays on priority 0, 30% spills to priority 1.
+    failing.lock().unwrap().extend([1, 2]);
+    run(20).await;
+    counts.lock().unwrap().clear();
+    run(2_000).await;
+    let counts = counts.lock().unwrap();
+    let p1 = counts.get(&5).copied().unwrap_or(0) + counts.get(&6).copied().unwrap_or(0);
+    let share = p1 as f64 / 2_000.0;
+    assert!(
+        (0.25..=0.35).contains(&share),
+        "priority 1 share {share}: {counts:?}"
+    );
+    assert_eq!(
+        counts.get(&1).copied().unwrap_or(0) + counts.get(&2).copied().unwrap_or(0),
+        0
+    );
 }

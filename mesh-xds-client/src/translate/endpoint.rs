@@ -29,19 +29,6 @@ pub(super) fn translate(cla: &ClusterLoadAssignment) -> FieldResult<XdsEndpoints
 /// The endpoints of `cla`; with `dns`, socket addresses may be host names.
 pub(super) fn endpoints(cla: &ClusterLoadAssignment, dns: bool) -> FieldResult<Vec<Endpoint>> {
     let mut out = Vec::new();
-    if cla.endpoints.iter().any(|l| l.priority != 0) {
-        // Priorities are failover levels; the mesh balances one level. Keep priority 0 and
-        // say so, rather than mixing failover endpoints into the primary set.
-        let field = cla
-            .endpoints
-            .iter()
-            .position(|l| l.priority != 0)
-            .map_or_else(String::new, |i| format!("endpoints[{i}].priority"));
-        return Err(FieldError::new(
-            field,
-            "priorities other than 0 are not supported",
-        ));
-    }
     for (i, l) in cla.endpoints.iter().enumerate() {
         let locality = l
             .locality
@@ -60,7 +47,7 @@ pub(super) fn endpoints(cla: &ClusterLoadAssignment, dns: bool) -> FieldResult<V
         }
         for (j, e) in l.lb_endpoints.iter().enumerate() {
             let field = format!("endpoints[{i}].lb_endpoints[{j}]");
-            out.push(lb_endpoint(e, &locality, dns).map_err(|e| e.within(&field))?);
+            out.push(lb_endpoint(e, &locality, l.priority, dns).map_err(|e| e.within(&field))?);
         }
     }
     Ok(out)
@@ -69,6 +56,7 @@ pub(super) fn endpoints(cla: &ClusterLoadAssignment, dns: bool) -> FieldResult<V
 fn lb_endpoint(
     e: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
     locality: &Locality,
+    priority: u32,
     dns: bool,
 ) -> FieldResult<Endpoint> {
     let ep = match &e.host_identifier {
@@ -138,6 +126,7 @@ fn lb_endpoint(
         health,
         service_account,
         namespace,
+        priority,
     })
 }
 

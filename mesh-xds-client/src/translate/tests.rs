@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, Locality as PbLocality, Metadata, RuntimeFractionalPercent,
     TransportSocket, transport_socket,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{LocalityLbEndpoints, lb_endpoint};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
     self as rpb, HeaderMatcher, QueryParameterMatcher, RetryPolicy as PbRetry,
@@ -670,16 +670,17 @@ fn endpoints_with_localities_weights_health_and_istio_labels() {
     assert_eq!(a.service_account.as_deref(), Some("reviews"));
     assert_eq!(a.namespace.as_deref(), Some("default"));
 
-    cla.endpoints.push(LocalityLbEndpoints {
-        priority: 1,
-        ..Default::default()
-    });
-    assert_eq!(
-        err(ResourceType::ClusterLoadAssignment, pack(&cla)),
-        format!(
-            "ClusterLoadAssignment {C1}: endpoints[1].priority: priorities other than 0 are not supported"
-        )
-    );
+    // A failover level: its endpoints carry their priority.
+    let mut failover = cla.endpoints[0].clone();
+    failover.priority = 1;
+    cla.endpoints.push(failover);
+    let Decoded::ClusterLoadAssignment(x) =
+        decode(ResourceType::ClusterLoadAssignment, &pack(&cla)).unwrap()
+    else {
+        panic!()
+    };
+    let priorities: Vec<u32> = x.endpoints.iter().map(|e| e.priority).collect();
+    assert_eq!(priorities, [0, 0, 1, 1]);
     cla.endpoints.pop();
     cla.endpoints[0].lb_endpoints[1].host_identifier =
         Some(lb_endpoint::HostIdentifier::EndpointName("x".into()));

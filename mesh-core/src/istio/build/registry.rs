@@ -50,6 +50,7 @@ impl Entry {
                 health: HealthStatus::Healthy,
                 service_account: i.service_account.clone(),
                 namespace: Some(i.namespace.clone()),
+                priority: 0,
             })
             .collect()
     }
