@@ -396,6 +396,13 @@ impl Proxy {
             let handle = mesh_xds_client::client::XdsClient::new(xds_config, store.clone())
                 .overlay(overlay)
                 .spawn();
+            // SDS: the control plane's certificates rotate the workload's credentials.
+            if let Some(credentials) = &credentials {
+                tokio::spawn(mesh_xds_client::sds::rotate(
+                    handle.secrets(),
+                    credentials.clone(),
+                ));
+            }
             (tokio::spawn(std::future::pending::<()>()), Some(handle))
         };
         if let Some(store) = credentials.clone() {

@@ -55,6 +55,7 @@ pub mod json;
 pub mod node;
 pub mod protocol;
 pub mod resource;
+pub mod sds;
 pub mod translate;
 
 #[cfg(any(test, feature = "test-util"))]
