@@ -27,7 +27,7 @@ use crate::client::UpstreamClient;
 use crate::error::{self, ProxyError};
 use crate::outbound::Outbound;
 use crate::route::destination;
-use crate::server::{ConnectionInfo, Drain};
+use crate::server::{ConnectionInfo, Drain, drain, next_connection};
 use crate::tcp::{InboundConnection, TcpInbound, TcpOutbound, cluster_for};
 use crate::tls::{InboundTls, ServerStream, TlsInfo};
 use bytes::{Buf, Bytes};
@@ -575,35 +575,6 @@ where
         tokio::spawn(capture.handle(stream, peer, builder, watcher));
     }
     drain(listener, graceful, grace).await
-}
-
-async fn next_connection<F: Future<Output = ()>>(
-    listener: &TcpListener,
-    shutdown: &mut Pin<&mut F>,
-) -> Option<(TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Some((stream, peer));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = shutdown.as_mut() => return None,
-        }
-    }
-}
-
-async fn drain(listener: TcpListener, graceful: GracefulShutdown, grace: Duration) -> Drain {
-    drop(listener);
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
-        Ok(()) => Drain::Complete,
-        Err(_) => Drain::TimedOut,
-    }
 }
 
 #[cfg(test)]

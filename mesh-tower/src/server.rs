@@ -180,7 +180,7 @@ where
 /// The next connection (with `TCP_NODELAY` set), or `None` once `shutdown` resolves. Accept
 /// errors (e.g. too many open files) are logged and retried after a short pause, so one bad
 /// moment does not take the listener down.
-async fn next_connection<F: Future<Output = ()>>(
+pub(crate) async fn next_connection<F: Future<Output = ()>>(
     listener: &TcpListener,
     shutdown: &mut std::pin::Pin<&mut F>,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
@@ -202,7 +202,11 @@ async fn next_connection<F: Future<Output = ()>>(
 }
 
 /// Stops accepting and gives open connections `grace` to finish their requests.
-async fn drain(listener: TcpListener, graceful: GracefulShutdown, grace: Duration) -> Drain {
+pub(crate) async fn drain(
+    listener: TcpListener,
+    graceful: GracefulShutdown,
+    grace: Duration,
+) -> Drain {
     drop(listener);
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => Drain::Complete,

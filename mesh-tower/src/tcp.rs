@@ -168,21 +168,9 @@ pub async fn serve_tcp(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let forward = forward.clone();
-                    tokio::spawn(async move { forward.forward(stream).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "tcp accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = &mut shutdown => return,
-        }
+    while let Some((stream, _)) = crate::server::next_connection(&listener, &mut shutdown).await {
+        let forward = forward.clone();
+        tokio::spawn(async move { forward.forward(stream).await });
     }
 }
 
