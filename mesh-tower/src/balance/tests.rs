@@ -68,6 +68,30 @@ fn upstream(status: impl Fn(u16) -> u16 + Send + Sync + 'static) -> (TestUpstrea
     (tower::util::BoxCloneSyncService::new(service), counts)
 }
 
+/// An upstream answering each endpoint port after `delay_ms(port)` milliseconds, counting
+/// tries.
+fn timed_upstream(delay_ms: impl Fn(u16) -> u64 + Send + Sync + 'static) -> (TestUpstream, Counts) {
+    let counts: Counts = Arc::default();
+    let seen = counts.clone();
+    let delay_ms = Arc::new(delay_ms);
+    let service = tower::service_fn(move |req: Request<BoxBody>| {
+        let port = req
+            .extensions()
+            .get::<Upstream>()
+            .unwrap()
+            .authority
+            .port_u16()
+            .unwrap();
+        *seen.lock().unwrap().entry(port).or_insert(0) += 1;
+        let delay = Duration::from_millis(delay_ms(port));
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        }
+    });
+    (TestUpstream::new(service), counts)
+}
+
 fn request(cluster: &Arc<Cluster>) -> Request<BoxBody> {
     let mut req = Request::new(body::empty());
     req.extensions_mut().insert(Target {
@@ -465,29 +489,16 @@ async fn peak_ewma_steers_traffic_away_from_a_slow_endpoint_and_back_when_it_rec
         policy(LbAlgorithm::PeakEwma { decay }),
     );
     let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let counts: Counts = Arc::default();
-    let (seen, is_slow) = (counts.clone(), slow.clone());
+    let is_slow = slow.clone();
     // Endpoint 1 answers in 200 ms while `slow`, the others in 5 ms.
-    let up = tower::service_fn(move |req: Request<BoxBody>| {
-        let port = req
-            .extensions()
-            .get::<Upstream>()
-            .unwrap()
-            .authority
-            .port_u16()
-            .unwrap();
-        *seen.lock().unwrap().entry(port).or_insert(0) += 1;
-        let delay = if port == 1 && is_slow.load(Ordering::Relaxed) {
+    let (up, counts) = timed_upstream(move |port| {
+        if port == 1 && is_slow.load(Ordering::Relaxed) {
             200
         } else {
             5
-        };
-        async move {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            Ok::<_, BoxError>(Response::new(body::empty()))
         }
     });
-    let svc = BalanceLayer::new(Rng::with_seed(9)).layer(TestUpstream::new(up));
+    let svc = BalanceLayer::new(Rng::with_seed(9)).layer(up);
     // 8 concurrent clients, 1,500 requests in all.
     let run = |n: usize| {
         let tasks: Vec<_> = (0..8)
@@ -530,24 +541,8 @@ async fn least_request_does_not_see_latency_but_peak_ewma_does() {
         (1..=3).map(|p| endpoint(p, 1, "")).collect(),
         policy(LbAlgorithm::LeastRequest),
     );
-    let counts: Counts = Arc::default();
-    let seen = counts.clone();
-    let up = tower::service_fn(move |req: Request<BoxBody>| {
-        let port = req
-            .extensions()
-            .get::<Upstream>()
-            .unwrap()
-            .authority
-            .port_u16()
-            .unwrap();
-        *seen.lock().unwrap().entry(port).or_insert(0) += 1;
-        async move {
-            let delay = if port == 1 { 200 } else { 5 };
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            Ok::<_, BoxError>(Response::new(body::empty()))
-        }
-    });
-    let svc = BalanceLayer::new(Rng::with_seed(9)).layer(TestUpstream::new(up));
+    let (up, counts) = timed_upstream(|port| if port == 1 { 200 } else { 5 });
+    let svc = BalanceLayer::new(Rng::with_seed(9)).layer(up);
     for _ in 0..600 {
         svc.clone().oneshot(request(&c)).await.unwrap();
     }
@@ -564,26 +559,10 @@ async fn the_latency_outlier_rule_ejects_an_endpoint_much_slower_than_its_peers(
         min_endpoints: 3,
     });
     let c = cluster((1..=4).map(|p| endpoint(p, 1, "")).collect(), p);
-    let counts: Counts = Arc::default();
-    let seen = counts.clone();
     // Endpoint 4 answers in 400 ms, the others in 10 ms: no errors at all.
-    let up = tower::service_fn(move |req: Request<BoxBody>| {
-        let port = req
-            .extensions()
-            .get::<Upstream>()
-            .unwrap()
-            .authority
-            .port_u16()
-            .unwrap();
-        *seen.lock().unwrap().entry(port).or_insert(0) += 1;
-        async move {
-            let delay = if port == 4 { 400 } else { 10 };
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            Ok::<_, BoxError>(Response::new(body::empty()))
-        }
-    });
+    let (up, counts) = timed_upstream(|port| if port == 4 { 400 } else { 10 });
     let layer = BalanceLayer::new(Rng::with_seed(3));
-    let svc = layer.clone().layer(TestUpstream::new(up));
+    let svc = layer.clone().layer(up);
     for _ in 0..400 {
         svc.clone().oneshot(request(&c)).await.unwrap();
     }

@@ -18,7 +18,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::model::{ClientTls, Cluster, TlsMode};
 use mesh_core::store::ConfigStore;
 use mesh_policy::SpiffeId;
@@ -586,28 +586,17 @@ impl UpstreamClient {
         let mut plain = connector(settings);
         Box::pin(async move {
             use tower::ServiceExt;
-            let spawn_splice = |upstream| {
-                tokio::spawn(async move {
-                    match downstream.await {
-                        Ok(client) => {
-                            let client = hyper_util::rt::TokioIo::new(client);
-                            crate::tcp::splice(client, upstream, idle).await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "CONNECT: client never upgraded"),
-                    }
-                });
-            };
             match mutual {
                 Some(connector) => {
                     let io = connector.oneshot(uri).await.map_err(failed)?;
-                    spawn_splice(TunnelIo::Tls(hyper_util::rt::TokioIo::new(io)));
+                    tokio::spawn(splice_upgraded(downstream, TokioIo::new(io), idle));
                 }
                 None => {
                     let io = (&mut plain)
                         .oneshot(uri)
                         .await
                         .map_err(|e| failed(e.into()))?;
-                    spawn_splice(TunnelIo::Plain(hyper_util::rt::TokioIo::new(io)));
+                    tokio::spawn(splice_upgraded(downstream, TokioIo::new(io), idle));
                 }
             }
             Ok(Response::new(body::empty()))
@@ -615,55 +604,19 @@ impl UpstreamClient {
     }
 }
 
-/// The upstream side of a CONNECT tunnel.
-enum TunnelIo {
-    Plain(hyper_util::rt::TokioIo<hyper_util::rt::TokioIo<tokio::net::TcpStream>>),
-    Tls(hyper_util::rt::TokioIo<hyper_util::rt::TokioIo<crate::tls::ClientStream>>),
-}
-
-impl tokio::io::AsyncRead for TunnelIo {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(io) => std::pin::Pin::new(io).poll_read(cx, buf),
-            Self::Tls(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+/// Once the client's connection is upgraded, carries bytes between it and `upstream`.
+async fn splice_upgraded<U>(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: U,
+    idle: std::time::Duration,
+) where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match downstream.await {
+        Ok(client) => {
+            crate::tcp::splice(TokioIo::new(client), upstream, idle).await;
         }
-    }
-}
-
-impl tokio::io::AsyncWrite for TunnelIo {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(io) => std::pin::Pin::new(io).poll_write(cx, buf),
-            Self::Tls(io) => std::pin::Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(io) => std::pin::Pin::new(io).poll_flush(cx),
-            Self::Tls(io) => std::pin::Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(io) => std::pin::Pin::new(io).poll_shutdown(cx),
-            Self::Tls(io) => std::pin::Pin::new(io).poll_shutdown(cx),
-        }
+        Err(e) => tracing::debug!(error = %e, "CONNECT: client never upgraded"),
     }
 }
 
@@ -711,8 +664,8 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
         tracing::debug!("upgrade abandoned before both sides switched");
         return;
     };
-    let mut downstream = hyper_util::rt::TokioIo::new(downstream);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let mut downstream = TokioIo::new(downstream);
+    let mut upstream = TokioIo::new(upstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended");
     }
