@@ -87,7 +87,7 @@ impl<B> Service<Request<B>> for Ok200 {
 pub fn run(data: &[u8]) -> Option<http::StatusCode> {
     let req = request(data)?;
     let mut svc = RouteLayer::new(store().clone()).layer(Ok200);
-    let mut future = svc.call(req.map(|()| body::empty()));
+    let mut future = std::pin::pin!(svc.call(req.map(|()| body::empty())));
     let mut cx = Context::from_waker(Waker::noop());
     match future.as_mut().poll(&mut cx) {
         Poll::Ready(Ok(response)) => Some(response.status()),

@@ -16,10 +16,10 @@
 use crate::body::{BoxBody, BoxError};
 use crate::error::ProxyError;
 use crate::split::Target;
-use futures_util::future::BoxFuture;
+use foldhash::HashMap;
+use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response};
 use mesh_core::model::{Cluster, ClusterName, ClusterRetryBudget, Protocol};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -231,17 +231,19 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Future =
+        Either<Admitted<S::Future>, BoxFuture<'static, Result<Response<BoxBody>, BoxError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some(cluster) = req.extensions().get::<Target>().map(|t| t.cluster.clone()) else {
-            return Box::pin(inner.call(req));
+            return Either::Left(Admitted {
+                inner: self.inner.call(req),
+                held: None,
+            });
         };
         let gate = self.layer.gate(&cluster);
         let is_retry = req
@@ -263,7 +265,7 @@ where
                         "{}: retries limit reached",
                         cluster.name
                     ));
-                    return Box::pin(async move { Err(e.into()) });
+                    return Either::Right(Box::pin(async move { Err(e.into()) }));
                 }
             }
         } else {
@@ -272,22 +274,45 @@ where
         held._request = request;
         // Fast path: a free slot, no waiting.
         if let Ok(permit) = gate.active.clone().try_acquire_owned() {
-            let future = inner.call(req);
-            return Box::pin(async move {
-                let result = future.await;
-                drop((permit, held));
-                result
+            return Either::Left(Admitted {
+                inner: self.inner.call(req),
+                held: Some((permit, held)),
             });
         }
+        // The call waits for a slot: the future owns the ready service.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         let stats = self.layer.stats.clone();
         let name = cluster.name.to_string();
         let admission = admit(gate, stats, name);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let permit = admission.await?;
             let result = inner.call(req).await;
             drop((permit, held));
             result
-        })
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Breaker`]'s response future for a request admitted at once: the inner future,
+    /// holding the request's slot until it ends.
+    pub struct Admitted<F> {
+        #[pin]
+        inner: F,
+        held: Option<(OwnedSemaphorePermit, Held)>,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Admitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        // The slot is free once the response (or the failure) is here.
+        this.held.take();
+        Poll::Ready(output)
     }
 }
 

@@ -31,9 +31,9 @@
 
 use crate::body::{self, BoxBody, BoxError};
 use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::future::{self, ResponseFuture};
 use crate::rng::Rng;
 use crate::route::Routed;
-use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::model::{AbortError, Fault};
 use std::sync::Arc;
@@ -145,7 +145,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -162,7 +162,7 @@ where
                 .unwrap_or_default(),
         };
         if decision == Decision::default() {
-            return Box::pin(self.inner.call(req));
+            return future::passed(self.inner.call(req));
         }
         // The call waits (delay) or never happens (abort): the future owns the ready service.
         let clone = self.inner.clone();
@@ -173,7 +173,7 @@ where
         if decision.abort.is_some() {
             metrics::counter!("mesh_faults_injected_total", "kind" => "abort").increment(1);
         }
-        Box::pin(async move {
+        future::acted(async move {
             if let Some(delay) = decision.delay {
                 tokio::time::sleep(delay).await;
             }

@@ -27,6 +27,7 @@ pub mod error;
 pub mod explain;
 pub mod fault;
 pub mod flags;
+pub mod future;
 pub mod grpc;
 pub mod inbound;
 pub mod mirror;

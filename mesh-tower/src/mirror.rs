@@ -32,10 +32,10 @@
 //! ```
 
 use crate::body::{self, BoxBody, BoxError, Replay};
+use crate::future::{self, ResponseFuture};
 use crate::rng::Rng;
 use crate::route::Routed;
 use crate::split::Target;
-use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use mesh_core::model::Percentage;
 use std::sync::Arc;
@@ -176,7 +176,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -204,14 +204,14 @@ where
             }
         }
         if targets.is_empty() {
-            return Box::pin(self.inner.call(req));
+            return future::passed(self.inner.call(req));
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = layer.clone();
         // Erased where `S::Future: Send` is known, so the async block needs no proof about `S`.
         let inner: ShadowService = BoxCloneSyncService::new(inner);
-        Box::pin(async move {
+        future::acted(async move {
             let (parts, body) = req.into_parts();
             let bytes = match body::replayable(body, layer.body_limit).await? {
                 Replay::Buffered(bytes) => bytes,

@@ -1,20 +1,20 @@
 //! The outbound stack: route -> rate limit -> fault -> mirror -> timeout -> retry -> split -> balance ->
 //! client, with errors turned into responses at the edge.
 
-use crate::balance::BalanceLayer;
+use crate::balance::{Balance, BalanceLayer};
 use crate::body::{self, BoxBody, BoxError};
-use crate::breaker::BreakerLayer;
+use crate::breaker::{Breaker, BreakerLayer};
 use crate::client::UpstreamClient;
 use crate::error;
-use crate::fault::FaultLayer;
-use crate::mirror::{MirrorLayer, ShadowService};
-use crate::ratelimit::RateLimitLayer;
-use crate::retry::{RetryBudget, RetryLayer};
+use crate::fault::{FaultInjection, FaultLayer};
+use crate::mirror::{Mirror, MirrorLayer, ShadowService};
+use crate::ratelimit::{RateLimit, RateLimitLayer};
+use crate::retry::{Retry, RetryBudget, RetryLayer};
 use crate::rng::Rng;
-use crate::route::RouteLayer;
-use crate::split::SplitLayer;
+use crate::route::{RouteLayer, Router};
+use crate::split::{Split, SplitLayer};
 use crate::telemetry::Telemetry;
-use crate::timeout::TimeoutLayer;
+use crate::timeout::{Timeout, TimeoutLayer};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -25,6 +25,12 @@ use std::task::{Context, Poll};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 use tower_service::Service;
+
+/// The layers of the stack as one type: each layer's future holds the next one's inline, so
+/// a request allocates only where a layer acts (see [`crate::future`]).
+type Stack = Router<
+    RateLimit<FaultInjection<Mirror<Timeout<Retry<Split<Breaker<Balance<UpstreamClient>>>>>>>>,
+>;
 
 /// Builds an [`Outbound`] service.
 #[derive(Clone, Debug)]
@@ -81,7 +87,7 @@ impl OutboundBuilder {
             .layer(SplitLayer::new(self.rng))
             .service(upstream);
         Outbound {
-            inner: BoxCloneSyncService::new(inner),
+            inner,
             telemetry: self.telemetry,
             balancer,
         }
@@ -103,7 +109,7 @@ impl OutboundBuilder {
 /// ```
 #[derive(Clone)]
 pub struct Outbound {
-    inner: BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError>,
+    inner: Stack,
     telemetry: Option<Telemetry>,
     balancer: BalanceLayer,
 }

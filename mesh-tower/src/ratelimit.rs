@@ -27,8 +27,8 @@
 
 use crate::body::{BoxBody, BoxError};
 use crate::error::{self, ProxyError};
+use crate::future::{self, ResponseFuture};
 use crate::route::Routed;
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use mesh_core::model::LocalRateLimit;
 use std::collections::HashMap;
@@ -155,7 +155,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -168,17 +168,17 @@ where
             Some(self.layer.bucket(routed, limit))
         });
         let Some(bucket) = bucket else {
-            return Box::pin(self.inner.call(req));
+            return future::passed(self.inner.call(req));
         };
         let (allowed, remaining, reset) = bucket.take();
         if !allowed {
             metrics::counter!("mesh_rate_limited_total").increment(1);
             let mut response = error::to_response(&ProxyError::RateLimited.into());
             bucket.headers(remaining, reset, response.headers_mut());
-            return Box::pin(async move { Ok(response) });
+            return future::acted(async move { Ok(response) });
         }
         let future = self.inner.call(req);
-        Box::pin(async move {
+        future::acted(async move {
             let mut response = future.await?;
             bucket.headers(remaining, reset, response.headers_mut());
             Ok(response)
@@ -245,7 +245,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, S::Error>>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -253,17 +253,17 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(bucket) = self.layer.bucket(&req) else {
-            return Box::pin(self.inner.call(req));
+            return future::passed(self.inner.call(req));
         };
         let (allowed, remaining, reset) = bucket.take();
         if !allowed {
             metrics::counter!("mesh_rate_limited_total").increment(1);
             let mut response = error::to_response(&ProxyError::RateLimited.into());
             bucket.headers(remaining, reset, response.headers_mut());
-            return Box::pin(async move { Ok(response) });
+            return future::acted(async move { Ok(response) });
         }
         let future = self.inner.call(req);
-        Box::pin(async move {
+        future::acted(async move {
             let mut response = future.await?;
             bucket.headers(remaining, reset, response.headers_mut());
             Ok(response)

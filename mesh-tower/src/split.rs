@@ -3,9 +3,9 @@
 
 use crate::body::{BoxBody, BoxError};
 use crate::error::ProxyError;
+use crate::future::{self, ResponseFuture};
 use crate::rng::Rng;
 use crate::route::{Routed, apply_header_ops};
-use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use mesh_core::model::Cluster;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -68,11 +68,11 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some(routed) = req.extensions().get::<Routed>().cloned() else {
             let e = ProxyError::BadRequest("the split layer needs a routed request".into());
-            return Box::pin(async move { Err(e.into()) });
+            return future::acted(async move { Err(e.into()) });
         };
         let Some(forward) = routed.forward() else {
             let e = ProxyError::BadRequest("the route does not forward".into());
-            return Box::pin(async move { Err(e.into()) });
+            return future::acted(async move { Err(e.into()) });
         };
         let draw = self.rng.below(forward.total_weight());
         let Some((index, chosen)) = forward
@@ -91,17 +91,20 @@ where
                 "route {} has no weighted destination",
                 routed.route().name
             ));
-            return Box::pin(async move { Err(e.into()) });
+            return future::acted(async move { Err(e.into()) });
         };
         let Some(cluster) = routed.snapshot().cluster(&chosen.cluster).cloned() else {
             let e = ProxyError::ClusterNotFound(chosen.cluster.to_string());
-            return Box::pin(async move { Err(e.into()) });
+            return future::acted(async move { Err(e.into()) });
         };
         apply_header_ops(&chosen.request_headers, req.headers_mut());
         req.extensions_mut().insert(Target { cluster });
+        if chosen.response_headers.is_empty() {
+            return future::passed(self.inner.call(req));
+        }
         // Called now (it is ready): no clone of the stack below per request.
         let future = self.inner.call(req);
-        Box::pin(async move {
+        future::acted(async move {
             let mut response = future.await?;
             if let Some(forward) = routed.forward() {
                 apply_header_ops(

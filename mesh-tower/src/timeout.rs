@@ -24,7 +24,6 @@
 use crate::body::{BoxBody, BoxError};
 use crate::error::ProxyError;
 use crate::route::Routed;
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body as _;
 use std::future::Future as _;
@@ -220,7 +219,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -243,19 +242,52 @@ where
         };
         let idle = self.idle;
         let Some(timeout) = timeout else {
-            let future = self.inner.call(req);
-            return Box::pin(async move { Ok(with_idle_timeout(future.await?, idle)) });
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                expiry: None,
+                idle,
+            };
         };
         let deadline = Deadline(Instant::now() + timeout);
         deadline.propagate(req.headers_mut());
         req.extensions_mut().insert(deadline);
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, future).await {
-                Ok(result) => Ok(with_idle_timeout(result?, idle)),
-                Err(_) => Err(ProxyError::Timeout { per_try: false }.into()),
+        ResponseFuture {
+            inner: self.inner.call(req),
+            expiry: Some(tokio::time::sleep_until(deadline.0)),
+            idle,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Timeout`]'s response future: the inner one, failed with 504 `UT` at the deadline;
+    /// its response body gets the stream idle timeout.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        expiry: Option<tokio::time::Sleep>,
+        idle: Option<Duration>,
+    }
+}
+
+impl<F> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<BoxBody>, BoxError>>,
+{
+    type Output = Result<Response<BoxBody>, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            return Poll::Ready(result.map(|response| with_idle_timeout(response, *this.idle)));
+        }
+        match this.expiry.as_pin_mut().map(|expiry| expiry.poll(cx)) {
+            Some(Poll::Ready(())) => {
+                Poll::Ready(Err(ProxyError::Timeout { per_try: false }.into()))
             }
-        })
+            _ => Poll::Pending,
+        }
     }
 }
 

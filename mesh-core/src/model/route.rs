@@ -1,5 +1,6 @@
 use super::{ClusterName, Labels, Pattern, Percentage, StringMatch};
-use std::collections::HashMap;
+/// Lookups by the request's authority: foldhash (keys come from config; a request only looks up).
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 use std::fmt;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds the table; the first virtual host to claim a domain keeps it.
     pub fn new(virtual_hosts: Vec<VirtualHost>) -> Self {
-        let mut exact = HashMap::new();
+        let mut exact = HashMap::default();
         let mut suffixes = Vec::new();
         let mut catch_all = None;
         for (i, vh) in virtual_hosts.iter().enumerate() {

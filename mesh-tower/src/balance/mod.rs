@@ -33,12 +33,12 @@ use crate::server::ConnectionInfo;
 use crate::split::Target;
 use crate::telemetry::UpstreamInfo;
 use arc_swap::ArcSwapOption;
-use futures_util::future::BoxFuture;
+use foldhash::HashMap;
+use futures_util::future::{Either, Ready, ready};
 use http::{HeaderValue, Request, Response};
 use mesh_core::model::{
     Cluster, ClusterName, ConsistentHash, Endpoint, HashKey, HashTable, HealthStatus, LbAlgorithm,
 };
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
@@ -657,7 +657,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Future = Either<ResponseFuture<S::Future>, Ready<Result<Response<BoxBody>, BoxError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -666,7 +666,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let Some(cluster) = req.extensions().get::<Target>().map(|t| t.cluster.clone()) else {
             let e = ProxyError::BadRequest("the balancer needs a target cluster".into());
-            return Box::pin(async move { Err(e.into()) });
+            return Either::Right(ready(Err(e.into())));
         };
         if matches!(
             cluster.policy.load_balancer.algorithm,
@@ -677,18 +677,19 @@ where
             let authority = crate::route::destination(&req).and_then(|a| a.parse().ok());
             let Some(authority) = authority else {
                 let e = ProxyError::NoHealthyUpstream(cluster.name.to_string());
-                return Box::pin(async move { Err(e.into()) });
+                return Either::Right(ready(Err(e.into())));
             };
             req.extensions_mut().insert(Upstream { authority });
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
-            return Box::pin(inner.call(req));
+            return Either::Left(ResponseFuture {
+                inner: self.inner.call(req),
+                observed: None,
+            });
         }
         let state = self.layer.cluster_state(&cluster.name);
         let resolved = state.resolve(&cluster);
         let pick = match self.layer.pick(&resolved, &state, &req) {
             Ok(pick) => pick,
-            Err(e) => return Box::pin(async move { Err(e.into()) }),
+            Err(e) => return Either::Right(ready(Err(e.into()))),
         };
         let endpoint = &cluster.endpoints[pick.index];
         let authority = match resolved.authorities[pick.index].clone() {
@@ -698,7 +699,7 @@ where
                     "endpoint {} is not a valid authority",
                     endpoint.authority()
                 ));
-                return Box::pin(async move { Err(e.into()) });
+                return Either::Right(ready(Err(e.into())));
             }
         };
         req.extensions_mut().insert(Upstream { authority });
@@ -711,71 +712,136 @@ where
             req.extensions_mut().insert(StreamSlot(slot));
         }
         let in_flight = InFlight(endpoint_state.clone());
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let future = inner.call(req);
-        let layer = self.layer.clone();
-        let started = Instant::now();
-        Box::pin(async move {
-            let result = future.await;
-            drop(in_flight);
-            if let LbAlgorithm::PeakEwma { decay } = cluster.policy.load_balancer.algorithm {
-                // Failures count as slow, so that a failing endpoint is not preferred.
-                let elapsed = started.elapsed();
-                let rtt = match &result {
-                    Ok(r) if !r.status().is_server_error() => elapsed,
-                    _ => elapsed.max(Duration::from_secs(1)),
-                };
-                endpoint_state.latency.observe(rtt, Instant::now(), decay);
-            }
-            if let Some(policy) = &cluster.policy.outlier_detection {
-                let outcome = match &result {
-                    Ok(response) => Some(Outcome::Status(response.status().as_u16())),
-                    Err(e) => match e.downcast_ref::<ProxyError>() {
-                        Some(
-                            ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. },
-                        ) => Some(Outcome::LocalOriginFailure),
-                        Some(ProxyError::Timeout { .. }) => Some(Outcome::Status(504)),
-                        _ => None,
-                    },
-                };
-                if let Some(outcome) = outcome
-                    && endpoint_state.outlier.record(outcome, policy)
-                {
-                    let now = Instant::now();
-                    let ejected = resolved
-                        .states
-                        .iter()
-                        .filter(|s| s.outlier.is_ejected(now))
-                        .count();
-                    if may_eject(ejected, resolved.states.len(), policy.max_ejection_percent) {
-                        endpoint_state.outlier.eject(now, policy);
-                        resolved.ejections.fetch_add(1, Ordering::Release);
-                        metrics::counter!("mesh_outlier_ejections_total", "cluster" => cluster.name.to_string()).increment(1);
-                        tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[pick.index].authority(), "outlier ejected");
+        // Called in place: the balancer is ready whenever the stack below is.
+        let future = self.inner.call(req);
+        Either::Left(ResponseFuture {
+            inner: future,
+            observed: Some(Observed {
+                _in_flight: in_flight,
+                cluster,
+                resolved,
+                endpoint_state,
+                index: pick.index,
+                set_cookie: pick.set_cookie,
+                started: Instant::now(),
+                latency_outlier: self.layer.latency_outlier,
+            }),
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Balance`]'s response future: the try, then what its outcome tells of the endpoint
+    /// (outlier detection, peak EWMA, the latency rule).
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        observed: Option<Observed>,
+    }
+}
+
+impl<F> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<BoxBody>, BoxError>>,
+{
+    type Output = Result<Response<BoxBody>, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(match this.observed.take() {
+            Some(observed) => observed.finish(result),
+            // A refused request (no endpoint, bad authority): nothing was sent.
+            None => result,
+        })
+    }
+}
+
+/// One try to an endpoint, kept until its outcome is known.
+struct Observed {
+    /// Counts the try among the endpoint's requests in flight until dropped.
+    _in_flight: InFlight,
+    cluster: Arc<Cluster>,
+    resolved: Arc<Resolved>,
+    endpoint_state: Arc<EndpointState>,
+    index: usize,
+    set_cookie: Option<HeaderValue>,
+    started: Instant,
+    latency_outlier: Option<LatencyOutlier>,
+}
+
+impl Observed {
+    fn finish(
+        self,
+        result: Result<Response<BoxBody>, BoxError>,
+    ) -> Result<Response<BoxBody>, BoxError> {
+        let Observed {
+            _in_flight,
+            cluster,
+            resolved,
+            endpoint_state,
+            index,
+            set_cookie,
+            started,
+            latency_outlier,
+        } = self;
+        drop(_in_flight);
+        if let LbAlgorithm::PeakEwma { decay } = cluster.policy.load_balancer.algorithm {
+            // Failures count as slow, so that a failing endpoint is not preferred.
+            let elapsed = started.elapsed();
+            let rtt = match &result {
+                Ok(r) if !r.status().is_server_error() => elapsed,
+                _ => elapsed.max(Duration::from_secs(1)),
+            };
+            endpoint_state.latency.observe(rtt, Instant::now(), decay);
+        }
+        if let Some(policy) = &cluster.policy.outlier_detection {
+            let outcome = match &result {
+                Ok(response) => Some(Outcome::Status(response.status().as_u16())),
+                Err(e) => match e.downcast_ref::<ProxyError>() {
+                    Some(ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. }) => {
+                        Some(Outcome::LocalOriginFailure)
                     }
+                    Some(ProxyError::Timeout { .. }) => Some(Outcome::Status(504)),
+                    _ => None,
+                },
+            };
+            if let Some(outcome) = outcome
+                && endpoint_state.outlier.record(outcome, policy)
+            {
+                let now = Instant::now();
+                let ejected = resolved
+                    .states
+                    .iter()
+                    .filter(|s| s.outlier.is_ejected(now))
+                    .count();
+                if may_eject(ejected, resolved.states.len(), policy.max_ejection_percent) {
+                    endpoint_state.outlier.eject(now, policy);
+                    resolved.ejections.fetch_add(1, Ordering::Release);
+                    metrics::counter!("mesh_outlier_ejections_total", "cluster" => cluster.name.to_string()).increment(1);
+                    tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[index].authority(), "outlier ejected");
                 }
             }
-            let latency_rule = cluster
-                .policy
-                .latency_outlier
-                .map(LatencyOutlier::from)
-                .or(layer.latency_outlier);
-            if let Some(rule) = latency_rule {
-                endpoint_state.outlier.record_latency(started.elapsed());
-                latency_check(&resolved, &endpoint_state, rule);
-            }
-            let mut response = result?;
+        }
+        let latency_rule = cluster
+            .policy
+            .latency_outlier
+            .map(LatencyOutlier::from)
+            .or(latency_outlier);
+        if let Some(rule) = latency_rule {
+            endpoint_state.outlier.record_latency(started.elapsed());
+            latency_check(&resolved, &endpoint_state, rule);
+        }
+        let mut response = result?;
+        response
+            .extensions_mut()
+            .insert(resolved.upstream_info[index].clone());
+        if let Some(cookie) = set_cookie {
             response
-                .extensions_mut()
-                .insert(resolved.upstream_info[pick.index].clone());
-            if let Some(cookie) = pick.set_cookie {
-                response
-                    .headers_mut()
-                    .append(http::header::SET_COOKIE, cookie);
-            }
-            Ok(response)
-        })
+                .headers_mut()
+                .append(http::header::SET_COOKIE, cookie);
+        }
+        Ok(response)
     }
 }
 

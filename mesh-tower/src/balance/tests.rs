@@ -49,7 +49,7 @@ type TestUpstream = tower::util::BoxCloneSyncService<Request<BoxBody>, Response<
 
 /// An upstream answering each endpoint port with the status `status(port)`, counting tries.
 fn upstream(status: impl Fn(u16) -> u16 + Send + Sync + 'static) -> (TestUpstream, Counts) {
-    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let counts = Arc::new(Mutex::new(HashMap::default()));
     let status = Arc::new(status);
     let seen = counts.clone();
     let service = tower::service_fn(move |req: Request<BoxBody>| {

@@ -12,6 +12,7 @@ use crate::error::ProxyError;
 use crate::split::Target;
 use crate::tls::MtlsConnector;
 use arc_swap::ArcSwap;
+use foldhash::HashMap;
 use futures_util::future::BoxFuture;
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
@@ -23,7 +24,6 @@ use mesh_core::model::{ClientTls, Cluster, TlsMode};
 use mesh_core::store::ConfigStore;
 use mesh_policy::SpiffeId;
 use mesh_policy::credentials::CredentialStore;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
@@ -45,11 +45,18 @@ type TlsClient = Client<Tracked<MtlsConnector>, BoxBody>;
 /// is never reused for a destination that expects another).
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
+    /// Shared by every clone (a layer's copy of the stack clones it): one reference count.
+    pools: Arc<Pools>,
+}
+
+/// The pools of an [`UpstreamClient`].
+#[derive(Debug)]
+struct Pools {
     http1: PlainClient,
     http2: PlainClient,
     defaults: [PoolSettings; 2],
-    pools: Arc<ArcSwap<HashMap<PoolSettings, PlainClient>>>,
-    mtls: Option<Arc<MtlsPools>>,
+    plain: ArcSwap<HashMap<PoolSettings, PlainClient>>,
+    mtls: Option<MtlsPools>,
 }
 
 /// The mutual-TLS pools, keyed by the expected identities and the protocol.
@@ -217,48 +224,54 @@ impl UpstreamClient {
     /// Clients with Envoy's defaults: 10 s connect timeout, TCP_NODELAY, idle connections
     /// kept for 60 s ([`connection::DEFAULT_IDLE_TIMEOUT`]).
     pub fn new() -> Self {
+        Self::with_pools(None)
+    }
+
+    fn with_pools(mtls: Option<MtlsPools>) -> Self {
         let defaults = [PoolSettings::new(false), PoolSettings::new(true)];
-        Self {
+        let pools = Pools {
             http1: plain_pool(&defaults[0]),
             http2: plain_pool(&defaults[1]),
             defaults,
-            pools: Arc::default(),
-            mtls: None,
+            plain: ArcSwap::default(),
+            mtls,
+        };
+        Self {
+            pools: Arc::new(pools),
         }
     }
 
     /// The plaintext pool for connections with `settings`.
     fn plain(&self, settings: &PoolSettings) -> PlainClient {
-        if *settings == self.defaults[0] {
-            return self.http1.clone();
+        let pools = &self.pools;
+        if *settings == pools.defaults[0] {
+            return pools.http1.clone();
         }
-        if *settings == self.defaults[1] {
-            return self.http2.clone();
+        if *settings == pools.defaults[1] {
+            return pools.http2.clone();
         }
-        if let Some(client) = self.pools.load().get(settings) {
+        if let Some(client) = pools.plain.load().get(settings) {
             return client.clone();
         }
         let client = plain_pool(settings);
-        self.pools.rcu(|pools| {
-            let mut pools = HashMap::clone(pools);
-            pools
+        pools.plain.rcu(|plain| {
+            let mut plain = HashMap::clone(plain);
+            plain
                 .entry(settings.clone())
                 .or_insert_with(|| client.clone());
-            pools
+            plain
         });
-        self.pools.load().get(settings).cloned().unwrap_or(client)
+        pools.plain.load().get(settings).cloned().unwrap_or(client)
     }
 
     /// As [`UpstreamClient::new`], and able to reach `ISTIO_MUTUAL` clusters presenting
     /// `credentials`; `config` supplies ServiceEntry identities.
     pub fn with_mtls(config: Arc<ConfigStore>, credentials: Arc<CredentialStore>) -> Self {
-        let mut client = Self::new();
-        client.mtls = Some(Arc::new(MtlsPools {
+        Self::with_pools(Some(MtlsPools {
             credentials,
             config,
             pools: ArcSwap::default(),
-        }));
-        client
+        }))
     }
 
     /// Sends `req` to `authority` over mutual TLS, requiring the server to present one of
@@ -280,7 +293,7 @@ impl UpstreamClient {
         settings: PoolSettings,
         expected: Vec<SpiffeId>,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
-        let Some(mtls) = &self.mtls else {
+        let Some(mtls) = &self.pools.mtls else {
             let e = ProxyError::ConnectFailure {
                 endpoint: authority.to_string(),
                 source: "mutual TLS needs workload credentials (--cert, --key, --ca)".into(),
@@ -333,7 +346,7 @@ impl UpstreamClient {
         if tls.insecure_skip_verify {
             return unsupported("tls.insecureSkipVerify");
         }
-        let Some(mtls) = &self.mtls else {
+        let Some(mtls) = &self.pools.mtls else {
             return unsupported("TLS without a TLS-enabled client (UpstreamClient::with_mtls)");
         };
         let key = ClientTlsKey {
@@ -352,7 +365,11 @@ impl UpstreamClient {
         authority: http::uri::Authority,
         http2: bool,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
-        let client = if http2 { &self.http2 } else { &self.http1 };
+        let client = if http2 {
+            &self.pools.http2
+        } else {
+            &self.pools.http1
+        };
         self.send_with(client, req, authority, http2, Lifetime::default())
     }
 
@@ -506,7 +523,7 @@ impl Service<Request<BoxBody>> for UpstreamClient {
         }
         match tls {
             Some((cluster, tls)) if tls.mode == TlsMode::IstioMutual => {
-                let expected = match &self.mtls {
+                let expected = match &self.pools.mtls {
                     Some(m) => m.expected(&cluster, &tls, upstream.authority.as_str()),
                     None => Ok(Vec::new()),
                 };
@@ -553,7 +570,7 @@ impl UpstreamClient {
             }
             .into()
         };
-        let mutual = match (&tls, &self.mtls) {
+        let mutual = match (&tls, &self.pools.mtls) {
             (Some((_, t)), _) if t.mode == TlsMode::Disable => None,
             (Some((cluster, t)), Some(mtls)) if t.mode == TlsMode::IstioMutual => {
                 let connector =
@@ -677,6 +694,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     static TRAILER: HeaderName = HeaderName::from_static("trailer");
+    // One pass over the names (few, mostly standard: compared as enum tags) instead of a
+    // hashed lookup per hop-by-hop name, for the usual message that carries none.
+    let hop_by_hop = [
+        &CONNECTION,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &TE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TRAILER,
+    ];
+    if !headers.keys().any(|name| hop_by_hop.contains(&name)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         // The headers the Connection header names (rare beyond `keep-alive` / `close`).
         let named: Vec<HeaderName> = headers

@@ -12,7 +12,7 @@ pub use rewrite::apply_header_ops;
 
 use crate::body::{self, BoxBody, BoxError};
 use crate::error::ProxyError;
-use futures_util::future::BoxFuture;
+use crate::future::{self, ResponseFuture};
 use http::{HeaderValue, Request, Response, StatusCode};
 use matching::RequestView;
 use mesh_core::model::{Forward, Route, RouteAction, VirtualHost};
@@ -122,7 +122,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -145,21 +145,25 @@ where
                 if let Some(rewrite) = routed.forward().and_then(|f| f.rewrite.as_ref()) {
                     let matched = matched.and_then(|i| r.matches.get(i));
                     if let Err(e) = rewrite::apply(rewrite, matched, &mut req) {
-                        return Box::pin(async move { Err(e.into()) });
+                        return future::acted(async move { Err(e.into()) });
                     }
                 }
                 apply_header_ops(&r.request_headers, req.headers_mut());
                 routed
             }
-            Ok(Selection::Respond(response)) => return Box::pin(async move { Ok(response) }),
-            Err(e) => return Box::pin(async move { Err(e.into()) }),
+            Ok(Selection::Respond(response)) => return future::acted(async move { Ok(response) }),
+            Err(e) => return future::acted(async move { Err(e.into()) }),
         };
+        if routed.route().response_headers.is_empty() {
+            req.extensions_mut().insert(routed);
+            return future::passed(self.inner.call(req));
+        }
         let routed_for_response = routed.clone();
         req.extensions_mut().insert(routed);
         // The inner service was made ready by `poll_ready`: call it now rather than moving a
         // clone of the whole stack below into the future.
         let future = self.inner.call(req);
-        Box::pin(async move {
+        future::acted(async move {
             let mut response = future.await?;
             apply_header_ops(
                 &routed_for_response.route().response_headers,

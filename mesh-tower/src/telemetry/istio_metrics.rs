@@ -2,8 +2,8 @@
 
 use super::{Observation, Reporter, UpstreamInfo};
 use crate::flags::ResponseFlags;
+use foldhash::HashMap;
 use metrics::{Label, SharedString};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -115,10 +115,9 @@ impl<'a> KeyRef<'a> {
     }
 
     fn fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::hash::DefaultHasher::new();
-        self.hash(&mut hasher);
-        hasher.finish()
+        use std::hash::BuildHasher;
+        // Not keyed: a collision only costs a field-by-field comparison (`matches`).
+        foldhash::fast::FixedState::default().hash_one(self)
     }
 
     fn matches(&self, key: &Key) -> bool {
