@@ -1,5 +1,7 @@
 //! The inbound stack beside the bare service: authorization through `mesh_policy`'s engine
-//! with 10 and 1,000 policies (the request matches the last one), and the whole in-process
+//! with 10 and 1,000 policies (the request matches the last one) in two shapes (each policy
+//! names its own source namespace, path prefix and header; or each names its own exact path
+//! and all share the source namespace), and the whole in-process
 //! inbound stack as the sidecar assembles it (telemetry as the destination reporter ->
 //! authorization -> the service), each with the overhead printed as ns/request and as a ratio.
 //!
@@ -81,6 +83,43 @@ fn policies(n: usize) -> Vec<AuthorizationPolicy> {
         .collect()
 }
 
+/// `n` policies (one DENY in ten) as a large mesh has them: each allows `GET`/`POST` on its own
+/// exact path (`/api/v{i}/users`; the DENY ones `/admin/v{i}`) to the one client namespace of
+/// the benchmark request; only the last one matches it.
+fn exact_paths(n: usize) -> Vec<AuthorizationPolicy> {
+    let client = format!("ns{}", n.saturating_sub(1));
+    (0..n)
+        .map(|i| {
+            let deny = i % 10 == 0 && i + 1 != n;
+            AuthorizationPolicy {
+                name: format!("default/p{i}"),
+                action: if deny {
+                    AuthzAction::Deny
+                } else {
+                    AuthzAction::Allow
+                },
+                rules: vec![AuthzRule {
+                    from: vec![SourceMatch {
+                        namespaces: values(&[&client]),
+                        ..SourceMatch::default()
+                    }],
+                    to: vec![OperationMatch {
+                        methods: values(&["GET", "POST"]),
+                        paths: values(&[&if deny {
+                            format!("/admin/v{i}")
+                        } else {
+                            format!("/api/v{i}/users")
+                        }]),
+                        ..OperationMatch::default()
+                    }],
+                    when: Vec::new(),
+                }],
+                dry_run: false,
+            }
+        })
+        .collect()
+}
+
 /// A request from namespace `ns{last}` that the last of `n` policies allows, carrying what the
 /// mTLS listener adds (peer identity, connection info).
 fn template(n: usize) -> Request<()> {
@@ -103,9 +142,9 @@ fn template(n: usize) -> Request<()> {
     req
 }
 
-fn store(n: usize) -> Arc<ConfigStore> {
+fn store(authorization: Vec<AuthorizationPolicy>) -> Arc<ConfigStore> {
     Arc::new(ConfigStore::new(MeshConfig {
-        authorization: policies(n),
+        authorization,
         ..MeshConfig::default()
     }))
 }
@@ -119,7 +158,7 @@ fn inbound(c: &mut Criterion) {
     for n in [10, 1_000] {
         let template: &'static Request<()> = Box::leak(Box::new(template(n)));
         let make = move || template.clone().map(|()| body::empty());
-        let authz = AuthzLayer::new(store(n)).layer(Bare);
+        let authz = AuthzLayer::new(store(policies(n))).layer(Bare);
         let status = rt
             .block_on(authz.clone().oneshot(make()))
             .expect("an answer")
@@ -127,8 +166,20 @@ fn inbound(c: &mut Criterion) {
         assert_eq!(status, 200, "the last of {n} policies allows the request");
         compare(c, &rt, &format!("authz ({n} policies)"), authz, make);
 
+        let authz = AuthzLayer::new(store(exact_paths(n))).layer(Bare);
+        let status = rt
+            .block_on(authz.clone().oneshot(make()))
+            .expect("an answer")
+            .status();
+        assert_eq!(
+            status, 200,
+            "the last of {n} exact paths allows the request"
+        );
+        compare(c, &rt, &format!("authz ({n} exact paths)"), authz, make);
+
         let telemetry = Telemetry::new(Reporter::Destination, MeshConfig::default().workload);
-        let stack = TelemetryLayer::new(telemetry).layer(AuthzLayer::new(store(n)).layer(app));
+        let stack =
+            TelemetryLayer::new(telemetry).layer(AuthzLayer::new(store(policies(n))).layer(app));
         compare(
             c,
             &rt,

@@ -19,6 +19,11 @@
 //! "allow-nothing"); a rule without `from`, `to` and `when` matches everything ("allow-all" /
 //! "deny-all").
 //!
+//! The first matching policy decides, in the order the policies were given, and the verdict
+//! names it and its first matching rule. Large lists are indexed (see `index.rs`): a request
+//! evaluates only the policies whose paths, methods, source principals or namespaces it can
+//! match, in their original order, so the verdict is the one a scan of every policy gives.
+//!
 //! ```
 //! # use mesh_core::model::*;
 //! # use mesh_policy::authz::{Attributes, Decision, Engine};
@@ -42,6 +47,7 @@
 //! assert_eq!(verdict.to_string(), "allowed by default/frontend-only rules[0]");
 //! ```
 
+mod index;
 mod matcher;
 
 use std::fmt;
@@ -259,11 +265,66 @@ struct Policy {
     rules: Vec<Rule>,
 }
 
+/// Lists of at least this many policies are indexed; shorter ones are scanned, which is as
+/// fast as looking up their candidates.
+const MIN_INDEXED: usize = 16;
+
+/// One list of policies in the order they were given, with its index when it has one.
+#[derive(Clone, Debug, Default)]
+struct Policies {
+    list: Vec<Policy>,
+    index: Option<index::Index>,
+}
+
+impl Policies {
+    /// Indexes `list` when it has at least `min_indexed` policies.
+    fn new(list: Vec<Policy>, min_indexed: usize) -> Self {
+        let index = if list.len() >= min_indexed {
+            index::Index::new(&list)
+        } else {
+            None
+        };
+        Self { list, index }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The first policy in list order with a matching rule, and its first matching rule.
+    fn first_match(&self, req: &Attributes<'_>, mode: Mode, deny: bool) -> Option<RuleRef> {
+        let matching = |p: &Policy| p.first_match(req, mode, deny);
+        match &self.index {
+            None => self.list.iter().find_map(matching),
+            Some(index) => index
+                .candidates(req, mode, deny)
+                .find_map(|i| self.list.get(i).and_then(matching)),
+        }
+    }
+
+    /// [`Policies::first_match`] by a scan of every policy: the reference for the index.
+    #[cfg(test)]
+    fn first_match_linear(&self, req: &Attributes<'_>, mode: Mode, deny: bool) -> Option<RuleRef> {
+        self.list
+            .iter()
+            .find_map(|p| p.first_match(req, mode, deny))
+    }
+}
+
 /// Policies of one action, enforced and dry-run.
 #[derive(Clone, Debug, Default)]
 struct Set {
-    enforced: Vec<Policy>,
-    dry_run: Vec<Policy>,
+    enforced: Policies,
+    dry_run: Policies,
+}
+
+impl Set {
+    fn new((enforced, dry_run): (Vec<Policy>, Vec<Policy>), min_indexed: usize) -> Self {
+        Self {
+            enforced: Policies::new(enforced, min_indexed),
+            dry_run: Policies::new(dry_run, min_indexed),
+        }
+    }
 }
 
 /// The compiled policies of one config snapshot; cheap to evaluate, immutable.
@@ -287,12 +348,20 @@ impl Engine {
     /// Compiles `policies`; fails on the first one that cannot be enforced (CUSTOM,
     /// `requestPrincipals`, `request.auth.*` conditions, a bad CIDR, port or path template).
     pub fn new(policies: &[model::AuthorizationPolicy]) -> Result<Self, InvalidPolicy> {
-        let mut engine = Self::default();
+        Self::with_min_indexed(policies, MIN_INDEXED)
+    }
+
+    /// [`Engine::new`], indexing lists of at least `min_indexed` policies.
+    fn with_min_indexed(
+        policies: &[model::AuthorizationPolicy],
+        min_indexed: usize,
+    ) -> Result<Self, InvalidPolicy> {
+        let (mut deny, mut allow, mut audit) = Default::default();
         for p in policies {
-            let set = match &p.action {
-                AuthzAction::Allow => &mut engine.allow,
-                AuthzAction::Deny => &mut engine.deny,
-                AuthzAction::Audit => &mut engine.audit,
+            let set: &mut (Vec<Policy>, Vec<Policy>) = match &p.action {
+                AuthzAction::Allow => &mut allow,
+                AuthzAction::Deny => &mut deny,
+                AuthzAction::Audit => &mut audit,
                 AuthzAction::Custom(provider) => {
                     return Err(InvalidPolicy {
                         policy: p.name.clone(),
@@ -306,13 +375,17 @@ impl Engine {
             };
             let compiled = compile(p)?;
             if p.dry_run {
-                set.dry_run.push(compiled);
+                set.1.push(compiled);
             } else {
-                set.enforced.push(compiled);
+                set.0.push(compiled);
             }
-            engine.policies += 1;
         }
-        Ok(engine)
+        Ok(Self {
+            deny: Set::new(deny, min_indexed),
+            allow: Set::new(allow, min_indexed),
+            audit: Set::new(audit, min_indexed),
+            policies: policies.len(),
+        })
     }
 
     /// The number of policies compiled in.
@@ -327,7 +400,7 @@ impl Engine {
 
     /// Decides one request and says why.
     pub fn evaluate(&self, req: &Attributes<'_>) -> Verdict {
-        self.evaluate_as(req, Mode::Http)
+        self.evaluate_as(|set, deny| set.first_match(req, Mode::Http, deny))
     }
 
     /// Decides one plain TCP connection (no HTTP attributes) the way Istio's network RBAC
@@ -355,12 +428,20 @@ impl Engine {
     /// assert_eq!(engine.evaluate_tcp(&conn).decision, Decision::Deny);
     /// ```
     pub fn evaluate_tcp(&self, conn: &Attributes<'_>) -> Verdict {
-        self.evaluate_as(conn, Mode::Tcp)
+        self.evaluate_as(|set, deny| set.first_match(conn, Mode::Tcp, deny))
     }
 
-    fn evaluate_as(&self, req: &Attributes<'_>, mode: Mode) -> Verdict {
-        let deny = |set: &[Policy]| first_match(set, req, mode, true);
-        let allow = |set: &[Policy]| first_match(set, req, mode, false);
+    /// [`Engine::evaluate`] (HTTP) or [`Engine::evaluate_tcp`] by a scan of every policy: the
+    /// reference the index is tested against.
+    #[cfg(test)]
+    fn evaluate_linear(&self, req: &Attributes<'_>, mode: Mode) -> Verdict {
+        self.evaluate_as(|set, deny| set.first_match_linear(req, mode, deny))
+    }
+
+    /// The verdict, given how to find the first match in a list (`true` for DENY policies).
+    fn evaluate_as(&self, first_match: impl Fn(&Policies, bool) -> Option<RuleRef>) -> Verdict {
+        let deny = |set: &Policies| first_match(set, true);
+        let allow = |set: &Policies| first_match(set, false);
         let (decision, reason) = decide(
             deny(&self.deny.enforced),
             !self.allow.enforced.is_empty(),
@@ -408,24 +489,20 @@ fn decide(
     }
 }
 
-fn first_match(
-    policies: &[Policy],
-    req: &Attributes<'_>,
-    mode: Mode,
-    deny: bool,
-) -> Option<RuleRef> {
-    policies.iter().find_map(|p| {
-        p.rules
+impl Policy {
+    /// The policy's first matching rule, if any (`deny`: whether it is a DENY policy).
+    fn first_match(&self, req: &Attributes<'_>, mode: Mode, deny: bool) -> Option<RuleRef> {
+        self.rules
             .iter()
             .position(|r| match mode {
                 Mode::Http => r.matches(req),
                 Mode::Tcp => r.matches_tcp(req, deny),
             })
             .map(|rule| RuleRef {
-                policy: p.name.clone(),
+                policy: self.name.clone(),
                 rule,
             })
-    })
+    }
 }
 
 impl Rule {
@@ -633,5 +710,7 @@ fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {
     })
 }
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod tests;
