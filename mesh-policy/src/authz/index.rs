@@ -26,7 +26,8 @@
 //! policies keyed on them are all candidates; ALLOW and AUDIT rules that name them match no
 //! connection, so such policies are skipped.
 
-use std::collections::HashMap;
+// foldhash: keys come from config; a request only looks up (no flooding to fear).
+use foldhash::HashMap;
 
 use super::matcher::{Pair, PathMatch, Seg, StrMatch};
 use super::{Attributes, Condition, Mode, Policy, Rule};
@@ -260,7 +261,7 @@ impl Index {
             .map(|p| DIMS.map(|dim| policy_keys(p, dim)))
             .collect();
         // How many policies could be keyed on each value: a key shared by many is a weak one.
-        let mut counts: HashMap<(Dim, &Key), usize> = HashMap::new();
+        let mut counts: HashMap<(Dim, &Key), usize> = HashMap::default();
         for keys in &keyed {
             for (dim, keys) in DIMS.iter().zip(keys) {
                 for key in keys.iter().flatten() {
