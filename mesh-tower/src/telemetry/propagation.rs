@@ -36,29 +36,33 @@ impl TraceContext {
         let trace = hex::<32>(self.trace_id);
         let span = hex::<16>(u128::from(self.span_id));
         // `00-{trace}-{span}-{flags}`
-        let mut traceparent = [0u8; 55];
-        traceparent[..3].copy_from_slice(b"00-");
-        traceparent[3..35].copy_from_slice(&trace);
-        traceparent[35] = b'-';
-        traceparent[36..52].copy_from_slice(&span);
-        traceparent[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        let set = |headers: &mut HeaderMap, name: HeaderName, value: &[u8]| {
-            if let Ok(v) = HeaderValue::from_bytes(value) {
+        // The values share one buffer (one allocation): `traceparent`, then the B3 parent.
+        let mut buffer = bytes::BytesMut::with_capacity(55 + 16);
+        buffer.extend_from_slice(b"00-");
+        buffer.extend_from_slice(&trace);
+        buffer.extend_from_slice(b"-");
+        buffer.extend_from_slice(&span);
+        buffer.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        if let Some(parent) = self.parent_span_id {
+            buffer.extend_from_slice(&hex::<16>(u128::from(parent)));
+        }
+        let buffer = buffer.freeze();
+        let set = |headers: &mut HeaderMap, name: HeaderName, range: std::ops::Range<usize>| {
+            if let Ok(v) = HeaderValue::from_maybe_shared(buffer.slice(range)) {
                 headers.insert(name, v);
             }
         };
-        set(headers, TRACEPARENT, &traceparent);
-        set(headers, X_B3_TRACEID, &trace);
-        set(headers, X_B3_SPANID, &span);
+        set(headers, TRACEPARENT, 0..55);
+        set(headers, X_B3_TRACEID, 3..35);
+        set(headers, X_B3_SPANID, 36..52);
         headers.insert(
             X_B3_SAMPLED,
             HeaderValue::from_static(if self.sampled { "1" } else { "0" }),
         );
-        match self.parent_span_id {
-            Some(parent) => set(headers, X_B3_PARENTSPANID, &hex::<16>(u128::from(parent))),
-            None => {
-                headers.remove(X_B3_PARENTSPANID);
-            }
+        if self.parent_span_id.is_some() {
+            set(headers, X_B3_PARENTSPANID, 55..71);
+        } else {
+            headers.remove(X_B3_PARENTSPANID);
         }
         headers.remove(B3);
     }
