@@ -24,6 +24,9 @@ use http_body_util::BodyExt;
 /// Bodies up to this size become the `grpc-message`; a larger one is dropped unread.
 const MESSAGE_LIMIT: u64 = 4096;
 
+/// `grpc-status`, looked up by a constant name (no parsing per request).
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// gRPC's status code for an HTTP status, by gRPC's mapping.
 pub fn code_for(status: StatusCode) -> u32 {
     match status.as_u16() {
@@ -70,7 +73,7 @@ pub async fn to_grpc(response: Response<BoxBody>) -> Response<BoxBody> {
     parts
         .headers
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    parts.headers.insert("grpc-status", HeaderValue::from(code));
+    parts.headers.insert(GRPC_STATUS, HeaderValue::from(code));
     if let Ok(message) = HeaderValue::from_str(&percent_encode(text)) {
         parts.headers.insert("grpc-message", message);
     }

@@ -186,13 +186,13 @@ fn classify(policy: &RetryPolicy, result: &Result<Response<BoxBody>, BoxError>) 
             let status = response.status().as_u16();
             let grpc = response
                 .headers()
-                .get("grpc-status")
+                .get(&crate::grpc::GRPC_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u32>().ok());
             on.retries_status(status)
                 || grpc.is_some_and(|code| on.retries_grpc(code))
                 || (on.contains(RetryCondition::EnvoyRateLimited)
-                    && response.headers().contains_key("x-envoy-ratelimited"))
+                    && response.headers().contains_key(&X_ENVOY_RATELIMITED))
         }
         Err(e) => match e.downcast_ref::<ProxyError>() {
             Some(ProxyError::ConnectFailure { .. }) => [
@@ -370,6 +370,7 @@ impl Template {
     }
 }
 
+const X_ENVOY_RATELIMITED: http::HeaderName = http::HeaderName::from_static("x-envoy-ratelimited");
 const X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
     http::HeaderName::from_static("x-envoy-attempt-count");
 

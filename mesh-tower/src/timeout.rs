@@ -48,7 +48,7 @@ impl Deadline {
         if is_grpc(headers) {
             let millis = self.remaining().as_millis().clamp(1, 99_999_999);
             if let Ok(v) = HeaderValue::try_from(format!("{millis}m")) {
-                headers.insert("grpc-timeout", v);
+                headers.insert(GRPC_TIMEOUT, v);
             }
         }
     }
@@ -60,6 +60,8 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
+
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// Parses gRPC's `grpc-timeout` (`100m`, `5S`, at most 8 digits and a unit).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -233,7 +235,7 @@ where
         });
         let caller_timeout = req
             .headers()
-            .get("grpc-timeout")
+            .get(&GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let timeout = match (route_timeout, caller_timeout) {

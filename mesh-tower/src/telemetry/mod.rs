@@ -344,7 +344,7 @@ impl Observation {
         let upstream = response.extensions().get::<Arc<UpstreamInfo>>();
         let grpc_status = response
             .headers()
-            .get("grpc-status")
+            .get(&crate::grpc::GRPC_STATUS)
             .and_then(|v| v.to_str().ok());
         let handles = istio_metrics::handles(
             &self,

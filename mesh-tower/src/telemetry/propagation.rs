@@ -74,6 +74,7 @@ const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
 const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3: HeaderName = HeaderName::from_static("b3");
+const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// The low `N * 4` bits of `value` as `N` lowercase hex digits (no formatting machinery: this
 /// runs several times per request).
@@ -133,8 +134,8 @@ pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
 /// Parses B3 from the single `b3` header or the `x-b3-*` headers: `(trace id, span id,
 /// sampled)`; a 64-bit trace id is kept as the low half.
 pub fn parse_b3(headers: &HeaderMap) -> Option<(u128, u64, Option<bool>)> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(single) = get("b3") {
+    let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(single) = get(&B3) {
         let mut parts = single.split('-');
         let trace = hex_u128(parts.next()?)?;
         let span = hex_u64(parts.next()?)?;
@@ -145,9 +146,9 @@ pub fn parse_b3(headers: &HeaderMap) -> Option<(u128, u64, Option<bool>)> {
         };
         return Some((trace, span, sampled));
     }
-    let trace = hex_u128(get("x-b3-traceid")?)?;
-    let span = hex_u64(get("x-b3-spanid")?)?;
-    let sampled = match (get("x-b3-sampled"), get("x-b3-flags")) {
+    let trace = hex_u128(get(&X_B3_TRACEID)?)?;
+    let span = hex_u64(get(&X_B3_SPANID)?)?;
+    let sampled = match (get(&X_B3_SAMPLED), get(&X_B3_FLAGS)) {
         (_, Some("1")) => Some(true),
         (Some("1" | "true"), _) => Some(true),
         (Some("0" | "false"), _) => Some(false),
@@ -169,7 +170,7 @@ fn nonzero_u64(rng: &Rng) -> u64 {
 /// starts a trace sampled at `sampling`.
 pub(super) fn continue_trace(headers: &HeaderMap, rng: &Rng, sampling: Percentage) -> TraceContext {
     let incoming = headers
-        .get("traceparent")
+        .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent)
         .map(|(t, s, sampled)| (t, s, Some(sampled)))
