@@ -164,16 +164,22 @@ pub fn configure(
     }
 }
 
-/// A connector whose connections carry their [`ConnectionStats`].
+/// A connector whose connections carry their [`ConnectionStats`] when their pool limits
+/// their lifetime (hyper-util copies a connection's extra into every response's extensions:
+/// an allocation per response that unlimited pools do without).
 #[derive(Clone, Debug)]
 pub struct Tracked<C> {
     inner: C,
+    track: bool,
 }
 
 impl<C> Tracked<C> {
-    /// Tracks the connections `inner` makes.
-    pub fn new(inner: C) -> Self {
-        Self { inner }
+    /// Tracks the connections `inner` makes for a pool whose connections live by `lifetime`.
+    pub fn new(inner: C, lifetime: &Lifetime) -> Self {
+        Self {
+            inner,
+            track: lifetime.is_limited(),
+        }
     }
 }
 
@@ -191,32 +197,44 @@ where
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         use futures_util::TryFutureExt;
-        self.inner.call(uri).map_ok(TrackedIo::new as fn(_) -> _)
+        let wrap: fn(C::Response) -> TrackedIo<C::Response> = if self.track {
+            TrackedIo::tracked
+        } else {
+            TrackedIo::untracked
+        };
+        self.inner.call(uri).map_ok(wrap)
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A connection with its [`ConnectionStats`].
+    /// A connection with its [`ConnectionStats`] (when its pool limits its lifetime).
     #[derive(Debug)]
     pub struct TrackedIo<T> {
         #[pin]
         io: T,
-        stats: Arc<ConnectionStats>,
+        stats: Option<Arc<ConnectionStats>>,
     }
 }
 
 impl<T> TrackedIo<T> {
-    fn new(io: T) -> Self {
+    fn tracked(io: T) -> Self {
         Self {
             io,
-            stats: Arc::new(ConnectionStats::new()),
+            stats: Some(Arc::new(ConnectionStats::new())),
         }
+    }
+
+    fn untracked(io: T) -> Self {
+        Self { io, stats: None }
     }
 }
 
 impl<T: Connection> Connection for TrackedIo<T> {
     fn connected(&self) -> Connected {
-        self.io.connected().extra(self.stats.clone())
+        match &self.stats {
+            Some(stats) => self.io.connected().extra(stats.clone()),
+            None => self.io.connected(),
+        }
     }
 }
 

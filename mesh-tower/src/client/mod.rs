@@ -130,7 +130,7 @@ impl MtlsPools {
                 )
             }
         };
-        let client = pooled(settings).build(Tracked::new(connector));
+        let client = pooled(settings).build(Tracked::new(connector, &settings.lifetime));
         self.pools.rcu(|pools| {
             let mut pools = HashMap::clone(pools);
             pools.entry(key.clone()).or_insert_with(|| client.clone());
@@ -211,7 +211,7 @@ fn pooled(settings: &PoolSettings) -> hyper_util::client::legacy::Builder {
 
 /// A plaintext pool for connections with `settings`.
 fn plain_pool(settings: &PoolSettings) -> PlainClient {
-    pooled(settings).build(Tracked::new(connector(settings)))
+    pooled(settings).build(Tracked::new(connector(settings), &settings.lifetime))
 }
 
 impl Default for UpstreamClient {
