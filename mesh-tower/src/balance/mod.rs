@@ -717,7 +717,7 @@ where
         Either::Left(ResponseFuture {
             inner: future,
             observed: Some(Observed {
-                _in_flight: in_flight,
+                in_flight,
                 cluster,
                 resolved,
                 endpoint_state,
@@ -760,7 +760,7 @@ where
 /// One try to an endpoint, kept until its outcome is known.
 struct Observed {
     /// Counts the try among the endpoint's requests in flight until dropped.
-    _in_flight: InFlight,
+    in_flight: InFlight,
     cluster: Arc<Cluster>,
     resolved: Arc<Resolved>,
     endpoint_state: Arc<EndpointState>,
@@ -776,7 +776,7 @@ impl Observed {
         result: Result<Response<BoxBody>, BoxError>,
     ) -> Result<Response<BoxBody>, BoxError> {
         let Observed {
-            _in_flight,
+            in_flight,
             cluster,
             resolved,
             endpoint_state,
@@ -785,7 +785,8 @@ impl Observed {
             started,
             latency_outlier,
         } = self;
-        drop(_in_flight);
+        // The try is over: it no longer counts as in flight.
+        drop(in_flight);
         if let LbAlgorithm::PeakEwma { decay } = cluster.policy.load_balancer.algorithm {
             // Failures count as slow, so that a failing endpoint is not preferred.
             let elapsed = started.elapsed();
