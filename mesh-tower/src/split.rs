@@ -99,11 +99,12 @@ where
         };
         apply_header_ops(&chosen.request_headers, req.headers_mut());
         req.extensions_mut().insert(Target { cluster });
-        if chosen.response_headers.is_empty() {
-            return future::passed(self.inner.call(req));
-        }
+        let passes = chosen.response_headers.is_empty();
         // Called now (it is ready): no clone of the stack below per request.
         let future = self.inner.call(req);
+        if passes {
+            return future::passed(future);
+        }
         future::acted(async move {
             let mut response = future.await?;
             if let Some(forward) = routed.forward() {

@@ -1,6 +1,7 @@
 use super::{ClusterName, Labels, Pattern, Percentage, StringMatch};
-/// Lookups by the request's authority: foldhash (keys come from config; a request only looks up).
-type HashMap<K, V> = foldhash::HashMap<K, V>;
+// foldhash for lookups by the request's authority: keys come from config; a request only
+// looks up (no flooding to fear).
+use foldhash::HashMap;
 use std::fmt;
 use std::time::Duration;
 

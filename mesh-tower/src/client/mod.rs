@@ -694,18 +694,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     static TRAILER: HeaderName = HeaderName::from_static("trailer");
-    // One pass over the names (few, mostly standard: compared as enum tags) instead of a
-    // hashed lookup per hop-by-hop name, for the usual message that carries none.
-    let hop_by_hop = [
-        &CONNECTION,
+    // Always removed; `Connection` (and what it names) and `TE` are handled below.
+    let always = [
         &TRANSFER_ENCODING,
         &UPGRADE,
-        &TE,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &TRAILER,
     ];
-    if !headers.keys().any(|name| hop_by_hop.contains(&name)) {
+    // One pass over the names (few, mostly standard: compared as enum tags) instead of a
+    // hashed lookup per hop-by-hop name, for the usual message that carries none.
+    if !headers
+        .keys()
+        .any(|name| name == CONNECTION || name == TE || always.contains(&name))
+    {
         return;
     }
     if headers.contains_key(CONNECTION) {
@@ -726,13 +728,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(CONNECTION);
     }
-    for name in [
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TRAILER,
-    ] {
+    for name in always {
         headers.remove(name);
     }
     let trailers_only = headers

@@ -154,15 +154,15 @@ where
             Ok(Selection::Respond(response)) => return future::acted(async move { Ok(response) }),
             Err(e) => return future::acted(async move { Err(e.into()) }),
         };
-        if routed.route().response_headers.is_empty() {
-            req.extensions_mut().insert(routed);
-            return future::passed(self.inner.call(req));
-        }
-        let routed_for_response = routed.clone();
+        // Kept for the response only when the route changes response headers.
+        let for_response = (!routed.route().response_headers.is_empty()).then(|| routed.clone());
         req.extensions_mut().insert(routed);
         // The inner service was made ready by `poll_ready`: call it now rather than moving a
         // clone of the whole stack below into the future.
         let future = self.inner.call(req);
+        let Some(routed_for_response) = for_response else {
+            return future::passed(future);
+        };
         future::acted(async move {
             let mut response = future.await?;
             apply_header_ops(
