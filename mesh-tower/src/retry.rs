@@ -46,8 +46,10 @@
 //! ```
 
 mod budget;
+mod template;
 
 pub use budget::RetryBudget;
+use template::{ReplayBody, Template};
 
 use crate::body::{self, BoxBody, BoxError, Replay};
 use crate::error::{self, ProxyError};
@@ -55,11 +57,9 @@ use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::rng::Rng;
 use crate::route::Routed;
 use crate::telemetry::{Attempts, SpanKind, SpanRecord, TraceContext, TraceScope};
-use crate::timeout::Deadline;
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use mesh_core::model::{HedgePolicy, RetryCondition, RetryPolicy};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -253,135 +253,7 @@ fn retry_after(result: &Result<Response<BoxBody>, BoxError>) -> Option<Duration>
     Some(Duration::from_secs(secs))
 }
 
-/// The request's head, kept to build each try.
-struct Template {
-    parts: http::request::Parts,
-    body: ReplayBody,
-    remote_localities: bool,
-}
-
-/// The request body, kept so that it can be sent again.
-enum ReplayBody {
-    /// Read whole before the first try (its length was known and small).
-    Buffered(Bytes),
-    /// Sent as it arrives on the first try, with a copy kept up to the limit: replayable once
-    /// it has ended within the limit (a gRPC unary call, a small chunked body), not before.
-    Tee {
-        first: std::sync::Mutex<Option<BoxBody>>,
-        copy: Arc<std::sync::Mutex<TeeState>>,
-    },
-}
-
-/// What a [`Tee`] has seen of the body.
-#[derive(Debug, Default)]
-struct TeeState {
-    data: bytes::BytesMut,
-    complete: bool,
-    overflow: bool,
-}
-
-/// Passes a body through, keeping a copy of it up to `limit` bytes.
-struct Tee {
-    inner: BoxBody,
-    copy: Arc<std::sync::Mutex<TeeState>>,
-    limit: usize,
-}
-
-impl http_body::Body for Tee {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        let mut copy = this.copy.lock().unwrap_or_else(|p| p.into_inner());
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
-                Some(data) if !copy.overflow => {
-                    if copy.data.len() + data.len() > this.limit {
-                        copy.overflow = true;
-                        copy.data = bytes::BytesMut::new();
-                    } else {
-                        copy.data.extend_from_slice(data);
-                    }
-                }
-                Some(_) => {}
-                // Trailers are not kept: such a body is not replayed.
-                None => copy.overflow = true,
-            },
-            Poll::Ready(None) => copy.complete = true,
-            Poll::Ready(Some(Err(_))) => copy.overflow = true,
-            Poll::Pending => {}
-        }
-        // A sender may stop polling once the body says it has ended.
-        if matches!(polled, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream() {
-            copy.complete = true;
-        }
-        drop(copy);
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Template {
-    /// The body for try `n`, or `None` when it cannot be sent again.
-    fn body(&self, n: u32) -> Option<BoxBody> {
-        match &self.body {
-            ReplayBody::Buffered(bytes) => Some(body::full(bytes.clone())),
-            ReplayBody::Tee { first, copy } => {
-                if n == 1
-                    && let Some(body) = first.lock().unwrap_or_else(|p| p.into_inner()).take()
-                {
-                    return Some(body);
-                }
-                let copy = copy.lock().unwrap_or_else(|p| p.into_inner());
-                (copy.complete && !copy.overflow).then(|| body::full(copy.data.clone().freeze()))
-            }
-        }
-    }
-
-    fn attempt(&self, n: u32) -> Option<Request<BoxBody>> {
-        let mut req = Request::new(self.body(n)?);
-        *req.method_mut() = self.parts.method.clone();
-        *req.uri_mut() = self.parts.uri.clone();
-        *req.version_mut() = self.parts.version;
-        *req.headers_mut() = self.parts.headers.clone();
-        *req.extensions_mut() = self.parts.extensions.clone();
-        req.headers_mut()
-            .insert(X_ENVOY_ATTEMPT_COUNT, attempt_count(n));
-        req.extensions_mut().insert(crate::telemetry::Attempt {
-            number: n,
-            remote_localities: self.remote_localities,
-        });
-        if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
-            deadline.propagate(req.headers_mut());
-        }
-        Some(req)
-    }
-}
-
 const X_ENVOY_RATELIMITED: http::HeaderName = http::HeaderName::from_static("x-envoy-ratelimited");
-const X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
-    http::HeaderName::from_static("x-envoy-attempt-count");
-
-/// `x-envoy-attempt-count`'s value: static for the usual few tries (no allocation).
-fn attempt_count(n: u32) -> HeaderValue {
-    const STATIC: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8"];
-    match STATIC.get(n as usize) {
-        Some(s) => HeaderValue::from_static(s),
-        None => HeaderValue::from(n),
-    }
-}
 
 /// One try with its span: a child of the request's span when the trace is collected, whose
 /// id the upstream sees as its parent.
@@ -511,24 +383,9 @@ where
                     // Known to be too large to replay: one try, no retries.
                     return try_once(&mut inner, Request::from_parts(parts, body), None).await;
                 }
-                Replay::Streaming(body) => {
-                    let copy = Arc::new(std::sync::Mutex::new(TeeState::default()));
-                    let tee = Tee {
-                        inner: body,
-                        copy: copy.clone(),
-                        limit: layer.buffer_limit,
-                    };
-                    ReplayBody::Tee {
-                        first: std::sync::Mutex::new(Some(body::boxed(tee))),
-                        copy,
-                    }
-                }
+                Replay::Streaming(body) => ReplayBody::tee(body, layer.buffer_limit),
             };
-            let template = Template {
-                parts,
-                body,
-                remote_localities: policy.retry_remote_localities,
-            };
+            let template = Template::new(parts, body, policy.retry_remote_localities);
             match hedge {
                 Some(hedge) => hedged(inner, template, policy, hedge, layer).await,
                 None => retried(inner, template, policy, layer).await,

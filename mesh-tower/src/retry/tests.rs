@@ -1,4 +1,5 @@
 use super::*;
+use http::HeaderValue;
 use mesh_core::model::RetryOn;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -408,4 +409,54 @@ async fn a_chunked_body_that_ended_is_replayed_from_its_copy() {
     assert_eq!(response.status(), 200);
     assert_eq!(tries.load(Ordering::SeqCst), 2);
     assert_eq!(*bodies.lock().unwrap(), ["hello", "hello"]);
+}
+
+/// Every try carries the request's extensions: the mesh's own (which the first try takes
+/// without a copy) and any other an application set (then each try gets a copy).
+#[tokio::test(start_paused = true)]
+async fn each_try_carries_the_request_extensions() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Tenant(&'static str);
+
+    let deadline = crate::timeout::Deadline(tokio::time::Instant::now() + Duration::from_secs(9));
+    let info = crate::server::ConnectionInfo {
+        peer: ([127, 0, 0, 1], 40000).into(),
+        local: ([127, 0, 0, 1], 15001).into(),
+    };
+    for tenant in [None, Some(Tenant("blue"))] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = {
+            let seen = seen.clone();
+            tower::service_fn(move |req: Request<BoxBody>| {
+                let ext = req.extensions();
+                let mut seen = seen.lock().unwrap();
+                seen.push((
+                    ext.get::<crate::timeout::Deadline>().copied(),
+                    ext.get::<crate::server::ConnectionInfo>().copied(),
+                    ext.get::<Tenant>().cloned(),
+                    ext.get::<crate::telemetry::Attempt>().map(|a| a.number),
+                ));
+                let status = if seen.len() < 3 { 503 } else { 200 };
+                let mut response = Response::new(body::empty());
+                *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                async move { Ok::<_, BoxError>(response) }
+            })
+        };
+        let mut req = Request::new(body::empty());
+        req.extensions_mut().insert(deadline);
+        req.extensions_mut().insert(info);
+        if let Some(t) = &tenant {
+            req.extensions_mut().insert(t.clone());
+        }
+        let response = layer(policy("5xx", 2))
+            .layer(upstream)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let expected: Vec<_> = (1..=3)
+            .map(|n| (Some(deadline), Some(info), tenant.clone(), Some(n)))
+            .collect();
+        assert_eq!(*seen.lock().unwrap(), expected, "tenant {tenant:?}");
+    }
 }

@@ -1,0 +1,264 @@
+//! The request kept for its tries: the head, the extensions and a replayable body.
+
+use crate::body::{self, BoxBody, BoxError};
+use crate::route::Routed;
+use crate::server::ConnectionInfo;
+use crate::telemetry::TraceScope;
+use crate::timeout::Deadline;
+use bytes::Bytes;
+use http::{Extensions, HeaderValue, Request};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// The request's head, kept to build each try.
+pub(super) struct Template {
+    parts: http::request::Parts,
+    extensions: Carried,
+    body: ReplayBody,
+    remote_localities: bool,
+}
+
+/// The request body, kept so that it can be sent again.
+pub(super) enum ReplayBody {
+    /// Read whole before the first try (its length was known and small).
+    Buffered(Bytes),
+    /// Sent as it arrives on the first try, with a copy kept up to the limit: replayable once
+    /// it has ended within the limit (a gRPC unary call, a small chunked body), not before.
+    /// Made by [`ReplayBody::tee`].
+    Tee(TeeBody),
+}
+
+/// The parts of [`ReplayBody::Tee`].
+pub(super) struct TeeBody {
+    first: Mutex<Option<BoxBody>>,
+    copy: Arc<Mutex<TeeState>>,
+}
+
+impl ReplayBody {
+    /// `body`, sent as it arrives on the first try, with a copy kept up to `limit` bytes.
+    pub(super) fn tee(body: BoxBody, limit: usize) -> Self {
+        let copy = Arc::new(Mutex::new(TeeState::default()));
+        let tee = Tee {
+            inner: body,
+            copy: copy.clone(),
+            limit,
+        };
+        ReplayBody::Tee(TeeBody {
+            first: Mutex::new(Some(body::boxed(tee))),
+            copy,
+        })
+    }
+}
+
+/// What a [`Tee`] has seen of the body.
+#[derive(Debug, Default)]
+struct TeeState {
+    data: bytes::BytesMut,
+    complete: bool,
+    overflow: bool,
+}
+
+/// Passes a body through, keeping a copy of it up to `limit` bytes.
+struct Tee {
+    inner: BoxBody,
+    copy: Arc<Mutex<TeeState>>,
+    limit: usize,
+}
+
+impl http_body::Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        let mut copy = this.copy.lock().unwrap_or_else(|p| p.into_inner());
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) if !copy.overflow => {
+                    if copy.data.len() + data.len() > this.limit {
+                        copy.overflow = true;
+                        copy.data = bytes::BytesMut::new();
+                    } else {
+                        copy.data.extend_from_slice(data);
+                    }
+                }
+                Some(_) => {}
+                // Trailers are not kept: such a body is not replayed.
+                None => copy.overflow = true,
+            },
+            Poll::Ready(None) => copy.complete = true,
+            Poll::Ready(Some(Err(_))) => copy.overflow = true,
+            Poll::Pending => {}
+        }
+        // A sender may stop polling once the body says it has ended.
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream() {
+            copy.complete = true;
+        }
+        drop(copy);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Template {
+    /// Keeps `parts` and `body` for the tries of a request.
+    pub(super) fn new(
+        mut parts: http::request::Parts,
+        body: ReplayBody,
+        remote_localities: bool,
+    ) -> Self {
+        let extensions = Carried::new(std::mem::take(&mut parts.extensions));
+        Self {
+            parts,
+            extensions,
+            body,
+            remote_localities,
+        }
+    }
+
+    /// The body for try `n`, or `None` when it cannot be sent again.
+    fn body(&self, n: u32) -> Option<BoxBody> {
+        match &self.body {
+            ReplayBody::Buffered(bytes) => Some(body::full(bytes.clone())),
+            ReplayBody::Tee(TeeBody { first, copy }) => {
+                if n == 1
+                    && let Some(body) = first.lock().unwrap_or_else(|p| p.into_inner()).take()
+                {
+                    return Some(body);
+                }
+                let copy = copy.lock().unwrap_or_else(|p| p.into_inner());
+                (copy.complete && !copy.overflow).then(|| body::full(copy.data.clone().freeze()))
+            }
+        }
+    }
+
+    /// Try `n` (from 1), or `None` when its body cannot be sent again.
+    pub(super) fn attempt(&self, n: u32) -> Option<Request<BoxBody>> {
+        let mut req = Request::new(self.body(n)?);
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.version_mut() = self.parts.version;
+        *req.headers_mut() = self.parts.headers.clone();
+        *req.extensions_mut() = self.extensions.for_try(n);
+        req.headers_mut()
+            .insert(X_ENVOY_ATTEMPT_COUNT, attempt_count(n));
+        req.extensions_mut().insert(crate::telemetry::Attempt {
+            number: n,
+            remote_localities: self.remote_localities,
+        });
+        if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
+            deadline.propagate(req.headers_mut());
+        }
+        Some(req)
+    }
+}
+
+const X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-attempt-count");
+
+/// `x-envoy-attempt-count`'s value: static for the usual few tries (no allocation).
+fn attempt_count(n: u32) -> HeaderValue {
+    const STATIC: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8"];
+    match STATIC.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
+}
+
+/// The request's extensions, kept for the tries.
+///
+/// Copying the extension map costs an allocation per entry, and most requests are tried once.
+/// So when the map holds only the extensions the mesh itself puts on an outbound request
+/// (before this layer), the first try takes the map as it is, and a retry gets a new map with
+/// the same entries. A map with anything else in it is copied for each try, as before.
+enum Carried {
+    /// The map holds only [`Known`] entries.
+    Known {
+        first: Mutex<Option<Extensions>>,
+        known: Known,
+    },
+    /// The map holds entries this layer does not know: each try gets a copy.
+    Copied(Extensions),
+}
+
+/// The request extensions the mesh's outbound layers above the retry layer set.
+#[derive(Clone, Default)]
+struct Known {
+    connection: Option<ConnectionInfo>,
+    trace: Option<TraceScope>,
+    routed: Option<Routed>,
+    deadline: Option<Deadline>,
+}
+
+impl Known {
+    fn of(extensions: &Extensions) -> Self {
+        Self {
+            connection: extensions.get().copied(),
+            trace: extensions.get().cloned(),
+            routed: extensions.get().cloned(),
+            deadline: extensions.get().copied(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.connection.is_some())
+            + usize::from(self.trace.is_some())
+            + usize::from(self.routed.is_some())
+            + usize::from(self.deadline.is_some())
+    }
+
+    fn to_extensions(&self) -> Extensions {
+        let mut extensions = Extensions::new();
+        if let Some(v) = self.connection {
+            extensions.insert(v);
+        }
+        if let Some(v) = &self.trace {
+            extensions.insert(v.clone());
+        }
+        if let Some(v) = &self.routed {
+            extensions.insert(v.clone());
+        }
+        if let Some(v) = self.deadline {
+            extensions.insert(v);
+        }
+        extensions
+    }
+}
+
+impl Carried {
+    fn new(extensions: Extensions) -> Self {
+        let known = Known::of(&extensions);
+        if known.len() == extensions.len() {
+            Carried::Known {
+                first: Mutex::new(Some(extensions)),
+                known,
+            }
+        } else {
+            Carried::Copied(extensions)
+        }
+    }
+
+    /// The extensions of try `n`.
+    fn for_try(&self, n: u32) -> Extensions {
+        match self {
+            Carried::Copied(extensions) => extensions.clone(),
+            Carried::Known { first, known } => {
+                let first = (n == 1)
+                    .then(|| first.lock().unwrap_or_else(|p| p.into_inner()).take())
+                    .flatten();
+                first.unwrap_or_else(|| known.to_extensions())
+            }
+        }
+    }
+}
