@@ -145,19 +145,15 @@ impl Telemetry {
     /// Starts observing `req`: sets `x-request-id` when absent and the trace context headers
     /// (W3C and B3) for the next hop.
     pub fn start<B>(&self, req: &mut Request<B>) -> Observation {
-        let request_id = match req
+        let has_request_id = req
             .headers()
             .get(&X_REQUEST_ID)
-            .filter(|v| v.to_str().is_ok())
-        {
-            Some(id) => id.clone(),
-            None => {
-                let id = HeaderValue::from_bytes(&propagation::uuid_v4_bytes(&self.rng))
-                    .unwrap_or_else(|_| HeaderValue::from_static(""));
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
-                id
-            }
-        };
+            .is_some_and(|v| v.to_str().is_ok());
+        if !has_request_id {
+            let id = HeaderValue::from_bytes(&propagation::uuid_v4_bytes(&self.rng))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            req.headers_mut().insert(X_REQUEST_ID, id);
+        }
         let trace = propagation::continue_trace(req.headers(), &self.rng, self.sampling);
         trace.inject(req.headers_mut());
         let sink = self.spans.clone().filter(|_| trace.sampled);
@@ -184,7 +180,7 @@ impl Telemetry {
                 authority: crate::route::destination(req).unwrap_or("-").to_owned(),
                 user_agent: header("user-agent"),
                 forwarded_for: header("x-forwarded-for"),
-                request_id: request_id.to_str().unwrap_or_default().to_owned(),
+                request_id: header(X_REQUEST_ID.as_str()),
             })
         });
         req.extensions_mut().insert(TraceScope {

@@ -37,16 +37,16 @@ impl TraceContext {
         let span = hex::<16>(u128::from(self.span_id));
         // `00-{trace}-{span}-{flags}`
         // The values share one buffer (one allocation): `traceparent`, then the B3 parent.
-        let mut buffer = bytes::BytesMut::with_capacity(55 + 16);
-        buffer.extend_from_slice(b"00-");
-        buffer.extend_from_slice(&trace);
-        buffer.extend_from_slice(b"-");
-        buffer.extend_from_slice(&span);
-        buffer.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        let mut buffer = [0u8; 55 + 16];
+        buffer[..3].copy_from_slice(b"00-");
+        buffer[3..35].copy_from_slice(&trace);
+        buffer[35] = b'-';
+        buffer[36..52].copy_from_slice(&span);
+        buffer[52..55].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
         if let Some(parent) = self.parent_span_id {
-            buffer.extend_from_slice(&hex::<16>(u128::from(parent)));
+            buffer[55..].copy_from_slice(&hex::<16>(u128::from(parent)));
         }
-        let buffer = buffer.freeze();
+        let buffer = bytes::Bytes::from_owner(buffer);
         let set = |headers: &mut HeaderMap, name: HeaderName, range: std::ops::Range<usize>| {
             if let Ok(v) = HeaderValue::from_maybe_shared(buffer.slice(range)) {
                 headers.insert(name, v);
