@@ -150,8 +150,11 @@ impl Telemetry {
             .get(&X_REQUEST_ID)
             .is_some_and(|v| v.to_str().is_ok());
         if !has_request_id {
-            let id = HeaderValue::from_bytes(&propagation::uuid_v4_bytes(&self.rng))
-                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            // Shared from the start: the retry layer's copy of the headers takes a reference,
+            // not a copy.
+            let id = Bytes::from_owner(propagation::uuid_v4_bytes(&self.rng));
+            let id =
+                HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static(""));
             req.headers_mut().insert(X_REQUEST_ID, id);
         }
         let trace = propagation::continue_trace(req.headers(), &self.rng, self.sampling);
