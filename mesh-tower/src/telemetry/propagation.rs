@@ -76,14 +76,16 @@ const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid
 const B3: HeaderName = HeaderName::from_static("b3");
 const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
-/// The low `N * 4` bits of `value` as `N` lowercase hex digits (no formatting machinery: this
-/// runs several times per request).
+/// The low `N * 4` bits of `value` as `N` lowercase hex digits, `N` even and at most 32 (no
+/// formatting machinery: this runs several times per request).
 fn hex<const N: usize>(value: u128) -> [u8; N] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    const { assert!(N % 2 == 0 && N <= 32) };
+    let bytes = value.to_be_bytes();
     let mut out = [0u8; N];
-    for (i, digit) in out.iter_mut().enumerate() {
-        let shift = 4 * (N - 1 - i);
-        *digit = DIGITS[((value >> shift) & 0xf) as usize];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(&bytes[16 - N / 2..]) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
     out
 }
@@ -216,6 +218,16 @@ pub(super) fn uuid_v4_bytes(rng: &Rng) -> [u8; 36] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_writes_the_low_digits_with_leading_zeros() {
+        assert_eq!(&hex::<16>(0xab), b"00000000000000ab");
+        assert_eq!(&hex::<16>(u128::MAX), b"ffffffffffffffff");
+        assert_eq!(
+            &hex::<32>(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+            b"0123456789abcdeffedcba9876543210"
+        );
+    }
 
     #[test]
     fn b3_in_w3c_out_keeps_the_trace_id() {
