@@ -2,7 +2,7 @@
 //! HTTP/1.1 or HTTP/2 (prior knowledge) as the cluster's protocol says, with pooled
 //! connections shaped by the cluster's `connectionPool` settings (see [`connection`]).
 //!
-//! The pools are our own ([`pool`]), on hyper's low-level connection API: an HTTP/1.1
+//! The pools are our own (module `pool`), on hyper's low-level connection API: an HTTP/1.1
 //! connection goes back to its pool when the response body ends, with no task per request and
 //! no per-request pool-key allocation, which hyper-util's legacy client needs.
 
