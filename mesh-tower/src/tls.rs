@@ -7,9 +7,9 @@
 //!   with a method letter, an HTTP/2 preface with `P`), `DISABLE` takes plaintext only. The
 //!   verified [`PeerIdentity`] and the [`TlsInfo`] go into every request's extensions
 //!   ([`crate::server::serve_tls`] does that).
-//! - Outbound, [`MtlsConnector`] is a connector for hyper-util's legacy client: TCP, then a
-//!   rustls handshake presenting our certificate and checking the server's SPIFFE ID against
-//!   the identities it was built with. [`crate::client::UpstreamClient`] keeps one pool per
+//! - Outbound, [`MtlsConnector`] is a connector (a `tower::Service<Uri>`) for the upstream
+//!   client's pools: TCP, then a rustls handshake presenting our certificate and checking the
+//!   server's SPIFFE ID against the identities it was built with. [`crate::client::UpstreamClient`] keeps one pool per
 //!   set of expected identities, so a pooled connection is never reused for a destination
 //!   that expects someone else.
 //!

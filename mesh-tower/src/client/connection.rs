@@ -2,24 +2,14 @@
 //! `connectionPool.tcp` (`connectTimeout`, `tcpKeepalive`, `maxConnectionDuration`) and
 //! `connectionPool.http` (`idleTimeout`, `maxRequestsPerConnection`).
 //!
-//! Connections are pooled by hyper-util; each one carries a [`ConnectionStats`] from the
-//! moment it is established, so that the client can retire it (hyper-util's *poison*: it
-//! finishes what it carries and is never handed out again) once it has served
-//! `maxRequestsPerConnection` requests or outlived `maxConnectionDuration`. The lifetime is
-//! kept by a timer armed with the connection's first request, so an idle pooled connection
-//! past its lifetime is dropped, not reused.
+//! The client's pool counts the requests each connection has carried and when it was
+//! established, and retires a connection (it finishes what it carries and is never handed out
+//! again) once it has served `maxRequestsPerConnection` requests or outlived
+//! `maxConnectionDuration`; an idle connection past its lifetime is dropped, not reused.
 
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{CaptureConnection, Connected, Connection};
 use mesh_core::model::{ConnectionPool, TcpKeepalive};
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower_service::Service;
 
 /// How long an idle pooled connection is kept when the DestinationRule does not say
 /// (`connectionPool.http.idleTimeout`). Envoy's default is one hour; a shorter one avoids
@@ -94,56 +84,15 @@ impl Lifetime {
         self.max_requests > 0 || self.max_duration.is_some()
     }
 
-    /// Counts one more request on the connection `captured` used, and retires the connection
-    /// when that was its last. Returns whether it was retired.
-    pub fn account(&self, captured: &CaptureConnection) -> bool {
-        let metadata = captured.connection_metadata();
-        let Some(connected) = metadata.as_ref() else {
-            return false;
-        };
-        let mut extras = http::Extensions::new();
-        connected.get_extras(&mut extras);
-        let Some(stats) = extras.get::<Arc<ConnectionStats>>() else {
-            return false;
-        };
-        let served = stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let spent = self.max_requests > 0 && served >= self.max_requests;
-        let expired = self
-            .max_duration
-            .is_some_and(|d| stats.established.elapsed() >= d);
-        if spent || expired {
-            connected.poison();
-        } else if let Some(max) = self.max_duration
-            && !stats.timer_armed.swap(true, Ordering::Relaxed)
-        {
-            let deadline = stats.established + max;
-            let captured = captured.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(deadline).await;
-                if let Some(connected) = captured.connection_metadata().as_ref() {
-                    connected.poison();
-                }
-            });
-        }
-        spent || expired
+    /// Whether a connection that has carried `requests` requests may carry no more.
+    pub fn is_spent(&self, requests: u32) -> bool {
+        self.max_requests > 0 && requests >= self.max_requests
     }
-}
 
-/// What is known of one upstream connection.
-#[derive(Debug)]
-pub struct ConnectionStats {
-    established: Instant,
-    requests: AtomicU32,
-    timer_armed: AtomicBool,
-}
-
-impl ConnectionStats {
-    fn new() -> Self {
-        Self {
-            established: Instant::now(),
-            requests: AtomicU32::new(0),
-            timer_armed: AtomicBool::new(false),
-        }
+    /// Whether a connection `established` then is too old to be handed out at `now`.
+    pub fn is_expired(&self, established: Instant, now: Instant) -> bool {
+        self.max_duration
+            .is_some_and(|d| now.saturating_duration_since(established) >= d)
     }
 }
 
@@ -161,119 +110,5 @@ pub fn configure(
         connector.set_keepalive(Some(keepalive.time.unwrap_or(Duration::from_secs(7200))));
         connector.set_keepalive_interval(keepalive.interval);
         connector.set_keepalive_retries(keepalive.probes);
-    }
-}
-
-/// A connector whose connections carry their [`ConnectionStats`] when their pool limits
-/// their lifetime (hyper-util copies a connection's extra into every response's extensions:
-/// an allocation per response that unlimited pools do without).
-#[derive(Clone, Debug)]
-pub struct Tracked<C> {
-    inner: C,
-    track: bool,
-}
-
-impl<C> Tracked<C> {
-    /// Tracks the connections `inner` makes for a pool whose connections live by `lifetime`.
-    pub fn new(inner: C, lifetime: &Lifetime) -> Self {
-        Self {
-            inner,
-            track: lifetime.is_limited(),
-        }
-    }
-}
-
-impl<C> Service<http::Uri> for Tracked<C>
-where
-    C: Service<http::Uri>,
-{
-    type Response = TrackedIo<C::Response>;
-    type Error = C::Error;
-    type Future = futures_util::future::MapOk<C::Future, fn(C::Response) -> TrackedIo<C::Response>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        use futures_util::TryFutureExt;
-        let wrap: fn(C::Response) -> TrackedIo<C::Response> = if self.track {
-            TrackedIo::tracked
-        } else {
-            TrackedIo::untracked
-        };
-        self.inner.call(uri).map_ok(wrap)
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A connection with its [`ConnectionStats`] (when its pool limits its lifetime).
-    #[derive(Debug)]
-    pub struct TrackedIo<T> {
-        #[pin]
-        io: T,
-        stats: Option<Arc<ConnectionStats>>,
-    }
-}
-
-impl<T> TrackedIo<T> {
-    fn tracked(io: T) -> Self {
-        Self {
-            io,
-            stats: Some(Arc::new(ConnectionStats::new())),
-        }
-    }
-
-    fn untracked(io: T) -> Self {
-        Self { io, stats: None }
-    }
-}
-
-impl<T: Connection> Connection for TrackedIo<T> {
-    fn connected(&self) -> Connected {
-        match &self.stats {
-            Some(stats) => self.io.connected().extra(stats.clone()),
-            None => self.io.connected(),
-        }
-    }
-}
-
-impl<T: Read> Read for TrackedIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
-    }
-}
-
-impl<T: Write> Write for TrackedIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
     }
 }

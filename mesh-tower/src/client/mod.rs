@@ -1,10 +1,18 @@
 //! The upstream client: sends a routed request to the endpoint the balancer chose, over
 //! HTTP/1.1 or HTTP/2 (prior knowledge) as the cluster's protocol says, with pooled
 //! connections shaped by the cluster's `connectionPool` settings (see [`connection`]).
+//!
+//! The pools are our own (module `pool`), on hyper's low-level connection API: an HTTP/1.1
+//! connection goes back to its pool when the response body ends, with no task per request and
+//! no per-request pool-key allocation, which hyper-util's legacy client needs.
 
 pub mod connection;
+mod pool;
+#[cfg(test)]
+mod tests;
 
-use connection::{Lifetime, PoolSettings, Tracked};
+use connection::PoolSettings;
+use pool::{Connector, Pool};
 
 use crate::balance::Upstream;
 use crate::body::{self, BoxBody, BoxError};
@@ -17,9 +25,8 @@ use futures_util::future::BoxFuture;
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use mesh_core::model::{ClientTls, Cluster, TlsMode};
 use mesh_core::store::ConfigStore;
 use mesh_policy::SpiffeId;
@@ -29,9 +36,9 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 /// A pool of plaintext connections.
-type PlainClient = Client<Tracked<HttpConnector>, BoxBody>;
+type PlainClient = Arc<Pool<HttpConnector>>;
 /// A pool of TLS connections.
-type TlsClient = Client<Tracked<MtlsConnector>, BoxBody>;
+type TlsClient = Arc<Pool<MtlsConnector>>;
 
 /// Pooled HTTP/1.1 and HTTP/2 clients; cheap to clone (clones share the pools).
 ///
@@ -130,7 +137,7 @@ impl MtlsPools {
                 )
             }
         };
-        let client = pooled(settings).build(Tracked::new(connector, &settings.lifetime));
+        let client = Pool::new(connector, settings.clone());
         self.pools.rcu(|pools| {
             let mut pools = HashMap::clone(pools);
             pools.entry(key.clone()).or_insert_with(|| client.clone());
@@ -197,21 +204,9 @@ impl MtlsPools {
     }
 }
 
-/// A pool builder for connections with `settings`.
-fn pooled(settings: &PoolSettings) -> hyper_util::client::legacy::Builder {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(settings.idle_timeout);
-    if settings.http2 {
-        builder.timer(TokioTimer::new()).http2_only(true);
-    }
-    builder
-}
-
 /// A plaintext pool for connections with `settings`.
 fn plain_pool(settings: &PoolSettings) -> PlainClient {
-    pooled(settings).build(Tracked::new(connector(settings), &settings.lifetime))
+    Pool::new(connector(settings), settings.clone())
 }
 
 impl Default for UpstreamClient {
@@ -311,9 +306,9 @@ impl UpstreamClient {
         authority: http::uri::Authority,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
         let (PoolKey::Mesh(_, settings) | PoolKey::Files(_, settings)) = &key;
-        let (http2, lifetime) = (settings.http2, settings.lifetime);
+        let http2 = settings.http2;
         match mtls.client(key) {
-            Ok(client) => self.send_with(&client, req, authority, http2, lifetime),
+            Ok(client) => self.send_with(&client, req, authority, http2),
             Err(source) => {
                 let e = ProxyError::ConnectFailure {
                     endpoint: authority.to_string(),
@@ -370,7 +365,7 @@ impl UpstreamClient {
         } else {
             &self.pools.http1
         };
-        self.send_with(client, req, authority, http2, Lifetime::default())
+        self.send_with(client, req, authority, http2)
     }
 
     /// Sends `req` to `authority` through the plaintext pool for `settings`.
@@ -381,20 +376,16 @@ impl UpstreamClient {
         settings: &PoolSettings,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
         let client = self.plain(settings);
-        self.send_with(&client, req, authority, settings.http2, settings.lifetime)
+        self.send_with(&client, req, authority, settings.http2)
     }
 
-    fn send_with<C>(
+    fn send_with<C: Connector>(
         &self,
-        client: &Client<C, BoxBody>,
+        pool: &Arc<Pool<C>>,
         mut req: Request<BoxBody>,
         authority: http::uri::Authority,
         http2: bool,
-        lifetime: Lifetime,
-    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>>
-    where
-        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-    {
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
         if !req.headers().contains_key(HOST)
             && let Some(original) = req
                 .uri()
@@ -403,9 +394,17 @@ impl UpstreamClient {
         {
             req.headers_mut().insert(HOST, original);
         }
+        // HTTP/2 carries the endpoint in `:authority`; HTTP/1.1 sends the origin form (the
+        // endpoint is the connection's, the name the Host header's).
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority.clone());
+        if http2 {
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(authority.clone());
+        } else if !req.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::try_from(authority.as_str())
+        {
+            req.headers_mut().insert(HOST, host);
+        }
         parts.path_and_query = Some(
             req.uri()
                 .path_and_query()
@@ -435,52 +434,29 @@ impl UpstreamClient {
         } else {
             Version::HTTP_11
         };
-        let captured = lifetime.is_limited().then(|| capture_connection(&mut req));
-        let future = client.request(req);
+        let future = pool.clone().send(req, authority);
         Box::pin(async move {
-            let result = future.await;
-            if let Some(captured) = &captured
-                && result.is_ok()
-                && lifetime.account(captured)
-            {
-                tracing::debug!(endpoint = %authority, "upstream connection retired");
-            }
-            match result {
-                Ok(mut response)
-                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
-                        && upgrade.is_some() =>
-                {
+            let mut response = future.await?;
+            let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            let protocol = match upgrade {
+                Some(_) if switched => {
                     let upstream = hyper::upgrade::on(&mut response);
-                    let protocol = response.headers().get(UPGRADE).cloned();
                     if let Some(downstream) = downstream {
                         tokio::spawn(tunnel(downstream, upstream));
                     }
-                    let mut response = response.map(body::boxed);
-                    strip_hop_by_hop(response.headers_mut());
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-                    if let Some(protocol) = protocol {
-                        response.headers_mut().insert(UPGRADE, protocol);
-                    }
-                    Ok(response)
+                    response.headers().get(UPGRADE).cloned()
                 }
-                Ok(response) => {
-                    let mut response = response.map(body::boxed);
-                    strip_hop_by_hop(response.headers_mut());
-                    Ok(response)
+                _ => None,
+            };
+            strip_hop_by_hop(response.headers_mut());
+            if switched && upgrade.is_some() {
+                let headers = response.headers_mut();
+                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(protocol) = protocol {
+                    headers.insert(UPGRADE, protocol);
                 }
-                Err(e) if e.is_connect() => Err(ProxyError::ConnectFailure {
-                    endpoint: authority.to_string(),
-                    source: e.into(),
-                }
-                .into()),
-                Err(e) => Err(ProxyError::UpstreamReset {
-                    endpoint: authority.to_string(),
-                    source: e.into(),
-                }
-                .into()),
             }
+            Ok(response)
         })
     }
 }

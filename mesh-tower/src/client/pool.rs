@@ -1,0 +1,689 @@
+//! The connection pool behind [`super::UpstreamClient`], on hyper's low-level
+//! `client::conn::{http1, http2}` API.
+//!
+//! One [`Pool`] holds the connections made with one set of [`PoolSettings`] (and, for TLS,
+//! one set of expected identities), keyed by endpoint authority:
+//!
+//! - HTTP/1.1: a stack of idle connections per endpoint (the most recently used on top, so
+//!   warm connections are reused and the rest age out). A request takes one (or connects), and
+//!   its response body puts the connection back when the body ends: no task per request, as
+//!   hyper-util's legacy pool needs. A body dropped before its end takes its connection with
+//!   it (hyper closes it), and a `101 Switching Protocols` never gives its connection back.
+//! - HTTP/2 (prior knowledge): one connection per endpoint, shared by every request; the first
+//!   requests to an endpoint wait for one connect rather than each opening a connection.
+//!
+//! A request sent on a pooled connection that turns out closed before the request was written
+//! is sent again, once, on a new connection (hyper gives the request back), so that an upstream
+//! closing idle keep-alive connections does not surface as a reset.
+//!
+//! Idle connections older than the pool's idle timeout are dropped when a request comes by and
+//! by a reaper (one task per pool, started with its first connection, ending with the pool).
+//! Connections are counted in the pool's own entries and retired after their last allowed
+//! request or once older than their maximum duration ([`Lifetime`]).
+
+use super::connection::{Lifetime, PoolSettings};
+use crate::body::{self, BoxBody, BoxError};
+use crate::error::ProxyError;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use foldhash::HashMap;
+use futures_util::future::{BoxFuture, Either, FutureExt, Shared};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::rt::{Read, Write};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tower_service::Service;
+
+type Http1 = http1::SendRequest<BoxBody>;
+type Http2 = http2::SendRequest<BoxBody>;
+
+/// What makes the pool's connections: a `tower::Service<Uri>` yielding an I/O stream
+/// (`HttpConnector`, [`crate::tls::MtlsConnector`]).
+pub(super) trait Connector: Clone + Send + Sync + 'static {
+    /// The connection.
+    type Io: Read + Write + Unpin + Send + 'static;
+    /// Connects to `uri`.
+    fn connect(
+        &self,
+        uri: Uri,
+    ) -> impl Future<Output = Result<Self::Io, BoxError>> + Send + 'static;
+}
+
+impl<C> Connector for C
+where
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: Read + Write + Unpin + Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Io = C::Response;
+
+    fn connect(
+        &self,
+        uri: Uri,
+    ) -> impl Future<Output = Result<Self::Io, BoxError>> + Send + 'static {
+        use tower::ServiceExt;
+        self.clone().oneshot(uri).map(|r| r.map_err(Into::into))
+    }
+}
+
+/// The connections made by one connector with one set of settings, by endpoint authority.
+pub(super) struct Pool<C> {
+    connector: C,
+    settings: PoolSettings,
+    /// Read on every request, written when an endpoint is first seen or reaped.
+    hosts: ArcSwap<HashMap<Box<str>, Arc<Host>>>,
+    reaping: AtomicBool,
+    /// Ends the reaper when the pool is dropped.
+    stop: Arc<Notify>,
+}
+
+/// The connections to one endpoint.
+struct Host {
+    authority: Authority,
+    /// HTTP/1.1 connections between requests, the most recently used last.
+    idle: Mutex<Vec<Idle>>,
+    /// The HTTP/2 connection.
+    shared: Mutex<SharedConn>,
+}
+
+/// A connection and what the pool counts of it.
+struct Conn<S> {
+    sender: S,
+    established: Instant,
+    requests: u32,
+}
+
+/// An HTTP/1.1 connection between requests.
+struct Idle {
+    conn: Conn<Http1>,
+    since: Instant,
+}
+
+/// The HTTP/2 connection to an endpoint, or the connect under way.
+#[derive(Default)]
+struct SharedConn {
+    conn: Option<Conn<Http2>>,
+    last_used: Option<Instant>,
+    connecting: Option<Connecting>,
+}
+
+/// An HTTP/2 connect that every request waiting for the endpoint's connection awaits.
+type Connecting = Shared<BoxFuture<'static, Result<Http2, SharedError>>>;
+
+impl<C: std::fmt::Debug> std::fmt::Debug for Pool<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("connector", &self.connector)
+            .field("settings", &self.settings)
+            .field("endpoints", &self.hosts.load().len())
+            .finish()
+    }
+}
+
+impl<C> Drop for Pool<C> {
+    fn drop(&mut self) {
+        // A permit is kept if the reaper is not waiting yet.
+        self.stop.notify_one();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn connect_failure(authority: &Authority, source: BoxError) -> BoxError {
+    ProxyError::ConnectFailure {
+        endpoint: authority.to_string(),
+        source,
+    }
+    .into()
+}
+
+fn reset(authority: &Authority, source: hyper::Error) -> BoxError {
+    ProxyError::UpstreamReset {
+        endpoint: authority.to_string(),
+        source: source.into(),
+    }
+    .into()
+}
+
+fn retired(host: &Host) {
+    tracing::debug!(endpoint = %host.authority, "upstream connection retired");
+}
+
+impl<C: Connector> Pool<C> {
+    /// An empty pool of connections made by `connector` with `settings`.
+    pub(super) fn new(connector: C, settings: PoolSettings) -> Arc<Self> {
+        Arc::new(Self {
+            connector,
+            settings,
+            hosts: ArcSwap::default(),
+            reaping: AtomicBool::new(false),
+            stop: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Sends `req` (its URI in the form the protocol needs) to `authority` over a pooled
+    /// connection. Errors are [`ProxyError::ConnectFailure`] when no connection could be
+    /// made, else [`ProxyError::UpstreamReset`].
+    pub(super) async fn send(
+        self: Arc<Self>,
+        req: Request<BoxBody>,
+        authority: Authority,
+    ) -> Result<Response<BoxBody>, BoxError> {
+        let host = self.host(&authority);
+        if self.settings.http2 {
+            self.send_http2(&host, req).await
+        } else {
+            self.send_http1(host, req).await
+        }
+    }
+
+    /// The endpoint's entry, made on first use.
+    fn host(&self, authority: &Authority) -> Arc<Host> {
+        if let Some(host) = self.hosts.load().get(authority.as_str()) {
+            return host.clone();
+        }
+        let fresh = Arc::new(Host {
+            authority: authority.clone(),
+            idle: Mutex::default(),
+            shared: Mutex::default(),
+        });
+        self.hosts.rcu(|hosts| {
+            let mut hosts = HashMap::clone(hosts);
+            hosts
+                .entry(authority.as_str().into())
+                .or_insert_with(|| fresh.clone());
+            hosts
+        });
+        self.hosts
+            .load()
+            .get(authority.as_str())
+            .cloned()
+            .unwrap_or(fresh)
+    }
+
+    async fn send_http1(
+        self: Arc<Self>,
+        host: Arc<Host>,
+        req: Request<BoxBody>,
+    ) -> Result<Response<BoxBody>, BoxError> {
+        let (mut conn, reused) = self.checkout_http1(&host).await?;
+        conn.requests += 1;
+        let response = match conn.sender.try_send_request(req).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                // The pooled connection closed before the request was written: once more, on
+                // a new connection (an upstream's keep-alive timeout is no failure).
+                Some(req) if reused => {
+                    tracing::trace!(endpoint = %host.authority, "pooled connection closed; sending again");
+                    conn = self.connect_http1(&host).await?;
+                    conn.requests += 1;
+                    let sent = conn.sender.try_send_request(req).await;
+                    sent.map_err(|e| reset(&host.authority, e.into_error()))?
+                }
+                _ => return Err(reset(&host.authority, e.into_error())),
+            },
+        };
+        let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+        let lifetime = self.settings.lifetime;
+        Ok(response.map(|inner| {
+            body::boxed(PooledBody {
+                inner,
+                conn: Some(Checkedout {
+                    host,
+                    conn,
+                    lifetime,
+                    reuse,
+                }),
+            })
+        }))
+    }
+
+    /// An idle connection to `host` (and `true`), else a new one.
+    async fn checkout_http1(
+        self: &Arc<Self>,
+        host: &Host,
+    ) -> Result<(Conn<Http1>, bool), BoxError> {
+        let now = Instant::now();
+        let mut spent = 0;
+        let (ready, pending) = {
+            let mut idle = lock(&host.idle);
+            loop {
+                let Some(top) = idle.last() else {
+                    break (None, None);
+                };
+                if !self.keeps(top, now) {
+                    let lifetime = &self.settings.lifetime;
+                    spent += usize::from(lifetime.is_expired(top.conn.established, now));
+                    idle.pop();
+                    continue;
+                }
+                if top.conn.sender.is_ready() {
+                    break (idle.pop(), None);
+                }
+                // The most recent one is not ready yet: an older ready one, else wait for it.
+                match idle
+                    .iter()
+                    .rposition(|i| i.conn.sender.is_ready() && self.keeps(i, now))
+                {
+                    Some(i) => break (Some(idle.remove(i)), None),
+                    None => break (None, idle.pop()),
+                }
+            }
+        };
+        for _ in 0..spent {
+            retired(host);
+        }
+        if let Some(idle) = ready {
+            return Ok((idle.conn, true));
+        }
+        let Some(mut waiting) = pending else {
+            return Ok((self.connect_http1(host).await?, false));
+        };
+        // Right after a response body ends, hyper's dispatcher may not have taken the
+        // connection up again; wait for that, unless a new connection is ready first (the
+        // connection may still be sending a request body the upstream answered early).
+        let connect = pin!(async {
+            tokio::task::yield_now().await;
+            self.connect_http1(host).await
+        });
+        let ready = std::future::poll_fn(|cx| waiting.conn.sender.poll_ready(cx));
+        match futures_util::future::select(ready, connect).await {
+            Either::Left((Ok(()), _)) => Ok((waiting.conn, true)),
+            Either::Left((Err(_closed), connect)) => Ok((connect.await?, false)),
+            Either::Right((connected, ready)) => {
+                drop(ready);
+                lock(&host.idle).push(waiting);
+                Ok((connected?, false))
+            }
+        }
+    }
+
+    /// Whether an idle connection may still be handed out at `now`.
+    fn keeps(&self, idle: &Idle, now: Instant) -> bool {
+        !idle.conn.sender.is_closed()
+            && now.saturating_duration_since(idle.since) < self.settings.idle_timeout
+            && !self
+                .settings
+                .lifetime
+                .is_expired(idle.conn.established, now)
+    }
+
+    /// A new HTTP/1.1 connection to `host`.
+    async fn connect_http1(self: &Arc<Self>, host: &Host) -> Result<Conn<Http1>, BoxError> {
+        let io = self
+            .connector
+            .connect(uri(&host.authority))
+            .await
+            .map_err(|e| connect_failure(&host.authority, e))?;
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|e| connect_failure(&host.authority, e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        self.reap_from_now_on();
+        Ok(Conn {
+            sender,
+            established: Instant::now(),
+            requests: 0,
+        })
+    }
+
+    async fn send_http2(
+        self: &Arc<Self>,
+        host: &Host,
+        req: Request<BoxBody>,
+    ) -> Result<Response<BoxBody>, BoxError> {
+        let (mut sender, reused) = self.checkout_http2(host).await?;
+        let response = match sender.try_send_request(req).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                Some(req) if reused => {
+                    // The checkout sees the closed connection and replaces it.
+                    let (mut sender, _) = self.checkout_http2(host).await?;
+                    let sent = sender.try_send_request(req).await;
+                    sent.map_err(|e| reset(&host.authority, e.into_error()))?
+                }
+                _ => return Err(reset(&host.authority, e.into_error())),
+            },
+        };
+        Ok(response.map(body::boxed))
+    }
+
+    /// The endpoint's HTTP/2 connection (and whether it was there before), counted for one
+    /// more request; connects when there is none (one connect at a time).
+    async fn checkout_http2(self: &Arc<Self>, host: &Host) -> Result<(Http2, bool), BoxError> {
+        let mut connected: Option<(Http2, Connecting)> = None;
+        // A connection made for us can be retired by the others waiting for it
+        // (`maxRequestsPerConnection`) before we count ourselves on it: connect again then.
+        for _ in 0..3 {
+            let connecting = {
+                let now = Instant::now();
+                let mut shared = lock(&host.shared);
+                if let Some((sender, ours)) = connected.take()
+                    && shared.connecting.as_ref().is_some_and(|c| c.ptr_eq(&ours))
+                {
+                    // The first of its waiters to come back installs the new connection.
+                    shared.connecting = None;
+                    shared.conn = Some(Conn {
+                        sender,
+                        established: now,
+                        requests: 0,
+                    });
+                    shared.last_used = Some(now);
+                }
+                if let Some(conn) = &shared.conn
+                    && !self.keeps_shared(conn, shared.last_used, now)
+                {
+                    if self.settings.lifetime.is_expired(conn.established, now) {
+                        retired(host);
+                    }
+                    shared.conn = None;
+                }
+                if let Some(conn) = &mut shared.conn {
+                    conn.requests += 1;
+                    let sender = conn.sender.clone();
+                    let reused = conn.requests > 1;
+                    if self.settings.lifetime.is_spent(conn.requests) {
+                        shared.conn = None;
+                        retired(host);
+                    }
+                    shared.last_used = Some(now);
+                    return Ok((sender, reused));
+                }
+                match &shared.connecting {
+                    // (A failure nobody was left waiting for is not handed to later requests.)
+                    Some(connecting) if !matches!(connecting.peek(), Some(Err(_))) => {
+                        connecting.clone()
+                    }
+                    _ => {
+                        let connecting = self.connect_http2(&host.authority).shared();
+                        shared.connecting = Some(connecting.clone());
+                        connecting
+                    }
+                }
+            };
+            match connecting.clone().await {
+                Ok(sender) => connected = Some((sender, connecting)),
+                Err(e) => {
+                    // The next request tries again.
+                    let mut shared = lock(&host.shared);
+                    if shared
+                        .connecting
+                        .as_ref()
+                        .is_some_and(|c| c.ptr_eq(&connecting))
+                    {
+                        shared.connecting = None;
+                    }
+                    return Err(connect_failure(&host.authority, Box::new(e)));
+                }
+            }
+        }
+        // Still no connection to count on: use the last one made.
+        match connected {
+            Some((sender, _)) => Ok((sender, false)),
+            None => Err(connect_failure(
+                &host.authority,
+                "HTTP/2 connections retired as soon as made".into(),
+            )),
+        }
+    }
+
+    /// Whether the HTTP/2 connection, last used then, may still be handed out at `now`.
+    fn keeps_shared(&self, conn: &Conn<Http2>, last_used: Option<Instant>, now: Instant) -> bool {
+        !conn.sender.is_closed()
+            && last_used
+                .is_some_and(|t| now.saturating_duration_since(t) < self.settings.idle_timeout)
+            && !self.settings.lifetime.is_expired(conn.established, now)
+    }
+
+    /// Connects to `authority` over HTTP/2 (prior knowledge).
+    fn connect_http2(
+        self: &Arc<Self>,
+        authority: &Authority,
+    ) -> BoxFuture<'static, Result<Http2, SharedError>> {
+        let connect = self.connector.connect(uri(authority));
+        self.reap_from_now_on();
+        Box::pin(async move {
+            let io = connect.await.map_err(SharedError::new)?;
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            let (sender, connection) = builder
+                .handshake(io)
+                .await
+                .map_err(|e| SharedError::new(e.into()))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(sender)
+        })
+    }
+
+    /// Starts the reaper, once.
+    fn reap_from_now_on(self: &Arc<Self>) {
+        if self.reaping.load(Ordering::Relaxed) || self.reaping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        let every = self.settings.idle_timeout.max(Duration::from_millis(10));
+        tokio::spawn(reaper(pool, stop, every));
+    }
+
+    /// Drops the idle connections past their idle timeout or lifetime, and the endpoints left
+    /// without connections.
+    fn reap(&self, now: Instant) {
+        let hosts = self.hosts.load();
+        let mut unused = false;
+        let lifetime = &self.settings.lifetime;
+        for host in hosts.values() {
+            let mut spent = 0;
+            lock(&host.idle).retain(|i| {
+                let keep = self.keeps(i, now);
+                spent += usize::from(!keep && lifetime.is_expired(i.conn.established, now));
+                keep
+            });
+            {
+                let mut shared = lock(&host.shared);
+                if let Some(conn) = &shared.conn
+                    && !self.keeps_shared(conn, shared.last_used, now)
+                {
+                    spent += usize::from(lifetime.is_expired(conn.established, now));
+                    shared.conn = None;
+                }
+            }
+            for _ in 0..spent {
+                retired(host);
+            }
+            unused |= host.is_unused();
+        }
+        drop(hosts);
+        if unused {
+            self.hosts.rcu(|hosts| {
+                hosts
+                    .iter()
+                    .filter(|(_, host)| !host.is_unused())
+                    .map(|(k, host)| (k.clone(), host.clone()))
+                    .collect::<HashMap<_, _>>()
+            });
+        }
+    }
+
+    /// The number of idle HTTP/1.1 connections to `authority` (for tests).
+    #[cfg(test)]
+    pub(super) fn idle(&self, authority: &str) -> usize {
+        self.hosts
+            .load()
+            .get(authority)
+            .map_or(0, |h| lock(&h.idle).len())
+    }
+
+    /// What ends the reaper; the reaper holds a clone while it runs (for tests).
+    #[cfg(test)]
+    pub(super) fn stop_signal(&self) -> Arc<Notify> {
+        self.stop.clone()
+    }
+
+    /// Puts `sender` into the pool as an idle connection to `authority` (for tests).
+    #[cfg(test)]
+    pub(super) fn insert_idle(&self, authority: &Authority, sender: Http1) {
+        let now = Instant::now();
+        lock(&self.host(authority).idle).push(Idle {
+            conn: Conn {
+                sender,
+                established: now,
+                requests: 0,
+            },
+            since: now,
+        });
+    }
+}
+
+impl Host {
+    /// Whether nothing uses the endpoint's entry: no connection, no request holds it (the
+    /// map's own reference only).
+    fn is_unused(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) == 1 && lock(&self.idle).is_empty() && {
+            let shared = lock(&self.shared);
+            shared.conn.is_none() && shared.connecting.is_none()
+        }
+    }
+}
+
+/// Reaps `pool` every `every` until it is dropped.
+async fn reaper<C: Connector>(pool: Weak<Pool<C>>, stop: Arc<Notify>, every: Duration) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.notified() => return,
+        }
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        pool.reap(Instant::now());
+    }
+}
+
+/// The URI a connector connects to.
+fn uri(authority: &Authority) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    // Scheme, authority and path given: always valid.
+    Uri::from_parts(parts).unwrap_or_default()
+}
+
+/// A connect error, shared by the requests that waited for the connect.
+#[derive(Clone, Debug)]
+struct SharedError(Arc<BoxError>);
+
+impl SharedError {
+    fn new(e: BoxError) -> Self {
+        Self(Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// An HTTP/1.1 response body that gives its connection back to the pool once it has ended.
+struct PooledBody {
+    inner: Incoming,
+    conn: Option<Checkedout>,
+}
+
+/// A connection out of its pool for one request.
+struct Checkedout {
+    host: Arc<Host>,
+    conn: Conn<Http1>,
+    lifetime: Lifetime,
+    /// False after `101 Switching Protocols`: the connection belongs to the upgrade.
+    reuse: bool,
+}
+
+impl PooledBody {
+    /// The body has ended: the connection goes back, unless retired.
+    fn release(&mut self) {
+        let Some(out) = self.conn.take() else {
+            return;
+        };
+        if !out.reuse {
+            return;
+        }
+        let now = Instant::now();
+        let conn = out.conn;
+        if out.lifetime.is_spent(conn.requests) || out.lifetime.is_expired(conn.established, now) {
+            retired(&out.host);
+            return;
+        }
+        lock(&out.host.idle).push(Idle { conn, since: now });
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
+            Some(Ok(_)) => {}
+            // The connection is broken: hyper closes it with the sender.
+            Some(Err(_)) => this.conn = None,
+            None => this.release(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body never polled to its end that has nothing left (HEAD, 204, 304, or the server
+        // stopped polling at the end of the length) still frees its connection; one dropped
+        // midway does not (hyper closes the connection when its sender goes).
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}

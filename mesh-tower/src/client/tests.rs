@@ -1,0 +1,407 @@
+//! The upstream client's pools against real hyper servers on 127.0.0.1 that count the
+//! connections they accept.
+
+use super::UpstreamClient;
+use super::connection::{Lifetime, PoolSettings};
+use crate::body::{self, BoxBody};
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Barrier;
+
+/// A test upstream: where it listens and how many connections it accepted.
+struct Upstream {
+    authority: Authority,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// What the upstream does with a request, by path: `/stream` answers a body that sends one
+/// chunk and then never ends, `/close` answers with `Connection: close`, `/barrier` waits until
+/// `barrier` requests are in; anything else answers `ok`.
+async fn handle(
+    req: Request<Incoming>,
+    barrier: Arc<Barrier>,
+) -> Result<Response<BoxBody>, Infallible> {
+    let response = match req.uri().path() {
+        "/stream" => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from("first")))).await;
+                // Keeps the body open until the client goes away.
+                tx.closed().await;
+            });
+            let stream = tokio_stream(rx);
+            Response::new(body::boxed(StreamBody::new(stream)))
+        }
+        "/close" => {
+            let mut response = Response::new(body::full("bye"));
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, "close".parse().unwrap());
+            response
+        }
+        "/barrier" => {
+            barrier.wait().await;
+            Response::new(body::full("ok"))
+        }
+        _ => Response::new(body::full("ok")),
+    };
+    Ok(response)
+}
+
+/// The frames `rx` receives, as a stream.
+fn tokio_stream<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static
+where
+    T: Send + 'static,
+{
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// An upstream speaking HTTP/1.1 (or h2c with `http2`); `/barrier` waits for `parties`.
+async fn upstream(http2: bool, parties: usize) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let barrier = Arc::new(Barrier::new(parties));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            let barrier = barrier.clone();
+            let service = hyper::service::service_fn(move |req| handle(req, barrier.clone()));
+            let io = TokioIo::new(stream);
+            tokio::spawn(async move {
+                if http2 {
+                    let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection(io, service).await;
+                } else {
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    let _ = builder.serve_connection(io, service).await;
+                }
+            });
+        }
+    });
+    Upstream {
+        authority: Authority::try_from(addr.to_string()).unwrap(),
+        accepted,
+    }
+}
+
+fn get(path: &str) -> Request<BoxBody> {
+    Request::get(format!("http://upstream.test{path}"))
+        .body(body::empty())
+        .unwrap()
+}
+
+/// Sends `GET path` to `upstream` and reads the whole answer.
+async fn fetch(client: &UpstreamClient, upstream: &Upstream, path: &str, http2: bool) -> String {
+    let response = client
+        .send(get(path), upstream.authority.clone(), http2)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// As [`fetch`], through the plaintext pool for `settings`.
+async fn fetch_with(
+    client: &UpstreamClient,
+    upstream: &Upstream,
+    settings: &PoolSettings,
+) -> StatusCode {
+    let response = client
+        .send_plain(get("/"), upstream.authority.clone(), settings)
+        .await
+        .unwrap();
+    let status = response.status();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn sequential_http1_requests_reuse_one_connection() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    for _ in 0..5 {
+        assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
+    }
+    assert_eq!(upstream.accepted(), 1);
+    assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_http1_requests_open_a_connection_each_and_then_reuse_them() {
+    let upstream = upstream(false, 4).await;
+    let client = UpstreamClient::new();
+    for round in 1..=3 {
+        // The upstream answers none of the four until all four are in: four connections.
+        let answers = futures_util::future::join_all(
+            (0..4).map(|_| fetch(&client, &upstream, "/barrier", false)),
+        )
+        .await;
+        assert!(answers.iter().all(|a| a == "ok"));
+        assert_eq!(upstream.accepted(), 4, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_dropped_midway_does_not_give_its_connection_back() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    let response = client
+        .send(get("/stream"), upstream.authority.clone(), false)
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first");
+    drop(body);
+    assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 0);
+
+    assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
+    assert_eq!(
+        upstream.accepted(),
+        2,
+        "the unfinished connection was not reused"
+    );
+    assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
+    assert_eq!(upstream.accepted(), 2, "the finished one was");
+}
+
+#[tokio::test]
+async fn a_response_never_read_but_already_complete_gives_its_connection_back() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    let head = Request::head("http://upstream.test/")
+        .body(body::empty())
+        .unwrap();
+    let response = client
+        .send(head, upstream.authority.clone(), false)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_closing_its_connections_causes_no_failed_request() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    for _ in 0..3 {
+        assert_eq!(fetch(&client, &upstream, "/close", false).await, "bye");
+    }
+    assert_eq!(upstream.accepted(), 3);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_before_the_request_was_written_is_retried_on_a_new_one() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    // A connection whose task we end: the request queued on it comes back unwritten.
+    let stream = tokio::net::TcpStream::connect(upstream.authority.as_str())
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            _ = killed => {}
+            _ = connection => {}
+        }
+    });
+    sender.ready().await.unwrap();
+    client.pools.http1.insert_idle(&upstream.authority, sender);
+    kill.send(()).unwrap();
+    // On this single-threaded runtime the connection task runs only once the request has been
+    // queued on it (the pooled connection looked ready).
+    assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
+    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_http2_requests_share_one_connection() {
+    let upstream = upstream(true, 8).await;
+    let client = UpstreamClient::new();
+    let answers =
+        futures_util::future::join_all((0..8).map(|_| fetch(&client, &upstream, "/barrier", true)))
+            .await;
+    assert!(answers.iter().all(|a| a == "ok"));
+    assert_eq!(fetch(&client, &upstream, "/", true).await, "ok");
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_past_the_idle_timeout_is_dropped() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    let mut settings = PoolSettings::new(false);
+    settings.idle_timeout = Duration::from_secs(5);
+    let pool = client.plain(&settings);
+    assert_eq!(
+        fetch_with(&client, &upstream, &settings).await,
+        StatusCode::OK
+    );
+    assert_eq!(pool.idle(upstream.authority.as_str()), 1);
+
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(4)).await;
+    tokio::time::resume();
+    assert_eq!(
+        fetch_with(&client, &upstream, &settings).await,
+        StatusCode::OK
+    );
+    assert_eq!(upstream.accepted(), 1, "within the idle timeout: reused");
+
+    // Past it, the reaper drops the connection without a request coming by.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    for _ in 0..10 {
+        if pool.idle(upstream.authority.as_str()) == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    tokio::time::resume();
+    assert_eq!(pool.idle(upstream.authority.as_str()), 0, "reaped");
+    assert_eq!(
+        fetch_with(&client, &upstream, &settings).await,
+        StatusCode::OK
+    );
+    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn an_http2_connection_unused_past_the_idle_timeout_is_replaced() {
+    let upstream = upstream(true, 1).await;
+    let client = UpstreamClient::new();
+    let mut settings = PoolSettings::new(true);
+    settings.idle_timeout = Duration::from_secs(5);
+    assert_eq!(
+        fetch_with(&client, &upstream, &settings).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        fetch_with(&client, &upstream, &settings).await,
+        StatusCode::OK
+    );
+    assert_eq!(upstream.accepted(), 1);
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    tokio::time::resume();
+    assert_eq!(
+        fetch_with(&client, &upstream, &settings).await,
+        StatusCode::OK
+    );
+    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn connections_are_retired_after_max_requests() {
+    for http2 in [false, true] {
+        let upstream = upstream(http2, 1).await;
+        let client = UpstreamClient::new();
+        let mut settings = PoolSettings::new(http2);
+        settings.lifetime = Lifetime {
+            max_requests: 2,
+            max_duration: None,
+        };
+        for _ in 0..5 {
+            assert_eq!(
+                fetch_with(&client, &upstream, &settings).await,
+                StatusCode::OK
+            );
+        }
+        assert_eq!(upstream.accepted(), 3, "http2: {http2}");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_past_its_max_duration_is_not_handed_out() {
+    for http2 in [false, true] {
+        let upstream = upstream(http2, 1).await;
+        let client = UpstreamClient::new();
+        let mut settings = PoolSettings::new(http2);
+        settings.lifetime = Lifetime {
+            max_requests: 0,
+            max_duration: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(
+            fetch_with(&client, &upstream, &settings).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            fetch_with(&client, &upstream, &settings).await,
+            StatusCode::OK
+        );
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        tokio::time::resume();
+        assert_eq!(
+            fetch_with(&client, &upstream, &settings).await,
+            StatusCode::OK
+        );
+        assert_eq!(upstream.accepted(), 2, "http2: {http2}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connect_is_a_connect_failure() {
+    // A port nothing listens on (bound, then closed).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+    drop(listener);
+    let client = UpstreamClient::new();
+    for http2 in [false, true] {
+        let e = client
+            .send(get("/"), authority.clone(), http2)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e.downcast_ref::<crate::error::ProxyError>(),
+                Some(crate::error::ProxyError::ConnectFailure { .. })
+            ),
+            "{e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_reaper_ends_with_its_pool() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
+    let stop = client.pools.http1.stop_signal();
+    assert_eq!(Arc::strong_count(&stop), 3, "pool, reaper and ours");
+    drop(client);
+    for _ in 0..10 {
+        if Arc::strong_count(&stop) == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(Arc::strong_count(&stop), 1, "the reaper has ended");
+}
