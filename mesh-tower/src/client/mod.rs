@@ -386,13 +386,15 @@ impl UpstreamClient {
         authority: http::uri::Authority,
         http2: bool,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
-        if !req.headers().contains_key(HOST)
+        let mut has_host = req.headers().contains_key(HOST);
+        if !has_host
             && let Some(original) = req
                 .uri()
                 .authority()
                 .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
         {
             req.headers_mut().insert(HOST, original);
+            has_host = true;
         }
         // HTTP/2 carries the endpoint in `:authority`; HTTP/1.1 sends the origin form (the
         // endpoint is the connection's, the name the Host header's).
@@ -400,9 +402,7 @@ impl UpstreamClient {
         if http2 {
             parts.scheme = Some(Scheme::HTTP);
             parts.authority = Some(authority.clone());
-        } else if !req.headers().contains_key(HOST)
-            && let Ok(host) = HeaderValue::try_from(authority.as_str())
-        {
+        } else if !has_host && let Ok(host) = HeaderValue::try_from(authority.as_str()) {
             req.headers_mut().insert(HOST, host);
         }
         parts.path_and_query = Some(

@@ -45,6 +45,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower_service::Service;
 
+/// How long a request waits for a pooled HTTP/1.1 connection that is not ready yet before it
+/// also opens a new one (see `Pool::checkout_http1`).
+const READY_GRACE: Duration = Duration::from_millis(5);
+
 type Http1 = http1::SendRequest<BoxBody>;
 type Http2 = http2::SendRequest<BoxBody>;
 
@@ -294,10 +298,13 @@ impl<C: Connector> Pool<C> {
             return Ok((self.connect_http1(host).await?, false));
         };
         // Right after a response body ends, hyper's dispatcher may not have taken the
-        // connection up again; wait for that, unless a new connection is ready first (the
-        // connection may still be sending a request body the upstream answered early).
+        // connection up again (on a multi-threaded runtime it runs beside us): wait for that.
+        // Only past a grace period does a new connection race it, for a connection still
+        // sending a request body that the upstream answered early. (Racing at once made a
+        // new connection whenever the dispatcher was a moment late: connection churn under
+        // load.)
         let connect = pin!(async {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(READY_GRACE).await;
             self.connect_http1(host).await
         });
         let ready = std::future::poll_fn(|cx| waiting.conn.sender.poll_ready(cx));
@@ -323,25 +330,34 @@ impl<C: Connector> Pool<C> {
     }
 
     /// A new HTTP/1.1 connection to `host`.
-    async fn connect_http1(self: &Arc<Self>, host: &Host) -> Result<Conn<Http1>, BoxError> {
-        let io = self
-            .connector
-            .connect(uri(&host.authority))
-            .await
-            .map_err(|e| connect_failure(&host.authority, e))?;
-        let (sender, connection) = http1::handshake(io)
-            .await
-            .map_err(|e| connect_failure(&host.authority, e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        self.reap_from_now_on();
-        Ok(Conn {
-            sender,
-            established: Instant::now(),
-            requests: 0,
+    ///
+    /// Boxed: connecting (the connector's future, the handshake) takes a few KiB of state, and
+    /// inline it would size, and be copied with, every request's future, most of which reuse
+    /// a pooled connection.
+    fn connect_http1<'a>(
+        self: &'a Arc<Self>,
+        host: &'a Host,
+    ) -> BoxFuture<'a, Result<Conn<Http1>, BoxError>> {
+        Box::pin(async move {
+            let io = self
+                .connector
+                .connect(uri(&host.authority))
+                .await
+                .map_err(|e| connect_failure(&host.authority, e))?;
+            let (sender, connection) = http1::handshake(io)
+                .await
+                .map_err(|e| connect_failure(&host.authority, e.into()))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            self.reap_from_now_on();
+            Ok(Conn {
+                sender,
+                established: Instant::now(),
+                requests: 0,
+            })
         })
     }
 

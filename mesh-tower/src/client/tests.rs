@@ -31,7 +31,8 @@ impl Upstream {
 
 /// What the upstream does with a request, by path: `/stream` answers a body that sends one
 /// chunk and then never ends, `/close` answers with `Connection: close`, `/barrier` waits until
-/// `barrier` requests are in; anything else answers `ok`.
+/// `barrier` requests are in, `/early` answers `ok` at once and reads the request body after;
+/// anything else answers `ok`.
 async fn handle(
     req: Request<Incoming>,
     barrier: Arc<Barrier>,
@@ -56,6 +57,13 @@ async fn handle(
         }
         "/barrier" => {
             barrier.wait().await;
+            Response::new(body::full("ok"))
+        }
+        "/early" => {
+            let upload = req.into_body();
+            tokio::spawn(async move {
+                let _ = upload.collect().await;
+            });
             Response::new(body::full("ok"))
         }
         _ => Response::new(body::full("ok")),
@@ -404,4 +412,34 @@ async fn the_reaper_ends_with_its_pool() {
         tokio::task::yield_now().await;
     }
     assert_eq!(Arc::strong_count(&stop), 1, "the reaper has ended");
+}
+
+/// An upstream may answer before the request body is all sent (an upload it refuses): the
+/// connection is then busy until the body ends, and the next request must not wait for it.
+#[tokio::test]
+async fn a_request_after_an_early_answer_to_an_unfinished_upload_gets_a_connection() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::body::BoxError>>(1);
+    tx.send(Ok(Frame::data(Bytes::from("part of an upload"))))
+        .await
+        .unwrap();
+    let upload = Request::post("http://upstream.test/early")
+        .body(body::boxed(StreamBody::new(tokio_stream(rx))))
+        .unwrap();
+    let response = client
+        .send(upload, upstream.authority.clone(), false)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+    let next = tokio::time::timeout(
+        Duration::from_secs(5),
+        fetch(&client, &upstream, "/", false),
+    )
+    .await
+    .expect("the next request does not wait for the upload's connection");
+    assert_eq!(next, "ok");
+    assert_eq!(upstream.accepted(), 2);
+    drop(tx);
 }

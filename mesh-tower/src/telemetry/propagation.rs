@@ -80,7 +80,7 @@ const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 /// formatting machinery: this runs several times per request).
 fn hex<const N: usize>(value: u128) -> [u8; N] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    const { assert!(N % 2 == 0 && N <= 32) };
+    const { assert!(N.is_multiple_of(2) && N <= 32) };
     let bytes = value.to_be_bytes();
     let mut out = [0u8; N];
     for (pair, byte) in out.chunks_exact_mut(2).zip(&bytes[16 - N / 2..]) {
