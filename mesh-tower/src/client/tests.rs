@@ -129,19 +129,15 @@ async fn fetch(client: &UpstreamClient, upstream: &Upstream, path: &str, http2: 
     String::from_utf8(body.to_vec()).unwrap()
 }
 
-/// As [`fetch`], through the plaintext pool for `settings`.
-async fn fetch_with(
-    client: &UpstreamClient,
-    upstream: &Upstream,
-    settings: &PoolSettings,
-) -> StatusCode {
+/// Sends `GET /` to `upstream` through the plaintext pool for `settings`, expects `200 OK`,
+/// and reads the whole answer.
+async fn fetch_with(client: &UpstreamClient, upstream: &Upstream, settings: &PoolSettings) {
     let response = client
         .send_plain(get("/"), upstream.authority.clone(), settings)
         .await
         .unwrap();
-    let status = response.status();
+    assert_eq!(response.status(), StatusCode::OK);
     response.into_body().collect().await.unwrap();
-    status
 }
 
 #[tokio::test]
@@ -268,19 +264,13 @@ async fn an_idle_http1_connection_past_the_idle_timeout_is_dropped() {
     let mut settings = PoolSettings::new(false);
     settings.idle_timeout = Duration::from_secs(5);
     let pool = client.plain(&settings);
-    assert_eq!(
-        fetch_with(&client, &upstream, &settings).await,
-        StatusCode::OK
-    );
+    fetch_with(&client, &upstream, &settings).await;
     assert_eq!(pool.idle(upstream.authority.as_str()), 1);
 
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(4)).await;
     tokio::time::resume();
-    assert_eq!(
-        fetch_with(&client, &upstream, &settings).await,
-        StatusCode::OK
-    );
+    fetch_with(&client, &upstream, &settings).await;
     assert_eq!(upstream.accepted(), 1, "within the idle timeout: reused");
 
     // Past it, the reaper drops the connection without a request coming by.
@@ -294,10 +284,7 @@ async fn an_idle_http1_connection_past_the_idle_timeout_is_dropped() {
     }
     tokio::time::resume();
     assert_eq!(pool.idle(upstream.authority.as_str()), 0, "reaped");
-    assert_eq!(
-        fetch_with(&client, &upstream, &settings).await,
-        StatusCode::OK
-    );
+    fetch_with(&client, &upstream, &settings).await;
     assert_eq!(upstream.accepted(), 2);
 }
 
@@ -307,22 +294,13 @@ async fn an_http2_connection_unused_past_the_idle_timeout_is_replaced() {
     let client = UpstreamClient::new();
     let mut settings = PoolSettings::new(true);
     settings.idle_timeout = Duration::from_secs(5);
-    assert_eq!(
-        fetch_with(&client, &upstream, &settings).await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        fetch_with(&client, &upstream, &settings).await,
-        StatusCode::OK
-    );
+    fetch_with(&client, &upstream, &settings).await;
+    fetch_with(&client, &upstream, &settings).await;
     assert_eq!(upstream.accepted(), 1);
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(6)).await;
     tokio::time::resume();
-    assert_eq!(
-        fetch_with(&client, &upstream, &settings).await,
-        StatusCode::OK
-    );
+    fetch_with(&client, &upstream, &settings).await;
     assert_eq!(upstream.accepted(), 2);
 }
 
@@ -337,10 +315,7 @@ async fn connections_are_retired_after_max_requests() {
             max_duration: None,
         };
         for _ in 0..5 {
-            assert_eq!(
-                fetch_with(&client, &upstream, &settings).await,
-                StatusCode::OK
-            );
+            fetch_with(&client, &upstream, &settings).await;
         }
         assert_eq!(upstream.accepted(), 3, "http2: {http2}");
     }
@@ -356,21 +331,12 @@ async fn a_connection_past_its_max_duration_is_not_handed_out() {
             max_requests: 0,
             max_duration: Some(Duration::from_secs(2)),
         };
-        assert_eq!(
-            fetch_with(&client, &upstream, &settings).await,
-            StatusCode::OK
-        );
-        assert_eq!(
-            fetch_with(&client, &upstream, &settings).await,
-            StatusCode::OK
-        );
+        fetch_with(&client, &upstream, &settings).await;
+        fetch_with(&client, &upstream, &settings).await;
         tokio::time::pause();
         tokio::time::advance(Duration::from_secs(3)).await;
         tokio::time::resume();
-        assert_eq!(
-            fetch_with(&client, &upstream, &settings).await,
-            StatusCode::OK
-        );
+        fetch_with(&client, &upstream, &settings).await;
         assert_eq!(upstream.accepted(), 2, "http2: {http2}");
     }
 }
