@@ -232,11 +232,9 @@ impl<C: Connector> Pool<C> {
                 // The pooled connection closed before the request was written: once more, on
                 // a new connection (an upstream's keep-alive timeout is no failure).
                 Some(req) if reused => {
-                    tracing::trace!(endpoint = %host.authority, "pooled connection closed; sending again");
-                    conn = self.connect_http1(&host).await?;
-                    conn.requests += 1;
-                    let sent = conn.sender.try_send_request(req).await;
-                    sent.map_err(|e| reset(&host.authority, e.into_error()))?
+                    let (fresh, response) = self.resend_http1(&host, req).await?;
+                    conn = fresh;
+                    response
                 }
                 _ => return Err(reset(&host.authority, e.into_error())),
             },
@@ -254,6 +252,24 @@ impl<C: Connector> Pool<C> {
                 }),
             })
         }))
+    }
+
+    /// Sends `req`, which a pooled connection gave back unwritten, on a new connection.
+    ///
+    /// Boxed: rare, and its state (a second send) would otherwise size every request's future.
+    fn resend_http1<'a>(
+        self: &'a Arc<Self>,
+        host: &'a Host,
+        req: Request<BoxBody>,
+    ) -> BoxFuture<'a, Result<(Conn<Http1>, Response<Incoming>), BoxError>> {
+        Box::pin(async move {
+            tracing::trace!(endpoint = %host.authority, "pooled connection closed; sending again");
+            let mut conn = self.connect_http1(host).await?;
+            conn.requests += 1;
+            let sent = conn.sender.try_send_request(req).await;
+            let response = sent.map_err(|e| reset(&host.authority, e.into_error()))?;
+            Ok((conn, response))
+        })
     }
 
     /// An idle connection to `host` (and `true`), else a new one.
@@ -294,29 +310,43 @@ impl<C: Connector> Pool<C> {
         if let Some(idle) = ready {
             return Ok((idle.conn, true));
         }
-        let Some(mut waiting) = pending else {
+        let Some(waiting) = pending else {
             return Ok((self.connect_http1(host).await?, false));
         };
-        // Right after a response body ends, hyper's dispatcher may not have taken the
-        // connection up again (on a multi-threaded runtime it runs beside us): wait for that.
-        // Only past a grace period does a new connection race it, for a connection still
-        // sending a request body that the upstream answered early. (Racing at once made a
-        // new connection whenever the dispatcher was a moment late: connection churn under
-        // load.)
-        let connect = pin!(async {
-            tokio::time::sleep(READY_GRACE).await;
-            self.connect_http1(host).await
-        });
-        let ready = std::future::poll_fn(|cx| waiting.conn.sender.poll_ready(cx));
-        match futures_util::future::select(ready, connect).await {
-            Either::Left((Ok(()), _)) => Ok((waiting.conn, true)),
-            Either::Left((Err(_closed), connect)) => Ok((connect.await?, false)),
-            Either::Right((connected, ready)) => {
-                drop(ready);
-                lock(&host.idle).push(waiting);
-                Ok((connected?, false))
+        self.wait_until_ready(host, waiting).await
+    }
+
+    /// Waits for `waiting`, an idle connection not ready yet.
+    ///
+    /// Right after a response body ends, hyper's dispatcher may not have taken the connection
+    /// up again (on a multi-threaded runtime it runs beside us): wait for that. Only past a
+    /// grace period does a new connection race it, for a connection still sending a request
+    /// body that the upstream answered early. (Racing at once made a new connection whenever
+    /// the dispatcher was a moment late: connection churn under load.)
+    ///
+    /// Boxed, as [`Pool::connect_http1`] is: rare, and its state (a timer, the race) would
+    /// otherwise size every request's future.
+    fn wait_until_ready<'a>(
+        self: &'a Arc<Self>,
+        host: &'a Host,
+        mut waiting: Idle,
+    ) -> BoxFuture<'a, Result<(Conn<Http1>, bool), BoxError>> {
+        Box::pin(async move {
+            let connect = pin!(async {
+                tokio::time::sleep(READY_GRACE).await;
+                self.connect_http1(host).await
+            });
+            let ready = std::future::poll_fn(|cx| waiting.conn.sender.poll_ready(cx));
+            match futures_util::future::select(ready, connect).await {
+                Either::Left((Ok(()), _)) => Ok((waiting.conn, true)),
+                Either::Left((Err(_closed), connect)) => Ok((connect.await?, false)),
+                Either::Right((connected, ready)) => {
+                    drop(ready);
+                    lock(&host.idle).push(waiting);
+                    Ok((connected?, false))
+                }
             }
-        }
+        })
     }
 
     /// Whether an idle connection may still be handed out at `now`.
