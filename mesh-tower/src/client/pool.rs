@@ -50,6 +50,8 @@ use tower_service::Service;
 const READY_GRACE: Duration = Duration::from_millis(5);
 
 type Http1 = http1::SendRequest<BoxBody>;
+/// An HTTP/1.1 connection and the response it brought.
+type Sent = (Conn<Http1>, Response<Incoming>);
 type Http2 = http2::SendRequest<BoxBody>;
 
 /// What makes the pool's connections: a `tower::Service<Uri>` yielding an I/O stream
@@ -261,7 +263,7 @@ impl<C: Connector> Pool<C> {
         self: &'a Arc<Self>,
         host: &'a Host,
         req: Request<BoxBody>,
-    ) -> BoxFuture<'a, Result<(Conn<Http1>, Response<Incoming>), BoxError>> {
+    ) -> BoxFuture<'a, Result<Sent, BoxError>> {
         Box::pin(async move {
             tracing::trace!(endpoint = %host.authority, "pooled connection closed; sending again");
             let mut conn = self.connect_http1(host).await?;
