@@ -79,11 +79,6 @@ impl Lifetime {
         }
     }
 
-    /// Whether connections need to be watched at all.
-    pub fn is_limited(&self) -> bool {
-        self.max_requests > 0 || self.max_duration.is_some()
-    }
-
     /// Whether a connection that has carried `requests` requests may carry no more.
     pub fn is_spent(&self, requests: u32) -> bool {
         self.max_requests > 0 && requests >= self.max_requests
