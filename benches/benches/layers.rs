@@ -11,19 +11,18 @@ use mesh_core::model::{
     AbortError, ClusterName, Fault, FaultAbort, LocalRateLimit, Percentage, RetryPolicy,
 };
 use mesh_tower::balance::BalanceLayer;
-use mesh_tower::body::{BoxBody, BoxError};
+use mesh_tower::body::BoxBody;
 use mesh_tower::breaker::BreakerLayer;
 use mesh_tower::fault::FaultLayer;
-use mesh_tower::mirror::{MirrorLayer, ShadowService};
+use mesh_tower::mirror::MirrorLayer;
 use mesh_tower::ratelimit::RateLimitLayer;
-use mesh_tower::retry::{RetryBudget, RetryLayer};
+use mesh_tower::retry::RetryLayer;
 use mesh_tower::rng::Rng;
 use mesh_tower::route::RouteLayer;
 use mesh_tower::split::{SplitLayer, Target};
-use mesh_tower::telemetry::{Reporter, Telemetry, TelemetryLayer};
+use mesh_tower::telemetry::TelemetryLayer;
 use mesh_tower::timeout::TimeoutLayer;
 use std::time::Duration;
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceBuilder};
 use tower_service::Service;
 
@@ -148,27 +147,19 @@ fn layers(c: &mut Criterion) {
         targeted,
     );
 
-    // The outbound stack as `mesh_tower::outbound` assembles it, down to the balancer, over the
-    // bare service instead of the hyper client.
-    let upstream = ServiceBuilder::new()
-        .layer(BreakerLayer::new())
-        .layer(BalanceLayer::new(Rng::with_seed(1)))
-        .service(Bare);
-    let shadow: ShadowService = BoxCloneSyncService::new(upstream.clone());
-    let stack = ServiceBuilder::new()
-        .layer(RouteLayer::new(store.clone()))
-        .layer(RateLimitLayer::new())
-        .layer(FaultLayer::new(Rng::with_seed(1)))
-        .layer(MirrorLayer::new(shadow, Rng::with_seed(1)))
-        .layer(TimeoutLayer::new())
-        .layer(RetryLayer::new(RetryBudget::default(), Rng::with_seed(1)))
-        .layer(SplitLayer::new(Rng::with_seed(1)))
-        .service(upstream);
-    compare(c, &rt, "outbound stack", stack.clone(), plain);
-    // The same, type-erased as `Outbound` holds it.
-    let boxed: BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError> =
-        BoxCloneSyncService::new(stack);
-    compare(c, &rt, "outbound stack (boxed)", boxed, plain);
+    // The sidecar's outbound service, every layer from the route to the balancer, over the
+    // bare service instead of the upstream client; then the same with telemetry at its edge.
+    let outbound = mesh_benches::outbound(store.clone(), None);
+    compare(c, &rt, "outbound stack", outbound, plain);
+    let with_telemetry = mesh_benches::telemetry(snapshot.workload.clone(), 0.0);
+    let outbound = mesh_benches::outbound(store.clone(), Some(with_telemetry));
+    compare(
+        c,
+        &rt,
+        "outbound stack + telemetry (sampling 0%)",
+        outbound,
+        plain,
+    );
 
     // Telemetry at a stack's edge: Istio's labels and metrics (no recorder installed: the cost
     // of building them), trace context, request id; spans to a sink that drops them.
@@ -179,10 +170,7 @@ fn layers(c: &mut Criterion) {
         ("telemetry (sampling 0%)", 0.0),
         ("telemetry (sampling 1%)", 1.0),
     ] {
-        let telemetry = Telemetry::new(Reporter::Source, snapshot.workload.clone())
-            .rng(Rng::with_seed(1))
-            .sampling(Percentage::from_percent_f64(percent).expect("a percentage"))
-            .spans(std::sync::Arc::new(|_span| {}));
+        let telemetry = mesh_benches::telemetry(snapshot.workload.clone(), percent);
         compare(
             c,
             &rt,

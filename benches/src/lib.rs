@@ -5,9 +5,13 @@
 pub mod chart;
 
 use http::{Request, Response};
+use mesh_core::model::Percentage;
 use mesh_core::model::{MeshConfig, Workload};
 use mesh_core::store::ConfigStore;
 use mesh_tower::body::{self, BoxBody, BoxError};
+use mesh_tower::outbound::Outbound;
+use mesh_tower::rng::Rng;
+use mesh_tower::telemetry::{Reporter, Telemetry};
 use std::fmt::Write as _;
 use std::future::{Ready, ready};
 use std::sync::{Arc, Mutex};
@@ -270,6 +274,27 @@ pub fn print_table(title: &str) {
             o.ratio()
         );
     }
+}
+
+/// The sidecar's outbound service over the bare service instead of the upstream client: every
+/// layer from the route to the balancer, errors turned into responses at the edge, with
+/// `telemetry` when given.
+pub fn outbound(store: Arc<ConfigStore>, telemetry: Option<Telemetry>) -> Outbound<Bare> {
+    let builder = Outbound::builder(store).rng(Rng::with_seed(1)).client(Bare);
+    match telemetry {
+        Some(telemetry) => builder.telemetry(telemetry).build(),
+        None => builder.build(),
+    }
+}
+
+/// Telemetry as the sidecar's edge runs it for `workload`: Istio's labels and metrics (the
+/// cost of building them: no recorder is installed), trace context, request id; a sampled
+/// share of `percent` of the spans goes to a sink that drops them.
+pub fn telemetry(workload: Workload, percent: f64) -> Telemetry {
+    Telemetry::new(Reporter::Source, workload)
+        .rng(Rng::with_seed(1))
+        .sampling(Percentage::from_percent_f64(percent).expect("a percentage"))
+        .spans(Arc::new(|_span| {}))
 }
 
 /// A current-thread runtime with timers, as one sidecar worker has.

@@ -13,7 +13,7 @@ use crate::retry::{Retry, RetryBudget, RetryLayer};
 use crate::rng::Rng;
 use crate::route::{RouteLayer, Router};
 use crate::split::{Split, SplitLayer};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Observation, Telemetry};
 use crate::timeout::{Timeout, TimeoutLayer};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -28,31 +28,42 @@ use tower_service::Service;
 
 /// The layers of the stack as one type: each layer's future holds the next one's inline, so
 /// a request allocates only where a layer acts (see [`crate::future`]).
-type Stack = Router<
-    RateLimit<FaultInjection<Mirror<Timeout<Retry<Split<Breaker<Balance<UpstreamClient>>>>>>>>,
->;
+type Stack<C> =
+    Router<RateLimit<FaultInjection<Mirror<Timeout<Retry<Split<Breaker<Balance<C>>>>>>>>>;
 
 /// Builds an [`Outbound`] service.
 #[derive(Clone, Debug)]
-pub struct OutboundBuilder {
+pub struct OutboundBuilder<C = UpstreamClient> {
     store: Arc<ConfigStore>,
     rng: Rng,
-    client: UpstreamClient,
+    client: C,
     budget: RetryBudget,
     telemetry: Option<Telemetry>,
 }
 
-impl OutboundBuilder {
+impl<C> OutboundBuilder<C>
+where
+    C: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
+    C: Clone + Send + Sync + 'static,
+    C::Future: Send + 'static,
+{
     /// Draw splits from `rng` (seed it for reproducible tests).
     pub fn rng(mut self, rng: Rng) -> Self {
         self.rng = rng;
         self
     }
 
-    /// Send through `client` (to share its pools with another stack).
-    pub fn client(mut self, client: UpstreamClient) -> Self {
-        self.client = client;
-        self
+    /// Send through `client`: an [`UpstreamClient`] shared with another stack (to share its
+    /// pools), or any service that sends a request to the endpoint the balancer chose (its
+    /// [`crate::balance::Upstream`] extension), such as a test double.
+    pub fn client<C2>(self, client: C2) -> OutboundBuilder<C2> {
+        OutboundBuilder {
+            store: self.store,
+            rng: self.rng,
+            client,
+            budget: self.budget,
+            telemetry: self.telemetry,
+        }
     }
 
     /// Uses `budget` for retries and hedges (to share one among stacks).
@@ -68,7 +79,7 @@ impl OutboundBuilder {
     }
 
     /// The service.
-    pub fn build(self) -> Outbound {
+    pub fn build(self) -> Outbound<C> {
         // Below the split: a cluster's endpoint choice and the client, shared by primary
         // requests and mirrored shadows.
         let balancer = BalanceLayer::new(self.rng.clone());
@@ -108,24 +119,26 @@ impl OutboundBuilder {
 /// # let _ = outbound;
 /// ```
 #[derive(Clone)]
-pub struct Outbound {
-    inner: Stack,
+pub struct Outbound<C = UpstreamClient> {
+    inner: Stack<C>,
     telemetry: Option<Telemetry>,
     balancer: BalanceLayer,
 }
 
-impl std::fmt::Debug for Outbound {
+impl<C> std::fmt::Debug for Outbound<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound").finish_non_exhaustive()
     }
 }
 
-impl Outbound {
+impl<C> Outbound<C> {
     /// The stack's balancer, whose endpoint state the admin endpoint shows.
     pub fn balancer(&self) -> &BalanceLayer {
         &self.balancer
     }
+}
 
+impl Outbound {
     /// A builder for the stack over `store`'s live config.
     pub fn builder(store: Arc<ConfigStore>) -> OutboundBuilder {
         OutboundBuilder {
@@ -138,10 +151,12 @@ impl Outbound {
     }
 }
 
-impl<B> Service<Request<B>> for Outbound
+impl<B, C> Service<Request<B>> for Outbound<C>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    Stack<C>: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
+    <Stack<C> as Service<Request<BoxBody>>>::Future: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
@@ -156,18 +171,29 @@ where
         let observation = self.telemetry.as_ref().map(|t| t.start(&mut req));
         let grpc = crate::timeout::is_grpc(req.headers());
         let future = self.inner.call(req.map(body::boxed));
-        Box::pin(async move {
-            let response = future.await.unwrap_or_else(|e| error::to_response(&e));
-            // A gRPC client gets the mesh's own answers (503 UH, 504 UT, ...) as gRPC.
-            let response = if grpc && crate::grpc::needs_rewrite(&response) {
-                crate::grpc::to_grpc(response).await
-            } else {
-                response
-            };
-            Ok(match observation {
-                Some(observation) => observation.finish(response),
-                None => response,
-            })
-        })
+        Box::pin(answer(future, grpc, observation))
     }
+}
+
+/// The stack's answer as the client gets it: an error becomes the response Envoy would give,
+/// a gRPC client gets it as gRPC, and telemetry sees the final response.
+async fn answer<F>(
+    future: F,
+    grpc: bool,
+    observation: Option<Observation>,
+) -> Result<Response<BoxBody>, Infallible>
+where
+    F: Future<Output = Result<Response<BoxBody>, BoxError>>,
+{
+    let response = future.await.unwrap_or_else(|e| error::to_response(&e));
+    // A gRPC client gets the mesh's own answers (503 UH, 504 UT, ...) as gRPC.
+    let response = if grpc && crate::grpc::needs_rewrite(&response) {
+        crate::grpc::to_grpc(response).await
+    } else {
+        response
+    };
+    Ok(match observation {
+        Some(observation) => observation.finish(response),
+        None => response,
+    })
 }

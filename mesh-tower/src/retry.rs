@@ -46,9 +46,12 @@
 //! ```
 
 mod budget;
+mod future;
 mod template;
 
 pub use budget::RetryBudget;
+pub use future::ResponseFuture;
+use future::Retries;
 use template::{ReplayBody, Template};
 
 use crate::body::{self, BoxBody, BoxError, Replay};
@@ -57,14 +60,12 @@ use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::rng::Rng;
 use crate::route::Routed;
 use crate::telemetry::{Attempts, SpanKind, SpanRecord, TraceContext, TraceScope};
-use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{Request, Response, StatusCode};
 use mesh_core::model::{HedgePolicy, RetryCondition, RetryPolicy};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::ServiceExt;
 use tower::util::BoxCloneService;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -346,7 +347,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Future = ResponseFuture<S, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -354,26 +355,59 @@ where
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
         let routed = req.extensions().get::<Routed>();
-        let policy: Option<RetryPolicy> = match &self.layer.fixed {
-            Some(p) => Some(RetryPolicy::clone(p)),
-            None => routed.and_then(|r| r.route().retry.clone()),
+        let policy = match &self.layer.fixed {
+            Some(p) => Some(PolicyOf::Fixed(p.clone())),
+            None => routed
+                .filter(|r| r.route().retry.is_some())
+                .map(|r| PolicyOf::Route(r.clone())),
         };
         let hedge: Option<HedgePolicy> = self
             .layer
             .fixed_hedge
             .clone()
             .or_else(|| routed.and_then(|r| r.route().hedge.clone()));
+        self.layer.budget.record_request();
+        let Some(policy) = policy.filter(|p| p.get().attempts > 0 || hedge.is_some()) else {
+            // `self.inner` is ready: `poll_ready` asked it.
+            return ResponseFuture::passed(self.inner.call(req));
+        };
+        let sampled = req
+            .extensions()
+            .get::<TraceScope>()
+            .is_some_and(|scope| scope.sink.is_some());
+        let first_try_inline = hedge.is_none()
+            && policy.get().per_try_timeout.is_none()
+            && !sampled
+            && http_body::Body::is_end_stream(req.body());
+        if first_try_inline {
+            // The usual request: no body to read first, no per-try timer or span. The first
+            // try is the inner service's own future; the retry loop starts only if its
+            // answer asks for a retry.
+            let (parts, _) = req.into_parts();
+            let remote_localities = policy.get().retry_remote_localities;
+            let mut template = Template::new(parts, ReplayBody::empty(), remote_localities);
+            if let Some(first) = template.attempt(1) {
+                let future = self.inner.call(first);
+                let retries = Retries {
+                    inner: self.inner.clone(),
+                    template,
+                    policy,
+                    layer: self.layer.clone(),
+                };
+                return ResponseFuture::first(future, retries);
+            }
+            // An empty body can always be sent: not reached.
+            return ResponseFuture::looping(Box::pin(std::future::ready(Err(
+                ProxyError::BadRequest("request body already sent".into()).into(),
+            ))));
+        }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         // Erased here, where `S::Future: Send` is known, so the async tries below need no
         // higher-ranked Send proofs about `S`.
         let mut inner: Inner = BoxCloneService::new(inner);
         let layer = self.layer.clone();
-        layer.budget.record_request();
-        let Some(policy) = policy.filter(|p| p.attempts > 0 || hedge.is_some()) else {
-            return Box::pin(inner.oneshot(req));
-        };
-        Box::pin(async move {
+        ResponseFuture::looping(Box::pin(async move {
             let (parts, body) = req.into_parts();
             let body = match body::replayable(body, layer.buffer_limit).await? {
                 Replay::Buffered(bytes) => ReplayBody::Buffered(bytes),
@@ -385,14 +419,35 @@ where
                 }
                 Replay::Streaming(body) => ReplayBody::tee(body, layer.buffer_limit),
             };
-            let template = Template::new(parts, body, policy.retry_remote_localities);
+            let remote_localities = policy.get().retry_remote_localities;
+            let template = Template::new(parts, body, remote_localities);
             match hedge {
                 Some(hedge) => hedged(inner, template, policy, hedge, layer).await,
-                None => retried(inner, template, policy, layer).await,
+                None => retried(inner, template, policy, layer, None).await,
             }
-        })
+        }))
     }
 }
+
+/// A request's retry policy: the layer's fixed one, or its route's (read through the route,
+/// not copied per request).
+#[derive(Clone, Debug)]
+enum PolicyOf {
+    Fixed(Arc<RetryPolicy>),
+    Route(Routed),
+}
+
+impl PolicyOf {
+    fn get(&self) -> &RetryPolicy {
+        match self {
+            PolicyOf::Fixed(policy) => policy,
+            // Made only for a route with a policy.
+            PolicyOf::Route(routed) => routed.route().retry.as_ref().unwrap_or(&NO_RETRIES),
+        }
+    }
+}
+
+static NO_RETRIES: RetryPolicy = RetryPolicy::NONE;
 
 async fn try_once(
     inner: &mut Inner,
@@ -410,27 +465,39 @@ async fn try_once(
     }
 }
 
+/// Sends the tries one after another, with backoff, until one needs no retry or the
+/// policy or the budget ends them. `first` is the first try's result when it was already sent
+/// (by [`ResponseFuture`]).
 async fn retried(
     mut inner: Inner,
-    template: Template,
-    policy: RetryPolicy,
+    mut template: Template,
+    policy: PolicyOf,
     layer: RetryLayer,
+    mut first: Option<Result<Response<BoxBody>, BoxError>>,
 ) -> Result<Response<BoxBody>, BoxError> {
+    let policy = policy.get();
     let mut attempt = 1;
     let mut previous: Option<Result<Response<BoxBody>, BoxError>> = None;
     loop {
-        let Some(req) = template.attempt(attempt) else {
-            // The body cannot be sent again (it had not ended, or was too large).
-            return previous.unwrap_or_else(|| {
-                Err(ProxyError::BadRequest("request body already sent".into()).into())
-            });
+        let result = match first.take() {
+            Some(result) => result,
+            None => {
+                let Some(req) = template.attempt(attempt) else {
+                    // The body cannot be sent again (it had not ended, or was too large).
+                    return previous.unwrap_or_else(|| {
+                        Err(ProxyError::BadRequest("request body already sent".into()).into())
+                    });
+                };
+                traced_try(&mut inner, req, attempt, policy.per_try_timeout, &layer.rng).await
+            }
         };
-        let result = traced_try(&mut inner, req, attempt, policy.per_try_timeout, &layer.rng)
-            .await
-            .map(|mut r| {
+        // Telemetry reads a missing count as one try.
+        let result = result.map(|mut r| {
+            if attempt > 1 {
                 r.extensions_mut().insert(Attempts(attempt));
-                r
-            });
+            }
+            r
+        });
         if let Err(e) = &result
             && let Some(ProxyError::RetryOverflow(_)) = e.downcast_ref::<ProxyError>()
             && let Some(previous) = previous
@@ -438,7 +505,7 @@ async fn retried(
             // The cluster's maxRetries were all in flight: the previous answer stands.
             return previous;
         }
-        if classify(&policy, &result) == Verdict::Done {
+        if classify(policy, &result) == Verdict::Done {
             return result;
         }
         if attempt > policy.attempts {
@@ -465,11 +532,12 @@ async fn retried(
 /// others are cancelled (dropped).
 async fn hedged(
     inner: Inner,
-    template: Template,
-    policy: RetryPolicy,
+    mut template: Template,
+    policy: PolicyOf,
     hedge: HedgePolicy,
     layer: RetryLayer,
 ) -> Result<Response<BoxBody>, BoxError> {
+    let policy = policy.get();
     let mut in_flight = FuturesUnordered::new();
     let mut started = 1;
     let mut budget_left = true;
@@ -490,7 +558,7 @@ async fn hedged(
         tokio::select! {
             finished = in_flight.next() => {
                 let Some(result) = finished else { break };
-                if classify(&policy, &result) == Verdict::Done {
+                if classify(policy, &result) == Verdict::Done {
                     return result;
                 }
                 last = Some(result);

@@ -362,6 +362,16 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// No retries.
+    pub const NONE: Self = Self {
+        attempts: 0,
+        per_try_timeout: None,
+        retry_on: RetryOn::NONE,
+        retry_remote_localities: false,
+        backoff_base: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+    };
+
     /// Istio's retry policy when a route sets none: 2 retries on
     /// `connect-failure,refused-stream,unavailable,cancelled`.
     pub fn istio_default() -> Self {
@@ -480,6 +490,12 @@ pub struct RetryOn {
 }
 
 impl RetryOn {
+    /// No condition: nothing is retried.
+    pub const NONE: Self = Self {
+        bits: 0,
+        status_codes: Vec::new(),
+    };
+
     /// Istio's default: `connect-failure,refused-stream,unavailable,cancelled`.
     pub fn istio_default() -> Self {
         let mut on = Self::default();

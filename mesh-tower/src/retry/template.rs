@@ -6,13 +6,17 @@ use crate::server::ConnectionInfo;
 use crate::telemetry::TraceScope;
 use crate::timeout::Deadline;
 use bytes::Bytes;
-use http::{Extensions, HeaderValue, Request};
+use http::{Extensions, HeaderMap, HeaderValue, Request};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 /// The request's head, kept to build each try.
 pub(super) struct Template {
+    /// The head with a copy of the headers, for the tries after the first.
     parts: http::request::Parts,
+    /// The request's own headers, which the first try takes: a header the tries add then
+    /// goes into the room the map already has, not into a copy made to fit.
+    first_headers: Option<HeaderMap>,
     extensions: Carried,
     body: ReplayBody,
     remote_localities: bool,
@@ -30,11 +34,16 @@ pub(super) enum ReplayBody {
 
 /// The parts of [`ReplayBody::Tee`].
 pub(super) struct TeeBody {
-    first: Mutex<Option<BoxBody>>,
+    first: Option<BoxBody>,
     copy: Arc<Mutex<TeeState>>,
 }
 
 impl ReplayBody {
+    /// An empty body (a request without one).
+    pub(super) fn empty() -> Self {
+        ReplayBody::Buffered(Bytes::new())
+    }
+
     /// `body`, sent as it arrives on the first try, with a copy kept up to `limit` bytes.
     pub(super) fn tee(body: BoxBody, limit: usize) -> Self {
         let copy = Arc::new(Mutex::new(TeeState::default()));
@@ -44,7 +53,7 @@ impl ReplayBody {
             limit,
         };
         ReplayBody::Tee(TeeBody {
-            first: Mutex::new(Some(body::boxed(tee))),
+            first: Some(body::boxed(tee)),
             copy,
         })
     }
@@ -119,8 +128,11 @@ impl Template {
         remote_localities: bool,
     ) -> Self {
         let extensions = Carried::new(std::mem::take(&mut parts.extensions));
+        let copy = parts.headers.clone();
+        let first_headers = Some(std::mem::replace(&mut parts.headers, copy));
         Self {
             parts,
+            first_headers,
             extensions,
             body,
             remote_localities,
@@ -128,12 +140,12 @@ impl Template {
     }
 
     /// The body for try `n`, or `None` when it cannot be sent again.
-    fn body(&self, n: u32) -> Option<BoxBody> {
-        match &self.body {
+    fn body(&mut self, n: u32) -> Option<BoxBody> {
+        match &mut self.body {
             ReplayBody::Buffered(bytes) => Some(body::full(bytes.clone())),
             ReplayBody::Tee(TeeBody { first, copy }) => {
                 if n == 1
-                    && let Some(body) = first.lock().unwrap_or_else(|p| p.into_inner()).take()
+                    && let Some(body) = first.take()
                 {
                     return Some(body);
                 }
@@ -144,19 +156,25 @@ impl Template {
     }
 
     /// Try `n` (from 1), or `None` when its body cannot be sent again.
-    pub(super) fn attempt(&self, n: u32) -> Option<Request<BoxBody>> {
+    pub(super) fn attempt(&mut self, n: u32) -> Option<Request<BoxBody>> {
         let mut req = Request::new(self.body(n)?);
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = self.parts.version;
-        *req.headers_mut() = self.parts.headers.clone();
+        *req.headers_mut() = match self.first_headers.take().filter(|_| n == 1) {
+            Some(headers) => headers,
+            None => self.parts.headers.clone(),
+        };
         *req.extensions_mut() = self.extensions.for_try(n);
         req.headers_mut()
             .insert(X_ENVOY_ATTEMPT_COUNT, attempt_count(n));
-        req.extensions_mut().insert(crate::telemetry::Attempt {
-            number: n,
-            remote_localities: self.remote_localities,
-        });
+        // A first try carries none: every reader takes its absence as try 1.
+        if n > 1 {
+            req.extensions_mut().insert(crate::telemetry::Attempt {
+                number: n,
+                remote_localities: self.remote_localities,
+            });
+        }
         if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
             deadline.propagate(req.headers_mut());
         }
@@ -185,7 +203,7 @@ fn attempt_count(n: u32) -> HeaderValue {
 enum Carried {
     /// The map holds only [`Known`] entries.
     Known {
-        first: Mutex<Option<Extensions>>,
+        first: Option<Extensions>,
         known: Known,
     },
     /// The map holds entries this layer does not know: each try gets a copy.
@@ -241,7 +259,7 @@ impl Carried {
         let known = Known::of(&extensions);
         if known.len() == extensions.len() {
             Carried::Known {
-                first: Mutex::new(Some(extensions)),
+                first: Some(extensions),
                 known,
             }
         } else {
@@ -250,15 +268,13 @@ impl Carried {
     }
 
     /// The extensions of try `n`.
-    fn for_try(&self, n: u32) -> Extensions {
+    fn for_try(&mut self, n: u32) -> Extensions {
         match self {
             Carried::Copied(extensions) => extensions.clone(),
-            Carried::Known { first, known } => {
-                let first = (n == 1)
-                    .then(|| first.lock().unwrap_or_else(|p| p.into_inner()).take())
-                    .flatten();
-                first.unwrap_or_else(|| known.to_extensions())
-            }
+            Carried::Known { first, known } => match first.take().filter(|_| n == 1) {
+                Some(extensions) => extensions,
+                None => known.to_extensions(),
+            },
         }
     }
 }

@@ -1,8 +1,10 @@
 use super::*;
+use futures_util::future::BoxFuture;
 use http::HeaderValue;
 use mesh_core::model::RetryOn;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tower::ServiceExt;
 
 /// An upstream that answers try `n` (0-based) with `script(n)`, recording each try's
 /// `x-envoy-attempt-count`.
@@ -434,7 +436,8 @@ async fn each_try_carries_the_request_extensions() {
                     ext.get::<crate::timeout::Deadline>().copied(),
                     ext.get::<crate::server::ConnectionInfo>().copied(),
                     ext.get::<Tenant>().cloned(),
-                    ext.get::<crate::telemetry::Attempt>().map(|a| a.number),
+                    ext.get::<crate::telemetry::Attempt>()
+                        .map_or(1, |a| a.number),
                 ));
                 let status = if seen.len() < 3 { 503 } else { 200 };
                 let mut response = Response::new(body::empty());
@@ -455,7 +458,7 @@ async fn each_try_carries_the_request_extensions() {
             .unwrap();
         assert_eq!(response.status(), 200);
         let expected: Vec<_> = (1..=3)
-            .map(|n| (Some(deadline), Some(info), tenant.clone(), Some(n)))
+            .map(|n| (Some(deadline), Some(info), tenant.clone(), n))
             .collect();
         assert_eq!(*seen.lock().unwrap(), expected, "tenant {tenant:?}");
     }

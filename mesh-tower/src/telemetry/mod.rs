@@ -69,8 +69,9 @@ pub struct UpstreamInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempts(pub u32);
 
-/// Which try a request is, in the request's extensions (set by the retry layer), so that the
-/// balancer can send a retry to another locality when the route allows it.
+/// Which try a request is, in the request's extensions (set by the retry layer on a retry: a
+/// request without one is a first try), so that the balancer can send a retry to another
+/// locality when the route allows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempt {
     /// 1 for the first try.
