@@ -26,6 +26,11 @@ use std::time::Duration;
 use tower::{Layer, ServiceBuilder};
 use tower_service::Service;
 
+// The sidecar's allocator, for the bare service and the layers alike: the ratios are about the
+// layers' work as the sidecar runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benches `svc` beside [`Bare`] in group `layer/<name>`, then prints its overhead.
 fn compare<S, F>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S, make: F)
 where

@@ -16,6 +16,7 @@
 
 use crate::body::{self, BoxBody};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body::Body as _;
@@ -49,7 +50,14 @@ pub fn needs_rewrite<B>(response: &Response<B>) -> bool {
 
 /// `response`, as a gRPC trailers-only answer when [`needs_rewrite`] says so; see the module
 /// docs. Call it only for gRPC requests ([`crate::timeout::is_grpc`] on the request headers).
-pub async fn to_grpc(response: Response<BoxBody>) -> Response<BoxBody> {
+///
+/// The future is boxed: callers await it on a rare path, and its state (reading the error
+/// body) would otherwise make every request's future larger.
+pub fn to_grpc(response: Response<BoxBody>) -> BoxFuture<'static, Response<BoxBody>> {
+    Box::pin(rewrite(response))
+}
+
+async fn rewrite(response: Response<BoxBody>) -> Response<BoxBody> {
     if !needs_rewrite(&response) {
         return response;
     }

@@ -169,7 +169,10 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let observation = self.telemetry.as_ref().map(|t| t.start(&mut req));
-        let grpc = crate::timeout::is_grpc(req.headers());
+        let grpc = match &observation {
+            Some(observation) => observation.is_grpc(),
+            None => crate::timeout::is_grpc(req.headers()),
+        };
         let future = self.inner.call(req.map(body::boxed));
         Box::pin(answer(future, grpc, observation))
     }

@@ -337,6 +337,11 @@ struct Finished {
 }
 
 impl Observation {
+    /// Whether the request is gRPC.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
     /// Wraps `response` so that metrics and the access log are recorded when its body ends.
     pub fn finish(self, response: Response<BoxBody>) -> Response<BoxBody> {
         let status = response.status().as_u16();

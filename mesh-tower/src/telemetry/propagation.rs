@@ -47,6 +47,9 @@ impl TraceContext {
             buffer[55..].copy_from_slice(&hex::<16>(u128::from(parent)));
         }
         let buffer = bytes::Bytes::from_owner(buffer);
+        // Room for the four headers at once: a map parsed to fit its headers grows once, not
+        // once per header.
+        headers.reserve(4);
         let set = |headers: &mut HeaderMap, name: HeaderName, range: std::ops::Range<usize>| {
             if let Ok(v) = HeaderValue::from_maybe_shared(buffer.slice(range)) {
                 headers.insert(name, v);
