@@ -9,9 +9,9 @@
 //! carries the verified peer identity and the connection info the TLS listener would add; the
 //! innermost service answers at once in place of the forward to the local app.
 
-use criterion::{BenchmarkId, Criterion};
+use criterion::Criterion;
 use http::{Request, Response};
-use mesh_benches::{Bare, drive, overhead, runtime};
+use mesh_benches::{Bare, compare, runtime};
 use mesh_core::model::{
     AuthorizationPolicy, AuthzAction, AuthzRule, ConditionMatch, MeshConfig, OperationMatch,
     SourceMatch, ValueMatch,
@@ -24,26 +24,6 @@ use mesh_tower::server::ConnectionInfo;
 use mesh_tower::telemetry::{Reporter, Telemetry, TelemetryLayer};
 use std::sync::Arc;
 use tower::{Layer, ServiceExt};
-use tower_service::Service;
-
-/// Benches `svc` beside [`Bare`] in group `inbound/<name>`, then prints its overhead.
-fn compare<S, F>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S, make: F)
-where
-    S: Service<Request<BoxBody>, Response = Response<BoxBody>> + Clone,
-    S::Error: std::fmt::Debug,
-    F: Fn() -> Request<BoxBody> + Copy,
-{
-    let mut group = c.benchmark_group(format!("inbound/{name}"));
-    group.bench_function(BenchmarkId::from_parameter("bare"), |b| {
-        b.iter_custom(|iters| rt.block_on(drive(&mut Bare, make, iters)));
-    });
-    let mut layered = svc.clone();
-    group.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| rt.block_on(drive(&mut layered, make, iters)));
-    });
-    group.finish();
-    overhead(rt, name, svc, make);
-}
 
 fn values(v: &[&str]) -> ValueMatch {
     ValueMatch {
@@ -164,7 +144,14 @@ fn inbound(c: &mut Criterion) {
             .expect("an answer")
             .status();
         assert_eq!(status, 200, "the last of {n} policies allows the request");
-        compare(c, &rt, &format!("authz ({n} policies)"), authz, make);
+        compare(
+            c,
+            &rt,
+            "inbound",
+            &format!("authz ({n} policies)"),
+            authz,
+            make,
+        );
 
         let authz = AuthzLayer::new(store(exact_paths(n))).layer(Bare);
         let status = rt
@@ -175,7 +162,14 @@ fn inbound(c: &mut Criterion) {
             status, 200,
             "the last of {n} exact paths allows the request"
         );
-        compare(c, &rt, &format!("authz ({n} exact paths)"), authz, make);
+        compare(
+            c,
+            &rt,
+            "inbound",
+            &format!("authz ({n} exact paths)"),
+            authz,
+            make,
+        );
 
         let telemetry = Telemetry::new(Reporter::Destination, MeshConfig::default().workload);
         let stack =
@@ -183,6 +177,7 @@ fn inbound(c: &mut Criterion) {
         compare(
             c,
             &rt,
+            "inbound",
             &format!("inbound stack ({n} policies)"),
             stack,
             make,

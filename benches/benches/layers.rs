@@ -4,9 +4,9 @@
 //!
 //! In-process, no network: the innermost service answers at once.
 
-use criterion::{BenchmarkId, Criterion};
+use criterion::Criterion;
 use http::{Request, Response};
-use mesh_benches::{Bare, drive, host, one_service_yaml, overhead, request, runtime, with_body};
+use mesh_benches::{Bare, compare, host, one_service_yaml, request, runtime, with_body};
 use mesh_core::model::{
     AbortError, ClusterName, Fault, FaultAbort, LocalRateLimit, Percentage, RetryPolicy,
 };
@@ -24,31 +24,11 @@ use mesh_tower::telemetry::TelemetryLayer;
 use mesh_tower::timeout::TimeoutLayer;
 use std::time::Duration;
 use tower::{Layer, ServiceBuilder};
-use tower_service::Service;
 
 // The sidecar's allocator, for the bare service and the layers alike: the ratios are about the
 // layers' work as the sidecar runs it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Benches `svc` beside [`Bare`] in group `layer/<name>`, then prints its overhead.
-fn compare<S, F>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S, make: F)
-where
-    S: Service<Request<BoxBody>, Response = Response<BoxBody>> + Clone,
-    S::Error: std::fmt::Debug,
-    F: Fn() -> Request<BoxBody> + Copy,
-{
-    let mut group = c.benchmark_group(format!("layer/{name}"));
-    group.bench_function(BenchmarkId::from_parameter("bare"), |b| {
-        b.iter_custom(|iters| rt.block_on(drive(&mut Bare, make, iters)));
-    });
-    let mut layered = svc.clone();
-    group.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| rt.block_on(drive(&mut layered, make, iters)));
-    });
-    group.finish();
-    overhead(rt, name, svc, make);
-}
 
 fn layers(c: &mut Criterion) {
     let rt = runtime();
@@ -79,6 +59,7 @@ fn layers(c: &mut Criterion) {
     compare(
         c,
         &rt,
+        "layer",
         "route",
         RouteLayer::new(store.clone()).layer(Bare),
         plain,
@@ -86,6 +67,7 @@ fn layers(c: &mut Criterion) {
     compare(
         c,
         &rt,
+        "layer",
         "route+split",
         ServiceBuilder::new()
             .layer(RouteLayer::new(store.clone()))
@@ -96,6 +78,7 @@ fn layers(c: &mut Criterion) {
     compare(
         c,
         &rt,
+        "layer",
         "ratelimit",
         RateLimitLayer::fixed(LocalRateLimit {
             max_tokens: u32::MAX,
@@ -108,6 +91,7 @@ fn layers(c: &mut Criterion) {
     compare(
         c,
         &rt,
+        "layer",
         "fault(abort 0%)",
         FaultLayer::fixed(
             Fault {
@@ -125,6 +109,7 @@ fn layers(c: &mut Criterion) {
     compare(
         c,
         &rt,
+        "layer",
         "mirror(0%)",
         MirrorLayer::to(Bare, Percentage::NONE, Rng::with_seed(1)).layer(Bare),
         plain,
@@ -132,6 +117,7 @@ fn layers(c: &mut Criterion) {
     compare(
         c,
         &rt,
+        "layer",
         "timeout(10s)",
         TimeoutLayer::fixed(Duration::from_secs(10)).layer(Bare),
         plain,
@@ -139,14 +125,23 @@ fn layers(c: &mut Criterion) {
     compare(
         c,
         &rt,
+        "layer",
         "retry(2 attempts)",
         RetryLayer::fixed(RetryPolicy::istio_default()).layer(Bare),
         plain,
     );
-    compare(c, &rt, "breaker", BreakerLayer::new().layer(Bare), targeted);
     compare(
         c,
         &rt,
+        "layer",
+        "breaker",
+        BreakerLayer::new().layer(Bare),
+        targeted,
+    );
+    compare(
+        c,
+        &rt,
+        "layer",
         "balance(P2C, 1 endpoint)",
         BalanceLayer::new(Rng::with_seed(1)).layer(Bare),
         targeted,
@@ -155,12 +150,13 @@ fn layers(c: &mut Criterion) {
     // The sidecar's outbound service, every layer from the route to the balancer, over the
     // bare service instead of the upstream client; then the same with telemetry at its edge.
     let outbound = mesh_benches::outbound(store.clone(), None);
-    compare(c, &rt, "outbound stack", outbound, plain);
+    compare(c, &rt, "layer", "outbound stack", outbound, plain);
     let with_telemetry = mesh_benches::telemetry(snapshot.workload.clone(), 0.0);
     let outbound = mesh_benches::outbound(store.clone(), Some(with_telemetry));
     compare(
         c,
         &rt,
+        "layer",
         "outbound stack + telemetry (sampling 0%)",
         outbound,
         plain,
@@ -179,6 +175,7 @@ fn layers(c: &mut Criterion) {
         compare(
             c,
             &rt,
+            "layer",
             name,
             TelemetryLayer::new(telemetry).layer(answer),
             plain,
@@ -195,6 +192,7 @@ fn layers(c: &mut Criterion) {
     compare(
         c,
         &mt,
+        "layer",
         "mirror(100%)",
         MirrorLayer::to(Bare, Percentage::ALL, Rng::with_seed(1)).layer(Bare),
         plain,

@@ -174,6 +174,61 @@ where
     start.elapsed()
 }
 
+/// Benches `svc` beside [`Bare`] in criterion group `{group}/{name}`, then prints its
+/// overhead ([`overhead`]).
+///
+/// With `MESH_BENCH_COUNT=NAME:REQUESTS` set, nothing is timed: only the service named NAME
+/// (`bare` for the bare service) serves REQUESTS requests, for an instruction count under
+/// callgrind. Two runs with different counts give the exact cost per request, free of the
+/// host's noise:
+///
+/// ```text
+/// cargo bench -p mesh-benches --bench layers --no-run   # prints the bench executable
+/// MESH_BENCH_COUNT="outbound stack:1000" valgrind --tool=callgrind target/release/deps/layers-…
+/// MESH_BENCH_COUNT="outbound stack:11000" valgrind --tool=callgrind target/release/deps/layers-…
+/// ```
+pub fn compare<S, F>(
+    c: &mut criterion::Criterion,
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    name: &str,
+    mut svc: S,
+    make: F,
+) where
+    S: Service<Request<BoxBody>, Response = Response<BoxBody>> + Clone,
+    S::Error: std::fmt::Debug,
+    F: Fn() -> Request<BoxBody> + Copy,
+{
+    if let Some((only, requests)) = count_only() {
+        static BARE: std::sync::Once = std::sync::Once::new();
+        if only == "bare" {
+            BARE.call_once(|| {
+                rt.block_on(drive(&mut Bare, make, requests));
+            });
+        } else if only == name {
+            rt.block_on(drive(&mut svc, make, requests));
+        }
+        return;
+    }
+    let mut bench = c.benchmark_group(format!("{group}/{name}"));
+    bench.bench_function(criterion::BenchmarkId::from_parameter("bare"), |b| {
+        b.iter_custom(|iters| rt.block_on(drive(&mut Bare, make, iters)));
+    });
+    let mut layered = svc.clone();
+    bench.bench_function(criterion::BenchmarkId::from_parameter(name), |b| {
+        b.iter_custom(|iters| rt.block_on(drive(&mut layered, make, iters)));
+    });
+    bench.finish();
+    overhead(rt, name, svc, make);
+}
+
+/// `MESH_BENCH_COUNT=NAME:REQUESTS`, when set and well formed (see [`compare`]).
+pub fn count_only() -> Option<(String, u64)> {
+    let spec = std::env::var("MESH_BENCH_COUNT").ok()?;
+    let (name, requests) = spec.rsplit_once(':')?;
+    Some((name.to_owned(), requests.trim().parse().ok()?))
+}
+
 /// Whether the bench binary runs as a benchmark (`cargo bench`), not as a test
 /// (`cargo test --benches` runs each bench once), and whether criterion's `--quick` is on.
 pub fn mode() -> (bool, bool) {

@@ -83,7 +83,19 @@ where
 
 /// An upstream speaking HTTP/1.1 (or h2c with `http2`); `/barrier` waits for `parties`.
 async fn upstream(http2: bool, parties: usize) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        http2,
+        parties,
+    )
+}
+
+/// An upstream on `addr` (answering as [`upstream`] does, `/barrier` for one party).
+async fn upstream_at(addr: std::net::SocketAddr, http2: bool) -> Upstream {
+    serve(TcpListener::bind(addr).await.unwrap(), http2, 1)
+}
+
+fn serve(listener: TcpListener, http2: bool, parties: usize) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counted = accepted.clone();
@@ -361,6 +373,37 @@ async fn a_refused_connect_is_a_connect_failure() {
             "{e:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_waiting_on_one_failed_connect_all_fail_and_the_next_connects_again() {
+    // A port nothing listens on (bound, then closed), listened on again afterwards.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let authority = Authority::try_from(addr.to_string()).unwrap();
+    let client = UpstreamClient::new();
+    let failures = futures_util::future::join_all(
+        (0..8).map(|_| client.send(get("/"), authority.clone(), true)),
+    )
+    .await;
+    for failure in &failures {
+        let e = failure
+            .as_ref()
+            .err()
+            .expect("no upstream: every request fails");
+        assert!(
+            matches!(
+                e.downcast_ref::<crate::error::ProxyError>(),
+                Some(crate::error::ProxyError::ConnectFailure { .. })
+            ),
+            "{e:?}"
+        );
+    }
+    // The failure is not handed to later requests: the next one connects again.
+    let upstream = upstream_at(addr, true).await;
+    assert_eq!(fetch(&client, &upstream, "/", true).await, "ok");
+    assert_eq!(upstream.accepted(), 1);
 }
 
 #[tokio::test]
