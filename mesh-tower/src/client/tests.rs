@@ -387,11 +387,8 @@ async fn http2_requests_waiting_on_one_failed_connect_all_fail_and_the_next_conn
         (0..8).map(|_| client.send(get("/"), authority.clone(), true)),
     )
     .await;
-    for failure in &failures {
-        let e = failure
-            .as_ref()
-            .err()
-            .expect("no upstream: every request fails");
+    for failure in failures {
+        let e = failure.expect_err("no upstream: every request fails");
         assert!(
             matches!(
                 e.downcast_ref::<crate::error::ProxyError>(),
