@@ -273,7 +273,7 @@ impl Overhead {
 
 static TABLE: Mutex<Vec<Overhead>> = Mutex::new(Vec::new());
 
-/// Times `svc` and the bare service in alternating rounds (5 each, the fastest round counts,
+/// Times `svc` and the bare service in alternating rounds (11 each, the fastest round counts,
 /// so a noisy neighbour inflates neither), prints `name: X ns/req, ratio Y` and records it for
 /// [`print_table`].
 pub fn overhead<S, F>(rt: &tokio::runtime::Runtime, name: &str, mut svc: S, make: F) -> Overhead
@@ -288,7 +288,7 @@ where
     rt.block_on(async {
         // Warm-up: fill caches, create per-cluster state.
         drive(&mut svc, &make, n / 10 + 1).await;
-        for _ in 0..5 {
+        for _ in 0..11 {
             best_bare = best_bare.min(drive(&mut bare, &make, n).await);
             best = best.min(drive(&mut svc, &make, n).await);
         }

@@ -712,6 +712,13 @@ where
             req.extensions_mut().insert(StreamSlot(slot));
         }
         let in_flight = InFlight(endpoint_state.clone());
+        // The clock is read only when the try's latency is used.
+        let timed = matches!(
+            cluster.policy.load_balancer.algorithm,
+            LbAlgorithm::PeakEwma { .. }
+        ) || cluster.policy.latency_outlier.is_some()
+            || self.layer.latency_outlier.is_some();
+        let started = timed.then(Instant::now);
         // Called in place: the balancer is ready whenever the stack below is.
         let future = self.inner.call(req);
         Either::Left(ResponseFuture {
@@ -723,7 +730,7 @@ where
                 endpoint_state,
                 index: pick.index,
                 set_cookie: pick.set_cookie,
-                started: Instant::now(),
+                started,
                 latency_outlier: self.layer.latency_outlier,
             }),
         })
@@ -766,7 +773,8 @@ struct Observed {
     endpoint_state: Arc<EndpointState>,
     index: usize,
     set_cookie: Option<HeaderValue>,
-    started: Instant,
+    /// When the try started, if its latency is used (peak EWMA, the latency rule).
+    started: Option<Instant>,
     latency_outlier: Option<LatencyOutlier>,
 }
 
@@ -787,7 +795,9 @@ impl Observed {
         } = self;
         // The try is over: it no longer counts as in flight.
         drop(in_flight);
-        if let LbAlgorithm::PeakEwma { decay } = cluster.policy.load_balancer.algorithm {
+        if let LbAlgorithm::PeakEwma { decay } = cluster.policy.load_balancer.algorithm
+            && let Some(started) = started
+        {
             // Failures count as slow, so that a failing endpoint is not preferred.
             let elapsed = started.elapsed();
             let rtt = match &result {
@@ -829,7 +839,9 @@ impl Observed {
             .latency_outlier
             .map(LatencyOutlier::from)
             .or(latency_outlier);
-        if let Some(rule) = latency_rule {
+        if let Some(rule) = latency_rule
+            && let Some(started) = started
+        {
             endpoint_state.outlier.record_latency(started.elapsed());
             latency_check(&resolved, &endpoint_state, rule);
         }
