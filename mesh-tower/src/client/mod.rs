@@ -434,9 +434,7 @@ impl UpstreamClient {
         } else {
             Version::HTTP_11
         };
-        let future = pool.clone().send(req, authority);
-        Box::pin(async move {
-            let mut response = future.await?;
+        pool.clone().send(req, authority, move |mut response| {
             let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             let protocol = match upgrade {
                 Some(_) if switched => {
@@ -456,7 +454,7 @@ impl UpstreamClient {
                     headers.insert(UPGRADE, protocol);
                 }
             }
-            Ok(response)
+            response
         })
     }
 }

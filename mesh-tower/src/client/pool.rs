@@ -183,17 +183,24 @@ impl<C: Connector> Pool<C> {
 
     /// Sends `req` (its URI in the form the protocol needs) to `authority` over a pooled
     /// connection. Errors are [`ProxyError::ConnectFailure`] when no connection could be
-    /// made, else [`ProxyError::UpstreamReset`].
-    pub(super) async fn send(
+    /// made, else [`ProxyError::UpstreamReset`]. `finish` gets the response.
+    ///
+    /// One box per request, holding only its protocol's state: an HTTP/1.1 request's future
+    /// does not carry the (larger) HTTP/2 send's, nor the other way round.
+    pub(super) fn send<F>(
         self: Arc<Self>,
         req: Request<BoxBody>,
         authority: Authority,
-    ) -> Result<Response<BoxBody>, BoxError> {
+        finish: F,
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>>
+    where
+        F: FnOnce(Response<BoxBody>) -> Response<BoxBody> + Send + 'static,
+    {
         let host = self.host(&authority);
         if self.settings.http2 {
-            self.send_http2(&host, req).await
+            Box::pin(async move { self.send_http2(&host, req).await.map(finish) })
         } else {
-            self.send_http1(host, req).await
+            Box::pin(async move { self.send_http1(host, req).await.map(finish) })
         }
     }
 
@@ -402,16 +409,24 @@ impl<C: Connector> Pool<C> {
         let response = match sender.try_send_request(req).await {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
-                Some(req) if reused => {
-                    // The checkout sees the closed connection and replaces it.
-                    let (mut sender, _) = self.checkout_http2(host).await?;
-                    let sent = sender.try_send_request(req).await;
-                    sent.map_err(|e| reset(&host.authority, e.into_error()))?
-                }
+                // The checkout sees the closed connection and replaces it. Boxed: a rare
+                // path, kept out of every request's future.
+                Some(req) if reused => Box::pin(self.resend_http2(host, req)).await?,
                 _ => return Err(reset(&host.authority, e.into_error())),
             },
         };
         Ok(response.map(body::boxed))
+    }
+
+    /// Sends `req` again, on the connection a new checkout gives.
+    async fn resend_http2(
+        self: &Arc<Self>,
+        host: &Host,
+        req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let (mut sender, _) = self.checkout_http2(host).await?;
+        let sent = sender.try_send_request(req).await;
+        sent.map_err(|e| reset(&host.authority, e.into_error()))
     }
 
     /// The endpoint's HTTP/2 connection (and whether it was there before), counted for one
