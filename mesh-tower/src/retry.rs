@@ -385,15 +385,16 @@ where
             // answer asks for a retry.
             let (parts, _) = req.into_parts();
             let remote_localities = policy.get().retry_remote_localities;
-            let mut template = Template::new(parts, ReplayBody::empty(), remote_localities);
-            if let Some(first) = template.attempt(1) {
+            // Boxed before the first try is taken from it, so the kept request is not moved
+            // again afterwards.
+            let mut retries = Box::new(Retries {
+                inner: self.inner.clone(),
+                template: Template::new(parts, ReplayBody::empty(), remote_localities),
+                policy,
+                layer: self.layer.clone(),
+            });
+            if let Some(first) = retries.template.attempt(1) {
                 let future = self.inner.call(first);
-                let retries = Retries {
-                    inner: self.inner.clone(),
-                    template,
-                    policy,
-                    layer: self.layer.clone(),
-                };
                 return ResponseFuture::first(future, retries);
             }
             // An empty body can always be sent: not reached.

@@ -50,11 +50,11 @@ impl<S, F> ResponseFuture<S, F> {
         }
     }
 
-    pub(super) fn first(future: F, retries: Retries<S>) -> Self {
+    pub(super) fn first(future: F, retries: Box<Retries<S>>) -> Self {
         Self {
             state: State::First {
                 future,
-                retry: Some(Box::new(retries)),
+                retry: Some(retries),
             },
         }
     }
