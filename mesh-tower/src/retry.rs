@@ -397,10 +397,9 @@ where
                 let future = self.inner.call(first);
                 return ResponseFuture::first(future, retries);
             }
-            // An empty body can always be sent: not reached.
-            return ResponseFuture::looping(Box::pin(std::future::ready(Err(
-                ProxyError::BadRequest("request body already sent".into()).into(),
-            ))));
+            // An empty body can always be sent; were it not, the loop answers as it does for
+            // any body that cannot be sent.
+            return ResponseFuture::looping((*retries).into_loop(None));
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);

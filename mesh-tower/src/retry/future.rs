@@ -43,6 +43,32 @@ pub(super) struct Retries<S> {
     pub(super) layer: RetryLayer,
 }
 
+impl<S> Retries<S>
+where
+    S: Service<http::Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    /// The retry loop from here on; `first` is the first try's result when it was sent.
+    pub(super) fn into_loop(
+        self,
+        first: Option<Result<Response<BoxBody>, BoxError>>,
+    ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        let Retries {
+            inner,
+            template,
+            policy,
+            layer,
+        } = self;
+        // Erased only now, where `S::Future: Send` is known, so the loop needs no
+        // higher-ranked Send proofs about `S`.
+        let inner: Inner = BoxCloneService::new(inner);
+        Box::pin(retried(inner, template, policy, layer, first))
+    }
+}
+
 impl<S, F> ResponseFuture<S, F> {
     pub(super) fn passed(future: F) -> Self {
         Self {
@@ -86,24 +112,15 @@ where
                 StateProj::First { future, retry } => {
                     let result = ready!(future.poll(cx));
                     let Some(retries) = retry.take() else {
-                        // Polled again after the answer: nothing left to give.
+                        // `retry` is taken only here, so this is a caller polling after the
+                        // answer (a broken `Future` contract): hand on what the try gave.
                         return Poll::Ready(result);
                     };
                     if classify(retries.policy.get(), &result) == Verdict::Done {
                         return Poll::Ready(result);
                     }
-                    let Retries {
-                        inner,
-                        template,
-                        policy,
-                        layer,
-                    } = *retries;
-                    // Erased only now, where `S::Future: Send` is known, so the loop needs
-                    // no higher-ranked Send proofs about `S`.
-                    let inner: Inner = BoxCloneService::new(inner);
-                    let looping = retried(inner, template, policy, layer, Some(result));
                     state.set(State::Looping {
-                        future: Box::pin(looping),
+                        future: (*retries).into_loop(Some(result)),
                     });
                 }
             }
