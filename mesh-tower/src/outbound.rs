@@ -19,9 +19,12 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use mesh_core::store::ConfigStore;
+use pin_project_lite::pin_project;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 use tower_service::Service;
@@ -156,11 +159,10 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     Stack<C>: Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
-    <Stack<C> as Service<Request<BoxBody>>>::Future: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, Infallible>>;
+    type Future = ResponseFuture<<Stack<C> as Service<Request<BoxBody>>>::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Every layer is always ready: their readiness is per request.
@@ -173,30 +175,71 @@ where
             Some(observation) => observation.is_grpc(),
             None => crate::timeout::is_grpc(req.headers()),
         };
-        let future = self.inner.call(req.map(body::boxed));
-        Box::pin(answer(future, grpc, observation))
+        ResponseFuture {
+            state: State::Stack {
+                future: self.inner.call(req.map(body::boxed)),
+            },
+            grpc,
+            observation,
+        }
     }
 }
 
-/// The stack's answer as the client gets it: an error becomes the response Envoy would give,
-/// a gRPC client gets it as gRPC, and telemetry sees the final response.
-async fn answer<F>(
-    future: F,
-    grpc: bool,
-    observation: Option<Observation>,
-) -> Result<Response<BoxBody>, Infallible>
+pin_project! {
+    /// [`Outbound`]'s answer as the client gets it: an error becomes the response Envoy would
+    /// give, a gRPC client gets it as gRPC, and telemetry sees the final response.
+    ///
+    /// The stack's future is held inline, not boxed: a server that holds this future in its
+    /// connection state (hyper does) allocates nothing for it.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+        grpc: bool,
+        observation: Option<Observation>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Stack { #[pin] future: F },
+        // The mesh's own answer to a gRPC request, being rewritten (rare: boxed).
+        Grpc { future: BoxFuture<'static, Response<BoxBody>> },
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<BoxBody>, BoxError>>,
 {
-    let response = future.await.unwrap_or_else(|e| error::to_response(&e));
-    // A gRPC client gets the mesh's own answers (503 UH, 504 UT, ...) as gRPC.
-    let response = if grpc && crate::grpc::needs_rewrite(&response) {
-        crate::grpc::to_grpc(response).await
-    } else {
-        response
-    };
-    Ok(match observation {
-        Some(observation) => observation.finish(response),
-        None => response,
-    })
+    type Output = Result<Response<BoxBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let response = loop {
+            match this.state.as_mut().project() {
+                StateProj::Stack { future } => {
+                    let response =
+                        ready!(future.poll(cx)).unwrap_or_else(|e| error::to_response(&e));
+                    // A gRPC client gets the mesh's own answers (503 UH, 504 UT, ...) as gRPC.
+                    if !(*this.grpc && crate::grpc::needs_rewrite(&response)) {
+                        break response;
+                    }
+                    let future = crate::grpc::to_grpc(response);
+                    this.state.set(State::Grpc { future });
+                }
+                StateProj::Grpc { future } => break ready!(future.as_mut().poll(cx)),
+            }
+        };
+        Poll::Ready(Ok(match this.observation.take() {
+            Some(observation) => observation.finish(response),
+            None => response,
+        }))
+    }
 }

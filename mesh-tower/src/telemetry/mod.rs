@@ -146,20 +146,23 @@ impl Telemetry {
     /// Starts observing `req`: sets `x-request-id` when absent and the trace context headers
     /// (W3C and B3) for the next hop.
     pub fn start<B>(&self, req: &mut Request<B>) -> Observation {
-        let has_request_id = req
-            .headers()
-            .get(&X_REQUEST_ID)
-            .is_some_and(|v| v.to_str().is_ok());
+        let found = propagation::TraceHeaders::scan(req.headers());
+        let has_request_id = found.request_id.is_some_and(|v| v.to_str().is_ok());
+        let trace = propagation::continue_trace(&found, &self.rng, self.sampling);
+        let stale_b3 = found.stale_b3();
+        let headers = req.headers_mut();
+        // Room for every header added here at once: a map parsed to fit its headers grows
+        // once, not once per header.
+        headers.reserve(5);
         if !has_request_id {
             // Shared from the start: the retry layer's copy of the headers takes a reference,
             // not a copy.
             let id = Bytes::from_owner(propagation::uuid_v4_bytes(&self.rng));
             let id =
                 HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static(""));
-            req.headers_mut().insert(X_REQUEST_ID, id);
+            headers.insert(X_REQUEST_ID, id);
         }
-        let trace = propagation::continue_trace(req.headers(), &self.rng, self.sampling);
-        trace.inject(req.headers_mut());
+        trace.write(headers, stale_b3);
         let sink = self.spans.clone().filter(|_| trace.sampled);
         // The strings only the access log, a collected span or a debug log read.
         let details = (self.access_log.is_some()

@@ -33,6 +33,16 @@ impl TraceContext {
     /// Writes `traceparent` and the B3 headers for the next hop (this span as its parent);
     /// `tracestate` passes through untouched.
     pub fn inject(&self, headers: &mut HeaderMap) {
+        // Room for the four headers at once: a map parsed to fit its headers grows once, not
+        // once per header.
+        headers.reserve(4);
+        self.write(headers, true);
+    }
+
+    /// As [`TraceContext::inject`], without reserving room; `stale_b3` says whether the map
+    /// may hold a `b3` or `x-b3-parentspanid` header that this span does not overwrite (each
+    /// removal hashes a name, so a caller that scanned the headers can skip them).
+    pub(super) fn write(&self, headers: &mut HeaderMap, stale_b3: bool) {
         let trace = hex::<32>(self.trace_id);
         let span = hex::<16>(u128::from(self.span_id));
         // `00-{trace}-{span}-{flags}`
@@ -47,9 +57,6 @@ impl TraceContext {
             buffer[55..].copy_from_slice(&hex::<16>(u128::from(parent)));
         }
         let buffer = bytes::Bytes::from_owner(buffer);
-        // Room for the four headers at once: a map parsed to fit its headers grows once, not
-        // once per header.
-        headers.reserve(4);
         let set = |headers: &mut HeaderMap, name: HeaderName, range: std::ops::Range<usize>| {
             if let Ok(v) = HeaderValue::from_maybe_shared(buffer.slice(range)) {
                 headers.insert(name, v);
@@ -64,10 +71,87 @@ impl TraceContext {
         );
         if self.parent_span_id.is_some() {
             set(headers, X_B3_PARENTSPANID, 55..71);
-        } else {
+        } else if stale_b3 {
             headers.remove(X_B3_PARENTSPANID);
         }
-        headers.remove(B3);
+        if stale_b3 {
+            headers.remove(B3);
+        }
+    }
+}
+
+/// The tracing headers a request came with (and `x-request-id`), found in one pass over its
+/// headers: a lookup by name hashes the name, and most requests carry none of these.
+/// As [`HeaderMap::get`], the first value of a repeated header counts.
+#[derive(Debug, Default)]
+pub(super) struct TraceHeaders<'a> {
+    traceparent: Option<&'a HeaderValue>,
+    b3: Option<&'a HeaderValue>,
+    b3_trace_id: Option<&'a HeaderValue>,
+    b3_span_id: Option<&'a HeaderValue>,
+    b3_parent_span_id: Option<&'a HeaderValue>,
+    b3_sampled: Option<&'a HeaderValue>,
+    b3_flags: Option<&'a HeaderValue>,
+    pub(super) request_id: Option<&'a HeaderValue>,
+}
+
+impl<'a> TraceHeaders<'a> {
+    /// Finds the headers in `headers`.
+    pub(super) fn scan(headers: &'a HeaderMap) -> Self {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "traceparent" => &mut found.traceparent,
+                "b3" => &mut found.b3,
+                "x-b3-traceid" => &mut found.b3_trace_id,
+                "x-b3-spanid" => &mut found.b3_span_id,
+                "x-b3-parentspanid" => &mut found.b3_parent_span_id,
+                "x-b3-sampled" => &mut found.b3_sampled,
+                "x-b3-flags" => &mut found.b3_flags,
+                "x-request-id" => &mut found.request_id,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        found
+    }
+
+    /// Whether the request carries a B3 header that a new span does not always overwrite.
+    pub(super) fn stale_b3(&self) -> bool {
+        self.b3.is_some() || self.b3_parent_span_id.is_some()
+    }
+
+    /// The caller's trace from W3C `traceparent`: `(trace id, span id, sampled)`.
+    fn w3c(&self) -> Option<(u128, u64, Option<bool>)> {
+        let (trace, span, sampled) = parse_traceparent(self.traceparent?.to_str().ok()?)?;
+        Some((trace, span, Some(sampled)))
+    }
+
+    /// The caller's trace from B3; see [`parse_b3`].
+    fn b3(&self) -> Option<(u128, u64, Option<bool>)> {
+        fn text(value: Option<&HeaderValue>) -> Option<&str> {
+            value.and_then(|v| v.to_str().ok())
+        }
+        if let Some(single) = text(self.b3) {
+            let mut parts = single.split('-');
+            let trace = hex_u128(parts.next()?)?;
+            let span = hex_u64(parts.next()?)?;
+            let sampled = match parts.next() {
+                Some("1" | "d") => Some(true),
+                Some("0") => Some(false),
+                _ => None,
+            };
+            return Some((trace, span, sampled));
+        }
+        let trace = hex_u128(text(self.b3_trace_id)?)?;
+        let span = hex_u64(text(self.b3_span_id)?)?;
+        let sampled = match (text(self.b3_sampled), text(self.b3_flags)) {
+            (_, Some("1")) => Some(true),
+            (Some("1" | "true"), _) => Some(true),
+            (Some("0" | "false"), _) => Some(false),
+            _ => None,
+        };
+        Some((trace, span, sampled))
     }
 }
 
@@ -77,7 +161,6 @@ const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
 const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3: HeaderName = HeaderName::from_static("b3");
-const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// The low `N * 4` bits of `value` as `N` lowercase hex digits, `N` even and at most 32 (no
 /// formatting machinery: this runs several times per request).
@@ -139,27 +222,7 @@ pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
 /// Parses B3 from the single `b3` header or the `x-b3-*` headers: `(trace id, span id,
 /// sampled)`; a 64-bit trace id is kept as the low half.
 pub fn parse_b3(headers: &HeaderMap) -> Option<(u128, u64, Option<bool>)> {
-    let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(single) = get(&B3) {
-        let mut parts = single.split('-');
-        let trace = hex_u128(parts.next()?)?;
-        let span = hex_u64(parts.next()?)?;
-        let sampled = match parts.next() {
-            Some("1" | "d") => Some(true),
-            Some("0") => Some(false),
-            _ => None,
-        };
-        return Some((trace, span, sampled));
-    }
-    let trace = hex_u128(get(&X_B3_TRACEID)?)?;
-    let span = hex_u64(get(&X_B3_SPANID)?)?;
-    let sampled = match (get(&X_B3_SAMPLED), get(&X_B3_FLAGS)) {
-        (_, Some("1")) => Some(true),
-        (Some("1" | "true"), _) => Some(true),
-        (Some("0" | "false"), _) => Some(false),
-        _ => None,
-    };
-    Some((trace, span, sampled))
+    TraceHeaders::scan(headers).b3()
 }
 
 fn nonzero_u64(rng: &Rng) -> u64 {
@@ -173,13 +236,12 @@ fn nonzero_u64(rng: &Rng) -> u64 {
 
 /// Continues the caller's trace (W3C first, then B3) with a new span for this proxy, or
 /// starts a trace sampled at `sampling`.
-pub(super) fn continue_trace(headers: &HeaderMap, rng: &Rng, sampling: Percentage) -> TraceContext {
-    let incoming = headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-        .map(|(t, s, sampled)| (t, s, Some(sampled)))
-        .or_else(|| parse_b3(headers));
+pub(super) fn continue_trace(
+    headers: &TraceHeaders<'_>,
+    rng: &Rng,
+    sampling: Percentage,
+) -> TraceContext {
+    let incoming = headers.w3c().or_else(|| headers.b3());
     match incoming {
         Some((trace_id, parent, sampled)) => TraceContext {
             trace_id,
@@ -241,7 +303,11 @@ mod tests {
         );
         headers.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
         headers.insert("x-b3-sampled", HeaderValue::from_static("1"));
-        let ctx = continue_trace(&headers, &Rng::with_seed(1), Percentage::NONE);
+        let ctx = continue_trace(
+            &TraceHeaders::scan(&headers),
+            &Rng::with_seed(1),
+            Percentage::NONE,
+        );
         assert_eq!(ctx.trace_id_hex(), "463ac35c9f6413ad48485a3953bb6124");
         assert_eq!(ctx.parent_span_id, Some(0xa2fb4a1d1a96d312));
         assert!(
@@ -271,7 +337,7 @@ mod tests {
         let rng = Rng::with_seed(4);
         let one_percent = Percentage::from_percent_f64(1.0).unwrap();
         let sampled = (0..100_000)
-            .filter(|_| continue_trace(&HeaderMap::new(), &rng, one_percent).sampled)
+            .filter(|_| continue_trace(&TraceHeaders::default(), &rng, one_percent).sampled)
             .count();
         assert!((800..=1_200).contains(&sampled), "{sampled}");
         let id = uuid_v4(&rng);
@@ -306,5 +372,48 @@ mod tests {
         );
         assert_eq!(out["x-b3-parentspanid"], "0000000000000001");
         assert_eq!(out["x-b3-sampled"], "0");
+    }
+
+    #[test]
+    fn a_continued_trace_replaces_the_callers_single_b3_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "b3",
+            HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        );
+        headers.insert("user-agent", HeaderValue::from_static("test"));
+        let found = TraceHeaders::scan(&headers);
+        assert!(found.stale_b3());
+        let ctx = continue_trace(&found, &Rng::with_seed(2), Percentage::NONE);
+        assert_eq!(ctx.trace_id, 0x80f198ee56343ba864fe8b2a57d3eff7);
+        assert_eq!(ctx.parent_span_id, Some(0xe457b5a2e4d86bd1));
+        assert!(ctx.sampled);
+        ctx.write(&mut headers, true);
+        assert!(
+            headers.get("b3").is_none(),
+            "the caller's span is not the next hop's parent"
+        );
+        assert_eq!(headers["x-b3-parentspanid"], "e457b5a2e4d86bd1");
+        assert_eq!(headers["user-agent"], "test");
+    }
+
+    #[test]
+    fn the_first_of_repeated_trace_headers_counts_as_a_lookup_would() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        headers.append(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+        );
+        headers.insert("x-request-id", HeaderValue::from_static("abc"));
+        let found = TraceHeaders::scan(&headers);
+        assert!(!found.stale_b3());
+        assert_eq!(found.request_id, Some(&HeaderValue::from_static("abc")));
+        let ctx = continue_trace(&found, &Rng::with_seed(3), Percentage::NONE);
+        assert_eq!(ctx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(ctx.parent_span_id, Some(0x00f067aa0ba902b7));
     }
 }
