@@ -8,6 +8,7 @@ use mesh_benches::{Bare, drive, host, one_service_yaml, overhead, request, runti
 use mesh_core::model::ClusterName;
 use mesh_tower::balance::{BalanceLayer, Table, hash64};
 use mesh_tower::breaker::BreakerLayer;
+use mesh_tower::context::RequestContext;
 use mesh_tower::rng::Rng;
 use mesh_tower::split::Target;
 use std::hint::black_box;
@@ -28,7 +29,7 @@ fn targeted(lb: &str) -> Request<()> {
     let mut r = request(&host0, "/r0/items/42");
     r.headers_mut()
         .insert("x-user", http::HeaderValue::from_static("user-12345"));
-    r.extensions_mut().insert(Target { cluster });
+    RequestContext::of_mut(&mut r).target = Some(Target { cluster });
     r
 }
 

@@ -13,6 +13,7 @@ use mesh_core::model::{
 use mesh_tower::balance::BalanceLayer;
 use mesh_tower::body::BoxBody;
 use mesh_tower::breaker::BreakerLayer;
+use mesh_tower::context::RequestContext;
 use mesh_tower::fault::FaultLayer;
 use mesh_tower::mirror::MirrorLayer;
 use mesh_tower::ratelimit::RateLimitLayer;
@@ -37,14 +38,14 @@ fn layers(c: &mut Criterion) {
     let host0 = host(0);
     let template = request(&host0, "/r0/items/42");
     let plain = move || with_body(&template);
-    // The layers below the split find their cluster in a `Target` extension.
+    // The layers below the split find their cluster in the request's context (`Target`).
     let cluster = snapshot
         .cluster(&ClusterName::outbound(80, Some("v1"), &host0))
         .expect("cluster v1")
         .clone();
     let targeted_template = {
         let mut r = request(&host0, "/r0/items/42");
-        r.extensions_mut().insert(Target {
+        RequestContext::of_mut(&mut r).target = Some(Target {
             cluster: cluster.clone(),
         });
         r

@@ -14,8 +14,8 @@
 //! ```
 
 use crate::body::{BoxBody, BoxError};
+use crate::context::RequestContext;
 use crate::error::ProxyError;
-use crate::split::Target;
 use foldhash::HashMap;
 use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response};
@@ -239,16 +239,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some(cluster) = req.extensions().get::<Target>().map(|t| t.cluster.clone()) else {
+        let context = RequestContext::of(&req);
+        let Some(cluster) = context
+            .and_then(|c| c.target.as_ref())
+            .map(|t| t.cluster.clone())
+        else {
             return Either::Left(Admitted {
                 inner: self.inner.call(req),
                 held: None,
             });
         };
         let gate = self.layer.gate(&cluster);
-        let is_retry = req
-            .extensions()
-            .get::<crate::telemetry::Attempt>()
+        let is_retry = context
+            .and_then(|c| c.attempt)
             .is_some_and(|a| a.number > 1);
         let budget = cluster.policy.connection_pool.retry_budget;
         let request = budget.map(|_| Counted::new(&gate, |g| &g.requests));
@@ -320,6 +323,7 @@ impl<F: std::future::Future> std::future::Future for Admitted<F> {
 mod tests {
     use super::*;
     use crate::body;
+    use crate::split::Target;
     use mesh_core::model::{ConnectionPool, TrafficPolicy};
     use std::time::Duration;
     use tower::ServiceExt;
@@ -356,10 +360,10 @@ mod tests {
         // Two retries (second tries) and three first tries at once.
         let tries = [2, 2, 1, 1, 1].map(|number| {
             let mut req = Request::new(body::empty());
-            req.extensions_mut().insert(Target {
+            RequestContext::of_mut(&mut req).target = Some(Target {
                 cluster: cluster.clone(),
             });
-            req.extensions_mut().insert(crate::telemetry::Attempt {
+            RequestContext::of_mut(&mut req).attempt = Some(crate::telemetry::Attempt {
                 number,
                 remote_localities: false,
             });
@@ -389,8 +393,8 @@ mod tests {
         assert_eq!(layer.stats().overflow_retries.load(Ordering::Relaxed), 1);
         // Once the retry in flight ends, another may go.
         let mut req = Request::new(body::empty());
-        req.extensions_mut().insert(Target { cluster });
-        req.extensions_mut().insert(crate::telemetry::Attempt {
+        RequestContext::of_mut(&mut req).target = Some(Target { cluster });
+        RequestContext::of_mut(&mut req).attempt = Some(crate::telemetry::Attempt {
             number: 3,
             remote_localities: false,
         });
@@ -419,10 +423,10 @@ mod tests {
             let svc = layer.layer(slow);
             let tries = (0..15).map(|i| {
                 let mut req = Request::new(body::empty());
-                req.extensions_mut().insert(Target {
+                RequestContext::of_mut(&mut req).target = Some(Target {
                     cluster: cluster.clone(),
                 });
-                req.extensions_mut().insert(crate::telemetry::Attempt {
+                RequestContext::of_mut(&mut req).attempt = Some(crate::telemetry::Attempt {
                     number: if i < 10 { 1 } else { 2 },
                     remote_localities: false,
                 });
@@ -467,7 +471,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let tries = (0..5).map(|_| {
             let mut req = Request::new(body::empty());
-            req.extensions_mut().insert(Target {
+            RequestContext::of_mut(&mut req).target = Some(Target {
                 cluster: cluster.clone(),
             });
             let svc = svc.clone();

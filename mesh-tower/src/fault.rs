@@ -1,7 +1,7 @@
 //! Fault injection: delay and abort a share of requests before they leave (Istio's
 //! `fault.delay` and `fault.abort`), flagged `DI` and `FI`.
 //!
-//! The fault comes from the matched route ([`Routed`]) or is fixed when the layer is used
+//! The fault comes from the matched route ([`Routed`](crate::route::Routed)) or is fixed when the layer is used
 //! on its own:
 //!
 //! ```
@@ -30,10 +30,10 @@
 //! ```
 
 use crate::body::{self, BoxBody, BoxError};
+use crate::context::RequestContext;
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::future::{self, ResponseFuture};
 use crate::rng::Rng;
-use crate::route::Routed;
 use http::{HeaderValue, Request, Response, StatusCode};
 use mesh_core::model::{AbortError, Fault};
 use std::sync::Arc;
@@ -154,9 +154,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let decision = match &self.layer.fixed {
             Some(fault) => decide(fault, &self.layer.rng),
-            None => req
-                .extensions()
-                .get::<Routed>()
+            None => RequestContext::routed(&req)
                 .and_then(|r| r.route().fault.as_ref())
                 .map(|f| decide(f, &self.layer.rng))
                 .unwrap_or_default(),

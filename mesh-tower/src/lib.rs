@@ -9,9 +9,10 @@
 //! inbound:  -> local app
 //! ```
 //!
-//! Layers pass what they decided down in request extensions ([`route::Routed`],
-//! [`split::Target`], [`balance::Upstream`], [`timeout::Deadline`]); failures travel up as
-//! [`error::ProxyError`] and become Envoy's responses in one place, [`error::to_response`].
+//! Layers pass what they decided down in one request extension, [`context::RequestContext`]
+//! ([`route::Routed`], [`split::Target`], [`balance::Upstream`], [`timeout::Deadline`], ...);
+//! failures travel up as [`error::ProxyError`] and become Envoy's responses in one place,
+//! [`error::to_response`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod body;
 pub mod breaker;
 pub mod capture;
 pub mod client;
+pub mod context;
 pub mod embed;
 pub mod error;
 pub mod explain;

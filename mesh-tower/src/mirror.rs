@@ -32,9 +32,9 @@
 //! ```
 
 use crate::body::{self, BoxBody, BoxError, Replay};
+use crate::context::RequestContext;
 use crate::future::{self, ResponseFuture};
 use crate::rng::Rng;
-use crate::route::Routed;
 use crate::split::Target;
 use http::{HeaderValue, Request, Response};
 use mesh_core::model::Percentage;
@@ -48,7 +48,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 /// Where shadows go: a service that sends a request to the [`Target`] cluster in its
-/// extensions (the outbound stack's balancer and client).
+/// [`RequestContext`] (the outbound stack's balancer and client).
 pub type ShadowService = BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError>;
 
 /// Counters of the mirror layer, shared by its clones.
@@ -190,7 +190,7 @@ where
             Some(p) if p.admits(layer.rng.ppm()) => targets.push(None),
             Some(_) => {}
             None => {
-                if let Some(routed) = req.extensions().get::<Routed>() {
+                if let Some(routed) = RequestContext::routed(&req) {
                     for m in &routed.route().mirrors {
                         if m.percentage.admits(layer.rng.ppm())
                             && let Some(cluster) = routed.snapshot().cluster(&m.cluster)
@@ -242,7 +242,7 @@ where
                     shadow.headers_mut().insert(http::header::HOST, value);
                 }
                 if let Some(target) = target {
-                    shadow.extensions_mut().insert(target);
+                    RequestContext::of_mut(&mut shadow).target = Some(target);
                 }
                 let service = layer.shadow.clone();
                 let timeout = layer.shadow_timeout;

@@ -57,8 +57,8 @@ where
     }
 
     /// Send through `client`: an [`UpstreamClient`] shared with another stack (to share its
-    /// pools), or any service that sends a request to the endpoint the balancer chose (its
-    /// [`crate::balance::Upstream`] extension), such as a test double.
+    /// pools), or any service that sends a request to the endpoint the balancer chose (the
+    /// `upstream` of its [`crate::context::RequestContext`]), such as a test double.
     pub fn client<C2>(self, client: C2) -> OutboundBuilder<C2> {
         OutboundBuilder {
             store: self.store,

@@ -26,6 +26,7 @@
 //! ```
 
 use crate::body::{BoxBody, BoxError};
+use crate::context::RequestContext;
 use crate::error::{self, ProxyError};
 use crate::future::{self, ResponseFuture};
 use crate::route::Routed;
@@ -163,7 +164,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let bucket = self.layer.fixed.clone().or_else(|| {
-            let routed = req.extensions().get::<Routed>()?;
+            let routed = RequestContext::routed(&req)?;
             let limit = routed.route().rate_limit.as_ref()?;
             Some(self.layer.bucket(routed, limit))
         });

@@ -55,11 +55,12 @@ use future::Retries;
 use template::{ReplayBody, Template};
 
 use crate::body::{self, BoxBody, BoxError, Replay};
+use crate::context::RequestContext;
 use crate::error::{self, ProxyError};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::rng::Rng;
 use crate::route::Routed;
-use crate::telemetry::{Attempts, SpanKind, SpanRecord, TraceContext, TraceScope};
+use crate::telemetry::{Attempts, SpanKind, SpanRecord, TraceContext};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::{Request, Response, StatusCode};
 use mesh_core::model::{HedgePolicy, RetryCondition, RetryPolicy};
@@ -271,10 +272,9 @@ fn traced_try<I>(
 where
     I: std::borrow::BorrowMut<Inner> + Send,
 {
-    let span = req
-        .extensions()
-        .get::<TraceScope>()
-        .and_then(|scope| Some((scope.sink.clone()?, scope.context.clone())))
+    let span = RequestContext::of(&req)
+        .and_then(|c| c.trace.as_ref())
+        .map(|scope| (scope.sink.clone(), scope.context.clone()))
         .map(|(sink, parent)| {
             let child = TraceContext {
                 span_id: rng.next_u64() | 1,
@@ -354,7 +354,8 @@ where
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        let routed = req.extensions().get::<Routed>();
+        let context = RequestContext::of(&req);
+        let routed = context.and_then(|c| c.routed.as_ref());
         let policy = match &self.layer.fixed {
             Some(p) => Some(PolicyOf::Fixed(p.clone())),
             None => routed
@@ -371,10 +372,7 @@ where
             // `self.inner` is ready: `poll_ready` asked it.
             return ResponseFuture::passed(self.inner.call(req));
         };
-        let sampled = req
-            .extensions()
-            .get::<TraceScope>()
-            .is_some_and(|scope| scope.sink.is_some());
+        let sampled = context.is_some_and(|c| c.trace.is_some());
         let first_try_inline = hedge.is_none()
             && policy.get().per_try_timeout.is_none()
             && !sampled

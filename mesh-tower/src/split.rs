@@ -2,10 +2,11 @@
 //! canary), each a cluster of the snapshot.
 
 use crate::body::{BoxBody, BoxError};
+use crate::context::RequestContext;
 use crate::error::ProxyError;
 use crate::future::{self, ResponseFuture};
 use crate::rng::Rng;
-use crate::route::{Routed, apply_header_ops};
+use crate::route::apply_header_ops;
 use http::{Request, Response};
 use mesh_core::model::Cluster;
 use std::sync::Arc;
@@ -13,14 +14,15 @@ use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The cluster the split layer chose, for the layers below it.
+/// The cluster the split layer chose, for the layers below it (in the request's
+/// [`RequestContext`]).
 #[derive(Clone, Debug)]
 pub struct Target {
     /// The chosen cluster.
     pub cluster: Arc<Cluster>,
 }
 
-/// Picks one of a [`Routed`] request's weighted destinations.
+/// Picks one of a [`Routed`](crate::route::Routed) request's weighted destinations.
 #[derive(Clone, Debug, Default)]
 pub struct SplitLayer {
     rng: Rng,
@@ -66,7 +68,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(routed) = req.extensions().get::<Routed>().cloned() else {
+        let Some(routed) = RequestContext::routed(&req).cloned() else {
             let e = ProxyError::BadRequest("the split layer needs a routed request".into());
             return future::acted(async move { Err(e.into()) });
         };
@@ -98,7 +100,7 @@ where
             return future::acted(async move { Err(e.into()) });
         };
         apply_header_ops(&chosen.request_headers, req.headers_mut());
-        req.extensions_mut().insert(Target { cluster });
+        RequestContext::of_mut(&mut req).target = Some(Target { cluster });
         let passes = chosen.response_headers.is_empty();
         // Called now (it is ready): no clone of the stack below per request.
         let future = self.inner.call(req);

@@ -22,8 +22,8 @@
 //! ```
 
 use crate::body::{BoxBody, BoxError};
+use crate::context::RequestContext;
 use crate::error::ProxyError;
-use crate::route::Routed;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body as _;
 use std::future::Future as _;
@@ -33,7 +33,8 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// When the whole request must be done, for the layers below (retries, the client).
+/// When the whole request must be done, for the layers below (retries, the client), in the
+/// request's [`RequestContext`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Deadline(pub Instant);
 
@@ -228,11 +229,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let route_timeout = self.fixed.or_else(|| {
-            req.extensions()
-                .get::<Routed>()
-                .and_then(|r| r.route().timeout)
-        });
+        let route_timeout = self
+            .fixed
+            .or_else(|| RequestContext::routed(&req).and_then(|r| r.route().timeout));
         let caller_timeout = req
             .headers()
             .get(&GRPC_TIMEOUT)
@@ -252,7 +251,7 @@ where
         };
         let deadline = Deadline(Instant::now() + timeout);
         deadline.propagate(req.headers_mut());
-        req.extensions_mut().insert(deadline);
+        RequestContext::of_mut(&mut req).deadline = Some(deadline);
         ResponseFuture {
             inner: self.inner.call(req),
             expiry: Some(tokio::time::sleep_until(deadline.0)),

@@ -1,7 +1,7 @@
 //! Endpoint choice within the chosen cluster (Istio's `loadBalancer`), aware of outlier
 //! ejection and locality.
 //!
-//! For each request to a [`Target`] cluster:
+//! For each request to a [`Target`](crate::split::Target) cluster:
 //! 1. the cluster's healthy endpoints, minus those outlier detection has ejected (unless
 //!    fewer than `minHealthPercent` remain: panic mode uses them all);
 //! 2. with locality load balancing, a priority level: the workload's own locality first,
@@ -26,11 +26,10 @@ pub use hash::{Table, hash64};
 pub use outlier::{Outcome, OutlierState, may_eject};
 
 use crate::body::{BoxBody, BoxError};
+use crate::context::RequestContext;
 use crate::error::ProxyError;
 use crate::rng::Rng;
-use crate::route::Routed;
 use crate::server::ConnectionInfo;
-use crate::split::Target;
 use crate::telemetry::UpstreamInfo;
 use arc_swap::ArcSwapOption;
 use foldhash::HashMap;
@@ -47,7 +46,8 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The endpoint the balancer chose, as `host:port`.
+/// The endpoint the balancer chose, as `host:port` (in the request's [`RequestContext`], for
+/// the client).
 #[derive(Clone, Debug)]
 pub struct Upstream {
     /// `address:port` of the chosen endpoint.
@@ -211,7 +211,7 @@ impl From<mesh_core::model::LatencyOutlierRule> for LatencyOutlier {
     }
 }
 
-/// Picks an endpoint for each request to a [`Target`] cluster.
+/// Picks an endpoint for each request to a [`Target`](crate::split::Target) cluster.
 #[derive(Clone, Debug, Default)]
 pub struct BalanceLayer {
     clusters: Arc<RwLock<HashMap<ClusterName, Arc<ClusterState>>>>,
@@ -341,9 +341,9 @@ impl BalanceLayer {
         let cluster = &resolved.cluster;
         let now = Instant::now();
         let healthy = &resolved.healthy;
-        let workload = req
-            .extensions()
-            .get::<Routed>()
+        let context = RequestContext::of(req);
+        let workload = context
+            .and_then(|c| c.routed.as_ref())
             .map(|r| &r.snapshot().workload);
         let local = workload
             .map(|w| &w.locality)
@@ -375,9 +375,8 @@ impl BalanceLayer {
                 &available
             };
             // A retry may leave the locality when the route says so (`retryRemoteLocalities`).
-            let remote_retry = req
-                .extensions()
-                .get::<crate::telemetry::Attempt>()
+            let remote_retry = context
+                .and_then(|c| c.attempt)
                 .is_some_and(|a| a.number > 1 && a.remote_localities);
             if let Some(local) =
                 local.filter(|_| locality_aware && !remote_retry && !base.is_empty())
@@ -664,7 +663,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(cluster) = req.extensions().get::<Target>().map(|t| t.cluster.clone()) else {
+        let Some(cluster) = RequestContext::target(&req).map(|t| t.cluster.clone()) else {
             let e = ProxyError::BadRequest("the balancer needs a target cluster".into());
             return Either::Right(ready(Err(e.into())));
         };
@@ -679,7 +678,7 @@ where
                 let e = ProxyError::NoHealthyUpstream(cluster.name.to_string());
                 return Either::Right(ready(Err(e.into())));
             };
-            req.extensions_mut().insert(Upstream { authority });
+            RequestContext::of_mut(&mut req).upstream = Some(Upstream { authority });
             return Either::Left(ResponseFuture {
                 inner: self.inner.call(req),
                 observed: None,
@@ -702,14 +701,15 @@ where
                 return Either::Right(ready(Err(e.into())));
             }
         };
-        req.extensions_mut().insert(Upstream { authority });
         let endpoint_state = resolved.states[pick.index].clone();
         let already = endpoint_state.active.fetch_add(1, Ordering::Relaxed);
+        let context = RequestContext::of_mut(&mut req);
+        context.upstream = Some(Upstream { authority });
         if let Some(cap) = cluster.policy.connection_pool.max_concurrent_streams
             && cap > 0
         {
             let slot = u32::try_from(already).unwrap_or(u32::MAX) / cap;
-            req.extensions_mut().insert(StreamSlot(slot));
+            context.stream_slot = Some(StreamSlot(slot));
         }
         let in_flight = InFlight(endpoint_state.clone());
         // The clock is read only when the try's latency is used.

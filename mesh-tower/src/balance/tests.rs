@@ -1,5 +1,6 @@
 use super::*;
 use crate::body;
+use crate::split::Target;
 use mesh_core::model::{Address, LoadBalancer, Locality, OutlierDetection, TrafficPolicy};
 use tower::ServiceExt;
 
@@ -53,9 +54,8 @@ fn upstream(status: impl Fn(u16) -> u16 + Send + Sync + 'static) -> (TestUpstrea
     let status = Arc::new(status);
     let seen = counts.clone();
     let service = tower::service_fn(move |req: Request<BoxBody>| {
-        let port = req
-            .extensions()
-            .get::<Upstream>()
+        let port = RequestContext::of(&req)
+            .and_then(|c| c.upstream.as_ref())
             .unwrap()
             .authority
             .port_u16()
@@ -75,9 +75,8 @@ fn timed_upstream(delay_ms: impl Fn(u16) -> u64 + Send + Sync + 'static) -> (Tes
     let seen = counts.clone();
     let delay_ms = Arc::new(delay_ms);
     let service = tower::service_fn(move |req: Request<BoxBody>| {
-        let port = req
-            .extensions()
-            .get::<Upstream>()
+        let port = RequestContext::of(&req)
+            .and_then(|c| c.upstream.as_ref())
             .unwrap()
             .authority
             .port_u16()
@@ -94,7 +93,7 @@ fn timed_upstream(delay_ms: impl Fn(u16) -> u64 + Send + Sync + 'static) -> (Tes
 
 fn request(cluster: &Arc<Cluster>) -> Request<BoxBody> {
     let mut req = Request::new(body::empty());
-    req.extensions_mut().insert(Target {
+    RequestContext::of_mut(&mut req).target = Some(Target {
         cluster: cluster.clone(),
     });
     req
@@ -336,8 +335,7 @@ async fn locality_keeps_traffic_local_and_fails_over_when_local_is_ejected() {
     let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
     let send = |snap: Arc<mesh_core::store::Snapshot>| {
         let mut req = request(&c);
-        req.extensions_mut()
-            .insert(crate::route::Routed::for_tests(snap));
+        RequestContext::of_mut(&mut req).routed = Some(crate::route::Routed::for_tests(snap));
         svc.clone().oneshot(req)
     };
     for _ in 0..1_000 {
@@ -384,9 +382,9 @@ async fn a_retry_leaves_the_locality_only_when_the_route_allows_it() {
         let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
         for _ in 0..100 {
             let mut req = request(&c);
-            req.extensions_mut()
-                .insert(crate::route::Routed::for_tests(store.load()));
-            req.extensions_mut().insert(crate::telemetry::Attempt {
+            RequestContext::of_mut(&mut req).routed =
+                Some(crate::route::Routed::for_tests(store.load()));
+            RequestContext::of_mut(&mut req).attempt = Some(crate::telemetry::Attempt {
                 number: 2,
                 remote_localities: remote,
             });
@@ -428,8 +426,8 @@ async fn distribute_splits_traffic_between_localities_by_weight() {
     let svc = BalanceLayer::new(Rng::with_seed(9)).layer(up);
     for _ in 0..2_000 {
         let mut req = request(&c);
-        req.extensions_mut()
-            .insert(crate::route::Routed::for_tests(store.load()));
+        RequestContext::of_mut(&mut req).routed =
+            Some(crate::route::Routed::for_tests(store.load()));
         svc.clone().oneshot(req).await.unwrap();
     }
     let east = counts.lock().unwrap()[&1] as f64 / 2_000.0;
@@ -469,8 +467,8 @@ async fn failover_priority_prefers_endpoints_sharing_the_workloads_labels() {
     let svc = BalanceLayer::new(Rng::with_seed(3)).layer(up);
     for _ in 0..200 {
         let mut req = request(&c);
-        req.extensions_mut()
-            .insert(crate::route::Routed::for_tests(store.load()));
+        RequestContext::of_mut(&mut req).routed =
+            Some(crate::route::Routed::for_tests(store.load()));
         svc.clone().oneshot(req).await.unwrap();
     }
     assert_eq!(

@@ -14,10 +14,9 @@ mod tests;
 use connection::PoolSettings;
 use pool::{Connector, Pool};
 
-use crate::balance::Upstream;
 use crate::body::{self, BoxBody, BoxError};
+use crate::context::RequestContext;
 use crate::error::ProxyError;
-use crate::split::Target;
 use crate::tls::MtlsConnector;
 use arc_swap::ArcSwap;
 use foldhash::HashMap;
@@ -469,16 +468,17 @@ impl Service<Request<BoxBody>> for UpstreamClient {
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        let Some(upstream) = req.extensions().get::<Upstream>().cloned() else {
+        let context = RequestContext::of(&req);
+        let Some(upstream) = context.and_then(|c| c.upstream.clone()) else {
             let e = ProxyError::BadRequest("the client needs an upstream endpoint".into());
             return Box::pin(async move { Err(e.into()) });
         };
-        let target = req.extensions().get::<Target>();
+        let target = context.and_then(|c| c.target.as_ref());
         let settings = match target {
             Some(t) => {
                 let http2 = speaks_http2(&t.cluster, &req);
                 let mut settings = PoolSettings::of(&t.cluster.policy.connection_pool, http2);
-                if http2 && let Some(slot) = req.extensions().get::<crate::balance::StreamSlot>() {
+                if http2 && let Some(slot) = context.and_then(|c| c.stream_slot) {
                     settings.slot = slot.0;
                 }
                 settings

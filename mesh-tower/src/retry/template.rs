@@ -1,10 +1,8 @@
 //! The request kept for its tries: the head, the extensions and a replayable body.
 
 use crate::body::{self, BoxBody, BoxError};
-use crate::route::Routed;
+use crate::context::RequestContext;
 use crate::server::ConnectionInfo;
-use crate::telemetry::TraceScope;
-use crate::timeout::Deadline;
 use bytes::Bytes;
 use http::{Extensions, HeaderMap, HeaderValue, Request};
 use std::sync::{Arc, Mutex};
@@ -170,12 +168,12 @@ impl Template {
             .insert(X_ENVOY_ATTEMPT_COUNT, attempt_count(n));
         // A first try carries none: every reader takes its absence as try 1.
         if n > 1 {
-            req.extensions_mut().insert(crate::telemetry::Attempt {
+            RequestContext::of_mut(&mut req).attempt = Some(crate::telemetry::Attempt {
                 number: n,
                 remote_localities: self.remote_localities,
             });
         }
-        if let Some(deadline) = req.extensions().get::<Deadline>().copied() {
+        if let Some(deadline) = RequestContext::of(&req).and_then(|c| c.deadline) {
             deadline.propagate(req.headers_mut());
         }
         Some(req)
@@ -200,6 +198,10 @@ fn attempt_count(n: u32) -> HeaderValue {
 /// So when the map holds only the extensions the mesh itself puts on an outbound request
 /// (before this layer), the first try takes the map as it is, and a retry gets a new map with
 /// the same entries. A map with anything else in it is copied for each try, as before.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the large variant is the usual one: boxing it would allocate per request"
+)]
 enum Carried {
     /// The map holds only [`Known`] entries.
     Known {
@@ -210,30 +212,24 @@ enum Carried {
     Copied(Extensions),
 }
 
-/// The request extensions the mesh's outbound layers above the retry layer set.
+/// The request extensions the mesh itself sets on an outbound request above the retry layer:
+/// the server's connection info and the layers' [`RequestContext`].
 #[derive(Clone, Default)]
 struct Known {
     connection: Option<ConnectionInfo>,
-    trace: Option<TraceScope>,
-    routed: Option<Routed>,
-    deadline: Option<Deadline>,
+    context: Option<RequestContext>,
 }
 
 impl Known {
     fn of(extensions: &Extensions) -> Self {
         Self {
             connection: extensions.get().copied(),
-            trace: extensions.get().cloned(),
-            routed: extensions.get().cloned(),
-            deadline: extensions.get().copied(),
+            context: extensions.get().cloned(),
         }
     }
 
     fn len(&self) -> usize {
-        usize::from(self.connection.is_some())
-            + usize::from(self.trace.is_some())
-            + usize::from(self.routed.is_some())
-            + usize::from(self.deadline.is_some())
+        usize::from(self.connection.is_some()) + usize::from(self.context.is_some())
     }
 
     fn to_extensions(&self) -> Extensions {
@@ -241,14 +237,8 @@ impl Known {
         if let Some(v) = self.connection {
             extensions.insert(v);
         }
-        if let Some(v) = &self.trace {
+        if let Some(v) = &self.context {
             extensions.insert(v.clone());
-        }
-        if let Some(v) = &self.routed {
-            extensions.insert(v.clone());
-        }
-        if let Some(v) = self.deadline {
-            extensions.insert(v);
         }
         extensions
     }

@@ -431,13 +431,13 @@ async fn each_try_carries_the_request_extensions() {
             let seen = seen.clone();
             tower::service_fn(move |req: Request<BoxBody>| {
                 let ext = req.extensions();
+                let context = crate::context::RequestContext::of(&req);
                 let mut seen = seen.lock().unwrap();
                 seen.push((
-                    ext.get::<crate::timeout::Deadline>().copied(),
+                    context.and_then(|c| c.deadline),
                     ext.get::<crate::server::ConnectionInfo>().copied(),
                     ext.get::<Tenant>().cloned(),
-                    ext.get::<crate::telemetry::Attempt>()
-                        .map_or(1, |a| a.number),
+                    context.and_then(|c| c.attempt).map_or(1, |a| a.number),
                 ));
                 let status = if seen.len() < 3 { 503 } else { 200 };
                 let mut response = Response::new(body::empty());
@@ -446,7 +446,7 @@ async fn each_try_carries_the_request_extensions() {
             })
         };
         let mut req = Request::new(body::empty());
-        req.extensions_mut().insert(deadline);
+        crate::context::RequestContext::of_mut(&mut req).deadline = Some(deadline);
         req.extensions_mut().insert(info);
         if let Some(t) = &tenant {
             req.extensions_mut().insert(t.clone());

@@ -1,6 +1,7 @@
 //! The route layer: finds the virtual host for the request's authority and the first route
 //! whose conditions match, then answers it (redirect, direct response) or hands it on with a
-//! [`Routed`] extension naming the route, for the split layer below.
+//! [`Routed`] naming the route in its [`crate::context::RequestContext`], for the layers
+//! below.
 //!
 //! The snapshot is loaded once per request and travels with it in [`Routed`], so a config
 //! swap never changes the rules under an in-flight request.
@@ -156,7 +157,7 @@ where
         };
         // Kept for the response only when the route changes response headers.
         let for_response = (!routed.route().response_headers.is_empty()).then(|| routed.clone());
-        req.extensions_mut().insert(routed);
+        crate::context::RequestContext::of_mut(&mut req).routed = Some(routed);
         // The inner service was made ready by `poll_ready`: call it now rather than moving a
         // clone of the whole stack below into the future.
         let future = self.inner.call(req);

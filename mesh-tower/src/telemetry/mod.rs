@@ -69,9 +69,9 @@ pub struct UpstreamInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempts(pub u32);
 
-/// Which try a request is, in the request's extensions (set by the retry layer on a retry: a
-/// request without one is a first try), so that the balancer can send a retry to another
-/// locality when the route allows it.
+/// Which try a request is, in the request's [`crate::context::RequestContext`] (set by the
+/// retry layer on a retry: a request without one is a first try), so that the balancer can
+/// send a retry to another locality when the route allows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempt {
     /// 1 for the first try.
@@ -190,10 +190,14 @@ impl Telemetry {
                 request_id: header(X_REQUEST_ID.as_str()),
             })
         });
-        req.extensions_mut().insert(TraceScope {
-            context: trace.clone(),
-            sink,
-        });
+        if let Some(sink) = sink {
+            // For the retry layer's span per try. Unsampled, nothing below adds a span (and
+            // the trace context is in the request's `traceparent` header).
+            crate::context::RequestContext::of_mut(req).trace = Some(TraceScope {
+                context: trace.clone(),
+                sink,
+            });
+        }
         let peer = req
             .extensions()
             .get::<mesh_policy::PeerIdentity>()

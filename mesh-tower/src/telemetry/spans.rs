@@ -40,20 +40,20 @@ pub struct SpanRecord {
 /// Where finished spans go.
 pub type SpanSink = Arc<dyn Fn(SpanRecord) + Send + Sync>;
 
-/// The trace a request belongs to, in its extensions, so that layers below can add spans.
+/// The trace a request belongs to, so that layers below can add spans: in the request's
+/// [`crate::context::RequestContext`] when the trace is sampled and its spans are collected.
 #[derive(Clone)]
 pub struct TraceScope {
     /// The proxy's span for the request.
     pub context: TraceContext,
-    /// Where spans go; `None` when the trace is not sampled or nothing collects spans.
-    pub sink: Option<SpanSink>,
+    /// Where spans go.
+    pub sink: SpanSink,
 }
 
 impl std::fmt::Debug for TraceScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TraceScope")
             .field("context", &self.context)
-            .field("collecting", &self.sink.is_some())
             .finish()
     }
 }
