@@ -25,6 +25,7 @@ use crate::split::Target;
 use crate::telemetry::{Attempt, TraceScope};
 use crate::timeout::Deadline;
 use http::Request;
+use std::sync::Arc;
 
 /// A request's context; see the module docs. A field is `None` until its layer runs (or
 /// when the layer had nothing to say: no route timeout, an unsampled trace, a first try).
@@ -34,8 +35,9 @@ pub struct RequestContext {
     pub routed: Option<Routed>,
     /// The request's deadline, from [`crate::timeout::TimeoutLayer`].
     pub deadline: Option<Deadline>,
-    /// The trace, when its spans are collected, from [`crate::telemetry::Telemetry`].
-    pub trace: Option<TraceScope>,
+    /// The trace, when its spans are collected, from [`crate::telemetry::Telemetry`]
+    /// (shared: a 128-bit trace id inline would make the context 16-byte aligned).
+    pub trace: Option<Arc<TraceScope>>,
     /// Which try this is, from the retry layer: `None` on a first try.
     pub attempt: Option<Attempt>,
     /// The chosen cluster, from [`crate::split::SplitLayer`].
