@@ -197,10 +197,12 @@ impl<C: Connector> Pool<C> {
         F: FnOnce(Response<BoxBody>) -> Response<BoxBody> + Send + 'static,
     {
         let host = self.host(&authority);
+        // Each path's future is boxed as it is: an async block around it would hold the
+        // arguments twice (its own and the inner future's).
         if self.settings.http2 {
-            Box::pin(async move { self.send_http2(&host, req).await.map(finish) })
+            Box::pin(self.send_http2(host, req, finish))
         } else {
-            Box::pin(async move { self.send_http1(host, req).await.map(finish) })
+            Box::pin(self.send_http1(host, req, finish))
         }
     }
 
@@ -228,11 +230,15 @@ impl<C: Connector> Pool<C> {
             .unwrap_or(fresh)
     }
 
-    async fn send_http1(
+    async fn send_http1<F>(
         self: Arc<Self>,
         host: Arc<Host>,
         req: Request<BoxBody>,
-    ) -> Result<Response<BoxBody>, BoxError> {
+        finish: F,
+    ) -> Result<Response<BoxBody>, BoxError>
+    where
+        F: FnOnce(Response<BoxBody>) -> Response<BoxBody>,
+    {
         let (mut conn, reused) = self.checkout_http1(&host).await?;
         conn.requests += 1;
         let response = match conn.sender.try_send_request(req).await {
@@ -250,7 +256,7 @@ impl<C: Connector> Pool<C> {
         };
         let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
         let lifetime = self.settings.lifetime;
-        Ok(response.map(|inner| {
+        Ok(finish(response.map(|inner| {
             body::boxed(PooledBody {
                 inner,
                 conn: Some(Checkedout {
@@ -260,7 +266,7 @@ impl<C: Connector> Pool<C> {
                     reuse,
                 }),
             })
-        }))
+        })))
     }
 
     /// Sends `req`, which a pooled connection gave back unwritten, on a new connection.
@@ -400,22 +406,26 @@ impl<C: Connector> Pool<C> {
         })
     }
 
-    async fn send_http2(
-        self: &Arc<Self>,
-        host: &Host,
+    async fn send_http2<F>(
+        self: Arc<Self>,
+        host: Arc<Host>,
         req: Request<BoxBody>,
-    ) -> Result<Response<BoxBody>, BoxError> {
-        let (mut sender, reused) = self.checkout_http2(host).await?;
+        finish: F,
+    ) -> Result<Response<BoxBody>, BoxError>
+    where
+        F: FnOnce(Response<BoxBody>) -> Response<BoxBody>,
+    {
+        let (mut sender, reused) = self.checkout_http2(&host).await?;
         let response = match sender.try_send_request(req).await {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
                 // The checkout sees the closed connection and replaces it. Boxed: a rare
                 // path, kept out of every request's future.
-                Some(req) if reused => Box::pin(self.resend_http2(host, req)).await?,
+                Some(req) if reused => Box::pin(self.resend_http2(&host, req)).await?,
                 _ => return Err(reset(&host.authority, e.into_error())),
             },
         };
-        Ok(response.map(body::boxed))
+        Ok(finish(response.map(body::boxed)))
     }
 
     /// Sends `req` again, on the connection a new checkout gives.
