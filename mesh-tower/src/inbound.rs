@@ -9,7 +9,8 @@ use crate::client::UpstreamClient;
 use crate::error::{self, ProxyError};
 use crate::route::destination;
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either, Map, Ready, ready};
 use http::{Request, Response};
 use mesh_core::model::{InboundListener, MeshConfig, Protocol};
 use mesh_core::store::ConfigStore;
@@ -72,7 +73,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, Infallible>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -84,17 +85,31 @@ where
                 authority: destination(&req).unwrap_or_default().to_owned(),
             }
             .into();
-            return Box::pin(async move { Ok(error::to_response(&e)) });
+            return Either::Right(ready(Ok(error::to_response(&e))));
         };
         let authority = match http::uri::Authority::try_from(app.to_string()) {
             Ok(a) => a,
             Err(e) => {
                 let e: BoxError = ProxyError::BadRequest(e.to_string()).into();
-                return Box::pin(async move { Ok(error::to_response(&e)) });
+                return Either::Right(ready(Ok(error::to_response(&e))));
             }
         };
         let http2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
         let future = self.client.send(req.map(body::boxed), authority, http2);
-        Box::pin(async move { Ok(future.await.unwrap_or_else(|e| error::to_response(&e))) })
+        Either::Left(future.map(answer))
     }
+}
+
+/// [`Inbound`]'s response future: the client's (boxed once, by the client), with a failure
+/// turned into Envoy's response; or the mesh's own answer at once.
+pub type ResponseFuture = Either<
+    Map<BoxFuture<'static, Result<Response<BoxBody>, BoxError>>, Answer>,
+    Ready<Result<Response<BoxBody>, Infallible>>,
+>;
+
+/// Turns the client's result into the answer.
+type Answer = fn(Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, Infallible>;
+
+fn answer(result: Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, Infallible> {
+    Ok(result.unwrap_or_else(|e| error::to_response(&e)))
 }

@@ -261,14 +261,10 @@ where
             Response = Response<BoxBody>,
             Error = std::convert::Infallible,
         >,
-    S::Future: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = std::convert::Infallible;
-    type Future = futures_util::future::BoxFuture<
-        'static,
-        Result<Response<BoxBody>, std::convert::Infallible>,
-    >;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>> {
         self.inner.poll_ready(cx)
@@ -276,11 +272,42 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let observation = self.telemetry.start(&mut req);
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let Ok(response) = future.await;
-            Ok(observation.finish(response))
-        })
+        ResponseFuture {
+            future: self.inner.call(req),
+            observation: Some(observation),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Telemetered`]'s response future: the inner service's own (not boxed), its response
+    /// handed to the request's [`Observation`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        observation: Option<Observation>,
+    }
+}
+
+impl<F> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<BoxBody>, std::convert::Infallible>>,
+{
+    type Output = Result<Response<BoxBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.future.poll(cx));
+        Poll::Ready(Ok(match this.observation.take() {
+            Some(observation) => observation.finish(response),
+            None => response,
+        }))
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
