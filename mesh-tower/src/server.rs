@@ -35,28 +35,35 @@ pub enum Drain {
     TimedOut,
 }
 
-/// The HTTP server settings for a listener bound to `listener`'s address.
-///
-/// A listener that faces the network gives an HTTP/1.1 client 60 s to send a request's head,
-/// against clients that hold connections open with slow headers. A loopback listener (the
-/// sidecar's outbound listener, which only this host's apps reach) has no such timeout, as
-/// Envoy's listeners have none by default: hyper re-arms the timer for every request, about
-/// 1,400 instructions each, 3.5% of the sidecar's work per request.
+/// The HTTP server settings for `listener`.
 fn http_builder(listener: &TcpListener) -> Arc<auto::Builder<TokioExecutor>> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let loopback = listener
-        .local_addr()
-        .is_ok_and(|local| local.ip().is_loopback());
-    if loopback {
-        builder.http1().header_read_timeout(None);
-    } else {
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(60));
+    let local = listener.local_addr().ok();
+    match local.and_then(header_read_timeout) {
+        Some(timeout) => {
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout);
+        }
+        None => {
+            builder.http1().header_read_timeout(None);
+        }
     }
     builder.http2().timer(TokioTimer::new());
     Arc::new(builder)
+}
+
+/// How long an HTTP/1.1 client of a listener bound to `local` may take to send a request's
+/// head.
+///
+/// A listener that faces the network gives 60 s, against clients that hold connections open
+/// with slow headers. A loopback listener (the sidecar's outbound listener, which only this
+/// host's apps reach) has no such timeout, as Envoy's listeners have none by default: hyper
+/// re-arms the timer for every request, about 1,400 instructions each, 3.5% of the sidecar's
+/// work per request.
+fn header_read_timeout(local: SocketAddr) -> Option<Duration> {
+    (!local.ip().is_loopback()).then_some(Duration::from_secs(60))
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, lets
@@ -226,5 +233,20 @@ pub(crate) async fn drain(
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => Drain::Complete,
         Err(_) => Drain::TimedOut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listeners_off_loopback_time_out_slow_request_heads() {
+        let at = |addr: &str| header_read_timeout(addr.parse().unwrap());
+        assert_eq!(at("127.0.0.1:15001"), None);
+        assert_eq!(at("[::1]:15001"), None);
+        assert_eq!(at("0.0.0.0:15006"), Some(Duration::from_secs(60)));
+        assert_eq!(at("[::]:15006"), Some(Duration::from_secs(60)));
+        assert_eq!(at("10.0.0.8:15006"), Some(Duration::from_secs(60)));
     }
 }
