@@ -347,3 +347,36 @@ pub(super) fn record(o: &Observation, handles: &Handles, response_bytes: u64, el
     handles.request_bytes.record(o.request_bytes as f64);
     handles.response_bytes.record(response_bytes as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Reporter, Telemetry};
+    use crate::body;
+    use http::{HeaderValue, Request, Response};
+    use mesh_core::model::Workload;
+
+    #[test]
+    fn only_a_grpc_request_reports_the_grpc_status_as_istio_does() {
+        let telemetry = Telemetry::new(Reporter::Source, Workload::default());
+        for content_type in ["application/grpc", "text/plain"] {
+            let mut req = Request::builder()
+                .header("content-type", content_type)
+                .body(())
+                .unwrap();
+            let observation = telemetry.start(&mut req);
+            let mut response = Response::new(body::empty());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("14"));
+            drop(observation.finish(response));
+        }
+        let cache = telemetry.labels.handles.lock().unwrap();
+        let mut seen: Vec<_> = cache
+            .values()
+            .flatten()
+            .map(|(key, _)| (key.grpc, key.grpc_status.clone()))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, [(false, None), (true, Some("14".to_owned()))]);
+    }
+}

@@ -384,9 +384,11 @@ impl Observation {
         let status = response.status().as_u16();
         let flags = ResponseFlags::of_response(&response);
         let upstream = response.extensions().get::<Arc<UpstreamInfo>>();
-        let grpc_status = response
-            .headers()
-            .get(&crate::grpc::GRPC_STATUS)
+        // Istio reports a gRPC status for gRPC requests only ("" for any other).
+        let grpc_status = self
+            .grpc
+            .then(|| response.headers().get(&crate::grpc::GRPC_STATUS))
+            .flatten()
             .and_then(|v| v.to_str().ok());
         let handles = istio_metrics::handles(
             &self,
