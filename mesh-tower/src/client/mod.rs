@@ -676,12 +676,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &PROXY_CONNECTION,
         &TRAILER,
     ];
-    // One pass over the names (few, mostly standard: compared as enum tags) instead of a
-    // hashed lookup per hop-by-hop name, for the usual message that carries none.
-    if !headers
-        .keys()
-        .any(|name| name == CONNECTION || name == TE || always.contains(&name))
-    {
+    // One pass over the names instead of a hashed lookup per hop-by-hop name, for the usual
+    // message that carries none: a match on the name's text is a switch on its length, then
+    // at most two comparisons.
+    let hop_by_hop = |name: &HeaderName| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "te"
+                | "transfer-encoding"
+                | "upgrade"
+                | "keep-alive"
+                | "proxy-connection"
+                | "trailer"
+        )
+    };
+    if !headers.keys().any(hop_by_hop) {
         return;
     }
     if headers.contains_key(CONNECTION) {

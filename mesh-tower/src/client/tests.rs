@@ -449,3 +449,40 @@ async fn a_request_after_an_early_answer_to_an_unfinished_upload_gets_a_connecti
     assert_eq!(upstream.accepted(), 2);
     drop(tx);
 }
+
+#[test]
+fn hop_by_hop_headers_are_stripped_and_te_trailers_kept() {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("host", "svc"),
+        ("connection", "keep-alive, x-conn-only"),
+        ("x-conn-only", "1"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("trailer", "grpc-status"),
+        ("te", "trailers"),
+        ("x-request-id", "abc"),
+    ] {
+        headers.append(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    super::strip_hop_by_hop(&mut headers);
+    let mut left: Vec<_> = headers.keys().map(|n| n.as_str()).collect();
+    left.sort_unstable();
+    assert_eq!(left, ["host", "te", "x-request-id"]);
+
+    // Any other TE is hop-by-hop too; a message with none of them is left as it is.
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::TE, http::HeaderValue::from_static("gzip"));
+    headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+    super::strip_hop_by_hop(&mut headers);
+    assert_eq!(headers.len(), 1);
+    assert!(headers.contains_key(http::header::ACCEPT));
+    let untouched = headers.clone();
+    super::strip_hop_by_hop(&mut headers);
+    assert_eq!(headers, untouched);
+}

@@ -379,4 +379,28 @@ mod tests {
         seen.sort();
         assert_eq!(seen, [(false, None), (true, Some("14".to_owned()))]);
     }
+
+    #[test]
+    fn the_request_size_comes_from_content_length_and_grpc_from_content_type() {
+        let telemetry = Telemetry::new(Reporter::Source, Workload::default());
+        let observe = |headers: &[(&'static str, &'static str)]| {
+            let mut req = Request::new(());
+            for (name, value) in headers {
+                req.headers_mut()
+                    .append(*name, HeaderValue::from_static(value));
+            }
+            let o = telemetry.start(&mut req);
+            (o.request_bytes, o.grpc)
+        };
+        assert_eq!(observe(&[("content-length", "42")]), (42, false));
+        assert_eq!(observe(&[("content-length", "forty")]), (0, false));
+        assert_eq!(observe(&[]), (0, false));
+        assert_eq!(
+            observe(&[
+                ("content-type", "application/grpc+proto"),
+                ("content-length", "7")
+            ]),
+            (7, true)
+        );
+    }
 }

@@ -150,6 +150,7 @@ impl Telemetry {
         let has_request_id = found.request_id.is_some_and(|v| v.to_str().is_ok());
         let trace = propagation::continue_trace(&found, &self.rng, self.sampling);
         let stale_b3 = found.stale_b3();
+        let (grpc, request_bytes) = (found.is_grpc(), found.body_size());
         let headers = req.headers_mut();
         // Room for every header added here at once: a map parsed to fit its headers grows
         // once, not once per header.
@@ -212,8 +213,8 @@ impl Telemetry {
             telemetry: self.clone(),
             started: Instant::now(),
             details,
-            grpc: crate::timeout::is_grpc(req.headers()),
-            request_bytes: req.body_size_hint(),
+            grpc,
+            request_bytes,
             peer,
             mutual_tls,
         }
@@ -308,21 +309,6 @@ where
 impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-/// A body size hint, for requests.
-trait BodySize {
-    fn body_size_hint(&self) -> u64;
-}
-
-impl<B> BodySize for Request<B> {
-    fn body_size_hint(&self) -> u64 {
-        self.headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
     }
 }
 

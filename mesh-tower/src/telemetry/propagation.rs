@@ -93,6 +93,9 @@ pub(super) struct TraceHeaders<'a> {
     b3_sampled: Option<&'a HeaderValue>,
     b3_flags: Option<&'a HeaderValue>,
     pub(super) request_id: Option<&'a HeaderValue>,
+    /// Read in the same pass for the metrics: the request's size and whether it is gRPC.
+    pub(super) content_length: Option<&'a HeaderValue>,
+    pub(super) content_type: Option<&'a HeaderValue>,
 }
 
 impl<'a> TraceHeaders<'a> {
@@ -109,11 +112,27 @@ impl<'a> TraceHeaders<'a> {
                 "x-b3-sampled" => &mut found.b3_sampled,
                 "x-b3-flags" => &mut found.b3_flags,
                 "x-request-id" => &mut found.request_id,
+                "content-length" => &mut found.content_length,
+                "content-type" => &mut found.content_type,
                 _ => continue,
             };
             slot.get_or_insert(value);
         }
         found
+    }
+
+    /// The request body's declared size (0 without a valid `content-length`).
+    pub(super) fn body_size(&self) -> u64 {
+        self.content_length
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether the request is gRPC, as [`crate::timeout::is_grpc`].
+    pub(super) fn is_grpc(&self) -> bool {
+        self.content_type
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
     }
 
     /// Whether the request carries a B3 header that a new span does not always overwrite.

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Instructions per request of a proxy, counted exactly by callgrind (repeatable on a noisy host).
+#
+#   benches/profile/callgrind.sh [mesh|bare] [h1|h2c] [REQUESTS=20000]
+#
+# Starts bare-upstream, then the proxy under `valgrind --tool=callgrind`, warms it with 2,000
+# requests over 4 connections (h2load), zeroes the counters, sends REQUESTS more and dumps.
+# Prints instructions per request; the dump (for callgrind_annotate) is left in
+# target/profile/callgrind.out.*. Uses the release binaries as they are (build them first:
+# `cargo build --release -p mesh-examples --bin mesh-proxy -p mesh-benches --bins`).
+# Needs valgrind and h2load (Debian's nghttp2-client). Only 127.0.0.1 is used.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+WHAT=${1:-mesh}
+PROTO=${2:-h1}
+N=${3:-20000}
+UP_PORT=18080
+PROXY_PORT=18090
+OUT=target/profile
+BIN=${BIN:-target/release}
+mkdir -p "$OUT/cfg"
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
+
+"$BIN/bare-upstream" "$UP_PORT" 64 2>/dev/null & pids+=($!)
+wait_port "$UP_PORT"
+cat > "$OUT/cfg/bench.yaml" <<YAML
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: bench, namespace: default }
+spec:
+  hosts: [bench]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: $UP_PORT }]
+  endpoints: [{ address: 127.0.0.1, labels: { version: v1 } }]
+YAML
+rm -f "$OUT"/callgrind.out.*
+case $WHAT in
+  mesh) cmd=("$BIN/mesh-proxy" --concurrency 1 run --config "$OUT/cfg" --outbound-port "$PROXY_PORT"
+             --inbound-port 0 --admin-port 0 --health-port 0 --listen-address 127.0.0.1) ;;
+  bare) cmd=("$BIN/bare-proxy" "$PROXY_PORT" "127.0.0.1:$UP_PORT") ;;
+  *) echo "mesh or bare" >&2; exit 2 ;;
+esac
+valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" "${cmd[@]}" >"$OUT/proxy.log" 2>&1 & vg=$!; pids+=($vg)
+wait_port "$PROXY_PORT"
+load() { # requests
+  local args=(-c4 -t1 -n"$1" -H ':authority: bench')
+  [ "$PROTO" = h1 ] && args+=(--h1)
+  timeout 600 h2load "${args[@]}" "http://127.0.0.1:$PROXY_PORT/" | grep -E '^status codes' >&2
+}
+load 2000
+callgrind_control -z "$vg" >/dev/null 2>&1
+load "$N"
+callgrind_control -d "$vg" >/dev/null 2>&1
+sleep 1
+kill "$vg"; wait "$vg" 2>/dev/null || true
+dump=$(ls -S "$OUT"/callgrind.out.* | head -1)
+total=$(for f in "$OUT"/callgrind.out.*; do grep -h '^summary:' "$f" | awk '{print $2}'; done | sort -n | tail -1)
+echo "$WHAT $PROTO: $((total / N)) instructions/request ($N requests; largest dump: $dump)"

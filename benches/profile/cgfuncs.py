@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Per-function costs from a callgrind dump, with inlined pieces merged into their function.
+
+    cgfuncs.py DUMP [--per N] top [COUNT]        functions by inclusive cost
+    cgfuncs.py DUMP [--per N] self [COUNT]       functions by their own cost
+    cgfuncs.py DUMP [--per N] callees PATTERN    what the functions matching PATTERN call
+    cgfuncs.py DUMP [--per N] callers PATTERN    who calls the functions matching PATTERN
+
+`--per N` divides every figure by N (the requests in the dump: instructions per request).
+callgrind_annotate splits a function into one entry per source file its inlined code came
+from; here a function is its name, whatever file each instruction was inlined from.
+"""
+import re
+import sys
+from collections import defaultdict
+
+
+def parse(path):
+    names = {"fn": {}, "cfn": {}}
+    self_cost = defaultdict(int)
+    calls = defaultdict(lambda: defaultdict(int))  # caller -> callee -> inclusive
+    counts = defaultdict(lambda: defaultdict(int))
+    fn = None
+    callee = None
+    pending_call = False
+    file_ids = {}
+
+    def name(kind, rest):
+        m = re.match(r"\((\d+)\)(?: (.*))?", rest)
+        if not m:
+            return rest
+        ident, label = m.group(1), m.group(2)
+        table = names["fn"]  # fn and cfn share one id space
+        if label is not None:
+            table[ident] = label
+        return table.get(ident, ident)
+
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            c = line[0]
+            if c.isdigit() or c in "+-*":
+                parts = line.split()
+                cost = int(parts[1]) if len(parts) > 1 else 0
+                if pending_call:
+                    calls[fn][callee] += cost
+                    pending_call = False
+                else:
+                    self_cost[fn] += cost
+                continue
+            key, _, rest = line.partition("=")
+            if key == "fn":
+                fn = name("fn", rest)
+            elif key == "cfn":
+                callee = name("cfn", rest)
+            elif key == "calls":
+                counts[fn][callee] += int(rest.split()[0])
+                pending_call = True
+    return self_cost, calls, counts
+
+
+def main():
+    args = sys.argv[1:]
+    path = args.pop(0)
+    per = 1
+    if args[:1] == ["--per"]:
+        per = int(args[1])
+        args = args[2:]
+    cmd = args.pop(0) if args else "top"
+    self_cost, calls, counts = parse(path)
+    inclusive = {}
+    for fn in set(self_cost) | set(calls):
+        # A recursive call is counted once: the callee's inclusive cost is already in it.
+        inclusive[fn] = self_cost.get(fn, 0) + sum(v for k, v in calls[fn].items() if k != fn)
+    fmt = lambda v: f"{v / per:14,.0f}" if per != 1 else f"{v:14,}"
+    if cmd in ("top", "self"):
+        count = int(args[0]) if args else 40
+        table = inclusive if cmd == "top" else self_cost
+        for fn, v in sorted(table.items(), key=lambda kv: -kv[1])[:count]:
+            print(fmt(v), fn[:200])
+    elif cmd == "callees":
+        pat = args[0]
+        for fn in sorted((f for f in inclusive if pat in f), key=lambda f: -inclusive[f]):
+            print(fmt(inclusive[fn]), "*", fn[:200])
+            print(fmt(self_cost.get(fn, 0)), "   (self)")
+            for callee, v in sorted(calls[fn].items(), key=lambda kv: -kv[1]):
+                print(fmt(v), f"   > {callee[:190]} ({counts[fn][callee]}x)")
+    elif cmd == "callers":
+        pat = args[0]
+        for target in sorted({c for cs in calls.values() for c in cs if pat in c}):
+            total = sum(cs.get(target, 0) for cs in calls.values())
+            print(fmt(total), "*", target[:200])
+            rows = [(cs[target], caller) for caller, cs in calls.items() if target in cs]
+            for v, caller in sorted(rows, reverse=True)[:30]:
+                print(fmt(v), f"   < {caller[:190]} ({counts[caller][target]}x)")
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
