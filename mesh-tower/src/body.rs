@@ -18,6 +18,20 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// As [`boxed`], for a request body: one that has already ended (a GET's) becomes
+/// [`empty`], which allocates nothing, and the original is dropped.
+pub fn boxed_request<B>(body: B) -> BoxBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if body.is_end_stream() {
+        empty()
+    } else {
+        boxed(body)
+    }
+}
+
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
     Full::new(bytes.into())
@@ -51,5 +65,22 @@ pub async fn replayable(body: BoxBody, limit: usize) -> Result<Replay, BoxError>
     match body.size_hint().upper() {
         Some(n) if n <= limit as u64 => Ok(Replay::Buffered(body.collect().await?.to_bytes())),
         _ => Ok(Replay::Streaming(body)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    #[tokio::test]
+    async fn a_request_body_keeps_its_bytes_and_an_ended_one_becomes_empty() {
+        let body = boxed_request(Full::new(Bytes::from_static(b"payload")));
+        assert!(!body.is_end_stream());
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "payload");
+
+        let ended = boxed_request(Full::new(Bytes::new()));
+        assert!(ended.is_end_stream());
+        assert_eq!(ended.size_hint().exact(), Some(0));
     }
 }

@@ -95,7 +95,9 @@ where
             }
         };
         let http2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
-        let future = self.client.send(req.map(body::boxed), authority, http2);
+        let future = self
+            .client
+            .send(req.map(body::boxed_request), authority, http2);
         Either::Left(future.map(answer))
     }
 }

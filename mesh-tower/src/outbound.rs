@@ -177,7 +177,7 @@ where
         };
         ResponseFuture {
             state: State::Stack {
-                future: self.inner.call(req.map(body::boxed)),
+                future: self.inner.call(req.map(body::boxed_request)),
             },
             grpc,
             observation,

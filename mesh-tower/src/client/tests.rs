@@ -301,6 +301,45 @@ async fn an_idle_http1_connection_past_the_idle_timeout_is_dropped() {
 }
 
 #[tokio::test]
+async fn the_reaper_closes_an_idle_connection_at_its_idle_timeout_not_a_period_later() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    let mut settings = PoolSettings::new(false);
+    settings.idle_timeout = Duration::from_secs(5);
+    let pool = client.plain(&settings);
+    fetch_with(&client, &upstream, &settings).await;
+
+    // Used again at 4 s, after the reaper's first look (at 5 s) it is idle until 9 s. A reaper
+    // that only looked every idle timeout would keep it until 10 s.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(4)).await;
+    tokio::time::resume();
+    fetch_with(&client, &upstream, &settings).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        pool.idle(upstream.authority.as_str()),
+        1,
+        "idle for 1.5 s: kept"
+    );
+    tokio::time::advance(Duration::from_millis(4_000)).await;
+    for _ in 0..10 {
+        if pool.idle(upstream.authority.as_str()) == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    tokio::time::resume();
+    assert_eq!(
+        pool.idle(upstream.authority.as_str()),
+        0,
+        "idle for 5.5 s: closed"
+    );
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
 async fn an_http2_connection_unused_past_the_idle_timeout_is_replaced() {
     let upstream = upstream(true, 1).await;
     let client = UpstreamClient::new();

@@ -57,8 +57,14 @@ pub(super) struct WorkloadLabels {
     handles: Mutex<HandleCache>,
 }
 
-/// Metric handles by label-set fingerprint (a collision keeps both sets under one entry).
-type HandleCache = HashMap<u64, Vec<(Key, Arc<Handles>)>>;
+/// Metric handles by label-set fingerprint (a collision keeps both sets under one entry), and
+/// the set the last request used: a stack's traffic mostly repeats one set (one service, 200),
+/// and comparing with it costs less than the fingerprint.
+#[derive(Default)]
+struct HandleCache {
+    last: Option<Arc<Handles>>,
+    sets: HashMap<u64, Vec<Arc<Handles>>>,
+}
 
 /// What makes one request's label set differ from another's in the same stack (the workload's
 /// own labels and the reporter are fixed per stack).
@@ -164,6 +170,8 @@ pub(super) struct OutcomeRef<'a> {
 
 /// The four standard metrics of one label set.
 pub(super) struct Handles {
+    /// What the label set was made of.
+    key: Key,
     requests: metrics::Counter,
     duration: metrics::Histogram,
     request_bytes: metrics::Histogram,
@@ -184,8 +192,9 @@ impl std::fmt::Debug for WorkloadLabels {
 }
 
 impl Handles {
-    fn new(labels: Vec<Label>) -> Self {
+    fn new(key: Key, labels: Vec<Label>) -> Self {
         Self {
+            key,
             requests: metrics::counter!("istio_requests_total", labels.clone()),
             duration: metrics::histogram!("istio_request_duration_milliseconds", labels.clone()),
             request_bytes: metrics::histogram!("istio_request_bytes", labels.clone()),
@@ -318,24 +327,33 @@ fn labels(o: &Observation, outcome: &OutcomeRef<'_>) -> Vec<Label> {
 /// varies between requests; the labels are built (and the registry asked) only for a new set.
 pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> Arc<Handles> {
     let key = KeyRef::new(o, outcome);
-    let fingerprint = key.fingerprint();
     let cache = &o.telemetry.labels.handles;
-    {
-        let cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, handles)) = cache
-            .get(&fingerprint)
-            .and_then(|sets| sets.iter().find(|(k, _)| key.matches(k)))
-        {
+    let fingerprint = {
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(handles) = cache.last.as_ref().filter(|h| key.matches(&h.key)) {
             return handles.clone();
         }
-    }
-    let handles = Arc::new(Handles::new(labels(o, outcome)));
+        let fingerprint = key.fingerprint();
+        if let Some(handles) = cache
+            .sets
+            .get(&fingerprint)
+            .and_then(|sets| sets.iter().find(|h| key.matches(&h.key)))
+            .cloned()
+        {
+            cache.last = Some(handles.clone());
+            return handles;
+        }
+        fingerprint
+    };
+    let handles = Arc::new(Handles::new(key.to_owned(), labels(o, outcome)));
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if cache.len() < MAX_CACHED_LABEL_SETS {
+    cache.last = Some(handles.clone());
+    if cache.sets.len() < MAX_CACHED_LABEL_SETS {
         cache
+            .sets
             .entry(fingerprint)
             .or_default()
-            .push((key.to_owned(), handles.clone()));
+            .push(handles.clone());
     }
     handles
 }
@@ -372,9 +390,10 @@ mod tests {
         }
         let cache = telemetry.labels.handles.lock().unwrap();
         let mut seen: Vec<_> = cache
+            .sets
             .values()
             .flatten()
-            .map(|(key, _)| (key.grpc, key.grpc_status.clone()))
+            .map(|h| (h.key.grpc, h.key.grpc_status.clone()))
             .collect();
         seen.sort();
         assert_eq!(seen, [(false, None), (true, Some("14".to_owned()))]);
@@ -402,5 +421,31 @@ mod tests {
             ]),
             (7, true)
         );
+    }
+
+    #[test]
+    fn alternating_label_sets_each_get_their_own_handles() {
+        let telemetry = Telemetry::new(Reporter::Source, Workload::default());
+        let observation = telemetry.start(&mut Request::new(()));
+        let handles_for = |status| {
+            super::handles(
+                &observation,
+                &super::OutcomeRef {
+                    status,
+                    flags: Default::default(),
+                    upstream: None,
+                    grpc_status: None,
+                },
+            )
+        };
+        let ok = handles_for(200);
+        let unavailable = handles_for(503);
+        assert_eq!((ok.key.status, unavailable.key.status), (200, 503));
+        for _ in 0..2 {
+            // Each status finds its own set again, whichever was used last.
+            assert!(std::sync::Arc::ptr_eq(&handles_for(200), &ok));
+            assert!(std::sync::Arc::ptr_eq(&handles_for(503), &unavailable));
+        }
+        assert_eq!(telemetry.labels.handles.lock().unwrap().sets.len(), 2);
     }
 }
