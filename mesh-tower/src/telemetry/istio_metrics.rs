@@ -58,11 +58,13 @@ pub(super) struct WorkloadLabels {
 }
 
 /// Metric handles by label-set fingerprint (a collision keeps both sets under one entry), and
-/// the set the last request used: a stack's traffic mostly repeats one set (one service, 200),
-/// and comparing with it costs less than the fingerprint.
+/// the set the last request used with the endpoint it went to.
 #[derive(Default)]
 struct HandleCache {
-    last: Option<Arc<Handles>>,
+    /// A stack's traffic mostly repeats one label set (one service's endpoints, 200): a
+    /// response from the same endpoint (the same `UpstreamInfo`, compared by address) with
+    /// the same outcome uses these handles without reading the endpoint's labels or hashing.
+    last: Option<(Option<Arc<UpstreamInfo>>, Arc<Handles>)>,
     sets: HashMap<u64, Vec<Arc<Handles>>>,
 }
 
@@ -103,7 +105,7 @@ struct KeyRef<'a> {
 
 impl<'a> KeyRef<'a> {
     fn new(o: &'a Observation, outcome: &'a OutcomeRef<'a>) -> Self {
-        let up = outcome.upstream;
+        let up = outcome.upstream.map(|u| &**u);
         Self {
             service: up.map(|u| u.service.as_str()),
             namespace: up.and_then(|u| u.namespace.as_deref()),
@@ -160,11 +162,28 @@ impl<'a> KeyRef<'a> {
     }
 }
 
+impl Key {
+    /// Whether the labels that do not come from the endpoint are those of `o` and `outcome`.
+    fn same_outcome(&self, o: &Observation, outcome: &OutcomeRef<'_>) -> bool {
+        let (peer_principal, peer_namespace) = match &o.peer {
+            Some((id, ns)) => (Some(id.as_str()), ns.as_deref()),
+            None => (None, None),
+        };
+        self.status == outcome.status
+            && self.flags == outcome.flags
+            && self.grpc_status.as_deref() == outcome.grpc_status
+            && self.grpc == o.grpc
+            && self.peer_principal.as_deref() == peer_principal
+            && self.peer_namespace.as_deref() == peer_namespace
+            && self.mutual_tls == o.mutual_tls
+    }
+}
+
 /// What the label set needs of a response, borrowed from it.
 pub(super) struct OutcomeRef<'a> {
     pub(super) status: u16,
     pub(super) flags: ResponseFlags,
-    pub(super) upstream: Option<&'a UpstreamInfo>,
+    pub(super) upstream: Option<&'a Arc<UpstreamInfo>>,
     pub(super) grpc_status: Option<&'a str>,
 }
 
@@ -326,13 +345,16 @@ fn labels(o: &Observation, outcome: &OutcomeRef<'_>) -> Vec<Label> {
 /// The metric handles of a finished response's label set: looked up by a fingerprint of what
 /// varies between requests; the labels are built (and the registry asked) only for a new set.
 pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> Arc<Handles> {
-    let key = KeyRef::new(o, outcome);
     let cache = &o.telemetry.labels.handles;
-    let fingerprint = {
+    let (key, fingerprint) = {
         let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(handles) = cache.last.as_ref().filter(|h| key.matches(&h.key)) {
+        if let Some((upstream, handles)) = &cache.last
+            && same_endpoint(upstream.as_ref(), outcome.upstream)
+            && handles.key.same_outcome(o, outcome)
+        {
             return handles.clone();
         }
+        let key = KeyRef::new(o, outcome);
         let fingerprint = key.fingerprint();
         if let Some(handles) = cache
             .sets
@@ -340,14 +362,14 @@ pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> Arc<Handles>
             .and_then(|sets| sets.iter().find(|h| key.matches(&h.key)))
             .cloned()
         {
-            cache.last = Some(handles.clone());
+            cache.last = Some((outcome.upstream.cloned(), handles.clone()));
             return handles;
         }
-        fingerprint
+        (key, fingerprint)
     };
     let handles = Arc::new(Handles::new(key.to_owned(), labels(o, outcome)));
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-    cache.last = Some(handles.clone());
+    cache.last = Some((outcome.upstream.cloned(), handles.clone()));
     if cache.sets.len() < MAX_CACHED_LABEL_SETS {
         cache
             .sets
@@ -356,6 +378,15 @@ pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> Arc<Handles>
             .push(handles.clone());
     }
     handles
+}
+
+/// Whether two responses came from the same endpoint object (or both from none).
+fn same_endpoint(a: Option<&Arc<UpstreamInfo>>, b: Option<&Arc<UpstreamInfo>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// Records the standard metrics for one finished request.
@@ -446,6 +477,43 @@ mod tests {
             assert!(std::sync::Arc::ptr_eq(&handles_for(200), &ok));
             assert!(std::sync::Arc::ptr_eq(&handles_for(503), &unavailable));
         }
+        assert_eq!(telemetry.labels.handles.lock().unwrap().sets.len(), 2);
+    }
+
+    #[test]
+    fn endpoints_are_told_apart_by_their_labels_not_their_address() {
+        use super::super::UpstreamInfo;
+        use std::sync::Arc;
+        let telemetry = Telemetry::new(Reporter::Source, Workload::default());
+        let observation = telemetry.start(&mut Request::new(()));
+        let endpoint = |version: &str| {
+            Arc::new(UpstreamInfo {
+                authority: "10.0.0.1:80".into(),
+                service: "reviews.default.svc.cluster.local".into(),
+                namespace: Some("default".into()),
+                labels: [("version".to_owned(), version.to_owned())].into(),
+                service_account: None,
+            })
+        };
+        let handles_for = |upstream: &Arc<UpstreamInfo>| {
+            super::handles(
+                &observation,
+                &super::OutcomeRef {
+                    status: 200,
+                    flags: Default::default(),
+                    upstream: Some(upstream),
+                    grpc_status: None,
+                },
+            )
+        };
+        let (v1, v2) = (endpoint("v1"), endpoint("v2"));
+        let first = handles_for(&v1);
+        assert_eq!(handles_for(&v2).key.version.as_deref(), Some("v2"));
+        assert_eq!(handles_for(&v1).key.version.as_deref(), Some("v1"));
+        // The same endpoint rebuilt by a new config snapshot: the same label set.
+        let v1_again = endpoint("v1");
+        assert!(std::sync::Arc::ptr_eq(&handles_for(&v1_again), &first));
+        assert!(std::sync::Arc::ptr_eq(&handles_for(&v1_again), &first));
         assert_eq!(telemetry.labels.handles.lock().unwrap().sets.len(), 2);
     }
 }

@@ -381,7 +381,7 @@ impl Observation {
             &istio_metrics::OutcomeRef {
                 status,
                 flags,
-                upstream: upstream.map(|u| &**u),
+                upstream,
                 grpc_status,
             },
         );
