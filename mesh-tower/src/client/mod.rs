@@ -385,7 +385,8 @@ impl UpstreamClient {
         authority: http::uri::Authority,
         http2: bool,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
-        let mut has_host = req.headers().contains_key(HOST);
+        let scanned = HeaderScan::of(req.headers());
+        let mut has_host = scanned.host;
         if !has_host
             && let Some(original) = req
                 .uri()
@@ -418,11 +419,16 @@ impl UpstreamClient {
         }
         // An HTTP/1.1 Upgrade (WebSocket, ...) keeps its Connection/Upgrade headers and, once
         // the upstream answers 101, becomes a byte tunnel between the two connections.
-        let upgrade = (!http2).then(|| upgrade_protocol(req.headers())).flatten();
+        // (Connection and Upgrade are hop-by-hop headers: without any, no upgrade.)
+        let upgrade = (!http2 && scanned.hop_by_hop)
+            .then(|| upgrade_protocol(req.headers()))
+            .flatten();
         let downstream = upgrade
             .as_ref()
             .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
-        strip_hop_by_hop(req.headers_mut());
+        if scanned.hop_by_hop {
+            strip_hop_by_hop(req.headers_mut());
+        }
         if let Some(protocol) = &upgrade {
             req.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -662,6 +668,46 @@ async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade:
     }
 }
 
+/// What one pass over a request's header names tells the client, instead of a hashed lookup
+/// per name (each hashes it) for the usual request that carries none of them.
+struct HeaderScan {
+    host: bool,
+    hop_by_hop: bool,
+}
+
+impl HeaderScan {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut scan = Self {
+            host: false,
+            hop_by_hop: false,
+        };
+        for name in headers.keys() {
+            if name == HOST {
+                scan.host = true;
+            } else if is_hop_by_hop(name) {
+                scan.hop_by_hop = true;
+            }
+        }
+        scan
+    }
+}
+
+/// Whether `name` is a hop-by-hop header (RFC 9110 section 7.6.1) or one that older peers
+/// treat as one. A match on the name's text is a switch on its length, then at most two
+/// comparisons.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+            | "keep-alive"
+            | "proxy-connection"
+            | "trailer"
+    )
+}
+
 /// Removes the headers that describe one connection rather than the message (RFC 9110
 /// section 7.6.1), keeping `te: trailers`, which gRPC needs.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -677,21 +723,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &TRAILER,
     ];
     // One pass over the names instead of a hashed lookup per hop-by-hop name, for the usual
-    // message that carries none: a match on the name's text is a switch on its length, then
-    // at most two comparisons.
-    let hop_by_hop = |name: &HeaderName| {
-        matches!(
-            name.as_str(),
-            "connection"
-                | "te"
-                | "transfer-encoding"
-                | "upgrade"
-                | "keep-alive"
-                | "proxy-connection"
-                | "trailer"
-        )
-    };
-    if !headers.keys().any(hop_by_hop) {
+    // message that carries none.
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     if headers.contains_key(CONNECTION) {
