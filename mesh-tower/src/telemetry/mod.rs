@@ -23,7 +23,7 @@ use crate::body::{self, BoxBody, BoxError};
 use crate::flags::ResponseFlags;
 use crate::rng::Rng;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::model::{Labels, Percentage, Workload};
 use std::pin::Pin;
@@ -155,15 +155,9 @@ impl Telemetry {
         // Room for every header added here at once: a map parsed to fit its headers grows
         // once, not once per header.
         headers.reserve(5);
-        if !has_request_id {
-            // Shared from the start: the retry layer's copy of the headers takes a reference,
-            // not a copy.
-            let id = Bytes::from_owner(propagation::uuid_v4_bytes(&self.rng));
-            let id =
-                HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static(""));
-            headers.insert(X_REQUEST_ID, id);
-        }
-        trace.write(headers, stale_b3);
+        // A request without an id gets one, in the same buffer as the trace headers' values.
+        let request_id = (!has_request_id).then(|| propagation::uuid_v4_bytes(&self.rng));
+        trace.write(headers, stale_b3, request_id.as_ref());
         let sink = self.spans.clone().filter(|_| trace.sampled);
         // The strings only the access log, a collected span or a debug log read.
         let details = (self.access_log.is_some()

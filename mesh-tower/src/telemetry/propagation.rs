@@ -36,25 +36,37 @@ impl TraceContext {
         // Room for the four headers at once: a map parsed to fit its headers grows once, not
         // once per header.
         headers.reserve(4);
-        self.write(headers, true);
+        self.write(headers, true, None);
     }
 
     /// As [`TraceContext::inject`], without reserving room; `stale_b3` says whether the map
     /// may hold a `b3` or `x-b3-parentspanid` header that this span does not overwrite (each
     /// removal hashes a name, so a caller that scanned the headers can skip them).
-    pub(super) fn write(&self, headers: &mut HeaderMap, stale_b3: bool) {
+    ///
+    /// With `request_id`, also sets `x-request-id` to it: every value set here shares one
+    /// buffer, so one allocation.
+    pub(super) fn write(
+        &self,
+        headers: &mut HeaderMap,
+        stale_b3: bool,
+        request_id: Option<&[u8; 36]>,
+    ) {
         let trace = hex::<32>(self.trace_id);
         let span = hex::<16>(u128::from(self.span_id));
         // `00-{trace}-{span}-{flags}`
-        // The values share one buffer (one allocation): `traceparent`, then the B3 parent.
-        let mut buffer = [0u8; 55 + 16];
+        // The values share one buffer (one allocation): `traceparent`, then the B3 parent,
+        // then the request id.
+        let mut buffer = [0u8; 55 + 16 + 36];
         buffer[..3].copy_from_slice(b"00-");
         buffer[3..35].copy_from_slice(&trace);
         buffer[35] = b'-';
         buffer[36..52].copy_from_slice(&span);
         buffer[52..55].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
         if let Some(parent) = self.parent_span_id {
-            buffer[55..].copy_from_slice(&hex::<16>(u128::from(parent)));
+            buffer[55..71].copy_from_slice(&hex::<16>(u128::from(parent)));
+        }
+        if let Some(id) = request_id {
+            buffer[71..].copy_from_slice(id);
         }
         let buffer = bytes::Bytes::from_owner(buffer);
         let set = |headers: &mut HeaderMap, name: HeaderName, range: std::ops::Range<usize>| {
@@ -65,6 +77,9 @@ impl TraceContext {
         set(headers, TRACEPARENT, 0..55);
         set(headers, X_B3_TRACEID, 3..35);
         set(headers, X_B3_SPANID, 36..52);
+        if request_id.is_some() {
+            set(headers, X_REQUEST_ID, 71..107);
+        }
         headers.insert(
             X_B3_SAMPLED,
             HeaderValue::from_static(if self.sampled { "1" } else { "0" }),
@@ -180,6 +195,7 @@ const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
 const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3: HeaderName = HeaderName::from_static("b3");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The low `N * 4` bits of `value` as `N` lowercase hex digits, `N` even and at most 32 (no
 /// formatting machinery: this runs several times per request).
@@ -417,7 +433,7 @@ mod tests {
         assert_eq!(ctx.trace_id, 0x80f198ee56343ba864fe8b2a57d3eff7);
         assert_eq!(ctx.parent_span_id, Some(0xe457b5a2e4d86bd1));
         assert!(ctx.sampled);
-        ctx.write(&mut headers, true);
+        ctx.write(&mut headers, true, None);
         assert!(
             headers.get("b3").is_none(),
             "the caller's span is not the next hop's parent"
@@ -444,5 +460,40 @@ mod tests {
         let ctx = continue_trace(&found, &Rng::with_seed(3), Percentage::NONE);
         assert_eq!(ctx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(ctx.parent_span_id, Some(0x00f067aa0ba902b7));
+    }
+
+    #[test]
+    fn a_generated_request_id_is_a_uuid_v4_written_beside_the_trace_headers() {
+        let rng = Rng::with_seed(7);
+        let id = uuid_v4_bytes(&rng);
+        let text = std::str::from_utf8(&id).unwrap();
+        assert_eq!(text.len(), 36);
+        for (i, c) in text.char_indices() {
+            match i {
+                8 | 13 | 18 | 23 => assert_eq!(c, '-', "{text}"),
+                14 => assert_eq!(c, '4', "version 4: {text}"),
+                19 => assert!("89ab".contains(c), "RFC 4122 variant: {text}"),
+                _ => assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase(), "{text}"),
+            }
+        }
+        let ctx = TraceContext {
+            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            span_id: 0x00f0_67aa_0ba9_02b7,
+            parent_span_id: Some(0xa2fb_4a1d_1a96_d312),
+            sampled: true,
+        };
+        let mut headers = HeaderMap::new();
+        ctx.write(&mut headers, false, Some(&id));
+        assert_eq!(headers["x-request-id"], text);
+        assert_eq!(
+            headers["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(headers["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+        assert_eq!(headers["x-b3-sampled"], "1");
+        // Without one, no x-request-id is written.
+        let mut headers = HeaderMap::new();
+        ctx.write(&mut headers, false, None);
+        assert!(!headers.contains_key("x-request-id"));
     }
 }
