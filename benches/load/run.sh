@@ -33,7 +33,8 @@ pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
+# shellcheck source=common.sh
+. benches/load/common.sh
 # A pid, or several joined with commas (two sidecars): CPU ticks and RSS are summed.
 cpu_ticks() { local t=0; for p in ${1//,/ }; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 rss_kb() { local k=0; for p in ${1//,/ }; do k=$((k + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$k"; }
@@ -43,18 +44,7 @@ wait_port "$UP_PORT"
 
 # mesh-proxy's config: one service `bench` whose only endpoint is the upstream.
 CFG="$OUT/mesh-config"
-mkdir -p "$CFG"
-cat > "$CFG/bench.yaml" <<YAML
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: bench, namespace: default }
-spec:
-  hosts: [bench]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: $UP_PORT }]
-  endpoints: [{ address: 127.0.0.1, labels: { version: v1 } }]
-YAML
+write_bench_config "$CFG" "$UP_PORT"
 
 results="$OUT/results.md"
 printf '| target | protocol | req/s | p50 | p99 | p99.9 | p50 added over direct | proxy CPU-ms / 1k req | proxy RSS (MB) |\n|---|---|---|---|---|---|---|---|---|\n' > "$results"

@@ -22,21 +22,12 @@ mkdir -p "$OUT/cfg"
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
+# shellcheck source=../load/common.sh
+. benches/load/common.sh
 
 "$BIN/bare-upstream" "$UP_PORT" 64 2>/dev/null & pids+=($!)
 wait_port "$UP_PORT"
-cat > "$OUT/cfg/bench.yaml" <<YAML
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: bench, namespace: default }
-spec:
-  hosts: [bench]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: $UP_PORT }]
-  endpoints: [{ address: 127.0.0.1, labels: { version: v1 } }]
-YAML
+write_bench_config "$OUT/cfg" "$UP_PORT"
 rm -f "$OUT"/callgrind.out.*
 case $WHAT in
   mesh) cmd=("$BIN/mesh-proxy" --concurrency 1 run --config "$OUT/cfg" --outbound-port "$PROXY_PORT"
@@ -45,7 +36,7 @@ case $WHAT in
   *) echo "mesh or bare" >&2; exit 2 ;;
 esac
 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" "${cmd[@]}" >"$OUT/proxy.log" 2>&1 & vg=$!; pids+=($vg)
-wait_port "$PROXY_PORT"
+wait_port "$PROXY_PORT" 400 # slow under valgrind
 load() { # requests
   local args=(-c4 -t1 -n"$1" -H ':authority: bench')
   [ "$PROTO" = h1 ] && args+=(--h1)

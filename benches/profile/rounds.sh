@@ -15,18 +15,9 @@ mkdir -p "$OUT/cfg"
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-cat > "$OUT/cfg/bench.yaml" <<YAML
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: bench, namespace: default }
-spec:
-  hosts: [bench]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: $UP_PORT }]
-  endpoints: [{ address: 127.0.0.1, labels: { version: v1 } }]
-YAML
+# shellcheck source=../load/common.sh
+. benches/load/common.sh
+write_bench_config "$OUT/cfg" "$UP_PORT"
 taskset -c 1 "$BIN/bare-upstream" "$UP_PORT" 64 2>/dev/null & pids+=($!)
 wait_port "$UP_PORT"
 start() { # bare|mesh -> pid

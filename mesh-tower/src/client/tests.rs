@@ -269,74 +269,95 @@ async fn concurrent_http2_requests_share_one_connection() {
     assert_eq!(upstream.accepted(), 1);
 }
 
+/// An HTTP/1.1 pool with a 5 s idle timeout and one idle connection to a new upstream.
+struct IdlePool {
+    upstream: Upstream,
+    client: UpstreamClient,
+    settings: PoolSettings,
+    pool: super::PlainClient,
+}
+
+impl IdlePool {
+    async fn new() -> Self {
+        let upstream = upstream(false, 1).await;
+        let client = UpstreamClient::new();
+        let mut settings = PoolSettings::new(false);
+        settings.idle_timeout = Duration::from_secs(5);
+        let pool = client.plain(&settings);
+        let idle = Self {
+            upstream,
+            client,
+            settings,
+            pool,
+        };
+        idle.fetch().await;
+        assert_eq!(idle.idle(), 1);
+        idle
+    }
+
+    async fn fetch(&self) {
+        fetch_with(&self.client, &self.upstream, &self.settings).await;
+    }
+
+    fn idle(&self) -> usize {
+        self.pool.idle(self.upstream.authority.as_str())
+    }
+
+    /// Lets the reaper run (time paused) until no connection is idle, or gives up.
+    async fn reaped(&self) -> bool {
+        for _ in 0..10 {
+            if self.idle() == 0 {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        self.idle() == 0
+    }
+}
+
 #[tokio::test]
 async fn an_idle_http1_connection_past_the_idle_timeout_is_dropped() {
-    let upstream = upstream(false, 1).await;
-    let client = UpstreamClient::new();
-    let mut settings = PoolSettings::new(false);
-    settings.idle_timeout = Duration::from_secs(5);
-    let pool = client.plain(&settings);
-    fetch_with(&client, &upstream, &settings).await;
-    assert_eq!(pool.idle(upstream.authority.as_str()), 1);
+    let idle = IdlePool::new().await;
 
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(4)).await;
     tokio::time::resume();
-    fetch_with(&client, &upstream, &settings).await;
-    assert_eq!(upstream.accepted(), 1, "within the idle timeout: reused");
+    idle.fetch().await;
+    assert_eq!(
+        idle.upstream.accepted(),
+        1,
+        "within the idle timeout: reused"
+    );
 
     // Past it, the reaper drops the connection without a request coming by.
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(6)).await;
-    for _ in 0..10 {
-        if pool.idle(upstream.authority.as_str()) == 0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let reaped = idle.reaped().await;
     tokio::time::resume();
-    assert_eq!(pool.idle(upstream.authority.as_str()), 0, "reaped");
-    fetch_with(&client, &upstream, &settings).await;
-    assert_eq!(upstream.accepted(), 2);
+    assert!(reaped, "reaped");
+    idle.fetch().await;
+    assert_eq!(idle.upstream.accepted(), 2);
 }
 
 #[tokio::test]
 async fn the_reaper_closes_an_idle_connection_at_its_idle_timeout_not_a_period_later() {
-    let upstream = upstream(false, 1).await;
-    let client = UpstreamClient::new();
-    let mut settings = PoolSettings::new(false);
-    settings.idle_timeout = Duration::from_secs(5);
-    let pool = client.plain(&settings);
-    fetch_with(&client, &upstream, &settings).await;
+    let idle = IdlePool::new().await;
 
     // Used again at 4 s, after the reaper's first look (at 5 s) it is idle until 9 s. A reaper
     // that only looked every idle timeout would keep it until 10 s.
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(4)).await;
     tokio::time::resume();
-    fetch_with(&client, &upstream, &settings).await;
+    idle.fetch().await;
     tokio::time::pause();
     tokio::time::advance(Duration::from_millis(1_500)).await;
     tokio::task::yield_now().await;
-    assert_eq!(
-        pool.idle(upstream.authority.as_str()),
-        1,
-        "idle for 1.5 s: kept"
-    );
+    assert_eq!(idle.idle(), 1, "idle for 1.5 s: kept");
     tokio::time::advance(Duration::from_millis(4_000)).await;
-    for _ in 0..10 {
-        if pool.idle(upstream.authority.as_str()) == 0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let reaped = idle.reaped().await;
     tokio::time::resume();
-    assert_eq!(
-        pool.idle(upstream.authority.as_str()),
-        0,
-        "idle for 5.5 s: closed"
-    );
-    assert_eq!(upstream.accepted(), 1);
+    assert!(reaped, "idle for 5.5 s: closed");
+    assert_eq!(idle.upstream.accepted(), 1);
 }
 
 #[tokio::test]
