@@ -11,8 +11,9 @@ wait_port() {
   return 1
 }
 
-# write_bench_config DIR UPSTREAM_PORT: mesh-proxy's config for the load tests, one service
-# `bench` (port 80) whose only endpoint is the upstream on 127.0.0.1.
+# write_bench_config DIR UPSTREAM_PORT [SERVICE_ACCOUNT] [MORE_YAML]: mesh-proxy's config for
+# the load tests, one service `bench` (port 80) whose only endpoint is 127.0.0.1:UPSTREAM_PORT
+# (running as SERVICE_ACCOUNT when given), then MORE_YAML (further resources, `---` first).
 write_bench_config() {
   mkdir -p "$1"
   cat > "$1/bench.yaml" <<YAML
@@ -24,6 +25,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{ number: 80, name: http, protocol: HTTP, targetPort: $2 }]
-  endpoints: [{ address: 127.0.0.1, labels: { version: v1 } }]
+  endpoints: [{ address: 127.0.0.1, labels: { version: v1 }${3:+, serviceAccount: $3} }]
+${4:-}
 YAML
 }

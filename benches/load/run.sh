@@ -131,18 +131,7 @@ kind: PeerAuthentication
 metadata: { name: default, namespace: default }
 spec: { mtls: { mode: $pa } }
 YAML
-  cat > "$dir/client/bench.yaml" <<YAML
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: bench, namespace: default }
-spec:
-  hosts: [bench]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{ number: 80, name: http, protocol: HTTP, targetPort: $IN_PORT }]
-  endpoints: [{ address: 127.0.0.1, labels: { version: v1 }, serviceAccount: bench }]
-$dr
-YAML
+  write_bench_config "$dir/client" "$IN_PORT" bench "$dr"
   [ "$tls" = 1 ] && certs=(--cert "$dir/certs/server.cert.pem" --key "$dir/certs/server.key.pem" --ca "$dir/certs/ca.pem")
   taskset -c "$PROXY_CPU" "$BIN/mesh-proxy" --concurrency 1 run --config "$dir/server" --outbound-port 0 \
     --inbound-port "$IN_PORT" --admin-port 0 --health-port 0 --listen-address 127.0.0.1 --app-port "$UP_PORT" \
