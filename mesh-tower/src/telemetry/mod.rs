@@ -182,7 +182,7 @@ impl Telemetry {
                 authority: crate::route::destination(req).unwrap_or("-").to_owned(),
                 user_agent: header("user-agent"),
                 forwarded_for: header("x-forwarded-for"),
-                request_id: header(X_REQUEST_ID.as_str()),
+                request_id: header("x-request-id"),
                 trace: trace.clone(),
             })
         });
@@ -214,8 +214,6 @@ impl Telemetry {
         }
     }
 }
-
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Puts [`Telemetry`] around any service that answers every request (the inbound stack, an
 /// app): metrics, trace context, access log.
