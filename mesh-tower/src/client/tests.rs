@@ -299,6 +299,14 @@ impl IdlePool {
         fetch_with(&self.client, &self.upstream, &self.settings).await;
     }
 
+    /// Lets `idle` pass (time paused), then fetches again.
+    async fn fetch_after(&self, idle: Duration) {
+        tokio::time::pause();
+        tokio::time::advance(idle).await;
+        tokio::time::resume();
+        self.fetch().await;
+    }
+
     fn idle(&self) -> usize {
         self.pool.idle(self.upstream.authority.as_str())
     }
@@ -319,10 +327,7 @@ impl IdlePool {
 async fn an_idle_http1_connection_past_the_idle_timeout_is_dropped() {
     let idle = IdlePool::new().await;
 
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(4)).await;
-    tokio::time::resume();
-    idle.fetch().await;
+    idle.fetch_after(Duration::from_secs(4)).await;
     assert_eq!(
         idle.upstream.accepted(),
         1,
@@ -345,10 +350,7 @@ async fn the_reaper_closes_an_idle_connection_at_its_idle_timeout_not_a_period_l
 
     // Used again at 4 s, after the reaper's first look (at 5 s) it is idle until 9 s. A reaper
     // that only looked every idle timeout would keep it until 10 s.
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(4)).await;
-    tokio::time::resume();
-    idle.fetch().await;
+    idle.fetch_after(Duration::from_secs(4)).await;
     tokio::time::pause();
     tokio::time::advance(Duration::from_millis(1_500)).await;
     tokio::task::yield_now().await;

@@ -463,19 +463,10 @@ mod tests {
     }
 
     #[test]
-    fn a_generated_request_id_is_a_uuid_v4_written_beside_the_trace_headers() {
-        let rng = Rng::with_seed(7);
-        let id = uuid_v4_bytes(&rng);
+    fn a_generated_request_id_is_written_beside_the_trace_headers() {
+        // (Its UUID text is checked in `a_new_trace_is_sampled_at_the_configured_rate`.)
+        let id = uuid_v4_bytes(&Rng::with_seed(7));
         let text = std::str::from_utf8(&id).unwrap();
-        assert_eq!(text.len(), 36);
-        for (i, c) in text.char_indices() {
-            match i {
-                8 | 13 | 18 | 23 => assert_eq!(c, '-', "{text}"),
-                14 => assert_eq!(c, '4', "version 4: {text}"),
-                19 => assert!("89ab".contains(c), "RFC 4122 variant: {text}"),
-                _ => assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase(), "{text}"),
-            }
-        }
         let ctx = TraceContext {
             trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
             span_id: 0x00f0_67aa_0ba9_02b7,
