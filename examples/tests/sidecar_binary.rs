@@ -117,3 +117,38 @@ async fn run_logs_its_ports_serves_and_drains_on_sigterm() {
     assert_eq!((status, body.as_str()), (200, "v1"));
     assert_eq!(exit.await.unwrap(), Some(0));
 }
+
+/// SIGTERM while the sidecar is still starting is held until it has started, then drains it:
+/// the process exits 0 rather than dying of the signal. The config is a FIFO, so start-up
+/// waits, provably inside the process, until the test writes it.
+#[test]
+fn a_sigterm_during_start_up_is_held_and_drains_once_started() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("mesh.yaml");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen-address", "127.0.0.1", "--config"])
+        .arg(&fifo)
+        .args(["--outbound-port", "0", "--inbound-port", "0"])
+        .args(["--admin-port", "0", "--health-port", "0"])
+        // No re-read of the FIFO after start-up: it would block until a writer came.
+        .args(["--reload-interval-ms", "600000"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Opening a FIFO for writing returns once the sidecar has opened it to read its config.
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let killed = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -TERM {}", child.id()))
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // A process already killed by the signal has closed its end; the write may then fail.
+    let _ = writer.write_all(b"# no resources\n");
+    drop(writer);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+}

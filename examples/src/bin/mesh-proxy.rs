@@ -362,6 +362,10 @@ fn init_logging() -> LogLevelSetter {
 }
 
 async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
+    // Installed before anything starts: a SIGTERM that arrives while the proxy is still
+    // starting (its xDS stream may already be open) is held and drains it once started, rather
+    // than killing the process with the signal's default action.
+    let shutdown = ShutdownSignal::install();
     let Some(sampling) = Percentage::from_percent_f64(args.trace_sampling) else {
         eprintln!(
             "mesh-proxy: --trace-sampling {} is not a percentage in 0..=100",
@@ -471,7 +475,7 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
         proxy.admin,
         proxy.health
     );
-    let signal = shutdown_signal().await;
+    let signal = shutdown.recv().await;
     tracing::info!("received {signal}: draining");
     let drain = proxy.shutdown().await;
     if let Some(demo) = demo {
@@ -484,26 +488,39 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() -> &'static str {
+/// SIGTERM or SIGINT (Ctrl-C elsewhere), listened for from the moment it is installed.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignal {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => None,
+            };
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Waits for the signal and names it.
+    async fn recv(self) -> &'static str {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.streams {
+            return tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
+            };
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
         "Ctrl-C"
     }
