@@ -32,9 +32,14 @@ where
     }
 }
 
-/// A body holding `bytes`.
+/// A body holding `bytes`. No bytes make an [`empty`] body, which allocates nothing (a
+/// retry's copy of a GET).
 pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
-    Full::new(bytes.into())
+    let bytes = bytes.into();
+    if bytes.is_empty() {
+        return empty();
+    }
+    Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
 }
@@ -82,5 +87,16 @@ mod tests {
         let ended = boxed_request(Full::new(Bytes::new()));
         assert!(ended.is_end_stream());
         assert_eq!(ended.size_hint().exact(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_full_body_of_no_bytes_is_an_ended_empty_one() {
+        let none = full(Bytes::new());
+        assert!(none.is_end_stream());
+        assert_eq!(none.size_hint().exact(), Some(0));
+        assert!(none.collect().await.unwrap().to_bytes().is_empty());
+        let some = full("kept");
+        assert_eq!(some.size_hint().exact(), Some(4));
+        assert_eq!(some.collect().await.unwrap().to_bytes(), "kept");
     }
 }
