@@ -1,6 +1,7 @@
 //! The balancer over 1,000 endpoints: P2C least-request, round robin, ring hash and Maglev
-//! (through `BalanceLayer`, beside the bare service), the bare ring / Maglev table lookups, and
-//! the circuit breaker's per-request cost.
+//! (through `BalanceLayer`, beside the bare service), the bare ring / Maglev table lookups, the
+//! circuit breaker's per-request cost, and a random draw (the balancer's pick, trace ids) on one
+//! thread and on two at once.
 
 use criterion::{BenchmarkId, Criterion};
 use http::Request;
@@ -114,10 +115,43 @@ fn tables(c: &mut Criterion) {
     group.finish();
 }
 
+/// A draw from a seeded generator (one atomic counter shared by every thread) beside one from
+/// entropy (each thread's own state), alone and with two threads drawing at once: the time
+/// is per draw of each thread.
+fn draws(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rng draw");
+    for (name, rng) in [
+        ("seeded (shared)", Rng::with_seed(1)),
+        ("from entropy (per thread)", Rng::from_entropy()),
+    ] {
+        group.bench_function(BenchmarkId::new("1 thread", name), |b| {
+            b.iter(|| black_box(rng.next_u64()));
+        });
+        group.bench_function(BenchmarkId::new("2 threads", name), |b| {
+            b.iter_custom(|iters| {
+                let run = |rng: Rng| {
+                    move || {
+                        let started = tokio::time::Instant::now();
+                        for _ in 0..iters {
+                            black_box(rng.next_u64());
+                        }
+                        started.elapsed()
+                    }
+                };
+                let other = std::thread::spawn(run(rng.clone()));
+                let here = run(rng.clone())();
+                here.max(other.join().expect("the drawing thread"))
+            });
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     let mut c = mesh_benches::criterion();
     balancers(&mut c);
     tables(&mut c);
+    draws(&mut c);
     c.final_summary();
     mesh_benches::print_table("balancer overhead over the bare service");
 }

@@ -3,6 +3,9 @@
 #
 #   benches/profile/callgrind.sh [mesh|bare] [h1|h2c] [REQUESTS=20000]
 #
+# CONNS (default 4) connections and, over h2c, STREAMS (default 1) concurrent streams each:
+# `CONNS=64 STREAMS=10` is the load test's h2c concurrency.
+#
 # Starts bare-upstream, then the proxy under `valgrind --tool=callgrind`, warms it with 2,000
 # requests over 4 connections (h2load), zeroes the counters, sends REQUESTS more and dumps.
 # Prints instructions per request; the dump (for callgrind_annotate) is left in
@@ -38,7 +41,7 @@ esac
 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" "${cmd[@]}" >"$OUT/proxy.log" 2>&1 & vg=$!; pids+=($vg)
 wait_port "$PROXY_PORT" 400 # slow under valgrind
 load() { # requests
-  local args=(-c4 -t1 -n"$1" -H ':authority: bench')
+  local args=(-c"${CONNS:-4}" -m"${STREAMS:-1}" -t1 -n"$1" -H ':authority: bench')
   [ "$PROTO" = h1 ] && args+=(--h1)
   timeout 600 h2load "${args[@]}" "http://127.0.0.1:$PROXY_PORT/" | grep -E '^status codes' >&2
 }
