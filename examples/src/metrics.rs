@@ -1,9 +1,20 @@
 //! The process-wide Prometheus recorder the sidecar renders on `/stats/prometheus`, with
-//! Istio's histogram buckets.
+//! Istio's histogram buckets, and its upkeep.
+//!
+//! The recorder keeps every histogram sample until something folds the samples into their
+//! buckets: a scrape does, and so does [`PrometheusHandle::run_upkeep`]. A sidecar that nobody
+//! scrapes would otherwise grow by about 60 bytes a request (measured: +30 MB per 500,000
+//! requests), so a thread runs the upkeep every [`UPKEEP_INTERVAL`], for as long as the
+//! process-wide recorder exists: the process.
 
 use mesh_tower::telemetry::{BYTES_BUCKETS, DURATION_BUCKETS_MS};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How often histogram samples are folded into their buckets without a scrape (the
+/// exporter's own default for the recorders it runs itself).
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -32,6 +43,7 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => {
                     describe();
+                    spawn_upkeep(handle.clone());
                     Some(handle)
                 }
                 Err(e) => {
@@ -41,6 +53,21 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// A thread, not a task: the recorder outlives any one runtime (tests start many).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("metrics upkeep not started (histograms grow until scraped): {e}");
+    }
 }
 
 fn describe() {

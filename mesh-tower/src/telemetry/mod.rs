@@ -6,7 +6,10 @@
 //! the body ends, so durations and byte counts cover the whole exchange.
 //!
 //! Metrics go through the `metrics` facade: a program installs a recorder (the sidecar
-//! installs the Prometheus one); without one they cost a few atomic loads.
+//! installs the Prometheus one); without one they cost a few atomic loads. A program that
+//! installs `metrics-exporter-prometheus` itself runs its upkeep (`PrometheusHandle::run_upkeep`)
+//! every few seconds, as the sidecar does: the exporter keeps each histogram sample (three a
+//! request here) until a scrape or an upkeep folds it into its buckets.
 
 mod access_log;
 mod istio_metrics;
