@@ -145,12 +145,16 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
+impl<S: Clone> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
             layer: self.clone(),
+            spare: Arc::new(Spare {
+                inner: inner.clone(),
+                layer: self.clone(),
+            }),
             inner,
         }
     }
@@ -161,6 +165,21 @@ impl<S> Layer<S> for RetryLayer {
 pub struct Retry<S> {
     layer: RetryLayer,
     inner: S,
+    spare: Arc<Spare<S>>,
+}
+
+/// A copy of the inner service and of the layer, shared by a [`Retry`] and its clones.
+///
+/// A request tried once (the usual) keeps only a reference to it for a retry that does not
+/// come; a retry clones the service from it. Cloning the inner stack for every request instead
+/// wrote the reference count of every `Arc` in it (the balancer's, the breaker's, the client's
+/// pools), counts that all of the sidecar's worker threads write. The inner services are
+/// clones of one another, sharing their state, so a try sent through a clone of this copy is
+/// sent as through a clone of the service that took the first.
+#[derive(Debug)]
+pub(crate) struct Spare<S> {
+    inner: S,
+    layer: RetryLayer,
 }
 
 /// The exponential backoff before retry number `retry` (1-based), with full jitter: uniform
@@ -386,10 +405,9 @@ where
             // Boxed before the first try is taken from it, so the kept request is not moved
             // again afterwards.
             let mut retries = Box::new(Retries {
-                inner: self.inner.clone(),
+                spare: self.spare.clone(),
                 template: Template::new(parts, ReplayBody::empty(), remote_localities),
                 policy,
-                layer: self.layer.clone(),
             });
             if let Some(first) = retries.template.attempt(1) {
                 let future = self.inner.call(first);

@@ -3,7 +3,7 @@
 //! starts only when the first answer asks for a retry.
 
 use super::template::Template;
-use super::{Inner, PolicyOf, RetryLayer, Verdict, classify, retried};
+use super::{Inner, PolicyOf, Spare, Verdict, classify, retried};
 use crate::body::{BoxBody, BoxError};
 use futures_util::future::BoxFuture;
 use http::Response;
@@ -34,13 +34,12 @@ pin_project! {
     }
 }
 
-/// What the tries after the first need: a clone of the inner service, the request kept for
-/// them, the policy and the layer's budget and settings.
+/// What the tries after the first need: the service to clone for them and the layer's budget
+/// and settings (shared, [`Spare`]), the request kept for them, the policy.
 pub(super) struct Retries<S> {
-    pub(super) inner: S,
+    pub(super) spare: std::sync::Arc<Spare<S>>,
     pub(super) template: Template,
     pub(super) policy: PolicyOf,
-    pub(super) layer: RetryLayer,
 }
 
 impl<S> Retries<S>
@@ -57,15 +56,14 @@ where
         first: Option<Result<Response<BoxBody>, BoxError>>,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
         let Retries {
-            inner,
+            spare,
             template,
             policy,
-            layer,
         } = self;
         // Erased only now, where `S::Future: Send` is known, so the loop needs no
         // higher-ranked Send proofs about `S`.
-        let inner: Inner = BoxCloneService::new(inner);
-        Box::pin(retried(inner, template, policy, layer, first))
+        let inner: Inner = BoxCloneService::new(spare.inner.clone());
+        Box::pin(retried(inner, template, policy, spare.layer.clone(), first))
     }
 }
 
