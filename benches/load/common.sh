@@ -29,3 +29,25 @@ spec:
 ${4:-}
 YAML
 }
+
+# profile_env: what the profiling scripts share: BIN (target/release unless set), UP_PORT and
+# PROXY_PORT, OUT (target/profile) with the bench config in OUT/cfg, MESH_PROXY (mesh-proxy's
+# command line on one thread, outbound on PROXY_PORT), and a `pids` array killed on exit.
+profile_env() {
+  BIN=${BIN:-target/release}
+  UP_PORT=18080; PROXY_PORT=18090; OUT=target/profile
+  write_bench_config "$OUT/cfg" "$UP_PORT"
+  MESH_PROXY=("$BIN/mesh-proxy" --concurrency 1 run --config "$OUT/cfg" --outbound-port "$PROXY_PORT"
+              --inbound-port 0 --admin-port 0 --health-port 0 --listen-address 127.0.0.1)
+  pids=()
+  trap 'for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done' EXIT
+}
+
+# start_upstream [CPU]: bare-upstream on UP_PORT (pinned to CPU when given), once it accepts.
+start_upstream() {
+  local pin=()
+  [ -n "${1:-}" ] && pin=(taskset -c "$1")
+  "${pin[@]}" "$BIN/bare-upstream" "$UP_PORT" 64 2>/dev/null &
+  pids+=($!)
+  wait_port "$UP_PORT"
+}

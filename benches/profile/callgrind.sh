@@ -17,24 +17,13 @@ cd "$(dirname "$0")/../.."
 WHAT=${1:-mesh}
 PROTO=${2:-h1}
 N=${3:-20000}
-UP_PORT=18080
-PROXY_PORT=18090
-OUT=target/profile
-BIN=${BIN:-target/release}
-mkdir -p "$OUT/cfg"
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
 # shellcheck source=../load/common.sh
 . benches/load/common.sh
-
-"$BIN/bare-upstream" "$UP_PORT" 64 2>/dev/null & pids+=($!)
-wait_port "$UP_PORT"
-write_bench_config "$OUT/cfg" "$UP_PORT"
+profile_env
+start_upstream
 rm -f "$OUT"/callgrind.out.*
 case $WHAT in
-  mesh) cmd=("$BIN/mesh-proxy" --concurrency 1 run --config "$OUT/cfg" --outbound-port "$PROXY_PORT"
-             --inbound-port 0 --admin-port 0 --health-port 0 --listen-address 127.0.0.1) ;;
+  mesh) cmd=("${MESH_PROXY[@]}") ;;
   bare) cmd=("$BIN/bare-proxy" "$PROXY_PORT" "127.0.0.1:$UP_PORT") ;;
   *) echo "mesh or bare" >&2; exit 2 ;;
 esac

@@ -9,22 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-6}; ROUNDS=${2:-5}; CONNS=${3:-64}
-BIN=${BIN:-target/release}
-UP_PORT=18080; PROXY_PORT=18090; OUT=target/profile
-mkdir -p "$OUT/cfg"
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
 # shellcheck source=../load/common.sh
 . benches/load/common.sh
-write_bench_config "$OUT/cfg" "$UP_PORT"
-taskset -c 1 "$BIN/bare-upstream" "$UP_PORT" 64 2>/dev/null & pids+=($!)
-wait_port "$UP_PORT"
+profile_env
+start_upstream 1
 start() { # bare|mesh -> pid
   case $1 in
     bare) taskset -c 0 "$BIN/bare-proxy" "$PROXY_PORT" "127.0.0.1:$UP_PORT" >/dev/null 2>&1 & ;;
-    mesh) taskset -c 0 "$BIN/mesh-proxy" --concurrency 1 run --config "$OUT/cfg" --outbound-port "$PROXY_PORT" \
-            --inbound-port 0 --admin-port 0 --health-port 0 --listen-address 127.0.0.1 >"$OUT/mesh-proxy.log" 2>&1 & ;;
+    mesh) taskset -c 0 "${MESH_PROXY[@]}" >"$OUT/mesh-proxy.log" 2>&1 & ;;
   esac
   echo $!
 }

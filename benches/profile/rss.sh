@@ -10,19 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-500000}; ROUNDS=${2:-3}
-BIN=${BIN:-target/release}
-UP_PORT=18080; PROXY_PORT=18090; OUT=target/profile
-mkdir -p "$OUT/cfg"
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
 # shellcheck source=../load/common.sh
 . benches/load/common.sh
-write_bench_config "$OUT/cfg" "$UP_PORT"
-taskset -c 1 "$BIN/bare-upstream" "$UP_PORT" 64 2>/dev/null & pids+=($!)
-wait_port "$UP_PORT"
-taskset -c 0 "$BIN/mesh-proxy" --concurrency 1 run --config "$OUT/cfg" --outbound-port "$PROXY_PORT" \
-  --inbound-port 0 --admin-port 0 --health-port 0 --listen-address 127.0.0.1 >"$OUT/mesh-proxy.log" 2>&1 &
+profile_env
+start_upstream 1
+taskset -c 0 "${MESH_PROXY[@]}" >"$OUT/mesh-proxy.log" 2>&1 &
 proxy=$!; pids+=($proxy)
 wait_port "$PROXY_PORT"
 rss() { awk '/VmRSS/ {print $2}' "/proc/$proxy/status"; }
