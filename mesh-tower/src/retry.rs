@@ -150,7 +150,6 @@ impl<S: Clone> Layer<S> for RetryLayer {
 
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
-            layer: self.clone(),
             spare: Arc::new(Spare {
                 inner: inner.clone(),
                 layer: self.clone(),
@@ -163,12 +162,11 @@ impl<S: Clone> Layer<S> for RetryLayer {
 /// The service [`RetryLayer`] makes.
 #[derive(Clone, Debug)]
 pub struct Retry<S> {
-    layer: RetryLayer,
     inner: S,
     spare: Arc<Spare<S>>,
 }
 
-/// A copy of the inner service and of the layer, shared by a [`Retry`] and its clones.
+/// The layer, and a copy of the inner service, shared by a [`Retry`] and its clones.
 ///
 /// A request tried once (the usual) keeps only a reference to it for a retry that does not
 /// come; a retry clones the service from it. Cloning the inner stack for every request instead
@@ -177,7 +175,7 @@ pub struct Retry<S> {
 /// clones of one another, sharing their state, so a try sent through a clone of this copy is
 /// sent as through a clone of the service that took the first.
 #[derive(Debug)]
-pub(crate) struct Spare<S> {
+struct Spare<S> {
     inner: S,
     layer: RetryLayer,
 }
@@ -375,18 +373,18 @@ where
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
         let context = RequestContext::of(&req);
         let routed = context.and_then(|c| c.routed.as_ref());
-        let policy = match &self.layer.fixed {
+        let layer = &self.spare.layer;
+        let policy = match &layer.fixed {
             Some(p) => Some(PolicyOf::Fixed(p.clone())),
             None => routed
                 .filter(|r| r.route().retry.is_some())
                 .map(|r| PolicyOf::Route(r.clone())),
         };
-        let hedge: Option<HedgePolicy> = self
-            .layer
+        let hedge: Option<HedgePolicy> = layer
             .fixed_hedge
             .clone()
             .or_else(|| routed.and_then(|r| r.route().hedge.clone()));
-        self.layer.budget.record_request();
+        layer.budget.record_request();
         let Some(policy) = policy.filter(|p| p.get().attempts > 0 || hedge.is_some()) else {
             // `self.inner` is ready: `poll_ready` asked it.
             return ResponseFuture::passed(self.inner.call(req));
@@ -422,7 +420,7 @@ where
         // Erased here, where `S::Future: Send` is known, so the async tries below need no
         // higher-ranked Send proofs about `S`.
         let mut inner: Inner = BoxCloneService::new(inner);
-        let layer = self.layer.clone();
+        let layer = layer.clone();
         ResponseFuture::looping(Box::pin(async move {
             let (parts, body) = req.into_parts();
             let body = match body::replayable(body, layer.buffer_limit).await? {

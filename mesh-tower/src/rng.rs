@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// A cheap, cloneable source of uniform random numbers. Clones of a seeded generator share
-/// its one sequence; clones of one from entropy draw from each thread's own.
+/// its one sequence; clones of one from entropy (and the default) draw from each thread's own.
 ///
 /// ```
 /// use mesh_tower::rng::Rng;
