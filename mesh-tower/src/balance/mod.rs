@@ -639,12 +639,48 @@ impl Resolved {
     }
 }
 
-/// Decrements an endpoint's in-flight count when the try ends, however it ends.
-struct InFlight(Arc<EndpointState>);
+/// A try counted among endpoint `index`'s requests in flight: the count goes down when the try
+/// ends ([`InFlight::end`]) or is dropped, however it ends.
+///
+/// It holds the resolved cluster, which holds the cluster and every endpoint's state: one
+/// reference count per try, where each of those, cloned apart, would be one more count that
+/// every worker thread writes.
+struct InFlight {
+    resolved: Arc<Resolved>,
+    index: usize,
+    ended: bool,
+}
+
+impl InFlight {
+    /// Counts a try to endpoint `index` of `resolved`; returns it and the count before it.
+    fn start(resolved: Arc<Resolved>, index: usize) -> (Self, usize) {
+        let already = resolved.states[index]
+            .active
+            .fetch_add(1, Ordering::Relaxed);
+        let in_flight = Self {
+            resolved,
+            index,
+            ended: false,
+        };
+        (in_flight, already)
+    }
+
+    /// The endpoint's state.
+    fn endpoint(&self) -> &EndpointState {
+        &self.resolved.states[self.index]
+    }
+
+    /// The try is over: it no longer counts.
+    fn end(&mut self) {
+        if !std::mem::replace(&mut self.ended, true) {
+            self.endpoint().active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.end();
     }
 }
 
@@ -663,7 +699,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(cluster) = RequestContext::target(&req).map(|t| t.cluster.clone()) else {
+        let Some(cluster) = RequestContext::target(&req).map(|t| &t.cluster) else {
             let e = ProxyError::BadRequest("the balancer needs a target cluster".into());
             return Either::Right(ready(Err(e.into())));
         };
@@ -685,7 +721,7 @@ where
             });
         }
         let state = self.layer.cluster_state(&cluster.name);
-        let resolved = state.resolve(&cluster);
+        let resolved = state.resolve(cluster);
         let pick = match self.layer.pick(&resolved, &state, &req) {
             Ok(pick) => pick,
             Err(e) => return Either::Right(ready(Err(e.into()))),
@@ -701,23 +737,23 @@ where
                 return Either::Right(ready(Err(e.into())));
             }
         };
-        let endpoint_state = resolved.states[pick.index].clone();
-        let already = endpoint_state.active.fetch_add(1, Ordering::Relaxed);
+        let (in_flight, already) = InFlight::start(resolved, pick.index);
+        // The target's cluster, as `resolve` keeps it (the request that holds the target is
+        // borrowed mutably below).
+        let policy = &in_flight.resolved.cluster.policy;
+        let streams_per_connection = policy.connection_pool.max_concurrent_streams;
+        // The clock is read only when the try's latency is used.
+        let timed = matches!(policy.load_balancer.algorithm, LbAlgorithm::PeakEwma { .. })
+            || policy.latency_outlier.is_some()
+            || self.layer.latency_outlier.is_some();
         let context = RequestContext::of_mut(&mut req);
         context.upstream = Some(Upstream { authority });
-        if let Some(cap) = cluster.policy.connection_pool.max_concurrent_streams
+        if let Some(cap) = streams_per_connection
             && cap > 0
         {
             let slot = u32::try_from(already).unwrap_or(u32::MAX) / cap;
             context.stream_slot = Some(StreamSlot(slot));
         }
-        let in_flight = InFlight(endpoint_state.clone());
-        // The clock is read only when the try's latency is used.
-        let timed = matches!(
-            cluster.policy.load_balancer.algorithm,
-            LbAlgorithm::PeakEwma { .. }
-        ) || cluster.policy.latency_outlier.is_some()
-            || self.layer.latency_outlier.is_some();
         let started = timed.then(Instant::now);
         // Called in place: the balancer is ready whenever the stack below is.
         let future = self.inner.call(req);
@@ -725,10 +761,6 @@ where
             inner: future,
             observed: Some(Observed {
                 in_flight,
-                cluster,
-                resolved,
-                endpoint_state,
-                index: pick.index,
                 set_cookie: pick.set_cookie,
                 started,
                 latency_outlier: self.layer.latency_outlier,
@@ -766,12 +798,8 @@ where
 
 /// One try to an endpoint, kept until its outcome is known.
 struct Observed {
-    /// Counts the try among the endpoint's requests in flight until dropped.
+    /// The try among the endpoint's requests in flight, with the resolved cluster.
     in_flight: InFlight,
-    cluster: Arc<Cluster>,
-    resolved: Arc<Resolved>,
-    endpoint_state: Arc<EndpointState>,
-    index: usize,
     set_cookie: Option<HeaderValue>,
     /// When the try started, if its latency is used (peak EWMA, the latency rule).
     started: Option<Instant>,
@@ -784,17 +812,15 @@ impl Observed {
         result: Result<Response<BoxBody>, BoxError>,
     ) -> Result<Response<BoxBody>, BoxError> {
         let Observed {
-            in_flight,
-            cluster,
-            resolved,
-            endpoint_state,
-            index,
+            mut in_flight,
             set_cookie,
             started,
             latency_outlier,
         } = self;
         // The try is over: it no longer counts as in flight.
-        drop(in_flight);
+        in_flight.end();
+        let (resolved, index) = (&*in_flight.resolved, in_flight.index);
+        let (cluster, endpoint_state) = (&resolved.cluster, &resolved.states[index]);
         if let LbAlgorithm::PeakEwma { decay } = cluster.policy.load_balancer.algorithm
             && let Some(started) = started
         {
@@ -843,7 +869,7 @@ impl Observed {
             && let Some(started) = started
         {
             endpoint_state.outlier.record_latency(started.elapsed());
-            latency_check(&resolved, &endpoint_state, rule);
+            latency_check(resolved, endpoint_state, rule);
         }
         let mut response = result?;
         response

@@ -635,3 +635,43 @@ async fn eds_priorities_keep_traffic_on_priority_0_and_spill_as_it_is_ejected() 
         0
     );
 }
+
+#[tokio::test]
+async fn a_try_counts_in_flight_until_it_answers_or_is_dropped() {
+    let c = cluster(vec![endpoint(1, 1, "")], policy(LbAlgorithm::LeastRequest));
+    let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+    let answered = Arc::new(Mutex::new(Some(answered)));
+    // The first try waits until the test answers it; later ones never answer.
+    let upstream = tower::service_fn(move |_req: Request<BoxBody>| {
+        let waiting = answered.lock().unwrap().take();
+        async move {
+            match waiting {
+                Some(waiting) => {
+                    let _ = waiting.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        }
+    });
+    let layer = BalanceLayer::new(Rng::with_seed(1));
+    let svc = layer.layer(upstream);
+    let active = || {
+        let state = layer.endpoint_state(&c.name, "127.0.0.1:1").unwrap();
+        state.active.load(Ordering::Relaxed)
+    };
+
+    let mut answered_try = Box::pin(svc.clone().oneshot(request(&c)));
+    assert!(futures_util::poll!(answered_try.as_mut()).is_pending());
+    assert_eq!(active(), 1);
+
+    let mut dropped_try = Box::pin(svc.clone().oneshot(request(&c)));
+    assert!(futures_util::poll!(dropped_try.as_mut()).is_pending());
+    assert_eq!(active(), 2);
+    drop(dropped_try);
+    assert_eq!(active(), 1, "a dropped try no longer counts");
+
+    answer.send(()).unwrap();
+    assert_eq!(answered_try.await.unwrap().status(), 200);
+    assert_eq!(active(), 0, "an answered try no longer counts");
+}
