@@ -138,9 +138,7 @@ fn draws(c: &mut Criterion) {
                         started.elapsed()
                     }
                 };
-                let other = std::thread::spawn(run(rng.clone()));
-                let here = run(rng.clone())();
-                here.max(other.join().expect("the drawing thread"))
+                mesh_benches::slowest_of(2, || run(rng.clone()))
             });
         });
     }

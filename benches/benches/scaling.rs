@@ -36,23 +36,13 @@ where
     S: Service<Request<BoxBody>, Response = http::Response<BoxBody>> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
 {
-    let start = std::sync::Arc::new(std::sync::Barrier::new(threads));
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let (mut svc, start) = (svc.clone(), start.clone());
-            std::thread::spawn(move || {
-                let rt = runtime();
-                let template = template();
-                start.wait();
-                rt.block_on(drive(&mut svc, || with_body(&template), iters))
-            })
-        })
-        .collect();
-    workers
-        .into_iter()
-        .map(|w| w.join().expect("a bench thread"))
-        .max()
-        .unwrap_or_default()
+    mesh_benches::slowest_of(threads, || {
+        let mut svc = svc.clone();
+        move || {
+            let (rt, template) = (runtime(), template());
+            rt.block_on(drive(&mut svc, || with_body(&template), iters))
+        }
+    })
 }
 
 fn scaling(c: &mut Criterion) {

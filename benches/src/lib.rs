@@ -352,6 +352,30 @@ pub fn telemetry(workload: Workload, percent: f64) -> Telemetry {
         .spans(Arc::new(|_span| {}))
 }
 
+/// Runs the work `make` gives on each of `threads` threads, started together, and returns the
+/// slowest thread's time (each piece of work times itself): a cost per operation of each
+/// thread, for what threads sharing state pay.
+pub fn slowest_of<W>(threads: usize, make: impl Fn() -> W) -> Duration
+where
+    W: FnOnce() -> Duration + Send + 'static,
+{
+    let start = Arc::new(std::sync::Barrier::new(threads));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (work, start) = (make(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                work()
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .map(|w| w.join().expect("a bench thread"))
+        .max()
+        .unwrap_or_default()
+}
+
 /// A current-thread runtime with timers, as one sidecar worker has.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
