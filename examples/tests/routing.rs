@@ -156,6 +156,33 @@ async fn an_unknown_host_gets_404_with_the_nr_flag() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_no_host_gets_400_with_the_dpe_flag() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let v1 = upstream("v1", Duration::ZERO).await;
+    let config = ConfigDir::new(&registry(&[&v1]));
+    let proxy = start_proxy(&config).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.outbound)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    let outbound = mesh_tower::outbound::Outbound::builder(proxy.store().clone()).build();
+    let req = http::Request::get("/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = outbound.oneshot(req).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(ResponseFlags::of_response(&response).contains(ResponseFlag::DownstreamProtocolError));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_endpoint_is_a_503_with_the_uf_flag() {
     // Bind and drop: nothing listens on the port any more.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

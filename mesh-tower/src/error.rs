@@ -72,9 +72,12 @@ impl ProxyError {
     /// The status code and response flag Envoy uses for this error.
     pub fn status_and_flag(&self) -> (StatusCode, ResponseFlag) {
         match self {
-            Self::NoRoute { .. } | Self::MissingHost => {
-                (StatusCode::NOT_FOUND, ResponseFlag::NoRouteFound)
-            }
+            Self::NoRoute { .. } => (StatusCode::NOT_FOUND, ResponseFlag::NoRouteFound),
+            // Envoy's `missing_host_header`: the request names no host to route by.
+            Self::MissingHost => (
+                StatusCode::BAD_REQUEST,
+                ResponseFlag::DownstreamProtocolError,
+            ),
             Self::ClusterNotFound(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ResponseFlag::NoClusterFound,

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use foldhash::HashMap;
 use futures_util::future::BoxFuture;
 use http::header::{CONNECTION, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -386,24 +386,29 @@ impl UpstreamClient {
         http2: bool,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
         let scanned = HeaderScan::of(req.headers());
-        let mut has_host = scanned.host;
-        if !has_host
-            && let Some(original) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
-        {
-            req.headers_mut().insert(HOST, original);
-            has_host = true;
-        }
-        // HTTP/2 carries the endpoint in `:authority`; HTTP/1.1 sends the origin form (the
-        // endpoint is the connection's, the name the Host header's).
+        // The name the request is for: its Host header, else its URI's authority (how an
+        // HTTP/2 request carries it), else the endpoint itself. HTTP/1.1 sends it as Host with
+        // the origin form. HTTP/2 sends it as `:authority` and drops Host, as Envoy does: RFC
+        // 9113 section 8.3.1 lets a server refuse a request whose two names differ, and a
+        // server reads `:authority` first.
         let mut parts = http::uri::Parts::default();
         if http2 {
+            let from_host = scanned
+                .host
+                .then(|| req.headers_mut().remove(HOST))
+                .flatten()
+                .and_then(|host| Authority::try_from(host.as_bytes()).ok());
             parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(authority.clone());
-        } else if !has_host && let Ok(host) = HeaderValue::try_from(authority.as_str()) {
-            req.headers_mut().insert(HOST, host);
+            parts.authority = Some(
+                from_host
+                    .or_else(|| req.uri().authority().cloned())
+                    .unwrap_or_else(|| authority.clone()),
+            );
+        } else if !scanned.host {
+            let name = req.uri().authority().unwrap_or(&authority);
+            if let Ok(host) = HeaderValue::try_from(name.as_str()) {
+                req.headers_mut().insert(HOST, host);
+            }
         }
         parts.path_and_query = Some(
             req.uri()

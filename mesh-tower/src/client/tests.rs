@@ -31,8 +31,9 @@ impl Upstream {
 
 /// What the upstream does with a request, by path: `/stream` answers a body that sends one
 /// chunk and then never ends, `/close` answers with `Connection: close`, `/barrier` waits until
-/// `barrier` requests are in, `/early` answers `ok` at once and reads the request body after;
-/// anything else answers `ok`.
+/// `barrier` requests are in, `/early` answers `ok` at once and reads the request body after,
+/// `/names` answers the request's URI authority and Host header (`-` for none); anything else
+/// answers `ok`.
 async fn handle(
     req: Request<Incoming>,
     barrier: Arc<Barrier>,
@@ -65,6 +66,14 @@ async fn handle(
                 let _ = upload.collect().await;
             });
             Response::new(body::full("ok"))
+        }
+        "/names" => {
+            let authority = req.uri().authority().map_or("-", |a| a.as_str());
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .map_or("-", |h| h.to_str().unwrap());
+            Response::new(body::full(format!("authority={authority} host={host}")))
         }
         _ => Response::new(body::full("ok")),
     };
@@ -150,6 +159,63 @@ async fn fetch_with(client: &UpstreamClient, upstream: &Upstream, settings: &Poo
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     response.into_body().collect().await.unwrap();
+}
+
+/// What the upstream saw of the request's name when the client sent `req` over HTTP/1.1 or h2c.
+async fn names_seen(req: Request<BoxBody>, http2: bool) -> String {
+    let upstream = upstream(http2, 1).await;
+    let client = UpstreamClient::new();
+    let response = client
+        .send(req, upstream.authority.clone(), http2)
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// `GET /names` as an HTTP/1.1 server hands it over: origin form, the name in Host.
+fn origin_form(host: &str) -> Request<BoxBody> {
+    Request::get("/names")
+        .header(http::header::HOST, host)
+        .body(body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_request_name_goes_in_host_over_http1_and_in_authority_over_http2() {
+    // Over HTTP/1.1 the upstream gets the origin form and the name in Host...
+    let seen = names_seen(origin_form("reviews.test:9080"), false).await;
+    assert_eq!(seen, "authority=- host=reviews.test:9080");
+    let seen = names_seen(get("/names"), false).await;
+    assert_eq!(seen, "authority=- host=upstream.test");
+    // ...over HTTP/2 the name in `:authority` and no Host to disagree with it, whether the
+    // name came in Host (an HTTP/1.1 client) or in the URI (an HTTP/2 client); never the
+    // endpoint's address.
+    let seen = names_seen(origin_form("reviews.test:9080"), true).await;
+    assert_eq!(seen, "authority=reviews.test:9080 host=-");
+    let seen = names_seen(get("/names"), true).await;
+    assert_eq!(seen, "authority=upstream.test host=-");
+}
+
+#[tokio::test]
+async fn a_request_with_no_name_is_sent_with_the_endpoint_as_its_name() {
+    for http2 in [false, true] {
+        let upstream = upstream(http2, 1).await;
+        let client = UpstreamClient::new();
+        let req = Request::get("/names").body(body::empty()).unwrap();
+        let response = client
+            .send(req, upstream.authority.clone(), http2)
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let endpoint = upstream.authority.as_str();
+        let expected = if http2 {
+            format!("authority={endpoint} host=-")
+        } else {
+            format!("authority=- host={endpoint}")
+        };
+        assert_eq!(String::from_utf8(body.to_vec()).unwrap(), expected);
+    }
 }
 
 #[tokio::test]
