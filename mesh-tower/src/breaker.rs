@@ -27,6 +27,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_layer::Layer;
 use tower_service::Service;
 
+/// A limit of `u32::MAX` (Istio's default for each) is no limit: no count reaches it, so it is
+/// not counted.
+const UNLIMITED: u32 = u32::MAX;
+
 /// A cluster's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -91,10 +95,11 @@ impl Drop for Counted {
     }
 }
 
-/// What a try holds until it ends: its retry admission and its place in the request count
-/// (released on drop).
+/// What a try holds until it ends: its slot in flight, its retry admission and its place in
+/// the request count (released on drop).
 #[derive(Default)]
 struct Held {
+    _active: Option<OwnedSemaphorePermit>,
     _retry: Option<OwnedSemaphorePermit>,
     _retry_counted: Option<Counted>,
     _request: Option<Counted>,
@@ -240,20 +245,27 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let context = RequestContext::of(&req);
-        let Some(cluster) = context
-            .and_then(|c| c.target.as_ref())
-            .map(|t| t.cluster.clone())
-        else {
+        let Some(cluster) = context.and_then(|c| c.target.as_ref()).map(|t| &t.cluster) else {
             return Either::Left(Admitted {
                 inner: self.inner.call(req),
                 held: None,
             });
         };
-        let gate = self.layer.gate(&cluster);
+        let limits = Limits::of(cluster);
         let is_retry = context
             .and_then(|c| c.attempt)
             .is_some_and(|a| a.number > 1);
         let budget = cluster.policy.connection_pool.retry_budget;
+        // Istio's default limits are all `u32::MAX`, which no count reaches: a try with nothing
+        // to count or to admit touches no state shared with the other workers.
+        let limited_active = limits.active != UNLIMITED;
+        if !limited_active && budget.is_none() && !(is_retry && limits.retries != UNLIMITED) {
+            return Either::Left(Admitted {
+                inner: self.inner.call(req),
+                held: None,
+            });
+        }
+        let gate = self.layer.gate(cluster);
         let request = budget.map(|_| Counted::new(&gate, |g| &g.requests));
         let mut held = if is_retry {
             match Gate::admit_retry(&gate, budget) {
@@ -275,23 +287,30 @@ where
             Held::default()
         };
         held._request = request;
-        // Fast path: a free slot, no waiting.
-        if let Ok(permit) = gate.active.clone().try_acquire_owned() {
+        if !limited_active {
             return Either::Left(Admitted {
                 inner: self.inner.call(req),
-                held: Some((permit, held)),
+                held: Some(held),
+            });
+        }
+        // Fast path: a free slot, no waiting.
+        if let Ok(permit) = gate.active.clone().try_acquire_owned() {
+            held._active = Some(permit);
+            return Either::Left(Admitted {
+                inner: self.inner.call(req),
+                held: Some(held),
             });
         }
         // The call waits for a slot: the future owns the ready service.
+        let name = cluster.name.to_string();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let stats = self.layer.stats.clone();
-        let name = cluster.name.to_string();
         let admission = admit(gate, stats, name);
         Either::Right(Box::pin(async move {
-            let permit = admission.await?;
+            held._active = Some(admission.await?);
             let result = inner.call(req).await;
-            drop((permit, held));
+            drop(held);
             result
         }))
     }
@@ -303,7 +322,7 @@ pin_project_lite::pin_project! {
     pub struct Admitted<F> {
         #[pin]
         inner: F,
-        held: Option<(OwnedSemaphorePermit, Held)>,
+        held: Option<Held>,
     }
 }
 
@@ -342,6 +361,30 @@ mod tests {
                 ..TrafficPolicy::default()
             },
         })
+    }
+
+    #[tokio::test]
+    async fn tries_to_a_cluster_with_istio_default_limits_take_no_slot() {
+        let cluster = cluster(ConnectionPool::default());
+        let ok = tower::service_fn(|_req: Request<BoxBody>| async {
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        });
+        let layer = BreakerLayer::new();
+        let svc = layer.layer(ok);
+        for number in [1, 2] {
+            let mut req = Request::new(body::empty());
+            let context = RequestContext::of_mut(&mut req);
+            context.target = Some(Target {
+                cluster: cluster.clone(),
+            });
+            context.attempt = Some(crate::telemetry::Attempt {
+                number,
+                remote_localities: false,
+            });
+            assert!(svc.clone().oneshot(req).await.is_ok());
+        }
+        // No limit to enforce and no budget: no gate, so nothing the workers share is written.
+        assert!(layer.gates.read().unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
