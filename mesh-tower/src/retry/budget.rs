@@ -19,11 +19,31 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
 const SLOTS: usize = 10;
+
+/// Each slot counts requests in this many counters, each on its own cache line: a thread
+/// counts in one of them ([`stripe`]), so the sidecar's workers, which all count every
+/// request, do not all write one cache line. Retries are rare and counted in one.
+const STRIPES: usize = 8;
+
+/// This thread's request counter of a slot: threads take the stripes in turn as they first
+/// count (a sidecar's workers get one each, up to [`STRIPES`] workers).
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
+/// A counter alone on its cache line (two lines: adjacent-line prefetch pairs them).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
 
 /// Shared retry budget; clones share the window.
 #[derive(Clone, Debug)]
@@ -49,8 +69,17 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Slot {
     epoch: AtomicU64,
-    requests: AtomicU64,
     retries: AtomicU64,
+    requests: [Padded; STRIPES],
+}
+
+impl Slot {
+    fn requests(&self) -> u64 {
+        self.requests
+            .iter()
+            .map(|r| r.0.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 impl Default for RetryBudget {
@@ -91,7 +120,9 @@ impl RetryBudget {
                 .compare_exchange(seen, epoch, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            slot.requests.store(0, Ordering::Relaxed);
+            for counter in &slot.requests {
+                counter.0.store(0, Ordering::Relaxed);
+            }
             slot.retries.store(0, Ordering::Relaxed);
         }
         slot
@@ -99,8 +130,8 @@ impl RetryBudget {
 
     /// Counts one original request (not a retry).
     pub fn record_request(&self) {
-        self.slot(self.epoch())
-            .requests
+        self.slot(self.epoch()).requests[stripe()]
+            .0
             .fetch_add(1, Ordering::Relaxed);
     }
 
@@ -115,10 +146,7 @@ impl RetryBudget {
             .iter()
             .filter(|s| (oldest..=epoch).contains(&s.epoch.load(Ordering::Acquire)))
             .fold((0, 0), |(q, r), s| {
-                (
-                    q + s.requests.load(Ordering::Relaxed),
-                    r + s.retries.load(Ordering::Relaxed),
-                )
+                (q + s.requests(), r + s.retries.load(Ordering::Relaxed))
             });
         let allowance = (requests * self.inner.percent / 100).max(self.inner.min_retries);
         let allowed = retries < allowance;
