@@ -57,14 +57,9 @@ pub(super) struct WorkloadLabels {
     handles: Mutex<HandleCache>,
 }
 
-/// Metric handles by label-set fingerprint (a collision keeps both sets under one entry), and
-/// the set the last request used with the endpoint it went to.
+/// Metric handles by label-set fingerprint (a collision keeps both sets under one entry).
 #[derive(Default)]
 struct HandleCache {
-    /// A stack's traffic mostly repeats one label set (one service's endpoints, 200): a
-    /// response from the same endpoint (the same `UpstreamInfo`, compared by address) with
-    /// the same outcome uses these handles without reading the endpoint's labels or hashing.
-    last: Option<(Option<Arc<UpstreamInfo>>, Arc<Handles>)>,
     sets: HashMap<u64, Vec<Arc<Handles>>>,
 }
 
@@ -342,34 +337,91 @@ fn labels(o: &Observation, outcome: &OutcomeRef<'_>) -> Vec<Label> {
     ]
 }
 
-/// The metric handles of a finished response's label set: looked up by a fingerprint of what
-/// varies between requests; the labels are built (and the registry asked) only for a new set.
-pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> Arc<Handles> {
-    let cache = &o.telemetry.labels.handles;
-    let (key, fingerprint) = {
-        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((upstream, handles)) = &cache.last
-            && same_endpoint(upstream.as_ref(), outcome.upstream)
-            && handles.key.same_outcome(o, outcome)
+/// The metric handles a thread used last, for a stack's label cache.
+pub(super) type LocalHandles = Arc<Arc<Handles>>;
+
+/// One thread's last label set of one stack: what [`handles`] finds without the stack's lock
+/// or a reference count that every worker writes.
+struct Last {
+    /// Whose entry this is. A weak reference keeps the address from being reused by
+    /// another stack's labels (the allocation outlives the labels while it is held).
+    labels: std::sync::Weak<WorkloadLabels>,
+    upstream: Option<Arc<UpstreamInfo>>,
+    /// This thread's own reference to the handles: cloning it writes only its count.
+    handles: LocalHandles,
+}
+
+/// Entries kept per thread: a sidecar worker serves an inbound and an outbound stack.
+const LAST_PER_THREAD: usize = 4;
+
+thread_local! {
+    static LAST: std::cell::RefCell<Vec<Last>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The metric handles of a finished response's label set. The thread's last set of this stack
+/// is tried first (a stack's traffic mostly repeats one label set: one service's endpoints,
+/// 200); else the stack's cache is searched by a fingerprint of what varies between
+/// requests, and the labels are built (and the registry asked) only for a new set.
+pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> LocalHandles {
+    let labels = &o.telemetry.labels;
+    let found = LAST.with_borrow(|last| {
+        last.iter()
+            .find(|l| std::ptr::eq(l.labels.as_ptr(), Arc::as_ptr(labels)))
+            .filter(|l| {
+                same_endpoint(l.upstream.as_ref(), outcome.upstream)
+                    && l.handles.key.same_outcome(o, outcome)
+            })
+            .map(|l| l.handles.clone())
+    });
+    if let Some(handles) = found {
+        return handles;
+    }
+    let handles = Arc::new(shared_handles(labels, o, outcome));
+    LAST.with_borrow_mut(|last| {
+        let entry = Last {
+            labels: Arc::downgrade(labels),
+            upstream: outcome.upstream.cloned(),
+            handles: handles.clone(),
+        };
+        match last
+            .iter()
+            .position(|l| std::ptr::eq(l.labels.as_ptr(), Arc::as_ptr(labels)))
         {
-            return handles.clone();
+            Some(i) => last[i] = entry,
+            None => {
+                // Entries of stacks since dropped go first, then the oldest.
+                last.retain(|l| l.labels.strong_count() > 0);
+                if last.len() == LAST_PER_THREAD {
+                    last.remove(0);
+                }
+                last.push(entry);
+            }
         }
-        let key = KeyRef::new(o, outcome);
-        let fingerprint = key.fingerprint();
-        if let Some(handles) = cache
-            .sets
-            .get(&fingerprint)
-            .and_then(|sets| sets.iter().find(|h| key.matches(&h.key)))
-            .cloned()
-        {
-            cache.last = Some((outcome.upstream.cloned(), handles.clone()));
-            return handles;
-        }
-        (key, fingerprint)
-    };
-    let handles = Arc::new(Handles::new(key.to_owned(), labels(o, outcome)));
+    });
+    handles
+}
+
+/// The handles of the label set of `o` and `outcome` from the stack's cache, made and cached
+/// when the set is new.
+fn shared_handles(
+    labels: &WorkloadLabels,
+    o: &Observation,
+    outcome: &OutcomeRef<'_>,
+) -> Arc<Handles> {
+    let cache = &labels.handles;
+    let key = KeyRef::new(o, outcome);
+    let fingerprint = key.fingerprint();
+    if let Some(handles) = cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sets
+        .get(&fingerprint)
+        .and_then(|sets| sets.iter().find(|h| key.matches(&h.key)))
+    {
+        return handles.clone();
+    }
+    let handles = Arc::new(Handles::new(key.to_owned(), self::labels(o, outcome)));
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-    cache.last = Some((outcome.upstream.cloned(), handles.clone()));
     if cache.sets.len() < MAX_CACHED_LABEL_SETS {
         cache
             .sets
@@ -474,10 +526,46 @@ mod tests {
         assert_eq!((ok.key.status, unavailable.key.status), (200, 503));
         for _ in 0..2 {
             // Each status finds its own set again, whichever was used last.
-            assert!(std::sync::Arc::ptr_eq(&handles_for(200), &ok));
-            assert!(std::sync::Arc::ptr_eq(&handles_for(503), &unavailable));
+            assert!(std::sync::Arc::ptr_eq(&*handles_for(200), &*ok));
+            assert!(std::sync::Arc::ptr_eq(&*handles_for(503), &*unavailable));
         }
         assert_eq!(telemetry.labels.handles.lock().unwrap().sets.len(), 2);
+    }
+
+    #[test]
+    fn each_thread_keeps_its_own_reference_to_the_label_set_it_used_last() {
+        use std::sync::Arc;
+        let telemetry = Telemetry::new(Reporter::Source, Workload::default());
+        let observation = telemetry.start(&mut Request::new(()));
+        let outcome = super::OutcomeRef {
+            status: 200,
+            flags: Default::default(),
+            upstream: None,
+            grpc_status: None,
+        };
+        let here = super::handles(&observation, &outcome);
+        // Again on this thread: the thread's own reference, cloned.
+        assert!(Arc::ptr_eq(&super::handles(&observation, &outcome), &here));
+        let there = std::thread::scope(|s| {
+            s.spawn(|| {
+                let first = super::handles(&observation, &outcome);
+                let again = super::handles(&observation, &outcome);
+                assert!(Arc::ptr_eq(&first, &again));
+                first
+            })
+            .join()
+            .unwrap()
+        });
+        // Another thread has a reference of its own, to the same metric handles.
+        assert!(!Arc::ptr_eq(&there, &here));
+        assert!(Arc::ptr_eq(&*there, &*here));
+        // A second stack on the same thread has its own entry and does not evict the first.
+        let other = Telemetry::new(Reporter::Destination, Workload::default());
+        let other_observation = other.start(&mut Request::new(()));
+        let theirs = super::handles(&other_observation, &outcome);
+        assert!(!Arc::ptr_eq(&*theirs, &*here));
+        assert!(Arc::ptr_eq(&super::handles(&observation, &outcome), &here));
+        assert_eq!(telemetry.labels.handles.lock().unwrap().sets.len(), 1);
     }
 
     #[test]
@@ -512,8 +600,8 @@ mod tests {
         assert_eq!(handles_for(&v1).key.version.as_deref(), Some("v1"));
         // The same endpoint rebuilt by a new config snapshot: the same label set.
         let v1_again = endpoint("v1");
-        assert!(std::sync::Arc::ptr_eq(&handles_for(&v1_again), &first));
-        assert!(std::sync::Arc::ptr_eq(&handles_for(&v1_again), &first));
+        assert!(Arc::ptr_eq(&*handles_for(&v1_again), &*first));
+        assert!(Arc::ptr_eq(&*handles_for(&v1_again), &*first));
         assert_eq!(telemetry.labels.handles.lock().unwrap().sets.len(), 2);
     }
 }

@@ -349,7 +349,7 @@ struct Outcome {
 /// Everything recorded when the response body ends.
 struct Finished {
     observation: Observation,
-    handles: Arc<istio_metrics::Handles>,
+    handles: istio_metrics::LocalHandles,
     /// Only with [`Details`].
     outcome: Option<Outcome>,
 }
