@@ -45,14 +45,31 @@ where
     })
 }
 
+/// As [`on_threads`], but each thread drives its own stack that `build` makes: nothing is
+/// shared between the threads but the machine, the control for what sharing costs.
+fn on_own_threads<S>(build: impl Fn() -> S, threads: usize, iters: u64) -> Duration
+where
+    S: Service<Request<BoxBody>, Response = http::Response<BoxBody>> + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    mesh_benches::slowest_of(threads, || {
+        let mut svc = build();
+        move || {
+            let (rt, template) = (runtime(), template());
+            rt.block_on(drive(&mut svc, || with_body(&template), iters))
+        }
+    })
+}
+
+/// The config every stack in the bench routes by.
+fn config() -> String {
+    mesh_benches::one_service_yaml(1, 2, "simple: LEAST_REQUEST")
+}
+
 fn scaling(c: &mut Criterion) {
     let recorder = mesh_examples::metrics::prometheus().is_some();
     assert!(recorder, "the sidecar's recorder is installed");
-    let store = store(&mesh_benches::one_service_yaml(
-        1,
-        2,
-        "simple: LEAST_REQUEST",
-    ));
+    let store = store(&config());
     let workload = store.load().workload.clone();
     let telemetry = Telemetry::new(Reporter::Source, workload)
         .rng(Rng::from_entropy())
@@ -75,6 +92,20 @@ fn scaling(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("outbound stack", threads), |b| {
             b.iter_custom(|iters| on_threads(&plain, threads, iters));
         });
+        group.bench_function(
+            BenchmarkId::new("outbound stack, each thread its own", threads),
+            |b| {
+                b.iter_custom(|iters| {
+                    let build = || {
+                        Outbound::builder(mesh_benches::store(&config()))
+                            .rng(Rng::from_entropy())
+                            .client(Bare)
+                            .build()
+                    };
+                    on_own_threads(build, threads, iters)
+                })
+            },
+        );
         group.bench_function(
             BenchmarkId::new("outbound stack + telemetry", threads),
             |b| b.iter_custom(|iters| on_threads(&stack, threads, iters)),
