@@ -116,14 +116,16 @@ struct ClusterState {
 
 impl ClusterState {
     fn resolve(&self, cluster: &Arc<Cluster>) -> Arc<Resolved> {
-        let current = self.resolved.load_full();
-        if let Some(r) = &current
+        // A guard, not a clone: the one reference count written is the one returned.
+        let current = self.resolved.load();
+        if let Some(r) = &*current
             && Arc::ptr_eq(&r.cluster, cluster)
         {
             return r.clone();
         }
         // A new snapshot: keep the state of every endpoint that stays.
         let previous: HashMap<String, Arc<EndpointState>> = current
+            .as_ref()
             .iter()
             .flat_map(|r| {
                 r.cluster
@@ -282,6 +284,7 @@ impl<S> Layer<S> for BalanceLayer {
         Balance {
             layer: self.clone(),
             inner,
+            last: None,
         }
     }
 }
@@ -291,6 +294,10 @@ impl<S> Layer<S> for BalanceLayer {
 pub struct Balance<S> {
     layer: BalanceLayer,
     inner: S,
+    /// The state of the cluster this service sent to last, found without the layer's lock
+    /// (which every worker writes to read) while the target is the same cluster object.
+    /// A layer never drops a cluster's state, so it stays the layer's.
+    last: Option<(Arc<Cluster>, Arc<ClusterState>)>,
 }
 
 /// What the balancer decided for one request.
@@ -517,7 +524,7 @@ impl BalanceLayer {
             table: ch.table,
             candidates: match chosen {
                 Chosen::Healthy(_) => CandidatesKey::Healthy,
-                Chosen::Available(list) => CandidatesKey::Available(list.clone()),
+                Chosen::Available(list) => CandidatesKey::Available(list.shared()),
                 Chosen::Level(list) => CandidatesKey::Content(hash64(list)),
             },
         };
@@ -565,7 +572,7 @@ fn weighted_random(candidates: &[usize], weight: impl Fn(usize) -> f64, rng: &Rn
 /// The candidates of one pick, borrowed from the cached sets when possible.
 enum Chosen<'a> {
     Healthy(&'a [usize]),
-    Available(Arc<[usize]>),
+    Available(AvailableList),
     Level(Vec<usize>),
 }
 
@@ -609,13 +616,14 @@ struct Available {
 impl Resolved {
     /// The healthy endpoints not ejected at `now`: cached until an ejection happens or an
     /// ejected endpoint's time is up, so a pick does not visit every endpoint.
-    fn available(&self, now: Instant) -> Arc<[usize]> {
+    fn available(&self, now: Instant) -> AvailableList {
         let generation = self.ejections.load(Ordering::Acquire);
-        if let Some(cached) = self.available.load_full()
-            && cached.generation == generation
-            && cached.valid_until.is_none_or(|t| now < t)
+        let cached = self.available.load();
+        if let Some(c) = &*cached
+            && c.generation == generation
+            && c.valid_until.is_none_or(|t| now < t)
         {
-            return cached.list.clone();
+            return AvailableList::Cached(cached);
         }
         let mut valid_until: Option<Instant> = None;
         let list: Arc<[usize]> = self
@@ -635,7 +643,43 @@ impl Resolved {
             valid_until,
             list: list.clone(),
         })));
-        list
+        AvailableList::Fresh(list)
+    }
+}
+
+/// The available endpoints for one pick: the cached list, read through a guard (no reference
+/// count that every worker writes), or the list just made.
+enum AvailableList {
+    Cached(arc_swap::Guard<Option<Arc<Available>>>),
+    Fresh(Arc<[usize]>),
+}
+
+impl AvailableList {
+    /// The list itself, shared (its identity keys a hash table).
+    fn shared(&self) -> Arc<[usize]> {
+        match self {
+            AvailableList::Cached(guard) => guard
+                .as_ref()
+                .map_or_else(|| Arc::from([]), |a| a.list.clone()),
+            AvailableList::Fresh(list) => list.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AvailableList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl std::ops::Deref for AvailableList {
+    type Target = [usize];
+
+    fn deref(&self) -> &[usize] {
+        match self {
+            AvailableList::Cached(guard) => guard.as_ref().map_or(&[], |a| &a.list),
+            AvailableList::Fresh(list) => list,
+        }
     }
 }
 
@@ -720,7 +764,13 @@ where
                 observed: None,
             });
         }
-        let state = self.layer.cluster_state(&cluster.name);
+        let state = match &self.last {
+            Some((seen, state)) if Arc::ptr_eq(seen, cluster) => state,
+            _ => {
+                let state = self.layer.cluster_state(&cluster.name);
+                &self.last.insert((cluster.clone(), state)).1
+            }
+        };
         let resolved = state.resolve(cluster);
         let pick = match self.layer.pick(&resolved, &state, &req) {
             Ok(pick) => pick,
