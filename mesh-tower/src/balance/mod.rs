@@ -772,7 +772,7 @@ where
             }
         };
         let resolved = state.resolve(cluster);
-        let pick = match self.layer.pick(&resolved, &state, &req) {
+        let pick = match self.layer.pick(&resolved, state, &req) {
             Ok(pick) => pick,
             Err(e) => return Either::Right(ready(Err(e.into()))),
         };
