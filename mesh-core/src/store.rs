@@ -80,6 +80,12 @@ impl ConfigStore {
         self.current.load_full()
     }
 
+    /// Calls `f` with the live snapshot, without taking a reference of it (no reference count
+    /// written): for a caller that keeps its own reference only when it needs one.
+    pub fn with_current<R>(&self, f: impl FnOnce(&Arc<Snapshot>) -> R) -> R {
+        f(&self.current.load())
+    }
+
     /// The live snapshot's version.
     pub fn version(&self) -> u64 {
         self.current.load().version

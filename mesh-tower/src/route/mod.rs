@@ -7,6 +7,7 @@
 //! swap never changes the rules under an in-flight request.
 
 pub(crate) mod matching;
+mod pin;
 mod rewrite;
 
 pub use rewrite::apply_header_ops;
@@ -26,7 +27,8 @@ use tower_service::Service;
 /// The route a request matched, with the snapshot it was matched in.
 #[derive(Clone, Debug)]
 pub struct Routed {
-    snapshot: Arc<Snapshot>,
+    /// This thread's reference to the snapshot (see [`pin`]).
+    snapshot: Arc<pin::Pinned>,
     vhost: usize,
     route: usize,
 }
@@ -36,7 +38,7 @@ impl Routed {
     #[cfg(test)]
     pub(crate) fn for_tests(snapshot: Arc<Snapshot>) -> Self {
         Self {
-            snapshot,
+            snapshot: Arc::new(pin::Pinned(snapshot)),
             vhost: 0,
             route: 0,
         }
@@ -44,12 +46,12 @@ impl Routed {
 
     /// The snapshot the request is served with.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
-        &self.snapshot
+        &self.snapshot.0
     }
 
     /// The matched virtual host.
     pub fn virtual_host(&self) -> &VirtualHost {
-        &self.snapshot.routes.virtual_hosts()[self.vhost]
+        &self.snapshot().routes.virtual_hosts()[self.vhost]
     }
 
     /// The matched route.
@@ -130,8 +132,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let snapshot = self.store.load();
-        let routed = match select(&snapshot, &req) {
+        let snapshot = pin::live(&self.store);
+        let routed = match select(&snapshot.0, &req) {
             Ok(Selection::Forward {
                 vhost,
                 route,
