@@ -135,6 +135,18 @@ async fn an_absolute_form_uri_names_the_destination_like_an_http_proxy() {
     proxy.shutdown().await;
 }
 
+/// Sends `GET uri` through the proxy's outbound stack in process, expects `status`, and
+/// returns the response flags (what the access log records).
+async fn in_process(proxy: &mesh_examples::proxy::Proxy, uri: &str, status: u16) -> ResponseFlags {
+    let outbound = mesh_tower::outbound::Outbound::builder(proxy.store().clone()).build();
+    let req = http::Request::get(uri)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = outbound.oneshot(req).await.unwrap();
+    assert_eq!(response.status(), status);
+    ResponseFlags::of_response(&response)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_host_gets_404_with_the_nr_flag() {
     let v1 = upstream("v1", Duration::ZERO).await;
@@ -145,13 +157,8 @@ async fn an_unknown_host_gets_404_with_the_nr_flag() {
     assert!(body.starts_with("no route for \"ratings\""), "{body}");
 
     // The same stack in-process shows the flag the access log records.
-    let outbound = mesh_tower::outbound::Outbound::builder(proxy.store().clone()).build();
-    let req = http::Request::get("http://ratings/")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = outbound.oneshot(req).await.unwrap();
-    assert_eq!(response.status(), 404);
-    assert!(ResponseFlags::of_response(&response).contains(ResponseFlag::NoRouteFound));
+    let flags = in_process(&proxy, "http://ratings/", 404).await;
+    assert!(flags.contains(ResponseFlag::NoRouteFound));
     proxy.shutdown().await;
 }
 
@@ -172,13 +179,8 @@ async fn a_request_naming_no_host_gets_400_with_the_dpe_flag() {
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 
-    let outbound = mesh_tower::outbound::Outbound::builder(proxy.store().clone()).build();
-    let req = http::Request::get("/")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = outbound.oneshot(req).await.unwrap();
-    assert_eq!(response.status(), 400);
-    assert!(ResponseFlags::of_response(&response).contains(ResponseFlag::DownstreamProtocolError));
+    let flags = in_process(&proxy, "/", 400).await;
+    assert!(flags.contains(ResponseFlag::DownstreamProtocolError));
     proxy.shutdown().await;
 }
 
@@ -196,15 +198,8 @@ async fn a_dead_endpoint_is_a_503_with_the_uf_flag() {
     };
     let config = ConfigDir::new(&registry(&[&dead]));
     let proxy = start_proxy(&config).await;
-    let outbound = mesh_tower::outbound::Outbound::builder(proxy.store().clone()).build();
-    let req = http::Request::get("http://hello/")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = outbound.oneshot(req).await.unwrap();
-    assert_eq!(response.status(), 503);
-    assert!(
-        ResponseFlags::of_response(&response).contains(ResponseFlag::UpstreamConnectionFailure)
-    );
+    let flags = in_process(&proxy, "http://hello/", 503).await;
+    assert!(flags.contains(ResponseFlag::UpstreamConnectionFailure));
     proxy.shutdown().await;
 }
 
