@@ -27,30 +27,39 @@ thread_local! {
     static PINS: RefCell<Vec<(usize, Arc<Pinned>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This thread's reference to `store`'s live snapshot.
+/// This thread's reference to `store`'s live snapshot (a reference of its own when the thread
+/// is exiting and its entries are gone).
 pub(super) fn live(store: &ConfigStore) -> Arc<Pinned> {
     let key = std::ptr::from_ref(store) as usize;
     store.with_current(|current| {
-        PINS.with_borrow_mut(|pins| {
-            let entry = pins.iter().position(|(k, _)| *k == key);
-            if let Some(i) = entry
-                && Arc::ptr_eq(&pins[i].1.0, current)
-            {
-                return pins[i].1.clone();
-            }
-            let pinned = Arc::new(Pinned(current.clone()));
-            match entry {
-                Some(i) => pins[i].1 = pinned.clone(),
-                None => {
-                    if pins.len() == PINS_PER_THREAD {
-                        pins.remove(0);
-                    }
-                    pins.push((key, pinned.clone()));
-                }
-            }
-            pinned
-        })
+        PINS.try_with(|pins| pinned(&mut pins.borrow_mut(), key, current))
+            .unwrap_or_else(|_| Arc::new(Pinned(current.clone())))
     })
+}
+
+/// The entry of `pins` for store `key` when it pins `current`, else a new one in its place.
+fn pinned(
+    pins: &mut Vec<(usize, Arc<Pinned>)>,
+    key: usize,
+    current: &Arc<Snapshot>,
+) -> Arc<Pinned> {
+    let entry = pins.iter().position(|(k, _)| *k == key);
+    if let Some(i) = entry
+        && Arc::ptr_eq(&pins[i].1.0, current)
+    {
+        return pins[i].1.clone();
+    }
+    let pin = Arc::new(Pinned(current.clone()));
+    match entry {
+        Some(i) => pins[i].1 = pin.clone(),
+        None => {
+            if pins.len() == PINS_PER_THREAD {
+                pins.remove(0);
+            }
+            pins.push((key, pin.clone()));
+        }
+    }
+    pin
 }
 
 #[cfg(test)]

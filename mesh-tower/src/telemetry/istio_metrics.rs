@@ -364,20 +364,27 @@ thread_local! {
 /// requests, and the labels are built (and the registry asked) only for a new set.
 pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> LocalHandles {
     let labels = &o.telemetry.labels;
-    let found = LAST.with_borrow(|last| {
-        last.iter()
-            .find(|l| std::ptr::eq(l.labels.as_ptr(), Arc::as_ptr(labels)))
-            .filter(|l| {
-                same_endpoint(l.upstream.as_ref(), outcome.upstream)
-                    && l.handles.key.same_outcome(o, outcome)
-            })
-            .map(|l| l.handles.clone())
-    });
+    // `None` also when the thread is exiting and its entries are gone.
+    let found = LAST
+        .try_with(|last| {
+            last.borrow()
+                .iter()
+                .find(|l| std::ptr::eq(l.labels.as_ptr(), Arc::as_ptr(labels)))
+                .filter(|l| {
+                    same_endpoint(l.upstream.as_ref(), outcome.upstream)
+                        && l.handles.key.same_outcome(o, outcome)
+                })
+                .map(|l| l.handles.clone())
+        })
+        .ok()
+        .flatten();
     if let Some(handles) = found {
         return handles;
     }
     let handles = Arc::new(shared_handles(labels, o, outcome));
-    LAST.with_borrow_mut(|last| {
+    // Not kept when the thread is exiting.
+    let _ = LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
         let entry = Last {
             labels: Arc::downgrade(labels),
             upstream: outcome.upstream.cloned(),
