@@ -160,10 +160,10 @@ impl BreakerLayer {
         self.stats.clone()
     }
 
-    /// The gate of `cluster`, made anew when its limits change (requests in flight under the
-    /// old limits finish under them).
-    fn gate(&self, cluster: &Cluster) -> Arc<Gate> {
-        let limits = Limits::of(cluster);
+    /// The gate of `cluster` for its `limits` (`Limits::of(cluster)`, which the caller has
+    /// already read), made anew when they change (requests in flight under the old limits
+    /// finish under them).
+    fn gate(&self, cluster: &Cluster, limits: Limits) -> Arc<Gate> {
         if let Some(g) = self
             .gates
             .read()
@@ -265,7 +265,7 @@ where
                 held: None,
             });
         }
-        let gate = self.layer.gate(cluster);
+        let gate = self.layer.gate(cluster, limits);
         let request = budget.map(|_| Counted::new(&gate, |g| &g.requests));
         let mut held = if is_retry {
             match Gate::admit_retry(&gate, budget) {
