@@ -201,6 +201,38 @@ async fn a_killed_endpoint_costs_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_default_retries_send_a_refused_connects_request_to_the_live_endpoint() {
+    // Bind and drop: nothing listens on the port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = Upstream {
+        addr: ([127, 0, 0, 1], port).into(),
+        name: "dead".into(),
+    };
+    let live = Killable::start("live", Duration::ZERO).await;
+    // Round robin: the tries take turns, so every first try goes to the dead endpoint. No `retries` in the
+    // route: Istio's default (2 attempts on connect-failure,refused-stream,unavailable,
+    // cancelled), which keeps no copy of the request; the retry sends the one the client gave
+    // back when its connect was refused.
+    let yaml = service_only(&[&dead, &live.upstream], &[])
+        + &rules(
+            "    loadBalancer: { simple: ROUND_ROBIN }\n",
+            "name: default-retries",
+        );
+    let config = ConfigDir::new(&yaml);
+    let proxy = start_proxy(&config).await;
+    let client = client(proxy.outbound, false);
+    // Three requests, three retries: within the retry budget's floor.
+    let answers = tally(&client, 3, 1).await;
+    assert_eq!(answers.get("live"), Some(&3), "{answers:?}");
+    assert_eq!(live.hits(), 3);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overflow_answers_503_at_once_and_nothing_hangs() {
     let slow = Killable::start("slow", Duration::from_millis(800)).await;
     let pool = "    connectionPool: { tcp: { maxConnections: 1 }, http: { http1MaxPendingRequests: 1 } }\n";

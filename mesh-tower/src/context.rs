@@ -20,6 +20,7 @@
 //! ```
 
 use crate::balance::{StreamSlot, Upstream};
+use crate::retry::Unsent;
 use crate::route::Routed;
 use crate::split::Target;
 use crate::telemetry::{Attempt, TraceScope};
@@ -46,6 +47,9 @@ pub struct RequestContext {
     pub upstream: Option<Upstream>,
     /// Which of the endpoint's HTTP/2 connections to use, from the balancer.
     pub stream_slot: Option<StreamSlot>,
+    /// Where the client gives the request back when the upstream never saw it, from the
+    /// retry layer (when that is all a retry needs).
+    pub unsent: Option<Unsent>,
 }
 
 impl RequestContext {

@@ -15,6 +15,12 @@
 //!   no retry will follow, so no retry happens after a body byte reached the caller.
 //! - Each try carries `x-envoy-attempt-count`; the final response of a request whose retries
 //!   ran out is flagged `URX`.
+//! - A request without a body whose policy retries only tries the upstream never saw (a
+//!   connect failure, a reset before the request, a refused stream; Istio's default) is not
+//!   copied: the client hands the failed try's request back ([`Unsent`]) and the retry sends
+//!   it. So a gRPC status (`unavailable`, `cancelled`, ...) is read for a retry only on a gRPC
+//!   request (`content-type: application/grpc...`): Envoy reads it on any answer, but only a
+//!   gRPC server sends one.
 //!
 //! ```
 //! use mesh_core::model::{RetryOn, RetryPolicy};
@@ -48,11 +54,14 @@
 mod budget;
 mod future;
 mod template;
+mod unsent;
 
 pub use budget::RetryBudget;
 pub use future::ResponseFuture;
 use future::Retries;
-use template::{ReplayBody, Template};
+use template::{Kept, ReplayBody, Template};
+use unsent::Resend;
+pub use unsent::Unsent;
 
 use crate::body::{self, BoxBody, BoxError, Replay};
 use crate::context::RequestContext;
@@ -241,7 +250,10 @@ fn classify(policy: &RetryPolicy, result: &Result<Response<BoxBody>, BoxError>) 
     if retry { Verdict::Retry } else { Verdict::Done }
 }
 
-fn error_chain_mentions(error: &(dyn std::error::Error + 'static), needle: &str) -> bool {
+pub(crate) fn error_chain_mentions(
+    error: &(dyn std::error::Error + 'static),
+    needle: &str,
+) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
         if e.to_string().contains(needle) || format!("{e:?}").contains(needle) {
@@ -398,13 +410,23 @@ where
             // The usual request: no body to read first, no per-try timer or span. The first
             // try is the inner service's own future; the retry loop starts only if its
             // answer asks for a retry.
-            let (parts, _) = req.into_parts();
+            let on = &policy.get().retry_on;
+            // A gRPC status is read only when it can matter: the lookup costs a hash.
+            let unseen_only = on.retries_only_unseen(false)
+                && (on.retries_only_unseen(true) || !crate::timeout::is_grpc(req.headers()));
             let remote_localities = policy.get().retry_remote_localities;
+            let template = if unseen_only {
+                let copy_for_http2 = on.contains(RetryCondition::RefusedStream);
+                Kept::Unsent(Resend::new(req, remote_localities, copy_for_http2))
+            } else {
+                let (parts, _) = req.into_parts();
+                Kept::Copied(Template::new(parts, ReplayBody::empty(), remote_localities))
+            };
             // Boxed before the first try is taken from it, so the kept request is not moved
             // again afterwards.
             let mut retries = Box::new(Retries {
                 spare: self.spare.clone(),
-                template: Template::new(parts, ReplayBody::empty(), remote_localities),
+                template,
                 policy,
             });
             if let Some(first) = retries.template.attempt(1) {
@@ -437,7 +459,7 @@ where
             let template = Template::new(parts, body, remote_localities);
             match hedge {
                 Some(hedge) => hedged(inner, template, policy, hedge, layer).await,
-                None => retried(inner, template, policy, layer, None).await,
+                None => retried(inner, Kept::Copied(template), policy, layer, None).await,
             }
         }))
     }
@@ -484,7 +506,7 @@ async fn try_once(
 /// (by [`ResponseFuture`]).
 async fn retried(
     mut inner: Inner,
-    mut template: Template,
+    mut template: Kept,
     policy: PolicyOf,
     layer: RetryLayer,
     mut first: Option<Result<Response<BoxBody>, BoxError>>,
@@ -524,6 +546,11 @@ async fn retried(
         }
         if attempt > policy.attempts {
             return exhausted(result);
+        }
+        if !template.can_replay() {
+            // The request was to come back from the try and did not (the upstream saw it, or
+            // the failure was not the client's to hand it back): it stands as answered.
+            return result;
         }
         let wait = match retry_after(&result) {
             Some(wait) if wait > layer.max_retry_after => return exhausted(result),

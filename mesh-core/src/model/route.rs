@@ -544,6 +544,38 @@ impl RetryOn {
         self.bits & (1 << condition as u8) != 0
     }
 
+    /// Whether every condition is about a try the upstream never saw: a connect failure, a
+    /// reset before the request, a refused HTTP/2 stream. The gRPC statuses count only for a
+    /// gRPC request (`grpc_request`), and `retriable-status-codes` only with codes listed.
+    ///
+    /// Such a policy never retries a request after the upstream answered it, so a retry can
+    /// send the request the failed try hands back instead of a copy made for every request.
+    ///
+    /// ```
+    /// use mesh_core::model::RetryOn;
+    ///
+    /// assert!(RetryOn::istio_default().retries_only_unseen(false));
+    /// assert!(!RetryOn::istio_default().retries_only_unseen(true));
+    /// assert!(!RetryOn::parse("connect-failure,503").unwrap().retries_only_unseen(false));
+    /// ```
+    pub fn retries_only_unseen(&self, grpc_request: bool) -> bool {
+        let bit = |c: RetryCondition| 1u32 << c as u8;
+        let mut unseen = bit(RetryCondition::ConnectFailure)
+            | bit(RetryCondition::ResetBeforeRequest)
+            | bit(RetryCondition::RefusedStream);
+        if !grpc_request {
+            for (c, _) in RetryCondition::ALL {
+                if c.grpc_status().is_some() {
+                    unseen |= bit(c);
+                }
+            }
+        }
+        if self.status_codes.is_empty() {
+            unseen |= bit(RetryCondition::RetriableStatusCodes);
+        }
+        self.bits & !unseen == 0
+    }
+
     /// The codes `retriable-status-codes` retries.
     pub fn status_codes(&self) -> &[u16] {
         &self.status_codes

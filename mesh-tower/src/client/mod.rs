@@ -292,7 +292,7 @@ impl UpstreamClient {
                 endpoint: authority.to_string(),
                 source: "mutual TLS needs workload credentials (--cert, --key, --ca)".into(),
             };
-            return Box::pin(async move { Err(e.into()) });
+            return failed_unsent(req, e.into());
         };
         self.send_pooled(mtls, PoolKey::Mesh(expected, settings), req, authority)
     }
@@ -313,7 +313,7 @@ impl UpstreamClient {
                     endpoint: authority.to_string(),
                     source,
                 };
-                Box::pin(async move { Err(e.into()) })
+                failed_unsent(req, e.into())
             }
         }
     }
@@ -327,21 +327,24 @@ impl UpstreamClient {
         authority: http::uri::Authority,
         settings: PoolSettings,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
-        let unsupported = |what: &str| -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+        let unsupported = |req, what: &str| {
             let e = ProxyError::ConnectFailure {
                 endpoint: authority.to_string(),
                 source: format!("cluster {}: {what} is not supported", cluster.name).into(),
             };
-            Box::pin(async move { Err(e.into()) })
+            failed_unsent(req, e.into())
         };
         if tls.credential_name.is_some() {
-            return unsupported("tls.credentialName (SDS secrets)");
+            return unsupported(req, "tls.credentialName (SDS secrets)");
         }
         if tls.insecure_skip_verify {
-            return unsupported("tls.insecureSkipVerify");
+            return unsupported(req, "tls.insecureSkipVerify");
         }
         let Some(mtls) = &self.pools.mtls else {
-            return unsupported("TLS without a TLS-enabled client (UpstreamClient::with_mtls)");
+            return unsupported(
+                req,
+                "TLS without a TLS-enabled client (UpstreamClient::with_mtls)",
+            );
         };
         let key = ClientTlsKey {
             ca: tls.ca_certificates.clone(),
@@ -431,6 +434,12 @@ impl UpstreamClient {
         let downstream = upgrade
             .as_ref()
             .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
+        if downstream.is_some()
+            && let Some(context) = req.extensions_mut().get_mut::<RequestContext>()
+        {
+            // Sent again without its connection's upgrade, it could not become a tunnel.
+            context.unsent = None;
+        }
         if scanned.hop_by_hop {
             strip_hop_by_hop(req.headers_mut());
         }
@@ -516,7 +525,7 @@ impl Service<Request<BoxBody>> for UpstreamClient {
                     Ok(expected) => {
                         self.send_mtls_with(req, upstream.authority, settings, expected)
                     }
-                    Err(e) => Box::pin(async move { Err(e) }),
+                    Err(e) => failed_unsent(req, e),
                 }
             }
             Some((cluster, tls)) if tls.mode != TlsMode::Disable => {
@@ -620,6 +629,15 @@ async fn splice_upgraded<U>(
         }
         Err(e) => tracing::debug!(error = %e, "CONNECT: client never upgraded"),
     }
+}
+
+/// A request that failed before anything was sent: `req` goes back to the retry layer.
+fn failed_unsent(
+    req: Request<BoxBody>,
+    error: BoxError,
+) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>> {
+    crate::retry::Unsent::give_back(req);
+    Box::pin(async move { Err(error) })
 }
 
 /// Whether `req` goes to `cluster` over HTTP/2: HTTP2 and GRPC ports always; HTTP ports when

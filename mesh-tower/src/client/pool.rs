@@ -24,6 +24,7 @@
 use super::connection::{Lifetime, PoolSettings};
 use crate::body::{self, BoxBody, BoxError};
 use crate::error::ProxyError;
+use crate::retry::Unsent;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use foldhash::HashMap;
@@ -157,6 +158,23 @@ fn connect_failure(authority: &Authority, source: BoxError) -> BoxError {
     .into()
 }
 
+/// `error`, after giving `req` back to the retry layer (the upstream never saw it).
+fn unsent(req: Request<BoxBody>, error: BoxError) -> BoxError {
+    Unsent::give_back(req);
+    error
+}
+
+/// `error`, after giving back the `copy` of a request whose HTTP/2 stream was refused (the
+/// upstream did not process it), when one was kept.
+fn refused(copy: Option<Request<BoxBody>>, error: BoxError) -> BoxError {
+    if let Some(copy) = copy
+        && crate::retry::error_chain_mentions(error.as_ref(), "REFUSED_STREAM")
+    {
+        Unsent::give_back(copy);
+    }
+    error
+}
+
 fn reset(authority: &Authority, source: hyper::Error) -> BoxError {
     ProxyError::UpstreamReset {
         endpoint: authority.to_string(),
@@ -239,7 +257,10 @@ impl<C: Connector> Pool<C> {
     where
         F: FnOnce(Response<BoxBody>) -> Response<BoxBody>,
     {
-        let (mut conn, reused) = self.checkout_http1(&host).await?;
+        let (mut conn, reused) = match self.checkout_http1(&host).await {
+            Ok(checkedout) => checkedout,
+            Err(e) => return Err(unsent(req, e)),
+        };
         conn.requests += 1;
         let response = match conn.sender.try_send_request(req).await {
             Ok(response) => response,
@@ -251,7 +272,8 @@ impl<C: Connector> Pool<C> {
                     conn = fresh;
                     response
                 }
-                _ => return Err(reset(&host.authority, e.into_error())),
+                Some(req) => return Err(unsent(req, reset(&host.authority, e.into_error()))),
+                None => return Err(reset(&host.authority, e.into_error())),
             },
         };
         let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
@@ -279,7 +301,10 @@ impl<C: Connector> Pool<C> {
     ) -> BoxFuture<'a, Result<Sent, BoxError>> {
         Box::pin(async move {
             tracing::trace!(endpoint = %host.authority, "pooled connection closed; sending again");
-            let mut conn = self.connect_http1(host).await?;
+            let mut conn = match self.connect_http1(host).await {
+                Ok(conn) => conn,
+                Err(e) => return Err(unsent(req, e)),
+            };
             conn.requests += 1;
             let sent = conn.sender.try_send_request(req).await;
             let response = sent.map_err(|e| reset(&host.authority, e.into_error()))?;
@@ -415,14 +440,20 @@ impl<C: Connector> Pool<C> {
     where
         F: FnOnce(Response<BoxBody>) -> Response<BoxBody>,
     {
-        let (mut sender, reused) = self.checkout_http2(&host).await?;
+        let (mut sender, reused) = match self.checkout_http2(&host).await {
+            Ok(checkedout) => checkedout,
+            Err(e) => return Err(unsent(req, e)),
+        };
+        // hyper keeps a request whose stream the upstream refused: a copy to give back.
+        let copy = Unsent::copy_for_http2(&req);
         let response = match sender.try_send_request(req).await {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
                 // The checkout sees the closed connection and replaces it. Boxed: a rare
                 // path, kept out of every request's future.
-                Some(req) if reused => Box::pin(self.resend_http2(&host, req)).await?,
-                _ => return Err(reset(&host.authority, e.into_error())),
+                Some(req) if reused => Box::pin(self.resend_http2(&host, req, copy)).await?,
+                Some(req) => return Err(unsent(req, reset(&host.authority, e.into_error()))),
+                None => return Err(refused(copy, reset(&host.authority, e.into_error()))),
             },
         };
         Ok(finish(response.map(body::boxed)))
@@ -433,10 +464,19 @@ impl<C: Connector> Pool<C> {
         self: &Arc<Self>,
         host: &Host,
         req: Request<BoxBody>,
+        copy: Option<Request<BoxBody>>,
     ) -> Result<Response<Incoming>, BoxError> {
-        let (mut sender, _) = self.checkout_http2(host).await?;
-        let sent = sender.try_send_request(req).await;
-        sent.map_err(|e| reset(&host.authority, e.into_error()))
+        let (mut sender, _) = match self.checkout_http2(host).await {
+            Ok(checkedout) => checkedout,
+            Err(e) => return Err(unsent(req, e)),
+        };
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(response),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(unsent(req, reset(&host.authority, e.into_error()))),
+                None => Err(refused(copy, reset(&host.authority, e.into_error()))),
+            },
+        }
     }
 
     /// The endpoint's HTTP/2 connection (and whether it was there before), counted for one

@@ -4,6 +4,8 @@
 use super::UpstreamClient;
 use super::connection::{Lifetime, PoolSettings};
 use crate::body::{self, BoxBody};
+use crate::context::RequestContext;
+use crate::retry::Unsent;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
@@ -501,6 +503,73 @@ async fn a_refused_connect_is_a_connect_failure() {
             "{e:?}"
         );
     }
+}
+
+/// `GET path` with an app header, whose context asks for the request back when the
+/// upstream does not see it (as the retry layer asks); and the slot it comes back in.
+fn to_give_back(path: &str) -> (Request<BoxBody>, Unsent) {
+    let mut req = get(path);
+    req.headers_mut()
+        .insert("x-app", http::HeaderValue::from_static("kept"));
+    let unsent = Unsent::new(true);
+    RequestContext::of_mut(&mut req).unsent = Some(unsent.clone());
+    (req, unsent)
+}
+
+/// Asserts that `unsent` holds the request [`to_give_back`] made for `path`, freed of its slot.
+fn assert_given_back(unsent: &Unsent, path: &str) {
+    let back = unsent.take().expect("the request comes back");
+    assert_eq!(back.uri().path(), path);
+    assert_eq!(back.headers()["x-app"], "kept");
+    assert!(RequestContext::of(&back).unwrap().unsent.is_none());
+}
+
+#[tokio::test]
+async fn a_request_whose_connect_failed_is_given_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+    drop(listener);
+    let client = UpstreamClient::new();
+    for http2 in [false, true] {
+        let (req, unsent) = to_give_back("/connect");
+        client
+            .send(req, authority.clone(), http2)
+            .await
+            .unwrap_err();
+        assert_given_back(&unsent, "/connect");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_http2_stream_gives_back_a_copy_and_another_reset_gives_back_nothing() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(stream).await.unwrap();
+        while let Some(Ok((req, mut respond))) = conn.accept().await {
+            respond.send_reset(if req.uri().path() == "/refused" {
+                h2::Reason::REFUSED_STREAM
+            } else {
+                h2::Reason::INTERNAL_ERROR
+            });
+        }
+    });
+    let client = UpstreamClient::new();
+    let (req, unsent) = to_give_back("/refused");
+    let e = client.send(req, authority.clone(), true).await.unwrap_err();
+    assert!(
+        matches!(
+            e.downcast_ref::<crate::error::ProxyError>(),
+            Some(crate::error::ProxyError::UpstreamReset { .. })
+        ),
+        "{e:?}"
+    );
+    assert_given_back(&unsent, "/refused");
+    // The upstream may have begun on it: nothing to send again.
+    let (req, unsent) = to_give_back("/reset");
+    client.send(req, authority, true).await.unwrap_err();
+    assert!(unsent.take().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! first try is the inner service's own future, held inline: the retry loop (erased, boxed)
 //! starts only when the first answer asks for a retry.
 
-use super::template::Template;
+use super::template::Kept;
 use super::{Inner, PolicyOf, Spare, Verdict, classify, retried};
 use crate::body::{BoxBody, BoxError};
 use futures_util::future::BoxFuture;
@@ -38,7 +38,7 @@ pin_project! {
 /// and settings (shared, [`Spare`]), the request kept for them, the policy.
 pub(super) struct Retries<S> {
     pub(super) spare: std::sync::Arc<Spare<S>>,
-    pub(super) template: Template,
+    pub(super) template: Kept,
     pub(super) policy: PolicyOf,
 }
 

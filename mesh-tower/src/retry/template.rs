@@ -1,5 +1,6 @@
 //! The request kept for its tries: the head, the extensions and a replayable body.
 
+use super::unsent::Resend;
 use crate::body::{self, BoxBody, BoxError};
 use crate::context::RequestContext;
 use crate::server::ConnectionInfo;
@@ -164,19 +165,55 @@ impl Template {
             None => self.parts.headers.clone(),
         };
         *req.extensions_mut() = self.extensions.for_try(n);
-        req.headers_mut()
-            .insert(X_ENVOY_ATTEMPT_COUNT, attempt_count(n));
-        // A first try carries none: every reader takes its absence as try 1.
-        if n > 1 {
-            RequestContext::of_mut(&mut req).attempt = Some(crate::telemetry::Attempt {
-                number: n,
-                remote_localities: self.remote_localities,
-            });
-        }
-        if let Some(deadline) = RequestContext::of(&req).and_then(|c| c.deadline) {
-            deadline.propagate(req.headers_mut());
-        }
+        mark_try(&mut req, n, self.remote_localities);
         Some(req)
+    }
+}
+
+/// What a request's tries are made from: a copy of the request, or (when only tries the
+/// upstream never saw are retried) the request handed back by the last try.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "it lives in the retry future's one box; boxing the copy would allocate again"
+)]
+pub(super) enum Kept {
+    Copied(Template),
+    Unsent(Resend),
+}
+
+impl Kept {
+    /// Try `n` (from 1), or `None` when it cannot be made.
+    pub(super) fn attempt(&mut self, n: u32) -> Option<Request<BoxBody>> {
+        match self {
+            Kept::Copied(template) => template.attempt(n),
+            Kept::Unsent(resend) => resend.attempt(n),
+        }
+    }
+
+    /// Whether another try can be made: a copy always can; a request to be handed back only
+    /// once it was.
+    pub(super) fn can_replay(&self) -> bool {
+        match self {
+            Kept::Copied(_) => true,
+            Kept::Unsent(resend) => resend.can_replay(),
+        }
+    }
+}
+
+/// Marks try `n`: `x-envoy-attempt-count`, the try in the request's context after the first,
+/// and the time left to the deadline.
+pub(super) fn mark_try(req: &mut Request<BoxBody>, n: u32, remote_localities: bool) {
+    req.headers_mut()
+        .insert(X_ENVOY_ATTEMPT_COUNT, attempt_count(n));
+    // A first try carries none: every reader takes its absence as try 1.
+    if n > 1 {
+        RequestContext::of_mut(req).attempt = Some(crate::telemetry::Attempt {
+            number: n,
+            remote_localities,
+        });
+    }
+    if let Some(deadline) = RequestContext::of(req).and_then(|c| c.deadline) {
+        deadline.propagate(req.headers_mut());
     }
 }
 

@@ -18,7 +18,10 @@ struct Scripted {
 #[derive(Clone)]
 enum Step {
     Status(u16, &'static [(&'static str, &'static str)]),
+    /// A connect failure, the request given back as [`crate::client`] gives it.
     ConnectFailure,
+    /// A connect failure whose request is not given back.
+    ConnectFailureKept,
     Hang,
 }
 
@@ -54,7 +57,22 @@ impl Service<Request<BoxBody>> for Scripted {
                 .push(v.to_str().unwrap().to_owned());
         }
         let step = (self.script)(n);
+        let failed = || -> BoxError {
+            ProxyError::ConnectFailure {
+                endpoint: "127.0.0.1:1".into(),
+                source: "connection refused".into(),
+            }
+            .into()
+        };
+        let kept = match step {
+            Step::ConnectFailure => {
+                Unsent::give_back(req);
+                None
+            }
+            _ => Some(req),
+        };
         Box::pin(async move {
+            let _request_until_answered = kept;
             let respond = |status: u16, headers: &'static [(&'static str, &'static str)]| {
                 let mut r = Response::new(body::full(format!("try {n}")));
                 *r.status_mut() = StatusCode::from_u16(status).unwrap();
@@ -65,11 +83,7 @@ impl Service<Request<BoxBody>> for Scripted {
             };
             match step {
                 Step::Status(status, headers) => Ok(respond(status, headers)),
-                Step::ConnectFailure => Err(ProxyError::ConnectFailure {
-                    endpoint: "127.0.0.1:1".into(),
-                    source: "connection refused".into(),
-                }
-                .into()),
+                Step::ConnectFailure | Step::ConnectFailureKept => Err(failed()),
                 Step::Hang => std::future::pending().await,
             }
         })
@@ -89,11 +103,28 @@ fn layer(policy: RetryPolicy) -> RetryLayer {
 }
 
 async fn send(layer: &RetryLayer, upstream: &Scripted) -> Response<BoxBody> {
+    send_request(layer, upstream, Request::new(body::empty())).await
+}
+
+async fn send_request(
+    layer: &RetryLayer,
+    upstream: &Scripted,
+    req: Request<BoxBody>,
+) -> Response<BoxBody> {
     layer
         .layer(upstream.clone())
-        .oneshot(Request::new(body::empty()))
+        .oneshot(req)
         .await
         .unwrap_or_else(|e| error::to_response(&e))
+}
+
+fn grpc_request() -> Request<BoxBody> {
+    let mut req = Request::new(body::empty());
+    req.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    req
 }
 
 #[tokio::test(start_paused = true)]
@@ -139,8 +170,15 @@ async fn each_condition_retries_what_it_names_and_nothing_else() {
         ),
     ];
     for (on, step, tries) in cases {
+        // A gRPC status is an answer to a gRPC request.
+        let req = match &step {
+            Step::Status(_, headers) if headers.iter().any(|(k, _)| *k == "grpc-status") => {
+                grpc_request()
+            }
+            _ => Request::new(body::empty()),
+        };
         let upstream = Scripted::new(always(step));
-        let response = send(&layer(policy(on, 3)), &upstream).await;
+        let response = send_request(&layer(policy(on, 3)), &upstream, req).await;
         assert_eq!(upstream.tries(), tries, "retryOn {on}");
         let flagged = ResponseFlags::of_response(&response)
             .contains(ResponseFlag::UpstreamRetryLimitExceeded);
@@ -462,4 +500,84 @@ async fn each_try_carries_the_request_extensions() {
             .collect();
         assert_eq!(*seen.lock().unwrap(), expected, "tenant {tenant:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_retrying_only_unseen_tries_resends_the_request_the_client_gave_back() {
+    // Istio's default: connect-failure,refused-stream,unavailable,cancelled. No copy of the
+    // headers is kept; the second try is the request the first one handed back.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = {
+        let seen = seen.clone();
+        tower::service_fn(move |req: Request<BoxBody>| {
+            let headers = req.headers();
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                seen.push((
+                    headers["x-envoy-attempt-count"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                    headers["x-app"].to_str().unwrap().to_owned(),
+                ));
+                seen.len()
+            };
+            let answer = if n == 1 {
+                Unsent::give_back(req);
+                Err(ProxyError::ConnectFailure {
+                    endpoint: "127.0.0.1:1".into(),
+                    source: "connection refused".into(),
+                }
+                .into())
+            } else {
+                Ok(Response::new(body::empty()))
+            };
+            async move { answer }
+        })
+    };
+    let mut req = Request::new(body::empty());
+    req.headers_mut()
+        .insert("x-app", HeaderValue::from_static("kept"));
+    let response = layer(RetryPolicy::istio_default())
+        .layer(upstream)
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = seen.lock().unwrap().clone();
+    let expected = [("1", "kept"), ("2", "kept")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_request_given_back_only_a_policy_keeping_a_copy_retries() {
+    let kept = |_| Step::ConnectFailureKept;
+    // Istio's default keeps no copy: nothing to send again, the failure stands (no URX).
+    let upstream = Scripted::new(kept);
+    let response = send(&layer(RetryPolicy::istio_default()), &upstream).await;
+    assert_eq!(upstream.tries(), 1);
+    assert_eq!(response.status(), 503);
+    let flags = ResponseFlags::of_response(&response);
+    assert!(!flags.contains(ResponseFlag::UpstreamRetryLimitExceeded));
+    // `5xx` retries answered tries too, so the headers are copied for every request.
+    let upstream = Scripted::new(kept);
+    send(&layer(policy("connect-failure,5xx", 2)), &upstream).await;
+    assert_eq!(upstream.tries(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_status_is_retried_on_grpc_requests() {
+    let unavailable = |_| Step::Status(200, &[("grpc-status", "14")]);
+    let upstream = Scripted::new(unavailable);
+    send_request(
+        &layer(RetryPolicy::istio_default()),
+        &upstream,
+        grpc_request(),
+    )
+    .await;
+    assert_eq!(upstream.tries(), 3);
+    // The answer of a request that is not gRPC is not read for one.
+    let upstream = Scripted::new(unavailable);
+    send(&layer(RetryPolicy::istio_default()), &upstream).await;
+    assert_eq!(upstream.tries(), 1);
 }
