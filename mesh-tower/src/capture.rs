@@ -25,6 +25,7 @@
 use crate::body::{self, BoxBody, BoxError};
 use crate::client::UpstreamClient;
 use crate::error::{self, ProxyError};
+use crate::graceful::{GracefulShutdown, Watcher};
 use crate::outbound::Outbound;
 use crate::route::destination;
 use crate::server::{ConnectionInfo, Drain, drain, next_connection};
@@ -36,7 +37,6 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use mesh_core::model::Protocol;
 use mesh_core::store::ConfigStore;
 use std::convert::Infallible;

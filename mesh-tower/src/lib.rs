@@ -30,6 +30,7 @@ pub mod explain;
 pub mod fault;
 pub mod flags;
 pub mod future;
+mod graceful;
 pub mod grpc;
 pub mod inbound;
 pub mod mirror;

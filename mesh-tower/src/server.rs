@@ -2,12 +2,12 @@
 //! graceful drain on shutdown; [`serve_tls`] adds mutual TLS by PeerAuthentication.
 
 use crate::body::BoxBody;
+use crate::graceful::GracefulShutdown;
 use crate::tls::InboundTls;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
