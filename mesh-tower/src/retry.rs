@@ -382,7 +382,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
         let context = RequestContext::of(&req);
         let routed = context.and_then(|c| c.routed.as_ref());
         let layer = &self.spare.layer;
@@ -415,18 +415,23 @@ where
             let unseen_only = on.retries_only_unseen(false)
                 && (on.retries_only_unseen(true) || !crate::timeout::is_grpc(req.headers()));
             let remote_localities = policy.get().retry_remote_localities;
-            let template = if unseen_only {
+            if unseen_only {
                 let copy_for_http2 = on.contains(RetryCondition::RefusedStream);
-                Kept::Unsent(Resend::new(req, remote_localities, copy_for_http2))
-            } else {
-                let (parts, _) = req.into_parts();
-                Kept::Copied(Template::new(parts, ReplayBody::empty(), remote_localities))
-            };
+                let resend = Resend::first(&mut req, remote_localities, copy_for_http2);
+                let retries = Box::new(Retries {
+                    spare: self.spare.clone(),
+                    template: Kept::Unsent(resend),
+                    policy,
+                });
+                return ResponseFuture::first(self.inner.call(req), retries);
+            }
+            let (parts, _) = req.into_parts();
+            let template = Template::new(parts, ReplayBody::empty(), remote_localities);
             // Boxed before the first try is taken from it, so the kept request is not moved
             // again afterwards.
             let mut retries = Box::new(Retries {
                 spare: self.spare.clone(),
-                template,
+                template: Kept::Copied(template),
                 policy,
             });
             if let Some(first) = retries.template.attempt(1) {

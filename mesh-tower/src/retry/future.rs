@@ -114,7 +114,11 @@ where
                         // answer (a broken `Future` contract): hand on what the try gave.
                         return Poll::Ready(result);
                     };
-                    if classify(retries.policy.get(), &result) == Verdict::Done {
+                    // A try whose request did not come back cannot be sent again (the upstream
+                    // saw it): its answer stands, unread.
+                    if !retries.template.can_replay()
+                        || classify(retries.policy.get(), &result) == Verdict::Done
+                    {
                         return Poll::Ready(result);
                     }
                     state.set(State::Looping {

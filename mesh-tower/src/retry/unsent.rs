@@ -94,7 +94,6 @@ impl Unsent {
 ///
 /// [`RetryOn::retries_only_unseen`]: mesh_core::model::RetryOn::retries_only_unseen
 pub(super) struct Resend {
-    first: Option<Request<BoxBody>>,
     /// Where the last try's request comes back.
     unsent: Unsent,
     /// The request's version (the client sets the one it sends with).
@@ -103,18 +102,21 @@ pub(super) struct Resend {
 }
 
 impl Resend {
-    /// `req`'s tries; `copy_for_http2` when a refused HTTP/2 stream is retried.
-    pub(super) fn new(
-        req: Request<BoxBody>,
+    /// The tries of `req`, which is made the first one; `copy_for_http2` when a refused
+    /// HTTP/2 stream is retried.
+    pub(super) fn first(
+        req: &mut Request<BoxBody>,
         remote_localities: bool,
         copy_for_http2: bool,
     ) -> Self {
-        Self {
-            version: req.version(),
-            first: Some(req),
+        let resend = Self {
             unsent: Unsent::new(copy_for_http2),
+            version: req.version(),
             remote_localities,
-        }
+        };
+        RequestContext::of_mut(req).unsent = Some(resend.unsent.clone());
+        mark_try(req, 1, remote_localities);
+        resend
     }
 
     /// Whether the last try handed its request back.
@@ -122,25 +124,20 @@ impl Resend {
         self.unsent.holds_request()
     }
 
-    /// Try `n` (from 1): the request, then the one handed back; `None` when it was not.
+    /// Try `n` (from 2): the request the try before handed back; `None` when it was not.
     pub(super) fn attempt(&mut self, n: u32) -> Option<Request<BoxBody>> {
-        let mut req = if n == 1 {
-            self.first.take()?
-        } else {
-            // As the last try left it, but for what the layers below chose for it. The
-            // client's changes to the name and the URI are the ones it makes to any request,
-            // whatever the protocol of the next try; the version it set is put back.
-            let mut req = self.unsent.take()?;
-            *req.version_mut() = self.version;
-            let context = RequestContext::of_mut(&mut req);
-            context.target = None;
-            context.upstream = None;
-            context.stream_slot = None;
-            // Each try its own slot: a late give-back of an earlier try goes nowhere.
-            self.unsent = Unsent::new(self.unsent.copy_for_http2);
-            req
-        };
-        RequestContext::of_mut(&mut req).unsent = Some(self.unsent.clone());
+        // As the last try left it, but for what the layers below chose for it. The client's
+        // changes to the name and the URI are the ones it makes to any request, whatever the
+        // protocol of the next try; the version it set is put back.
+        let mut req = self.unsent.take()?;
+        *req.version_mut() = self.version;
+        // Each try its own slot: a late give-back of an earlier try goes nowhere.
+        self.unsent = Unsent::new(self.unsent.copy_for_http2);
+        let context = RequestContext::of_mut(&mut req);
+        context.target = None;
+        context.upstream = None;
+        context.stream_slot = None;
+        context.unsent = Some(self.unsent.clone());
         mark_try(&mut req, n, self.remote_localities);
         Some(req)
     }
