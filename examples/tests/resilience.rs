@@ -202,16 +202,7 @@ async fn a_killed_endpoint_costs_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_default_retries_send_a_refused_connects_request_to_the_live_endpoint() {
-    // Bind and drop: nothing listens on the port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dead = Upstream {
-        addr: ([127, 0, 0, 1], port).into(),
-        name: "dead".into(),
-    };
+    let dead = dead_upstream("dead");
     let live = Killable::start("live", Duration::ZERO).await;
     // Round robin: the tries take turns, so every first try goes to the dead endpoint. No `retries` in the
     // route: Istio's default (2 attempts on connect-failure,refused-stream,unavailable,

@@ -186,16 +186,7 @@ async fn a_request_naming_no_host_gets_400_with_the_dpe_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_endpoint_is_a_503_with_the_uf_flag() {
-    // Bind and drop: nothing listens on the port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dead = Upstream {
-        addr: ([127, 0, 0, 1], port).into(),
-        name: "v1".into(),
-    };
+    let dead = dead_upstream("v1");
     let config = ConfigDir::new(&registry(&[&dead]));
     let proxy = start_proxy(&config).await;
     let flags = in_process(&proxy, "http://hello/", 503).await;

@@ -68,16 +68,21 @@ impl GracefulShutdown {
         for waker in wakers.iter().filter_map(Weak::upgrade) {
             waker.wake();
         }
-        loop {
-            let ended = shared.all_ended.notified();
-            tokio::pin!(ended);
-            // Registered before the count is read: a last watcher dropped in between wakes it.
-            ended.as_mut().enable();
-            if shared.open.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            ended.await;
+        until_zero(&shared.open, &shared.all_ended).await;
+    }
+}
+
+/// Resolves once `count` is zero; whoever brings it to zero calls `zero.notify_waiters()`.
+pub(crate) async fn until_zero(count: &AtomicUsize, zero: &Notify) {
+    loop {
+        let notified = zero.notified();
+        tokio::pin!(notified);
+        // Registered before the count is read: a count reaching zero in between still wakes it.
+        notified.as_mut().enable();
+        if count.load(Ordering::SeqCst) == 0 {
+            return;
         }
+        notified.await;
     }
 }
 

@@ -25,6 +25,19 @@ pub struct Upstream {
     pub name: String,
 }
 
+/// An upstream named `name` on a 127.0.0.1 port nothing listens on any more (bound, then
+/// closed): connecting to it is refused.
+pub fn dead_upstream(name: &str) -> Upstream {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    Upstream {
+        addr,
+        name: name.to_owned(),
+    }
+}
+
 /// Starts an upstream named `name` on an ephemeral 127.0.0.1 port.
 pub async fn upstream(name: &str, delay: Duration) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

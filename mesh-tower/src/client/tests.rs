@@ -483,12 +483,15 @@ async fn a_connection_past_its_max_duration_is_not_handed_out() {
     }
 }
 
+/// A 127.0.0.1 port nothing listens on (bound, then closed).
+async fn closed_port() -> Authority {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap()
+}
+
 #[tokio::test]
 async fn a_refused_connect_is_a_connect_failure() {
-    // A port nothing listens on (bound, then closed).
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
-    drop(listener);
+    let authority = closed_port().await;
     let client = UpstreamClient::new();
     for http2 in [false, true] {
         let e = client
@@ -526,9 +529,7 @@ fn assert_given_back(unsent: &Unsent, path: &str) {
 
 #[tokio::test]
 async fn a_request_whose_connect_failed_is_given_back() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
-    drop(listener);
+    let authority = closed_port().await;
     let client = UpstreamClient::new();
     for http2 in [false, true] {
         let (req, unsent) = to_give_back("/connect");

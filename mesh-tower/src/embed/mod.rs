@@ -309,16 +309,7 @@ impl Drop for InFlight {
 impl DrainState {
     /// Resolves once no request is in flight.
     async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a request finishing in between still wakes us.
-            notified.as_mut().enable();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
+        crate::graceful::until_zero(&self.in_flight, &self.idle).await;
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// Where the client gives back a try's request that the upstream never saw. Set in the
 /// request's [`RequestContext`] by the retry layer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Unsent {
     slot: Arc<Mutex<Option<Request<BoxBody>>>>,
     /// Keep a copy of an HTTP/2 request for a refused stream (hyper does not hand it back).
