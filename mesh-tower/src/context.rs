@@ -50,6 +50,9 @@ pub struct RequestContext {
     /// Where the client gives the request back when the upstream never saw it, from the
     /// retry layer (when that is all a retry needs).
     pub unsent: Option<Unsent>,
+    /// Whether the request is gRPC (`content-type: application/grpc...`), from telemetry's
+    /// scan of the headers; read through [`RequestContext::is_grpc`].
+    pub grpc: Option<bool>,
 }
 
 impl RequestContext {
@@ -66,6 +69,13 @@ impl RequestContext {
     /// The matched route of `req`.
     pub fn routed<B>(req: &Request<B>) -> Option<&Routed> {
         Self::of(req)?.routed.as_ref()
+    }
+
+    /// Whether `req` is gRPC: as recorded in its context, else from its headers.
+    pub fn is_grpc<B>(req: &Request<B>) -> bool {
+        Self::of(req)
+            .and_then(|c| c.grpc)
+            .unwrap_or_else(|| crate::timeout::is_grpc(req.headers()))
     }
 
     /// The cluster chosen for `req`.

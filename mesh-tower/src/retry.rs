@@ -413,7 +413,7 @@ where
             let on = &policy.get().retry_on;
             // A gRPC status is read only when it can matter: the lookup costs a hash.
             let unseen_only = on.retries_only_unseen(false)
-                && (on.retries_only_unseen(true) || !crate::timeout::is_grpc(req.headers()));
+                && (on.retries_only_unseen(true) || !RequestContext::is_grpc(&req));
             let remote_localities = policy.get().retry_remote_localities;
             if unseen_only {
                 let copy_for_http2 = on.contains(RetryCondition::RefusedStream);

@@ -47,10 +47,21 @@ impl Deadline {
     /// Sets `grpc-timeout` on a gRPC request to the time left (deadline propagation).
     pub fn propagate(self, headers: &mut HeaderMap) {
         if is_grpc(headers) {
-            let millis = self.remaining().as_millis().clamp(1, 99_999_999);
-            if let Ok(v) = HeaderValue::try_from(format!("{millis}m")) {
-                headers.insert(GRPC_TIMEOUT, v);
-            }
+            self.set_grpc_timeout(headers);
+        }
+    }
+
+    /// As [`Deadline::propagate`] on `req`, known gRPC or not from its context.
+    pub(crate) fn propagate_to<B>(self, req: &mut Request<B>) {
+        if RequestContext::is_grpc(req) {
+            self.set_grpc_timeout(req.headers_mut());
+        }
+    }
+
+    fn set_grpc_timeout(self, headers: &mut HeaderMap) {
+        let millis = self.remaining().as_millis().clamp(1, 99_999_999);
+        if let Ok(v) = HeaderValue::try_from(format!("{millis}m")) {
+            headers.insert(GRPC_TIMEOUT, v);
         }
     }
 }
@@ -232,9 +243,11 @@ where
         let route_timeout = self
             .fixed
             .or_else(|| RequestContext::routed(&req).and_then(|r| r.route().timeout));
-        let caller_timeout = req
-            .headers()
-            .get(&GRPC_TIMEOUT)
+        // A gRPC caller's own deadline (Envoy reads it on gRPC requests only).
+        let grpc = RequestContext::is_grpc(&req);
+        let caller_timeout = grpc
+            .then(|| req.headers().get(&GRPC_TIMEOUT))
+            .flatten()
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let timeout = match (route_timeout, caller_timeout) {
@@ -250,7 +263,9 @@ where
             };
         };
         let deadline = Deadline(Instant::now() + timeout);
-        deadline.propagate(req.headers_mut());
+        if grpc {
+            deadline.set_grpc_timeout(req.headers_mut());
+        }
         RequestContext::of_mut(&mut req).deadline = Some(deadline);
         ResponseFuture {
             inner: self.inner.call(req),
@@ -326,6 +341,54 @@ mod tests {
         let error = body.frame().await.unwrap().unwrap_err();
         assert_eq!(error.to_string(), "stream idle timeout");
         assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_callers_deadline_bounds_its_request_and_goes_upstream_shorter() {
+        use tower::ServiceExt;
+        // The upstream notes the grpc-timeout it was sent and answers after 10 s.
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let slow = {
+            let sent = sent.clone();
+            tower::service_fn(move |req: Request<BoxBody>| {
+                sent.lock()
+                    .unwrap()
+                    .push(req.headers()[GRPC_TIMEOUT].clone());
+                async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok::<_, BoxError>(Response::new(crate::body::empty()))
+                }
+            })
+        };
+        let request = |content_type: &'static str| {
+            let mut req = Request::new(crate::body::empty());
+            req.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
+            req.headers_mut()
+                .insert(GRPC_TIMEOUT, HeaderValue::from_static("2S"));
+            req
+        };
+        let service = TimeoutLayer::fixed(Duration::from_secs(60)).layer(slow);
+        // gRPC: the caller's 2 s is shorter than the route's 60 s, and is what the upstream gets.
+        let started = Instant::now();
+        let error = service
+            .clone()
+            .oneshot(request("application/grpc"))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            error.downcast_ref::<ProxyError>(),
+            Some(ProxyError::Timeout { per_try: false })
+        ));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // Not gRPC: the header is the app's own, neither read nor rewritten (as Envoy).
+        let started = Instant::now();
+        let response = service.oneshot(request("application/json")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(*sent.lock().unwrap(), ["2000m", "2S"]);
     }
 
     #[test]

@@ -559,19 +559,24 @@ impl RetryOn {
     /// assert!(!RetryOn::parse("connect-failure,503").unwrap().retries_only_unseen(false));
     /// ```
     pub fn retries_only_unseen(&self, grpc_request: bool) -> bool {
-        let bit = |c: RetryCondition| 1u32 << c as u8;
-        let mut unseen = bit(RetryCondition::ConnectFailure)
-            | bit(RetryCondition::ResetBeforeRequest)
-            | bit(RetryCondition::RefusedStream);
+        use RetryCondition as C;
+        const fn bit(c: C) -> u32 {
+            1 << c as u8
+        }
+        const UNSEEN: u32 =
+            bit(C::ConnectFailure) | bit(C::ResetBeforeRequest) | bit(C::RefusedStream);
+        // The conditions with a `grpc_status` (a test keeps the two lists together).
+        const GRPC: u32 = bit(C::Cancelled)
+            | bit(C::DeadlineExceeded)
+            | bit(C::Internal)
+            | bit(C::ResourceExhausted)
+            | bit(C::Unavailable);
+        let mut unseen = UNSEEN;
         if !grpc_request {
-            for (c, _) in RetryCondition::ALL {
-                if c.grpc_status().is_some() {
-                    unseen |= bit(c);
-                }
-            }
+            unseen |= GRPC;
         }
         if self.status_codes.is_empty() {
-            unseen |= bit(RetryCondition::RetriableStatusCodes);
+            unseen |= bit(C::RetriableStatusCodes);
         }
         self.bits & !unseen == 0
     }
@@ -635,4 +640,34 @@ pub struct LocalRateLimit {
     pub tokens_per_fill: u32,
     /// The refill interval.
     pub fill_interval: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_conditions_about_unseen_tries_and_grpc_statuses_of_other_requests_need_no_copy() {
+        let unseen = [
+            RetryCondition::ConnectFailure,
+            RetryCondition::ResetBeforeRequest,
+            RetryCondition::RefusedStream,
+            // Without codes listed, it retries nothing.
+            RetryCondition::RetriableStatusCodes,
+        ];
+        for (condition, name) in RetryCondition::ALL {
+            let mut on = RetryOn::NONE;
+            on.insert(condition);
+            let (plain, grpc) = (on.retries_only_unseen(false), on.retries_only_unseen(true));
+            if unseen.contains(&condition) {
+                assert!(plain && grpc, "{name}");
+            } else if condition.grpc_status().is_some() {
+                assert!(plain && !grpc, "{name}: read on gRPC requests only");
+            } else {
+                assert!(!plain && !grpc, "{name}: retries an answered try");
+            }
+        }
+        let codes = RetryOn::parse("retriable-status-codes,503").unwrap();
+        assert!(!codes.retries_only_unseen(false));
+    }
 }

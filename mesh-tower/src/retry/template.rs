@@ -213,7 +213,7 @@ pub(super) fn mark_try(req: &mut Request<BoxBody>, n: u32, remote_localities: bo
         });
     }
     if let Some(deadline) = RequestContext::of(req).and_then(|c| c.deadline) {
-        deadline.propagate(req.headers_mut());
+        deadline.propagate_to(req);
     }
 }
 

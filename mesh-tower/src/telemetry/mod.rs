@@ -154,6 +154,8 @@ impl Telemetry {
         let trace = propagation::continue_trace(&found, &self.rng, self.sampling);
         let stale_b3 = found.stale_b3();
         let (grpc, request_bytes) = (found.is_grpc(), found.body_size());
+        // For the layers below, which would each look the content type up again.
+        crate::context::RequestContext::of_mut(req).grpc = Some(grpc);
         let headers = req.headers_mut();
         // Room for every header added here at once: a map parsed to fit its headers grows
         // once, not once per header.
