@@ -26,7 +26,7 @@ use mesh_tower::ratelimit::InboundRateLimitLayer;
 use mesh_tower::rng::Rng;
 use mesh_tower::server::{Drain, serve, serve_tls};
 use mesh_tower::source::FileSource;
-use mesh_tower::telemetry::{AccessLogFormat, AccessLogSink, Reporter, Telemetry};
+use mesh_tower::telemetry::{AccessLogFormat, AccessLogSink, Propagators, Reporter, Telemetry};
 use mesh_tower::tls::{InboundTls, watch_credentials};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +64,8 @@ pub struct Options {
     pub access_log: Option<AccessLogFormat>,
     /// The share of new traces sampled (Istio's default: 1%).
     pub trace_sampling: Percentage,
+    /// The trace-context formats read and written (`OTEL_PROPAGATORS`).
+    pub trace_propagators: Propagators,
     /// Changes the log filter for `/logging?level=`.
     pub log_level: Option<LogLevelSetter>,
     /// The workload identity for mutual TLS; plaintext only when `None`.
@@ -108,6 +110,7 @@ impl std::fmt::Debug for Options {
             .field("workload", &self.workload)
             .field("access_log", &self.access_log)
             .field("trace_sampling", &self.trace_sampling)
+            .field("trace_propagators", &self.trace_propagators)
             .field("identity", &self.identity)
             .field("intercept", &self.intercept)
             .finish_non_exhaustive()
@@ -150,6 +153,7 @@ impl Options {
             seed: None,
             access_log: None,
             trace_sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
+            trace_propagators: Propagators::default(),
             log_level: None,
             identity: None,
             otlp_endpoint: None,
@@ -289,6 +293,7 @@ impl Proxy {
         let rng = options.seed.map_or_else(Rng::from_entropy, Rng::with_seed);
         let mut telemetry = Telemetry::new(Reporter::Source, options.workload.clone())
             .sampling(options.trace_sampling)
+            .propagators(options.trace_propagators)
             .rng(rng.clone());
         if let Some(endpoint) = options.otlp_endpoint.clone() {
             let (sink, _) = mesh_tower::telemetry::otlp::exporter(
@@ -313,7 +318,8 @@ impl Proxy {
         let authz = AuthzLayer::new(store.clone());
         let authz_stats = authz.stats();
         let inbound_telemetry = Telemetry::new(Reporter::Destination, options.workload.clone())
-            .sampling(options.trace_sampling);
+            .sampling(options.trace_sampling)
+            .propagators(options.trace_propagators);
         let inbound_telemetry = mesh_tower::telemetry::TelemetryLayer::new(inbound_telemetry);
         // A gRPC client gets the sidecar's own answers (denial, no app) as a gRPC status.
         // Envoy's inbound filter order: RBAC, then the local rate limit, then the router.

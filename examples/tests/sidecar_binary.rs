@@ -64,6 +64,18 @@ fn bad_arguments_exit_2_and_a_bad_config_exits_1() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // OpenTelemetry's environment is read as the flags are, and checked as strictly.
+    let out = Command::new(BIN)
+        .args(["run", "--config", "."])
+        .env("OTEL_PROPAGATORS", "tracecontext,jaeger")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unsupported trace propagator `jaeger`"),
+        "{stderr}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = write(&dir, "bad.yaml", "kind: [");
     let out = Command::new(BIN)

@@ -245,6 +245,60 @@ async fn trace_context_and_request_ids_propagate() {
     proxy.shutdown().await;
 }
 
+/// `OTEL_PROPAGATORS` (`Options::trace_propagators`): only the chosen formats go upstream,
+/// the others pass through as the caller sent them, and `x-request-id` is set either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_configured_trace_formats_go_upstream() {
+    let (v1, seen) = echo("v1").await;
+    let config = ConfigDir::new(&registry(&[&v1]));
+    let mut options = test_options(vec![config.path()]);
+    options.trace_propagators = "b3".parse().unwrap();
+    let proxy = Proxy::start(options).await.unwrap();
+    let c = client(proxy.outbound, false);
+    get(
+        &c,
+        "hello",
+        "/",
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
+    )
+    .await;
+    get(
+        &c,
+        "hello",
+        "/",
+        &[
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "0"),
+        ],
+    )
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    // W3C in, B3 only: W3C is not read, so the request starts a trace of its own, and its
+    // traceparent reaches the upstream as the caller sent it.
+    let first = &seen[0];
+    assert_eq!(
+        first["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    let b3 = first["b3"].to_str().unwrap();
+    assert!(!b3.starts_with("4bf92f3577b34da6a3ce929d0e0e4736"), "{b3}");
+    assert_eq!(b3.len(), 32 + 1 + 16 + 2, "{b3}");
+    assert!(first.get("x-b3-traceid").is_none());
+    assert_eq!(first["x-request-id"].len(), 36);
+    // B3 multi in: read, and continued in the single header (our span, the caller's decision).
+    let second = &seen[1];
+    let b3 = second["b3"].to_str().unwrap();
+    assert!(b3.starts_with("463ac35c9f6413ad48485a3953bb6124-"), "{b3}");
+    assert!(!b3.contains("a2fb4a1d1a96d312"), "our own span: {b3}");
+    assert!(b3.ends_with("-0"), "{b3}");
+    assert!(second.get("traceparent").is_none());
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_one_line_per_request() {
     let v1 = upstream("v1", Duration::ZERO).await;

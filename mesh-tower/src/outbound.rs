@@ -170,6 +170,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Room, at once, for the headers the layers below add: a map parsed to fit its
+        // headers (as HTTP/2's decoder leaves it) would otherwise grow, rehashing every entry,
+        // when one of them arrives.
+        req.headers_mut().reserve(ADDED_HEADERS);
         let observation = self.telemetry.as_ref().map(|t| t.start(&mut req));
         let grpc = match &observation {
             Some(observation) => observation.is_grpc(),
@@ -184,6 +188,12 @@ where
         }
     }
 }
+
+/// How many headers the outbound layers add to a request at most on its usual path:
+/// telemetry's five (`x-request-id`, `traceparent`, `x-b3-traceid`, `x-b3-spanid`,
+/// `x-b3-sampled`), the retry layer's `x-envoy-attempt-count` and the client's `host` for an
+/// HTTP/2 request sent over HTTP/1.1.
+const ADDED_HEADERS: usize = 7;
 
 pin_project! {
     /// [`Outbound`]'s answer as the client gets it: an error becomes the response Envoy would

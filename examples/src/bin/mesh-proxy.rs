@@ -15,7 +15,7 @@ use mesh_examples::demo;
 use mesh_examples::proxy::{Identity, Options, Proxy, StartError};
 use mesh_tower::admin::LogLevelSetter;
 use mesh_tower::server::Drain;
-use mesh_tower::telemetry::AccessLogFormat;
+use mesh_tower::telemetry::{AccessLogFormat, Propagators};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,6 +132,10 @@ struct RunArgs {
     /// Percentage of new traces sampled (a caller's decision is kept); Istio's default is 1.
     #[arg(long, default_value_t = 1.0)]
     trace_sampling: f64,
+    /// Trace-context formats read and written, comma-separated: tracecontext (W3C), b3
+    /// (single header), b3multi (x-b3-*), baggage (passes through), none.
+    #[arg(long, env = "OTEL_PROPAGATORS", default_value = "tracecontext,b3multi")]
+    trace_propagators: Propagators,
     /// Export spans over OTLP/gRPC to this endpoint (`http://127.0.0.1:4317`).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
@@ -390,6 +394,7 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
         drain_grace: Duration::from_secs(args.drain_seconds),
         access_log,
         trace_sampling: sampling,
+        trace_propagators: args.trace_propagators,
         otlp_endpoint: args.otlp_endpoint.clone(),
         xds: args.xds.clone(),
         xds_mode: if args.xds_protocol == "delta" {

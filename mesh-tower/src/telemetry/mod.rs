@@ -19,7 +19,7 @@ mod spans;
 
 pub use access_log::AccessLogFormat;
 pub use istio_metrics::{BYTES_BUCKETS, DURATION_BUCKETS_MS};
-pub use propagation::{TraceContext, parse_b3, parse_traceparent};
+pub use propagation::{Propagators, TraceContext, UnknownPropagator, parse_b3, parse_traceparent};
 pub use spans::{SpanKind, SpanRecord, SpanSink, TraceScope};
 
 use crate::body::{self, BoxBody, BoxError};
@@ -92,6 +92,7 @@ pub struct Telemetry {
     reporter: Reporter,
     rng: Rng,
     sampling: Percentage,
+    propagators: Propagators,
     access_log: Option<(AccessLogFormat, AccessLogSink)>,
     spans: Option<SpanSink>,
     labels: Arc<istio_metrics::WorkloadLabels>,
@@ -102,6 +103,7 @@ impl std::fmt::Debug for Telemetry {
         f.debug_struct("Telemetry")
             .field("reporter", &self.reporter)
             .field("sampling", &self.sampling)
+            .field("propagators", &self.propagators)
             .field("access_log", &self.access_log.as_ref().map(|(f, _)| f))
             .finish_non_exhaustive()
     }
@@ -116,9 +118,17 @@ impl Telemetry {
             labels: Arc::new(istio_metrics::WorkloadLabels::new(&workload)),
             rng: Rng::from_entropy(),
             sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
+            propagators: Propagators::default(),
             access_log: None,
             spans: None,
         }
+    }
+
+    /// Reads and writes the trace context in the formats `propagators` names (default:
+    /// W3C and B3 multi-header; see [`Propagators`]).
+    pub fn propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
     }
 
     /// Sends the spans of sampled requests (the request's, and one per upstream try) to `sink`,
@@ -147,11 +157,11 @@ impl Telemetry {
     }
 
     /// Starts observing `req`: sets `x-request-id` when absent and the trace context headers
-    /// (W3C and B3) for the next hop.
+    /// (of the configured [`Propagators`]) for the next hop.
     pub fn start<B>(&self, req: &mut Request<B>) -> Observation {
         let found = propagation::TraceHeaders::scan(req.headers());
         let has_request_id = found.request_id.is_some_and(|v| v.to_str().is_ok());
-        let trace = propagation::continue_trace(&found, &self.rng, self.sampling);
+        let trace = propagation::continue_trace(&found, self.propagators, &self.rng, self.sampling);
         let stale_b3 = found.stale_b3();
         let (grpc, request_bytes) = (found.is_grpc(), found.body_size());
         // For the layers below, which would each look the content type up again.
@@ -162,7 +172,7 @@ impl Telemetry {
         headers.reserve(5);
         // A request without an id gets one, in the same buffer as the trace headers' values.
         let request_id = (!has_request_id).then(|| propagation::uuid_v4_bytes(&self.rng));
-        trace.write(headers, stale_b3, request_id.as_ref());
+        trace.write(headers, self.propagators, stale_b3, request_id.as_ref());
         let sink = self.spans.clone().filter(|_| trace.sampled);
         // The strings only the access log, a collected span or a debug log read.
         let details = (self.access_log.is_some()

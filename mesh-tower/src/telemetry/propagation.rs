@@ -6,6 +6,130 @@ use crate::rng::Rng;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use mesh_core::model::Percentage;
 
+/// The trace-context formats read from a request and written for the next hop, named as
+/// OpenTelemetry's `OTEL_PROPAGATORS` names them: `tracecontext` (W3C `traceparent`; its
+/// `tracestate` passes through), `b3` (the single `b3` header), `b3multi` (`x-b3-traceid`,
+/// `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`), `baggage` (accepted: `baggage` passes
+/// through untouched) and `none`.
+///
+/// The default is `tracecontext,b3multi`: Istio's sidecars and the apps written for them
+/// (Envoy's Zipkin tracer, bookinfo) forward B3, OpenTelemetry's SDKs `traceparent`, and a
+/// mesh between the two keeps both traces whole. One format alone writes fewer headers on
+/// every request. As OpenTelemetry's B3 propagator does, `b3` and `b3multi` each read B3 in
+/// either encoding (the single header first) and write their own. Formats not listed are
+/// neither read nor written: their headers pass through as the caller sent them, as Envoy
+/// leaves the formats its tracer does not speak.
+///
+/// ```
+/// use mesh_tower::telemetry::Propagators;
+///
+/// let w3c: Propagators = "tracecontext, baggage".parse().unwrap();
+/// assert!(w3c.tracecontext() && !w3c.b3_multi());
+/// assert_eq!("".parse::<Propagators>().unwrap(), Propagators::default());
+/// let err = "tracecontext,jaeger".parse::<Propagators>().unwrap_err();
+/// assert!(err.to_string().contains("`jaeger`"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Propagators {
+    tracecontext: bool,
+    b3_single: bool,
+    b3_multi: bool,
+}
+
+impl Default for Propagators {
+    fn default() -> Self {
+        Self {
+            tracecontext: true,
+            b3_single: false,
+            b3_multi: true,
+        }
+    }
+}
+
+impl Propagators {
+    /// No trace context read or written (`none`): each request starts a trace of its own.
+    pub const NONE: Self = Self {
+        tracecontext: false,
+        b3_single: false,
+        b3_multi: false,
+    };
+
+    /// Whether W3C `traceparent` is read and written.
+    pub fn tracecontext(self) -> bool {
+        self.tracecontext
+    }
+
+    /// Whether the single `b3` header is written.
+    pub fn b3_single(self) -> bool {
+        self.b3_single
+    }
+
+    /// Whether the `x-b3-*` headers are written.
+    pub fn b3_multi(self) -> bool {
+        self.b3_multi
+    }
+
+    /// Whether B3 is read (in either encoding).
+    fn b3(self) -> bool {
+        self.b3_single || self.b3_multi
+    }
+}
+
+/// An `OTEL_PROPAGATORS` entry this proxy does not speak.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unsupported trace propagator `{name}`: supported are tracecontext, baggage, b3, b3multi \
+     and none"
+)]
+pub struct UnknownPropagator {
+    /// The entry as given.
+    pub name: String,
+}
+
+impl std::str::FromStr for Propagators {
+    type Err = UnknownPropagator;
+
+    /// A comma-separated list as `OTEL_PROPAGATORS` holds it; empty means the default.
+    fn from_str(list: &str) -> Result<Self, UnknownPropagator> {
+        if list.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let mut chosen = Self::NONE;
+        for name in list.split(',').map(str::trim) {
+            match name.to_ascii_lowercase().as_str() {
+                "tracecontext" => chosen.tracecontext = true,
+                "b3" => chosen.b3_single = true,
+                "b3multi" => chosen.b3_multi = true,
+                "baggage" | "none" => {}
+                _ => {
+                    return Err(UnknownPropagator {
+                        name: name.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(chosen)
+    }
+}
+
+impl std::fmt::Display for Propagators {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [
+            (self.tracecontext, "tracecontext"),
+            (self.b3_single, "b3"),
+            (self.b3_multi, "b3multi"),
+        ];
+        let mut chosen = names.iter().filter(|(on, _)| *on).map(|(_, name)| *name);
+        match chosen.next() {
+            None => f.write_str("none"),
+            Some(first) => {
+                f.write_str(first)?;
+                chosen.try_for_each(|name| write!(f, ",{name}"))
+            }
+        }
+    }
+}
+
 /// The trace this request belongs to and this proxy's span in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceContext {
@@ -31,32 +155,38 @@ impl TraceContext {
     }
 
     /// Writes `traceparent` and the B3 headers for the next hop (this span as its parent);
-    /// `tracestate` passes through untouched.
+    /// `tracestate` passes through untouched. [`TraceContext::inject_as`] chooses the formats.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        // Room for the four headers at once: a map parsed to fit its headers grows once, not
-        // once per header.
-        headers.reserve(4);
-        self.write(headers, true, None);
+        self.inject_as(headers, Propagators::default());
     }
 
-    /// As [`TraceContext::inject`], without reserving room; `stale_b3` says whether the map
-    /// may hold a `b3` or `x-b3-parentspanid` header that this span does not overwrite (each
-    /// removal hashes a name, so a caller that scanned the headers can skip them).
+    /// Writes the trace headers of the formats `propagators` names for the next hop.
+    pub fn inject_as(&self, headers: &mut HeaderMap, propagators: Propagators) {
+        // Room for the headers at once: a map parsed to fit its headers grows once, not once
+        // per header.
+        headers.reserve(5);
+        self.write(headers, propagators, true, None);
+    }
+
+    /// As [`TraceContext::inject_as`], without reserving room; `stale_b3` says whether the
+    /// map may hold a `b3` or `x-b3-parentspanid` header that this span does not overwrite
+    /// (each removal hashes a name, so a caller that scanned the headers can skip them).
     ///
     /// With `request_id`, also sets `x-request-id` to it: every value set here shares one
     /// buffer, so one allocation.
     pub(super) fn write(
         &self,
         headers: &mut HeaderMap,
+        propagators: Propagators,
         stale_b3: bool,
         request_id: Option<&[u8; 36]>,
     ) {
         let trace = hex::<32>(self.trace_id);
         let span = hex::<16>(u128::from(self.span_id));
-        // `00-{trace}-{span}-{flags}`
-        // The values share one buffer (one allocation): `traceparent`, then the B3 parent,
-        // then the request id.
-        let mut buffer = [0u8; 55 + 16 + 36];
+        // The values share one buffer (one allocation): `traceparent`
+        // (`00-{trace}-{span}-{flags}`, whose ids B3 multi reuses), the B3 parent, the request
+        // id, then the single `b3` header (`{trace}-{span}-{sampled}`).
+        let mut buffer = [0u8; 55 + 16 + 36 + 51];
         buffer[..3].copy_from_slice(b"00-");
         buffer[3..35].copy_from_slice(&trace);
         buffer[35] = b'-';
@@ -66,7 +196,13 @@ impl TraceContext {
             buffer[55..71].copy_from_slice(&hex::<16>(u128::from(parent)));
         }
         if let Some(id) = request_id {
-            buffer[71..].copy_from_slice(id);
+            buffer[71..107].copy_from_slice(id);
+        }
+        if propagators.b3_single {
+            buffer[107..139].copy_from_slice(&trace);
+            buffer[139] = b'-';
+            buffer[140..156].copy_from_slice(&span);
+            buffer[156..].copy_from_slice(if self.sampled { b"-1" } else { b"-0" });
         }
         let buffer = bytes::Bytes::from_owner(buffer);
         let set = |headers: &mut HeaderMap, name: HeaderName, range: std::ops::Range<usize>| {
@@ -74,22 +210,29 @@ impl TraceContext {
                 headers.insert(name, v);
             }
         };
-        set(headers, TRACEPARENT, 0..55);
-        set(headers, X_B3_TRACEID, 3..35);
-        set(headers, X_B3_SPANID, 36..52);
+        if propagators.tracecontext {
+            set(headers, TRACEPARENT, 0..55);
+        }
         if request_id.is_some() {
             set(headers, X_REQUEST_ID, 71..107);
         }
-        headers.insert(
-            X_B3_SAMPLED,
-            HeaderValue::from_static(if self.sampled { "1" } else { "0" }),
-        );
-        if self.parent_span_id.is_some() {
-            set(headers, X_B3_PARENTSPANID, 55..71);
-        } else if stale_b3 {
-            headers.remove(X_B3_PARENTSPANID);
+        if propagators.b3_multi {
+            set(headers, X_B3_TRACEID, 3..35);
+            set(headers, X_B3_SPANID, 36..52);
+            headers.insert(
+                X_B3_SAMPLED,
+                HeaderValue::from_static(if self.sampled { "1" } else { "0" }),
+            );
+            if self.parent_span_id.is_some() {
+                set(headers, X_B3_PARENTSPANID, 55..71);
+            } else if stale_b3 {
+                headers.remove(X_B3_PARENTSPANID);
+            }
         }
-        if stale_b3 {
+        if propagators.b3_single {
+            set(headers, B3, 107..158);
+        } else if propagators.b3_multi && stale_b3 {
+            // The caller's single header names the caller's span, not this one.
             headers.remove(B3);
         }
     }
@@ -279,14 +422,18 @@ fn nonzero_u64(rng: &Rng) -> u64 {
     }
 }
 
-/// Continues the caller's trace (W3C first, then B3) with a new span for this proxy, or
-/// starts a trace sampled at `sampling`.
+/// Continues the caller's trace, in the first format of `propagators` the request carries
+/// (W3C, then B3 in either encoding), with a new span for this proxy, or starts a trace sampled at `sampling`.
 pub(super) fn continue_trace(
     headers: &TraceHeaders<'_>,
+    propagators: Propagators,
     rng: &Rng,
     sampling: Percentage,
 ) -> TraceContext {
-    let incoming = headers.w3c().or_else(|| headers.b3());
+    let incoming = headers
+        .w3c()
+        .filter(|_| propagators.tracecontext)
+        .or_else(|| headers.b3().filter(|_| propagators.b3()));
     match incoming {
         Some((trace_id, parent, sampled)) => TraceContext {
             trace_id,
@@ -350,6 +497,7 @@ mod tests {
         headers.insert("x-b3-sampled", HeaderValue::from_static("1"));
         let ctx = continue_trace(
             &TraceHeaders::scan(&headers),
+            Propagators::default(),
             &Rng::with_seed(1),
             Percentage::NONE,
         );
@@ -382,7 +530,15 @@ mod tests {
         let rng = Rng::with_seed(4);
         let one_percent = Percentage::from_percent_f64(1.0).unwrap();
         let sampled = (0..100_000)
-            .filter(|_| continue_trace(&TraceHeaders::default(), &rng, one_percent).sampled)
+            .filter(|_| {
+                continue_trace(
+                    &TraceHeaders::default(),
+                    Propagators::default(),
+                    &rng,
+                    one_percent,
+                )
+                .sampled
+            })
             .count();
         assert!((800..=1_200).contains(&sampled), "{sampled}");
         let id = uuid_v4(&rng);
@@ -429,11 +585,16 @@ mod tests {
         headers.insert("user-agent", HeaderValue::from_static("test"));
         let found = TraceHeaders::scan(&headers);
         assert!(found.stale_b3());
-        let ctx = continue_trace(&found, &Rng::with_seed(2), Percentage::NONE);
+        let ctx = continue_trace(
+            &found,
+            Propagators::default(),
+            &Rng::with_seed(2),
+            Percentage::NONE,
+        );
         assert_eq!(ctx.trace_id, 0x80f198ee56343ba864fe8b2a57d3eff7);
         assert_eq!(ctx.parent_span_id, Some(0xe457b5a2e4d86bd1));
         assert!(ctx.sampled);
-        ctx.write(&mut headers, true, None);
+        ctx.write(&mut headers, Propagators::default(), true, None);
         assert!(
             headers.get("b3").is_none(),
             "the caller's span is not the next hop's parent"
@@ -457,7 +618,12 @@ mod tests {
         let found = TraceHeaders::scan(&headers);
         assert!(!found.stale_b3());
         assert_eq!(found.request_id, Some(&HeaderValue::from_static("abc")));
-        let ctx = continue_trace(&found, &Rng::with_seed(3), Percentage::NONE);
+        let ctx = continue_trace(
+            &found,
+            Propagators::default(),
+            &Rng::with_seed(3),
+            Percentage::NONE,
+        );
         assert_eq!(ctx.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(ctx.parent_span_id, Some(0x00f067aa0ba902b7));
     }
@@ -474,7 +640,7 @@ mod tests {
             sampled: true,
         };
         let mut headers = HeaderMap::new();
-        ctx.write(&mut headers, false, Some(&id));
+        ctx.write(&mut headers, Propagators::default(), false, Some(&id));
         assert_eq!(headers["x-request-id"], text);
         assert_eq!(
             headers["traceparent"],
@@ -484,7 +650,152 @@ mod tests {
         assert_eq!(headers["x-b3-sampled"], "1");
         // Without one, no x-request-id is written.
         let mut headers = HeaderMap::new();
-        ctx.write(&mut headers, false, None);
+        ctx.write(&mut headers, Propagators::default(), false, None);
         assert!(!headers.contains_key("x-request-id"));
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn each_propagator_writes_its_own_headers_only() {
+        let ctx = TraceContext {
+            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            span_id: 0x00f0_67aa_0ba9_02b7,
+            parent_span_id: Some(0xa2fb_4a1d_1a96_d312),
+            sampled: false,
+        };
+        let written = |list: &str| {
+            let mut headers = HeaderMap::new();
+            ctx.inject_as(&mut headers, list.parse().unwrap());
+            headers
+        };
+        let w3c = written("tracecontext");
+        assert_eq!(names(&w3c), ["traceparent"]);
+        let single = written("b3");
+        assert_eq!(names(&single), ["b3"]);
+        assert_eq!(
+            single["b3"],
+            "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0"
+        );
+        assert_eq!(
+            parse_b3(&single),
+            Some((ctx.trace_id, ctx.span_id, Some(false)))
+        );
+        let multi = written("b3multi");
+        assert_eq!(
+            names(&multi),
+            [
+                "x-b3-parentspanid",
+                "x-b3-sampled",
+                "x-b3-spanid",
+                "x-b3-traceid"
+            ]
+        );
+        assert!(written("none").is_empty());
+        assert!(written("baggage").is_empty());
+        let all = written(" TraceContext , b3, b3multi ");
+        assert_eq!(names(&all).len(), 6);
+        assert_eq!(written(""), written("tracecontext,b3multi"));
+    }
+
+    #[test]
+    fn only_the_configured_formats_are_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        headers.insert(
+            "b3",
+            HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        );
+        headers.insert(
+            "x-b3-traceid",
+            HeaderValue::from_static("463ac35c9f6413ad48485a3953bb6124"),
+        );
+        headers.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
+        let found = TraceHeaders::scan(&headers);
+        let trace_of = |list: &str| {
+            continue_trace(
+                &found,
+                list.parse().unwrap(),
+                &Rng::with_seed(5),
+                Percentage::NONE,
+            )
+            .trace_id
+        };
+        assert_eq!(
+            trace_of(""),
+            0x4bf92f3577b34da6a3ce929d0e0e4736,
+            "W3C first"
+        );
+        // Either B3 propagator reads either encoding, the single header first.
+        assert_eq!(trace_of("b3multi"), 0x80f198ee56343ba864fe8b2a57d3eff7);
+        assert_eq!(trace_of("b3"), 0x80f198ee56343ba864fe8b2a57d3eff7);
+        let fresh = trace_of("none");
+        assert!(
+            ![
+                0x4bf92f3577b34da6a3ce929d0e0e4736,
+                0x80f198ee56343ba864fe8b2a57d3eff7,
+                0x463ac35c9f6413ad48485a3953bb6124
+            ]
+            .contains(&fresh),
+            "with no propagator the request starts a trace of its own"
+        );
+        headers.remove("b3");
+        let found = TraceHeaders::scan(&headers);
+        let b3_single: Propagators = "b3".parse().unwrap();
+        let ctx = continue_trace(&found, b3_single, &Rng::with_seed(5), Percentage::NONE);
+        assert_eq!(ctx.trace_id, 0x463ac35c9f6413ad48485a3953bb6124);
+        assert_eq!(ctx.parent_span_id, Some(0xa2fb4a1d1a96d312));
+    }
+
+    #[test]
+    fn formats_not_configured_pass_through_untouched() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "b3",
+            HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        );
+        headers.insert(
+            "x-b3-parentspanid",
+            HeaderValue::from_static("a2fb4a1d1a96d312"),
+        );
+        let found = TraceHeaders::scan(&headers);
+        let w3c: Propagators = "tracecontext".parse().unwrap();
+        let ctx = continue_trace(&found, w3c, &Rng::with_seed(6), Percentage::NONE);
+        let stale_b3 = found.stale_b3();
+        ctx.write(&mut headers, w3c, stale_b3, None);
+        assert_eq!(
+            headers["b3"],
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+        );
+        assert_eq!(headers["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+        assert_eq!(names(&headers), ["b3", "traceparent", "x-b3-parentspanid"]);
+    }
+
+    #[test]
+    fn an_unknown_propagator_is_named_in_the_error() {
+        let err = "tracecontext, xray".parse::<Propagators>().unwrap_err();
+        assert_eq!(err.name, "xray");
+        assert_eq!(
+            err.to_string(),
+            "unsupported trace propagator `xray`: supported are tracecontext, baggage, b3, \
+             b3multi and none"
+        );
+        for list in [
+            "tracecontext,b3multi",
+            "b3",
+            "none",
+            "tracecontext,b3,b3multi",
+        ] {
+            let parsed: Propagators = list.parse().unwrap();
+            assert_eq!(parsed.to_string(), list);
+            assert_eq!(parsed.to_string().parse::<Propagators>().unwrap(), parsed);
+        }
     }
 }
