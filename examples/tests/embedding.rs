@@ -588,3 +588,64 @@ async fn mesh_shutdown_drains_a_served_apps_in_flight_request() {
     })
     .await;
 }
+
+/// The embedding API's telemetry settings reach the inbound layer: with W3C only, the app
+/// gets `traceparent` (continuing the caller's trace) and no B3 headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbound_layer_propagates_the_chosen_trace_formats() {
+    let config = mesh_core::istio::load(&[], &Default::default())
+        .config
+        .unwrap();
+    let mesh = mesh_tower::embed::Mesh::builder()
+        .config(config)
+        .trace_propagators("tracecontext".parse().unwrap())
+        .trace_sampling(mesh_core::model::Percentage::NONE)
+        .build()
+        .await
+        .unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(|headers: http::HeaderMap| async move {
+                let mut names: Vec<String> = headers
+                    .keys()
+                    .map(|n| n.as_str())
+                    .filter(|n| n.starts_with("x-b3") || *n == "traceparent" || *n == "b3")
+                    .map(str::to_owned)
+                    .collect();
+                names.sort();
+                format!(
+                    "{} {}",
+                    names.join(","),
+                    headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-")
+                )
+            }),
+        )
+        .layer(mesh.inbound_layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let c = client(addr, false);
+    let (status, body, _) = get(
+        &c,
+        "app",
+        "/",
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (names, traceparent) = body.split_once(' ').unwrap();
+    assert_eq!(names, "traceparent");
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+            && traceparent.ends_with("-01")
+            && !traceparent.contains("00f067aa0ba902b7"),
+        "the caller's trace, sampled as the caller said, with this proxy's span: {traceparent}"
+    );
+}

@@ -47,12 +47,12 @@ use crate::outbound::Outbound;
 use crate::ratelimit::RateLimitLayer;
 use crate::rng::Rng;
 use crate::source::FileSource;
-use crate::telemetry::{Reporter, Telemetry};
+use crate::telemetry::{Propagators, Reporter, Telemetry};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use mesh_core::istio::Diagnostic;
-use mesh_core::model::{LocalRateLimit, MeshConfig, Workload};
+use mesh_core::model::{LocalRateLimit, MeshConfig, Percentage, Workload};
 use mesh_core::store::ConfigStore;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,6 +106,8 @@ pub struct MeshBuilder {
     seed: Option<u64>,
     reload_interval: Duration,
     telemetry: bool,
+    trace_sampling: Option<Percentage>,
+    propagators: Propagators,
     inbound_rate_limit: Option<LocalRateLimit>,
     identity: Option<Arc<mesh_policy::credentials::CredentialStore>>,
 }
@@ -175,6 +177,19 @@ impl MeshBuilder {
         self
     }
 
+    /// Samples `percentage` of new traces (default: Istio's 1%; a caller's decision is kept).
+    pub fn trace_sampling(mut self, percentage: Percentage) -> Self {
+        self.trace_sampling = Some(percentage);
+        self
+    }
+
+    /// The trace-context formats read and written (default `tracecontext,b3multi`; see
+    /// [`Propagators`], which parses `OTEL_PROPAGATORS`' syntax).
+    pub fn trace_propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
+    }
+
     /// This workload's identity (SPIFFE certificate, key, trust bundle): the client then speaks
     /// mutual TLS to destinations whose DestinationRule says `ISTIO_MUTUAL` (or SIMPLE/MUTUAL),
     /// checking each server's SPIFFE ID. Rotate by storing new credentials in the store.
@@ -218,13 +233,21 @@ impl MeshBuilder {
                 credentials.clone(),
             ));
         }
+        let telemetry = |reporter, rng| {
+            let telemetry = Telemetry::new(reporter, workload.clone())
+                .rng(rng)
+                .propagators(self.propagators);
+            match self.trace_sampling {
+                Some(percentage) => telemetry.sampling(percentage),
+                None => telemetry,
+            }
+        };
         if self.telemetry {
-            builder = builder
-                .telemetry(Telemetry::new(Reporter::Source, workload.clone()).rng(rng.clone()));
+            builder = builder.telemetry(telemetry(Reporter::Source, rng.clone()));
         }
         let inbound_telemetry = self
             .telemetry
-            .then(|| Telemetry::new(Reporter::Destination, workload.clone()).rng(rng));
+            .then(|| telemetry(Reporter::Destination, rng));
         let authz = AuthzLayer::new(store.clone());
         let drain = Arc::new(DrainState::default());
         let (shutdown, _) = watch::channel(false);
@@ -322,6 +345,8 @@ impl Mesh {
             seed: None,
             reload_interval: Duration::from_secs(1),
             telemetry: true,
+            trace_sampling: None,
+            propagators: Propagators::default(),
             inbound_rate_limit: None,
             identity: None,
         }
