@@ -163,6 +163,29 @@ fn layers(c: &mut Criterion) {
         plain,
     );
 
+    // The same, on a route without `retries` (Istio's default policy: only tries the upstream
+    // never saw are retried, so no copy of the request is kept) and W3C trace context only
+    // (`OTEL_PROPAGATORS=tracecontext`).
+    let without_retries = one_service_yaml(1, 2, "simple: LEAST_REQUEST").replace(
+        "    retries: { attempts: 2, retryOn: \"5xx,connect-failure\" }\n",
+        "",
+    );
+    assert!(
+        !without_retries.contains("retries"),
+        "the route's retries removed"
+    );
+    let istio_default = mesh_benches::store(&without_retries);
+    let w3c = mesh_benches::telemetry(snapshot.workload.clone(), 0.0)
+        .propagators("tracecontext".parse().expect("a propagator list"));
+    compare(
+        c,
+        &rt,
+        "layer",
+        "outbound stack, Istio default retries + telemetry (W3C only)",
+        mesh_benches::outbound(istio_default, Some(w3c)),
+        plain,
+    );
+
     // Telemetry at a stack's edge: Istio's labels and metrics (no recorder installed: the cost
     // of building them), trace context, request id; spans to a sink that drops them.
     let answer = tower::service_fn(|_req: Request<BoxBody>| async {

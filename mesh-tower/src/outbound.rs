@@ -170,11 +170,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // Room, at once, for the headers the layers below add: a map parsed to fit its
-        // headers (as HTTP/2's decoder leaves it) would otherwise grow, rehashing every entry,
-        // when one of them arrives.
-        req.headers_mut().reserve(ADDED_HEADERS);
-        let observation = self.telemetry.as_ref().map(|t| t.start(&mut req));
+        let observation = self.telemetry.as_ref().map(|t| {
+            // Room, at once, for the headers telemetry and the layers below add: a map parsed
+            // to fit its headers (as HTTP/2's decoder leaves it) would otherwise grow,
+            // rehashing every entry, when one of them arrives. (Without telemetry, one header
+            // is added: reserving would grow maps that have room for it.)
+            req.headers_mut().reserve(ADDED_HEADERS);
+            t.start(&mut req)
+        });
         let grpc = match &observation {
             Some(observation) => observation.is_grpc(),
             None => crate::timeout::is_grpc(req.headers()),

@@ -184,9 +184,9 @@ impl TraceContext {
         let trace = hex::<32>(self.trace_id);
         let span = hex::<16>(u128::from(self.span_id));
         // The values share one buffer (one allocation): `traceparent`
-        // (`00-{trace}-{span}-{flags}`, whose ids B3 multi reuses), the B3 parent, the request
-        // id, then the single `b3` header (`{trace}-{span}-{sampled}`).
-        let mut buffer = [0u8; 55 + 16 + 36 + 51];
+        // (`00-{trace}-{span}-{flags}`, whose ids B3 multi reuses), the B3 parent, then the
+        // request id.
+        let mut buffer = [0u8; 55 + 16 + 36];
         buffer[..3].copy_from_slice(b"00-");
         buffer[3..35].copy_from_slice(&trace);
         buffer[35] = b'-';
@@ -196,13 +196,7 @@ impl TraceContext {
             buffer[55..71].copy_from_slice(&hex::<16>(u128::from(parent)));
         }
         if let Some(id) = request_id {
-            buffer[71..107].copy_from_slice(id);
-        }
-        if propagators.b3_single {
-            buffer[107..139].copy_from_slice(&trace);
-            buffer[139] = b'-';
-            buffer[140..156].copy_from_slice(&span);
-            buffer[156..].copy_from_slice(if self.sampled { b"-1" } else { b"-0" });
+            buffer[71..].copy_from_slice(id);
         }
         let buffer = bytes::Bytes::from_owner(buffer);
         let set = |headers: &mut HeaderMap, name: HeaderName, range: std::ops::Range<usize>| {
@@ -230,7 +224,16 @@ impl TraceContext {
             }
         }
         if propagators.b3_single {
-            set(headers, B3, 107..158);
+            // `{trace}-{span}-{sampled}`, in a buffer of its own: the default formats do not
+            // write it, and need not carry its room.
+            let mut single = [0u8; 51];
+            single[..32].copy_from_slice(&trace);
+            single[32] = b'-';
+            single[33..49].copy_from_slice(&span);
+            single[49..].copy_from_slice(if self.sampled { b"-1" } else { b"-0" });
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(single)) {
+                headers.insert(B3, v);
+            }
         } else if propagators.b3_multi && stale_b3 {
             // The caller's single header names the caller's span, not this one.
             headers.remove(B3);
