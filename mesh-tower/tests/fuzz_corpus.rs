@@ -194,3 +194,88 @@ fn sniff_seeds_are_told_apart() {
     assert_eq!(sniff::run(&[0x16]), sniff::Sniffed::Incomplete);
     assert_eq!(sniff::run(b""), sniff::Sniffed::Plaintext);
 }
+
+#[path = "../../fuzz/common/trace.rs"]
+mod trace;
+
+fn trace_seed(name: &str) -> trace::Outcome {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus/trace_context")
+        .join(name);
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("seed {}: {e}", path.display()));
+    trace::run(&data)
+}
+
+#[test]
+fn trace_context_corpus_replays_without_panic() {
+    let files = inputs("fuzz/corpus/trace_context");
+    assert!(files.len() >= 8, "the trace_context corpus is missing");
+    for file in &files {
+        let data = std::fs::read(file).expect("a readable corpus file");
+        let _ = trace::run(&data);
+    }
+}
+
+#[test]
+fn trace_context_regressions_replay_without_panic() {
+    for file in inputs("fuzz/regressions/trace_context") {
+        let data = std::fs::read(&file).expect("a readable regression file");
+        let _ = trace::run(&data);
+    }
+}
+
+#[test]
+fn trace_context_seeds_write_the_chosen_formats() {
+    let written =
+        |names: &[&str]| trace::Outcome::Written(names.iter().map(|n| n.to_string()).collect());
+    assert_eq!(
+        trace_seed("seed-w3c"),
+        written(&[
+            "traceparent",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "x-b3-spanid",
+            "x-b3-traceid"
+        ])
+    );
+    assert_eq!(
+        trace_seed("seed-b3multi"),
+        written(&[
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "x-b3-spanid",
+            "x-b3-traceid"
+        ])
+    );
+    assert_eq!(trace_seed("seed-b3-single"), written(&["b3"]));
+    assert_eq!(
+        trace_seed("seed-all"),
+        written(&[
+            "b3",
+            "traceparent",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "x-b3-spanid",
+            "x-b3-traceid"
+        ])
+    );
+    // `none`: the caller's traceparent passes through, nothing is written.
+    assert_eq!(trace_seed("seed-none"), written(&["traceparent"]));
+    // A 64-bit B3 trace id continues as the low half; the debug flag passes through.
+    assert_eq!(
+        trace_seed("seed-default-64bit"),
+        written(&[
+            "traceparent",
+            "x-b3-flags",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "x-b3-spanid",
+            "x-b3-traceid"
+        ])
+    );
+    assert_eq!(trace_seed("seed-future-version"), written(&["traceparent"]));
+    assert!(matches!(
+        trace_seed("seed-unknown"),
+        trace::Outcome::Refused(m) if m.contains("`jaeger`")
+    ));
+}
