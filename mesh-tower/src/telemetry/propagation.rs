@@ -307,6 +307,29 @@ impl<'a> TraceHeaders<'a> {
         Some((trace, span, Some(sampled)))
     }
 
+    /// A B3 sampling decision sent without a trace: the single header as `0`, `1` or `d`
+    /// alone, else `x-b3-sampled` (or the debug flag) without `x-b3-traceid`.
+    fn b3_decision_only(&self) -> Option<bool> {
+        fn text(value: Option<&HeaderValue>) -> Option<&str> {
+            value.and_then(|v| v.to_str().ok())
+        }
+        if let Some(single) = text(self.b3) {
+            return match single.trim() {
+                "0" => Some(false),
+                "1" | "d" => Some(true),
+                _ => None,
+            };
+        }
+        if self.b3_trace_id.is_some() {
+            return None;
+        }
+        match (text(self.b3_sampled), text(self.b3_flags)) {
+            (_, Some("1")) | (Some("1" | "true"), _) => Some(true),
+            (Some("0" | "false"), _) => Some(false),
+            _ => None,
+        }
+    }
+
     /// The caller's trace from B3; see [`parse_b3`].
     fn b3(&self) -> Option<(u128, u64, Option<bool>)> {
         fn text(value: Option<&HeaderValue>) -> Option<&str> {
@@ -448,7 +471,12 @@ pub(super) fn continue_trace(
             trace_id: (u128::from(nonzero_u64(rng)) << 64) | u128::from(rng.next_u64()),
             span_id: nonzero_u64(rng),
             parent_span_id: None,
-            sampled: sampling.admits(rng.ppm()),
+            // B3 may carry a sampling decision without a trace (`b3: 0`, or `x-b3-sampled`
+            // alone): the new trace keeps it, as Envoy's B3 reader does.
+            sampled: headers
+                .b3_decision_only()
+                .filter(|_| propagators.b3())
+                .unwrap_or_else(|| sampling.admits(rng.ppm())),
         },
     }
 }
@@ -755,6 +783,29 @@ mod tests {
         let ctx = continue_trace(&found, b3_single, &Rng::with_seed(5), Percentage::NONE);
         assert_eq!(ctx.trace_id, 0x463ac35c9f6413ad48485a3953bb6124);
         assert_eq!(ctx.parent_span_id, Some(0xa2fb4a1d1a96d312));
+    }
+
+    #[test]
+    fn a_b3_sampling_decision_without_a_trace_is_kept() {
+        let decided = |name: &str, value: &'static str, list: &str, sampling: Percentage| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HeaderName::try_from(name).unwrap(),
+                HeaderValue::from_static(value),
+            );
+            let found = TraceHeaders::scan(&headers);
+            let ctx = continue_trace(&found, list.parse().unwrap(), &Rng::with_seed(8), sampling);
+            assert_eq!(ctx.parent_span_id, None, "a new trace");
+            ctx.sampled
+        };
+        assert!(!decided("b3", "0", "", Percentage::ALL));
+        assert!(decided("b3", "d", "b3", Percentage::NONE));
+        assert!(decided("x-b3-sampled", "1", "", Percentage::NONE));
+        assert!(!decided("x-b3-sampled", "0", "b3multi", Percentage::ALL));
+        assert!(decided("x-b3-flags", "1", "", Percentage::NONE));
+        // Not read when B3 is not a configured format, nor when the header is no decision.
+        assert!(decided("b3", "0", "tracecontext", Percentage::ALL));
+        assert!(decided("b3", "maybe", "", Percentage::ALL));
     }
 
     #[test]
