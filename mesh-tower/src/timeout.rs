@@ -195,7 +195,7 @@ impl http_body::Body for IdleBody {
 fn with_idle_timeout(response: Response<BoxBody>, idle: Option<Duration>) -> Response<BoxBody> {
     match idle {
         Some(idle) if !response.body().is_end_stream() => response.map(|inner| {
-            crate::body::boxed(IdleBody {
+            crate::body::erase(IdleBody {
                 inner,
                 idle,
                 timer: None,

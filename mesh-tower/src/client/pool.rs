@@ -279,7 +279,7 @@ impl<C: Connector> Pool<C> {
         let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
         let lifetime = self.settings.lifetime;
         Ok(finish(response.map(|inner| {
-            body::boxed(PooledBody {
+            body::erase(PooledBody {
                 inner,
                 conn: Some(Checkedout {
                     host,
@@ -796,22 +796,32 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    // Boxed here, on the rare error, rather than by a wrapper on every frame.
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
-            Some(Ok(_)) => {}
+        match frame {
+            Some(Ok(frame)) => {
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             // The connection is broken: hyper closes it with the sender.
-            Some(Err(_)) => this.conn = None,
-            None => this.release(),
+            Some(Err(e)) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => {
+                this.release();
+                Poll::Ready(None)
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

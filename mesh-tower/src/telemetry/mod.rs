@@ -407,7 +407,7 @@ impl Observation {
             );
         }
         response.map(|inner| {
-            body::boxed(ObservedBody {
+            body::erase(ObservedBody {
                 inner,
                 bytes: 0,
                 done: Some(Finished {
