@@ -310,51 +310,50 @@ impl<'a> TraceHeaders<'a> {
     /// A B3 sampling decision sent without a trace: the single header as `0`, `1` or `d`
     /// alone, else `x-b3-sampled` (or the debug flag) without `x-b3-traceid`.
     fn b3_decision_only(&self) -> Option<bool> {
-        fn text(value: Option<&HeaderValue>) -> Option<&str> {
-            value.and_then(|v| v.to_str().ok())
-        }
         if let Some(single) = text(self.b3) {
-            return match single.trim() {
-                "0" => Some(false),
-                "1" | "d" => Some(true),
-                _ => None,
-            };
+            return b3_single_decision(single.trim());
         }
         if self.b3_trace_id.is_some() {
             return None;
         }
+        self.b3_multi_decision()
+    }
+
+    /// The caller's trace from B3; see [`parse_b3`].
+    fn b3(&self) -> Option<(u128, u64, Option<bool>)> {
+        if let Some(single) = text(self.b3) {
+            let mut parts = single.split('-');
+            let trace = hex_u128(parts.next()?)?;
+            let span = hex_u64(parts.next()?)?;
+            let sampled = parts.next().and_then(b3_single_decision);
+            return Some((trace, span, sampled));
+        }
+        let trace = hex_u128(text(self.b3_trace_id)?)?;
+        let span = hex_u64(text(self.b3_span_id)?)?;
+        Some((trace, span, self.b3_multi_decision()))
+    }
+
+    /// The sampling decision of the `x-b3-sampled` and `x-b3-flags` headers (debug samples).
+    fn b3_multi_decision(&self) -> Option<bool> {
         match (text(self.b3_sampled), text(self.b3_flags)) {
             (_, Some("1")) | (Some("1" | "true"), _) => Some(true),
             (Some("0" | "false"), _) => Some(false),
             _ => None,
         }
     }
+}
 
-    /// The caller's trace from B3; see [`parse_b3`].
-    fn b3(&self) -> Option<(u128, u64, Option<bool>)> {
-        fn text(value: Option<&HeaderValue>) -> Option<&str> {
-            value.and_then(|v| v.to_str().ok())
-        }
-        if let Some(single) = text(self.b3) {
-            let mut parts = single.split('-');
-            let trace = hex_u128(parts.next()?)?;
-            let span = hex_u64(parts.next()?)?;
-            let sampled = match parts.next() {
-                Some("1" | "d") => Some(true),
-                Some("0") => Some(false),
-                _ => None,
-            };
-            return Some((trace, span, sampled));
-        }
-        let trace = hex_u128(text(self.b3_trace_id)?)?;
-        let span = hex_u64(text(self.b3_span_id)?)?;
-        let sampled = match (text(self.b3_sampled), text(self.b3_flags)) {
-            (_, Some("1")) => Some(true),
-            (Some("1" | "true"), _) => Some(true),
-            (Some("0" | "false"), _) => Some(false),
-            _ => None,
-        };
-        Some((trace, span, sampled))
+/// A header's value as text, when it is.
+fn text(value: Option<&HeaderValue>) -> Option<&str> {
+    value.and_then(|v| v.to_str().ok())
+}
+
+/// The sampling state of the single `b3` header: `1`, `d` (debug) or `0`.
+fn b3_single_decision(state: &str) -> Option<bool> {
+    match state {
+        "1" | "d" => Some(true),
+        "0" => Some(false),
+        _ => None,
     }
 }
 
