@@ -1,6 +1,6 @@
 //! Trace context: W3C `traceparent`/`tracestate` and B3 (multi-header and single `b3`), read
 //! from the incoming request and written for the next hop with this proxy's span as the
-//! parent.
+//! parent, in the formats [`Propagators`] chooses (`OTEL_PROPAGATORS`).
 
 use crate::rng::Rng;
 use http::{HeaderMap, HeaderName, HeaderValue};
