@@ -22,11 +22,17 @@ fn inputs(dir: &str) -> Vec<PathBuf> {
     files
 }
 
-fn seed(name: &str) -> Vec<u8> {
+/// The seed `name` of `target`'s corpus.
+fn seed_of(target: &str, name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus/route_match")
+        .join("../fuzz/corpus")
+        .join(target)
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("seed {}: {e}", path.display()))
+}
+
+fn seed(name: &str) -> Vec<u8> {
+    seed_of("route_match", name)
 }
 
 #[test]
@@ -199,11 +205,7 @@ fn sniff_seeds_are_told_apart() {
 mod trace;
 
 fn trace_seed(name: &str) -> trace::Outcome {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus/trace_context")
-        .join(name);
-    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("seed {}: {e}", path.display()));
-    trace::run(&data)
+    trace::run(&seed_of("trace_context", name))
 }
 
 #[test]
