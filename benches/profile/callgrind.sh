@@ -11,6 +11,7 @@
 # Prints instructions per request; the dump (for callgrind_annotate) is left in
 # target/profile/callgrind.out.*. Uses the release binaries as they are (build them first:
 # `cargo build --release -p mesh-examples --bin mesh-proxy -p mesh-benches --bins`).
+# `CACHE_SIM=1` also simulates the caches (`--cache-sim=yes`) and prints L1 misses per request.
 # Needs valgrind and h2load (Debian's nghttp2-client). Only 127.0.0.1 is used.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +28,9 @@ case $WHAT in
   bare) cmd=("$BIN/bare-proxy" "$PROXY_PORT" "127.0.0.1:$UP_PORT") ;;
   *) echo "mesh or bare" >&2; exit 2 ;;
 esac
-valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" "${cmd[@]}" >"$OUT/proxy.log" 2>&1 & vg=$!; pids+=($vg)
+vg_args=(--tool=callgrind)
+[ -n "${CACHE_SIM:-}" ] && vg_args+=(--cache-sim=yes)
+valgrind "${vg_args[@]}" --callgrind-out-file="$OUT/callgrind.out.%p" "${cmd[@]}" >"$OUT/proxy.log" 2>&1 & vg=$!; pids+=($vg)
 wait_port "$PROXY_PORT" 400 # slow under valgrind
 load() { # requests
   local args=(-c"${CONNS:-4}" -m"${STREAMS:-1}" -t1 -n"$1" -H ':authority: bench')
@@ -43,3 +46,7 @@ kill "$vg"; wait "$vg" 2>/dev/null || true
 dump=$(ls -S "$OUT"/callgrind.out.* | head -1)
 total=$(for f in "$OUT"/callgrind.out.*; do grep -h '^summary:' "$f" | awk '{print $2}'; done | sort -n | tail -1)
 echo "$WHAT $PROTO: $((total / N)) instructions/request ($N requests; largest dump: $dump)"
+if [ -n "${CACHE_SIM:-}" ]; then # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+  grep -h '^events:' "$dump" >&2
+  grep -h '^summary:' "$dump" | awk -v n="$N" '{printf "per request: I1 misses %d, D1 read misses %d, D1 write misses %d, LL misses %d\n", $5/n, $6/n, $7/n, ($8+$9+$10)/n}'
+fi

@@ -6,6 +6,8 @@
     cgfuncs.py DUMP [--per N] callees PATTERN    what the functions matching PATTERN call
     cgfuncs.py DUMP [--per N] callers PATTERN    who calls the functions matching PATTERN
 
+`--event E` reads another of the dump's events than the first (with `--cache-sim=yes`:
+I1mr, D1mr, D1mw for L1 instruction, data read and data write misses); it goes first.
 `--per N` divides every figure by N (the requests in the dump: instructions per request).
 callgrind_annotate splits a function into one entry per source file its inlined code came
 from; here a function is its name, whatever file each instruction was inlined from.
@@ -15,7 +17,7 @@ import sys
 from collections import defaultdict
 
 
-def parse(path):
+def parse(path, event=None):
     names = {"fn": {}, "cfn": {}}
     self_cost = defaultdict(int)
     calls = defaultdict(lambda: defaultdict(int))  # caller -> callee -> inclusive
@@ -24,6 +26,7 @@ def parse(path):
     callee = None
     pending_call = False
     file_ids = {}
+    column = 1  # the first event follows the position
 
     def name(kind, rest):
         m = re.match(r"\((\d+)\)(?: (.*))?", rest)
@@ -41,9 +44,15 @@ def parse(path):
             if not line:
                 continue
             c = line[0]
+            if line.startswith("events:") and event is not None:
+                events = line.split()[1:]
+                if event not in events:
+                    sys.exit(f"no event {event} in {path} (events: {' '.join(events)})")
+                column = 1 + events.index(event)
+                continue
             if c.isdigit() or c in "+-*":
                 parts = line.split()
-                cost = int(parts[1]) if len(parts) > 1 else 0
+                cost = int(parts[column]) if len(parts) > column else 0
                 if pending_call:
                     calls[fn][callee] += cost
                     pending_call = False
@@ -64,12 +73,16 @@ def parse(path):
 def main():
     args = sys.argv[1:]
     path = args.pop(0)
+    event = None
+    if args[:1] == ["--event"]:
+        event = args[1]
+        args = args[2:]
     per = 1
     if args[:1] == ["--per"]:
         per = int(args[1])
         args = args[2:]
     cmd = args.pop(0) if args else "top"
-    self_cost, calls, counts = parse(path)
+    self_cost, calls, counts = parse(path, event)
     inclusive = {}
     for fn in set(self_cost) | set(calls):
         # A recursive call is counted once: the callee's inclusive cost is already in it.
