@@ -6,6 +6,8 @@
 #
 # The proxy is pinned to CPU 0, wrk / h2load (-m10) and the upstream to CPU 1, as in
 # benches/load/run.sh. Uses the release binaries as they are. Only 127.0.0.1 is used.
+# `BASELINE=PATH` puts another mesh-proxy binary (an earlier build) in the bare proxy's place,
+# to compare two builds of the sidecar.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-6}; ROUNDS=${2:-5}; CONNS=${3:-64}
@@ -15,14 +17,19 @@ profile_env
 start_upstream 1
 start() { # bare|mesh -> pid
   case $1 in
-    bare) taskset -c 0 "$BIN/bare-proxy" "$PROXY_PORT" "127.0.0.1:$UP_PORT" >/dev/null 2>&1 & ;;
+    bare) if [ -n "${BASELINE:-}" ]; then
+            taskset -c 0 "$BASELINE" "${MESH_PROXY[@]:1}" >"$OUT/baseline.log" 2>&1 &
+          else
+            taskset -c 0 "$BIN/bare-proxy" "$PROXY_PORT" "127.0.0.1:$UP_PORT" >/dev/null 2>&1 &
+          fi ;;
     mesh) taskset -c 0 "${MESH_PROXY[@]}" >"$OUT/mesh-proxy.log" 2>&1 & ;;
   esac
   echo $!
 }
 h1() { timeout $((SECS + 20)) taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" -H 'Host: bench' "http://127.0.0.1:$PROXY_PORT/" | awk '/Requests\/sec/ {printf "%d", $2}'; }
 h2() { timeout $((SECS + 20)) taskset -c 1 h2load -t1 -c"$CONNS" -m10 -D"$SECS" -H ':authority: bench' "http://127.0.0.1:$PROXY_PORT/" | awk '/^finished in/ {printf "%d", $4}'; }
-echo "| round | HTTP/1.1 bare | mesh | ratio | h2c bare | mesh | ratio |"
+base=bare; [ -n "${BASELINE:-}" ] && base=baseline
+echo "| round | HTTP/1.1 $base | mesh | ratio | h2c $base | mesh | ratio |"
 echo "|---|---|---|---|---|---|---|"
 for r in $(seq 1 "$ROUNDS"); do
   declare -A rps

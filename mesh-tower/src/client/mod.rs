@@ -7,6 +7,7 @@
 //! no per-request pool-key allocation, which hyper-util's legacy client needs.
 
 pub mod connection;
+mod driver;
 mod pool;
 #[cfg(test)]
 mod tests;
@@ -448,33 +449,42 @@ impl UpstreamClient {
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             req.headers_mut().insert(UPGRADE, protocol.clone());
         }
+        // A request that came over HTTP/2 runs in a task of its own (hyper's HTTP/2 server
+        // spawns one per stream) and polls its HTTP/1.1 upstream connection itself. One from
+        // an HTTP/1.1 connection leaves the upstream connection to a task of its own: under
+        // load, the downstream connections' tasks then run one after another, and so do the
+        // upstream connections', each set's code staying in the instruction cache. Measured on
+        // one core with 64 connections (benches/RESULTS.md, session 13): polling in place took
+        // HTTP/1.1 downstream 11% slower and h2c downstream 7% faster.
+        let in_place = req.version() == Version::HTTP_2;
         *req.version_mut() = if http2 {
             Version::HTTP_2
         } else {
             Version::HTTP_11
         };
-        pool.clone().send(req, authority, move |mut response| {
-            let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-            let protocol = match upgrade {
-                Some(_) if switched => {
-                    let upstream = hyper::upgrade::on(&mut response);
-                    if let Some(downstream) = downstream {
-                        tokio::spawn(tunnel(downstream, upstream));
+        pool.clone()
+            .send(req, authority, in_place, move |mut response| {
+                let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                let protocol = match upgrade {
+                    Some(_) if switched => {
+                        let upstream = hyper::upgrade::on(&mut response);
+                        if let Some(downstream) = downstream {
+                            tokio::spawn(tunnel(downstream, upstream));
+                        }
+                        response.headers().get(UPGRADE).cloned()
                     }
-                    response.headers().get(UPGRADE).cloned()
+                    _ => None,
+                };
+                strip_hop_by_hop(response.headers_mut());
+                if switched && upgrade.is_some() {
+                    let headers = response.headers_mut();
+                    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                    if let Some(protocol) = protocol {
+                        headers.insert(UPGRADE, protocol);
+                    }
                 }
-                _ => None,
-            };
-            strip_hop_by_hop(response.headers_mut());
-            if switched && upgrade.is_some() {
-                let headers = response.headers_mut();
-                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-                if let Some(protocol) = protocol {
-                    headers.insert(UPGRADE, protocol);
-                }
-            }
-            response
-        })
+                response
+            })
     }
 }
 

@@ -5,10 +5,11 @@
 //! one set of expected identities), keyed by endpoint authority:
 //!
 //! - HTTP/1.1: a stack of idle connections per endpoint (the most recently used on top, so
-//!   warm connections are reused and the rest age out). A request takes one (or connects), and
-//!   its response body puts the connection back when the body ends: no task per request, as
-//!   hyper-util's legacy pool needs. A body dropped before its end takes its connection with
-//!   it (hyper closes it), and a `101 Switching Protocols` never gives its connection back.
+//!   warm connections are reused and the rest age out). A request takes one (or connects),
+//!   polls it in its own task while it waits for the response and reads the body (no task per
+//!   connection: see [`super::driver`]), and its response body puts the connection back when
+//!   the body ends. A body dropped before its end closes its connection, and a
+//!   `101 Switching Protocols` hands its connection to a task of its own and to the upgrade.
 //! - HTTP/2 (prior knowledge): one connection per endpoint, shared by every request; the first
 //!   requests to an endpoint wait for one connect rather than each opening a connection.
 //!
@@ -22,6 +23,7 @@
 //! request or once older than their maximum duration ([`Lifetime`]).
 
 use super::connection::{Lifetime, PoolSettings};
+use super::driver::Driver;
 use crate::body::{self, BoxBody, BoxError};
 use crate::error::ProxyError;
 use crate::retry::Unsent;
@@ -51,8 +53,10 @@ use tower_service::Service;
 const READY_GRACE: Duration = Duration::from_millis(5);
 
 type Http1 = http1::SendRequest<BoxBody>;
+/// An HTTP/1.1 connection, polled in place or by a task of its own.
+type Conn1 = Conn<Http1, Driver>;
 /// An HTTP/1.1 connection and the response it brought.
-type Sent = (Conn<Http1>, Response<Incoming>);
+type Sent = (Conn1, Response<Incoming>);
 type Http2 = http2::SendRequest<BoxBody>;
 
 /// What makes the pool's connections: a `tower::Service<Uri>` yielding an I/O stream
@@ -105,16 +109,18 @@ struct Host {
     shared: Mutex<SharedConn>,
 }
 
-/// A connection and what the pool counts of it.
-struct Conn<S> {
+/// A connection and what the pool counts of it: an HTTP/2 connection's I/O runs in a task of
+/// its own, an HTTP/1.1 connection's in the `driver` its requests poll.
+struct Conn<S, D = ()> {
     sender: S,
+    driver: D,
     established: Instant,
     requests: u32,
 }
 
 /// An HTTP/1.1 connection between requests.
 struct Idle {
-    conn: Conn<Http1>,
+    conn: Conn1,
     since: Instant,
 }
 
@@ -203,12 +209,17 @@ impl<C: Connector> Pool<C> {
     /// connection. Errors are [`ProxyError::ConnectFailure`] when no connection could be
     /// made, else [`ProxyError::UpstreamReset`]. `finish` gets the response.
     ///
+    /// Over HTTP/1.1, `in_place` has the request's own task poll the connection while the
+    /// request has it (see [`super::driver`]); otherwise the connection runs in a task of its
+    /// own from then on.
+    ///
     /// One box per request, holding only its protocol's state: an HTTP/1.1 request's future
     /// does not carry the (larger) HTTP/2 send's, nor the other way round.
     pub(super) fn send<F>(
         self: Arc<Self>,
         req: Request<BoxBody>,
         authority: Authority,
+        in_place: bool,
         finish: F,
     ) -> BoxFuture<'static, Result<Response<BoxBody>, BoxError>>
     where
@@ -220,7 +231,7 @@ impl<C: Connector> Pool<C> {
         if self.settings.http2 {
             Box::pin(self.send_http2(host, req, finish))
         } else {
-            Box::pin(self.send_http1(host, req, finish))
+            Box::pin(self.send_http1(host, req, in_place, finish))
         }
     }
 
@@ -252,23 +263,28 @@ impl<C: Connector> Pool<C> {
         self: Arc<Self>,
         host: Arc<Host>,
         req: Request<BoxBody>,
+        in_place: bool,
         finish: F,
     ) -> Result<Response<BoxBody>, BoxError>
     where
         F: FnOnce(Response<BoxBody>) -> Response<BoxBody>,
     {
-        let (mut conn, reused) = match self.checkout_http1(&host).await {
+        let (mut conn, reused) = match self.checkout_http1(&host, in_place).await {
             Ok(checkedout) => checkedout,
             Err(e) => return Err(unsent(req, e)),
         };
+        if !in_place {
+            conn.driver.detach();
+        }
         conn.requests += 1;
-        let response = match conn.sender.try_send_request(req).await {
+        let sent = conn.sender.try_send_request(req);
+        let response = match conn.driver.drive(sent).await {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
                 // The pooled connection closed before the request was written: once more, on
                 // a new connection (an upstream's keep-alive timeout is no failure).
                 Some(req) if reused => {
-                    let (fresh, response) = self.resend_http1(&host, req).await?;
+                    let (fresh, response) = self.resend_http1(&host, req, in_place).await?;
                     conn = fresh;
                     response
                 }
@@ -277,6 +293,10 @@ impl<C: Connector> Pool<C> {
             },
         };
         let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+        if !reuse {
+            // The upgrade takes the connection's I/O once hyper's connection has finished.
+            conn.driver.detach();
+        }
         let lifetime = self.settings.lifetime;
         Ok(finish(response.map(|inner| {
             body::erase(PooledBody {
@@ -298,25 +318,32 @@ impl<C: Connector> Pool<C> {
         self: &'a Arc<Self>,
         host: &'a Host,
         req: Request<BoxBody>,
+        in_place: bool,
     ) -> BoxFuture<'a, Result<Sent, BoxError>> {
         Box::pin(async move {
             tracing::trace!(endpoint = %host.authority, "pooled connection closed; sending again");
-            let mut conn = match self.connect_http1(host).await {
+            let mut conn = match self.connect_http1(host, in_place).await {
                 Ok(conn) => conn,
                 Err(e) => return Err(unsent(req, e)),
             };
             conn.requests += 1;
-            let sent = conn.sender.try_send_request(req).await;
-            let response = sent.map_err(|e| reset(&host.authority, e.into_error()))?;
+            let sent = conn.sender.try_send_request(req);
+            let response = conn
+                .driver
+                .drive(sent)
+                .await
+                .map_err(|e| reset(&host.authority, e.into_error()))?;
             Ok((conn, response))
         })
     }
 
-    /// An idle connection to `host` (and `true`), else a new one.
+    /// An idle connection to `host` (and `true`), else a new one (polled in place by its
+    /// requests when `in_place`).
     async fn checkout_http1(
         self: &Arc<Self>,
         host: &Host,
-    ) -> Result<(Conn<Http1>, bool), BoxError> {
+        in_place: bool,
+    ) -> Result<(Conn1, bool), BoxError> {
         let now = Instant::now();
         let mut spent = 0;
         let (ready, pending) = {
@@ -351,9 +378,9 @@ impl<C: Connector> Pool<C> {
             return Ok((idle.conn, true));
         }
         let Some(waiting) = pending else {
-            return Ok((self.connect_http1(host).await?, false));
+            return Ok((self.connect_http1(host, in_place).await?, false));
         };
-        self.wait_until_ready(host, waiting).await
+        self.wait_until_ready(host, waiting, in_place).await
     }
 
     /// Waits for `waiting`, an idle connection not ready yet.
@@ -370,11 +397,12 @@ impl<C: Connector> Pool<C> {
         self: &'a Arc<Self>,
         host: &'a Host,
         mut waiting: Idle,
-    ) -> BoxFuture<'a, Result<(Conn<Http1>, bool), BoxError>> {
+        in_place: bool,
+    ) -> BoxFuture<'a, Result<(Conn1, bool), BoxError>> {
         Box::pin(async move {
             let connect = pin!(async {
                 tokio::time::sleep(READY_GRACE).await;
-                self.connect_http1(host).await
+                self.connect_http1(host, in_place).await
             });
             let ready = std::future::poll_fn(|cx| waiting.conn.sender.poll_ready(cx));
             match futures_util::future::select(ready, connect).await {
@@ -399,7 +427,8 @@ impl<C: Connector> Pool<C> {
                 .is_expired(idle.conn.established, now)
     }
 
-    /// A new HTTP/1.1 connection to `host`.
+    /// A new HTTP/1.1 connection to `host`, polled in place by its requests when `in_place`,
+    /// else by a task of its own.
     ///
     /// Boxed: connecting (the connector's future, the handshake) takes a few KiB of state, and
     /// inline it would size, and be copied with, every request's future, most of which reuse
@@ -407,7 +436,8 @@ impl<C: Connector> Pool<C> {
     fn connect_http1<'a>(
         self: &'a Arc<Self>,
         host: &'a Host,
-    ) -> BoxFuture<'a, Result<Conn<Http1>, BoxError>> {
+        in_place: bool,
+    ) -> BoxFuture<'a, Result<Conn1, BoxError>> {
         Box::pin(async move {
             let io = self
                 .connector
@@ -417,14 +447,23 @@ impl<C: Connector> Pool<C> {
             let (sender, connection) = http1::handshake(io)
                 .await
                 .map_err(|e| connect_failure(&host.authority, e.into()))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
             self.reap_from_now_on();
+            let connection = connection.with_upgrades();
+            let driver = if in_place {
+                Driver::new(connection)
+            } else {
+                // Spawned as it is, not boxed as a driver holds it: hyper's connection is then
+                // inlined into the task's poll.
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "upstream connection ended");
+                    }
+                });
+                Driver::elsewhere()
+            };
             Ok(Conn {
                 sender,
+                driver,
                 established: Instant::now(),
                 requests: 0,
             })
@@ -496,6 +535,7 @@ impl<C: Connector> Pool<C> {
                     shared.connecting = None;
                     shared.conn = Some(Conn {
                         sender,
+                        driver: (),
                         established: now,
                         requests: 0,
                     });
@@ -619,7 +659,9 @@ impl<C: Connector> Pool<C> {
         let lifetime = &self.settings.lifetime;
         for host in hosts.values() {
             let mut spent = 0;
-            lock(&host.idle).retain(|i| {
+            lock(&host.idle).retain_mut(|i| {
+                // Sees whether the upstream closed it meanwhile.
+                i.conn.driver.poll_idle();
                 let keep = self.keeps(i, now);
                 spent += usize::from(!keep && lifetime.is_expired(i.conn.established, now));
                 if keep {
@@ -675,19 +717,33 @@ impl<C: Connector> Pool<C> {
             .map_or(0, |h| lock(&h.idle).len())
     }
 
+    /// The number of idle HTTP/1.1 connections to `authority` that the requests poll in
+    /// place, not a task of their own (for tests).
+    #[cfg(test)]
+    pub(super) fn idle_in_place(&self, authority: &str) -> usize {
+        self.hosts.load().get(authority).map_or(0, |h| {
+            lock(&h.idle)
+                .iter()
+                .filter(|i| i.conn.driver.is_attached())
+                .count()
+        })
+    }
+
     /// What ends the reaper; the reaper holds a clone while it runs (for tests).
     #[cfg(test)]
     pub(super) fn stop_signal(&self) -> Arc<Notify> {
         self.stop.clone()
     }
 
-    /// Puts `sender` into the pool as an idle connection to `authority` (for tests).
+    /// Puts `sender`, whose connection a task of its own polls, into the pool as an idle
+    /// connection to `authority` (for tests).
     #[cfg(test)]
     pub(super) fn insert_idle(&self, authority: &Authority, sender: Http1) {
         let now = Instant::now();
         lock(&self.host(authority).idle).push(Idle {
             conn: Conn {
                 sender,
+                driver: Driver::elsewhere(),
                 established: now,
                 requests: 0,
             },
@@ -769,7 +825,7 @@ struct PooledBody {
 /// A connection out of its pool for one request.
 struct Checkedout {
     host: Arc<Host>,
-    conn: Conn<Http1>,
+    conn: Conn1,
     lifetime: Lifetime,
     /// False after `101 Switching Protocols`: the connection belongs to the upgrade.
     reuse: bool,
@@ -785,11 +841,26 @@ impl PooledBody {
             return;
         }
         let now = Instant::now();
-        let conn = out.conn;
+        let mut conn = out.conn;
         if out.lifetime.is_spent(conn.requests) || out.lifetime.is_expired(conn.established, now) {
             retired(&out.host);
             return;
         }
+        if conn.driver.is_attached() {
+            // hyper takes the connection up for the next request once it has seen the
+            // response end, usually in the poll that read the end.
+            if !conn.sender.is_ready() {
+                conn.driver.poll_idle();
+            }
+            if !conn.sender.is_ready() {
+                // Still sending a request body the upstream answered early, or closing: it
+                // finishes in a task of its own and closes (its sender is dropped here).
+                conn.driver.detach();
+                return;
+            }
+        }
+        // (A connection in a task of its own may take a moment to be ready again: a
+        // checkout waits for it.)
         lock(&out.host.idle).push(Idle { conn, since: now });
     }
 }
@@ -804,8 +875,15 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match frame {
+        let inner = &mut this.inner;
+        let frame = match &mut this.conn {
+            Some(out) => out
+                .conn
+                .driver
+                .poll_with(cx, |cx| Pin::new(&mut *inner).poll_frame(cx)),
+            None => Pin::new(inner).poll_frame(cx),
+        };
+        match ready!(frame) {
             Some(Ok(frame)) => {
                 if this.inner.is_end_stream() {
                     this.release();

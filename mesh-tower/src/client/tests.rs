@@ -8,7 +8,7 @@ use crate::context::RequestContext;
 use crate::retry::Unsent;
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -335,6 +335,142 @@ async fn concurrent_http2_requests_share_one_connection() {
     assert!(answers.iter().all(|a| a == "ok"));
     assert_eq!(fetch(&client, &upstream, "/", true).await, "ok");
     assert_eq!(upstream.accepted(), 1);
+}
+
+/// `GET path` as hyper's HTTP/2 server hands it over: the request polls its HTTP/1.1
+/// upstream connection in place.
+fn get_over_http2(path: &str) -> Request<BoxBody> {
+    let mut req = get(path);
+    *req.version_mut() = Version::HTTP_2;
+    req
+}
+
+/// Sends `req` to `upstream` over HTTP/1.1, expects `200 OK`, and reads the whole answer.
+async fn fetch_req(client: &UpstreamClient, upstream: &Upstream, req: Request<BoxBody>) -> String {
+    let response = client
+        .send(req, upstream.authority.clone(), false)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn requests_from_http2_poll_their_http1_connection_in_place_and_give_it_back() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    let idle = || client.pools.http1.idle(upstream.authority.as_str());
+    let in_place = || {
+        client
+            .pools
+            .http1
+            .idle_in_place(upstream.authority.as_str())
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            fetch_req(&client, &upstream, get_over_http2("/")).await,
+            "ok"
+        );
+    }
+    assert_eq!(upstream.accepted(), 1);
+    assert_eq!((idle(), in_place()), (1, 1));
+
+    // A request from HTTP/1.1 hands the connection to a task of its own, for good; requests
+    // from HTTP/2 keep using it.
+    assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
+    assert_eq!((idle(), in_place()), (1, 0));
+    assert_eq!(
+        fetch_req(&client, &upstream, get_over_http2("/")).await,
+        "ok"
+    );
+    assert_eq!(upstream.accepted(), 1);
+}
+
+#[tokio::test]
+async fn in_place_a_body_dropped_midway_closes_its_connection_and_a_complete_one_does_not() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    let response = client
+        .send(get_over_http2("/stream"), upstream.authority.clone(), false)
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first");
+    drop(body);
+    assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 0);
+
+    // A HEAD answer has nothing to read: dropped unread, it still gives its connection back.
+    let mut head = Request::head("http://upstream.test/")
+        .body(body::empty())
+        .unwrap();
+    *head.version_mut() = Version::HTTP_2;
+    let response = client
+        .send(head, upstream.authority.clone(), false)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    assert_eq!(
+        client
+            .pools
+            .http1
+            .idle_in_place(upstream.authority.as_str()),
+        1
+    );
+    assert_eq!(
+        fetch_req(&client, &upstream, get_over_http2("/")).await,
+        "ok"
+    );
+    assert_eq!(
+        upstream.accepted(),
+        2,
+        "the unfinished one was not reused, the HEAD's was"
+    );
+}
+
+#[tokio::test]
+async fn in_place_an_upstream_closing_its_connections_causes_no_failed_request() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    for _ in 0..3 {
+        assert_eq!(
+            fetch_req(&client, &upstream, get_over_http2("/close")).await,
+            "bye"
+        );
+    }
+    assert_eq!(upstream.accepted(), 3);
+    assert_eq!(
+        fetch_req(&client, &upstream, get_over_http2("/")).await,
+        "ok"
+    );
+}
+
+#[tokio::test]
+async fn in_place_an_early_answer_to_an_unfinished_upload_leaves_the_upload_running() {
+    let upstream = upstream(false, 1).await;
+    let client = UpstreamClient::new();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::body::BoxError>>(1);
+    tx.send(Ok(Frame::data(Bytes::from("part of an upload"))))
+        .await
+        .unwrap();
+    let mut upload = Request::post("http://upstream.test/early")
+        .body(body::boxed(StreamBody::new(tokio_stream(rx))))
+        .unwrap();
+    *upload.version_mut() = Version::HTTP_2;
+    assert_eq!(fetch_req(&client, &upstream, upload).await, "ok");
+    // Its connection is still sending the upload: a task of its own finishes it.
+    assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 0);
+    let next = tokio::time::timeout(
+        Duration::from_secs(5),
+        fetch_req(&client, &upstream, get_over_http2("/")),
+    )
+    .await
+    .expect("the next request does not wait for the upload's connection");
+    assert_eq!(next, "ok");
+    assert_eq!(upstream.accepted(), 2);
+    drop(tx);
 }
 
 /// An HTTP/1.1 pool with a 5 s idle timeout and one idle connection to a new upstream.

@@ -1,0 +1,117 @@
+//! An HTTP/1.1 upstream connection polled in place, by the request that has it checked out.
+//!
+//! hyper's `client::conn::http1` splits a connection in two: a `SendRequest` that queues a
+//! request, and a `Connection` future that writes requests and reads responses, only while it
+//! is polled. The usual way is a task per connection. The pool polls the `Connection` itself
+//! instead, from the task of the request that holds it: while the request waits for its
+//! response ([`Driver::drive`]) and while its response body is read
+//! ([`Driver::poll_with`]). A proxied request then runs in one task from the downstream read
+//! to the upstream write and back. A task per connection costs, per request, three polls of
+//! that task (the request, the response head, the body's hand-off), each a wake-up, a trip
+//! through the scheduler and one more wake-up back, which is what hyper-util's legacy client
+//! pays.
+//!
+//! Only the driver can move a response on, and the driver is polled with the task's waker
+//! every time the task is polled, so the response's own channels are polled without a waker:
+//! the connection's progress would otherwise wake the very task that is running it, and the
+//! scheduler would poll that task once more for nothing.
+//!
+//! Between requests nothing polls an idle connection. The pool polls it without a waker when
+//! it reaps, to see whether the upstream closed it; a request sent on a connection the
+//! upstream has closed meanwhile comes back unwritten and the pool sends it again on a new
+//! one (see `pool.rs`).
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
+
+type Connection = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// An HTTP/1.1 connection's I/O (hyper's `Connection` future), while open and ours to poll.
+pub(super) struct Driver {
+    connection: Option<Connection>,
+}
+
+impl Driver {
+    /// Drives `connection` in place.
+    pub(super) fn new<F>(connection: F) -> Self
+    where
+        F: Future<Output = hyper::Result<()>> + Send + 'static,
+    {
+        Self {
+            connection: Some(Box::pin(connection)),
+        }
+    }
+
+    /// For a connection polled by a task of its own.
+    pub(super) fn elsewhere() -> Self {
+        Self { connection: None }
+    }
+
+    /// Whether the connection is ours to poll (not ended, not in a task of its own).
+    pub(super) fn is_attached(&self) -> bool {
+        self.connection.is_some()
+    }
+
+    /// Polls the connection once; it is dropped when it has ended.
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        if let Some(connection) = &mut self.connection
+            && let Poll::Ready(ended) = connection.as_mut().poll(cx)
+        {
+            self.connection = None;
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        }
+    }
+
+    /// Brings the connection's state up to date (a response's end, a close by the upstream)
+    /// without leaving a waker: for a connection nobody waits on.
+    pub(super) fn poll_idle(&mut self) {
+        self.poll(&mut Context::from_waker(Waker::noop()));
+    }
+
+    /// Polls `poll`, which only the connection's progress can make ready, with the connection
+    /// polled between two tries.
+    pub(super) fn poll_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        if self.connection.is_none() {
+            return poll(cx);
+        }
+        let mut quiet = Context::from_waker(Waker::noop());
+        if let Poll::Ready(out) = poll(&mut quiet) {
+            return Poll::Ready(out);
+        }
+        self.poll(cx);
+        if self.connection.is_none() {
+            // Ended: nothing will move `poll` on but itself.
+            return poll(cx);
+        }
+        poll(&mut quiet)
+    }
+
+    /// `future` (a request's response), with the connection polled along with it.
+    pub(super) async fn drive<F: Future>(&mut self, future: F) -> F::Output {
+        let mut future = pin!(future);
+        poll_fn(|cx| self.poll_with(cx, |cx| future.as_mut().poll(cx))).await
+    }
+
+    /// Hands the connection to a task of its own, to finish what it still carries (an
+    /// upgrade's hand-over of the I/O, a request body still being sent) and close.
+    pub(super) fn detach(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        // Outside a runtime (one shutting down), the connection is closed instead.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+        }
+    }
+}
