@@ -447,6 +447,69 @@ async fn in_place_an_upstream_closing_its_connections_causes_no_failed_request()
     );
 }
 
+/// An idle connection polled in place has nobody polling it between requests: one the
+/// upstream closed meanwhile is found closed when the next request is queued on it, and that
+/// request goes out on a new connection.
+#[tokio::test]
+async fn in_place_a_connection_the_upstream_closed_while_idle_is_replaced_without_a_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let close = Arc::new(tokio::sync::Notify::new());
+    let counter = accepted.clone();
+    let close_signal = close.clone();
+    tokio::spawn(async move {
+        // Answers one request per connection (keep-alive, as far as the client knows), then
+        // closes the connection when told to.
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let closed_tx = closed_tx.clone();
+            let close = close_signal.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                stream.write_all(answer).await.unwrap();
+                close.notified().await;
+                drop(stream);
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let upstream = Upstream {
+        authority,
+        accepted,
+    };
+    let client = UpstreamClient::new();
+    assert_eq!(
+        fetch_req(&client, &upstream, get_over_http2("/")).await,
+        "ok"
+    );
+    let in_place = || {
+        client
+            .pools
+            .http1
+            .idle_in_place(upstream.authority.as_str())
+    };
+    assert_eq!(in_place(), 1);
+    close.notify_one();
+    closed.recv().await.unwrap();
+    assert_eq!(in_place(), 1, "closed, but nobody polled it to see");
+    assert_eq!(
+        fetch_req(&client, &upstream, get_over_http2("/")).await,
+        "ok"
+    );
+    assert_eq!(upstream.accepted(), 2);
+}
+
 #[tokio::test]
 async fn in_place_an_early_answer_to_an_unfinished_upload_leaves_the_upload_running() {
     let upstream = upstream(false, 1).await;
