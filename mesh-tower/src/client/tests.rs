@@ -447,6 +447,33 @@ async fn in_place_an_upstream_closing_its_connections_causes_no_failed_request()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_concurrent_requests_from_tasks_on_two_threads_share_the_connections_they_open() {
+    let upstream = Arc::new(upstream(false, 4).await);
+    let client = UpstreamClient::new();
+    for round in 1..=3 {
+        // Four tasks, as hyper's HTTP/2 server spawns one per stream; the upstream answers
+        // none of the four until all four are in: four connections, then reused.
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (client, upstream) = (client.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    fetch_req(&client, &upstream, get_over_http2("/barrier")).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), "ok");
+        }
+        assert_eq!(upstream.accepted(), 4, "round {round}");
+        let in_place = client
+            .pools
+            .http1
+            .idle_in_place(upstream.authority.as_str());
+        assert_eq!(in_place, 4, "round {round}");
+    }
+}
+
 /// An idle connection polled in place has nobody polling it between requests: one the
 /// upstream closed meanwhile is found closed when the next request is queued on it, and that
 /// request goes out on a new connection.
