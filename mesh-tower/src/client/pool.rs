@@ -278,7 +278,12 @@ impl<C: Connector> Pool<C> {
         }
         conn.requests += 1;
         let sent = conn.sender.try_send_request(req);
-        let response = match conn.driver.drive(sent).await {
+        let sent = if conn.driver.is_attached() {
+            conn.driver.drive(sent).await
+        } else {
+            sent.await
+        };
+        let response = match sent {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
                 // The pooled connection closed before the request was written: once more, on
