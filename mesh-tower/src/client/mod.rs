@@ -449,13 +449,9 @@ impl UpstreamClient {
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
             req.headers_mut().insert(UPGRADE, protocol.clone());
         }
-        // A request that came over HTTP/2 runs in a task of its own (hyper's HTTP/2 server
-        // spawns one per stream) and polls its HTTP/1.1 upstream connection itself. One from
-        // an HTTP/1.1 connection leaves the upstream connection to a task of its own: under
-        // load, the downstream connections' tasks then run one after another, and so do the
-        // upstream connections', each set's code staying in the instruction cache. Measured on
-        // one core with 64 connections (benches/RESULTS.md, session 13): polling in place took
-        // HTTP/1.1 downstream 11% slower and h2c downstream 7% faster.
+        // A request that came over HTTP/2 (a task per stream) polls its HTTP/1.1 upstream
+        // connection itself; one from an HTTP/1.1 connection leaves it to a task of its own
+        // (why: module `driver`).
         let in_place = req.version() == Version::HTTP_2;
         *req.version_mut() = if http2 {
             Version::HTTP_2

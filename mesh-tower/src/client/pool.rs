@@ -6,10 +6,11 @@
 //!
 //! - HTTP/1.1: a stack of idle connections per endpoint (the most recently used on top, so
 //!   warm connections are reused and the rest age out). A request takes one (or connects),
-//!   polls it in its own task while it waits for the response and reads the body (no task per
-//!   connection: see [`super::driver`]), and its response body puts the connection back when
-//!   the body ends. A body dropped before its end closes its connection, and a
-//!   `101 Switching Protocols` hands its connection to a task of its own and to the upgrade.
+//!   and its response body puts the connection back when the body ends. A request that came
+//!   over HTTP/2 polls the connection in its own task while it has it; otherwise the
+//!   connection runs in a task of its own (see [`super::driver`] for why both). A body dropped
+//!   before its end closes its connection, and a `101 Switching Protocols` hands its
+//!   connection to a task of its own and to the upgrade.
 //! - HTTP/2 (prior knowledge): one connection per endpoint, shared by every request; the first
 //!   requests to an endpoint wait for one connect rather than each opening a connection.
 //!
