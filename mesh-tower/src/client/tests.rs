@@ -3,7 +3,7 @@
 
 use super::UpstreamClient;
 use super::connection::{Lifetime, PoolSettings};
-use crate::body::{self, BoxBody};
+use crate::body::{self, BoxBody, BoxError};
 use crate::context::RequestContext;
 use crate::retry::Unsent;
 use bytes::Bytes;
@@ -246,55 +246,103 @@ async fn concurrent_http1_requests_open_a_connection_each_and_then_reuse_them() 
     }
 }
 
-#[tokio::test]
-async fn a_body_dropped_midway_does_not_give_its_connection_back() {
-    let upstream = upstream(false, 1).await;
-    let client = UpstreamClient::new();
+/// `GET path` as hyper's HTTP/2 server hands it over: the request polls its HTTP/1.1
+/// upstream connection in place.
+fn get_over_http2(path: &str) -> Request<BoxBody> {
+    came_over(Version::HTTP_2, get(path))
+}
+
+/// `req` as it comes from a downstream speaking `version`: over HTTP/2, a request polls its
+/// HTTP/1.1 upstream connection in place; over HTTP/1.1, a task of the connection's own does.
+fn came_over(version: Version, mut req: Request<BoxBody>) -> Request<BoxBody> {
+    *req.version_mut() = version;
+    req
+}
+
+/// The downstream protocols, for the tests that hold for both ways of polling a connection.
+const DOWNSTREAMS: [Version; 2] = [Version::HTTP_11, Version::HTTP_2];
+
+/// Sends `req` to `upstream` over HTTP/1.1, expects `200 OK`, and reads the whole answer.
+async fn fetch_req(client: &UpstreamClient, upstream: &Upstream, req: Request<BoxBody>) -> String {
     let response = client
-        .send(get("/stream"), upstream.authority.clone(), false)
+        .send(req, upstream.authority.clone(), false)
         .await
         .unwrap();
-    let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, "first");
-    drop(body);
-    assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 0);
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
 
-    assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
-    assert_eq!(
-        upstream.accepted(),
-        2,
-        "the unfinished connection was not reused"
-    );
-    assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
-    assert_eq!(upstream.accepted(), 2, "the finished one was");
+#[tokio::test]
+async fn a_body_dropped_midway_does_not_give_its_connection_back() {
+    for downstream in DOWNSTREAMS {
+        let upstream = upstream(false, 1).await;
+        let client = UpstreamClient::new();
+        let response = client
+            .send(
+                came_over(downstream, get("/stream")),
+                upstream.authority.clone(),
+                false,
+            )
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first");
+        drop(body);
+        assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 0);
+
+        let get = || came_over(downstream, get("/"));
+        assert_eq!(fetch_req(&client, &upstream, get()).await, "ok");
+        let accepted = upstream.accepted();
+        assert_eq!(
+            accepted, 2,
+            "{downstream:?}: the unfinished one was not reused"
+        );
+        assert_eq!(fetch_req(&client, &upstream, get()).await, "ok");
+        assert_eq!(
+            upstream.accepted(),
+            2,
+            "{downstream:?}: the finished one was"
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_response_never_read_but_already_complete_gives_its_connection_back() {
-    let upstream = upstream(false, 1).await;
-    let client = UpstreamClient::new();
-    let head = Request::head("http://upstream.test/")
-        .body(body::empty())
-        .unwrap();
-    let response = client
-        .send(head, upstream.authority.clone(), false)
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    drop(response);
-    assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
-    assert_eq!(upstream.accepted(), 1);
+    for downstream in DOWNSTREAMS {
+        let upstream = upstream(false, 1).await;
+        let client = UpstreamClient::new();
+        let head = Request::head("http://upstream.test/")
+            .body(body::empty())
+            .unwrap();
+        let response = client
+            .send(
+                came_over(downstream, head),
+                upstream.authority.clone(),
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        drop(response);
+        let get = came_over(downstream, get("/"));
+        assert_eq!(fetch_req(&client, &upstream, get).await, "ok");
+        assert_eq!(upstream.accepted(), 1, "{downstream:?}");
+    }
 }
 
 #[tokio::test]
 async fn an_upstream_closing_its_connections_causes_no_failed_request() {
-    let upstream = upstream(false, 1).await;
-    let client = UpstreamClient::new();
-    for _ in 0..3 {
-        assert_eq!(fetch(&client, &upstream, "/close", false).await, "bye");
+    for downstream in DOWNSTREAMS {
+        let upstream = upstream(false, 1).await;
+        let client = UpstreamClient::new();
+        for _ in 0..3 {
+            let close = came_over(downstream, get("/close"));
+            assert_eq!(fetch_req(&client, &upstream, close).await, "bye");
+        }
+        assert_eq!(upstream.accepted(), 3, "{downstream:?}");
     }
-    assert_eq!(upstream.accepted(), 3);
 }
 
 #[tokio::test]
@@ -337,25 +385,6 @@ async fn concurrent_http2_requests_share_one_connection() {
     assert_eq!(upstream.accepted(), 1);
 }
 
-/// `GET path` as hyper's HTTP/2 server hands it over: the request polls its HTTP/1.1
-/// upstream connection in place.
-fn get_over_http2(path: &str) -> Request<BoxBody> {
-    let mut req = get(path);
-    *req.version_mut() = Version::HTTP_2;
-    req
-}
-
-/// Sends `req` to `upstream` over HTTP/1.1, expects `200 OK`, and reads the whole answer.
-async fn fetch_req(client: &UpstreamClient, upstream: &Upstream, req: Request<BoxBody>) -> String {
-    let response = client
-        .send(req, upstream.authority.clone(), false)
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(body.to_vec()).unwrap()
-}
-
 #[tokio::test]
 async fn requests_from_http2_poll_their_http1_connection_in_place_and_give_it_back() {
     let upstream = upstream(false, 1).await;
@@ -385,66 +414,6 @@ async fn requests_from_http2_poll_their_http1_connection_in_place_and_give_it_ba
         "ok"
     );
     assert_eq!(upstream.accepted(), 1);
-}
-
-#[tokio::test]
-async fn in_place_a_body_dropped_midway_closes_its_connection_and_a_complete_one_does_not() {
-    let upstream = upstream(false, 1).await;
-    let client = UpstreamClient::new();
-    let response = client
-        .send(get_over_http2("/stream"), upstream.authority.clone(), false)
-        .await
-        .unwrap();
-    let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, "first");
-    drop(body);
-    assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 0);
-
-    // A HEAD answer has nothing to read: dropped unread, it still gives its connection back.
-    let mut head = Request::head("http://upstream.test/")
-        .body(body::empty())
-        .unwrap();
-    *head.version_mut() = Version::HTTP_2;
-    let response = client
-        .send(head, upstream.authority.clone(), false)
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    drop(response);
-    assert_eq!(
-        client
-            .pools
-            .http1
-            .idle_in_place(upstream.authority.as_str()),
-        1
-    );
-    assert_eq!(
-        fetch_req(&client, &upstream, get_over_http2("/")).await,
-        "ok"
-    );
-    assert_eq!(
-        upstream.accepted(),
-        2,
-        "the unfinished one was not reused, the HEAD's was"
-    );
-}
-
-#[tokio::test]
-async fn in_place_an_upstream_closing_its_connections_causes_no_failed_request() {
-    let upstream = upstream(false, 1).await;
-    let client = UpstreamClient::new();
-    for _ in 0..3 {
-        assert_eq!(
-            fetch_req(&client, &upstream, get_over_http2("/close")).await,
-            "bye"
-        );
-    }
-    assert_eq!(upstream.accepted(), 3);
-    assert_eq!(
-        fetch_req(&client, &upstream, get_over_http2("/")).await,
-        "ok"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,32 +504,6 @@ async fn in_place_a_connection_the_upstream_closed_while_idle_is_replaced_withou
         "ok"
     );
     assert_eq!(upstream.accepted(), 2);
-}
-
-#[tokio::test]
-async fn in_place_an_early_answer_to_an_unfinished_upload_leaves_the_upload_running() {
-    let upstream = upstream(false, 1).await;
-    let client = UpstreamClient::new();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::body::BoxError>>(1);
-    tx.send(Ok(Frame::data(Bytes::from("part of an upload"))))
-        .await
-        .unwrap();
-    let mut upload = Request::post("http://upstream.test/early")
-        .body(body::boxed(StreamBody::new(tokio_stream(rx))))
-        .unwrap();
-    *upload.version_mut() = Version::HTTP_2;
-    assert_eq!(fetch_req(&client, &upstream, upload).await, "ok");
-    // Its connection is still sending the upload: a task of its own finishes it.
-    assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 0);
-    let next = tokio::time::timeout(
-        Duration::from_secs(5),
-        fetch_req(&client, &upstream, get_over_http2("/")),
-    )
-    .await
-    .expect("the next request does not wait for the upload's connection");
-    assert_eq!(next, "ok");
-    assert_eq!(upstream.accepted(), 2);
-    drop(tx);
 }
 
 /// An HTTP/1.1 pool with a 5 s idle timeout and one idle connection to a new upstream.
@@ -848,30 +791,28 @@ async fn the_reaper_ends_with_its_pool() {
 /// connection is then busy until the body ends, and the next request must not wait for it.
 #[tokio::test]
 async fn a_request_after_an_early_answer_to_an_unfinished_upload_gets_a_connection() {
-    let upstream = upstream(false, 1).await;
-    let client = UpstreamClient::new();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::body::BoxError>>(1);
-    tx.send(Ok(Frame::data(Bytes::from("part of an upload"))))
+    for downstream in DOWNSTREAMS {
+        let upstream = upstream(false, 1).await;
+        let client = UpstreamClient::new();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from("part of an upload"))))
+            .await
+            .unwrap();
+        let upload = Request::post("http://upstream.test/early")
+            .body(body::boxed(StreamBody::new(tokio_stream(rx))))
+            .unwrap();
+        let upload = came_over(downstream, upload);
+        assert_eq!(fetch_req(&client, &upstream, upload).await, "ok");
+        let next = tokio::time::timeout(
+            Duration::from_secs(5),
+            fetch_req(&client, &upstream, came_over(downstream, get("/"))),
+        )
         .await
-        .unwrap();
-    let upload = Request::post("http://upstream.test/early")
-        .body(body::boxed(StreamBody::new(tokio_stream(rx))))
-        .unwrap();
-    let response = client
-        .send(upload, upstream.authority.clone(), false)
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.into_body().collect().await.unwrap();
-    let next = tokio::time::timeout(
-        Duration::from_secs(5),
-        fetch(&client, &upstream, "/", false),
-    )
-    .await
-    .expect("the next request does not wait for the upload's connection");
-    assert_eq!(next, "ok");
-    assert_eq!(upstream.accepted(), 2);
-    drop(tx);
+        .expect("the next request does not wait for the upload's connection");
+        assert_eq!(next, "ok");
+        assert_eq!(upstream.accepted(), 2, "{downstream:?}");
+        drop(tx);
+    }
 }
 
 #[test]
