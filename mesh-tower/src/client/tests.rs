@@ -34,13 +34,17 @@ impl Upstream {
 /// What the upstream does with a request, by path: `/stream` answers a body that sends one
 /// chunk and then never ends, `/close` answers with `Connection: close`, `/barrier` waits until
 /// `barrier` requests are in, `/early` answers `ok` at once and reads the request body after,
-/// `/names` answers the request's URI authority and Host header (`-` for none); anything else
-/// answers `ok`.
+/// `/names` answers the request's URI authority and Host header (`-` for none), `/echo`
+/// answers the request body once it has all come; anything else answers `ok`.
 async fn handle(
     req: Request<Incoming>,
     barrier: Arc<Barrier>,
 ) -> Result<Response<BoxBody>, Infallible> {
     let response = match req.uri().path() {
+        "/echo" => {
+            let upload = req.into_body().collect().await.unwrap().to_bytes();
+            Response::new(body::full(upload))
+        }
         "/stream" => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
             tokio::spawn(async move {
@@ -789,6 +793,36 @@ async fn the_reaper_ends_with_its_pool() {
 
 /// An upstream may answer before the request body is all sent (an upload it refuses): the
 /// connection is then busy until the body ends, and the next request must not wait for it.
+/// A request body that arrives piece by piece while the request waits for its answer: the
+/// connection (polled in place, or by its own task) sends each piece as it comes.
+#[tokio::test]
+async fn an_upload_streamed_piece_by_piece_reaches_the_upstream_whole() {
+    for downstream in DOWNSTREAMS {
+        let upstream = upstream(false, 1).await;
+        let client = UpstreamClient::new();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let upload = Request::post("http://upstream.test/echo")
+            .body(body::boxed(StreamBody::new(tokio_stream(rx))))
+            .unwrap();
+        let sender = tokio::spawn(async move {
+            for piece in ["one ", "two ", "three"] {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                tx.send(Ok(Frame::data(Bytes::from(piece)))).await.unwrap();
+            }
+        });
+        let upload = came_over(downstream, upload);
+        let echoed = tokio::time::timeout(
+            Duration::from_secs(10),
+            fetch_req(&client, &upstream, upload),
+        )
+        .await
+        .expect("each piece is sent as it comes");
+        assert_eq!(echoed, "one two three", "{downstream:?}");
+        sender.await.unwrap();
+        assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 1);
+    }
+}
+
 #[tokio::test]
 async fn a_request_after_an_early_answer_to_an_unfinished_upload_gets_a_connection() {
     for downstream in DOWNSTREAMS {
