@@ -791,8 +791,20 @@ async fn the_reaper_ends_with_its_pool() {
     assert_eq!(Arc::strong_count(&stop), 1, "the reaper has ended");
 }
 
-/// An upstream may answer before the request body is all sent (an upload it refuses): the
-/// connection is then busy until the body ends, and the next request must not wait for it.
+/// `POST path` whose body is what is sent on the channel, as it comes, until it is dropped.
+fn upload(
+    path: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    Request<BoxBody>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = Request::post(format!("http://upstream.test{path}"))
+        .body(body::boxed(StreamBody::new(tokio_stream(rx))))
+        .unwrap();
+    (tx, req)
+}
+
 /// A request body that arrives piece by piece while the request waits for its answer: the
 /// connection (polled in place, or by its own task) sends each piece as it comes.
 #[tokio::test]
@@ -800,10 +812,7 @@ async fn an_upload_streamed_piece_by_piece_reaches_the_upstream_whole() {
     for downstream in DOWNSTREAMS {
         let upstream = upstream(false, 1).await;
         let client = UpstreamClient::new();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
-        let upload = Request::post("http://upstream.test/echo")
-            .body(body::boxed(StreamBody::new(tokio_stream(rx))))
-            .unwrap();
+        let (tx, upload) = upload("/echo");
         let sender = tokio::spawn(async move {
             for piece in ["one ", "two ", "three"] {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -823,17 +832,16 @@ async fn an_upload_streamed_piece_by_piece_reaches_the_upstream_whole() {
     }
 }
 
+/// An upstream may answer before the request body is all sent (an upload it refuses): the
+/// connection is then busy until the body ends, and the next request must not wait for it.
 #[tokio::test]
 async fn a_request_after_an_early_answer_to_an_unfinished_upload_gets_a_connection() {
     for downstream in DOWNSTREAMS {
         let upstream = upstream(false, 1).await;
         let client = UpstreamClient::new();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let (tx, upload) = upload("/early");
         tx.send(Ok(Frame::data(Bytes::from("part of an upload"))))
             .await
-            .unwrap();
-        let upload = Request::post("http://upstream.test/early")
-            .body(body::boxed(StreamBody::new(tokio_stream(rx))))
             .unwrap();
         let upload = came_over(downstream, upload);
         assert_eq!(fetch_req(&client, &upstream, upload).await, "ok");
