@@ -65,9 +65,7 @@ impl Driver {
             && let Poll::Ready(ended) = connection.as_mut().poll(cx)
         {
             self.connection = None;
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
+            log_end(ended);
         }
     }
 
@@ -111,13 +109,24 @@ impl Driver {
         let Some(connection) = self.connection.take() else {
             return;
         };
-        // Outside a runtime (one shutting down), the connection is closed instead.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-        }
+        spawn_connection(connection);
+    }
+}
+
+/// Runs `connection` (hyper's `Connection` future, of either protocol) in a task of its own
+/// until it ends. Generic, so that the task polls the concrete future, inlined. Outside a
+/// runtime (one shutting down) the connection is closed instead.
+pub(super) fn spawn_connection<F>(connection: F)
+where
+    F: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move { log_end(connection.await) });
+    }
+}
+
+fn log_end(ended: hyper::Result<()>) {
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "upstream connection ended");
     }
 }

@@ -24,7 +24,7 @@
 //! request or once older than their maximum duration ([`Lifetime`]).
 
 use super::connection::{Lifetime, PoolSettings};
-use super::driver::Driver;
+use super::driver::{Driver, spawn_connection};
 use crate::body::{self, BoxBody, BoxError};
 use crate::error::ProxyError;
 use crate::retry::Unsent;
@@ -460,11 +460,7 @@ impl<C: Connector> Pool<C> {
             } else {
                 // Spawned as it is, not boxed as a driver holds it: hyper's connection is then
                 // inlined into the task's poll.
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "upstream connection ended");
-                    }
-                });
+                spawn_connection(connection);
                 Driver::elsewhere()
             };
             Ok(Conn {
@@ -627,11 +623,7 @@ impl<C: Connector> Pool<C> {
                 .handshake(io)
                 .await
                 .map_err(|e| SharedError::new(e.into()))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
+            spawn_connection(connection);
             Ok(sender)
         })
     }
