@@ -8,6 +8,10 @@
 //! extension of its own: every entry of an `http::Extensions` map is a boxed value and a
 //! hashed insert, and the map grows when a fourth entry arrives.
 //!
+//! The context comes back up on the response: the client moves the request's extensions over
+//! to it ([`RequestContext::of_response`]), so telemetry reads the endpoint that answered
+//! without a map of the response's own to allocate.
+//!
 //! ```
 //! use mesh_tower::context::RequestContext;
 //! use mesh_tower::timeout::Deadline;
@@ -25,7 +29,7 @@ use crate::route::Routed;
 use crate::split::Target;
 use crate::telemetry::{Attempt, TraceScope};
 use crate::timeout::Deadline;
-use http::Request;
+use http::{Request, Response};
 use std::sync::Arc;
 
 /// A request's context; see the module docs. A field is `None` until its layer runs (or
@@ -59,6 +63,12 @@ impl RequestContext {
     /// `req`'s context, when a layer has set one.
     pub fn of<B>(req: &Request<B>) -> Option<&Self> {
         req.extensions().get()
+    }
+
+    /// The context of the request `response` answers, as the client carried it over to the
+    /// response (with what the balancer chose: [`RequestContext::upstream`]).
+    pub fn of_response<B>(response: &Response<B>) -> Option<&Self> {
+        response.extensions().get()
     }
 
     /// `req`'s context for a layer to write its part, added empty when it has none.

@@ -333,7 +333,8 @@ where
             if let Some(info) = result
                 .as_ref()
                 .ok()
-                .and_then(|r| r.extensions().get::<Arc<crate::telemetry::UpstreamInfo>>())
+                .and_then(RequestContext::of_response)
+                .and_then(|c| c.upstream.as_ref()?.info.as_ref())
             {
                 attributes.push(("server.address".to_owned(), info.authority.clone()));
             }

@@ -46,12 +46,14 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The endpoint the balancer chose, as `host:port` (in the request's [`RequestContext`], for
-/// the client).
+/// The endpoint the balancer chose (in the request's [`RequestContext`], for the client, and
+/// in its response's, for telemetry).
 #[derive(Clone, Debug)]
 pub struct Upstream {
     /// `address:port` of the chosen endpoint.
     pub authority: http::uri::Authority,
+    /// What telemetry reports of it: `None` for a passthrough request's own destination.
+    pub info: Option<Arc<UpstreamInfo>>,
 }
 
 /// Which of an endpoint's HTTP/2 connections a request should use when the cluster caps the
@@ -758,7 +760,10 @@ where
                 let e = ProxyError::NoHealthyUpstream(cluster.name.to_string());
                 return Either::Right(ready(Err(e.into())));
             };
-            RequestContext::of_mut(&mut req).upstream = Some(Upstream { authority });
+            RequestContext::of_mut(&mut req).upstream = Some(Upstream {
+                authority,
+                info: None,
+            });
             return Either::Left(ResponseFuture {
                 inner: self.inner.call(req),
                 observed: None,
@@ -797,7 +802,10 @@ where
             || policy.latency_outlier.is_some()
             || self.layer.latency_outlier.is_some();
         let context = RequestContext::of_mut(&mut req);
-        context.upstream = Some(Upstream { authority });
+        context.upstream = Some(Upstream {
+            authority,
+            info: Some(in_flight.resolved.upstream_info[pick.index].clone()),
+        });
         if let Some(cap) = streams_per_connection
             && cap > 0
         {
@@ -922,9 +930,19 @@ impl Observed {
             latency_check(resolved, endpoint_state, rule);
         }
         let mut response = result?;
-        response
+        // The client carries the request's context, with this endpoint, over to the response
+        // (`crate::client`); from a client that does not, the response gets the endpoint here.
+        let context = response
             .extensions_mut()
-            .insert(resolved.upstream_info[index].clone());
+            .get_or_insert_default::<RequestContext>();
+        if context.upstream.is_none()
+            && let Some(authority) = &resolved.authorities[index]
+        {
+            context.upstream = Some(Upstream {
+                authority: authority.clone(),
+                info: Some(resolved.upstream_info[index].clone()),
+            });
+        }
         if let Some(cookie) = set_cookie {
             response
                 .headers_mut()

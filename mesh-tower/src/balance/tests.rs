@@ -675,3 +675,28 @@ async fn a_try_counts_in_flight_until_it_answers_or_is_dropped() {
     assert_eq!(answered_try.await.unwrap().status(), 200);
     assert_eq!(active(), 0, "an answered try no longer counts");
 }
+
+#[tokio::test]
+async fn the_response_names_the_endpoint_that_answered() {
+    let c = cluster(
+        vec![endpoint(1, 1, ""), endpoint(2, 1, "")],
+        policy(LbAlgorithm::RoundRobin),
+    );
+    // A client that does not carry the request's context over to the response (as the
+    // mesh's own does): the balancer adds the endpoint to the response's.
+    let (up, _) = upstream(|_| 200);
+    let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let response = svc.clone().oneshot(request(&c)).await.unwrap();
+        let upstream = RequestContext::of_response(&response)
+            .and_then(|c| c.upstream.clone())
+            .expect("the endpoint");
+        let info = upstream.info.expect("what telemetry reports");
+        assert_eq!(info.authority, upstream.authority.as_str());
+        assert_eq!(info.service, "hello.default.svc.cluster.local");
+        ports.push(upstream.authority.port_u16().unwrap());
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, [1, 2]);
+}

@@ -6,6 +6,7 @@
 //! connection goes back to its pool when the response body ends, with no task per request and
 //! no per-request pool-key allocation, which hyper-util's legacy client needs.
 
+mod carried;
 pub mod connection;
 mod driver;
 mod pool;

@@ -23,6 +23,7 @@
 //! Connections are counted in the pool's own entries and retired after their last allowed
 //! request or once older than their maximum duration ([`Lifetime`]).
 
+use super::carried::{Carried, Unwritten};
 use super::connection::{Lifetime, PoolSettings};
 use super::driver::{Driver, spawn_connection};
 use crate::body::{self, BoxBody, BoxError};
@@ -182,6 +183,26 @@ fn refused(copy: Option<Request<BoxBody>>, error: BoxError) -> BoxError {
     error
 }
 
+/// An HTTP/1.1 request hyper did not send: given back to the retry layer when hyper gave it
+/// back unwritten.
+fn not_sent(host: &Host, e: Unwritten<BoxBody>) -> BoxError {
+    let error = reset(&host.authority, e.error);
+    match e.request {
+        Some(req) => unsent(req, error),
+        None => error,
+    }
+}
+
+/// An HTTP/2 request hyper did not send: given back unwritten, or its `copy` given back when
+/// the upstream refused its stream.
+fn not_sent_http2(host: &Host, e: Unwritten<BoxBody>, copy: Option<Request<BoxBody>>) -> BoxError {
+    let error = reset(&host.authority, e.error);
+    match e.request {
+        Some(req) => unsent(req, error),
+        None => refused(copy, error),
+    }
+}
+
 fn reset(authority: &Authority, source: hyper::Error) -> BoxError {
     ProxyError::UpstreamReset {
         endpoint: authority.to_string(),
@@ -263,7 +284,7 @@ impl<C: Connector> Pool<C> {
     async fn send_http1<F>(
         self: Arc<Self>,
         host: Arc<Host>,
-        req: Request<BoxBody>,
+        mut req: Request<BoxBody>,
         in_place: bool,
         finish: F,
     ) -> Result<Response<BoxBody>, BoxError>
@@ -278,25 +299,25 @@ impl<C: Connector> Pool<C> {
             conn.driver.detach();
         }
         conn.requests += 1;
+        let carried = Carried::off(&mut req);
         let sent = conn.sender.try_send_request(req);
         let sent = if conn.driver.is_attached() {
             conn.driver.drive(sent).await
         } else {
             sent.await
         };
-        let response = match sent {
+        let response = match carried.back(sent) {
             Ok(response) => response,
-            Err(mut e) => match e.take_message() {
-                // The pooled connection closed before the request was written: once more, on
-                // a new connection (an upstream's keep-alive timeout is no failure).
-                Some(req) if reused => {
-                    let (fresh, response) = self.resend_http1(&host, req, in_place).await?;
-                    conn = fresh;
-                    response
-                }
-                Some(req) => return Err(unsent(req, reset(&host.authority, e.into_error()))),
-                None => return Err(reset(&host.authority, e.into_error())),
-            },
+            // The pooled connection closed before the request was written: once more, on a
+            // new connection (an upstream's keep-alive timeout is no failure).
+            Err(Unwritten {
+                request: Some(req), ..
+            }) if reused => {
+                let (fresh, response) = self.resend_http1(&host, req, in_place).await?;
+                conn = fresh;
+                response
+            }
+            Err(e) => return Err(not_sent(&host, e)),
         };
         let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
         if !reuse {
@@ -323,7 +344,7 @@ impl<C: Connector> Pool<C> {
     fn resend_http1<'a>(
         self: &'a Arc<Self>,
         host: &'a Host,
-        req: Request<BoxBody>,
+        mut req: Request<BoxBody>,
         in_place: bool,
     ) -> BoxFuture<'a, Result<Sent, BoxError>> {
         Box::pin(async move {
@@ -333,12 +354,11 @@ impl<C: Connector> Pool<C> {
                 Err(e) => return Err(unsent(req, e)),
             };
             conn.requests += 1;
+            let carried = Carried::off(&mut req);
             let sent = conn.sender.try_send_request(req);
-            let response = conn
-                .driver
-                .drive(sent)
-                .await
-                .map_err(|e| reset(&host.authority, e.into_error()))?;
+            let response = carried
+                .back(conn.driver.drive(sent).await)
+                .map_err(|e| not_sent(host, e))?;
             Ok((conn, response))
         })
     }
@@ -475,7 +495,7 @@ impl<C: Connector> Pool<C> {
     async fn send_http2<F>(
         self: Arc<Self>,
         host: Arc<Host>,
-        req: Request<BoxBody>,
+        mut req: Request<BoxBody>,
         finish: F,
     ) -> Result<Response<BoxBody>, BoxError>
     where
@@ -487,15 +507,15 @@ impl<C: Connector> Pool<C> {
         };
         // hyper keeps a request whose stream the upstream refused: a copy to give back.
         let copy = Unsent::copy_for_http2(&req);
-        let response = match sender.try_send_request(req).await {
+        let carried = Carried::off(&mut req);
+        let response = match carried.back(sender.try_send_request(req).await) {
             Ok(response) => response,
-            Err(mut e) => match e.take_message() {
-                // The checkout sees the closed connection and replaces it. Boxed: a rare
-                // path, kept out of every request's future.
-                Some(req) if reused => Box::pin(self.resend_http2(&host, req, copy)).await?,
-                Some(req) => return Err(unsent(req, reset(&host.authority, e.into_error()))),
-                None => return Err(refused(copy, reset(&host.authority, e.into_error()))),
-            },
+            // The checkout sees the closed connection and replaces it. Boxed: a rare path,
+            // kept out of every request's future.
+            Err(Unwritten {
+                request: Some(req), ..
+            }) if reused => Box::pin(self.resend_http2(&host, req, copy)).await?,
+            Err(e) => return Err(not_sent_http2(&host, e, copy)),
         };
         Ok(finish(response.map(body::boxed)))
     }
@@ -504,20 +524,17 @@ impl<C: Connector> Pool<C> {
     async fn resend_http2(
         self: &Arc<Self>,
         host: &Host,
-        req: Request<BoxBody>,
+        mut req: Request<BoxBody>,
         copy: Option<Request<BoxBody>>,
     ) -> Result<Response<Incoming>, BoxError> {
         let (mut sender, _) = match self.checkout_http2(host).await {
             Ok(checkedout) => checkedout,
             Err(e) => return Err(unsent(req, e)),
         };
-        match sender.try_send_request(req).await {
-            Ok(response) => Ok(response),
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(unsent(req, reset(&host.authority, e.into_error()))),
-                None => Err(refused(copy, reset(&host.authority, e.into_error()))),
-            },
-        }
+        let carried = Carried::off(&mut req);
+        carried
+            .back(sender.try_send_request(req).await)
+            .map_err(|e| not_sent_http2(host, e, copy))
     }
 
     /// The endpoint's HTTP/2 connection (and whether it was there before), counted for one

@@ -893,3 +893,30 @@ fn hop_by_hop_headers_are_stripped_and_te_trailers_kept() {
     super::strip_hop_by_hop(&mut headers);
     assert_eq!(headers, untouched);
 }
+
+/// A marker the caller puts on a request.
+#[derive(Clone, Debug, PartialEq)]
+struct Marker(&'static str);
+
+#[tokio::test]
+async fn a_response_carries_its_requests_extensions_back_up() {
+    for http2 in [false, true] {
+        let upstream = upstream(http2, 1).await;
+        let client = UpstreamClient::new();
+        let mut req = get("/");
+        req.extensions_mut().insert(Marker("caller"));
+        RequestContext::of_mut(&mut req).grpc = Some(false);
+        let response = client
+            .send(req, upstream.authority.clone(), http2)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.extensions().get::<Marker>(),
+            Some(&Marker("caller")),
+            "http2: {http2}"
+        );
+        let context = RequestContext::of_response(&response).expect("the request's context");
+        assert_eq!(context.grpc, Some(false));
+    }
+}

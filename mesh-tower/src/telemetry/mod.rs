@@ -52,8 +52,8 @@ impl Reporter {
     }
 }
 
-/// What the balancer chose, left in the response's extensions (as `Arc<UpstreamInfo>`, built
-/// once per endpoint and snapshot) for telemetry.
+/// What telemetry reports of the endpoint the balancer chose: built once per endpoint and
+/// snapshot, and found in the response's [`crate::context::RequestContext`].
 #[derive(Clone, Debug)]
 pub struct UpstreamInfo {
     /// The endpoint, `address:port`.
@@ -376,7 +376,8 @@ impl Observation {
     pub fn finish(self, response: Response<BoxBody>) -> Response<BoxBody> {
         let status = response.status().as_u16();
         let flags = ResponseFlags::of_response(&response);
-        let upstream = response.extensions().get::<Arc<UpstreamInfo>>();
+        let upstream = crate::context::RequestContext::of_response(&response)
+            .and_then(|c| c.upstream.as_ref()?.info.as_ref());
         // Istio reports a gRPC status for gRPC requests only ("" for any other).
         let grpc_status = self
             .grpc

@@ -1,0 +1,86 @@
+//! A request's extensions, carried over to its response.
+//!
+//! The layers above the client read, from the response, what was decided for the request
+//! on its way down: the balancer's endpoint, the retry layer's try, the request's
+//! [`crate::context::RequestContext`]. A response from hyper comes with an empty extension
+//! map, and the first value put in one allocates the map, its table and the value. So the
+//! client hands the request's own map (which has them all, and room) over to its response: a
+//! move, no allocation. hyper does not need the map to write the request, and when it gives
+//! an unwritten request back the map goes back onto it, for the retry layer to find.
+
+use http::{Extensions, Request, Response};
+use hyper::client::conn::TrySendError;
+
+/// What hyper's `try_send_request` answered, with the request's extensions back where they
+/// belong.
+pub(super) type Sent<B, R> = Result<Response<R>, Unwritten<B>>;
+
+/// A send that failed: the error, and the request when hyper gave it back unwritten (with
+/// its extensions).
+pub(super) struct Unwritten<B> {
+    pub(super) request: Option<Request<B>>,
+    pub(super) error: hyper::Error,
+}
+
+/// The extensions taken off a request while hyper has it.
+pub(super) struct Carried(Extensions);
+
+impl Carried {
+    /// Takes `req`'s extensions off it.
+    pub(super) fn off<B>(req: &mut Request<B>) -> Self {
+        Self(std::mem::take(req.extensions_mut()))
+    }
+
+    /// Puts the extensions back: onto the response, or onto the request hyper gave back.
+    pub(super) fn back<B, R>(
+        self,
+        sent: Result<Response<R>, TrySendError<Request<B>>>,
+    ) -> Sent<B, R> {
+        match sent {
+            Ok(mut response) => {
+                self.onto(response.extensions_mut());
+                Ok(response)
+            }
+            Err(mut e) => {
+                let request = e.take_message().map(|mut req| {
+                    *req.extensions_mut() = self.0;
+                    req
+                });
+                Err(Unwritten {
+                    request,
+                    error: e.into_error(),
+                })
+            }
+        }
+    }
+
+    /// Onto `extensions` (a response's): what the response came with wins.
+    fn onto(self, extensions: &mut Extensions) {
+        let own = std::mem::replace(extensions, self.0);
+        if !own.is_empty() {
+            extensions.extend(own);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_gets_the_requests_extensions_and_keeps_its_own() {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(1u8);
+        req.extensions_mut().insert("request");
+        let carried = Carried::off(&mut req);
+        assert!(req.extensions().is_empty());
+
+        let mut response = Response::new(());
+        response.extensions_mut().insert("response");
+        let response = carried
+            .back::<(), ()>(Ok(response))
+            .unwrap_or_else(|_| panic!("sent"));
+        assert_eq!(response.extensions().get::<u8>(), Some(&1));
+        assert_eq!(response.extensions().get::<&str>(), Some(&"response"));
+    }
+}
