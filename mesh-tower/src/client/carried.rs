@@ -23,15 +23,16 @@ pub(super) struct Unwritten<B> {
 }
 
 /// The extensions taken off a request while hyper has it.
-pub(super) struct Carried(Extensions);
+pub(super) struct CarriedExtensions(Extensions);
 
-impl Carried {
+impl CarriedExtensions {
     /// Takes `req`'s extensions off it.
     pub(super) fn off<B>(req: &mut Request<B>) -> Self {
         Self(std::mem::take(req.extensions_mut()))
     }
 
     /// Puts the extensions back: onto the response, or onto the request hyper gave back.
+    #[allow(clippy::result_large_err)] // As large as hyper's own error; rare, and read at once.
     pub(super) fn back<B, R>(
         self,
         sent: Result<Response<R>, TrySendError<Request<B>>>,
@@ -72,7 +73,7 @@ mod tests {
         let mut req = Request::new(());
         req.extensions_mut().insert(1u8);
         req.extensions_mut().insert("request");
-        let carried = Carried::off(&mut req);
+        let carried = CarriedExtensions::off(&mut req);
         assert!(req.extensions().is_empty());
 
         let mut response = Response::new(());

@@ -23,7 +23,7 @@
 //! Connections are counted in the pool's own entries and retired after their last allowed
 //! request or once older than their maximum duration ([`Lifetime`]).
 
-use super::carried::{Carried, Unwritten};
+use super::carried::{CarriedExtensions, Unwritten};
 use super::connection::{Lifetime, PoolSettings};
 use super::driver::{Driver, spawn_connection};
 use crate::body::{self, BoxBody, BoxError};
@@ -299,7 +299,7 @@ impl<C: Connector> Pool<C> {
             conn.driver.detach();
         }
         conn.requests += 1;
-        let carried = Carried::off(&mut req);
+        let carried = CarriedExtensions::off(&mut req);
         let sent = conn.sender.try_send_request(req);
         let sent = if conn.driver.is_attached() {
             conn.driver.drive(sent).await
@@ -354,7 +354,7 @@ impl<C: Connector> Pool<C> {
                 Err(e) => return Err(unsent(req, e)),
             };
             conn.requests += 1;
-            let carried = Carried::off(&mut req);
+            let carried = CarriedExtensions::off(&mut req);
             let sent = conn.sender.try_send_request(req);
             let response = carried
                 .back(conn.driver.drive(sent).await)
@@ -507,7 +507,7 @@ impl<C: Connector> Pool<C> {
         };
         // hyper keeps a request whose stream the upstream refused: a copy to give back.
         let copy = Unsent::copy_for_http2(&req);
-        let carried = Carried::off(&mut req);
+        let carried = CarriedExtensions::off(&mut req);
         let response = match carried.back(sender.try_send_request(req).await) {
             Ok(response) => response,
             // The checkout sees the closed connection and replaces it. Boxed: a rare path,
@@ -531,7 +531,7 @@ impl<C: Connector> Pool<C> {
             Ok(checkedout) => checkedout,
             Err(e) => return Err(unsent(req, e)),
         };
-        let carried = Carried::off(&mut req);
+        let carried = CarriedExtensions::off(&mut req);
         carried
             .back(sender.try_send_request(req).await)
             .map_err(|e| not_sent_http2(host, e, copy))

@@ -235,6 +235,7 @@ fn attempt_count(n: u32) -> HeaderValue {
 /// So when the map holds only the extensions the mesh itself puts on an outbound request
 /// (before this layer), the first try takes the map as it is, and a retry gets a new map with
 /// the same entries. A map with anything else in it is copied for each try, as before.
+#[allow(clippy::large_enum_variant)] // In the layer's boxed state: boxing again buys nothing.
 enum Carried {
     /// The map holds only [`Known`] entries.
     Known {
