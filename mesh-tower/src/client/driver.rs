@@ -27,11 +27,30 @@
 //! upstream has closed meanwhile comes back unwritten and the pool sends it again on a new
 //! one (see `pool.rs`).
 
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 type Connection = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// [`Driver::drive`]'s future.
+    pub(super) struct Drive<'a, F> {
+        driver: &'a mut Driver,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Drive<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut future = this.future;
+        this.driver.poll_with(cx, |cx| future.as_mut().poll(cx))
+    }
+}
 
 /// An HTTP/1.1 connection's I/O (hyper's `Connection` future), while open and ours to poll.
 pub(super) struct Driver {
@@ -98,9 +117,14 @@ impl Driver {
     }
 
     /// `future` (a request's response), with the connection polled along with it.
-    pub(super) async fn drive<F: Future>(&mut self, future: F) -> F::Output {
-        let mut future = pin!(future);
-        poll_fn(|cx| self.poll_with(cx, |cx| future.as_mut().poll(cx))).await
+    ///
+    /// A future of its own rather than an `async fn`: an `async fn` keeps its argument twice
+    /// (as passed and as moved into its body), and this one is in every request's state.
+    pub(super) fn drive<F: Future>(&mut self, future: F) -> Drive<'_, F> {
+        Drive {
+            driver: self,
+            future,
+        }
     }
 
     /// Hands the connection to a task of its own, to finish what it still carries (an

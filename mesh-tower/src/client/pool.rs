@@ -281,61 +281,66 @@ impl<C: Connector> Pool<C> {
             .unwrap_or(fresh)
     }
 
-    async fn send_http1<F>(
+    #[allow(clippy::manual_async_fn)] // Half the size: see the comment in the body.
+    fn send_http1<F>(
         self: Arc<Self>,
         host: Arc<Host>,
         mut req: Request<BoxBody>,
         in_place: bool,
         finish: F,
-    ) -> Result<Response<BoxBody>, BoxError>
+    ) -> impl Future<Output = Result<Response<BoxBody>, BoxError>>
     where
         F: FnOnce(Response<BoxBody>) -> Response<BoxBody>,
     {
-        let (mut conn, reused) = match self.checkout_http1(&host, in_place).await {
-            Ok(checkedout) => checkedout,
-            Err(e) => return Err(unsent(req, e)),
-        };
-        if !in_place {
-            conn.driver.detach();
-        }
-        conn.requests += 1;
-        let carried = CarriedExtensions::off(&mut req);
-        let sent = conn.sender.try_send_request(req);
-        let sent = if conn.driver.is_attached() {
-            conn.driver.drive(sent).await
-        } else {
-            sent.await
-        };
-        let response = match carried.back(sent) {
-            Ok(response) => response,
-            // The pooled connection closed before the request was written: once more, on a
-            // new connection (an upstream's keep-alive timeout is no failure).
-            Err(Unwritten {
-                request: Some(req), ..
-            }) if reused => {
-                let (fresh, response) = self.resend_http1(&host, req, in_place).await?;
-                conn = fresh;
-                response
+        // An async block, not an `async fn`: that would keep its arguments twice (as passed
+        // and as moved into its body), in every request's boxed state.
+        async move {
+            let (mut conn, reused) = match self.checkout_http1(&host, in_place).await {
+                Ok(checkedout) => checkedout,
+                Err(e) => return Err(unsent(req, e)),
+            };
+            if !in_place {
+                conn.driver.detach();
             }
-            Err(e) => return Err(not_sent(&host, e)),
-        };
-        let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-        if !reuse {
-            // The upgrade takes the connection's I/O once hyper's connection has finished.
-            conn.driver.detach();
+            conn.requests += 1;
+            let carried = CarriedExtensions::off(&mut req);
+            let sent = conn.sender.try_send_request(req);
+            let sent = if conn.driver.is_attached() {
+                conn.driver.drive(sent).await
+            } else {
+                sent.await
+            };
+            let response = match carried.back(sent) {
+                Ok(response) => response,
+                // The pooled connection closed before the request was written: once more, on a
+                // new connection (an upstream's keep-alive timeout is no failure).
+                Err(Unwritten {
+                    request: Some(req), ..
+                }) if reused => {
+                    let (fresh, response) = self.resend_http1(&host, req, in_place).await?;
+                    conn = fresh;
+                    response
+                }
+                Err(e) => return Err(not_sent(&host, e)),
+            };
+            let reuse = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+            if !reuse {
+                // The upgrade takes the connection's I/O once hyper's connection has finished.
+                conn.driver.detach();
+            }
+            let lifetime = self.settings.lifetime;
+            Ok(finish(response.map(|inner| {
+                body::erase(PooledBody {
+                    inner,
+                    conn: Some(Checkedout {
+                        host,
+                        conn,
+                        lifetime,
+                        reuse,
+                    }),
+                })
+            })))
         }
-        let lifetime = self.settings.lifetime;
-        Ok(finish(response.map(|inner| {
-            body::erase(PooledBody {
-                inner,
-                conn: Some(Checkedout {
-                    host,
-                    conn,
-                    lifetime,
-                    reuse,
-                }),
-            })
-        })))
     }
 
     /// Sends `req`, which a pooled connection gave back unwritten, on a new connection.
@@ -492,32 +497,36 @@ impl<C: Connector> Pool<C> {
         })
     }
 
-    async fn send_http2<F>(
+    #[allow(clippy::manual_async_fn)] // Smaller: see `send_http1`.
+    fn send_http2<F>(
         self: Arc<Self>,
         host: Arc<Host>,
         mut req: Request<BoxBody>,
         finish: F,
-    ) -> Result<Response<BoxBody>, BoxError>
+    ) -> impl Future<Output = Result<Response<BoxBody>, BoxError>>
     where
         F: FnOnce(Response<BoxBody>) -> Response<BoxBody>,
     {
-        let (mut sender, reused) = match self.checkout_http2(&host).await {
-            Ok(checkedout) => checkedout,
-            Err(e) => return Err(unsent(req, e)),
-        };
-        // hyper keeps a request whose stream the upstream refused: a copy to give back.
-        let copy = Unsent::copy_for_http2(&req);
-        let carried = CarriedExtensions::off(&mut req);
-        let response = match carried.back(sender.try_send_request(req).await) {
-            Ok(response) => response,
-            // The checkout sees the closed connection and replaces it. Boxed: a rare path,
-            // kept out of every request's future.
-            Err(Unwritten {
-                request: Some(req), ..
-            }) if reused => Box::pin(self.resend_http2(&host, req, copy)).await?,
-            Err(e) => return Err(not_sent_http2(&host, e, copy)),
-        };
-        Ok(finish(response.map(body::boxed)))
+        // An async block: see `send_http1`.
+        async move {
+            let (mut sender, reused) = match self.checkout_http2(&host).await {
+                Ok(checkedout) => checkedout,
+                Err(e) => return Err(unsent(req, e)),
+            };
+            // hyper keeps a request whose stream the upstream refused: a copy to give back.
+            let copy = Unsent::copy_for_http2(&req);
+            let carried = CarriedExtensions::off(&mut req);
+            let response = match carried.back(sender.try_send_request(req).await) {
+                Ok(response) => response,
+                // The checkout sees the closed connection and replaces it. Boxed: a rare path,
+                // kept out of every request's future.
+                Err(Unwritten {
+                    request: Some(req), ..
+                }) if reused => Box::pin(self.resend_http2(&host, req, copy)).await?,
+                Err(e) => return Err(not_sent_http2(&host, e, copy)),
+            };
+            Ok(finish(response.map(body::boxed)))
+        }
     }
 
     /// Sends `req` again, on the connection a new checkout gives.
