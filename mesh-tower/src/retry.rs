@@ -419,29 +419,29 @@ where
             if unseen_only {
                 let copy_for_http2 = on.contains(RetryCondition::RefusedStream);
                 let resend = Resend::first(&mut req, remote_localities, copy_for_http2);
-                let retries = Box::new(Retries {
+                let retries = Retries {
                     spare: self.spare.clone(),
                     template: Kept::Unsent(resend),
                     policy,
-                });
+                };
                 return ResponseFuture::first(self.inner.call(req), retries);
             }
             let (parts, _) = req.into_parts();
-            let template = Template::new(parts, ReplayBody::empty(), remote_localities);
             // Boxed before the first try is taken from it, so the kept request is not moved
             // again afterwards.
-            let mut retries = Box::new(Retries {
+            let template = Box::new(Template::new(parts, ReplayBody::empty(), remote_localities));
+            let mut retries = Retries {
                 spare: self.spare.clone(),
                 template: Kept::Copied(template),
                 policy,
-            });
+            };
             if let Some(first) = retries.template.attempt(1) {
                 let future = self.inner.call(first);
                 return ResponseFuture::first(future, retries);
             }
             // An empty body can always be sent; were it not, the loop answers as it does for
             // any body that cannot be sent.
-            return ResponseFuture::looping((*retries).into_loop(None));
+            return ResponseFuture::looping(retries.into_loop(None));
         }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -465,7 +465,10 @@ where
             let template = Template::new(parts, body, remote_localities);
             match hedge {
                 Some(hedge) => hedged(inner, template, policy, hedge, layer).await,
-                None => retried(inner, Kept::Copied(template), policy, layer, None).await,
+                None => {
+                    let template = Kept::Copied(Box::new(template));
+                    retried(inner, template, policy, layer, None).await
+                }
             }
         }))
     }

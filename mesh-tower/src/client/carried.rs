@@ -32,7 +32,10 @@ impl CarriedExtensions {
     }
 
     /// Puts the extensions back: onto the response, or onto the request hyper gave back.
-    #[allow(clippy::result_large_err)] // As large as hyper's own error; rare, and read at once.
+    #[expect(
+        clippy::result_large_err,
+        reason = "as large as hyper's own error, which it replaces; rare, and read at once"
+    )]
     pub(super) fn back<B, R>(
         self,
         sent: Result<Response<R>, TrySendError<Request<B>>>,

@@ -281,7 +281,10 @@ impl<C: Connector> Pool<C> {
             .unwrap_or(fresh)
     }
 
-    #[allow(clippy::manual_async_fn)] // Half the size: see the comment in the body.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice: see the comment in the body"
+    )]
     fn send_http1<F>(
         self: Arc<Self>,
         host: Arc<Host>,
@@ -497,7 +500,7 @@ impl<C: Connector> Pool<C> {
         })
     }
 
-    #[allow(clippy::manual_async_fn)] // Smaller: see `send_http1`.
+    #[expect(clippy::manual_async_fn, reason = "smaller: see `send_http1`")]
     fn send_http2<F>(
         self: Arc<Self>,
         host: Arc<Host>,

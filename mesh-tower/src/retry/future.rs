@@ -28,14 +28,15 @@ pin_project! {
         /// No retry policy: the inner service's future as it is.
         Passed { #[pin] future: F },
         /// The first try, with what a retry would need.
-        First { #[pin] future: F, retry: Option<Box<Retries<S>>> },
+        First { #[pin] future: F, retry: Option<Retries<S>> },
         /// Retrying, hedging, or a request whose body must be read first: the whole loop.
         Looping { future: BoxFuture<'static, Result<Response<BoxBody>, BoxError>> },
     }
 }
 
 /// What the tries after the first need: the service to clone for them and the layer's budget
-/// and settings (shared, [`Spare`]), the request kept for them, the policy.
+/// and settings (shared, [`Spare`]), the request kept for them, the policy. Small (the kept
+/// copy is boxed), so it is held inline: a request tried once allocates nothing for it.
 pub(super) struct Retries<S> {
     pub(super) spare: std::sync::Arc<Spare<S>>,
     pub(super) template: Kept,
@@ -74,7 +75,7 @@ impl<S, F> ResponseFuture<S, F> {
         }
     }
 
-    pub(super) fn first(future: F, retries: Box<Retries<S>>) -> Self {
+    pub(super) fn first(future: F, retries: Retries<S>) -> Self {
         Self {
             state: State::First {
                 future,
@@ -122,7 +123,7 @@ where
                         return Poll::Ready(result);
                     }
                     state.set(State::Looping {
-                        future: (*retries).into_loop(Some(result)),
+                        future: retries.into_loop(Some(result)),
                     });
                 }
             }

@@ -172,12 +172,9 @@ impl Template {
 
 /// What a request's tries are made from: a copy of the request, or (when only tries the
 /// upstream never saw are retried) the request handed back by the last try.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "it lives in the retry future's one box; boxing the copy would allocate again"
-)]
 pub(super) enum Kept {
-    Copied(Template),
+    /// Boxed: the usual request keeps none, and the retry future holds this inline.
+    Copied(Box<Template>),
     Unsent(Resend),
 }
 
@@ -235,7 +232,10 @@ fn attempt_count(n: u32) -> HeaderValue {
 /// So when the map holds only the extensions the mesh itself puts on an outbound request
 /// (before this layer), the first try takes the map as it is, and a retry gets a new map with
 /// the same entries. A map with anything else in it is copied for each try, as before.
-#[allow(clippy::large_enum_variant)] // In the layer's boxed state: boxing again buys nothing.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "inside the boxed template; boxing the entries would allocate again"
+)]
 enum Carried {
     /// The map holds only [`Known`] entries.
     Known {
