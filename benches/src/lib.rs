@@ -129,7 +129,9 @@ pub fn with_body(template: &Request<()>) -> Request<BoxBody> {
     template.clone().map(|()| body::empty())
 }
 
-/// The bare service: answers 200 with an empty body at once.
+/// The bare service: answers 200 with an empty body at once. As the stacks' client it stands
+/// for the mesh's own, which hands the request's extensions over to the response (see
+/// `mesh_tower::context::RequestContext::of_response`): so does this one.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Bare;
 
@@ -145,8 +147,10 @@ impl<B> Service<Request<B>> for Bare {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _: Request<B>) -> Self::Future {
-        ready(Ok(Response::new(body::empty())))
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let mut response = Response::new(body::empty());
+        *response.extensions_mut() = std::mem::take(req.extensions_mut());
+        ready(Ok(response))
     }
 }
 
