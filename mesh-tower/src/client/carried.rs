@@ -15,11 +15,23 @@ use hyper::client::conn::TrySendError;
 /// belong.
 pub(super) type Sent<B, R> = Result<Response<R>, Unwritten<B>>;
 
-/// A send that failed: the error, and the request when hyper gave it back unwritten (with
-/// its extensions).
+/// A send that failed: the error, and what came back.
 pub(super) struct Unwritten<B> {
-    pub(super) request: Option<Request<B>>,
+    pub(super) back: GivenBack<B>,
     pub(super) error: hyper::Error,
+}
+
+/// What a failed send leaves.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the request as hyper gives it back, read at once on a rare path"
+)]
+pub(super) enum GivenBack<B> {
+    /// The request, which hyper gave back unwritten, with its extensions on it again.
+    Request(Request<B>),
+    /// Only the request's extensions: hyper kept the request (it may have been written). They
+    /// go onto a copy kept to send again, when there is one (a refused HTTP/2 stream).
+    Extensions(Extensions),
 }
 
 /// The extensions taken off a request while hyper has it.
@@ -46,12 +58,15 @@ impl CarriedExtensions {
                 Ok(response)
             }
             Err(mut e) => {
-                let request = e.take_message().map(|mut req| {
-                    *req.extensions_mut() = self.0;
-                    req
-                });
+                let back = match e.take_message() {
+                    Some(mut req) => {
+                        *req.extensions_mut() = self.0;
+                        GivenBack::Request(req)
+                    }
+                    None => GivenBack::Extensions(self.0),
+                };
                 Err(Unwritten {
-                    request,
+                    back,
                     error: e.into_error(),
                 })
             }

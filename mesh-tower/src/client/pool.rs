@@ -23,7 +23,7 @@
 //! Connections are counted in the pool's own entries and retired after their last allowed
 //! request or once older than their maximum duration ([`Lifetime`]).
 
-use super::carried::{CarriedExtensions, Unwritten};
+use super::carried::{CarriedExtensions, GivenBack, Unwritten};
 use super::connection::{Lifetime, PoolSettings};
 use super::driver::{Driver, spawn_connection};
 use crate::body::{self, BoxBody, BoxError};
@@ -187,19 +187,25 @@ fn refused(copy: Option<Request<BoxBody>>, error: BoxError) -> BoxError {
 /// back unwritten.
 fn not_sent(host: &Host, e: Unwritten<BoxBody>) -> BoxError {
     let error = reset(&host.authority, e.error);
-    match e.request {
-        Some(req) => unsent(req, error),
-        None => error,
+    match e.back {
+        GivenBack::Request(req) => unsent(req, error),
+        GivenBack::Extensions(_) => error,
     }
 }
 
-/// An HTTP/2 request hyper did not send: given back unwritten, or its `copy` given back when
-/// the upstream refused its stream.
+/// An HTTP/2 request hyper did not send: given back unwritten, or its `copy` (with the
+/// request's own extensions) given back when the upstream refused its stream.
 fn not_sent_http2(host: &Host, e: Unwritten<BoxBody>, copy: Option<Request<BoxBody>>) -> BoxError {
     let error = reset(&host.authority, e.error);
-    match e.request {
-        Some(req) => unsent(req, error),
-        None => refused(copy, error),
+    match e.back {
+        GivenBack::Request(req) => unsent(req, error),
+        GivenBack::Extensions(extensions) => refused(
+            copy.map(|mut copy| {
+                *copy.extensions_mut() = extensions;
+                copy
+            }),
+            error,
+        ),
     }
 }
 
@@ -318,7 +324,8 @@ impl<C: Connector> Pool<C> {
                 // The pooled connection closed before the request was written: once more, on a
                 // new connection (an upstream's keep-alive timeout is no failure).
                 Err(Unwritten {
-                    request: Some(req), ..
+                    back: GivenBack::Request(req),
+                    ..
                 }) if reused => {
                     let (fresh, response) = self.resend_http1(&host, req, in_place).await?;
                     conn = fresh;
@@ -524,7 +531,8 @@ impl<C: Connector> Pool<C> {
                 // The checkout sees the closed connection and replaces it. Boxed: a rare path,
                 // kept out of every request's future.
                 Err(Unwritten {
-                    request: Some(req), ..
+                    back: GivenBack::Request(req),
+                    ..
                 }) if reused => Box::pin(self.resend_http2(&host, req, copy)).await?,
                 Err(e) => return Err(not_sent_http2(&host, e, copy)),
             };

@@ -681,12 +681,13 @@ async fn a_refused_connect_is_a_connect_failure() {
     }
 }
 
-/// `GET path` with an app header, whose context asks for the request back when the
+/// `GET path` with an app header and extension, whose context asks for the request back when the
 /// upstream does not see it (as the retry layer asks); and the slot it comes back in.
 fn to_give_back(path: &str) -> (Request<BoxBody>, Unsent) {
     let mut req = get(path);
     req.headers_mut()
         .insert("x-app", http::HeaderValue::from_static("kept"));
+    req.extensions_mut().insert(Marker("app"));
     let unsent = Unsent::new(true);
     RequestContext::of_mut(&mut req).unsent = Some(unsent.clone());
     (req, unsent)
@@ -697,6 +698,7 @@ fn assert_given_back(unsent: &Unsent, path: &str) {
     let back = unsent.take().expect("the request comes back");
     assert_eq!(back.uri().path(), path);
     assert_eq!(back.headers()["x-app"], "kept");
+    assert_eq!(back.extensions().get::<Marker>(), Some(&Marker("app")));
     assert!(RequestContext::of(&back).unwrap().unsent.is_none());
 }
 

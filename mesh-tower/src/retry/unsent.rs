@@ -71,8 +71,10 @@ impl Unsent {
         *unsent.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(req);
     }
 
-    /// A copy of `req` (whose body has ended) to give back if its HTTP/2 stream is refused,
-    /// when the retry layer asked for one.
+    /// A copy of `req`'s head (its body has ended) to give back if its HTTP/2 stream is
+    /// refused, when the retry layer asked for one. Without `req`'s extensions: whoever gives
+    /// the copy back puts the request's own on it (the client keeps them aside while hyper has
+    /// the request), so that they are not copied for every request.
     pub fn copy_for_http2(req: &Request<BoxBody>) -> Option<Request<BoxBody>> {
         let context = RequestContext::of(req)?;
         if !context.unsent.as_ref()?.copy_for_http2 {
@@ -83,7 +85,6 @@ impl Unsent {
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
         Some(copy)
     }
 }
