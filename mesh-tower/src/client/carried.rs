@@ -11,10 +11,6 @@
 use http::{Extensions, Request, Response};
 use hyper::client::conn::TrySendError;
 
-/// What hyper's `try_send_request` answered, with the request's extensions back where they
-/// belong.
-pub(super) type Sent<B, R> = Result<Response<R>, Unwritten<B>>;
-
 /// A send that failed: the error, and what came back.
 pub(super) struct Unwritten<B> {
     pub(super) back: GivenBack<B>,
@@ -51,7 +47,7 @@ impl CarriedExtensions {
     pub(super) fn back<B, R>(
         self,
         sent: Result<Response<R>, TrySendError<Request<B>>>,
-    ) -> Sent<B, R> {
+    ) -> Result<Response<R>, Unwritten<B>> {
         match sent {
             Ok(mut response) => {
                 self.onto(response.extensions_mut());

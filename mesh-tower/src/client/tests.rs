@@ -681,8 +681,8 @@ async fn a_refused_connect_is_a_connect_failure() {
     }
 }
 
-/// `GET path` with an app header and extension, whose context asks for the request back when the
-/// upstream does not see it (as the retry layer asks); and the slot it comes back in.
+/// `GET path` with an app header and extension, whose context asks for the request back
+/// when the upstream does not see it (as the retry layer asks); and the slot it comes back in.
 fn to_give_back(path: &str) -> (Request<BoxBody>, Unsent) {
     let mut req = get(path);
     req.headers_mut()
