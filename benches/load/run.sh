@@ -2,6 +2,7 @@
 # Load test: the sidecar beside what a user would pick instead, on the same cores, in one run.
 #
 #   benches/load/run.sh [DURATION_SECONDS=10] [CONNECTIONS=64]
+#   BIN=DIR benches/load/run.sh ...   # the binaries in DIR, e.g. benches/profile/pgo.sh's
 #
 # Starts a bare hyper upstream (64-byte body), then each proxy in turn in front of it, drives each
 # with wrk (HTTP/1.1 keep-alive) and, when installed, h2load (h2c, prior knowledge) pinned to one
@@ -20,11 +21,13 @@ OUT=${OUT:-target/load}
 mkdir -p "$OUT"
 
 command -v wrk >/dev/null || { echo "wrk is required: apt-get install -y wrk" >&2; exit 1; }
-if [ -z "${NO_BUILD:-}" ]; then # NO_BUILD=1: use the release binaries as they are
+# NO_BUILD=1: use the release binaries as they are; BIN=DIR: use the binaries in DIR (e.g. the
+# profile-guided build of benches/profile/pgo.sh), built by whoever made them.
+if [ -z "${NO_BUILD:-}" ] && [ -z "${BIN:-}" ]; then
   cargo build --release -q -p mesh-benches --bin bare-upstream --bin bare-proxy --bin bench-certs --bin load-chart
   cargo build --release -q -p mesh-examples --bin mesh-proxy
 fi
-BIN=target/release
+BIN=${BIN:-target/release}
 LOAD_CPU=1
 PROXY_CPU=0
 [ "$(nproc)" -ge 2 ] || { LOAD_CPU=0; PROXY_CPU=0; }

@@ -30,6 +30,8 @@ case $WHAT in
 esac
 vg_args=(--tool=callgrind)
 [ -n "${CACHE_SIM:-}" ] && vg_args+=(--cache-sim=yes)
+# `DUMP_INSTR=1`: counts per instruction address (for `cgfuncs.py footprint`).
+[ -n "${DUMP_INSTR:-}" ] && vg_args+=(--dump-instr=yes)
 valgrind "${vg_args[@]}" --callgrind-out-file="$OUT/callgrind.out.%p" "${cmd[@]}" >"$OUT/proxy.log" 2>&1 & vg=$!; pids+=($vg)
 wait_port "$PROXY_PORT" 400 # slow under valgrind
 load() { # requests

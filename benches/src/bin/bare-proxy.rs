@@ -11,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// The sidecar's allocator, so that the two differ only by the mesh's stack.
 #[global_allocator]
@@ -29,8 +30,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     eprintln!("bare-proxy listening on {}", listener.local_addr()?);
+    let mut terminate = signal(SignalKind::terminate())?;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            // SIGTERM returns from `main`, so that exit handlers run (a build made with
+            // `-Cprofile-generate` writes its profile then: benches/profile/pgo.sh).
+            _ = terminate.recv() => return Ok(()),
+        };
         let _ = stream.set_nodelay(true);
         let client = client.clone();
         let upstream = upstream.clone();

@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
@@ -19,8 +20,14 @@ async fn main() -> std::io::Result<()> {
     let body = Bytes::from(vec![b'x'; size]);
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     eprintln!("bare-upstream listening on {}", listener.local_addr()?);
+    let mut terminate = signal(SignalKind::terminate())?;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            // SIGTERM returns from `main`, so that exit handlers run (a build made with
+            // `-Cprofile-generate` writes its profile then: benches/profile/pgo.sh).
+            _ = terminate.recv() => return Ok(()),
+        };
         let _ = stream.set_nodelay(true);
         let body = body.clone();
         tokio::spawn(async move {
