@@ -120,9 +120,9 @@ fn abort_response(error: &AbortError) -> Response<BoxBody> {
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            headers.insert("grpc-status", HeaderValue::from(*code));
+            headers.insert(crate::grpc::GRPC_STATUS, HeaderValue::from(*code));
             headers.insert(
-                "grpc-message",
+                crate::grpc::GRPC_MESSAGE,
                 HeaderValue::from_static("fault filter abort"),
             );
             *response.body_mut() = body::empty();

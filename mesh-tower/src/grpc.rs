@@ -27,6 +27,8 @@ const MESSAGE_LIMIT: u64 = 4096;
 
 /// `grpc-status`, looked up by a constant name (no parsing per request).
 pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// `grpc-message`, likewise.
+pub(crate) const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 
 /// gRPC's status code for an HTTP status, by gRPC's mapping.
 pub fn code_for(status: StatusCode) -> u32 {
@@ -83,7 +85,7 @@ async fn rewrite(response: Response<BoxBody>) -> Response<BoxBody> {
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     parts.headers.insert(GRPC_STATUS, HeaderValue::from(code));
     if let Ok(message) = HeaderValue::from_str(&percent_encode(text)) {
-        parts.headers.insert("grpc-message", message);
+        parts.headers.insert(GRPC_MESSAGE, message);
     }
     Response::from_parts(parts, body::empty())
 }

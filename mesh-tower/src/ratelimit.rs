@@ -30,7 +30,7 @@ use crate::context::RequestContext;
 use crate::error::{self, ProxyError};
 use crate::future::{self, ResponseFuture};
 use crate::route::Routed;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use mesh_core::model::LocalRateLimit;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,8 @@ use tower_service::Service;
 #[derive(Debug)]
 pub struct TokenBucket {
     limit: LocalRateLimit,
+    /// `x-ratelimit-limit`'s value, made once (a number's value is a new buffer).
+    limit_value: HeaderValue,
     state: Mutex<(u32, Instant)>,
 }
 
@@ -52,6 +54,7 @@ impl TokenBucket {
     pub fn new(limit: LocalRateLimit) -> Self {
         Self {
             state: Mutex::new((limit.max_tokens, Instant::now())),
+            limit_value: HeaderValue::from(limit.max_tokens),
             limit,
         }
     }
@@ -78,26 +81,30 @@ impl TokenBucket {
     }
 
     fn headers(&self, remaining: u32, reset: Duration, headers: &mut HeaderMap) {
+        headers.insert(X_RATELIMIT_LIMIT, self.limit_value.clone());
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
         headers.insert(
-            "x-ratelimit-limit",
-            HeaderValue::from(self.limit.max_tokens),
-        );
-        headers.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
-        headers.insert(
-            "x-ratelimit-reset",
+            X_RATELIMIT_RESET,
             HeaderValue::from(reset.as_secs_f64().ceil() as u64),
         );
     }
 }
 
-/// A route, by virtual host name and route name.
-type RouteKey = (String, String);
+// Names made once: a `&str` name is parsed, and a custom one copied into a new buffer, at
+// every insert.
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// The routes' buckets, by virtual host name, then route name: found by the names the request's
+/// route has, without copying them.
+type RouteBuckets = HashMap<String, HashMap<String, Arc<TokenBucket>>>;
 
 /// Applies each route's rate limit, or a fixed one.
 #[derive(Clone, Debug, Default)]
 pub struct RateLimitLayer {
     fixed: Option<Arc<TokenBucket>>,
-    buckets: Arc<Mutex<HashMap<RouteKey, Arc<TokenBucket>>>>,
+    buckets: Arc<Mutex<RouteBuckets>>,
 }
 
 impl RateLimitLayer {
@@ -116,18 +123,20 @@ impl RateLimitLayer {
     }
 
     fn bucket(&self, routed: &Routed, limit: &LocalRateLimit) -> Arc<TokenBucket> {
-        let key = (
-            routed.virtual_host().name.clone(),
-            routed.route().name.clone(),
-        );
+        let (host, route) = (&routed.virtual_host().name, &routed.route().name);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = buckets
-            .entry(key)
-            .or_insert_with(|| Arc::new(TokenBucket::new(limit.clone())));
-        if bucket.limit != *limit {
-            *bucket = Arc::new(TokenBucket::new(limit.clone()));
+        if let Some(bucket) = buckets.get(host).and_then(|routes| routes.get(route))
+            && bucket.limit == *limit
+        {
+            return bucket.clone();
         }
-        bucket.clone()
+        // The route's first request, or its limit changed: a full bucket.
+        let bucket = Arc::new(TokenBucket::new(limit.clone()));
+        buckets
+            .entry(host.clone())
+            .or_default()
+            .insert(route.clone(), bucket.clone());
+        bucket
     }
 }
 
@@ -345,5 +354,81 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(statuses(9080).await, [200, 200, 429], "refilled");
+    }
+
+    /// Two services whose VirtualServices allow `burst` requests per second each.
+    fn two_limited_services(burst: u32) -> mesh_core::model::MeshConfig {
+        let yaml = ["a", "b"]
+            .map(|host| {
+                format!(
+                    "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: {host} }}
+spec:
+  hosts: [{host}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  endpoints: [{{ address: 127.0.0.1 }}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: {host}
+  annotations: {{ ratelimit.mesh.io/requests-per-second: \"1\", ratelimit.mesh.io/burst: \"{burst}\" }}
+spec:
+  hosts: [{host}]
+  http:
+  - route: [{{ destination: {{ host: {host} }} }}]
+"
+                )
+            })
+            .join("---\n");
+        let workload = mesh_core::model::Workload::default();
+        mesh_core::istio::load(&[("limits.yaml", &yaml)], &workload)
+            .config
+            .expect("a valid config")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_route_has_its_own_bucket_kept_while_its_limit_is_unchanged() {
+        use crate::route::RouteLayer;
+        use mesh_core::store::ConfigStore;
+        use tower::ServiceExt;
+
+        let store = Arc::new(ConfigStore::new(two_limited_services(2)));
+        let app = tower::service_fn(|_req: Request<BoxBody>| async {
+            Ok::<_, BoxError>(Response::new(crate::body::empty()))
+        });
+        let service = RouteLayer::new(store.clone()).layer(RateLimitLayer::new().layer(app));
+        let statuses = |host: &'static str, n: usize| {
+            let service = service.clone();
+            async move {
+                let mut statuses = Vec::new();
+                for _ in 0..n {
+                    let req = Request::get(format!("http://{host}/"))
+                        .body(crate::body::empty())
+                        .unwrap();
+                    let response = service.clone().oneshot(req).await.unwrap();
+                    statuses.push(response.status().as_u16());
+                }
+                statuses
+            }
+        };
+        assert_eq!(statuses("a", 3).await, [200, 200, 429]);
+        assert_eq!(statuses("b", 1).await, [200], "b's bucket is its own");
+        store.publish(two_limited_services(2));
+        assert_eq!(
+            statuses("a", 1).await,
+            [429],
+            "the same limit in a new config: the bucket is kept"
+        );
+        assert_eq!(statuses("b", 2).await, [200, 429]);
+        store.publish(two_limited_services(3));
+        assert_eq!(
+            statuses("a", 4).await,
+            [200, 200, 200, 429],
+            "a new limit: a full bucket of its size"
+        );
     }
 }
