@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Why a string is not a valid SPIFFE ID.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,8 +39,9 @@ pub enum InvalidSpiffeId {
 /// A SPIFFE ID, validated: `spiffe://trust-domain/path`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpiffeId {
-    /// The whole ID, as given (it is already canonical once valid).
-    uri: String,
+    /// The whole ID, as given (it is already canonical once valid); shared, as every request
+    /// of a connection carries its peer's ID.
+    uri: Arc<str>,
     /// Where the path starts in `uri` (at its `/`, or `uri.len()` without a path).
     path_at: usize,
 }
@@ -61,7 +63,7 @@ impl SpiffeId {
             }
         }
         Ok(Self {
-            uri: s.to_owned(),
+            uri: s.into(),
             path_at: SCHEME.len() + td.len(),
         })
     }
@@ -152,21 +154,22 @@ impl fmt::Display for SpiffeId {
 
 /// The verified identity of the peer of an inbound connection, as put into request extensions.
 ///
-/// `namespace` and `service_account` are set when the SPIFFE ID has Istio's form.
+/// `namespace` and `service_account` are set when the SPIFFE ID has Istio's form. Every part
+/// is shared: each request of a connection carries a clone, which copies no string.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerIdentity {
     /// The SPIFFE ID from the peer certificate's URI SAN.
     pub id: SpiffeId,
     /// The namespace from the ID's `/ns/<ns>/` part.
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     /// The service account from the ID's `/sa/<sa>` part.
-    pub service_account: Option<String>,
+    pub service_account: Option<Arc<str>>,
 }
 
 impl From<SpiffeId> for PeerIdentity {
     fn from(id: SpiffeId) -> Self {
         let (namespace, service_account) = match id.istio_parts() {
-            Some((ns, sa)) => (Some(ns.to_owned()), Some(sa.to_owned())),
+            Some((ns, sa)) => (Some(ns.into()), Some(sa.into())),
             None => (None, None),
         };
         Self {

@@ -792,7 +792,7 @@ pub struct InboundConnection {
     /// Whether the connection is TLS.
     pub tls: bool,
     /// The TLS server name the client asked for.
-    pub sni: Option<String>,
+    pub sni: Option<Arc<str>>,
 }
 
 impl TcpInbound {
@@ -845,7 +845,7 @@ impl TcpInbound {
         let (principal, namespace) = match &conn.identity {
             Some(id) => (
                 id.id.to_string(),
-                id.namespace.clone().unwrap_or_else(|| "unknown".to_owned()),
+                id.namespace.as_deref().unwrap_or("unknown").to_owned(),
             ),
             None => ("unknown".to_owned(), "unknown".to_owned()),
         };

@@ -42,10 +42,11 @@ use tower_service::Service;
 pub struct TlsInfo {
     /// Whether the connection is TLS.
     pub tls: bool,
-    /// The server name the client asked for.
-    pub sni: Option<String>,
+    /// The server name the client asked for (shared: every request of the connection carries
+    /// a clone of this).
+    pub sni: Option<Arc<str>>,
     /// The negotiated ALPN protocol.
-    pub alpn: Option<Vec<u8>>,
+    pub alpn: Option<Arc<[u8]>>,
     /// The workload port the listener serves (for `portLevelMtls` and `destination.port`), when
     /// it differs from the listener's own port.
     pub workload_port: Option<u16>,
@@ -247,8 +248,8 @@ impl InboundTls {
         let (_, conn) = tls.get_ref();
         let peer = peer_identity(conn.peer_certificates());
         info.tls = true;
-        info.sni = conn.server_name().map(str::to_owned);
-        info.alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        info.sni = conn.server_name().map(Arc::from);
+        info.alpn = conn.alpn_protocol().map(Arc::from);
         Ok((ServerStream::Tls(Box::new(tls)), peer, info))
     }
 }

@@ -84,7 +84,7 @@ pub(super) fn line(
             "upstream_service": outcome.upstream.as_ref().map(|u| u.service.as_str()),
             "attempts": outcome.attempts,
             "trace_id": d.trace.trace_id_hex(),
-            "peer_identity": o.peer.as_ref().map(|(id, _)| id.as_str()),
+            "peer_identity": o.peer_principal(),
         })
         .to_string(),
     }

@@ -111,8 +111,8 @@ impl<'a> KeyRef<'a> {
             flags: outcome.flags,
             grpc_status: outcome.grpc_status,
             grpc: o.grpc,
-            peer_principal: o.peer.as_ref().map(|(id, _)| id.as_str()),
-            peer_namespace: o.peer.as_ref().and_then(|(_, ns)| ns.as_deref()),
+            peer_principal: o.peer_principal(),
+            peer_namespace: o.peer_namespace(),
             mutual_tls: o.mutual_tls,
         }
     }
@@ -160,16 +160,12 @@ impl<'a> KeyRef<'a> {
 impl Key {
     /// Whether the labels that do not come from the endpoint are those of `o` and `outcome`.
     fn same_outcome(&self, o: &Observation, outcome: &OutcomeRef<'_>) -> bool {
-        let (peer_principal, peer_namespace) = match &o.peer {
-            Some((id, ns)) => (Some(id.as_str()), ns.as_deref()),
-            None => (None, None),
-        };
         self.status == outcome.status
             && self.flags == outcome.flags
             && self.grpc_status.as_deref() == outcome.grpc_status
             && self.grpc == o.grpc
-            && self.peer_principal.as_deref() == peer_principal
-            && self.peer_namespace.as_deref() == peer_namespace
+            && self.peer_principal.as_deref() == o.peer_principal()
+            && self.peer_namespace.as_deref() == o.peer_namespace()
             && self.mutual_tls == o.mutual_tls
     }
 }
@@ -265,8 +261,7 @@ fn labels(o: &Observation, outcome: &OutcomeRef<'_>) -> Vec<Label> {
     let unknown = || SharedString::from(UNKNOWN);
     let source = o.telemetry.reporter == Reporter::Source;
     let (src, dst): (bool, bool) = (source, !source);
-    let peer_principal = o.peer.as_ref().map(|(id, _)| id.as_str());
-    let peer_namespace = o.peer.as_ref().and_then(|(_, ns)| ns.as_deref());
+    let (peer_principal, peer_namespace) = (o.peer_principal(), o.peer_namespace());
     let pick = |mine: bool, value: &SharedString, other: SharedString| {
         if mine { value.clone() } else { other }
     };

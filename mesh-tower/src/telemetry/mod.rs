@@ -209,10 +209,8 @@ impl Telemetry {
                 sink,
             }));
         }
-        let peer = req
-            .extensions()
-            .get::<mesh_policy::PeerIdentity>()
-            .map(|p| (p.id.to_string(), p.namespace.clone()));
+        // A clone shares the identity's strings (no copy per request).
+        let peer = req.extensions().get::<mesh_policy::PeerIdentity>().cloned();
         let mutual_tls = peer.is_some()
             && req
                 .extensions()
@@ -328,8 +326,8 @@ pub struct Observation {
     details: Option<Box<Details>>,
     grpc: bool,
     request_bytes: u64,
-    /// The verified peer (SPIFFE ID, namespace) on an mTLS connection.
-    peer: Option<(String, Option<String>)>,
+    /// The verified peer on an mTLS connection.
+    peer: Option<mesh_policy::PeerIdentity>,
     mutual_tls: bool,
 }
 
@@ -370,6 +368,16 @@ impl Observation {
     /// Whether the request is gRPC.
     pub fn is_grpc(&self) -> bool {
         self.grpc
+    }
+
+    /// The verified peer's SPIFFE ID (mTLS only).
+    fn peer_principal(&self) -> Option<&str> {
+        self.peer.as_ref().map(|p| p.id.as_str())
+    }
+
+    /// The verified peer's namespace (mTLS, from an ID of Istio's form).
+    fn peer_namespace(&self) -> Option<&str> {
+        self.peer.as_ref()?.namespace.as_deref()
     }
 
     /// Wraps `response` so that metrics and the access log are recorded when its body ends.
