@@ -15,6 +15,10 @@ use mesh_tower::split::Target;
 use std::hint::black_box;
 use tower::Layer;
 
+// The sidecar's allocator, for the bare service and the stack alike (as in `layers.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ENDPOINTS: usize = 1_000;
 
 /// A request template carrying the `Target` of `lb`'s 1,000-endpoint cluster.

@@ -25,6 +25,10 @@ use mesh_tower::telemetry::{Reporter, Telemetry, TelemetryLayer};
 use std::sync::Arc;
 use tower::{Layer, ServiceExt};
 
+// The sidecar's allocator, for the bare service and the stack alike (as in `layers.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn values(v: &[&str]) -> ValueMatch {
     ValueMatch {
         values: v.iter().map(|s| (*s).to_owned()).collect(),

@@ -13,6 +13,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::Layer;
 
+// The sidecar's allocator, for the bare service and the stack alike (as in `layers.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn route_matching(c: &mut Criterion) {
     let rt = runtime();
     let host0 = host(0);

@@ -20,6 +20,10 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Server
 use std::hint::black_box;
 use std::sync::Arc;
 
+// The sidecar's allocator, for the bare service and the stack alike (as in `layers.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn values(v: &[&str]) -> ValueMatch {
     ValueMatch {
         values: v.iter().map(|s| (*s).to_owned()).collect(),
