@@ -405,18 +405,39 @@ fn hex_string(digits: &[u8]) -> String {
     digits.iter().map(|&d| char::from(d)).collect()
 }
 
+/// A 128- or 64-bit trace id in hex (a 64-bit one as the low half), not all zeros.
 fn hex_u128(s: &str) -> Option<u128> {
     (s.len() == 32 || s.len() == 16)
-        .then(|| u128::from_str_radix(s, 16).ok())
+        .then(|| hex_value(s.as_bytes()))
         .flatten()
         .filter(|v| *v != 0)
 }
 
+/// A 64-bit span id in hex, not all zeros.
 fn hex_u64(s: &str) -> Option<u64> {
     (s.len() == 16)
-        .then(|| u64::from_str_radix(s, 16).ok())
+        .then(|| hex_value(s.as_bytes()))
         .flatten()
+        .and_then(|v| u64::try_from(v).ok())
         .filter(|v| *v != 0)
+}
+
+/// The value of at most 32 hex digits (either case); `None` on any other byte. A digit at a
+/// time with no overflow checks: `from_str_radix` costs about 4x as much, and this runs for
+/// every request that carries a trace (every request between sidecars).
+fn hex_value(digits: &[u8]) -> Option<u128> {
+    if digits.len() > 32 {
+        return None;
+    }
+    digits.iter().try_fold(0u128, |value, &digit| {
+        let nibble = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(nibble))
+    })
 }
 
 /// Parses a W3C `traceparent` (version 00): `(trace id, parent span id, sampled)`.
@@ -431,17 +452,30 @@ fn hex_u64(s: &str) -> Option<u64> {
 /// assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
 /// ```
 pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
-    let mut parts = value.trim().split('-');
-    let version = parts.next()?;
-    let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2 || version == "ff" || trace.len() != 32 || flags.len() != 2 {
+    // `{version}-{trace id}-{parent id}-{flags}` at fixed places (2, 32, 16 and 2 characters),
+    // then, from a later version only, more fields after another `-`.
+    let value = value.trim();
+    let bytes = value.as_bytes();
+    if bytes.len() < 55 || [bytes[2], bytes[35], bytes[52]] != [b'-'; 3] {
         return None;
     }
-    if version == "00" && parts.next().is_some() {
+    // The dashes are ASCII, so each part below starts and ends on a character boundary.
+    let version = &value[..2];
+    let more = &bytes[55..];
+    let ends_right = if version == "00" {
+        more.is_empty()
+    } else {
+        more.first().is_none_or(|b| *b == b'-')
+    };
+    if version == "ff" || version.contains('-') || !ends_right {
         return None;
     }
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some((hex_u128(trace)?, hex_u64(span)?, flags & 1 == 1))
+    let flags = hex_value(&bytes[53..55])?;
+    Some((
+        hex_u128(&value[3..35])?,
+        hex_u64(&value[36..52])?,
+        flags & 1 == 1,
+    ))
 }
 
 /// Parses B3 from the single `b3` header or the `x-b3-*` headers: `(trace id, span id,
@@ -517,6 +551,74 @@ pub(super) fn uuid_v4_bytes(rng: &Rng) -> [u8; 36] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `parse_traceparent` as it was before its fixed-position rewrite (split on `-`,
+    /// `from_str_radix`): the reference for the rewrite.
+    fn parse_traceparent_by_split(value: &str) -> Option<(u128, u64, bool)> {
+        let mut parts = value.trim().split('-');
+        let version = parts.next()?;
+        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        if version.len() != 2 || version == "ff" || trace.len() != 32 || flags.len() != 2 {
+            return None;
+        }
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        let trace = (trace.len() == 32)
+            .then(|| u128::from_str_radix(trace, 16).ok())
+            .flatten()
+            .filter(|v| *v != 0)?;
+        let span = (span.len() == 16)
+            .then(|| u64::from_str_radix(span, 16).ok())
+            .flatten()
+            .filter(|v| *v != 0)?;
+        Some((trace, span, flags & 1 == 1))
+    }
+
+    #[test]
+    fn traceparent_parses_as_the_split_parser_did() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut inputs: Vec<String> = vec![
+            valid.into(),
+            valid.to_uppercase(),
+            format!("  {valid}  "),
+            format!("{valid}-"),
+            format!("{valid}-extra"),
+            valid.replacen("00-", "01-", 1) + "-extra",
+            valid.replacen("00-", "01-", 1) + "x",
+            valid.replacen("00-", "ff-", 1),
+            valid.replacen("00-", "FF-", 1),
+            valid.replacen("00-", "é-", 1),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7".into(),
+            String::new(),
+        ];
+        // Every one-byte change, and every cut, of a valid header and of a later version's.
+        let later = valid.replacen("00-", "cc-", 1) + "-what-comes-next";
+        for base in [valid, later.as_str()] {
+            for at in 0..base.len() {
+                for byte in ["-", "0", "f", "F", "g", " ", "é"] {
+                    let mut changed = base.to_owned();
+                    changed.replace_range(at..at + 1, byte);
+                    inputs.push(changed);
+                }
+                inputs.push(base[..at].to_owned());
+            }
+        }
+        for input in &inputs {
+            assert_eq!(
+                parse_traceparent(input),
+                parse_traceparent_by_split(input),
+                "{input:?}"
+            );
+        }
+        // The one difference: `from_str_radix` took a leading `+` as a sign.
+        let signed = valid.replacen("-4b", "-+b", 1);
+        assert!(parse_traceparent_by_split(&signed).is_some());
+        assert_eq!(parse_traceparent(&signed), None);
+    }
 
     #[test]
     fn hex_writes_the_low_digits_with_leading_zeros() {
