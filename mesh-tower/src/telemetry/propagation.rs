@@ -422,23 +422,40 @@ fn hex_u64(s: &str) -> Option<u64> {
         .filter(|v| *v != 0)
 }
 
-/// The value of at most 32 hex digits (either case); `None` on any other byte. A digit at a
-/// time with no overflow checks: `from_str_radix` costs about 4x as much, and this runs for
-/// every request that carries a trace (every request between sidecars).
+/// The value of at most 32 hex digits (either case); `None` on any other byte. This runs for
+/// every request that carries a trace (every request between sidecars): a table lookup per
+/// digit into 64-bit halves, one validity check per half, no overflow checks
+/// (`from_str_radix` cost about 5x as much).
 fn hex_value(digits: &[u8]) -> Option<u128> {
     if digits.len() > 32 {
         return None;
     }
-    digits.iter().try_fold(0u128, |value, &digit| {
-        let nibble = match digit {
-            b'0'..=b'9' => digit - b'0',
-            b'a'..=b'f' => digit - b'a' + 10,
-            b'A'..=b'F' => digit - b'A' + 10,
-            _ => return None,
-        };
-        Some(value << 4 | u128::from(nibble))
-    })
+    let (high, low) = digits.split_at(digits.len().saturating_sub(16));
+    Some(u128::from(hex_u64_value(high)?) << 64 | u128::from(hex_u64_value(low)?))
 }
+
+/// [`hex_value`] of at most 16 digits.
+fn hex_u64_value(digits: &[u8]) -> Option<u64> {
+    let (mut value, mut seen) = (0u64, 0u8);
+    for &digit in digits {
+        let nibble = HEX_DIGIT_VALUES[usize::from(digit)];
+        seen |= nibble;
+        value = value << 4 | u64::from(nibble & 0xf);
+    }
+    (seen < 16).then_some(value)
+}
+
+/// Each byte's value as a hex digit (either case), 0xff for a byte that is not one.
+static HEX_DIGIT_VALUES: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        table[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        table[b"0123456789ABCDEF"[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    table
+};
 
 /// Parses a W3C `traceparent` (version 00): `(trace id, parent span id, sampled)`.
 ///
