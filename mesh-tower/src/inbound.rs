@@ -73,10 +73,14 @@ pub fn listener_for<'a, B>(
     snapshot: &'a MeshConfig,
     req: &Request<B>,
 ) -> Option<&'a InboundListener> {
+    let listeners = &snapshot.inbound;
+    if listeners.len() < 2 {
+        // Without a choice, no need to read the port (a header lookup and a parse).
+        return listeners.first();
+    }
     let port = destination(req)
         .and_then(|a| a.rsplit_once(':'))
         .and_then(|(_, p)| p.parse::<u16>().ok());
-    let listeners = &snapshot.inbound;
     listeners
         .iter()
         .find(|l| Some(l.port) == port)
