@@ -51,3 +51,16 @@ start_upstream() {
   pids+=($!)
   wait_port "$UP_PORT"
 }
+
+# callgrind_measure PID REQUESTS LOAD: for a process under `valgrind --tool=callgrind` (PID):
+# warms it with `LOAD 2000`, zeroes its counters, runs `LOAD REQUESTS`, dumps the counters and
+# stops it (LOAD is a function taking a request count).
+callgrind_measure() {
+  local vg=$1 n=$2 load=$3
+  "$load" 2000
+  callgrind_control -z "$vg" >/dev/null 2>&1
+  "$load" "$n"
+  callgrind_control -d "$vg" >/dev/null 2>&1
+  sleep 1
+  kill "$vg"; wait "$vg" 2>/dev/null || true
+}

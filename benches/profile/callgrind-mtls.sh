@@ -46,12 +46,7 @@ load() { # requests
   timeout 600 h2load -c4 -t1 -n"$1" --h1 -H ':authority: bench' "http://127.0.0.1:$PROXY_PORT/" \
     | grep -E '^status codes' >&2
 }
-load 2000
-callgrind_control -z "$vg" >/dev/null 2>&1
-load "$N"
-callgrind_control -d "$vg" >/dev/null 2>&1
-sleep 1
-kill "$vg"; wait "$vg" 2>/dev/null || true
+callgrind_measure "$vg" "$N" load
 dump=$(ls -S "$OUT"/callgrind.out.* | head -1)
 total=$(grep -h '^summary:' "$dump" | awk '{print $2}')
 echo "server sidecar (inbound, mTLS): $((total / N)) instructions/request ($N requests; dump: $dump)"

@@ -39,12 +39,7 @@ load() { # requests
   [ "$PROTO" = h1 ] && args+=(--h1)
   timeout 600 h2load "${args[@]}" "http://127.0.0.1:$PROXY_PORT/" | grep -E '^status codes' >&2
 }
-load 2000
-callgrind_control -z "$vg" >/dev/null 2>&1
-load "$N"
-callgrind_control -d "$vg" >/dev/null 2>&1
-sleep 1
-kill "$vg"; wait "$vg" 2>/dev/null || true
+callgrind_measure "$vg" "$N" load
 dump=$(ls -S "$OUT"/callgrind.out.* | head -1)
 total=$(for f in "$OUT"/callgrind.out.*; do grep -h '^summary:' "$f" | awk '{print $2}'; done | sort -n | tail -1)
 echo "$WHAT $PROTO: $((total / N)) instructions/request ($N requests; largest dump: $dump)"

@@ -284,6 +284,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
+
+    /// The statuses of `n` GET requests to `uri`, one after another.
+    async fn statuses<S>(service: &S, uri: String, n: usize) -> Vec<u16>
+    where
+        S: Service<Request<BoxBody>, Response = Response<BoxBody>> + Clone,
+        S::Error: std::fmt::Debug,
+    {
+        let mut statuses = Vec::new();
+        for _ in 0..n {
+            let req = Request::get(&uri).body(crate::body::empty()).unwrap();
+            let response = service.clone().oneshot(req).await.unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        statuses
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_bucket_refills_at_its_rate_up_to_its_burst() {
@@ -311,7 +327,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_inbound_listeners_bucket_limits_the_requests_to_its_port_only() {
         use mesh_core::model::{InboundListener, MeshConfig, Protocol};
-        use tower::ServiceExt;
         let listener = |port: u16, rate_limit: Option<LocalRateLimit>| InboundListener {
             port,
             protocol: Protocol::Http,
@@ -332,20 +347,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(Response::new(crate::body::empty()))
         });
         let service = InboundRateLimitLayer::new(store).layer(app);
-        let statuses = |port: u16| {
-            let service = service.clone();
-            async move {
-                let mut statuses = Vec::new();
-                for _ in 0..3 {
-                    let req = Request::get(format!("http://reviews:{port}/"))
-                        .body(crate::body::empty())
-                        .unwrap();
-                    let response = service.clone().oneshot(req).await.unwrap();
-                    statuses.push(response.status().as_u16());
-                }
-                statuses
-            }
-        };
+        let statuses = |port: u16| statuses(&service, format!("http://reviews:{port}/"), 3);
         assert_eq!(statuses(9080).await, [200, 200, 429]);
         assert_eq!(
             statuses(9090).await,
@@ -394,27 +396,13 @@ spec:
     async fn each_route_has_its_own_bucket_kept_while_its_limit_is_unchanged() {
         use crate::route::RouteLayer;
         use mesh_core::store::ConfigStore;
-        use tower::ServiceExt;
 
         let store = Arc::new(ConfigStore::new(two_limited_services(2)));
         let app = tower::service_fn(|_req: Request<BoxBody>| async {
             Ok::<_, BoxError>(Response::new(crate::body::empty()))
         });
         let service = RouteLayer::new(store.clone()).layer(RateLimitLayer::new().layer(app));
-        let statuses = |host: &'static str, n: usize| {
-            let service = service.clone();
-            async move {
-                let mut statuses = Vec::new();
-                for _ in 0..n {
-                    let req = Request::get(format!("http://{host}/"))
-                        .body(crate::body::empty())
-                        .unwrap();
-                    let response = service.clone().oneshot(req).await.unwrap();
-                    statuses.push(response.status().as_u16());
-                }
-                statuses
-            }
-        };
+        let statuses = |host: &str, n| statuses(&service, format!("http://{host}/"), n);
         assert_eq!(statuses("a", 3).await, [200, 200, 429]);
         assert_eq!(statuses("b", 1).await, [200], "b's bucket is its own");
         store.publish(two_limited_services(2));
