@@ -425,7 +425,8 @@ fn hex_u64(s: &str) -> Option<u64> {
 /// The value of at most 32 hex digits (either case); `None` on any other byte. This runs for
 /// every request that carries a trace (every request between sidecars): a table lookup per
 /// digit into 64-bit halves, one validity check per half, no overflow checks
-/// (`from_str_radix` cost about 5x as much).
+/// (`from_str_radix` cost twice as much: 838 instructions for a trace and a span id, against
+/// 406).
 fn hex_value(digits: &[u8]) -> Option<u128> {
     if digits.len() > 32 {
         return None;
