@@ -6,8 +6,14 @@
     cgfuncs.py DUMP [--per N] callees PATTERN    what the functions matching PATTERN call
     cgfuncs.py DUMP [--per N] callers PATTERN    who calls the functions matching PATTERN
 
+    cgfuncs.py DUMP --per N footprint [COUNT]    the code a request runs through (see below)
+
 `--event E` reads another of the dump's events than the first (with `--cache-sim=yes`:
 I1mr, D1mr, D1mw for L1 instruction, data read and data write misses); it goes first.
+`footprint` needs a dump made with `--dump-instr=yes` (`DUMP_INSTR=1 callgrind.sh`): it counts
+the 64-byte lines of code holding an instruction executed at least once per two requests, in
+all and by crate and function (the first COUNT), the code that competes for the L1
+instruction cache on every request.
 `--per N` divides every figure by N (the requests in the dump: instructions per request).
 callgrind_annotate splits a function into one entry per source file its inlined code came
 from; here a function is its name, whatever file each instruction was inlined from.
@@ -70,6 +76,56 @@ def parse(path, event=None):
     return self_cost, calls, counts
 
 
+def footprint(path, per, count):
+    """The hot code of a `--dump-instr=yes` dump, by 64-byte line: in all, by crate, by function."""
+    names, cost, owner = {}, defaultdict(int), {}
+    fn, last, after_call = None, 0, False
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith(("fn=", "cfn=")):
+                m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+                if m and m.group(2) is not None:
+                    names[m.group(1)] = m.group(2)
+                if line.startswith("fn="):
+                    fn = names.get(m.group(1), m.group(1)) if m else line[3:]
+                continue
+            if line.startswith("calls="):
+                after_call = True  # the next line is the call's inclusive cost
+                continue
+            if not line or line[0] not in "0123456789+-*":
+                continue
+            parts = line.split()
+            a = parts[0]
+            if a.startswith("0x"):
+                addr = int(a, 16)
+            elif a[0] in "+-":
+                addr = last + int(a, 0)
+            elif a == "*":
+                addr = last
+            else:
+                continue
+            last = addr
+            if after_call:
+                after_call = False
+            elif len(parts) >= 3:
+                cost[addr] += int(parts[2])
+                owner[addr] = fn
+    by_fn, by_crate = defaultdict(set), defaultdict(set)
+    for addr, executed in cost.items():
+        if executed * 2 >= per:
+            name = owner[addr] or "?"
+            by_fn[name].add(addr // 64)
+            m = re.match(r"^<?(?:&|dyn )?([A-Za-z_][A-Za-z0-9_]*)::", name)
+            by_crate[m.group(1) if m else name[:40]].add(addr // 64)
+    lines = set().union(*by_fn.values()) if by_fn else set()
+    print(f"{len(lines)} lines of 64 bytes ({len(lines) * 64 / 1024:.1f} KiB) hold code run at least once per two requests")
+    for title, table in (("by crate", by_crate), ("by function", by_fn)):
+        print(f"\n{title}:")
+        for name, ls in sorted(table.items(), key=lambda kv: -len(kv[1]))[:count]:
+            print(f"{len(ls):8,} {name[:190]}")
+
+
 def main():
     args = sys.argv[1:]
     path = args.pop(0)
@@ -82,6 +138,8 @@ def main():
         per = int(args[1])
         args = args[2:]
     cmd = args.pop(0) if args else "top"
+    if cmd == "footprint":
+        return footprint(path, per, int(args[0]) if args else 30)
     self_cost, calls, counts = parse(path, event)
     inclusive = {}
     for fn in set(self_cost) | set(calls):
