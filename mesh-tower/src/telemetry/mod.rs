@@ -164,8 +164,13 @@ impl Telemetry {
         let trace = propagation::continue_trace(&found, self.propagators, &self.rng, self.sampling);
         let stale_b3 = found.stale_b3();
         let (grpc, request_bytes) = (found.is_grpc(), found.body_size());
-        // For the layers below, which would each look the content type up again.
-        crate::context::RequestContext::of_mut(req).grpc = Some(grpc);
+        // For the outbound layers below that would each look the content type up again (retry,
+        // timeout). An inbound stack has none, and a context made for this alone would cost
+        // its request an allocation and, beside the connection's extensions, a regrown map
+        // (about 500 instructions); without it, a reader scans the headers itself.
+        if self.reporter == Reporter::Source {
+            crate::context::RequestContext::of_mut(req).grpc = Some(grpc);
+        }
         let headers = req.headers_mut();
         // Room for every header added here at once: a map parsed to fit its headers grows
         // once, not once per header.
