@@ -30,6 +30,29 @@ ${4:-}
 YAML
 }
 
+# write_two_hop_configs DIR IN_PORT TLS(0|1): the configs of two sidecars in a row, client
+# sidecar -> server sidecar's inbound listener on IN_PORT: DIR/server (PeerAuthentication
+# STRICT with TLS=1, else PERMISSIVE) and DIR/client (the bench service at IN_PORT; with TLS=1 a
+# DestinationRule for ISTIO_MUTUAL, and certificates for both in DIR/certs from `bench-certs`,
+# a test CA made here). Uses BIN.
+write_two_hop_configs() {
+  local dir=$1 in_port=$2 tls=$3 dr="" pa=PERMISSIVE
+  mkdir -p "$dir/server" "$dir/client"
+  if [ "$tls" = 1 ]; then
+    "$BIN/bench-certs" "$dir/certs" server=spiffe://cluster.local/ns/default/sa/bench \
+      client=spiffe://cluster.local/ns/default/sa/client
+    dr=$'---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: bench, namespace: default }\nspec: { host: bench, trafficPolicy: { tls: { mode: ISTIO_MUTUAL } } }'
+    pa=STRICT
+  fi
+  cat > "$dir/server/pa.yaml" <<YAML
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: default, namespace: default }
+spec: { mtls: { mode: $pa } }
+YAML
+  write_bench_config "$dir/client" "$in_port" bench "$dr"
+}
+
 # profile_env: what the profiling scripts share: BIN (target/release unless set), UP_PORT and
 # PROXY_PORT, OUT (target/profile) with the bench config in OUT/cfg, MESH_PROXY (mesh-proxy's
 # command line on one thread, outbound on PROXY_PORT), and a `pids` array killed on exit.
@@ -63,4 +86,11 @@ callgrind_measure() {
   callgrind_control -d "$vg" >/dev/null 2>&1
   sleep 1
   kill "$vg"; wait "$vg" 2>/dev/null || true
+}
+
+# callgrind_total: the instructions of the measured requests: the largest total of the dumps in
+# OUT (the one `callgrind_measure` asked for; the one valgrind writes at exit holds only the
+# shutdown).
+callgrind_total() {
+  for f in "$OUT"/callgrind.out.*; do grep -h '^summary:' "$f" | awk '{print $2}'; done | sort -n | tail -1
 }

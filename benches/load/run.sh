@@ -120,21 +120,7 @@ wait_port "$PROXY_PORT"; measure mesh-proxy "$PROXY_PORT" "$p"; measure_h2 mesh-
 IN_PORT=18091
 two_hop() { # name tls(0|1)
   local name=$1 tls=$2 dir="$OUT/$1" server client certs=()
-  mkdir -p "$dir/server" "$dir/client"
-  local dr="" pa="PERMISSIVE"
-  if [ "$tls" = 1 ]; then
-    "$BIN/bench-certs" "$dir/certs" server=spiffe://cluster.local/ns/default/sa/bench \
-      client=spiffe://cluster.local/ns/default/sa/client
-    dr=$'---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: bench, namespace: default }\nspec: { host: bench, trafficPolicy: { tls: { mode: ISTIO_MUTUAL } } }'
-    pa=STRICT
-  fi
-  cat > "$dir/server/pa.yaml" <<YAML
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: { name: default, namespace: default }
-spec: { mtls: { mode: $pa } }
-YAML
-  write_bench_config "$dir/client" "$IN_PORT" bench "$dr"
+  write_two_hop_configs "$dir" "$IN_PORT" "$tls"
   [ "$tls" = 1 ] && certs=(--cert "$dir/certs/server.cert.pem" --key "$dir/certs/server.key.pem" --ca "$dir/certs/ca.pem")
   taskset -c "$PROXY_CPU" "$BIN/mesh-proxy" --concurrency 1 run --config "$dir/server" --outbound-port 0 \
     --inbound-port "$IN_PORT" --admin-port 0 --health-port 0 --listen-address 127.0.0.1 --app-port "$UP_PORT" \

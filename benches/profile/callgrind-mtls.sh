@@ -19,16 +19,7 @@ profile_env
 IN_PORT=18091
 dir=$OUT/mtls
 rm -rf "$dir"
-mkdir -p "$dir/server"
-"$BIN/bench-certs" "$dir/certs" server=spiffe://cluster.local/ns/default/sa/bench \
-  client=spiffe://cluster.local/ns/default/sa/client
-cat > "$dir/server/pa.yaml" <<YAML
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: { name: default, namespace: default }
-spec: { mtls: { mode: STRICT } }
-YAML
-write_bench_config "$dir/client" "$IN_PORT" bench $'---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: { name: bench, namespace: default }\nspec: { host: bench, trafficPolicy: { tls: { mode: ISTIO_MUTUAL } } }'
+write_two_hop_configs "$dir" "$IN_PORT" 1
 start_upstream
 rm -f "$OUT"/callgrind.out.*
 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" "$BIN/mesh-proxy" \
@@ -47,6 +38,5 @@ load() { # requests
     | grep -E '^status codes' >&2
 }
 callgrind_measure "$vg" "$N" load
-dump=$(ls -S "$OUT"/callgrind.out.* | head -1)
-total=$(grep -h '^summary:' "$dump" | awk '{print $2}')
-echo "server sidecar (inbound, mTLS): $((total / N)) instructions/request ($N requests; dump: $dump)"
+total=$(callgrind_total)
+echo "server sidecar (inbound, mTLS): $((total / N)) instructions/request ($N requests; dumps in $OUT)"

@@ -41,7 +41,7 @@ load() { # requests
 }
 callgrind_measure "$vg" "$N" load
 dump=$(ls -S "$OUT"/callgrind.out.* | head -1)
-total=$(for f in "$OUT"/callgrind.out.*; do grep -h '^summary:' "$f" | awk '{print $2}'; done | sort -n | tail -1)
+total=$(callgrind_total)
 echo "$WHAT $PROTO: $((total / N)) instructions/request ($N requests; largest dump: $dump)"
 if [ -n "${CACHE_SIM:-}" ]; then # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
   grep -h '^events:' "$dump" >&2

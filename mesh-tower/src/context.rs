@@ -54,8 +54,9 @@ pub struct RequestContext {
     /// Where the client gives the request back when the upstream never saw it, from the
     /// retry layer (when that is all a retry needs).
     pub unsent: Option<Unsent>,
-    /// Whether the request is gRPC (`content-type: application/grpc...`), from telemetry's
-    /// scan of the headers; read through [`RequestContext::is_grpc`].
+    /// Whether the request is gRPC (`content-type: application/grpc...`), from outbound
+    /// telemetry's scan of the headers (`None` elsewhere); read through
+    /// [`RequestContext::is_grpc`], which scans the headers itself without it.
     pub grpc: Option<bool>,
 }
 
