@@ -32,7 +32,8 @@ def parse(path, event=None):
     callee = None
     pending_call = False
     file_ids = {}
-    column = 1  # the first event follows the position
+    positions = 1  # `positions: line`, or `instr line` in a `--dump-instr=yes` dump
+    column = 1  # the first event follows the positions
 
     def name(kind, rest):
         m = re.match(r"\((\d+)\)(?: (.*))?", rest)
@@ -50,11 +51,18 @@ def parse(path, event=None):
             if not line:
                 continue
             c = line[0]
-            if line.startswith("events:") and event is not None:
+            if line.startswith("positions:"):
+                positions = len(line.split()) - 1
+                column = positions
+                continue
+            if line.startswith("events:"):
                 events = line.split()[1:]
-                if event not in events:
+                if event is None:
+                    column = positions
+                elif event in events:
+                    column = positions + events.index(event)
+                else:
                     sys.exit(f"no event {event} in {path} (events: {' '.join(events)})")
-                column = 1 + events.index(event)
                 continue
             if c.isdigit() or c in "+-*":
                 parts = line.split()

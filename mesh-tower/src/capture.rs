@@ -28,14 +28,14 @@ use crate::error::{self, ProxyError};
 use crate::graceful::{GracefulShutdown, Watcher};
 use crate::outbound::Outbound;
 use crate::route::destination;
-use crate::server::{ConnectionInfo, Drain, drain, next_connection};
+use crate::server::{ConnectionInfo, Drain, StreamExecutor, drain, next_connection};
 use crate::tcp::{InboundConnection, TcpInbound, TcpOutbound, cluster_for};
 use crate::tls::{InboundTls, ServerStream, TlsInfo};
 use bytes::{Buf, Bytes};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use mesh_core::model::Protocol;
 use mesh_core::store::ConfigStore;
@@ -232,8 +232,8 @@ fn decided(protocol: Option<Protocol>) -> Decided {
     }
 }
 
-fn http_builder() -> Arc<auto::Builder<TokioExecutor>> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http_builder() -> Arc<auto::Builder<StreamExecutor>> {
+    let mut builder = auto::Builder::new(StreamExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -312,7 +312,7 @@ impl OutboundCapture {
         self,
         mut stream: TcpStream,
         peer: SocketAddr,
-        builder: Arc<auto::Builder<TokioExecutor>>,
+        builder: Arc<auto::Builder<StreamExecutor>>,
         watcher: Watcher,
     ) {
         let (dst, redirected) = destination_of(&stream);
@@ -466,7 +466,7 @@ where
         self,
         stream: TcpStream,
         peer: SocketAddr,
-        builder: Arc<auto::Builder<TokioExecutor>>,
+        builder: Arc<auto::Builder<StreamExecutor>>,
         watcher: Watcher,
     ) {
         let (dst, redirected) = destination_of(&stream);
