@@ -211,10 +211,7 @@ where
         }
     }
 
-    fn call(
-        &self,
-        req: Request<Incoming>,
-    ) -> futures_util::future::Either<S::Future, NotReady<S>> {
+    fn call(&self, req: Request<Incoming>) -> futures_util::future::Either<S::Future, NotReady<S>> {
         use futures_util::future::Either;
         let mut service = self.service.lock().unwrap_or_else(|p| p.into_inner());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -266,6 +263,112 @@ pub(crate) async fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    /// A stack that is not ready the first time each copy is asked, and counts its copies.
+    struct SlowToStart {
+        asked: bool,
+        copies: Arc<AtomicUsize>,
+    }
+
+    impl Clone for SlowToStart {
+        fn clone(&self) -> Self {
+            self.copies.fetch_add(1, Ordering::SeqCst);
+            Self {
+                asked: self.asked,
+                copies: self.copies.clone(),
+            }
+        }
+    }
+
+    impl Service<Request<Incoming>> for SlowToStart {
+        type Response = Response<BoxBody>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<BoxBody>, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.asked {
+                return Poll::Ready(Ok(()));
+            }
+            self.asked = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+
+        fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+            let version = format!("{:?}", req.version());
+            std::future::ready(Ok(Response::new(crate::body::full(version))))
+        }
+    }
+
+    async fn serving(copies: &Arc<AtomicUsize>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = SlowToStart {
+            asked: false,
+            copies: copies.clone(),
+        };
+        tokio::spawn(serve(
+            listener,
+            service,
+            std::future::pending(),
+            Duration::ZERO,
+        ));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_stack_not_ready_answers_through_a_copy_then_in_place_over_http1() {
+        let copies = Arc::new(AtomicUsize::new(0));
+        let addr = serving(&copies).await;
+        let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let mut copies_after = Vec::new();
+        for _ in 0..3 {
+            sender.ready().await.unwrap();
+            let req = Request::get("http://test/")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(req).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "HTTP/1.1");
+            copies_after.push(copies.load(Ordering::SeqCst));
+        }
+        // The connection's own copy, then one for the first request (its copy was not ready);
+        // the connection's copy, asked once, serves the next requests in place.
+        assert_eq!(copies_after, [2, 2, 2]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_http2_streams_each_get_their_answer() {
+        let copies = Arc::new(AtomicUsize::new(0));
+        let addr = serving(&copies).await;
+        let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let requests = (0..20).map(|i| {
+            let mut sender = sender.clone();
+            async move {
+                let req = Request::get(format!("http://test/{i}"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let response = sender.send_request(req).await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.into_body().collect().await.unwrap().to_bytes()
+            }
+        });
+        let bodies = futures_util::future::join_all(requests).await;
+        assert_eq!(bodies.len(), 20);
+        assert!(bodies.iter().all(|b| b == "HTTP/2.0"), "{bodies:?}");
+        assert_eq!(copies.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn only_listeners_off_loopback_time_out_slow_request_heads() {
