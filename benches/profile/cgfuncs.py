@@ -7,18 +7,24 @@
     cgfuncs.py DUMP [--per N] callers PATTERN    who calls the functions matching PATTERN
 
     cgfuncs.py DUMP --per N footprint [COUNT]    the code a request runs through (see below)
+    cgfuncs.py DUMP --per N atomics BINARY [COUNT]  atomic read-modify-writes run in BINARY
 
 `--event E` reads another of the dump's events than the first (with `--cache-sim=yes`:
 I1mr, D1mr, D1mw for L1 instruction, data read and data write misses); it goes first.
 `footprint` needs a dump made with `--dump-instr=yes` (`DUMP_INSTR=1 callgrind.sh`): it counts
 the 64-byte lines of code holding an instruction executed at least once per two requests, in
 all and by crate and function (the first COUNT), the code that competes for the L1
-instruction cache on every request.
+instruction cache on every request. `atomics` (same kind of dump) counts the executed
+instructions of BINARY that `objdump -d` shows as atomic (`lock` prefix, or `xchg` with memory):
+each costs tens of cycles (more when another core holds the line) where a count of instructions
+shows one.
 `--per N` divides every figure by N (the requests in the dump: instructions per request).
 callgrind_annotate splits a function into one entry per source file its inlined code came
 from; here a function is its name, whatever file each instruction was inlined from.
 """
+import os
 import re
+import subprocess
 import sys
 from collections import defaultdict
 
@@ -84,19 +90,27 @@ def parse(path, event=None):
     return self_cost, calls, counts
 
 
-def footprint(path, per, count):
-    """The hot code of a `--dump-instr=yes` dump, by 64-byte line: in all, by crate, by function."""
-    names, cost, owner = {}, defaultdict(int), {}
-    fn, last, after_call = None, 0, False
+def executed(path):
+    """Each instruction of a `--dump-instr=yes` dump: (object, function, address) -> times
+    executed (an instruction's own count; the inclusive costs of calls are left out)."""
+    names = {"ob": {}, "fn": {}}
+    cost = defaultdict(int)
+    ob, fn, last, after_call = None, None, 0, False
     with open(path, errors="replace") as f:
         for line in f:
             line = line.rstrip("\n")
-            if line.startswith(("fn=", "cfn=")):
-                m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
-                if m and m.group(2) is not None:
-                    names[m.group(1)] = m.group(2)
-                if line.startswith("fn="):
-                    fn = names.get(m.group(1), m.group(1)) if m else line[3:]
+            m = re.match(r"(c?)(ob|fn)=\((\d+)\)(?: (.*))?", line)
+            if m:
+                # ob and cob share one id space, as fn and cfn do.
+                table = names[m.group(2)]
+                if m.group(4) is not None:
+                    table[m.group(3)] = m.group(4)
+                if not m.group(1):
+                    name = table.get(m.group(3), m.group(3))
+                    if m.group(2) == "ob":
+                        ob = name
+                    else:
+                        fn = name
                 continue
             if line.startswith("calls="):
                 after_call = True  # the next line is the call's inclusive cost
@@ -117,21 +131,51 @@ def footprint(path, per, count):
             if after_call:
                 after_call = False
             elif len(parts) >= 3:
-                cost[addr] += int(parts[2])
-                owner[addr] = fn
+                cost[(ob, fn, addr)] += int(parts[2])
+    return cost
+
+
+def footprint(path, per, count):
+    """The hot code of a `--dump-instr=yes` dump, by 64-byte line: in all, by crate, by function."""
+    cost, owner = defaultdict(int), {}
+    for (ob, fn, addr), n in executed(path).items():
+        cost[(ob, addr)] += n
+        owner[(ob, addr)] = fn
     by_fn, by_crate = defaultdict(set), defaultdict(set)
-    for addr, executed in cost.items():
-        if executed * 2 >= per:
-            name = owner[addr] or "?"
-            by_fn[name].add(addr // 64)
+    for (ob, addr), n in cost.items():
+        if n * 2 >= per:
+            name = owner[(ob, addr)] or "?"
+            by_fn[name].add((ob, addr // 64))
             m = re.match(r"^<?(?:&|dyn )?([A-Za-z_][A-Za-z0-9_]*)::", name)
-            by_crate[m.group(1) if m else name[:40]].add(addr // 64)
+            by_crate[m.group(1) if m else name[:40]].add((ob, addr // 64))
     lines = set().union(*by_fn.values()) if by_fn else set()
     print(f"{len(lines)} lines of 64 bytes ({len(lines) * 64 / 1024:.1f} KiB) hold code run at least once per two requests")
     for title, table in (("by crate", by_crate), ("by function", by_fn)):
         print(f"\n{title}:")
         for name, ls in sorted(table.items(), key=lambda kv: -len(kv[1]))[:count]:
             print(f"{len(ls):8,} {name[:190]}")
+
+
+def atomics(path, per, binary, count):
+    """Atomic read-modify-writes (`lock`-prefixed instructions, and `xchg` with memory, which
+    is locked without the prefix) executed in BINARY, by function. Each costs tens of cycles
+    that an instruction count shows as one."""
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True, check=True
+    ).stdout
+    locked = set()
+    for line in listing.splitlines():
+        m = re.match(r"\s*([0-9a-f]+):\t(.*)", line)
+        if m and (m.group(2).startswith("lock ") or re.match(r"xchg\s.*\(", m.group(2))):
+            locked.add(int(m.group(1), 16))
+    by_fn = defaultdict(int)
+    target = os.path.realpath(binary)
+    for (ob, fn, addr), n in executed(path).items():
+        if ob is not None and os.path.realpath(ob) == target and addr in locked:
+            by_fn[fn or "?"] += n
+    print(f"{sum(by_fn.values()) / per:,.1f} atomic read-modify-writes in {binary}")
+    for fn, n in sorted(by_fn.items(), key=lambda kv: -kv[1])[:count]:
+        print(f"{n / per:10,.1f} {fn[:190]}")
 
 
 def main():
@@ -148,6 +192,8 @@ def main():
     cmd = args.pop(0) if args else "top"
     if cmd == "footprint":
         return footprint(path, per, int(args[0]) if args else 30)
+    if cmd == "atomics":
+        return atomics(path, per, args[0], int(args[1]) if len(args) > 1 else 30)
     self_cost, calls, counts = parse(path, event)
     inclusive = {}
     for fn in set(self_cost) | set(calls):
