@@ -94,3 +94,36 @@ callgrind_measure() {
 callgrind_total() {
   for f in "$OUT"/callgrind.out.*; do grep -h '^summary:' "$f" | awk '{print $2}'; done | sort -n | tail -1
 }
+
+# write_nginx_conf DIR PORT: DIR/nginx.conf, nginx as a reverse proxy on 127.0.0.1:PORT to the
+# upstream on UP_PORT (one worker, keep-alive upstream connections, no access log); run it with
+# `nginx -c "$PWD/DIR/nginx.conf" -p "$PWD/DIR"`.
+write_nginx_conf() {
+  cat > "$1/nginx.conf" <<NGINX
+worker_processes 1; master_process off; daemon off; pid $PWD/$1/nginx.pid; error_log stderr error;
+events { worker_connections 1024; }
+http { access_log off;
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$2; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGINX
+}
+
+# write_haproxy_cfg DIR PORT: DIR/haproxy.cfg, haproxy the same way (one thread, connections to
+# the upstream reused); run it with `haproxy -f DIR/haproxy.cfg -db`.
+write_haproxy_cfg() {
+  cat > "$1/haproxy.cfg" <<HAPROXY
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$2
+  default_backend b
+backend b
+  server s1 127.0.0.1:$UP_PORT
+HAPROXY
+}

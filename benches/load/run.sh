@@ -137,33 +137,13 @@ two_hop mesh-proxy-x2-plaintext 0
 two_hop mesh-proxy-x2-mtls 1
 
 if command -v nginx >/dev/null; then
-  cat > "$OUT/nginx.conf" <<NGINX
-worker_processes 1; master_process off; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr error;
-events { worker_connections 1024; }
-http { access_log off;
-  upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$PROXY_PORT; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NGINX
+  write_nginx_conf "$OUT" "$PROXY_PORT"
   taskset -c "$PROXY_CPU" nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT" & p=$!; pids+=($p)
   wait_port "$PROXY_PORT"; measure nginx "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 fi
 
 if command -v haproxy >/dev/null; then
-  cat > "$OUT/haproxy.cfg" <<HAPROXY
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$PROXY_PORT
-  default_backend b
-backend b
-  server s1 127.0.0.1:$UP_PORT
-HAPROXY
+  write_haproxy_cfg "$OUT" "$PROXY_PORT"
   taskset -c "$PROXY_CPU" haproxy -f "$OUT/haproxy.cfg" -db & p=$!; pids+=($p)
   wait_port "$PROXY_PORT"; measure haproxy "$PROXY_PORT" "$p"; kill "$p"; wait "$p" 2>/dev/null || true
 fi
