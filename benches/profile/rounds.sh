@@ -36,7 +36,8 @@ pids+=($!)
 taskset -c 0 "${MESH_PROXY[@]}" >"$OUT/mesh-proxy.log" 2>&1 &
 pids+=($!)
 h1_targets=(bare mesh)
-if [ -n "${PEERS:-}" ]; then
+peers=${PEERS:+1}
+if [ -n "$peers" ]; then
   for peer in nginx haproxy; do
     command -v "$peer" >/dev/null || { echo "PEERS=1: $peer is not installed" >&2; exit 1; }
   done
@@ -54,15 +55,16 @@ for what in "${h1_targets[@]}"; do SECS=1 h1 "$what" >/dev/null; done
 base=bare; [ -n "${BASELINE:-}" ] && base=baseline
 # Columns: mesh's ratio to the bare proxy over HTTP/1.1 and h2c, then to each peer (HTTP/1.1).
 columns=("HTTP/1.1 mesh / $base" "h2c mesh / $base")
-[ -n "${PEERS:-}" ] && columns+=("HTTP/1.1 mesh / nginx" "HTTP/1.1 mesh / haproxy")
+[ -n "$peers" ] && columns+=("HTTP/1.1 mesh / nginx" "HTTP/1.1 mesh / haproxy")
 cells=("round" "HTTP/1.1 $base" "mesh")
-[ -n "${PEERS:-}" ] && cells+=("nginx" "haproxy")
+[ -n "$peers" ] && cells+=("nginx" "haproxy")
 cells+=("h2c $base" "mesh" "${columns[@]}")
 printf '|'; printf ' %s |' "${cells[@]}"; echo
 printf '|'; printf -- '---|%.0s' "${cells[@]}"; echo
-ratios=$(mktemp)
+ratios=$OUT/rounds-ratios
+: >"$ratios"
+declare -A rps
 for r in $(seq 1 "$ROUNDS"); do
-  declare -A rps
   order=("${h1_targets[@]}")
   if [ $((r % 2)) -eq 0 ]; then
     order=(); for ((i = ${#h1_targets[@]} - 1; i >= 0; i--)); do order+=("${h1_targets[$i]}"); done
@@ -72,9 +74,9 @@ for r in $(seq 1 "$ROUNDS"); do
     case $what in bare|mesh) rps[$what.h2]=$(h2 "$what") ;; esac
   done
   row="| $r | ${rps[bare.h1]} | ${rps[mesh.h1]} |"
-  [ -n "${PEERS:-}" ] && row+=" ${rps[nginx.h1]} | ${rps[haproxy.h1]} |"
+  [ -n "$peers" ] && row+=" ${rps[nginx.h1]} | ${rps[haproxy.h1]} |"
   line=$(awk -v m1="${rps[mesh.h1]}" -v b1="${rps[bare.h1]}" -v m2="${rps[mesh.h2]}" -v b2="${rps[bare.h2]}" \
-    -v n="${rps[nginx.h1]:-0}" -v h="${rps[haproxy.h1]:-0}" -v peers="${PEERS:-}" \
+    -v n="${rps[nginx.h1]:-0}" -v h="${rps[haproxy.h1]:-0}" -v peers="$peers" \
     'BEGIN { printf "%.4f %.4f", m1 / b1, m2 / b2; if (peers != "") printf " %.4f %.4f", m1 / n, m1 / h; print "" }')
   echo "$line" >>"$ratios"
   echo "$row ${rps[bare.h2]} | ${rps[mesh.h2]} |$(echo "$line" | awk '{ for (i = 1; i <= NF; i++) printf " %.2f |", $i }')"
@@ -86,4 +88,3 @@ for col in $(seq 1 "${#columns[@]}"); do
           printf "%s: median ratio %.2f (quartiles %.2f-%.2f, %d rounds)\n",
             name, v[int((n + 1) / 2)], v[int((n + 3) / 4)], v[int((3 * n + 3) / 4)], n }'
 done
-rm -f "$ratios"
