@@ -52,8 +52,14 @@ impl Buckets {
 
 impl HistogramFn for Buckets {
     fn record(&self, value: f64) {
-        // The first bound not below the value (past the end: `+Inf`).
-        let bucket = self.bounds.partition_point(|bound| *bound < value);
+        // The first bound not below the value (past the end: `+Inf`). A scan from the
+        // smallest, as client_golang does for short bucket lists: most samples (durations of
+        // a few milliseconds, small bodies) are found within the first few bounds.
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|bound| value <= *bound)
+            .unwrap_or(self.bounds.len());
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         // Uncontended, one compare-exchange: a worker thread rarely meets another here.
         let _ = self
