@@ -23,8 +23,8 @@
 use crate::model::MeshConfig;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::ops::Deref;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A published snapshot and its version (1 for the first, one more for each publish).
 #[derive(Debug)]
@@ -58,9 +58,16 @@ pub struct Rejection {
 #[derive(Debug)]
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
+    /// The version of `current`, readable without loading it; written after `current`.
+    version: AtomicU64,
+    /// Held while publishing: versions are stored in the order they are numbered.
+    publishing: Mutex<()>,
+    id: u64,
     last_rejection: ArcSwapOption<Rejection>,
-    next_version: AtomicU64,
 }
+
+/// The next store's [`ConfigStore::id`].
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl ConfigStore {
     /// A store serving `initial` as version 1.
@@ -70,8 +77,10 @@ impl ConfigStore {
                 version: 1,
                 config: initial,
             }),
+            version: AtomicU64::new(1),
+            publishing: Mutex::new(()),
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             last_rejection: ArcSwapOption::empty(),
-            next_version: AtomicU64::new(2),
         }
     }
 
@@ -86,15 +95,30 @@ impl ConfigStore {
         f(&self.current.load())
     }
 
-    /// The live snapshot's version.
+    /// The live snapshot's version: one atomic load, without the snapshot (while a publish is
+    /// under way, the version before it, whose snapshot was live a moment ago).
+    ///
+    /// A caller that keeps a snapshot can check it is still the live one by its version
+    /// alone, and [`load`](Self::load) again only when a new one was published.
     pub fn version(&self) -> u64 {
-        self.current.load().version
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// This store's identity, unique among the process's stores (an address can be reused
+    /// once a store is dropped; an id is not).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Replaces the live snapshot with a validated `config`; returns its version.
     pub fn publish(&self, config: MeshConfig) -> u64 {
-        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let _publishing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let version = self.version.load(Ordering::Relaxed) + 1;
         self.current.store(Arc::new(Snapshot { version, config }));
+        self.version.store(version, Ordering::Release);
         version
     }
 
@@ -111,5 +135,37 @@ impl ConfigStore {
     /// The last rejected change, if any.
     pub fn last_rejection(&self) -> Option<Arc<Rejection>> {
         self.last_rejection.load_full()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfigStore;
+    use crate::model::MeshConfig;
+
+    #[test]
+    fn concurrent_publishes_leave_the_version_that_of_the_live_snapshot() {
+        let store = ConfigStore::new(MeshConfig::default());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let version = store.publish(MeshConfig::default());
+                        assert!(store.version() >= version);
+                    }
+                });
+            }
+        });
+        assert_eq!(store.version(), 201);
+        assert_eq!(store.load().version, 201);
+    }
+
+    #[test]
+    fn each_store_has_an_id_of_its_own() {
+        let (a, b) = (
+            ConfigStore::new(MeshConfig::default()),
+            ConfigStore::new(MeshConfig::default()),
+        );
+        assert_ne!(a.id(), b.id());
     }
 }

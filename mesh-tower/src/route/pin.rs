@@ -22,27 +22,35 @@ pub(super) struct Pinned(pub(super) Arc<Snapshot>);
 const PINS_PER_THREAD: usize = 4;
 
 thread_local! {
-    /// By store address. The address alone could be a dropped store's reused: an entry is
-    /// used only while its snapshot is the store's live one, which the entry keeps alive.
-    static PINS: RefCell<Vec<(usize, Arc<Pinned>)>> = const { RefCell::new(Vec::new()) };
+    /// By store ([`ConfigStore::id`]), each with the snapshot it pins.
+    static PINS: RefCell<Vec<(u64, Arc<Pinned>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// This thread's reference to `store`'s live snapshot (a reference of its own when the thread
 /// is exiting and its entries are gone).
+///
+/// The thread's entry is used while it pins the live version, which the store tells with one
+/// atomic load; the snapshot itself is loaded only to pin a new one.
 pub(super) fn live(store: &ConfigStore) -> Arc<Pinned> {
-    let key = std::ptr::from_ref(store) as usize;
+    let id = store.id();
+    let version = store.version();
+    let found = PINS.try_with(|pins| {
+        pins.borrow()
+            .iter()
+            .find(|(k, pin)| *k == id && pin.0.version == version)
+            .map(|(_, pin)| pin.clone())
+    });
+    if let Ok(Some(pin)) = found {
+        return pin;
+    }
     store.with_current(|current| {
-        PINS.try_with(|pins| pinned(&mut pins.borrow_mut(), key, current))
+        PINS.try_with(|pins| pinned(&mut pins.borrow_mut(), id, current))
             .unwrap_or_else(|_| Arc::new(Pinned(current.clone())))
     })
 }
 
 /// The entry of `pins` for store `key` when it pins `current`, else a new one in its place.
-fn pinned(
-    pins: &mut Vec<(usize, Arc<Pinned>)>,
-    key: usize,
-    current: &Arc<Snapshot>,
-) -> Arc<Pinned> {
+fn pinned(pins: &mut Vec<(u64, Arc<Pinned>)>, key: u64, current: &Arc<Snapshot>) -> Arc<Pinned> {
     let entry = pins.iter().position(|(k, _)| *k == key);
     if let Some(i) = entry
         && Arc::ptr_eq(&pins[i].1.0, current)
@@ -83,6 +91,15 @@ mod tests {
         assert_eq!(second.0.version, 2);
         assert_eq!(first.0.version, 1);
         assert!(Arc::ptr_eq(&live(&store), &second));
+    }
+
+    #[test]
+    fn a_store_made_after_another_was_dropped_is_not_served_the_dropped_ones_snapshot() {
+        for _ in 0..8 {
+            // Each at version 1, and likely at the address the one before it had.
+            let store = ConfigStore::new(MeshConfig::default());
+            assert!(Arc::ptr_eq(&live(&store).0, &store.load()));
+        }
     }
 
     #[test]
