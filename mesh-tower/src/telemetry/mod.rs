@@ -9,7 +9,9 @@
 //! installs the Prometheus one); without one they cost a few atomic loads. A program that
 //! installs `metrics-exporter-prometheus` itself runs its upkeep (`PrometheusHandle::run_upkeep`)
 //! every few seconds, as the sidecar does: the exporter keeps each histogram sample (three a
-//! request here) until a scrape or an upkeep folds it into its buckets.
+//! request here) until a scrape or an upkeep folds it into its buckets. The sidecar's own
+//! recorder (`mesh-examples`, module `metrics`) counts Istio's histograms in place in their
+//! fixed buckets instead, a quarter of the cost per request.
 
 mod access_log;
 mod istio_metrics;
