@@ -11,7 +11,7 @@
 //! every few seconds, as the sidecar does: the exporter keeps each histogram sample (three a
 //! request here) until a scrape or an upkeep folds it into its buckets. The sidecar's own
 //! recorder (`mesh-examples`, module `metrics`) counts Istio's histograms in place in their
-//! fixed buckets instead, a quarter of the cost per request.
+//! fixed buckets instead: a fifth of the instructions and half the atomic operations.
 
 mod access_log;
 mod istio_metrics;
