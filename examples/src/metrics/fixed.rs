@@ -110,17 +110,17 @@ impl FixedHistograms {
         Some(Histogram::from_arc(buckets))
     }
 
-    /// Keeps the description of `name` for its `# HELP` line; `false` when the name has no
-    /// fixed buckets (the description belongs to another recorder).
-    pub(crate) fn describe(&self, name: &KeyName, description: SharedString) -> bool {
-        if self.bounds_of(name.as_str()).is_none() {
-            return false;
-        }
+    /// Whether `name` has fixed buckets here (else it belongs to another recorder).
+    pub(crate) fn holds(&self, name: &KeyName) -> bool {
+        self.bounds_of(name.as_str()).is_some()
+    }
+
+    /// Keeps the description of `name` for its `# HELP` line.
+    pub(crate) fn describe(&self, name: &KeyName, description: SharedString) {
         self.descriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.as_str().to_owned(), description);
-        true
     }
 
     /// Appends every histogram to `text` in the Prometheus text format, as the exporter writes
@@ -136,32 +136,29 @@ impl FixedHistograms {
             .collect();
         // By name, then labels.
         registered.sort_by(|a, b| a.0.cmp(&b.0));
-        let histograms = registered.into_iter().map(|(key, buckets)| {
-            let labels = LabelSet::from_key_and_global(&key, &Default::default());
-            (key.name().to_owned(), labels, buckets)
-        });
         let descriptions = self
             .descriptions
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut family: Option<String> = None;
-        for (name, labels, buckets) in histograms {
-            if family.as_deref() != Some(&name) {
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut family: Option<&str> = None;
+        for (key, buckets) in &registered {
+            let name = key.name();
+            if family != Some(name) {
                 if family.is_some() {
                     text.push('\n');
                 }
-                if let Some(description) = descriptions.get(&name) {
-                    write_help_line(text, &name, None, None, description);
+                if let Some(description) = descriptions.get(name) {
+                    write_help_line(text, name, None, None, description);
                 }
-                write_type_line(text, &name, None, None, "histogram");
-                family = Some(name.clone());
+                write_type_line(text, name, None, None, "histogram");
+                family = Some(name);
             }
+            let labels = LabelSet::from_key_and_global(key, &Default::default());
             let (cumulative, count, sum) = buckets.read();
             for (bound, at_most) in buckets.bounds.iter().zip(cumulative) {
                 write_metric_line(
                     text,
-                    &name,
+                    name,
                     Some("bucket"),
                     &labels,
                     Some(("le", bound)),
@@ -171,15 +168,15 @@ impl FixedHistograms {
             }
             write_metric_line(
                 text,
-                &name,
+                name,
                 Some("bucket"),
                 &labels,
                 Some(("le", "+Inf")),
                 count,
                 None,
             );
-            write_metric_line::<&str, f64>(text, &name, Some("sum"), &labels, None, sum, None);
-            write_metric_line::<&str, u64>(text, &name, Some("count"), &labels, None, count, None);
+            write_metric_line::<&str, f64>(text, name, Some("sum"), &labels, None, sum, None);
+            write_metric_line::<&str, u64>(text, name, Some("count"), &labels, None, count, None);
         }
         if family.is_some() {
             text.push('\n');
@@ -250,7 +247,7 @@ mod tests {
     fn a_name_without_fixed_buckets_is_left_to_the_other_recorder() {
         let h = histograms();
         assert!(h.register(&key("other", "200")).is_none());
-        assert!(!h.describe(&KeyName::from("other"), "not ours".into()));
+        assert!(!h.holds(&KeyName::from("other")));
         let mut text = String::new();
         h.render(&mut text);
         assert_eq!(text, "");
@@ -259,7 +256,8 @@ mod tests {
     #[test]
     fn each_name_renders_as_one_family_with_its_description_and_type() {
         let h = histograms();
-        assert!(h.describe(&KeyName::from("size"), "Body sizes.".into()));
+        assert!(h.holds(&KeyName::from("size")));
+        h.describe(&KeyName::from("size"), "Body sizes.".into());
         h.register(&key("size", "200")).unwrap().record(3.0);
         h.register(&key("latency", "200")).unwrap().record(3.0);
         h.register(&key("size", "503")).unwrap().record(30.0);

@@ -54,7 +54,9 @@ impl Recorder for SidecarRecorder {
     }
 
     fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        if !self.fixed.describe(&key, description.clone()) {
+        if self.fixed.holds(&key) {
+            self.fixed.describe(&key, description);
+        } else {
             self.prometheus.describe_histogram(key, unit, description);
         }
     }
