@@ -1,6 +1,8 @@
 //! Plain TCP through the mesh: a local port forwards every connection to an endpoint of a
 //! service's `TCP` port (round-robin over the cluster's healthy endpoints, from the live
-//! snapshot), with Istio's TCP metrics (`istio_tcp_connections_opened_total`,
+//! snapshot; at most `connectionPool.tcp.maxConnections` open to a cluster at once, as Envoy's
+//! `max_connections` circuit breaker: a connection over it is closed, flagged `UO`), with
+//! Istio's TCP metrics (`istio_tcp_connections_opened_total`,
 //! `istio_tcp_connections_closed_total`, `istio_tcp_sent_bytes_total`,
 //! `istio_tcp_received_bytes_total`).
 //!
@@ -24,8 +26,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,6 +40,15 @@ pub struct TcpForward {
     service: String,
     workload: Arc<Workload>,
     turn: Arc<AtomicUsize>,
+    open: OpenConnections,
+}
+
+/// An endpoint [`TcpForward`] picked, with the connection's slot under the cluster's limit.
+struct Picked {
+    endpoint: String,
+    connect_timeout: Duration,
+    idle: Duration,
+    _slot: OpenConnection,
 }
 
 impl TcpForward {
@@ -50,6 +61,7 @@ impl TcpForward {
             service: host.to_owned(),
             workload,
             turn: Arc::default(),
+            open: OpenConnections::default(),
         }
     }
 
@@ -103,43 +115,49 @@ impl TcpForward {
     }
 
     /// The next healthy endpoint of the cluster, round-robin, with the cluster's connect
-    /// and idle timeouts.
-    fn pick(&self) -> Option<(String, Duration, Duration)> {
+    /// and idle timeouts; or why there is none (no healthy endpoint, or the cluster's
+    /// connection limit reached).
+    fn pick(&self) -> Result<Picked, ResponseFlag> {
         let snapshot = self.store.load();
-        let cluster = snapshot.cluster(&self.cluster)?;
+        let cluster = snapshot
+            .cluster(&self.cluster)
+            .ok_or(ResponseFlag::NoHealthyUpstream)?;
         let healthy: Vec<_> = cluster
             .endpoints
             .iter()
             .filter(|e| e.health == HealthStatus::Healthy)
             .collect();
         if healthy.is_empty() {
-            return None;
+            return Err(ResponseFlag::NoHealthyUpstream);
         }
+        let slot = self
+            .open
+            .try_open(cluster)
+            .ok_or(ResponseFlag::UpstreamOverflow)?;
         let i = self.turn.fetch_add(1, Ordering::Relaxed) % healthy.len();
-        let pool = &cluster.policy.connection_pool;
-        Some((
-            healthy[i].authority(),
-            pool.connect_timeout,
-            idle_timeout(Some(cluster)),
-        ))
+        Ok(Picked {
+            endpoint: healthy[i].authority(),
+            connect_timeout: cluster.policy.connection_pool.connect_timeout,
+            idle: idle_timeout(Some(cluster)),
+            _slot: slot,
+        })
     }
 
     /// Carries one client connection to an endpoint and back, recording Istio's TCP metrics.
     pub async fn forward(&self, client: TcpStream) {
-        let Some((endpoint, connect_timeout, idle)) = self.pick() else {
-            metrics::counter!(
-                "istio_tcp_connections_opened_total",
-                self.labels(ResponseFlags::of(ResponseFlag::NoHealthyUpstream))
-            )
-            .increment(1);
-            metrics::counter!(
-                "istio_tcp_connections_closed_total",
-                self.labels(ResponseFlags::of(ResponseFlag::NoHealthyUpstream))
-            )
-            .increment(1);
-            return;
+        let picked = match self.pick() {
+            Ok(picked) => picked,
+            Err(flag) => {
+                let labels = self.labels(ResponseFlags::of(flag));
+                metrics::counter!("istio_tcp_connections_opened_total", labels.clone())
+                    .increment(1);
+                metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
+                return;
+            }
         };
-        let upstream = tokio::time::timeout(connect_timeout, TcpStream::connect(&endpoint)).await;
+        let (endpoint, idle) = (&picked.endpoint, picked.idle);
+        let upstream =
+            tokio::time::timeout(picked.connect_timeout, TcpStream::connect(endpoint)).await;
         let Ok(Ok(upstream)) = upstream else {
             let flags = ResponseFlags::of(ResponseFlag::UpstreamConnectionFailure);
             metrics::counter!("istio_tcp_connections_opened_total", self.labels(flags))
@@ -255,6 +273,7 @@ pub struct TcpOutbound {
     configs: Arc<ArcSwap<HashMap<Vec<SpiffeId>, Arc<rustls::ClientConfig>>>>,
     /// Round-robin turn for connections to a service's virtual address.
     turn: Arc<AtomicUsize>,
+    open: OpenConnections,
 }
 
 impl std::fmt::Debug for TcpOutbound {
@@ -341,6 +360,7 @@ impl TcpOutbound {
             connect_timeout: Duration::from_secs(10),
             configs: Arc::default(),
             turn: Arc::default(),
+            open: OpenConnections::default(),
         }
     }
 
@@ -543,10 +563,23 @@ impl TcpOutbound {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let target = self.resolve(dst);
-        let idle = idle_timeout(match &target {
+        let cluster = match &target {
             TcpTarget::Cluster { cluster, .. } => Some(cluster),
             TcpTarget::Passthrough(_) => None,
-        });
+        };
+        let idle = idle_timeout(cluster);
+        let Some(_slot) = cluster.map_or(Some(OpenConnection(None)), |c| self.open.try_open(c))
+        else {
+            tracing::debug!(%dst, "intercepted tcp: the cluster's connection limit is reached");
+            let labels = self.labels(
+                &target,
+                ResponseFlags::of(ResponseFlag::UpstreamOverflow),
+                false,
+            );
+            metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
+            metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
+            return;
+        };
         let upstream = match self.connect(&target).await {
             Ok(upstream) => upstream,
             Err(e) => {
@@ -573,6 +606,52 @@ impl TcpOutbound {
         metrics::counter!("istio_tcp_received_bytes_total", labels.clone())
             .increment(spliced.received);
         metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
+    }
+}
+
+/// Open connections per cluster, for `connectionPool.tcp.maxConnections` (Envoy's cluster
+/// `max_connections` circuit breaker): a connection over the limit is refused.
+#[derive(Clone, Debug, Default)]
+struct OpenConnections {
+    by_cluster: Arc<Mutex<HashMap<ClusterName, Arc<AtomicU32>>>>,
+}
+
+/// A connection counted against its cluster's limit until dropped (`None`: no limit).
+struct OpenConnection(Option<Arc<AtomicU32>>);
+
+impl OpenConnections {
+    /// A slot for one more connection to `cluster`, or `None` when its limit is reached.
+    fn try_open(&self, cluster: &Cluster) -> Option<OpenConnection> {
+        let max = cluster.policy.connection_pool.max_connections;
+        if max == u32::MAX {
+            return Some(OpenConnection(None));
+        }
+        let count = {
+            let mut by_cluster = self
+                .by_cluster
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !by_cluster.contains_key(&cluster.name) {
+                // Forget the clusters with no open connection (some may be gone from the
+                // config), so the map stays as small as the clusters in use.
+                by_cluster.retain(|_, open| Arc::strong_count(open) > 1);
+            }
+            by_cluster.entry(cluster.name.clone()).or_default().clone()
+        };
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(OpenConnection(Some(count)))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -1011,5 +1090,85 @@ spec:
         drop(app_upstream);
         let spliced = splice.await.unwrap();
         assert_eq!((spliced.sent, spliced.idle_timed_out), (300, false));
+    }
+
+    #[tokio::test]
+    async fn a_cluster_takes_at_most_max_connections_at_once() {
+        // The upstream counts the connections it accepts and holds each open.
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_port = upstream.local_addr().unwrap().port();
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = upstream.accept().await {
+                accepted_tx.send(stream).unwrap();
+            }
+        });
+        let yaml = format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: db }}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 5432, name: tcp, protocol: TCP }}]
+  endpoints: [{{ address: 127.0.0.1, ports: {{ tcp: {upstream_port} }} }}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: db }}
+spec:
+  host: db.default.svc.cluster.local
+  trafficPolicy: {{ connectionPool: {{ tcp: {{ maxConnections: 1 }} }} }}
+"#
+        );
+        let config = mesh_core::istio::load(&[("db.yaml", yaml.as_str())], &Workload::default())
+            .config
+            .expect("valid");
+        let store = Arc::new(ConfigStore::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let forward = TcpForward::new(store, "db.default.svc.cluster.local", 5432);
+        tokio::spawn(serve_tcp(listener, forward, std::future::pending()));
+
+        let mut first = TcpStream::connect(local).await.unwrap();
+        first.write_all(b"one").await.unwrap();
+        let mut first_upstream = accepted.recv().await.unwrap();
+        let mut buf = [0; 3];
+        first_upstream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"one");
+
+        // Over the limit: closed at once, never carried upstream.
+        let mut second = TcpStream::connect(local).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf)).await;
+        assert!(matches!(refused, Ok(Ok(0))), "closed at once: {refused:?}");
+        assert!(
+            accepted.try_recv().is_err(),
+            "no second upstream connection"
+        );
+
+        // The first one closed at both ends: its slot is free again.
+        drop(first);
+        assert_eq!(first_upstream.read(&mut buf).await.unwrap(), 0);
+        drop(first_upstream);
+        let third = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let mut third = TcpStream::connect(local).await.unwrap();
+                third.write_all(b"three").await.unwrap();
+                // The forwarder sees the first connection end asynchronously; until then a new
+                // one is still over the limit and closed (reset, if it was written to).
+                tokio::select! {
+                    upstream = accepted.recv() => break (third, upstream.unwrap()),
+                    read = third.read(&mut buf) => assert!(matches!(read, Ok(0) | Err(_)), "{read:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the freed slot is taken within 10 s");
+        let (_third, mut third_upstream) = third;
+        let mut buf = [0; 5];
+        third_upstream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"three");
     }
 }
