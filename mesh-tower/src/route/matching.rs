@@ -63,27 +63,47 @@ fn matches_one(m: &RouteMatch, req: &RequestView<'_>, workload: &Workload) -> bo
             .is_none_or(|ns| *ns == workload.namespace)
 }
 
-/// A header matches when present and (if a match is given) one of its values matches.
+/// A header matches when present and (if a match is given) its value matches: a header sent
+/// more than once is matched as its values joined with `,`, as Envoy does
+/// (`HeaderUtility::getAllOfHeaderAsString`), so `x: a` and `x: b` is `a,b`.
 fn header_matches(headers: &http::HeaderMap, name: &str, sm: Option<&StringMatch>) -> bool {
-    let mut values = headers.get_all(name).iter().peekable();
-    if values.peek().is_none() {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
         return false;
-    }
-    match sm {
-        None => true,
-        Some(sm) => values.any(|v| v.to_str().is_ok_and(|v| sm.matches(v, false))),
+    };
+    let Some(sm) = sm else {
+        return true;
+    };
+    let Ok(first) = first.to_str() else {
+        return false;
+    };
+    match values.next() {
+        None => sm.matches(first, false),
+        Some(second) => {
+            let mut joined = String::from(first);
+            for value in std::iter::once(second).chain(values) {
+                let Ok(value) = value.to_str() else {
+                    return false;
+                };
+                joined.push(',');
+                joined.push_str(value);
+            }
+            sm.matches(&joined, false)
+        }
     }
 }
 
-/// A query parameter matches when present and (if a match is given) its value matches.
+/// A query parameter matches when present and (if a match is given) the value of its first
+/// occurrence matches, as Envoy's `QueryParameterMatcher` reads it.
 fn query_matches(query: Option<&str>, name: &str, sm: Option<&StringMatch>) -> bool {
     let Some(query) = query else {
         return false;
     };
-    query.split('&').any(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        key == name && sm.is_none_or(|sm| sm.matches(value, false))
-    })
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| *key == name)
+        .is_some_and(|(_, value)| sm.is_none_or(|sm| sm.matches(value, false)))
 }
 
 #[cfg(test)]
@@ -162,5 +182,52 @@ mod tests {
         let without = Request::get("/").body(()).unwrap();
         assert!(first_match(std::slice::from_ref(&m), &view(&with), &w).is_none());
         assert!(first_match(std::slice::from_ref(&m), &view(&without), &w).is_some());
+    }
+
+    #[test]
+    fn a_repeated_header_matches_as_its_values_joined_with_commas() {
+        let exact = |value: &str| RouteMatch {
+            headers: vec![("x-role".into(), Some(StringMatch::Exact(value.into())))],
+            ..RouteMatch::default()
+        };
+        let w = Workload::default();
+        let twice = Request::get("/")
+            .header("x-role", "guest")
+            .header("x-role", "admin")
+            .body(())
+            .unwrap();
+        assert!(first_match(&[exact("admin")], &view(&twice), &w).is_none());
+        assert!(first_match(&[exact("guest")], &view(&twice), &w).is_none());
+        assert_eq!(
+            first_match(&[exact("guest,admin")], &view(&twice), &w),
+            Some(0)
+        );
+        let once = Request::get("/")
+            .header("x-role", "admin")
+            .body(())
+            .unwrap();
+        assert_eq!(first_match(&[exact("admin")], &view(&once), &w), Some(0));
+        // `withoutHeaders` reads the same joined value.
+        let without = RouteMatch {
+            without_headers: vec![("x-role".into(), Some(StringMatch::Exact("admin".into())))],
+            ..RouteMatch::default()
+        };
+        assert_eq!(first_match(&[without], &view(&twice), &w), Some(0));
+    }
+
+    #[test]
+    fn a_repeated_query_parameter_matches_by_its_first_value() {
+        let m = RouteMatch {
+            query_params: vec![("v".into(), Some(StringMatch::Exact("2".into())))],
+            ..RouteMatch::default()
+        };
+        let w = Workload::default();
+        let first = Request::get("/?v=2&v=1").body(()).unwrap();
+        let second = Request::get("/?v=1&v=2").body(()).unwrap();
+        assert_eq!(
+            first_match(std::slice::from_ref(&m), &view(&first), &w),
+            Some(0)
+        );
+        assert!(first_match(std::slice::from_ref(&m), &view(&second), &w).is_none());
     }
 }
