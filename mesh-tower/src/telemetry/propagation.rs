@@ -468,6 +468,9 @@ static HEX_DIGIT_VALUES: [u8; 256] = {
 /// assert_eq!(span, 0x00f067aa0ba902b7);
 /// assert!(sampled);
 /// assert!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+/// // Lowercase hex only.
+/// assert!(parse_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01").is_none());
+/// assert!(parse_traceparent("zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none());
 /// ```
 pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
     // `{version}-{trace id}-{parent id}-{flags}` at fixed places (2, 32, 16 and 2 characters),
@@ -485,7 +488,13 @@ pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
     } else {
         more.first().is_none_or(|b| *b == b'-')
     };
-    if version == "ff" || version.contains('-') || !ends_right {
+    // Every field is lowercase hex (the spec's `HEXDIGLC`): an uppercase digit or a version
+    // that is not hex makes the header invalid, and the trace restarts.
+    if version == "ff"
+        || !ends_right
+        || hex_value(&bytes[..2]).is_none()
+        || bytes[..55].iter().any(u8::is_ascii_uppercase)
+    {
         return None;
     }
     let flags = hex_value(&bytes[53..55])?;
@@ -571,12 +580,21 @@ mod tests {
     use super::*;
 
     /// `parse_traceparent` as it was before its fixed-position rewrite (split on `-`,
-    /// `from_str_radix`): the reference for the rewrite.
+    /// `from_str_radix`), with the spec's lowercase-hex rule: the reference for the rewrite.
     fn parse_traceparent_by_split(value: &str) -> Option<(u128, u64, bool)> {
         let mut parts = value.trim().split('-');
         let version = parts.next()?;
         let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
         if version.len() != 2 || version == "ff" || trace.len() != 32 || flags.len() != 2 {
+            return None;
+        }
+        let lowercase_hex =
+            |part: &str| part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !lowercase_hex(version)
+            || [trace, span, flags]
+                .iter()
+                .any(|p| p.bytes().any(|b| b.is_ascii_uppercase()))
+        {
             return None;
         }
         if version == "00" && parts.next().is_some() {
