@@ -199,7 +199,7 @@ impl ClusterState {
 pub struct LatencyOutlier {
     /// How many times the median is too slow.
     pub factor: f64,
-    /// The ejection time (multiplied by the number of ejections, as for errors).
+    /// The base ejection time (multiplied and capped as for errors).
     pub base_ejection_time: Duration,
     /// The fewest endpoints with an EWMA before the rule applies.
     pub min_endpoints: usize,
