@@ -1,7 +1,12 @@
-//! Circuit breaking (Istio's `connectionPool`): per cluster, at most `maxConnections`
-//! requests in flight on HTTP/1.1 (one per connection) or `http2MaxRequests` on HTTP/2, and
-//! at most `http1MaxPendingRequests` waiting for a slot. Past both, a request fails at once
-//! with 503 and flag `UO`; nothing queues without bound. Retries (tries after the first) are
+//! Circuit breaking (Istio's `connectionPool`), per cluster, as Envoy's circuit breakers:
+//! - on HTTP/1.1, at most `maxConnections` requests in flight (one per connection), and at
+//!   most `http1MaxPendingRequests` waiting for a connection; past both, a request fails at
+//!   once with 503 and flag `UO`; nothing queues without bound;
+//! - on both protocols, at most `http2MaxRequests` requests in flight (Envoy's `max_requests`);
+//!   one more fails at once with 503 `UO`: it does not wait (on HTTP/1.1 it is counted when
+//!   it has its connection, as Envoy counts a stream when it is attached to one).
+//!
+//! Retries (tries after the first) are
 //! also bounded: at most `maxRetries` of them in flight per cluster, or, with Envoy's retry
 //! budget (xDS), at most a share of the cluster's requests in flight (never fewer than its
 //! floor); one more is refused with [`ProxyError::RetryOverflow`], and the retry layer
@@ -9,8 +14,8 @@
 //!
 //! ```
 //! use mesh_tower::breaker::Limits;
-//! let limits = Limits { active: 1, pending: 1, retries: 3 };
-//! assert_eq!(limits.active, 1);
+//! let limits = Limits { connections: 1, pending: 1, requests: 10, retries: 3 };
+//! assert_eq!(limits.connections, 1);
 //! ```
 
 use crate::body::{BoxBody, BoxError};
@@ -34,10 +39,13 @@ const UNLIMITED: u32 = u32::MAX;
 /// A cluster's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Requests in flight.
-    pub active: u32,
-    /// Requests waiting for an in-flight slot.
+    /// Requests in flight on HTTP/1.1, one per connection (`maxConnections`; no limit here
+    /// on HTTP/2, whose requests share connections).
+    pub connections: u32,
+    /// Requests waiting for a connection (`http1MaxPendingRequests`).
     pub pending: u32,
+    /// Requests in flight, on either protocol (`http2MaxRequests`).
+    pub requests: u32,
     /// Retries in flight.
     pub retries: u32,
 }
@@ -46,13 +54,14 @@ impl Limits {
     /// The limits `cluster`'s connection pool policy sets.
     pub fn of(cluster: &Cluster) -> Self {
         let pool = &cluster.policy.connection_pool;
-        let active = match cluster.protocol {
-            Protocol::Http2 | Protocol::Grpc => pool.http2_max_requests,
+        let connections = match cluster.protocol {
+            Protocol::Http2 | Protocol::Grpc => UNLIMITED,
             _ => pool.max_connections,
         };
         Self {
-            active,
+            connections,
             pending: pool.http1_max_pending_requests,
+            requests: pool.http2_max_requests,
             retries: pool.max_retries,
         }
     }
@@ -61,8 +70,10 @@ impl Limits {
 /// Overflow counters, by kind.
 #[derive(Debug, Default)]
 pub struct BreakerStats {
-    /// Requests refused because the in-flight and pending limits were both reached.
+    /// Requests refused because the connection and pending limits were both reached.
     pub overflow_pending: AtomicU64,
+    /// Requests refused because `http2MaxRequests` requests were in flight.
+    pub overflow_requests: AtomicU64,
     /// Retries refused because `maxRetries` retries were in flight.
     pub overflow_retries: AtomicU64,
 }
@@ -70,8 +81,11 @@ pub struct BreakerStats {
 #[derive(Debug)]
 struct Gate {
     limits: Limits,
+    /// HTTP/1.1 connections (one request each).
     active: Arc<Semaphore>,
     pending: Arc<Semaphore>,
+    /// Requests in flight (`http2MaxRequests`).
+    in_flight: Arc<Semaphore>,
     retries: Arc<Semaphore>,
     /// Requests in flight (first tries and retries), counted with a retry budget.
     requests: AtomicUsize,
@@ -100,6 +114,7 @@ impl Drop for Counted {
 #[derive(Default)]
 struct Held {
     _active: Option<OwnedSemaphorePermit>,
+    _in_flight: Option<OwnedSemaphorePermit>,
     _retry: Option<OwnedSemaphorePermit>,
     _retry_counted: Option<Counted>,
     _request: Option<Counted>,
@@ -133,8 +148,9 @@ impl Gate {
         let cap = |n: u32| (n as usize).min(Semaphore::MAX_PERMITS);
         Self {
             limits,
-            active: Arc::new(Semaphore::new(cap(limits.active))),
+            active: Arc::new(Semaphore::new(cap(limits.connections))),
             pending: Arc::new(Semaphore::new(cap(limits.pending))),
+            in_flight: Arc::new(Semaphore::new(cap(limits.requests))),
             retries: Arc::new(Semaphore::new(cap(limits.retries))),
             requests: AtomicUsize::new(0),
             retries_in_flight: AtomicUsize::new(0),
@@ -228,6 +244,28 @@ async fn admit(
     Ok(permit)
 }
 
+/// A slot among the `http2MaxRequests` requests in flight, or an overflow at once (Envoy's
+/// `max_requests` fails a stream, it never queues it).
+fn admit_request(
+    gate: &Gate,
+    stats: &BreakerStats,
+    name: &ClusterName,
+) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+    if gate.limits.requests == UNLIMITED {
+        return Ok(None);
+    }
+    match gate.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => Ok(Some(permit)),
+        Err(_) => {
+            stats.overflow_requests.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("mesh_circuit_breaker_overflow_total", "cluster" => name.to_string(), "kind" => "requests").increment(1);
+            Err(ProxyError::Overflow(format!(
+                "{name}: active requests limit reached"
+            )))
+        }
+    }
+}
+
 impl<S, B> Service<Request<B>> for Breaker<S>
 where
     S: Service<Request<B>, Response = Response<BoxBody>, Error = BoxError> + Clone + Send + 'static,
@@ -258,8 +296,10 @@ where
         let budget = cluster.policy.connection_pool.retry_budget;
         // Istio's default limits are all `u32::MAX`, which no count reaches: a try with nothing
         // to count or to admit touches no state shared with the other workers.
-        let limited_active = limits.active != UNLIMITED;
-        if !limited_active && budget.is_none() && !(is_retry && limits.retries != UNLIMITED) {
+        let limited_active = limits.connections != UNLIMITED;
+        let limited_requests = limits.requests != UNLIMITED;
+        let limited_retry = is_retry && limits.retries != UNLIMITED;
+        if !(limited_active || limited_requests || budget.is_some() || limited_retry) {
             return Either::Left(Admitted {
                 inner: self.inner.call(req),
                 held: None,
@@ -287,28 +327,40 @@ where
             Held::default()
         };
         held._request = request;
+        let overflow = |e: ProxyError| -> Self::Future {
+            Either::Right(Box::pin(async move { Err(e.into()) }))
+        };
         if !limited_active {
+            match admit_request(&gate, &self.layer.stats, &cluster.name) {
+                Ok(permit) => held._in_flight = permit,
+                Err(e) => return overflow(e),
+            }
             return Either::Left(Admitted {
                 inner: self.inner.call(req),
                 held: Some(held),
             });
         }
-        // Fast path: a free slot, no waiting.
+        // Fast path: a free connection, no waiting.
         if let Ok(permit) = gate.active.clone().try_acquire_owned() {
             held._active = Some(permit);
+            match admit_request(&gate, &self.layer.stats, &cluster.name) {
+                Ok(permit) => held._in_flight = permit,
+                Err(e) => return overflow(e),
+            }
             return Either::Left(Admitted {
                 inner: self.inner.call(req),
                 held: Some(held),
             });
         }
         // The call waits for a slot: the future owns the ready service.
-        let name = cluster.name.to_string();
+        let name = cluster.name.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let stats = self.layer.stats.clone();
-        let admission = admit(gate, stats, name);
+        let admission = admit(gate.clone(), stats.clone(), name.to_string());
         Either::Right(Box::pin(async move {
             held._active = Some(admission.await?);
+            held._in_flight = admit_request(&gate, &stats, &name)?;
             let result = inner.call(req).await;
             drop(held);
             result
@@ -484,6 +536,93 @@ mod tests {
                 5 - admitted as u64
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_http2_max_requests_a_request_fails_at_once_on_either_protocol() {
+        for protocol in [Protocol::Http, Protocol::Http2, Protocol::Grpc] {
+            let cluster = Arc::new(Cluster {
+                protocol,
+                ..Arc::unwrap_or_clone(cluster(ConnectionPool {
+                    http2_max_requests: 1,
+                    // A pending queue is for a connection to come free: it does not hold a
+                    // request over the requests limit.
+                    http1_max_pending_requests: 10,
+                    ..ConnectionPool::default()
+                }))
+            });
+            let slow = tower::service_fn(|_req: Request<BoxBody>| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, BoxError>(Response::new(body::empty()))
+            });
+            let layer = BreakerLayer::new();
+            let svc = layer.layer(slow);
+            let started = tokio::time::Instant::now();
+            let tries = (0..3).map(|_| {
+                let mut req = Request::new(body::empty());
+                RequestContext::of_mut(&mut req).target = Some(Target {
+                    cluster: cluster.clone(),
+                });
+                let svc = svc.clone();
+                async move {
+                    let response = svc
+                        .oneshot(req)
+                        .await
+                        .unwrap_or_else(|e| crate::error::to_response(&e));
+                    (response, tokio::time::Instant::now())
+                }
+            });
+            let results = futures_util::future::join_all(tries).await;
+            let ok: Vec<_> = results.iter().filter(|(r, _)| r.status() == 200).collect();
+            assert_eq!(ok.len(), 1, "{protocol:?}");
+            assert_eq!(ok[0].1, started + Duration::from_secs(1));
+            for (response, at) in results.iter().filter(|(r, _)| r.status() != 200) {
+                assert_eq!(response.status(), 503, "{protocol:?}");
+                assert!(
+                    crate::flags::ResponseFlags::of_response(response)
+                        .contains(crate::flags::ResponseFlag::UpstreamOverflow),
+                    "{protocol:?}: UO"
+                );
+                assert_eq!(*at, started, "{protocol:?}: refused at once");
+            }
+            assert_eq!(layer.stats().overflow_requests.load(Ordering::Relaxed), 2);
+            // Once the request in flight ends, another may go.
+            let mut req = Request::new(body::empty());
+            RequestContext::of_mut(&mut req).target = Some(Target { cluster });
+            assert!(svc.oneshot(req).await.is_ok(), "{protocol:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_http1_a_pending_request_counts_against_max_requests_only_once_it_has_a_connection()
+    {
+        // One connection, one pending, one request in flight: the pending request waits for
+        // the connection (as Envoy counts a stream against max_requests when it is attached).
+        let cluster = cluster(ConnectionPool {
+            max_connections: 1,
+            http1_max_pending_requests: 1,
+            http2_max_requests: 1,
+            ..ConnectionPool::default()
+        });
+        let slow = tower::service_fn(|_req: Request<BoxBody>| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, BoxError>(Response::new(body::empty()))
+        });
+        let layer = BreakerLayer::new();
+        let svc = layer.layer(slow);
+        let started = tokio::time::Instant::now();
+        let tries = (0..3).map(|_| {
+            let mut req = Request::new(body::empty());
+            RequestContext::of_mut(&mut req).target = Some(Target {
+                cluster: cluster.clone(),
+            });
+            svc.clone().oneshot(req)
+        });
+        let results = futures_util::future::join_all(tries).await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(layer.stats().overflow_pending.load(Ordering::Relaxed), 1);
+        assert_eq!(layer.stats().overflow_requests.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(start_paused = true)]

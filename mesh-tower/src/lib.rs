@@ -4,7 +4,7 @@
 //! [`outbound`] and [`inbound`] stacks compose them in the order `DESIGN.md` gives:
 //!
 //! ```text
-//! outbound: route -> rate limit -> fault -> mirror -> timeout -> retry -> split -> breaker
+//! outbound: route -> rate limit -> fault -> mirror -> timeout -> split -> retry -> breaker
 //!           -> balance -> client
 //! inbound:  -> local app
 //! ```

@@ -1,5 +1,9 @@
-//! The outbound stack: route -> rate limit -> fault -> mirror -> timeout -> retry -> split -> balance ->
-//! client, with errors turned into responses at the edge.
+//! The outbound stack: route -> rate limit -> fault -> mirror -> timeout -> split -> retry ->
+//! breaker -> balance -> client, with errors turned into responses at the edge.
+//!
+//! The split sits above the retry layer: as in Envoy, where the weighted cluster is chosen
+//! once with the route, a request's destination is drawn once and its header operations
+//! applied once, and every retry (or hedge) goes to the same cluster.
 
 use crate::balance::{Balance, BalanceLayer};
 use crate::body::{self, BoxBody, BoxError};
@@ -32,7 +36,7 @@ use tower_service::Service;
 /// The layers of the stack as one type: each layer's future holds the next one's inline, so
 /// a request allocates only where a layer acts (see [`crate::future`]).
 type Stack<C> =
-    Router<RateLimit<FaultInjection<Mirror<Timeout<Retry<Split<Breaker<Balance<C>>>>>>>>>;
+    Router<RateLimit<FaultInjection<Mirror<Timeout<Split<Retry<Breaker<Balance<C>>>>>>>>>;
 
 /// Builds an [`Outbound`] service.
 #[derive(Clone, Debug)]
@@ -83,8 +87,8 @@ where
 
     /// The service.
     pub fn build(self) -> Outbound<C> {
-        // Below the split: a cluster's endpoint choice and the client, shared by primary
-        // requests and mirrored shadows.
+        // Below the split and the retries: a cluster's endpoint choice and the client, shared
+        // by primary requests and mirrored shadows.
         let balancer = BalanceLayer::new(self.rng.clone());
         let upstream = ServiceBuilder::new()
             .layer(BreakerLayer::new())
@@ -97,8 +101,8 @@ where
             .layer(FaultLayer::new(self.rng.clone()))
             .layer(MirrorLayer::new(shadow, self.rng.clone()))
             .layer(TimeoutLayer::new())
-            .layer(RetryLayer::new(self.budget, self.rng.clone()))
-            .layer(SplitLayer::new(self.rng))
+            .layer(SplitLayer::new(self.rng.clone()))
+            .layer(RetryLayer::new(self.budget, self.rng))
             .service(upstream);
         Outbound {
             inner,
@@ -256,3 +260,6 @@ where
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,8 @@
 //! - A try is retried when the route's `retryOn` covers its outcome: the status (`5xx`,
 //!   `gateway-error`, `retriable-4xx`, listed codes), `grpc-status` in the response headers
 //!   (`cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`), a
-//!   connect failure, a reset, or a per-try timeout.
+//!   connect failure, a reset, or a per-try timeout (as a reset, so only on `5xx`,
+//!   `gateway-error` or `reset`, as Envoy; a hedge goes on after one whatever `retryOn` says).
 //! - Between tries: exponential backoff with full jitter (25 ms base and 250 ms cap unless the
 //!   route says), or the upstream's `Retry-After` on 503/429 when it is within
 //!   [`RetryLayer::max_retry_after`].
@@ -243,11 +244,29 @@ fn classify(policy: &RetryPolicy, result: &Result<Response<BoxBody>, BoxError>) 
                 .any(|c| on.contains(c))
                     || (refused && on.contains(RetryCondition::RefusedStream))
             }
-            Some(ProxyError::Timeout { per_try: true }) => true,
+            // Envoy resets the stream of a try whose timer fired and retries it as a reset
+            // (`wouldRetryFromReset` with a local reset): only on `5xx`, `gateway-error` or
+            // `reset`, so Istio's default policy answers 504 after the first such try.
+            Some(ProxyError::Timeout { per_try: true }) => [
+                RetryCondition::Reset,
+                RetryCondition::FiveXx,
+                RetryCondition::GatewayError,
+            ]
+            .into_iter()
+            .any(|c| on.contains(c)),
             _ => false,
         },
     };
     if retry { Verdict::Retry } else { Verdict::Done }
+}
+
+fn is_per_try_timeout(result: &Result<Response<BoxBody>, BoxError>) -> bool {
+    result.as_ref().is_err_and(|e| {
+        matches!(
+            e.downcast_ref::<ProxyError>(),
+            Some(ProxyError::Timeout { per_try: true })
+        )
+    })
 }
 
 pub(crate) fn error_chain_mentions(
@@ -608,7 +627,9 @@ async fn hedged(
         tokio::select! {
             finished = in_flight.next() => {
                 let Some(result) = finished else { break };
-                if classify(policy, &result) == Verdict::Done {
+                // A hedge goes on after a try's timer fired whatever `retryOn` says, as
+                // Envoy's hedge on per-try timeout does: no stream was reset.
+                if classify(policy, &result) == Verdict::Done && !is_per_try_timeout(&result) {
                     return result;
                 }
                 last = Some(result);

@@ -1,5 +1,9 @@
 //! The split layer: a weighted choice among the matched route's destinations (a 90/10
 //! canary), each a cluster of the snapshot.
+//!
+//! In the outbound stack it sits above the retry layer: the destination is drawn, and its
+//! request header operations applied, once per request; every retry and hedge of the request
+//! goes to that cluster (Envoy picks the weighted cluster once, with the route).
 
 use crate::body::{BoxBody, BoxError};
 use crate::context::RequestContext;

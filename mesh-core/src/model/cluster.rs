@@ -87,7 +87,7 @@ pub struct TrafficPolicy {
 pub struct LatencyOutlierRule {
     /// How slow, in percent of the median, is too slow (300: three times the median).
     pub factor_percent: u32,
-    /// The ejection time, multiplied by the number of ejections as for errors.
+    /// The base ejection time, multiplied and capped as for errors.
     pub base_ejection_time: Duration,
     /// The fewest endpoints with a latency estimate before the rule applies.
     pub min_endpoints: u32,
@@ -297,7 +297,8 @@ pub struct OutlierDetection {
     pub split_external_local_origin_errors: bool,
     /// How often ejections are re-evaluated.
     pub interval: Duration,
-    /// Minimum ejection time, multiplied by the number of ejections.
+    /// Base ejection time, multiplied by the ejection multiplier (which goes up with each
+    /// ejection and down with each interval spent healthy), at most 300 s or the base.
     pub base_ejection_time: Duration,
     /// Never eject more than this share of the cluster.
     pub max_ejection_percent: u32,

@@ -199,7 +199,7 @@ impl ClusterState {
 pub struct LatencyOutlier {
     /// How many times the median is too slow.
     pub factor: f64,
-    /// The ejection time (multiplied by the number of ejections, as for errors).
+    /// The base ejection time (multiplied and capped as for errors).
     pub base_ejection_time: Duration,
     /// The fewest endpoints with an EWMA before the rule applies.
     pub min_endpoints: usize,
@@ -482,11 +482,7 @@ impl BalanceLayer {
             }
             LbAlgorithm::ConsistentHash(ch) => {
                 let mut set_cookie = None;
-                let key = hash_key(&ch.key, req);
-                let index = match &key {
-                    Some(key) => self.table_lookup(resolved, &chosen, candidates, ch, hash64(key)),
-                    None => weighted_random(candidates, weight, &self.rng),
-                };
+                let mut key = hash_key(&ch.key, req);
                 if let (
                     None,
                     HashKey::Cookie {
@@ -496,13 +492,28 @@ impl BalanceLayer {
                     },
                 ) = (&key, &ch.key)
                 {
-                    let value = format!("{:016x}", hash64(cluster.endpoints[index].authority()));
+                    // As Envoy: the new cookie's value is made first and the request is routed
+                    // by its hash, so the request that sets it reaches the endpoint the
+                    // cookie will select. Envoy derives it from the downstream connection's
+                    // addresses (one cookie per connection); without them, a random one.
+                    let seed = match req.extensions().get::<ConnectionInfo>() {
+                        Some(c) => hash64((c.peer, c.local)),
+                        None => self.rng.next_u64(),
+                    };
+                    let value = format!("{seed:016x}");
                     let mut cookie = format!("{name}={value}; Max-Age={}; HttpOnly", ttl.as_secs());
                     if let Some(path) = path {
                         cookie.push_str(&format!("; Path={path}"));
                     }
                     set_cookie = HeaderValue::try_from(cookie).ok();
+                    key = Some(value);
                 }
+                let index = match &key {
+                    Some(key) => {
+                        self.table_lookup(resolved, &chosen, candidates, ch, hash64(key.as_str()))
+                    }
+                    None => weighted_random(candidates, weight, &self.rng),
+                };
                 return Ok(Pick { index, set_cookie });
             }
         };

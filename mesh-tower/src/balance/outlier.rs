@@ -3,8 +3,12 @@
 //!
 //! An endpoint is ejected when it reaches a consecutive-failure threshold, unless that would
 //! eject more than `maxEjectionPercent` of the cluster (one endpoint may always be ejected,
-//! as in Envoy). It returns after `baseEjectionTime` times the number of times it has been
-//! ejected. A success resets its counters.
+//! as in Envoy). It returns after `baseEjectionTime` times its ejection multiplier, capped
+//! by Envoy's `max_ejection_time` (300 s, or `baseEjectionTime` when longer; Istio sets none).
+//! As in Envoy's detector, the multiplier goes up by one with each ejection (while the time it
+//! gives stays below the cap plus one base) and down by one for each `interval` the endpoint
+//! then spends not ejected, so an endpoint that stays healthy starts over at one base. A
+//! success resets its counters.
 
 use mesh_core::model::OutlierDetection;
 use std::sync::Mutex;
@@ -33,6 +37,8 @@ struct State {
     consecutive_local: u32,
     ejected_until: Option<Instant>,
     times_ejected: u32,
+    /// The ejection multiplier (Envoy's `ejectTimeBackoff`).
+    backoff: u32,
     latency_ewma_ms: Option<f64>,
 }
 
@@ -109,28 +115,56 @@ impl OutlierState {
         });
     }
 
-    /// Ejects the endpoint for `base_ejection_time` times the number of its ejections.
+    /// Ejects the endpoint for `base_ejection_time` times its multiplier, at most the
+    /// maximum ejection time.
     pub fn eject(&self, now: Instant, policy: &OutlierDetection) {
         let mut s = self.lock();
-        if s.ejected_until.is_some_and(|t| t > now) {
+        if !s.eject(now, policy.base_ejection_time, policy.interval) {
             return;
         }
-        s.times_ejected += 1;
-        s.ejected_until = Some(now + policy.base_ejection_time * s.times_ejected);
         s.consecutive_5xx = 0;
         s.consecutive_gateway = 0;
         s.consecutive_local = 0;
     }
 
-    /// Ejects the endpoint for a latency outlier (counted like any ejection).
+    /// Ejects the endpoint for a latency outlier (counted like any ejection, sharing its
+    /// multiplier; without an interval of its own, the rule lets it decay by one for each
+    /// `base` spent not ejected).
     pub fn eject_for_latency(&self, now: Instant, base: Duration) {
         let mut s = self.lock();
-        if s.ejected_until.is_some_and(|t| t > now) {
-            return;
+        if s.eject(now, base, base) {
+            s.latency_ewma_ms = None;
         }
-        s.times_ejected += 1;
-        s.ejected_until = Some(now + base * s.times_ejected);
-        s.latency_ewma_ms = None;
+    }
+}
+
+/// Envoy's default `max_ejection_time`.
+const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+impl State {
+    /// Ejects at `now` unless already ejected; whether it did.
+    fn eject(&mut self, now: Instant, base: Duration, interval: Duration) -> bool {
+        let ended = match self.ejected_until {
+            Some(until) if until > now => return false,
+            ended => ended,
+        };
+        // Envoy lowers the multiplier on each interval tick that finds the endpoint not
+        // ejected; counted here, lazily, from the end of the last ejection.
+        if let Some(ended) = ended
+            && !interval.is_zero()
+        {
+            let healthy = (now - ended).as_nanos() / interval.as_nanos();
+            let healthy = u32::try_from(healthy).unwrap_or(u32::MAX);
+            self.backoff = self.backoff.saturating_sub(healthy);
+        }
+        let max = DEFAULT_MAX_EJECTION_TIME.max(base);
+        // Envoy's rule: raised while it stays below the cap plus one base.
+        if base.saturating_mul(self.backoff) < max.saturating_add(base) {
+            self.backoff += 1;
+        }
+        self.times_ejected += 1;
+        self.ejected_until = Some(now + base.saturating_mul(self.backoff).min(max));
+        true
     }
 }
 
@@ -179,6 +213,79 @@ mod tests {
         );
         assert!(!e.is_ejected(t1 + Duration::from_secs(60)));
         assert_eq!(e.times_ejected(), 2);
+    }
+
+    /// How long ejecting `e` at `now` puts it out.
+    fn ejection(e: &OutlierState, now: Instant, p: &OutlierDetection) -> Duration {
+        e.eject(now, p);
+        e.ejected_until(now).unwrap() - now
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_back_to_back_grow_to_envoys_300_s_cap_and_stay_there() {
+        let p = policy(1);
+        let e = OutlierState::default();
+        let mut times = vec![];
+        for _ in 0..14 {
+            let out = ejection(&e, Instant::now(), &p);
+            times.push(out.as_secs());
+            // Ejected again the moment it returns: no interval to decay in.
+            tokio::time::advance(out).await;
+        }
+        assert_eq!(
+            times,
+            [
+                30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 300, 300, 300, 300
+            ]
+        );
+        assert_eq!(e.times_ejected(), 14);
+
+        // A base above 300 s is its own cap.
+        let p = OutlierDetection {
+            base_ejection_time: Duration::from_secs(400),
+            ..policy(1)
+        };
+        let e = OutlierState::default();
+        let first = ejection(&e, Instant::now(), &p);
+        tokio::time::advance(first).await;
+        let second = ejection(&e, Instant::now(), &p);
+        assert_eq!((first.as_secs(), second.as_secs()), (400, 400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_multiplier_goes_down_by_one_for_each_interval_spent_healthy() {
+        // base 30 s, interval 10 s.
+        let p = policy(1);
+        let e = OutlierState::default();
+        for expected in [30, 60, 90] {
+            let out = ejection(&e, Instant::now(), &p);
+            assert_eq!(out.as_secs(), expected);
+            tokio::time::advance(out).await;
+        }
+        // Two intervals healthy: the multiplier drops from 3 to 1, the next ejection is 2 x.
+        tokio::time::advance(Duration::from_secs(25)).await;
+        let out = ejection(&e, Instant::now(), &p);
+        assert_eq!(out.as_secs(), 60);
+        tokio::time::advance(out).await;
+        // Healthy long enough: back to one base.
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(ejection(&e, Instant::now(), &p).as_secs(), 30);
+        assert_eq!(e.times_ejected(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_ejections_are_capped_too() {
+        let e = OutlierState::default();
+        let base = Duration::from_secs(100);
+        let mut times = vec![];
+        for _ in 0..5 {
+            let now = Instant::now();
+            e.eject_for_latency(now, base);
+            let out = e.ejected_until(now).unwrap() - now;
+            times.push(out.as_secs());
+            tokio::time::advance(out).await;
+        }
+        assert_eq!(times, [100, 200, 300, 300, 300]);
     }
 
     #[test]

@@ -293,6 +293,100 @@ async fn a_cookie_is_set_when_absent() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_request_that_sets_the_cookie_goes_where_the_cookie_then_leads() {
+    for table in [
+        HashTable::RingHash {
+            minimum_ring_size: 1024,
+        },
+        HashTable::Maglev { table_size: 65_537 },
+    ] {
+        let ch = ConsistentHash {
+            key: HashKey::Cookie {
+                name: "session".into(),
+                path: None,
+                ttl: Some(Duration::from_secs(60)),
+            },
+            table,
+        };
+        let c = cluster(
+            (1..=4).map(|port| endpoint(port, 1, "")).collect(),
+            policy(LbAlgorithm::ConsistentHash(ch)),
+        );
+        let mut first_ports = std::collections::HashSet::new();
+        for seed in 0..50 {
+            let (up, counts) = upstream(|_| 200);
+            let svc = BalanceLayer::new(Rng::with_seed(seed)).layer(up);
+            let response = svc.clone().oneshot(request(&c)).await.unwrap();
+            let first = *counts.lock().unwrap().keys().next().unwrap();
+            first_ports.insert(first);
+            let set_cookie = response.headers()[http::header::SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let pair = set_cookie.split(';').next().unwrap().to_owned();
+            for _ in 0..3 {
+                let mut again = request(&c);
+                again
+                    .headers_mut()
+                    .insert(http::header::COOKIE, pair.parse().unwrap());
+                let response = svc.clone().oneshot(again).await.unwrap();
+                assert!(
+                    !response.headers().contains_key(http::header::SET_COOKIE),
+                    "a request with the cookie gets no new one"
+                );
+            }
+            let counts = counts.lock().unwrap();
+            assert_eq!(
+                counts.len(),
+                1,
+                "{table:?} seed {seed}: {pair} went to {counts:?}"
+            );
+            assert_eq!(counts[&first], 4);
+        }
+        assert!(
+            first_ports.len() > 1,
+            "{table:?}: new cookies spread over the endpoints"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_cookie_is_made_from_the_client_connection_as_envoy_does() {
+    let ch = ConsistentHash {
+        key: HashKey::Cookie {
+            name: "session".into(),
+            path: None,
+            ttl: Some(Duration::from_secs(60)),
+        },
+        table: HashTable::default(),
+    };
+    let c = cluster(
+        (1..=4).map(|port| endpoint(port, 1, "")).collect(),
+        policy(LbAlgorithm::ConsistentHash(ch)),
+    );
+    let (up, _) = upstream(|_| 200);
+    let svc = BalanceLayer::new(Rng::with_seed(1)).layer(up);
+    let cookie_for = |peer: &str| {
+        let mut req = request(&c);
+        req.extensions_mut().insert(crate::server::ConnectionInfo {
+            peer: peer.parse().unwrap(),
+            local: "127.0.0.1:15001".parse().unwrap(),
+        });
+        let svc = svc.clone();
+        async move {
+            let response = svc.oneshot(req).await.unwrap();
+            response.headers()[http::header::SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let a = cookie_for("10.0.0.1:40000").await;
+    assert_eq!(a, cookie_for("10.0.0.1:40000").await, "one per connection");
+    assert_ne!(a, cookie_for("10.0.0.2:40000").await);
+}
+
+#[tokio::test(start_paused = true)]
 async fn locality_keeps_traffic_local_and_fails_over_when_local_is_ejected() {
     let od = OutlierDetection {
         consecutive_5xx_errors: Some(1),

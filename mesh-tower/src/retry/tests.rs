@@ -322,6 +322,68 @@ async fn the_route_timeout_bounds_the_tries_and_per_try_timeouts_are_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_per_try_timeout_is_retried_only_when_retry_on_covers_a_reset() {
+    let hanging = |on: RetryOn| {
+        let upstream = Scripted::new(|_| Step::Hang);
+        let p = RetryPolicy {
+            attempts: 2,
+            per_try_timeout: Some(Duration::from_millis(100)),
+            retry_on: on,
+            ..RetryPolicy::istio_default()
+        };
+        (upstream, layer(p))
+    };
+    // Istio's default (`connect-failure,refused-stream,unavailable,cancelled`): one try, 504.
+    let (upstream, retry) = hanging(RetryOn::istio_default());
+    let started = tokio::time::Instant::now();
+    let response = send(&retry, &upstream).await;
+    assert_eq!((response.status().as_u16(), upstream.tries()), (504, 1));
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+    let flags = ResponseFlags::of_response(&response);
+    assert!(flags.contains(ResponseFlag::UpstreamRequestTimeout));
+    assert!(!flags.contains(ResponseFlag::UpstreamRetryLimitExceeded));
+    for on in ["5xx", "gateway-error", "reset"] {
+        let (upstream, retry) = hanging(RetryOn::parse(on).unwrap());
+        let response = send(&retry, &upstream).await;
+        assert_eq!(
+            (response.status().as_u16(), upstream.tries()),
+            (504, 3),
+            "retryOn {on}"
+        );
+    }
+    for on in ["connect-failure", "retriable-4xx", "refused-stream"] {
+        let (upstream, retry) = hanging(RetryOn::parse(on).unwrap());
+        let response = send(&retry, &upstream).await;
+        assert_eq!(
+            (response.status().as_u16(), upstream.tries()),
+            (504, 1),
+            "retryOn {on}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_goes_on_after_a_per_try_timeout_whatever_retry_on_says() {
+    let upstream = Scripted::new(|n| {
+        if n == 0 {
+            Step::Hang
+        } else {
+            Step::Status(200, &[])
+        }
+    });
+    let p = RetryPolicy {
+        per_try_timeout: Some(Duration::from_millis(100)),
+        ..RetryPolicy::istio_default()
+    };
+    let hedge = HedgePolicy {
+        delay: Duration::from_secs(10),
+        max_attempts: 2,
+    };
+    let response = send(&layer(p).hedge(hedge), &upstream).await;
+    assert_eq!((response.status().as_u16(), upstream.tries()), (200, 2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_burst_of_failures_spends_only_the_budget() {
     let budget = RetryBudget::new(20, 3, Duration::from_secs(10));
     let upstream = Scripted::new(|_| Step::Status(503, &[]));

@@ -127,7 +127,8 @@ impl Resend {
 
     /// Try `n` (from 2): the request the try before handed back; `None` when it was not.
     pub(super) fn attempt(&mut self, n: u32) -> Option<Request<BoxBody>> {
-        // As the last try left it, but for what the layers below chose for it. The client's
+        // As the last try left it, but for what the layers below chose for it (the cluster,
+        // chosen above, stays: every try of a request goes to it). The client's
         // changes to the name and the URI are the ones it makes to any request, whatever the
         // protocol of the next try; the version it set is put back.
         let mut req = self.unsent.take()?;
@@ -135,7 +136,6 @@ impl Resend {
         // Each try its own slot: a late give-back of an earlier try goes nowhere.
         self.unsent = Unsent::new(self.unsent.copy_for_http2);
         let context = RequestContext::of_mut(&mut req);
-        context.target = None;
         context.upstream = None;
         context.stream_slot = None;
         context.unsent = Some(self.unsent.clone());
