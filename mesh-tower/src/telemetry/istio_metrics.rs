@@ -484,6 +484,47 @@ mod tests {
         assert_eq!(seen, [(false, None), (true, Some("14".to_owned()))]);
     }
 
+    #[tokio::test]
+    async fn a_grpc_status_in_the_trailers_labels_the_call() {
+        use http_body_util::BodyExt;
+        let telemetry = Telemetry::new(Reporter::Source, Workload::default());
+        let call = |trailer: Option<&'static str>| {
+            let mut req = Request::builder()
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            let observation = telemetry.start(&mut req);
+            let mut trailers = http::HeaderMap::new();
+            if let Some(status) = trailer {
+                trailers.insert("grpc-status", HeaderValue::from_static(status));
+            }
+            let frames: [Result<_, crate::body::BoxError>; 2] = [
+                Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                    b"\0\0\0\0\0",
+                ))),
+                Ok(http_body::Frame::trailers(trailers)),
+            ];
+            let stream = futures_util::stream::iter(frames);
+            let inner = body::erase(http_body_util::StreamBody::new(stream));
+            observation.finish(Response::new(inner))
+        };
+        for trailer in [Some("0"), Some("7"), None] {
+            let response = call(trailer);
+            let collected = response.into_body().collect().await.unwrap();
+            assert!(collected.trailers().is_some());
+        }
+        let cache = telemetry.labels.handles.lock().unwrap();
+        let mut seen: Vec<_> = cache
+            .sets
+            .values()
+            .flatten()
+            .map(|h| h.key.grpc_status.clone())
+            .collect();
+        seen.sort();
+        // Without a status anywhere, the label stays empty.
+        assert_eq!(seen, [None, Some("0".to_owned()), Some("7".to_owned())]);
+    }
+
     #[test]
     fn the_request_size_comes_from_content_length_and_grpc_from_content_type() {
         let telemetry = Telemetry::new(Reporter::Source, Workload::default());

@@ -369,6 +369,16 @@ struct Finished {
     handles: istio_metrics::LocalHandles,
     /// Only with [`Details`].
     outcome: Option<Outcome>,
+    /// A gRPC response with no `grpc-status` in its headers (all but trailers-only ones):
+    /// what its labels are made of, to label it again with the status its trailers carry.
+    grpc_trailers: Option<TrailerLabels>,
+}
+
+/// The labels of a response other than its gRPC status.
+struct TrailerLabels {
+    status: u16,
+    flags: ResponseFlags,
+    upstream: Option<Arc<UpstreamInfo>>,
 }
 
 impl Observation {
@@ -408,6 +418,11 @@ impl Observation {
                 grpc_status,
             },
         );
+        let grpc_trailers = (self.grpc && grpc_status.is_none()).then(|| TrailerLabels {
+            status,
+            flags,
+            upstream: upstream.cloned(),
+        });
         let outcome = self.details.is_some().then(|| Outcome {
             status,
             flags,
@@ -430,6 +445,7 @@ impl Observation {
                     observation: self,
                     handles,
                     outcome,
+                    grpc_trailers,
                 }),
             })
         })
@@ -501,6 +517,31 @@ struct ObservedBody {
 }
 
 impl ObservedBody {
+    /// A gRPC call's status usually comes in its trailers: its metrics are labelled with it.
+    fn relabel_grpc(&mut self, trailers: &http::HeaderMap) {
+        let Some(done) = self.done.as_mut() else {
+            return;
+        };
+        let Some(labels) = done.grpc_trailers.take() else {
+            return;
+        };
+        let Some(grpc_status) = trailers
+            .get(&crate::grpc::GRPC_STATUS)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        done.handles = istio_metrics::handles(
+            &done.observation,
+            &istio_metrics::OutcomeRef {
+                status: labels.status,
+                flags: labels.flags,
+                upstream: labels.upstream.as_ref(),
+                grpc_status: Some(grpc_status),
+            },
+        );
+    }
+
     fn end(&mut self) {
         if let Some(done) = self.done.take() {
             done.observation
@@ -523,6 +564,8 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.relabel_grpc(trailers);
                 }
                 if this.inner.is_end_stream() {
                     this.end();
