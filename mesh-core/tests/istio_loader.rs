@@ -133,14 +133,104 @@ fn a_service_without_virtual_service_gets_a_default_route_with_istio_retries() {
     assert_eq!(route.retry.as_ref().map(|r| r.attempts), Some(2));
 }
 
+/// The (cluster, weight) pairs of the first route for `reviews`.
+fn split_of(outcome: BuildOutcome) -> Vec<(String, u32)> {
+    assert!(!outcome.has_errors(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    let RouteAction::Forward(forward) =
+        &config.routes.find("reviews").expect("vhost").routes[0].action
+    else {
+        panic!("forward route");
+    };
+    forward
+        .destinations
+        .iter()
+        .map(|d| (d.cluster.as_str().to_owned(), d.weight))
+        .collect()
+}
+
 #[test]
-fn a_weight_sum_other_than_100_is_an_error_on_the_route() {
+fn a_lone_destination_takes_all_traffic_whatever_its_weight() {
+    for weight in ["weight: 50", "weight: 0", "weight: 250"] {
+        let outcome = load(&vs(&format!(
+            "  - route:\n    - {{ destination: {{ host: reviews, subset: v1 }}, {weight} }}\n"
+        )));
+        assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+        assert_eq!(
+            split_of(outcome),
+            [(
+                "outbound|9080|v1|reviews.default.svc.cluster.local".to_owned(),
+                100
+            )],
+            "{weight}"
+        );
+    }
+}
+
+#[test]
+fn weights_are_relative_and_need_not_sum_to_100() {
+    let outcome = load(&vs(
+        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 1 }\n    - { destination: { host: reviews, subset: v2 }, weight: 3 }\n",
+    ));
+    let config = outcome.config.clone().expect("valid");
+    assert_eq!(
+        split_of(outcome),
+        [
+            (
+                "outbound|9080|v1|reviews.default.svc.cluster.local".to_owned(),
+                1
+            ),
+            (
+                "outbound|9080|v2|reviews.default.svc.cluster.local".to_owned(),
+                3
+            ),
+        ]
+    );
+    // What the split layer does with them: a uniform draw below the total, 1 in 4 to v1.
+    let RouteAction::Forward(forward) = &config.routes.find("reviews").unwrap().routes[0].action
+    else {
+        panic!()
+    };
+    assert_eq!(forward.total_weight(), 4);
+    let shares: Vec<&str> = (0..4)
+        .map(|draw| forward.pick(draw).expect("in range").cluster.as_str())
+        .collect();
+    assert_eq!(
+        shares.iter().filter(|c| c.contains("|v1|")).count(),
+        1,
+        "{shares:?}"
+    );
+    assert_eq!(shares.iter().filter(|c| c.contains("|v2|")).count(), 3);
+}
+
+#[test]
+fn a_zero_weight_destination_beside_others_gets_nothing() {
+    let outcome = load(&vs(
+        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 0 }\n    - { destination: { host: reviews, subset: v2 }, weight: 7 }\n",
+    ));
+    let config = outcome.config.expect("valid");
+    let RouteAction::Forward(forward) = &config.routes.find("reviews").unwrap().routes[0].action
+    else {
+        panic!()
+    };
+    assert!((0..forward.total_weight()).all(|draw| {
+        forward
+            .pick(draw)
+            .unwrap()
+            .cluster
+            .as_str()
+            .contains("|v2|")
+    }));
+}
+
+#[test]
+fn several_destinations_all_weighing_zero_are_an_error_on_the_route() {
     let e = single_error(&vs(
-        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 90 }\n    - { destination: { host: reviews, subset: v2 }, weight: 20 }\n",
+        "  - route:\n    - { destination: { host: reviews, subset: v1 } }\n    - { destination: { host: reviews, subset: v2 }, weight: 0 }\n",
     ));
     assert_eq!(
         e,
-        "test.yaml: VirtualService default/reviews: spec.http[0].route: weights sum to 110, expected 100"
+        "test.yaml: VirtualService default/reviews: spec.http[0].route: weights sum to 0: with several destinations at least one weight must be positive"
     );
 }
 
@@ -153,17 +243,8 @@ fn a_negative_weight_names_its_destination() {
     assert_eq!(
         errors,
         [
-            "test.yaml: VirtualService default/reviews: spec.http[0].route[0].weight: weight 110 is out of range 0..=100",
-            "test.yaml: VirtualService default/reviews: spec.http[0].route[1].weight: weight -10 is out of range 0..=100",
+            "test.yaml: VirtualService default/reviews: spec.http[0].route[1].weight: weight -10 is negative"
         ]
-    );
-    let outcome = load(&vs(
-        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 90 }\n    - { destination: { host: reviews, subset: v2 }, weight: -10 }\n",
-    ));
-    let first = outcome.errors().next().expect("an error").to_string();
-    assert!(
-        first.contains("spec.http[0].route[1].weight: weight -10"),
-        "{first}"
     );
 }
 

@@ -479,23 +479,28 @@ impl Context<'_> {
     ) -> Option<Vec<WeightedRef>> {
         let mut ok = true;
         let mut out = Vec::new();
-        let mut sum: i64 = 0;
+        let mut sum: u64 = 0;
         for (i, d) in route.iter().enumerate() {
             let dfield = format!("{field}[{i}]");
+            // Weights are relative (weight / total), as Istio has them: only a negative one
+            // is wrong.
             let weight = match d.weight {
                 None => 0,
-                Some(w) if !(0..=100).contains(&w) => {
-                    at.error(
-                        &format!("{dfield}.weight"),
-                        format!("weight {w} is out of range 0..=100"),
-                    );
-                    ok = false;
-                    0
-                }
-                // In range 0..=100.
-                Some(w) => w as u32,
+                Some(w) => match u32::try_from(w) {
+                    Ok(w) => w,
+                    Err(_) => {
+                        let reason = if w < 0 {
+                            format!("weight {w} is negative")
+                        } else {
+                            format!("weight {w} is above {}", u32::MAX)
+                        };
+                        at.error(&format!("{dfield}.weight"), reason);
+                        ok = false;
+                        0
+                    }
+                },
             };
-            sum += i64::from(weight);
+            sum += u64::from(weight);
             let dest = self.destination(&d.destination, &format!("{dfield}.destination"), at);
             let headers = header_ops(d.headers.as_ref(), &format!("{dfield}.headers"), at);
             match (dest, headers) {
@@ -511,10 +516,17 @@ impl Context<'_> {
         if !ok {
             return None;
         }
-        if out.len() == 1 && sum == 0 {
+        if out.len() == 1 {
+            // The only destination takes all traffic whatever its weight.
             out[0].weight = 100;
-        } else if sum != 100 {
-            at.error(field, format!("weights sum to {sum}, expected 100"));
+        } else if sum == 0 {
+            at.error(
+                field,
+                "weights sum to 0: with several destinations at least one weight must be positive",
+            );
+            return None;
+        } else if sum > u64::from(u32::MAX) {
+            at.error(field, format!("weights sum to {sum}, above {}", u32::MAX));
             return None;
         }
         Some(out)
