@@ -2,7 +2,7 @@
 //! kind of bad input.
 
 use mesh_core::istio::{self, BuildOutcome, Severity};
-use mesh_core::model::{ClusterName, MtlsMode, RouteAction, Workload};
+use mesh_core::model::{AbortError, ClusterName, MtlsMode, RouteAction, Workload};
 
 const REGISTRY: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -685,4 +685,134 @@ spec:
         e.ends_with("spec.addresses[1]: \"not-an-ip\" is not an IP address or CIDR range"),
         "{e}"
     );
+}
+
+/// A VirtualService in `team-b` aborting every request to reviews, exported to `export_to`.
+fn team_b_abort(export_to: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: reviews-abort, namespace: team-b }}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  {export_to}
+  http:
+  - fault: {{ abort: {{ httpStatus: 503 }} }}
+    route: [{{ destination: {{ host: reviews.default.svc.cluster.local }} }}]
+"
+    )
+}
+
+#[test]
+fn a_virtual_service_applies_only_where_it_is_exported() {
+    let fault_for_default_workload = |export_to: &str| {
+        let outcome = load(&team_b_abort(export_to));
+        assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+        let config = outcome.config.expect("valid");
+        config.routes.find("reviews:9080").expect("vhost").routes[0]
+            .fault
+            .as_ref()
+            .and_then(|f| f.abort.clone())
+            .map(|a| a.error)
+    };
+    assert_eq!(
+        fault_for_default_workload("exportTo: [\".\"]"),
+        None,
+        "exported to team-b only: the default route"
+    );
+    assert_eq!(fault_for_default_workload("exportTo: [\"~\"]"), None);
+    assert_eq!(
+        fault_for_default_workload("exportTo: [other, team-b]"),
+        None
+    );
+    for visible in [
+        "",
+        "exportTo: []",
+        "exportTo: [default]",
+        "exportTo: [\"*\"]",
+        "exportTo: [\".\", default]",
+    ] {
+        assert_eq!(
+            fault_for_default_workload(visible),
+            Some(AbortError::Http(503)),
+            "{visible}"
+        );
+    }
+    // A workload in team-b sees it under ".".
+    let team_b = Workload {
+        namespace: "team-b".to_owned(),
+        ..Workload::default()
+    };
+    let outcome = istio::load(
+        &[
+            ("registry.yaml", REGISTRY),
+            ("test.yaml", &team_b_abort("exportTo: [\".\"]")),
+        ],
+        &team_b,
+    );
+    let config = outcome.config.expect("valid");
+    let route = &config
+        .routes
+        .find("reviews.default.svc.cluster.local:9080")
+        .unwrap()
+        .routes[0];
+    assert!(route.fault.is_some());
+}
+
+#[test]
+fn a_bad_export_to_entry_names_its_index() {
+    let e = single_error(&team_b_abort("exportTo: [default, \"Team_C\"]"));
+    assert_eq!(
+        e,
+        "test.yaml: VirtualService team-b/reviews-abort: spec.exportTo[1]: \"Team_C\" is not `.`, `*`, `~` or a namespace name"
+    );
+    let e = single_error(&team_b_abort("exportTo: [\"*\", default]"));
+    assert!(
+        e.ends_with("spec.exportTo: `*` cannot be combined with other entries"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_destination_rule_applies_only_where_it_is_exported() {
+    let rule = |export_to: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: ratings-lb, namespace: team-b }}
+spec:
+  host: ratings.default.svc.cluster.local
+  {export_to}
+  trafficPolicy: {{ loadBalancer: {{ simple: ROUND_ROBIN }} }}
+"
+        )
+    };
+    let algorithm = |export_to: &str| {
+        let ratings = RATINGS.replace("  annotations: ANNOTATIONS\n", "");
+        let ratings = ratings.replace(
+            "  host: ratings\n",
+            "  host: ratings\n  exportTo: [\"~\"]\n",
+        );
+        let outcome = istio::load(
+            &[("ratings.yaml", &ratings), ("test.yaml", &rule(export_to))],
+            &Workload::default(),
+        );
+        assert!(!outcome.has_errors(), "{:#?}", outcome.diagnostics);
+        let config = outcome.config.expect("valid");
+        config
+            .cluster(&ClusterName::outbound(
+                9080,
+                None,
+                "ratings.default.svc.cluster.local",
+            ))
+            .expect("cluster")
+            .policy
+            .load_balancer
+            .algorithm
+            .clone()
+    };
+    use mesh_core::model::LbAlgorithm;
+    assert_eq!(algorithm("exportTo: [\".\"]"), LbAlgorithm::LeastRequest);
+    assert_eq!(algorithm("exportTo: [default]"), LbAlgorithm::RoundRobin);
+    assert_eq!(algorithm(""), LbAlgorithm::RoundRobin);
 }

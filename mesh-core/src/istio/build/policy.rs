@@ -2,7 +2,7 @@
 //! (`outbound|PORT|SUBSET|HOST`, one per service port and subset, as istiod names them).
 
 use super::registry::Registry;
-use super::{At, Findings, qualify, values};
+use super::{At, Findings, exported_to, qualify, values};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
     ClientTls, Cluster, ClusterName, ConnectionPool, ConsistentHash, HashKey, HashTable, Labels,
@@ -150,6 +150,9 @@ impl DestinationRules {
                 && !selects(&selector.labels, &workload.labels)
             {
                 continue;
+            }
+            if !exported_to(&dr.export_to, &res.namespace, &workload.namespace, &mut at) {
+                continue; // Not visible from the workload's namespace.
             }
             let host = qualify(&dr.host, &res.namespace, &workload.cluster_domain);
             if dr.host.is_empty() {

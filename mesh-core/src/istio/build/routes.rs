@@ -3,7 +3,7 @@
 
 use super::policy::DestinationRules;
 use super::registry::Registry;
-use super::{At, Findings, qualify, values};
+use super::{At, Findings, exported_to, qualify, values};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
     AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
@@ -58,6 +58,9 @@ pub(super) fn build(
         }
         if !vs.gateways.is_empty() && !vs.gateways.iter().any(|g| g == "mesh") {
             continue; // Applies to gateways only, not to sidecars.
+        }
+        if !exported_to(&vs.export_to, &res.namespace, &workload.namespace, &mut at) {
+            continue; // Not visible from the workload's namespace.
         }
         let hosts: Vec<String> = vs
             .hosts
