@@ -816,3 +816,74 @@ spec:
     assert_eq!(algorithm("exportTo: [default]"), LbAlgorithm::RoundRobin);
     assert_eq!(algorithm(""), LbAlgorithm::RoundRobin);
 }
+
+#[test]
+fn port_level_settings_reset_the_sections_they_omit() {
+    use mesh_core::model::LbAlgorithm;
+    let services = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: details }
+spec:
+  hosts: [details.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - { number: 9080, name: http, protocol: HTTP }
+  - { number: 9090, name: http-admin, protocol: HTTP }
+  endpoints:
+  - { address: 127.0.0.1, ports: { http: 19101, http-admin: 19102 }, labels: { version: v1 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: details }
+spec:
+  host: details
+  trafficPolicy:
+    outlierDetection: { consecutive5xxErrors: 4 }
+    connectionPool: { tcp: { maxConnections: 7 } }
+    portLevelSettings:
+    - port: { number: 9080 }
+      loadBalancer: { simple: ROUND_ROBIN }
+  subsets:
+  - name: v1
+    labels: { version: v1 }
+    trafficPolicy: { connectionPool: { tcp: { maxConnections: 9 } } }
+"#;
+    let outcome = istio::load(&[("details.yaml", services)], &Workload::default());
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    let policy = |port, subset| {
+        config
+            .cluster(&ClusterName::outbound(
+                port,
+                subset,
+                "details.default.svc.cluster.local",
+            ))
+            .expect("cluster")
+            .policy
+            .clone()
+    };
+    let on_9080 = policy(9080, None);
+    assert_eq!(on_9080.load_balancer.algorithm, LbAlgorithm::RoundRobin);
+    assert_eq!(on_9080.outlier_detection, None, "not inherited");
+    assert_eq!(
+        on_9080.connection_pool,
+        mesh_core::model::ConnectionPool::default()
+    );
+    let on_9090 = policy(9090, None);
+    assert_eq!(on_9090.load_balancer.algorithm, LbAlgorithm::LeastRequest);
+    assert_eq!(
+        on_9090.outlier_detection.map(|o| o.consecutive_5xx_errors),
+        Some(Some(4))
+    );
+    assert_eq!(on_9090.connection_pool.max_connections, 7);
+    // A subset builds on the rule's policy as resolved for the port.
+    let v1_on_9080 = policy(9080, Some("v1"));
+    assert_eq!(v1_on_9080.load_balancer.algorithm, LbAlgorithm::RoundRobin);
+    assert_eq!(v1_on_9080.outlier_detection, None);
+    assert_eq!(v1_on_9080.connection_pool.max_connections, 9);
+    let v1_on_9090 = policy(9090, Some("v1"));
+    assert!(v1_on_9090.outlier_detection.is_some());
+    assert_eq!(v1_on_9090.connection_pool.max_connections, 9);
+}

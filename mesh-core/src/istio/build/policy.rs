@@ -312,8 +312,9 @@ fn check_policy(tp: &api::TrafficPolicy, field: &str, at: &mut At<'_>) {
     }
 }
 
-/// `base` with `tp` (and its settings for `port`) laid over it, section by section, as Istio
-/// merges a subset's policy over the rule's.
+/// `base` with `tp` laid over it, section by section, as Istio merges a subset's policy over
+/// the rule's; then, when `tp` has settings for `port`, those alone (omitted sections reset to
+/// their defaults, not inherited).
 fn resolve(base: &TrafficPolicy, tp: Option<&api::TrafficPolicy>, port: u16) -> TrafficPolicy {
     let mut policy = base.clone();
     let Some(tp) = tp else {
@@ -333,8 +334,11 @@ fn resolve(base: &TrafficPolicy, tp: Option<&api::TrafficPolicy>, port: u16) -> 
         .iter()
         .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
     {
+        // Port-level settings do not inherit: a section they omit takes its default
+        // (Istio's MergeTrafficPolicy replaces all four sections).
+        let mut port_policy = TrafficPolicy::default();
         overlay(
-            &mut policy,
+            &mut port_policy,
             pls.load_balancer.as_ref(),
             pls.connection_pool.as_ref(),
             pls.outlier_detection.as_ref(),
@@ -342,6 +346,10 @@ fn resolve(base: &TrafficPolicy, tp: Option<&api::TrafficPolicy>, port: u16) -> 
             "",
             None,
         );
+        policy.load_balancer = port_policy.load_balancer;
+        policy.connection_pool = port_policy.connection_pool;
+        policy.outlier_detection = port_policy.outlier_detection;
+        policy.tls = port_policy.tls;
     }
     policy
 }
