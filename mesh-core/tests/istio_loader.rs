@@ -887,3 +887,104 @@ spec:
     assert!(v1_on_9090.outlier_detection.is_some());
     assert_eq!(v1_on_9090.connection_pool.max_connections, 9);
 }
+
+/// A second DestinationRule for reviews, `reviews-b`, with `spec` under `spec:`.
+fn second_rule(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: reviews-b }}\nspec:\n  host: reviews.default.svc.cluster.local\n{spec}"
+    )
+}
+
+#[test]
+fn destination_rules_for_one_host_merge_their_subsets() {
+    // REGISTRY's rule defines v1 and v2 and an outlier policy; this one adds v3.
+    let rule = second_rule(
+        "  trafficPolicy: { loadBalancer: { simple: RANDOM } }\n  subsets:\n  - { name: v3, labels: { version: v3 } }\n",
+    );
+    let route = vs("  - route:\n    - destination: { host: reviews, subset: v3 }\n");
+    let outcome = istio::load(
+        &[
+            ("registry.yaml", REGISTRY),
+            ("b.yaml", &rule),
+            ("vs.yaml", &route),
+        ],
+        &Workload::default(),
+    );
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    let v3 = config
+        .cluster(&ClusterName::outbound(
+            9080,
+            Some("v3"),
+            "reviews.default.svc.cluster.local",
+        ))
+        .expect("the merged subset has a cluster");
+    let ports: Vec<u16> = v3.endpoints.iter().map(|e| e.port).collect();
+    assert_eq!(ports, [19083]);
+    assert!(
+        v3.policy.outlier_detection.is_some(),
+        "the first rule's policy is kept"
+    );
+    assert_eq!(
+        v3.policy.load_balancer.algorithm,
+        mesh_core::model::LbAlgorithm::LeastRequest,
+        "the second rule's policy is not used when the first has one"
+    );
+}
+
+#[test]
+fn a_merged_rule_supplies_the_policy_the_first_lacks() {
+    let first = REGISTRY.replace(
+        "  trafficPolicy:\n    outlierDetection: { consecutive5xxErrors: 3, baseEjectionTime: 15s }\n",
+        "",
+    );
+    let rule = second_rule("  trafficPolicy: { loadBalancer: { simple: RANDOM } }\n");
+    let outcome = istio::load(
+        &[("registry.yaml", &first), ("b.yaml", &rule)],
+        &Workload::default(),
+    );
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    let v1 = config
+        .cluster(&ClusterName::outbound(
+            9080,
+            Some("v1"),
+            "reviews.default.svc.cluster.local",
+        ))
+        .unwrap();
+    assert_eq!(
+        v1.policy.load_balancer.algorithm,
+        mesh_core::model::LbAlgorithm::Random
+    );
+}
+
+#[test]
+fn a_subset_name_both_rules_define_is_a_warning_and_the_first_wins() {
+    let rule = second_rule("  subsets:\n  - { name: v2, labels: { version: v3 } }\n");
+    let outcome = istio::load(
+        &[("registry.yaml", REGISTRY), ("b.yaml", &rule)],
+        &Workload::default(),
+    );
+    assert!(!outcome.has_errors(), "{:#?}", outcome.diagnostics);
+    let warnings: Vec<String> = outcome
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "b.yaml: warning: DestinationRule default/reviews-b: spec.subsets[0].name: DestinationRule default/reviews already defines subset \"v2\" for host \"reviews.default.svc.cluster.local\"; this one is ignored"
+        ]
+    );
+    let config = outcome.config.expect("warnings do not block");
+    let v2 = config
+        .cluster(&ClusterName::outbound(
+            9080,
+            Some("v2"),
+            "reviews.default.svc.cluster.local",
+        ))
+        .unwrap();
+    let ports: Vec<u16> = v2.endpoints.iter().map(|e| e.port).collect();
+    assert_eq!(ports, [19082], "the first rule's labels select");
+}

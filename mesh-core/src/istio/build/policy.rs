@@ -19,7 +19,7 @@ pub(super) struct SubsetRule {
     policy: Option<api::TrafficPolicy>,
 }
 
-/// The DestinationRule that applies to one host.
+/// The DestinationRule that applies to one host (rules sharing a host and selector merged).
 #[derive(Debug)]
 pub(super) struct HostRule {
     policy: Option<api::TrafficPolicy>,
@@ -140,7 +140,8 @@ impl DestinationRules {
         findings: &mut Findings,
     ) -> Self {
         let mut rules = DestinationRules::default();
-        let mut owners: BTreeMap<String, String> = BTreeMap::new();
+        // The first rule for each host, and its workload selector.
+        let mut owners: BTreeMap<String, (String, Option<Labels>)> = BTreeMap::new();
         for res in resources {
             let Spec::DestinationRule(dr) = &res.spec else {
                 continue;
@@ -197,16 +198,49 @@ impl DestinationRules {
                     },
                 );
             }
-            if let Some(owner) = owners.get(&host) {
-                at.warn(
-                    "spec.host",
-                    format!(
-                        "{owner} already applies to host {host:?}; this DestinationRule is ignored"
+            let selector = dr.workload_selector.as_ref().map(|s| &s.labels);
+            if let Some((owner, owner_selector)) = owners.get(&host) {
+                let rule = rules.by_host.get_mut(&host);
+                match rule {
+                    // Istio merges rules for one host that share their selector (or both
+                    // have none): new subsets are added, the first rule's policy kept.
+                    Some(rule) if owner_selector.as_ref() == selector => {
+                        for (i, subset) in dr.subsets.iter().enumerate() {
+                            let Some(new) = subsets.remove(&subset.name) else {
+                                continue; // Already reported above.
+                            };
+                            if rule.subsets.contains_key(&subset.name) {
+                                at.warn(
+                                    &format!("spec.subsets[{i}].name"),
+                                    format!(
+                                        "{owner} already defines subset {:?} for host {host:?}; this one is ignored",
+                                        subset.name
+                                    ),
+                                );
+                                continue;
+                            }
+                            rule.subsets.insert(subset.name.clone(), new);
+                        }
+                        if rule.policy.is_none() {
+                            rule.policy.clone_from(&dr.traffic_policy);
+                        }
+                        if rule.extension.is_none() {
+                            rule.extension = extension;
+                        }
+                        if rule.latency_outlier.is_none() {
+                            rule.latency_outlier = latency;
+                        }
+                    }
+                    _ => at.warn(
+                        "spec.host",
+                        format!(
+                            "{owner} already applies to host {host:?} with another workloadSelector; this DestinationRule is ignored"
+                        ),
                     ),
-                );
+                }
                 continue;
             }
-            owners.insert(host.clone(), res.key());
+            owners.insert(host.clone(), (res.key(), selector.cloned()));
             rules.by_host.insert(
                 host,
                 HostRule {
