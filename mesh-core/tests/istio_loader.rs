@@ -988,3 +988,49 @@ fn a_subset_name_both_rules_define_is_a_warning_and_the_first_wins() {
     let ports: Vec<u16> = v2.endpoints.iter().map(|e| e.port).collect();
     assert_eq!(ports, [19082], "the first rule's labels select");
 }
+
+#[test]
+fn a_delegate_virtual_service_without_hosts_is_ignored_with_a_warning() {
+    let root = vs(
+        "  - match: [{ uri: { prefix: /api } }]\n    delegate: { name: reviews-api }\n  - route:\n    - destination: { host: reviews, subset: v2 }\n",
+    );
+    let delegate = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews-api }
+spec:
+  http:
+  - route:
+    - destination: { host: reviews, subset: v1 }
+";
+    let outcome = istio::load(
+        &[
+            ("registry.yaml", REGISTRY),
+            ("root.yaml", &root),
+            ("delegate.yaml", delegate),
+        ],
+        &Workload::default(),
+    );
+    assert!(!outcome.has_errors(), "{:#?}", outcome.diagnostics);
+    let fields: Vec<(&str, &str, Severity)> = outcome
+        .diagnostics
+        .iter()
+        .map(|d| (d.file.as_str(), d.field.as_str(), d.severity))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("root.yaml", "spec.http[0].delegate", Severity::Warning),
+            ("delegate.yaml", "spec.hosts", Severity::Warning),
+        ]
+    );
+    let config = outcome.config.expect("warnings do not block");
+    let routes = &config.routes.find("reviews").unwrap().routes;
+    assert_eq!(routes.len(), 1, "the delegate rule is dropped");
+    let RouteAction::Forward(f) = &routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        f.destinations[0].cluster.as_str(),
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
+}

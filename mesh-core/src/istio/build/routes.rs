@@ -53,7 +53,12 @@ pub(super) fn build(
         };
         let mut at = findings.at(res);
         if vs.hosts.is_empty() {
-            at.error("spec.hosts", "at least one host is required");
+            // A VirtualService without hosts is a delegate, only reached through another's
+            // `delegate` rule, which this proxy ignores (see `template`).
+            at.warn(
+                "spec.hosts",
+                "no hosts: a delegate VirtualService; delegation is not supported by this proxy, so it is ignored",
+            );
             continue;
         }
         if !vs.gateways.is_empty() && !vs.gateways.iter().any(|g| g == "mesh") {
