@@ -1034,3 +1034,44 @@ spec:
         "outbound|9080|v2|reviews.default.svc.cluster.local"
     );
 }
+
+/// The retry policy of the first rule of a VirtualService for reviews with `retries`.
+fn retry_of(retries: &str) -> Option<mesh_core::model::RetryPolicy> {
+    let outcome = load(&vs(&format!(
+        "  - retries: {retries}\n    route:\n    - destination: {{ host: reviews }}\n"
+    )));
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    config.routes.find("reviews").unwrap().routes[0]
+        .retry
+        .clone()
+}
+
+#[test]
+fn retries_without_attempts_are_disabled() {
+    assert_eq!(retry_of("{}"), None, "unset attempts is 0: no retries");
+    assert_eq!(retry_of("{ attempts: 0 }"), None);
+    assert_eq!(retry_of("{ backoff: 50ms }"), None);
+    let three = retry_of("{ attempts: 3, perTryTimeout: 2s }").expect("retries");
+    assert_eq!(three.attempts, 3);
+    assert_eq!(
+        three.per_try_timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn a_retry_setting_without_attempts_is_an_error_on_attempts() {
+    let e = single_error(&vs(
+        "  - retries: { perTryTimeout: 2s, retryOn: 5xx }\n    route:\n    - destination: { host: reviews }\n",
+    ));
+    assert_eq!(
+        e,
+        "test.yaml: VirtualService default/reviews: spec.http[0].retries.attempts: attempts is 0 or unset, which disables retries, yet perTryTimeout, retryOn are set; set attempts"
+    );
+    let e = single_error(&vs(
+        "  - retries: { attempts: 0, retryRemoteLocalities: true }\n    route:\n    - destination: { host: reviews }\n",
+    ));
+    assert!(e.contains("retries.attempts: "), "{e}");
+    assert!(e.contains("yet retryRemoteLocalities is set"), "{e}");
+}

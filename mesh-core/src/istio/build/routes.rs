@@ -841,25 +841,48 @@ fn direct_response(
     Some(DirectResponse { status, body })
 }
 
-/// `Ok(None)` disables retries (`attempts: 0`).
+/// `Some(None)` disables retries: `attempts` 0 or unset (proto3 reads both as 0), as Istio's
+/// `ConvertPolicy` has it.
 fn retry(r: &api::HttpRetry, field: &str, at: &mut At<'_>) -> Option<Option<RetryPolicy>> {
     let mut policy = RetryPolicy::istio_default();
-    match r.attempts {
-        Some(0) => return Some(None),
-        Some(a) => {
-            policy.attempts = match u32::try_from(a) {
-                Ok(a) => a,
-                Err(_) => {
-                    at.error(
-                        &format!("{field}.attempts"),
-                        format!("attempts {a} must be between 0 and {}", u32::MAX),
-                    );
-                    return None;
-                }
-            }
+    let attempts = r.attempts.unwrap_or(0);
+    if attempts == 0 {
+        // Istio's validation rejects these beside disabled retries: they would do nothing.
+        let set: Vec<&str> = [
+            (r.per_try_timeout.is_some(), "perTryTimeout"),
+            (
+                r.retry_on.as_ref().is_some_and(|o| !o.is_empty()),
+                "retryOn",
+            ),
+            (r.retry_remote_localities.is_some(), "retryRemoteLocalities"),
+        ]
+        .iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| *name)
+        .collect();
+        if !set.is_empty() {
+            at.error(
+                &format!("{field}.attempts"),
+                format!(
+                    "attempts is 0 or unset, which disables retries, yet {} {} set; set attempts",
+                    set.join(", "),
+                    if set.len() == 1 { "is" } else { "are" }
+                ),
+            );
+            return None;
         }
-        None => {}
+        return Some(None);
     }
+    policy.attempts = match u32::try_from(attempts) {
+        Ok(a) => a,
+        Err(_) => {
+            at.error(
+                &format!("{field}.attempts"),
+                format!("attempts {attempts} must be between 0 and {}", u32::MAX),
+            );
+            return None;
+        }
+    };
     if let Some(t) = &r.per_try_timeout {
         policy.per_try_timeout = Some(at.check(
             &format!("{field}.perTryTimeout"),
