@@ -46,7 +46,13 @@ pub(super) fn apply<B>(
                 let rest = path.get(p.len()..).unwrap_or_default();
                 format!("{prefix}{rest}")
             }
-            _ => prefix.clone(),
+            // Envoy's prefix_rewrite replaces the whole path an exact or regex match matched.
+            Some(StringMatch::Exact(_) | StringMatch::Regex(_)) => prefix.clone(),
+            // Without a uri match Istio matches prefix "/": only the leading "/" is replaced.
+            None => {
+                let rest = path.strip_prefix('/').unwrap_or(path);
+                format!("{prefix}{rest}")
+            }
         })
     } else {
         rewrite.uri_regex.as_ref().map(|(pattern, substitution)| {
@@ -158,6 +164,46 @@ mod tests {
         let mut req = Request::get("/api/items?x=1").body(()).unwrap();
         apply(&rewrite, Some(&m), &mut req).unwrap();
         assert_eq!(req.uri(), "/v2/items?x=1");
+    }
+
+    #[test]
+    fn prefix_rewrite_without_a_uri_match_replaces_the_leading_slash() {
+        let rewrite = Rewrite {
+            uri_prefix: Some("/v2/".into()),
+            ..Rewrite::default()
+        };
+        let headers_only = RouteMatch {
+            headers: vec![("x-canary".into(), Some(StringMatch::Exact("1".into())))],
+            ..RouteMatch::default()
+        };
+        for matched in [None, Some(&headers_only)] {
+            let mut req = Request::get("/items/7?x=1").body(()).unwrap();
+            apply(&rewrite, matched, &mut req).unwrap();
+            assert_eq!(req.uri(), "/v2/items/7?x=1", "{matched:?}");
+        }
+        // As Envoy: without a trailing slash the segments run together.
+        let bare = Rewrite {
+            uri_prefix: Some("/v2".into()),
+            ..Rewrite::default()
+        };
+        let mut req = Request::get("/items").body(()).unwrap();
+        apply(&bare, None, &mut req).unwrap();
+        assert_eq!(req.uri(), "/v2items");
+    }
+
+    #[test]
+    fn prefix_rewrite_after_an_exact_match_replaces_the_whole_path() {
+        let rewrite = Rewrite {
+            uri_prefix: Some("/new".into()),
+            ..Rewrite::default()
+        };
+        let m = RouteMatch {
+            uri: Some(StringMatch::Exact("/old/page".into())),
+            ..RouteMatch::default()
+        };
+        let mut req = Request::get("/old/page?q=2").body(()).unwrap();
+        apply(&rewrite, Some(&m), &mut req).unwrap();
+        assert_eq!(req.uri(), "/new?q=2");
     }
 
     #[test]
