@@ -110,36 +110,48 @@ fn envoy_substitution(text: &str) -> String {
     out
 }
 
-/// The `Location` of a redirect for `req`.
+/// The `Location` of a redirect for `req`, built as Envoy's redirect action builds it.
 pub(super) fn redirect_location<B>(
     redirect: &Redirect,
     req: &Request<B>,
     authority: &str,
 ) -> String {
-    let scheme = redirect
-        .scheme
-        .as_deref()
-        .or(req.uri().scheme_str())
-        .unwrap_or("http");
+    let request_scheme = req.uri().scheme_str().unwrap_or("http");
+    let scheme = redirect.scheme.as_deref().unwrap_or(request_scheme);
     let (request_host, request_port) = match authority.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => (h, Some(p)),
         _ => (authority, None),
     };
     let host = redirect.authority.as_deref().unwrap_or(request_host);
+    // Envoy drops the request's port when the scheme changes and it is the old scheme's
+    // default (`http://foo:80` to `https://foo`), so the new scheme's default applies.
+    let default_port_of_request = matches!(
+        (request_scheme, request_port),
+        ("http", Some("80")) | ("https", Some("443"))
+    );
     let port = match redirect.port {
         Some(RedirectPort::Port(p)) => Some(p.to_string()),
         Some(RedirectPort::FromProtocolDefault) => None,
         Some(RedirectPort::FromRequestPort) => request_port.map(str::to_owned),
         None if redirect.authority.is_some() => None,
+        None if scheme != request_scheme && default_port_of_request => None,
         None => request_port.map(str::to_owned),
     };
-    let path = match &redirect.uri {
-        Some(uri) => uri.clone(),
+    let mut path = match &redirect.uri {
+        // Envoy keeps the request's query unless the new path has its own (Istio never sets
+        // strip_query).
+        Some(uri) => match req.uri().query() {
+            Some(query) if !uri.contains('?') => format!("{uri}?{query}"),
+            _ => uri.clone(),
+        },
         None => req
             .uri()
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
     };
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
     match port {
         Some(port) => format!("{scheme}://{host}:{port}{path}"),
         None => format!("{scheme}://{host}{path}"),
@@ -241,6 +253,65 @@ mod tests {
         assert_eq!(
             redirect_location(&keep, &req, "ratings:9080"),
             "http://ratings:9080/v1/bookRatings"
+        );
+    }
+
+    #[test]
+    fn a_path_redirect_keeps_the_query_unless_it_has_its_own() {
+        let redirect = Redirect {
+            uri: Some("/new".into()),
+            authority: None,
+            scheme: None,
+            port: None,
+            code: 301,
+        };
+        let req = Request::get("/old?bar=1").body(()).unwrap();
+        assert_eq!(
+            redirect_location(&redirect, &req, "host"),
+            "http://host/new?bar=1"
+        );
+        let own_query = Redirect {
+            uri: Some("/new?baz=2".into()),
+            ..redirect.clone()
+        };
+        assert_eq!(
+            redirect_location(&own_query, &req, "host"),
+            "http://host/new?baz=2"
+        );
+        let bare = Request::get("/old").body(()).unwrap();
+        assert_eq!(
+            redirect_location(&redirect, &bare, "host"),
+            "http://host/new"
+        );
+    }
+
+    #[test]
+    fn a_scheme_change_drops_the_old_schemes_default_port_only() {
+        let to_https = Redirect {
+            uri: None,
+            authority: None,
+            scheme: Some("https".into()),
+            port: None,
+            code: 301,
+        };
+        let req = Request::get("/a?b=1").body(()).unwrap();
+        assert_eq!(
+            redirect_location(&to_https, &req, "foo:80"),
+            "https://foo/a?b=1"
+        );
+        assert_eq!(
+            redirect_location(&to_https, &req, "foo:8080"),
+            "https://foo:8080/a?b=1",
+            "not a default port: kept"
+        );
+        let same_scheme = Redirect {
+            scheme: Some("http".into()),
+            ..to_https
+        };
+        assert_eq!(
+            redirect_location(&same_scheme, &req, "foo:80"),
+            "http://foo:80/a?b=1",
+            "the scheme did not change: kept"
         );
     }
 }
