@@ -2,7 +2,7 @@
 //! kind of bad input.
 
 use mesh_core::istio::{self, BuildOutcome, Severity};
-use mesh_core::model::{ClusterName, MtlsMode, RouteAction, Workload};
+use mesh_core::model::{AbortError, ClusterName, MtlsMode, RouteAction, Workload};
 
 const REGISTRY: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -133,14 +133,104 @@ fn a_service_without_virtual_service_gets_a_default_route_with_istio_retries() {
     assert_eq!(route.retry.as_ref().map(|r| r.attempts), Some(2));
 }
 
+/// The (cluster, weight) pairs of the first route for `reviews`.
+fn split_of(outcome: BuildOutcome) -> Vec<(String, u32)> {
+    assert!(!outcome.has_errors(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    let RouteAction::Forward(forward) =
+        &config.routes.find("reviews").expect("vhost").routes[0].action
+    else {
+        panic!("forward route");
+    };
+    forward
+        .destinations
+        .iter()
+        .map(|d| (d.cluster.as_str().to_owned(), d.weight))
+        .collect()
+}
+
 #[test]
-fn a_weight_sum_other_than_100_is_an_error_on_the_route() {
+fn a_lone_destination_takes_all_traffic_whatever_its_weight() {
+    for weight in ["weight: 50", "weight: 0", "weight: 250"] {
+        let outcome = load(&vs(&format!(
+            "  - route:\n    - {{ destination: {{ host: reviews, subset: v1 }}, {weight} }}\n"
+        )));
+        assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+        assert_eq!(
+            split_of(outcome),
+            [(
+                "outbound|9080|v1|reviews.default.svc.cluster.local".to_owned(),
+                100
+            )],
+            "{weight}"
+        );
+    }
+}
+
+#[test]
+fn weights_are_relative_and_need_not_sum_to_100() {
+    let outcome = load(&vs(
+        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 1 }\n    - { destination: { host: reviews, subset: v2 }, weight: 3 }\n",
+    ));
+    let config = outcome.config.clone().expect("valid");
+    assert_eq!(
+        split_of(outcome),
+        [
+            (
+                "outbound|9080|v1|reviews.default.svc.cluster.local".to_owned(),
+                1
+            ),
+            (
+                "outbound|9080|v2|reviews.default.svc.cluster.local".to_owned(),
+                3
+            ),
+        ]
+    );
+    // What the split layer does with them: a uniform draw below the total, 1 in 4 to v1.
+    let RouteAction::Forward(forward) = &config.routes.find("reviews").unwrap().routes[0].action
+    else {
+        panic!()
+    };
+    assert_eq!(forward.total_weight(), 4);
+    let shares: Vec<&str> = (0..4)
+        .map(|draw| forward.pick(draw).expect("in range").cluster.as_str())
+        .collect();
+    assert_eq!(
+        shares.iter().filter(|c| c.contains("|v1|")).count(),
+        1,
+        "{shares:?}"
+    );
+    assert_eq!(shares.iter().filter(|c| c.contains("|v2|")).count(), 3);
+}
+
+#[test]
+fn a_zero_weight_destination_beside_others_gets_nothing() {
+    let outcome = load(&vs(
+        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 0 }\n    - { destination: { host: reviews, subset: v2 }, weight: 7 }\n",
+    ));
+    let config = outcome.config.expect("valid");
+    let RouteAction::Forward(forward) = &config.routes.find("reviews").unwrap().routes[0].action
+    else {
+        panic!()
+    };
+    assert!((0..forward.total_weight()).all(|draw| {
+        forward
+            .pick(draw)
+            .unwrap()
+            .cluster
+            .as_str()
+            .contains("|v2|")
+    }));
+}
+
+#[test]
+fn several_destinations_all_weighing_zero_are_an_error_on_the_route() {
     let e = single_error(&vs(
-        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 90 }\n    - { destination: { host: reviews, subset: v2 }, weight: 20 }\n",
+        "  - route:\n    - { destination: { host: reviews, subset: v1 } }\n    - { destination: { host: reviews, subset: v2 }, weight: 0 }\n",
     ));
     assert_eq!(
         e,
-        "test.yaml: VirtualService default/reviews: spec.http[0].route: weights sum to 110, expected 100"
+        "test.yaml: VirtualService default/reviews: spec.http[0].route: weights sum to 0: with several destinations at least one weight must be positive"
     );
 }
 
@@ -153,17 +243,8 @@ fn a_negative_weight_names_its_destination() {
     assert_eq!(
         errors,
         [
-            "test.yaml: VirtualService default/reviews: spec.http[0].route[0].weight: weight 110 is out of range 0..=100",
-            "test.yaml: VirtualService default/reviews: spec.http[0].route[1].weight: weight -10 is out of range 0..=100",
+            "test.yaml: VirtualService default/reviews: spec.http[0].route[1].weight: weight -10 is negative"
         ]
-    );
-    let outcome = load(&vs(
-        "  - route:\n    - { destination: { host: reviews, subset: v1 }, weight: 90 }\n    - { destination: { host: reviews, subset: v2 }, weight: -10 }\n",
-    ));
-    let first = outcome.errors().next().expect("an error").to_string();
-    assert!(
-        first.contains("spec.http[0].route[1].weight: weight -10"),
-        "{first}"
     );
 }
 
@@ -604,4 +685,393 @@ spec:
         e.ends_with("spec.addresses[1]: \"not-an-ip\" is not an IP address or CIDR range"),
         "{e}"
     );
+}
+
+/// A VirtualService in `team-b` aborting every request to reviews, exported to `export_to`.
+fn team_b_abort(export_to: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: reviews-abort, namespace: team-b }}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  {export_to}
+  http:
+  - fault: {{ abort: {{ httpStatus: 503 }} }}
+    route: [{{ destination: {{ host: reviews.default.svc.cluster.local }} }}]
+"
+    )
+}
+
+#[test]
+fn a_virtual_service_applies_only_where_it_is_exported() {
+    let fault_for_default_workload = |export_to: &str| {
+        let outcome = load(&team_b_abort(export_to));
+        assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+        let config = outcome.config.expect("valid");
+        config.routes.find("reviews:9080").expect("vhost").routes[0]
+            .fault
+            .as_ref()
+            .and_then(|f| f.abort.clone())
+            .map(|a| a.error)
+    };
+    assert_eq!(
+        fault_for_default_workload("exportTo: [\".\"]"),
+        None,
+        "exported to team-b only: the default route"
+    );
+    assert_eq!(fault_for_default_workload("exportTo: [\"~\"]"), None);
+    assert_eq!(
+        fault_for_default_workload("exportTo: [other, team-b]"),
+        None
+    );
+    for visible in [
+        "",
+        "exportTo: []",
+        "exportTo: [default]",
+        "exportTo: [\"*\"]",
+        "exportTo: [\".\", default]",
+    ] {
+        assert_eq!(
+            fault_for_default_workload(visible),
+            Some(AbortError::Http(503)),
+            "{visible}"
+        );
+    }
+    // A workload in team-b sees it under ".".
+    let team_b = Workload {
+        namespace: "team-b".to_owned(),
+        ..Workload::default()
+    };
+    let outcome = istio::load(
+        &[
+            ("registry.yaml", REGISTRY),
+            ("test.yaml", &team_b_abort("exportTo: [\".\"]")),
+        ],
+        &team_b,
+    );
+    let config = outcome.config.expect("valid");
+    let route = &config
+        .routes
+        .find("reviews.default.svc.cluster.local:9080")
+        .unwrap()
+        .routes[0];
+    assert!(route.fault.is_some());
+}
+
+#[test]
+fn a_bad_export_to_entry_names_its_index() {
+    let e = single_error(&team_b_abort("exportTo: [default, \"Team_C\"]"));
+    assert_eq!(
+        e,
+        "test.yaml: VirtualService team-b/reviews-abort: spec.exportTo[1]: \"Team_C\" is not `.`, `*`, `~` or a namespace name"
+    );
+    let e = single_error(&team_b_abort("exportTo: [\"*\", default]"));
+    assert!(
+        e.ends_with("spec.exportTo: `*` cannot be combined with other entries"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_destination_rule_applies_only_where_it_is_exported() {
+    let rule = |export_to: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: ratings-lb, namespace: team-b }}
+spec:
+  host: ratings.default.svc.cluster.local
+  {export_to}
+  trafficPolicy: {{ loadBalancer: {{ simple: ROUND_ROBIN }} }}
+"
+        )
+    };
+    let algorithm = |export_to: &str| {
+        let ratings = RATINGS.replace("  annotations: ANNOTATIONS\n", "");
+        let ratings = ratings.replace(
+            "  host: ratings\n",
+            "  host: ratings\n  exportTo: [\"~\"]\n",
+        );
+        let outcome = istio::load(
+            &[("ratings.yaml", &ratings), ("test.yaml", &rule(export_to))],
+            &Workload::default(),
+        );
+        assert!(!outcome.has_errors(), "{:#?}", outcome.diagnostics);
+        let config = outcome.config.expect("valid");
+        config
+            .cluster(&ClusterName::outbound(
+                9080,
+                None,
+                "ratings.default.svc.cluster.local",
+            ))
+            .expect("cluster")
+            .policy
+            .load_balancer
+            .algorithm
+            .clone()
+    };
+    use mesh_core::model::LbAlgorithm;
+    assert_eq!(algorithm("exportTo: [\".\"]"), LbAlgorithm::LeastRequest);
+    assert_eq!(algorithm("exportTo: [default]"), LbAlgorithm::RoundRobin);
+    assert_eq!(algorithm(""), LbAlgorithm::RoundRobin);
+}
+
+#[test]
+fn port_level_settings_reset_the_sections_they_omit() {
+    use mesh_core::model::LbAlgorithm;
+    let services = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: details }
+spec:
+  hosts: [details.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - { number: 9080, name: http, protocol: HTTP }
+  - { number: 9090, name: http-admin, protocol: HTTP }
+  endpoints:
+  - { address: 127.0.0.1, ports: { http: 19101, http-admin: 19102 }, labels: { version: v1 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: details }
+spec:
+  host: details
+  trafficPolicy:
+    outlierDetection: { consecutive5xxErrors: 4 }
+    connectionPool: { tcp: { maxConnections: 7 } }
+    portLevelSettings:
+    - port: { number: 9080 }
+      loadBalancer: { simple: ROUND_ROBIN }
+  subsets:
+  - name: v1
+    labels: { version: v1 }
+    trafficPolicy: { connectionPool: { tcp: { maxConnections: 9 } } }
+"#;
+    let outcome = istio::load(&[("details.yaml", services)], &Workload::default());
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    let policy = |port, subset| {
+        config
+            .cluster(&ClusterName::outbound(
+                port,
+                subset,
+                "details.default.svc.cluster.local",
+            ))
+            .expect("cluster")
+            .policy
+            .clone()
+    };
+    let on_9080 = policy(9080, None);
+    assert_eq!(on_9080.load_balancer.algorithm, LbAlgorithm::RoundRobin);
+    assert_eq!(on_9080.outlier_detection, None, "not inherited");
+    assert_eq!(
+        on_9080.connection_pool,
+        mesh_core::model::ConnectionPool::default()
+    );
+    let on_9090 = policy(9090, None);
+    assert_eq!(on_9090.load_balancer.algorithm, LbAlgorithm::LeastRequest);
+    assert_eq!(
+        on_9090.outlier_detection.map(|o| o.consecutive_5xx_errors),
+        Some(Some(4))
+    );
+    assert_eq!(on_9090.connection_pool.max_connections, 7);
+    // A subset builds on the rule's policy as resolved for the port.
+    let v1_on_9080 = policy(9080, Some("v1"));
+    assert_eq!(v1_on_9080.load_balancer.algorithm, LbAlgorithm::RoundRobin);
+    assert_eq!(v1_on_9080.outlier_detection, None);
+    assert_eq!(v1_on_9080.connection_pool.max_connections, 9);
+    let v1_on_9090 = policy(9090, Some("v1"));
+    assert!(v1_on_9090.outlier_detection.is_some());
+    assert_eq!(v1_on_9090.connection_pool.max_connections, 9);
+}
+
+/// A second DestinationRule for reviews, `reviews-b`, with `spec` under `spec:`.
+fn second_rule(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: reviews-b }}\nspec:\n  host: reviews.default.svc.cluster.local\n{spec}"
+    )
+}
+
+#[test]
+fn destination_rules_for_one_host_merge_their_subsets() {
+    // REGISTRY's rule defines v1 and v2 and an outlier policy; this one adds v3.
+    let rule = second_rule(
+        "  trafficPolicy: { loadBalancer: { simple: RANDOM } }\n  subsets:\n  - { name: v3, labels: { version: v3 } }\n",
+    );
+    let route = vs("  - route:\n    - destination: { host: reviews, subset: v3 }\n");
+    let outcome = istio::load(
+        &[
+            ("registry.yaml", REGISTRY),
+            ("b.yaml", &rule),
+            ("vs.yaml", &route),
+        ],
+        &Workload::default(),
+    );
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    let v3 = config
+        .cluster(&ClusterName::outbound(
+            9080,
+            Some("v3"),
+            "reviews.default.svc.cluster.local",
+        ))
+        .expect("the merged subset has a cluster");
+    let ports: Vec<u16> = v3.endpoints.iter().map(|e| e.port).collect();
+    assert_eq!(ports, [19083]);
+    assert!(
+        v3.policy.outlier_detection.is_some(),
+        "the first rule's policy is kept"
+    );
+    assert_eq!(
+        v3.policy.load_balancer.algorithm,
+        mesh_core::model::LbAlgorithm::LeastRequest,
+        "the second rule's policy is not used when the first has one"
+    );
+}
+
+#[test]
+fn a_merged_rule_supplies_the_policy_the_first_lacks() {
+    let first = REGISTRY.replace(
+        "  trafficPolicy:\n    outlierDetection: { consecutive5xxErrors: 3, baseEjectionTime: 15s }\n",
+        "",
+    );
+    let rule = second_rule("  trafficPolicy: { loadBalancer: { simple: RANDOM } }\n");
+    let outcome = istio::load(
+        &[("registry.yaml", &first), ("b.yaml", &rule)],
+        &Workload::default(),
+    );
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    let v1 = config
+        .cluster(&ClusterName::outbound(
+            9080,
+            Some("v1"),
+            "reviews.default.svc.cluster.local",
+        ))
+        .unwrap();
+    assert_eq!(
+        v1.policy.load_balancer.algorithm,
+        mesh_core::model::LbAlgorithm::Random
+    );
+}
+
+#[test]
+fn a_subset_name_both_rules_define_is_a_warning_and_the_first_wins() {
+    let rule = second_rule("  subsets:\n  - { name: v2, labels: { version: v3 } }\n");
+    let outcome = istio::load(
+        &[("registry.yaml", REGISTRY), ("b.yaml", &rule)],
+        &Workload::default(),
+    );
+    assert!(!outcome.has_errors(), "{:#?}", outcome.diagnostics);
+    let warnings: Vec<String> = outcome
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "b.yaml: warning: DestinationRule default/reviews-b: spec.subsets[0].name: DestinationRule default/reviews already defines subset \"v2\" for host \"reviews.default.svc.cluster.local\"; this one is ignored"
+        ]
+    );
+    let config = outcome.config.expect("warnings do not block");
+    let v2 = config
+        .cluster(&ClusterName::outbound(
+            9080,
+            Some("v2"),
+            "reviews.default.svc.cluster.local",
+        ))
+        .unwrap();
+    let ports: Vec<u16> = v2.endpoints.iter().map(|e| e.port).collect();
+    assert_eq!(ports, [19082], "the first rule's labels select");
+}
+
+#[test]
+fn a_delegate_virtual_service_without_hosts_is_ignored_with_a_warning() {
+    let root = vs(
+        "  - match: [{ uri: { prefix: /api } }]\n    delegate: { name: reviews-api }\n  - route:\n    - destination: { host: reviews, subset: v2 }\n",
+    );
+    let delegate = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: reviews-api }
+spec:
+  http:
+  - route:
+    - destination: { host: reviews, subset: v1 }
+";
+    let outcome = istio::load(
+        &[
+            ("registry.yaml", REGISTRY),
+            ("root.yaml", &root),
+            ("delegate.yaml", delegate),
+        ],
+        &Workload::default(),
+    );
+    assert!(!outcome.has_errors(), "{:#?}", outcome.diagnostics);
+    let fields: Vec<(&str, &str, Severity)> = outcome
+        .diagnostics
+        .iter()
+        .map(|d| (d.file.as_str(), d.field.as_str(), d.severity))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("root.yaml", "spec.http[0].delegate", Severity::Warning),
+            ("delegate.yaml", "spec.hosts", Severity::Warning),
+        ]
+    );
+    let config = outcome.config.expect("warnings do not block");
+    let routes = &config.routes.find("reviews").unwrap().routes;
+    assert_eq!(routes.len(), 1, "the delegate rule is dropped");
+    let RouteAction::Forward(f) = &routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        f.destinations[0].cluster.as_str(),
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    );
+}
+
+/// The retry policy of the first rule of a VirtualService for reviews with `retries`.
+fn retry_of(retries: &str) -> Option<mesh_core::model::RetryPolicy> {
+    let outcome = load(&vs(&format!(
+        "  - retries: {retries}\n    route:\n    - destination: {{ host: reviews }}\n"
+    )));
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    config.routes.find("reviews").unwrap().routes[0]
+        .retry
+        .clone()
+}
+
+#[test]
+fn retries_without_attempts_are_disabled() {
+    assert_eq!(retry_of("{}"), None, "unset attempts is 0: no retries");
+    assert_eq!(retry_of("{ attempts: 0 }"), None);
+    assert_eq!(retry_of("{ backoff: 50ms }"), None);
+    let three = retry_of("{ attempts: 3, perTryTimeout: 2s }").expect("retries");
+    assert_eq!(three.attempts, 3);
+    assert_eq!(
+        three.per_try_timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn a_retry_setting_without_attempts_is_an_error_on_attempts() {
+    let e = single_error(&vs(
+        "  - retries: { perTryTimeout: 2s, retryOn: 5xx }\n    route:\n    - destination: { host: reviews }\n",
+    ));
+    assert_eq!(
+        e,
+        "test.yaml: VirtualService default/reviews: spec.http[0].retries.attempts: attempts is 0 or unset, which disables retries, yet perTryTimeout, retryOn are set; set attempts"
+    );
+    let e = single_error(&vs(
+        "  - retries: { attempts: 0, retryRemoteLocalities: true }\n    route:\n    - destination: { host: reviews }\n",
+    ));
+    assert!(e.contains("retries.attempts: "), "{e}");
+    assert!(e.contains("yet retryRemoteLocalities is set"), "{e}");
 }

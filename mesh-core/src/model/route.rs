@@ -182,7 +182,8 @@ pub enum RouteAction {
 /// Forwarding to upstream clusters.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Forward {
-    /// The destinations; weights sum to 100 (or the only one has weight 100).
+    /// The destinations. Weights are relative: each gets `weight / total_weight()` of the
+    /// requests, a weight of 0 none (the Istio loader gives a lone destination 100).
     pub destinations: Vec<WeightedCluster>,
     /// Rewrites applied before forwarding.
     pub rewrite: Option<Rewrite>,

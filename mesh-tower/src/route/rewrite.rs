@@ -46,7 +46,13 @@ pub(super) fn apply<B>(
                 let rest = path.get(p.len()..).unwrap_or_default();
                 format!("{prefix}{rest}")
             }
-            _ => prefix.clone(),
+            // Envoy's prefix_rewrite replaces the whole path an exact or regex match matched.
+            Some(StringMatch::Exact(_) | StringMatch::Regex(_)) => prefix.clone(),
+            // Without a uri match Istio matches prefix "/": only the leading "/" is replaced.
+            None => {
+                let rest = path.strip_prefix('/').unwrap_or(path);
+                format!("{prefix}{rest}")
+            }
         })
     } else {
         rewrite.uri_regex.as_ref().map(|(pattern, substitution)| {
@@ -104,36 +110,48 @@ fn envoy_substitution(text: &str) -> String {
     out
 }
 
-/// The `Location` of a redirect for `req`.
+/// The `Location` of a redirect for `req`, built as Envoy's redirect action builds it.
 pub(super) fn redirect_location<B>(
     redirect: &Redirect,
     req: &Request<B>,
     authority: &str,
 ) -> String {
-    let scheme = redirect
-        .scheme
-        .as_deref()
-        .or(req.uri().scheme_str())
-        .unwrap_or("http");
+    let request_scheme = req.uri().scheme_str().unwrap_or("http");
+    let scheme = redirect.scheme.as_deref().unwrap_or(request_scheme);
     let (request_host, request_port) = match authority.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => (h, Some(p)),
         _ => (authority, None),
     };
     let host = redirect.authority.as_deref().unwrap_or(request_host);
+    // Envoy drops the request's port when the scheme changes and it is the old scheme's
+    // default (`http://foo:80` to `https://foo`), so the new scheme's default applies.
+    let default_port_of_request = matches!(
+        (request_scheme, request_port),
+        ("http", Some("80")) | ("https", Some("443"))
+    );
     let port = match redirect.port {
         Some(RedirectPort::Port(p)) => Some(p.to_string()),
         Some(RedirectPort::FromProtocolDefault) => None,
         Some(RedirectPort::FromRequestPort) => request_port.map(str::to_owned),
         None if redirect.authority.is_some() => None,
+        None if scheme != request_scheme && default_port_of_request => None,
         None => request_port.map(str::to_owned),
     };
-    let path = match &redirect.uri {
-        Some(uri) => uri.clone(),
+    let mut path = match &redirect.uri {
+        // Envoy keeps the request's query unless the new path has its own (Istio never sets
+        // strip_query).
+        Some(uri) => match req.uri().query() {
+            Some(query) if !uri.contains('?') => format!("{uri}?{query}"),
+            _ => uri.clone(),
+        },
         None => req
             .uri()
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
     };
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
     match port {
         Some(port) => format!("{scheme}://{host}:{port}{path}"),
         None => format!("{scheme}://{host}{path}"),
@@ -158,6 +176,46 @@ mod tests {
         let mut req = Request::get("/api/items?x=1").body(()).unwrap();
         apply(&rewrite, Some(&m), &mut req).unwrap();
         assert_eq!(req.uri(), "/v2/items?x=1");
+    }
+
+    #[test]
+    fn prefix_rewrite_without_a_uri_match_replaces_the_leading_slash() {
+        let rewrite = Rewrite {
+            uri_prefix: Some("/v2/".into()),
+            ..Rewrite::default()
+        };
+        let headers_only = RouteMatch {
+            headers: vec![("x-canary".into(), Some(StringMatch::Exact("1".into())))],
+            ..RouteMatch::default()
+        };
+        for matched in [None, Some(&headers_only)] {
+            let mut req = Request::get("/items/7?x=1").body(()).unwrap();
+            apply(&rewrite, matched, &mut req).unwrap();
+            assert_eq!(req.uri(), "/v2/items/7?x=1", "{matched:?}");
+        }
+        // As Envoy: without a trailing slash the segments run together.
+        let bare = Rewrite {
+            uri_prefix: Some("/v2".into()),
+            ..Rewrite::default()
+        };
+        let mut req = Request::get("/items").body(()).unwrap();
+        apply(&bare, None, &mut req).unwrap();
+        assert_eq!(req.uri(), "/v2items");
+    }
+
+    #[test]
+    fn prefix_rewrite_after_an_exact_match_replaces_the_whole_path() {
+        let rewrite = Rewrite {
+            uri_prefix: Some("/new".into()),
+            ..Rewrite::default()
+        };
+        let m = RouteMatch {
+            uri: Some(StringMatch::Exact("/old/page".into())),
+            ..RouteMatch::default()
+        };
+        let mut req = Request::get("/old/page?q=2").body(()).unwrap();
+        apply(&rewrite, Some(&m), &mut req).unwrap();
+        assert_eq!(req.uri(), "/new?q=2");
     }
 
     #[test]
@@ -195,6 +253,65 @@ mod tests {
         assert_eq!(
             redirect_location(&keep, &req, "ratings:9080"),
             "http://ratings:9080/v1/bookRatings"
+        );
+    }
+
+    #[test]
+    fn a_path_redirect_keeps_the_query_unless_it_has_its_own() {
+        let redirect = Redirect {
+            uri: Some("/new".into()),
+            authority: None,
+            scheme: None,
+            port: None,
+            code: 301,
+        };
+        let req = Request::get("/old?bar=1").body(()).unwrap();
+        assert_eq!(
+            redirect_location(&redirect, &req, "host"),
+            "http://host/new?bar=1"
+        );
+        let own_query = Redirect {
+            uri: Some("/new?baz=2".into()),
+            ..redirect.clone()
+        };
+        assert_eq!(
+            redirect_location(&own_query, &req, "host"),
+            "http://host/new?baz=2"
+        );
+        let bare = Request::get("/old").body(()).unwrap();
+        assert_eq!(
+            redirect_location(&redirect, &bare, "host"),
+            "http://host/new"
+        );
+    }
+
+    #[test]
+    fn a_scheme_change_drops_the_old_schemes_default_port_only() {
+        let to_https = Redirect {
+            uri: None,
+            authority: None,
+            scheme: Some("https".into()),
+            port: None,
+            code: 301,
+        };
+        let req = Request::get("/a?b=1").body(()).unwrap();
+        assert_eq!(
+            redirect_location(&to_https, &req, "foo:80"),
+            "https://foo/a?b=1"
+        );
+        assert_eq!(
+            redirect_location(&to_https, &req, "foo:8080"),
+            "https://foo:8080/a?b=1",
+            "not a default port: kept"
+        );
+        let same_scheme = Redirect {
+            scheme: Some("http".into()),
+            ..to_https
+        };
+        assert_eq!(
+            redirect_location(&same_scheme, &req, "foo:80"),
+            "http://foo:80/a?b=1",
+            "the scheme did not change: kept"
         );
     }
 }

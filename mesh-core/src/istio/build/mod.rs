@@ -159,3 +159,55 @@ pub(super) fn qualify(host: &str, namespace: &str, cluster_domain: &str) -> Stri
         format!("{host}.{namespace}.svc.{cluster_domain}")
     }
 }
+
+/// Whether a resource in `namespace` with `export_to` applies to a workload in
+/// `workload_namespace`, as Istio scopes VirtualServices and DestinationRules: empty or `*`
+/// is every namespace, `.` the resource's own, `~` none, a name that namespace. Records an
+/// error for an entry that is none of these, a repeat, or `*` beside other entries.
+pub(super) fn exported_to(
+    export_to: &[String],
+    namespace: &str,
+    workload_namespace: &str,
+    at: &mut At<'_>,
+) -> bool {
+    if export_to.is_empty() {
+        return true;
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    let mut visible = false;
+    for (i, entry) in export_to.iter().enumerate() {
+        let field = format!("spec.exportTo[{i}]");
+        let target = match entry.as_str() {
+            "." => namespace,
+            other => other,
+        };
+        let valid = matches!(target, "*" | "~") || is_dns_label(target);
+        if !valid {
+            at.error(
+                &field,
+                format!("{entry:?} is not `.`, `*`, `~` or a namespace name"),
+            );
+            continue;
+        }
+        if seen.contains(&target) {
+            at.error(&field, format!("{entry:?} repeats an earlier entry"));
+            continue;
+        }
+        seen.push(target);
+        visible |= target == "*" || target == workload_namespace;
+    }
+    if seen.contains(&"*") && seen.len() > 1 {
+        at.error("spec.exportTo", "`*` cannot be combined with other entries");
+    }
+    visible
+}
+
+/// An RFC 1123 label, as Kubernetes namespace names are.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}

@@ -2,7 +2,7 @@
 //! (`outbound|PORT|SUBSET|HOST`, one per service port and subset, as istiod names them).
 
 use super::registry::Registry;
-use super::{At, Findings, qualify, values};
+use super::{At, Findings, exported_to, qualify, values};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
     ClientTls, Cluster, ClusterName, ConnectionPool, ConsistentHash, HashKey, HashTable, Labels,
@@ -19,7 +19,7 @@ pub(super) struct SubsetRule {
     policy: Option<api::TrafficPolicy>,
 }
 
-/// The DestinationRule that applies to one host.
+/// The DestinationRule that applies to one host (rules sharing a host and selector merged).
 #[derive(Debug)]
 pub(super) struct HostRule {
     policy: Option<api::TrafficPolicy>,
@@ -140,7 +140,8 @@ impl DestinationRules {
         findings: &mut Findings,
     ) -> Self {
         let mut rules = DestinationRules::default();
-        let mut owners: BTreeMap<String, String> = BTreeMap::new();
+        // The first rule for each host, and its workload selector.
+        let mut owners: BTreeMap<String, (String, Option<Labels>)> = BTreeMap::new();
         for res in resources {
             let Spec::DestinationRule(dr) = &res.spec else {
                 continue;
@@ -150,6 +151,9 @@ impl DestinationRules {
                 && !selects(&selector.labels, &workload.labels)
             {
                 continue;
+            }
+            if !exported_to(&dr.export_to, &res.namespace, &workload.namespace, &mut at) {
+                continue; // Not visible from the workload's namespace.
             }
             let host = qualify(&dr.host, &res.namespace, &workload.cluster_domain);
             if dr.host.is_empty() {
@@ -194,16 +198,49 @@ impl DestinationRules {
                     },
                 );
             }
-            if let Some(owner) = owners.get(&host) {
-                at.warn(
-                    "spec.host",
-                    format!(
-                        "{owner} already applies to host {host:?}; this DestinationRule is ignored"
+            let selector = dr.workload_selector.as_ref().map(|s| &s.labels);
+            if let Some((owner, owner_selector)) = owners.get(&host) {
+                let rule = rules.by_host.get_mut(&host);
+                match rule {
+                    // Istio merges rules for one host that share their selector (or both
+                    // have none): new subsets are added, the first rule's policy kept.
+                    Some(rule) if owner_selector.as_ref() == selector => {
+                        for (i, subset) in dr.subsets.iter().enumerate() {
+                            let Some(new) = subsets.remove(&subset.name) else {
+                                continue; // Already reported above.
+                            };
+                            if rule.subsets.contains_key(&subset.name) {
+                                at.warn(
+                                    &format!("spec.subsets[{i}].name"),
+                                    format!(
+                                        "{owner} already defines subset {:?} for host {host:?}; this one is ignored",
+                                        subset.name
+                                    ),
+                                );
+                                continue;
+                            }
+                            rule.subsets.insert(subset.name.clone(), new);
+                        }
+                        if rule.policy.is_none() {
+                            rule.policy.clone_from(&dr.traffic_policy);
+                        }
+                        if rule.extension.is_none() {
+                            rule.extension = extension;
+                        }
+                        if rule.latency_outlier.is_none() {
+                            rule.latency_outlier = latency;
+                        }
+                    }
+                    _ => at.warn(
+                        "spec.host",
+                        format!(
+                            "{owner} already applies to host {host:?} with another workloadSelector; this DestinationRule is ignored"
+                        ),
                     ),
-                );
+                }
                 continue;
             }
-            owners.insert(host.clone(), res.key());
+            owners.insert(host.clone(), (res.key(), selector.cloned()));
             rules.by_host.insert(
                 host,
                 HostRule {
@@ -309,8 +346,9 @@ fn check_policy(tp: &api::TrafficPolicy, field: &str, at: &mut At<'_>) {
     }
 }
 
-/// `base` with `tp` (and its settings for `port`) laid over it, section by section, as Istio
-/// merges a subset's policy over the rule's.
+/// `base` with `tp` laid over it, section by section, as Istio merges a subset's policy over
+/// the rule's; then, when `tp` has settings for `port`, those alone (omitted sections reset to
+/// their defaults, not inherited).
 fn resolve(base: &TrafficPolicy, tp: Option<&api::TrafficPolicy>, port: u16) -> TrafficPolicy {
     let mut policy = base.clone();
     let Some(tp) = tp else {
@@ -330,8 +368,11 @@ fn resolve(base: &TrafficPolicy, tp: Option<&api::TrafficPolicy>, port: u16) -> 
         .iter()
         .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
     {
+        // Port-level settings do not inherit: a section they omit takes its default
+        // (Istio's MergeTrafficPolicy replaces all four sections).
+        let mut port_policy = TrafficPolicy::default();
         overlay(
-            &mut policy,
+            &mut port_policy,
             pls.load_balancer.as_ref(),
             pls.connection_pool.as_ref(),
             pls.outlier_detection.as_ref(),
@@ -339,6 +380,10 @@ fn resolve(base: &TrafficPolicy, tp: Option<&api::TrafficPolicy>, port: u16) -> 
             "",
             None,
         );
+        policy.load_balancer = port_policy.load_balancer;
+        policy.connection_pool = port_policy.connection_pool;
+        policy.outlier_detection = port_policy.outlier_detection;
+        policy.tls = port_policy.tls;
     }
     policy
 }

@@ -3,7 +3,7 @@
 
 use super::policy::DestinationRules;
 use super::registry::Registry;
-use super::{At, Findings, qualify, values};
+use super::{At, Findings, exported_to, qualify, values};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
     AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
@@ -53,11 +53,19 @@ pub(super) fn build(
         };
         let mut at = findings.at(res);
         if vs.hosts.is_empty() {
-            at.error("spec.hosts", "at least one host is required");
+            // A VirtualService without hosts is a delegate, only reached through another's
+            // `delegate` rule, which this proxy ignores (see `template`).
+            at.warn(
+                "spec.hosts",
+                "no hosts: a delegate VirtualService; delegation is not supported by this proxy, so it is ignored",
+            );
             continue;
         }
         if !vs.gateways.is_empty() && !vs.gateways.iter().any(|g| g == "mesh") {
             continue; // Applies to gateways only, not to sidecars.
+        }
+        if !exported_to(&vs.export_to, &res.namespace, &workload.namespace, &mut at) {
+            continue; // Not visible from the workload's namespace.
         }
         let hosts: Vec<String> = vs
             .hosts
@@ -479,23 +487,28 @@ impl Context<'_> {
     ) -> Option<Vec<WeightedRef>> {
         let mut ok = true;
         let mut out = Vec::new();
-        let mut sum: i64 = 0;
+        let mut sum: u64 = 0;
         for (i, d) in route.iter().enumerate() {
             let dfield = format!("{field}[{i}]");
+            // Weights are relative (weight / total), as Istio has them: only a negative one
+            // is wrong.
             let weight = match d.weight {
                 None => 0,
-                Some(w) if !(0..=100).contains(&w) => {
-                    at.error(
-                        &format!("{dfield}.weight"),
-                        format!("weight {w} is out of range 0..=100"),
-                    );
-                    ok = false;
-                    0
-                }
-                // In range 0..=100.
-                Some(w) => w as u32,
+                Some(w) => match u32::try_from(w) {
+                    Ok(w) => w,
+                    Err(_) => {
+                        let reason = if w < 0 {
+                            format!("weight {w} is negative")
+                        } else {
+                            format!("weight {w} is above {}", u32::MAX)
+                        };
+                        at.error(&format!("{dfield}.weight"), reason);
+                        ok = false;
+                        0
+                    }
+                },
             };
-            sum += i64::from(weight);
+            sum += u64::from(weight);
             let dest = self.destination(&d.destination, &format!("{dfield}.destination"), at);
             let headers = header_ops(d.headers.as_ref(), &format!("{dfield}.headers"), at);
             match (dest, headers) {
@@ -511,10 +524,17 @@ impl Context<'_> {
         if !ok {
             return None;
         }
-        if out.len() == 1 && sum == 0 {
+        if out.len() == 1 {
+            // The only destination takes all traffic whatever its weight.
             out[0].weight = 100;
-        } else if sum != 100 {
-            at.error(field, format!("weights sum to {sum}, expected 100"));
+        } else if sum == 0 {
+            at.error(
+                field,
+                "weights sum to 0: with several destinations at least one weight must be positive",
+            );
+            return None;
+        } else if sum > u64::from(u32::MAX) {
+            at.error(field, format!("weights sum to {sum}, above {}", u32::MAX));
             return None;
         }
         Some(out)
@@ -821,25 +841,48 @@ fn direct_response(
     Some(DirectResponse { status, body })
 }
 
-/// `Ok(None)` disables retries (`attempts: 0`).
+/// `Some(None)` disables retries: `attempts` 0 or unset (proto3 reads both as 0), as Istio's
+/// `ConvertPolicy` has it.
 fn retry(r: &api::HttpRetry, field: &str, at: &mut At<'_>) -> Option<Option<RetryPolicy>> {
     let mut policy = RetryPolicy::istio_default();
-    match r.attempts {
-        Some(0) => return Some(None),
-        Some(a) => {
-            policy.attempts = match u32::try_from(a) {
-                Ok(a) => a,
-                Err(_) => {
-                    at.error(
-                        &format!("{field}.attempts"),
-                        format!("attempts {a} must be between 0 and {}", u32::MAX),
-                    );
-                    return None;
-                }
-            }
+    let attempts = r.attempts.unwrap_or(0);
+    if attempts == 0 {
+        // Istio's validation rejects these beside disabled retries: they would do nothing.
+        let set: Vec<&str> = [
+            (r.per_try_timeout.is_some(), "perTryTimeout"),
+            (
+                r.retry_on.as_ref().is_some_and(|o| !o.is_empty()),
+                "retryOn",
+            ),
+            (r.retry_remote_localities.is_some(), "retryRemoteLocalities"),
+        ]
+        .iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| *name)
+        .collect();
+        if !set.is_empty() {
+            at.error(
+                &format!("{field}.attempts"),
+                format!(
+                    "attempts is 0 or unset, which disables retries, yet {} {} set; set attempts",
+                    set.join(", "),
+                    if set.len() == 1 { "is" } else { "are" }
+                ),
+            );
+            return None;
         }
-        None => {}
+        return Some(None);
     }
+    policy.attempts = match u32::try_from(attempts) {
+        Ok(a) => a,
+        Err(_) => {
+            at.error(
+                &format!("{field}.attempts"),
+                format!("attempts {attempts} must be between 0 and {}", u32::MAX),
+            );
+            return None;
+        }
+    };
     if let Some(t) = &r.per_try_timeout {
         policy.per_try_timeout = Some(at.check(
             &format!("{field}.perTryTimeout"),
