@@ -598,10 +598,16 @@ fn retry_policy(r: &pb::RetryPolicy) -> FieldResult<RetryPolicy> {
             .transpose()?
             .filter(|d| !d.is_zero()),
         retry_on: {
-            // Envoy lists the codes apart; the model keeps them with the conditions.
+            // Envoy lists the codes apart and reads them only under `retriable-status-codes`;
+            // the model keeps them with the conditions, where a code implies the condition.
             let mut text = r.retry_on.clone();
-            for code in &r.retriable_status_codes {
-                text.push_str(&format!(",{code}"));
+            if r.retry_on
+                .split(',')
+                .any(|c| c.trim() == "retriable-status-codes")
+            {
+                for code in &r.retriable_status_codes {
+                    text.push_str(&format!(",{code}"));
+                }
             }
             RetryOn::parse(&text).map_err(|e| FieldError::new("retry_on", e))?
         },

@@ -35,7 +35,8 @@ use envoy_types::pb::google::protobuf::{
     BoolValue, Duration as PbDuration, Struct, UInt32Value, Value, value::Kind,
 };
 use mesh_core::model::{
-    AbortError, HealthStatus, LbAlgorithm, Percentage, RouteAction, StringMatch, TlsMode,
+    AbortError, HealthStatus, LbAlgorithm, Percentage, RetryCondition, RouteAction, StringMatch,
+    TlsMode,
 };
 
 const C1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
@@ -212,6 +213,31 @@ fn route_matches_headers_query_and_method() {
         m.query_params,
         vec![("v".to_owned(), Some(StringMatch::Exact("2".into())))]
     );
+}
+
+#[test]
+fn retriable_status_codes_count_only_under_their_condition() {
+    let retry_on = |conditions: &str| {
+        let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+        let Some(rpb::route::Action::Route(a)) = rc.virtual_hosts[0].routes[0].action.as_mut()
+        else {
+            unreachable!()
+        };
+        a.retry_policy = Some(PbRetry {
+            retry_on: conditions.into(),
+            retriable_status_codes: vec![503, 409],
+            ..Default::default()
+        });
+        route_of(&rc).retry.unwrap().retry_on
+    };
+    let with = retry_on("connect-failure,retriable-status-codes");
+    assert!(with.contains(RetryCondition::RetriableStatusCodes));
+    assert_eq!(with.status_codes(), &[503, 409]);
+    // Envoy ignores the codes without the condition.
+    let without = retry_on("connect-failure");
+    assert!(!without.contains(RetryCondition::RetriableStatusCodes));
+    assert!(without.status_codes().is_empty());
+    assert!(without.contains(RetryCondition::ConnectFailure));
 }
 
 #[test]
