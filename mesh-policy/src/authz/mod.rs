@@ -49,6 +49,9 @@
 
 mod index;
 mod matcher;
+mod normalize;
+
+pub use normalize::{InvalidPath, normalize_path};
 
 use std::fmt;
 use std::net::IpAddr;
@@ -93,7 +96,8 @@ pub struct Attributes<'a> {
     pub host: Option<&'a str>,
     /// The HTTP method (`methods`).
     pub method: &'a str,
-    /// The request path; a query string is ignored (`paths`).
+    /// The request path; a query string is ignored (`paths`). Compared as given: the caller
+    /// normalizes it first, as Istio does, with [`normalize_path`].
     pub path: &'a str,
     /// The request headers (`request.headers[...]`).
     pub headers: Option<&'a HeaderMap>,
