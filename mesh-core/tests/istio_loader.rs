@@ -426,6 +426,54 @@ spec:
     );
 }
 
+/// The effective PeerAuthentication of an `app: reviews` workload in `default` under `text`.
+fn peer_auth(text: &str) -> (mesh_core::model::PeerAuthentication, Vec<istio::Diagnostic>) {
+    let workload = Workload {
+        labels: [("app".to_owned(), "reviews".to_owned())].into(),
+        ..Workload::default()
+    };
+    let outcome = istio::load(&[("pa.yaml", text)], &workload);
+    let config = outcome.config.expect("valid");
+    (config.peer_authentication, outcome.diagnostics)
+}
+
+#[test]
+fn port_level_unset_inherits_the_workload_mode() {
+    let (pa, _) = peer_auth(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: reviews }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  mtls: { mode: STRICT }
+  portLevelMtls: { "8080": { mode: UNSET }, "8081": {}, "9090": { mode: DISABLE } }
+"#,
+    );
+    assert_eq!(pa.mode_for(8080), MtlsMode::Strict);
+    assert_eq!(pa.mode_for(8081), MtlsMode::Strict);
+    assert_eq!(pa.mode_for(9090), MtlsMode::Disable);
+    assert_eq!(pa.mode_for(80), MtlsMode::Strict);
+    // And the workload's UNSET inherits the namespace's mode, for every port.
+    let (pa, _) = peer_auth(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: default }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: reviews }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  portLevelMtls: { "8080": { mode: UNSET } }
+"#,
+    );
+    assert_eq!(pa.mode_for(9080), MtlsMode::Strict);
+    assert_eq!(pa.mode_for(8080), MtlsMode::Strict);
+}
+
 #[test]
 fn the_bundled_examples_load_without_findings() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");

@@ -250,26 +250,29 @@ pub(super) fn peer_authentication(
         let Some(mode) = mode(pa.mtls.as_ref(), "spec.mtls.mode", &mut at) else {
             continue;
         };
+        let selector = pa.selector.as_ref();
         let mut ports = Vec::new();
         for (port, mtls) in &pa.port_level_mtls {
             let field = format!("spec.portLevelMtls.{port}");
-            if pa.selector.is_none() {
+            if selector.is_none() {
                 at.error(&field, "portLevelMtls needs a selector");
                 continue;
             }
             match port.parse::<u16>() {
                 Ok(p) if p != 0 => {
-                    if let Some(m) = self::mode(Some(mtls), &format!("{field}.mode"), &mut at) {
-                        ports.push((p, m));
+                    match self::mode(Some(mtls), &format!("{field}.mode"), &mut at) {
+                        // UNSET inherits the workload's mode: the same as no port-level entry.
+                        Some(MtlsMode::Unset) | None => {}
+                        Some(m) => ports.push((p, m)),
                     }
                 }
                 _ => at.error(&field, format!("{port:?} is not a port number")),
             }
         }
-        if !applies(res, pa.selector.as_ref(), workload) {
+        if !applies(res, selector, workload) {
             continue;
         }
-        let level = match (&pa.selector, res.namespace == ROOT_NAMESPACE) {
+        let level = match (selector, res.namespace == ROOT_NAMESPACE) {
             (Some(_), _) => 2,
             (None, false) => 1,
             (None, true) => 0,
