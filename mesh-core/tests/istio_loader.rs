@@ -475,6 +475,80 @@ spec:
 }
 
 #[test]
+fn a_root_namespace_peer_authentication_with_a_selector_is_ignored() {
+    let (pa, diagnostics) = peer_auth(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: mesh, namespace: istio-system }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: reviews-off, namespace: istio-system }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  mtls: { mode: DISABLE }
+"#,
+    );
+    assert_eq!(pa.mode_for(9080), MtlsMode::Strict);
+    assert_eq!(pa.sources, ["istio-system/mesh"]);
+    let warnings: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("reviews-off")
+            && warnings[0].contains("spec.selector")
+            && warnings[0].contains("ignored"),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn a_peer_authentication_selector_without_labels_is_namespace_wide() {
+    // Istio treats `selector: {}` like no selector: the namespace's policy, which a workload
+    // policy overrides and which overrides the mesh's.
+    let ns_wide = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: mesh, namespace: istio-system }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: empty-selector }
+spec:
+  selector: {}
+  mtls: { mode: PERMISSIVE }
+"#;
+    let (pa, _) = peer_auth(ns_wide);
+    assert_eq!(pa.mode_for(9080), MtlsMode::Permissive);
+    assert_eq!(pa.sources, ["istio-system/mesh", "default/empty-selector"]);
+    let with_workload = format!(
+        "{ns_wide}---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: reviews }}
+spec:
+  selector: {{ matchLabels: {{ app: reviews }} }}
+  mtls: {{ mode: DISABLE }}
+"
+    );
+    let (pa, _) = peer_auth(&with_workload);
+    assert_eq!(pa.mode_for(9080), MtlsMode::Disable);
+    // Namespace-wide, so it cannot have port-level modes.
+    let ports = ns_wide.replace(
+        "  selector: {}\n",
+        "  selector: {}\n  portLevelMtls: { \"80\": { mode: STRICT } }\n",
+    );
+    let outcome = istio::load(&[("pa.yaml", &ports)], &Workload::default());
+    let e = outcome.errors().next().expect("an error").to_string();
+    assert!(
+        e.contains("spec.portLevelMtls.80: portLevelMtls needs a selector"),
+        "{e}"
+    );
+}
+
+#[test]
 fn the_bundled_examples_load_without_findings() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
     let read = |rel: &str| {

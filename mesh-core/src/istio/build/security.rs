@@ -9,7 +9,8 @@ use crate::model::{
     PeerAuthentication, SourceMatch, ValueMatch, Workload, selects,
 };
 
-/// Istio's default root namespace: policies there without a selector apply mesh-wide.
+/// Istio's default root namespace: policies there without a selector apply mesh-wide (a
+/// PeerAuthentication there with a selector is ignored).
 const ROOT_NAMESPACE: &str = "istio-system";
 
 fn applies(res: &Resource, selector: Option<&api::SecuritySelector>, workload: &Workload) -> bool {
@@ -250,7 +251,8 @@ pub(super) fn peer_authentication(
         let Some(mode) = mode(pa.mtls.as_ref(), "spec.mtls.mode", &mut at) else {
             continue;
         };
-        let selector = pa.selector.as_ref();
+        // Istio: a selector without labels selects the whole namespace, like no selector.
+        let selector = pa.selector.as_ref().filter(|s| !s.match_labels.is_empty());
         let mut ports = Vec::new();
         for (port, mtls) in &pa.port_level_mtls {
             let field = format!("spec.portLevelMtls.{port}");
@@ -268,6 +270,17 @@ pub(super) fn peer_authentication(
                 }
                 _ => at.error(&field, format!("{port:?} is not a port number")),
             }
+        }
+        if selector.is_some() && res.namespace == ROOT_NAMESPACE {
+            // Istio ignores them: only mesh-wide (selector-less) policies apply from there.
+            at.warn(
+                "spec.selector",
+                format!(
+                    "a PeerAuthentication with a selector in the root namespace {ROOT_NAMESPACE} \
+                     is ignored"
+                ),
+            );
+            continue;
         }
         if !applies(res, selector, workload) {
             continue;
