@@ -53,6 +53,7 @@ mod normalize;
 
 pub use normalize::{InvalidPath, normalize_path};
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -99,7 +100,8 @@ pub struct Attributes<'a> {
     /// The request path; a query string is ignored (`paths`). Compared as given: the caller
     /// normalizes it first, as Istio does, with [`normalize_path`].
     pub path: &'a str,
-    /// The request headers (`request.headers[...]`).
+    /// The request headers (`request.headers[...]`; a repeated header's values are matched
+    /// joined with `,`, as Envoy does).
     pub headers: Option<&'a HeaderMap>,
 }
 
@@ -582,15 +584,8 @@ impl Condition {
     fn matches(&self, req: &Attributes<'_>) -> bool {
         match self {
             Self::Header(name, pair) => {
-                let values = req.headers.map(|h| h.get_all(name));
-                let any = |list: &[StrMatch]| {
-                    values.as_ref().is_some_and(|vs| {
-                        vs.iter()
-                            .filter_map(|v| v.to_str().ok())
-                            .any(|v| list.iter().any(|m| m.matches(v)))
-                    })
-                };
-                (pair.values.is_empty() || any(&pair.values)) && !any(&pair.not_values)
+                let value = req.headers.and_then(|h| header_value(h, name));
+                pair.test(value.as_deref(), str_is)
             }
             Self::SourceIp(p) => p.test(req.source_ip, ip_in),
             Self::RemoteIp(p) => p.test(req.remote(), ip_in),
@@ -601,6 +596,26 @@ impl Condition {
             Self::Sni(p) => p.test(req.sni, str_is),
         }
     }
+}
+
+/// Header `name` as Envoy's RBAC filter matches it: a repeated header is one value, its
+/// values joined with `,` (so `x-role: guest` plus `x-role: admin` is `guest,admin`, which
+/// `admin` does not match exactly). A single value is borrowed, not copied.
+fn header_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<Cow<'h, str>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(String::from_utf8_lossy(first.as_bytes()));
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in std::iter::once(second).chain(values) {
+        joined.push(b',');
+        joined.extend_from_slice(v.as_bytes());
+    }
+    Some(Cow::Owned(match String::from_utf8(joined) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }))
 }
 
 fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {

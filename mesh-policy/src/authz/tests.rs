@@ -2,7 +2,9 @@
 //! (so selector and namespace scoping are exercised too), one request, and the expected
 //! decision, with the Istio rule it checks. "AP" cites the AuthorizationPolicy reference
 //! (istio.io/latest/docs/reference/config/security/authorization-policy/), "AC" the
-//! authorization concepts page (istio.io/latest/docs/concepts/security/#authorization).
+//! authorization concepts page (istio.io/latest/docs/concepts/security/#authorization),
+//! "Normalization" the normalization reference
+//! (istio.io/latest/docs/reference/config/security/normalization/).
 
 use std::net::IpAddr;
 
@@ -802,6 +804,30 @@ fn cases() -> Vec<Case> {
             allow("when: [{ key: \"request.headers[x-env]\", notValues: [prod] }]"),
             get("/"),
             A,
+        ),
+        case(
+            "Normalization: repeated headers are joined with ',' before matching",
+            allow("when: [{ key: \"request.headers[x-role]\", values: [admin] }]"),
+            get("/").header("x-role", "guest").header("x-role", "admin"),
+            D,
+        ),
+        case(
+            "Normalization: repeated headers match as the joined value",
+            allow("when: [{ key: \"request.headers[x-role]\", values: [\"guest,admin\"] }]"),
+            get("/").header("x-role", "guest").header("x-role", "admin"),
+            A,
+        ),
+        case(
+            "Normalization: a prefix matches the first of repeated headers",
+            allow("when: [{ key: \"request.headers[x-role]\", values: [\"admin*\"] }]"),
+            get("/").header("x-role", "admin").header("x-role", "guest"),
+            A,
+        ),
+        case(
+            "Normalization: notValues see the joined value of repeated headers",
+            deny("when: [{ key: \"request.headers[x-env]\", notValues: [prod] }]"),
+            get("/").header("x-env", "prod").header("x-env", "prod"),
+            D,
         ),
         case(
             "AP when source.ip",
