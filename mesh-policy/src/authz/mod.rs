@@ -93,7 +93,7 @@ pub struct Attributes<'a> {
     pub destination_port: Option<u16>,
     /// The TLS server name the client asked for (`connection.sni`).
     pub sni: Option<&'a str>,
-    /// The `Host` / `:authority` (`hosts`).
+    /// The `Host` / `:authority` (`hosts`), port included: `hosts` match it whole.
     pub host: Option<&'a str>,
     /// The HTTP method (`methods`).
     pub method: &'a str,
@@ -567,14 +567,10 @@ impl Source {
 
 impl Operation {
     fn matches(&self, req: &Attributes<'_>) -> bool {
-        check(&self.hosts, req.host, |m, host: &str| {
-            // Case-insensitive; a `Host` with a port also matches the name without it.
-            let lower = host.to_ascii_lowercase();
-            m.matches(&lower)
-                || lower
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| p.parse::<u16>().is_ok() && m.matches(h))
-        }) && check(&self.ports, req.destination_port, |m, p| *m == p)
+        // The whole `Host`, port included, case-insensitive, as Istio matches `:authority`: a
+        // policy names `foo.com:*` to match `foo.com` on any port.
+        check(&self.hosts, req.host, StrMatch::matches_ignore_case)
+            && check(&self.ports, req.destination_port, |m, p| *m == p)
             && check(&self.methods, Some(req.method), str_is)
             && check(&self.paths, Some(req.path_only()), PathMatch::matches)
     }

@@ -586,9 +586,39 @@ fn cases() -> Vec<Case> {
             A,
         ),
         case(
-            "AP operation.hosts: Host with port matches the name",
+            "AP operation.hosts: the port is part of the Host (exact match only)",
             allow("to: [{ operation: { hosts: [example.com] } }]"),
             get("/").host("example.com:8080"),
+            D,
+        ),
+        case(
+            "AP operation.hosts: `name:*` matches the name with a port",
+            allow("to: [{ operation: { hosts: [\"example.com:*\"] } }]"),
+            get("/").host("Example.com:8080"),
+            A,
+        ),
+        case(
+            "AP operation.hosts: `name:*` does not match the bare name",
+            allow("to: [{ operation: { hosts: [\"example.com:*\"] } }]"),
+            get("/").host("example.com"),
+            D,
+        ),
+        case(
+            "AP operation.notHosts in DENY: a Host with a port is not the listed host",
+            deny("to: [{ operation: { notHosts: [internal.svc] } }]"),
+            get("/").host("internal.svc:8080"),
+            D,
+        ),
+        case(
+            "AP operation.notHosts in DENY: the listed host passes",
+            deny("to: [{ operation: { notHosts: [internal.svc] } }]"),
+            get("/").host("INTERNAL.svc"),
+            A,
+        ),
+        case(
+            "AP operation.hosts: suffix match ignores case",
+            allow("to: [{ operation: { hosts: [\"*.Example.com\"] } }]"),
+            get("/").host("API.EXAMPLE.COM"),
             A,
         ),
         case(
