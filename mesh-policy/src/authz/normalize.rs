@@ -340,6 +340,37 @@ mod tests {
         }
     }
 
+    /// Every path of up to 5 characters over the characters that matter: the result starts
+    /// with '/', has no `.` or `..` segment left, and normalizing it again changes nothing.
+    #[test]
+    fn every_short_path_normalizes_to_a_fixed_point_without_dot_segments() {
+        const ALPHABET: &[u8] = b"/.%2eE\\a016";
+        let mut path = Vec::new();
+        let mut checked = 0;
+        for len in 0..=5u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                path.clear();
+                for _ in 0..len {
+                    path.push(ALPHABET[n % ALPHABET.len()]);
+                    n /= ALPHABET.len();
+                }
+                let p = std::str::from_utf8(&path).unwrap();
+                let Ok(once) = normalize_path(p) else {
+                    assert!(p.contains("%00"), "{p:?}");
+                    continue;
+                };
+                assert!(once.starts_with('/'), "{p:?} -> {once:?}");
+                assert!(
+                    once.split('/').all(|seg| seg != "." && seg != ".."),
+                    "{p:?} -> {once:?}"
+                );
+                assert_eq!(norm(&once), once, "{p:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 150_000, "{checked}");
+    }
+
     #[test]
     fn empty_path_is_the_root() {
         assert_eq!(norm(""), "/");
