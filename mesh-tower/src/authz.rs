@@ -10,8 +10,9 @@
 //! `RBAC: access denied`, as Envoy's RBAC filter answers. The [`Verdict`] travels in the
 //! request's extensions (for the app behind, when allowed) and in the response's extensions
 //! (when denied), so an embedding service or a test can read which policy decided. When no
-//! policy applies to the workload the request passes untouched, without a verdict. AUDIT
-//! matches and dry-run outcomes are logged and counted; they never change the answer.
+//! policy applies to the workload the request passes without a verdict (its path normalized,
+//! see below). AUDIT matches and dry-run outcomes are logged and counted; they never change
+//! the answer.
 //!
 //! Before anything is decided the request's path is normalized as Istio's default (`BASE`)
 //! path normalization does ([`normalize_path`]: dot segments, backslashes, percent-encoded
