@@ -507,6 +507,128 @@ spec:
     );
 }
 
+/// The effective PeerAuthentication of an `app: reviews` workload in `default` under `text`.
+fn peer_auth(text: &str) -> (mesh_core::model::PeerAuthentication, Vec<istio::Diagnostic>) {
+    let workload = Workload {
+        labels: [("app".to_owned(), "reviews".to_owned())].into(),
+        ..Workload::default()
+    };
+    let outcome = istio::load(&[("pa.yaml", text)], &workload);
+    let config = outcome.config.expect("valid");
+    (config.peer_authentication, outcome.diagnostics)
+}
+
+#[test]
+fn port_level_unset_inherits_the_workload_mode() {
+    let (pa, _) = peer_auth(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: reviews }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  mtls: { mode: STRICT }
+  portLevelMtls: { "8080": { mode: UNSET }, "8081": {}, "9090": { mode: DISABLE } }
+"#,
+    );
+    assert_eq!(pa.mode_for(8080), MtlsMode::Strict);
+    assert_eq!(pa.mode_for(8081), MtlsMode::Strict);
+    assert_eq!(pa.mode_for(9090), MtlsMode::Disable);
+    assert_eq!(pa.mode_for(80), MtlsMode::Strict);
+    // And the workload's UNSET inherits the namespace's mode, for every port.
+    let (pa, _) = peer_auth(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: default }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: reviews }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  portLevelMtls: { "8080": { mode: UNSET } }
+"#,
+    );
+    assert_eq!(pa.mode_for(9080), MtlsMode::Strict);
+    assert_eq!(pa.mode_for(8080), MtlsMode::Strict);
+}
+
+#[test]
+fn a_root_namespace_peer_authentication_with_a_selector_is_ignored() {
+    let (pa, diagnostics) = peer_auth(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: mesh, namespace: istio-system }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: reviews-off, namespace: istio-system }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  mtls: { mode: DISABLE }
+"#,
+    );
+    assert_eq!(pa.mode_for(9080), MtlsMode::Strict);
+    assert_eq!(pa.sources, ["istio-system/mesh"]);
+    let warnings: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("reviews-off")
+            && warnings[0].contains("spec.selector")
+            && warnings[0].contains("ignored"),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn a_peer_authentication_selector_without_labels_is_namespace_wide() {
+    // Istio treats `selector: {}` like no selector: the namespace's policy, which a workload
+    // policy overrides and which overrides the mesh's.
+    let ns_wide = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: mesh, namespace: istio-system }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: empty-selector }
+spec:
+  selector: {}
+  mtls: { mode: PERMISSIVE }
+"#;
+    let (pa, _) = peer_auth(ns_wide);
+    assert_eq!(pa.mode_for(9080), MtlsMode::Permissive);
+    assert_eq!(pa.sources, ["istio-system/mesh", "default/empty-selector"]);
+    let with_workload = format!(
+        "{ns_wide}---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: reviews }}
+spec:
+  selector: {{ matchLabels: {{ app: reviews }} }}
+  mtls: {{ mode: DISABLE }}
+"
+    );
+    let (pa, _) = peer_auth(&with_workload);
+    assert_eq!(pa.mode_for(9080), MtlsMode::Disable);
+    // Namespace-wide, so it cannot have port-level modes.
+    let ports = ns_wide.replace(
+        "  selector: {}\n",
+        "  selector: {}\n  portLevelMtls: { \"80\": { mode: STRICT } }\n",
+    );
+    let outcome = istio::load(&[("pa.yaml", &ports)], &Workload::default());
+    let e = outcome.errors().next().expect("an error").to_string();
+    assert!(
+        e.contains("spec.portLevelMtls.80: portLevelMtls needs a selector"),
+        "{e}"
+    );
+}
+
 #[test]
 fn the_bundled_examples_load_without_findings() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");

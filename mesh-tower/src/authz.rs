@@ -10,22 +10,32 @@
 //! `RBAC: access denied`, as Envoy's RBAC filter answers. The [`Verdict`] travels in the
 //! request's extensions (for the app behind, when allowed) and in the response's extensions
 //! (when denied), so an embedding service or a test can read which policy decided. When no
-//! policy applies to the workload the request passes untouched, without a verdict. AUDIT
-//! matches and dry-run outcomes are logged and counted; they never change the answer.
+//! policy applies to the workload the request passes without a verdict (its path normalized,
+//! see below). AUDIT matches and dry-run outcomes are logged and counted; they never change
+//! the answer.
+//!
+//! Before anything is decided the request's path is normalized as Istio's default (`BASE`)
+//! path normalization does ([`normalize_path`]: dot segments, backslashes, percent-encoded
+//! unreserved characters), and the request goes on with the normalized path (its query
+//! unchanged): policies and the app see the same path, so `/public/../admin` cannot pass a
+//! DENY on `/admin*` and then reach `/admin`. A path that cannot be normalized (`%00`) is
+//! answered 400, as Envoy does. This happens whether or not policies apply.
 //!
 //! If the snapshot's policies cannot be compiled (a policy this engine does not support that
 //! a source other than the Istio loader let through), every request is denied: failing open
 //! would silently drop a check the operator asked for.
 
-use crate::body::{self, BoxBody};
+use crate::body::{self, BoxBody, BoxError};
+use crate::error::{self, ProxyError};
 use crate::server::ConnectionInfo;
 use crate::tls::TlsInfo;
 use arc_swap::ArcSwapOption;
 use http::header::{CONTENT_TYPE, HOST};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use mesh_core::store::ConfigStore;
 use mesh_policy::PeerIdentity;
-use mesh_policy::authz::{Attributes, Decision, Engine, InvalidPolicy, Verdict};
+use mesh_policy::authz::{Attributes, Decision, Engine, InvalidPolicy, Verdict, normalize_path};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -183,6 +193,32 @@ fn evaluate<B>(compiled: &Compiled, req: &Request<B>) -> Option<Verdict> {
         .map(|e| e.evaluate(&attributes(req)))
 }
 
+/// Normalizes `req`'s path in place ([`normalize_path`]), keeping its query. A path that is
+/// already normal (the common case) costs one scan of its bytes and no allocation.
+fn normalize<B>(req: &mut Request<B>) -> Result<(), BoxError> {
+    let path = req.uri().path();
+    // `*` (OPTIONS) and authority-form targets (CONNECT) have no path to normalize.
+    if !path.starts_with('/') {
+        return Ok(());
+    }
+    let bad =
+        |e: &dyn std::fmt::Display| -> BoxError { ProxyError::BadRequest(e.to_string()).into() };
+    let mut normalized = match normalize_path(path) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(e) => return Err(bad(&e)),
+    };
+    if let Some(query) = req.uri().query() {
+        normalized.push('?');
+        normalized.push_str(query);
+    }
+    // Cannot fail: the output is ASCII the URI grammar allows, and the rest comes from a URI.
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(normalized).map_err(|e| bad(&e))?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| bad(&e))?;
+    Ok(())
+}
+
 /// The 403 response Envoy's RBAC filter sends.
 pub fn denied_response() -> Response<BoxBody> {
     let mut response = Response::new(body::full(DENIED_BODY));
@@ -211,6 +247,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Err(e) = normalize(&mut req) {
+            tracing::debug!(error = %e, "request path cannot be normalized");
+            return futures_util::future::Either::Left(std::future::ready(Ok(error::to_response(
+                &e,
+            ))));
+        }
         let compiled = self.shared.engine();
         if compiled.engine.as_ref().is_ok_and(Engine::is_empty) {
             // No policy applies: allowed, and nothing to record (no verdict is inserted).
@@ -264,7 +306,8 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use mesh_core::model::{
-        AuthorizationPolicy, AuthzAction, AuthzRule, MeshConfig, SourceMatch, ValueMatch,
+        AuthorizationPolicy, AuthzAction, AuthzRule, MeshConfig, OperationMatch, SourceMatch,
+        ValueMatch,
     };
     use mesh_policy::SpiffeId;
     use mesh_policy::authz::Reason;
@@ -376,5 +419,98 @@ mod tests {
         let r = svc.oneshot(request(Some("frontend"))).await.unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert!(r.extensions().get::<Verdict>().is_none());
+    }
+
+    /// An app on 127.0.0.1 that answers with the path and query it received.
+    async fn echo_app() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
+                    let seen = req
+                        .uri()
+                        .path_and_query()
+                        .map_or("", |p| p.as_str())
+                        .to_owned();
+                    async move { Ok::<_, std::convert::Infallible>(Response::new(body::full(seen))) }
+                });
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn deny_admin() -> MeshConfig {
+        MeshConfig {
+            authorization: vec![AuthorizationPolicy {
+                name: "default/deny-admin".into(),
+                action: AuthzAction::Deny,
+                rules: vec![AuthzRule {
+                    to: vec![OperationMatch {
+                        paths: ValueMatch {
+                            values: vec!["/admin*".into()],
+                            not_values: vec![],
+                        },
+                        ..OperationMatch::default()
+                    }],
+                    ..AuthzRule::default()
+                }],
+                dry_run: false,
+            }],
+            ..MeshConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn paths_are_normalized_before_authorization_and_for_the_app() {
+        let app = echo_app().await;
+        let store = Arc::new(ConfigStore::new(deny_admin()));
+        let svc = AuthzLayer::new(store.clone()).layer(crate::inbound::Inbound::new(
+            store.clone(),
+            Some(app),
+            crate::client::UpstreamClient::new(),
+        ));
+        let call = |uri: &'static str| {
+            let svc = svc.clone();
+            async move {
+                let req = Request::get(uri)
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let resp = svc.oneshot(req).await.unwrap();
+                (resp.status().as_u16(), text(resp).await)
+            }
+        };
+        // The DENY on `/admin*` holds however the path spells `/admin`.
+        for uri in [
+            "/admin",
+            "/public/../admin",
+            "/public/%2e%2e/admin",
+            "/%61dmin",
+            "/public/..\\admin",
+            "/./admin/x?debug=1",
+        ] {
+            assert_eq!(call(uri).await, (403, DENIED_BODY.to_owned()), "{uri}");
+        }
+        // Allowed requests reach the app with the normalized path and their query unchanged.
+        assert_eq!(
+            call("/public/./a/../b?x=%2e").await,
+            (200, "/public/b?x=%2e".into())
+        );
+        assert_eq!(call("/%7Euser/%41").await, (200, "/~user/A".into()));
+        assert_eq!(call("/plain/path?q").await, (200, "/plain/path?q".into()));
+        // BASE keeps an encoded slash encoded: `/a%2Fadmin` is not under `/admin`.
+        assert_eq!(call("/a%2Fadmin").await, (200, "/a%2Fadmin".into()));
+        // A path that cannot be normalized is refused with 400, as Envoy does.
+        assert_eq!(call("/a%00b").await.0, 400);
+        // Without policies the app still gets the normalized path.
+        store.publish(MeshConfig::default());
+        assert_eq!(call("/x/../admin").await, (200, "/admin".into()));
     }
 }

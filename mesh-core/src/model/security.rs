@@ -120,18 +120,45 @@ pub enum MtlsMode {
 pub struct PeerAuthentication {
     /// The mode for every port without a port-level override.
     pub mode: MtlsMode,
-    /// Port-level overrides, by the workload's port number.
+    /// Port-level overrides, by the workload's port number (`Unset` inherits [`Self::mode`]).
     pub port_modes: BTreeMap<u16, MtlsMode>,
     /// The policies that contributed, as `namespace/name`, most specific last.
     pub sources: Vec<String>,
 }
 
 impl PeerAuthentication {
-    /// The mode that applies on `port`; `Unset` resolves to PERMISSIVE, Istio's default.
+    /// The mode that applies on `port`: its port-level mode, else (no entry, or `Unset`, which
+    /// inherits) the workload's mode; `Unset` there resolves to PERMISSIVE, Istio's default.
     pub fn mode_for(&self, port: u16) -> MtlsMode {
-        match self.port_modes.get(&port).copied().unwrap_or(self.mode) {
+        let port_mode = self.port_modes.get(&port).copied();
+        match port_mode
+            .filter(|m| *m != MtlsMode::Unset)
+            .unwrap_or(self.mode)
+        {
             MtlsMode::Unset => MtlsMode::Permissive,
             mode => mode,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_port_mode_inherits_the_workload_mode() {
+        let pa = PeerAuthentication {
+            mode: MtlsMode::Strict,
+            port_modes: [(8080, MtlsMode::Unset), (9090, MtlsMode::Disable)].into(),
+            sources: vec![],
+        };
+        assert_eq!(pa.mode_for(8080), MtlsMode::Strict);
+        assert_eq!(pa.mode_for(9090), MtlsMode::Disable);
+        assert_eq!(pa.mode_for(80), MtlsMode::Strict);
+        let unset = PeerAuthentication {
+            port_modes: [(8080, MtlsMode::Unset)].into(),
+            ..PeerAuthentication::default()
+        };
+        assert_eq!(unset.mode_for(8080), MtlsMode::Permissive);
     }
 }

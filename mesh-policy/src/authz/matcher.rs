@@ -40,6 +40,21 @@ impl StrMatch {
             Self::Present => !s.is_empty(),
         }
     }
+
+    /// [`StrMatch::matches`] ignoring ASCII case, for a matcher compiled lowercase: no copy of
+    /// `s` is made.
+    pub(crate) fn matches_ignore_case(&self, s: &str) -> bool {
+        let (s, eq) = (s.as_bytes(), <[u8]>::eq_ignore_ascii_case);
+        match self {
+            Self::Exact(e) => eq(s, e.as_bytes()),
+            Self::Prefix(p) => s.get(..p.len()).is_some_and(|h| eq(h, p.as_bytes())),
+            Self::Suffix(x) => s
+                .len()
+                .checked_sub(x.len())
+                .is_some_and(|at| eq(&s[at..], x.as_bytes())),
+            Self::Present => !s.is_empty(),
+        }
+    }
 }
 
 /// One path template segment.

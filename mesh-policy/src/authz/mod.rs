@@ -49,7 +49,11 @@
 
 mod index;
 mod matcher;
+mod normalize;
 
+pub use normalize::{InvalidPath, normalize_path};
+
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -89,13 +93,15 @@ pub struct Attributes<'a> {
     pub destination_port: Option<u16>,
     /// The TLS server name the client asked for (`connection.sni`).
     pub sni: Option<&'a str>,
-    /// The `Host` / `:authority` (`hosts`).
+    /// The `Host` / `:authority` (`hosts`), port included: `hosts` match it whole.
     pub host: Option<&'a str>,
     /// The HTTP method (`methods`).
     pub method: &'a str,
-    /// The request path; a query string is ignored (`paths`).
+    /// The request path; a query string is ignored (`paths`). Compared as given: the caller
+    /// normalizes it first, as Istio does, with [`normalize_path`].
     pub path: &'a str,
-    /// The request headers (`request.headers[...]`).
+    /// The request headers (`request.headers[...]`; a repeated header's values are matched
+    /// joined with `,`, as Envoy does).
     pub headers: Option<&'a HeaderMap>,
 }
 
@@ -561,14 +567,10 @@ impl Source {
 
 impl Operation {
     fn matches(&self, req: &Attributes<'_>) -> bool {
-        check(&self.hosts, req.host, |m, host: &str| {
-            // Case-insensitive; a `Host` with a port also matches the name without it.
-            let lower = host.to_ascii_lowercase();
-            m.matches(&lower)
-                || lower
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| p.parse::<u16>().is_ok() && m.matches(h))
-        }) && check(&self.ports, req.destination_port, |m, p| *m == p)
+        // The whole `Host`, port included, case-insensitive, as Istio matches `:authority`: a
+        // policy names `foo.com:*` to match `foo.com` on any port.
+        check(&self.hosts, req.host, StrMatch::matches_ignore_case)
+            && check(&self.ports, req.destination_port, |m, p| *m == p)
             && check(&self.methods, Some(req.method), str_is)
             && check(&self.paths, Some(req.path_only()), PathMatch::matches)
     }
@@ -578,15 +580,8 @@ impl Condition {
     fn matches(&self, req: &Attributes<'_>) -> bool {
         match self {
             Self::Header(name, pair) => {
-                let values = req.headers.map(|h| h.get_all(name));
-                let any = |list: &[StrMatch]| {
-                    values.as_ref().is_some_and(|vs| {
-                        vs.iter()
-                            .filter_map(|v| v.to_str().ok())
-                            .any(|v| list.iter().any(|m| m.matches(v)))
-                    })
-                };
-                (pair.values.is_empty() || any(&pair.values)) && !any(&pair.not_values)
+                let value = req.headers.and_then(|h| header_value(h, name));
+                pair.test(value.as_deref(), str_is)
             }
             Self::SourceIp(p) => p.test(req.source_ip, ip_in),
             Self::RemoteIp(p) => p.test(req.remote(), ip_in),
@@ -597,6 +592,26 @@ impl Condition {
             Self::Sni(p) => p.test(req.sni, str_is),
         }
     }
+}
+
+/// Header `name` as Envoy's RBAC filter matches it: a repeated header is one value, its
+/// values joined with `,` (so `x-role: guest` plus `x-role: admin` is `guest,admin`, which
+/// `admin` does not match exactly). A single value is borrowed, not copied.
+fn header_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<Cow<'h, str>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(String::from_utf8_lossy(first.as_bytes()));
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in std::iter::once(second).chain(values) {
+        joined.push(b',');
+        joined.extend_from_slice(v.as_bytes());
+    }
+    Some(Cow::Owned(match String::from_utf8(joined) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }))
 }
 
 fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {

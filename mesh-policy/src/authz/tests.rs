@@ -2,7 +2,9 @@
 //! (so selector and namespace scoping are exercised too), one request, and the expected
 //! decision, with the Istio rule it checks. "AP" cites the AuthorizationPolicy reference
 //! (istio.io/latest/docs/reference/config/security/authorization-policy/), "AC" the
-//! authorization concepts page (istio.io/latest/docs/concepts/security/#authorization).
+//! authorization concepts page (istio.io/latest/docs/concepts/security/#authorization),
+//! "Normalization" the normalization reference
+//! (istio.io/latest/docs/reference/config/security/normalization/).
 
 use std::net::IpAddr;
 
@@ -584,9 +586,39 @@ fn cases() -> Vec<Case> {
             A,
         ),
         case(
-            "AP operation.hosts: Host with port matches the name",
+            "AP operation.hosts: the port is part of the Host (exact match only)",
             allow("to: [{ operation: { hosts: [example.com] } }]"),
             get("/").host("example.com:8080"),
+            D,
+        ),
+        case(
+            "AP operation.hosts: `name:*` matches the name with a port",
+            allow("to: [{ operation: { hosts: [\"example.com:*\"] } }]"),
+            get("/").host("Example.com:8080"),
+            A,
+        ),
+        case(
+            "AP operation.hosts: `name:*` does not match the bare name",
+            allow("to: [{ operation: { hosts: [\"example.com:*\"] } }]"),
+            get("/").host("example.com"),
+            D,
+        ),
+        case(
+            "AP operation.notHosts in DENY: a Host with a port is not the listed host",
+            deny("to: [{ operation: { notHosts: [internal.svc] } }]"),
+            get("/").host("internal.svc:8080"),
+            D,
+        ),
+        case(
+            "AP operation.notHosts in DENY: the listed host passes",
+            deny("to: [{ operation: { notHosts: [internal.svc] } }]"),
+            get("/").host("INTERNAL.svc"),
+            A,
+        ),
+        case(
+            "AP operation.hosts: suffix match ignores case",
+            allow("to: [{ operation: { hosts: [\"*.Example.com\"] } }]"),
+            get("/").host("API.EXAMPLE.COM"),
             A,
         ),
         case(
@@ -802,6 +834,30 @@ fn cases() -> Vec<Case> {
             allow("when: [{ key: \"request.headers[x-env]\", notValues: [prod] }]"),
             get("/"),
             A,
+        ),
+        case(
+            "Normalization: repeated headers are joined with ',' before matching",
+            allow("when: [{ key: \"request.headers[x-role]\", values: [admin] }]"),
+            get("/").header("x-role", "guest").header("x-role", "admin"),
+            D,
+        ),
+        case(
+            "Normalization: repeated headers match as the joined value",
+            allow("when: [{ key: \"request.headers[x-role]\", values: [\"guest,admin\"] }]"),
+            get("/").header("x-role", "guest").header("x-role", "admin"),
+            A,
+        ),
+        case(
+            "Normalization: a prefix matches the first of repeated headers",
+            allow("when: [{ key: \"request.headers[x-role]\", values: [\"admin*\"] }]"),
+            get("/").header("x-role", "admin").header("x-role", "guest"),
+            A,
+        ),
+        case(
+            "Normalization: notValues see the joined value of repeated headers",
+            deny("when: [{ key: \"request.headers[x-env]\", notValues: [prod] }]"),
+            get("/").header("x-env", "prod").header("x-env", "prod"),
+            D,
         ),
         case(
             "AP when source.ip",

@@ -9,7 +9,8 @@ use crate::model::{
     PeerAuthentication, SourceMatch, ValueMatch, Workload, selects,
 };
 
-/// Istio's default root namespace: policies there without a selector apply mesh-wide.
+/// Istio's default root namespace: policies there without a selector apply mesh-wide (a
+/// PeerAuthentication there with a selector is ignored).
 const ROOT_NAMESPACE: &str = "istio-system";
 
 fn applies(res: &Resource, selector: Option<&api::SecuritySelector>, workload: &Workload) -> bool {
@@ -250,26 +251,41 @@ pub(super) fn peer_authentication(
         let Some(mode) = mode(pa.mtls.as_ref(), "spec.mtls.mode", &mut at) else {
             continue;
         };
+        // Istio: a selector without labels selects the whole namespace, like no selector.
+        let selector = pa.selector.as_ref().filter(|s| !s.match_labels.is_empty());
         let mut ports = Vec::new();
         for (port, mtls) in &pa.port_level_mtls {
             let field = format!("spec.portLevelMtls.{port}");
-            if pa.selector.is_none() {
+            if selector.is_none() {
                 at.error(&field, "portLevelMtls needs a selector");
                 continue;
             }
             match port.parse::<u16>() {
                 Ok(p) if p != 0 => {
-                    if let Some(m) = self::mode(Some(mtls), &format!("{field}.mode"), &mut at) {
-                        ports.push((p, m));
+                    match self::mode(Some(mtls), &format!("{field}.mode"), &mut at) {
+                        // UNSET inherits the workload's mode: the same as no port-level entry.
+                        Some(MtlsMode::Unset) | None => {}
+                        Some(m) => ports.push((p, m)),
                     }
                 }
                 _ => at.error(&field, format!("{port:?} is not a port number")),
             }
         }
-        if !applies(res, pa.selector.as_ref(), workload) {
+        if selector.is_some() && res.namespace == ROOT_NAMESPACE {
+            // Istio ignores them: only mesh-wide (selector-less) policies apply from there.
+            at.warn(
+                "spec.selector",
+                format!(
+                    "a PeerAuthentication with a selector in the root namespace {ROOT_NAMESPACE} \
+                     is ignored"
+                ),
+            );
             continue;
         }
-        let level = match (&pa.selector, res.namespace == ROOT_NAMESPACE) {
+        if !applies(res, selector, workload) {
+            continue;
+        }
+        let level = match (selector, res.namespace == ROOT_NAMESPACE) {
             (Some(_), _) => 2,
             (None, false) => 1,
             (None, true) => 0,
