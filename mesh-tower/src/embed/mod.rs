@@ -353,7 +353,7 @@ impl Mesh {
     }
 
     /// The outbound client: a clonable `tower::Service<http::Request<B>>` that routes by the
-    /// request's authority through route, fault, mirror, timeout, retry, split, breaker and
+    /// request's authority through route, fault, mirror, timeout, split, retry, breaker and
     /// balancer, and answers failures the way Envoy does (404 NR, 503 UH/UF/UO, 504 UT).
     pub fn client(&self) -> Outbound {
         self.client.clone()
