@@ -908,7 +908,7 @@ impl Observed {
                     Some(ProxyError::ConnectFailure { .. } | ProxyError::UpstreamReset { .. }) => {
                         Some(Outcome::LocalOriginFailure)
                     }
-                    Some(ProxyError::Timeout { .. }) => Some(Outcome::Status(504)),
+                    Some(ProxyError::Timeout { .. }) => Some(Outcome::LocalOriginTimeout),
                     _ => None,
                 },
             };

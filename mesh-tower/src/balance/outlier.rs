@@ -22,6 +22,9 @@ pub enum Outcome {
     Status(u16),
     /// The connection failed or was reset before a response (a local-origin failure).
     LocalOriginFailure,
+    /// No response within the timeout (Envoy's `LOCAL_ORIGIN_TIMEOUT`): a local-origin
+    /// failure when those are counted apart, else a 504.
+    LocalOriginTimeout,
 }
 
 /// One endpoint's detector state.
@@ -73,11 +76,16 @@ impl OutlierState {
     /// [`eject`]: Self::eject
     pub fn record(&self, outcome: Outcome, policy: &OutlierDetection) -> bool {
         let mut s = self.lock();
-        // Without the split, a local-origin failure counts as a 503 (Envoy's mapping).
+        // Without the split, a local-origin failure counts as a 503 and a timeout as a 504
+        // (Envoy's mapping); with it, both are local-origin failures.
         let outcome = match outcome {
             Outcome::LocalOriginFailure if !policy.split_external_local_origin_errors => {
                 Outcome::Status(503)
             }
+            Outcome::LocalOriginTimeout if !policy.split_external_local_origin_errors => {
+                Outcome::Status(504)
+            }
+            Outcome::LocalOriginTimeout => Outcome::LocalOriginFailure,
             other => other,
         };
         match outcome {
@@ -94,7 +102,9 @@ impl OutlierState {
                 s.consecutive_gateway = 0;
                 s.consecutive_local = 0;
             }
-            Outcome::LocalOriginFailure => s.consecutive_local += 1,
+            Outcome::LocalOriginFailure | Outcome::LocalOriginTimeout => {
+                s.consecutive_local += 1;
+            }
         }
         let over = |count: u32, threshold: Option<u32>| threshold.is_some_and(|t| count >= t);
         over(s.consecutive_5xx, policy.consecutive_5xx_errors)
@@ -310,6 +320,30 @@ mod tests {
         e.record(Outcome::LocalOriginFailure, &p);
         assert!(!e.record(Outcome::LocalOriginFailure, &p));
         assert!(e.record(Outcome::LocalOriginFailure, &p));
+    }
+
+    #[test]
+    fn timeouts_count_as_504_unless_local_origin_failures_are_split() {
+        let mut p = policy(5);
+        p.consecutive_gateway_errors = Some(2);
+        let e = OutlierState::default();
+        e.record(Outcome::LocalOriginTimeout, &p);
+        assert!(
+            e.record(Outcome::LocalOriginTimeout, &p),
+            "two gateway errors"
+        );
+        p.split_external_local_origin_errors = true;
+        p.consecutive_local_origin_failures = Some(3);
+        let e = OutlierState::default();
+        e.record(Outcome::LocalOriginTimeout, &p);
+        assert!(
+            !e.record(Outcome::LocalOriginTimeout, &p),
+            "not gateway errors"
+        );
+        assert!(
+            e.record(Outcome::LocalOriginFailure, &p),
+            "third local failure"
+        );
     }
 
     #[test]
