@@ -399,6 +399,21 @@ mod tests {
     use std::time::Duration;
     use tower::ServiceExt;
 
+    /// A request the split sent to `cluster`.
+    fn request_to(cluster: &Arc<Cluster>) -> Request<BoxBody> {
+        let mut req = Request::new(body::empty());
+        RequestContext::of_mut(&mut req).target = Some(Target {
+            cluster: cluster.clone(),
+        });
+        req
+    }
+
+    /// The upstream of the limit tests: answers 200 after a second.
+    async fn answer_after_a_second(_: Request<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(Response::new(body::empty()))
+    }
+
     fn cluster(pool: ConnectionPool) -> Arc<Cluster> {
         Arc::new(Cluster {
             name: ClusterName::new("c"),
@@ -445,19 +460,13 @@ mod tests {
             max_retries: 1,
             ..ConnectionPool::default()
         });
-        let slow = tower::service_fn(|_req: Request<BoxBody>| async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok::<_, BoxError>(Response::new(body::empty()))
-        });
+        let slow = tower::service_fn(answer_after_a_second);
         let layer = BreakerLayer::new();
         let svc = layer.layer(slow);
         let started = tokio::time::Instant::now();
         // Two retries (second tries) and three first tries at once.
         let tries = [2, 2, 1, 1, 1].map(|number| {
-            let mut req = Request::new(body::empty());
-            RequestContext::of_mut(&mut req).target = Some(Target {
-                cluster: cluster.clone(),
-            });
+            let mut req = request_to(&cluster);
             RequestContext::of_mut(&mut req).attempt = Some(crate::telemetry::Attempt {
                 number,
                 remote_localities: false,
@@ -487,8 +496,7 @@ mod tests {
         assert_eq!(results.iter().filter(|r| r.1).count(), 4);
         assert_eq!(layer.stats().overflow_retries.load(Ordering::Relaxed), 1);
         // Once the retry in flight ends, another may go.
-        let mut req = Request::new(body::empty());
-        RequestContext::of_mut(&mut req).target = Some(Target { cluster });
+        let mut req = request_to(&cluster);
         RequestContext::of_mut(&mut req).attempt = Some(crate::telemetry::Attempt {
             number: 3,
             remote_localities: false,
@@ -510,17 +518,11 @@ mod tests {
                 }),
                 ..ConnectionPool::default()
             });
-            let slow = tower::service_fn(|_req: Request<BoxBody>| async {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok::<_, BoxError>(Response::new(body::empty()))
-            });
+            let slow = tower::service_fn(answer_after_a_second);
             let layer = BreakerLayer::new();
             let svc = layer.layer(slow);
             let tries = (0..15).map(|i| {
-                let mut req = Request::new(body::empty());
-                RequestContext::of_mut(&mut req).target = Some(Target {
-                    cluster: cluster.clone(),
-                });
+                let mut req = request_to(&cluster);
                 RequestContext::of_mut(&mut req).attempt = Some(crate::telemetry::Attempt {
                     number: if i < 10 { 1 } else { 2 },
                     remote_localities: false,
@@ -551,18 +553,12 @@ mod tests {
                     ..ConnectionPool::default()
                 }))
             });
-            let slow = tower::service_fn(|_req: Request<BoxBody>| async {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok::<_, BoxError>(Response::new(body::empty()))
-            });
+            let slow = tower::service_fn(answer_after_a_second);
             let layer = BreakerLayer::new();
             let svc = layer.layer(slow);
             let started = tokio::time::Instant::now();
             let tries = (0..3).map(|_| {
-                let mut req = Request::new(body::empty());
-                RequestContext::of_mut(&mut req).target = Some(Target {
-                    cluster: cluster.clone(),
-                });
+                let req = request_to(&cluster);
                 let svc = svc.clone();
                 async move {
                     let response = svc
@@ -587,8 +583,7 @@ mod tests {
             }
             assert_eq!(layer.stats().overflow_requests.load(Ordering::Relaxed), 2);
             // Once the request in flight ends, another may go.
-            let mut req = Request::new(body::empty());
-            RequestContext::of_mut(&mut req).target = Some(Target { cluster });
+            let req = request_to(&cluster);
             assert!(svc.oneshot(req).await.is_ok(), "{protocol:?}");
         }
     }
@@ -604,18 +599,12 @@ mod tests {
             http2_max_requests: 1,
             ..ConnectionPool::default()
         });
-        let slow = tower::service_fn(|_req: Request<BoxBody>| async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok::<_, BoxError>(Response::new(body::empty()))
-        });
+        let slow = tower::service_fn(answer_after_a_second);
         let layer = BreakerLayer::new();
         let svc = layer.layer(slow);
         let started = tokio::time::Instant::now();
         let tries = (0..3).map(|_| {
-            let mut req = Request::new(body::empty());
-            RequestContext::of_mut(&mut req).target = Some(Target {
-                cluster: cluster.clone(),
-            });
+            let req = request_to(&cluster);
             svc.clone().oneshot(req)
         });
         let results = futures_util::future::join_all(tries).await;
@@ -644,18 +633,12 @@ mod tests {
                 ..TrafficPolicy::default()
             },
         });
-        let slow = tower::service_fn(|_req: Request<BoxBody>| async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok::<_, BoxError>(Response::new(body::empty()))
-        });
+        let slow = tower::service_fn(answer_after_a_second);
         let layer = BreakerLayer::new();
         let svc = layer.layer(slow);
         let started = tokio::time::Instant::now();
         let tries = (0..5).map(|_| {
-            let mut req = Request::new(body::empty());
-            RequestContext::of_mut(&mut req).target = Some(Target {
-                cluster: cluster.clone(),
-            });
+            let req = request_to(&cluster);
             let svc = svc.clone();
             async move {
                 let result = svc.oneshot(req).await;
