@@ -145,21 +145,8 @@ async fn every_try_of_a_request_goes_to_the_destination_drawn_for_it() {
         *statuses.entry(response.status().as_u16()).or_default() += 1;
     }
     let log = log.lock().unwrap();
-    let by_request = ports_by_request(&log);
+    let by_request = each_request_kept_its_destination(&log, v1);
     assert_eq!(by_request.len(), 40);
-    for (id, ports) in &by_request {
-        assert_eq!(ports.len(), 1, "request {id} went to {ports:?}");
-    }
-    for (port, seen) in log.iter() {
-        let x_v = if *port == v1 { "1" } else { "2" };
-        assert_eq!(
-            seen.x_v,
-            [x_v],
-            "try {} of request {}",
-            seen.attempt,
-            seen.id
-        );
-    }
     // A request drawn to v1 is tried 3 times there; one drawn to v2 twice.
     let to_v1 = by_request.values().filter(|p| p.contains(&v1)).count();
     assert!((10..=30).contains(&to_v1), "{to_v1} of 40 drawn to v1");
@@ -209,13 +196,24 @@ async fn a_request_handed_back_for_a_retry_keeps_its_destination_and_its_headers
         assert_eq!(response.status(), 200);
     }
     let log = log.lock().unwrap();
-    let by_request = ports_by_request(&log);
     assert_eq!(log.len(), 80, "two tries each");
+    let by_request = each_request_kept_its_destination(&log, 1001);
+    let to_v1 = by_request.values().filter(|p| p.contains(&1001)).count();
+    assert!((10..=30).contains(&to_v1), "{to_v1} of 40 drawn to v1");
+}
+
+/// Checks that every try of a request went to one port and carried its destination's `x-v`
+/// once (`1` on `v1_port`, else `2`); returns the ports by request.
+fn each_request_kept_its_destination(
+    log: &[(u16, Seen)],
+    v1_port: u16,
+) -> HashMap<String, HashSet<u16>> {
+    let by_request = ports_by_request(log);
     for (id, ports) in &by_request {
         assert_eq!(ports.len(), 1, "request {id} went to {ports:?}");
     }
-    for (port, seen) in log.iter() {
-        let x_v = if *port == 1001 { "1" } else { "2" };
+    for (port, seen) in log {
+        let x_v = if *port == v1_port { "1" } else { "2" };
         assert_eq!(
             seen.x_v,
             [x_v],
@@ -224,6 +222,5 @@ async fn a_request_handed_back_for_a_retry_keeps_its_destination_and_its_headers
             seen.id
         );
     }
-    let to_v1 = by_request.values().filter(|p| p.contains(&1001)).count();
-    assert!((10..=30).contains(&to_v1), "{to_v1} of 40 drawn to v1");
+    by_request
 }
