@@ -3,7 +3,8 @@
 //!
 //! For each request to a [`Target`](crate::split::Target) cluster:
 //! 1. the cluster's healthy endpoints, minus those outlier detection has ejected (unless
-//!    fewer than `minHealthPercent` remain: panic mode uses them all);
+//!    fewer than `minHealthPercent` remain: panic mode uses them all); EDS `DEGRADED`
+//!    endpoints only when no healthy one is left;
 //! 2. with locality load balancing, a priority level: the workload's own locality first,
 //!    spilling to the next level as its healthy share drops (Envoy's 1.4 overprovisioning
 //!    factor), with `failover` naming the next region;
@@ -91,8 +92,12 @@ impl EndpointState {
 struct Resolved {
     cluster: Arc<Cluster>,
     states: Vec<Arc<EndpointState>>,
-    /// The endpoints healthy by status (before outlier ejection), computed once.
+    /// The endpoints healthy by status (before outlier ejection), computed once; without
+    /// any, the degraded ones.
     healthy: Vec<usize>,
+    /// The degraded endpoints while `healthy` holds healthy ones: the available set once
+    /// every healthy endpoint is ejected.
+    degraded: Vec<usize>,
     /// Each endpoint's `address:port`, parsed once.
     authorities: Vec<Option<http::uri::Authority>>,
     /// What telemetry reports of each endpoint, built once per snapshot.
@@ -147,13 +152,22 @@ impl ClusterState {
                     .unwrap_or_else(|| Arc::new(EndpointState::new()))
             })
             .collect();
-        let healthy = cluster
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.health == HealthStatus::Healthy)
-            .map(|(i, _)| i)
-            .collect();
+        let with_status = |status: HealthStatus| -> Vec<usize> {
+            cluster
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.health == status)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let mut healthy = with_status(HealthStatus::Healthy);
+        let mut degraded = with_status(HealthStatus::Degraded);
+        // Envoy sends traffic to degraded endpoints only when the healthy ones are not
+        // enough; here, only when none is left (by status, or below, by ejection).
+        if healthy.is_empty() {
+            healthy = std::mem::take(&mut degraded);
+        }
         let authorities = cluster
             .endpoints
             .iter()
@@ -180,6 +194,7 @@ impl ClusterState {
             cluster: cluster.clone(),
             states,
             healthy,
+            degraded,
             authorities,
             upstream_info,
             equal_weights,
@@ -627,7 +642,8 @@ struct Available {
 }
 
 impl Resolved {
-    /// The healthy endpoints not ejected at `now`: cached until an ejection happens or an
+    /// The healthy endpoints not ejected at `now` (the degraded ones not ejected when
+    /// there are none): cached until an ejection happens or an
     /// ejected endpoint's time is up, so a pick does not visit every endpoint.
     fn available(&self, now: Instant) -> AvailableList {
         let generation = self.ejections.load(Ordering::Acquire);
@@ -639,18 +655,23 @@ impl Resolved {
             return AvailableList::Cached(cached);
         }
         let mut valid_until: Option<Instant> = None;
-        let list: Arc<[usize]> = self
-            .healthy
-            .iter()
-            .copied()
-            .filter(|i| match self.states[*i].outlier.ejected_until(now) {
-                Some(until) => {
-                    valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
-                    false
-                }
-                None => true,
-            })
-            .collect();
+        let mut not_ejected = |set: &[usize]| -> Arc<[usize]> {
+            set.iter()
+                .copied()
+                .filter(|i| match self.states[*i].outlier.ejected_until(now) {
+                    Some(until) => {
+                        valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
+                        false
+                    }
+                    None => true,
+                })
+                .collect()
+        };
+        let mut list = not_ejected(&self.healthy);
+        if list.is_empty() && !self.degraded.is_empty() {
+            // Every healthy endpoint is ejected: the degraded ones take the traffic.
+            list = not_ejected(&self.degraded);
+        }
         self.available.store(Some(Arc::new(Available {
             generation,
             valid_until,

@@ -107,6 +107,8 @@ fn lb_endpoint(
     let health = match e.health_status {
         0 | 1 => HealthStatus::Healthy,
         3 => HealthStatus::Draining,
+        5 => HealthStatus::Degraded,
+        // UNHEALTHY, TIMEOUT (read by Envoy as UNHEALTHY) and unknown values.
         _ => HealthStatus::Unhealthy,
     };
     let weight = e.load_balancing_weight.as_ref().map_or(1, |w| w.value);

@@ -717,6 +717,35 @@ fn endpoints_with_localities_weights_health_and_istio_labels() {
 }
 
 #[test]
+fn eds_health_statuses_map_to_the_model_degraded_apart() {
+    let addrs: Vec<std::net::SocketAddr> = (1..=6)
+        .map(|i| format!("10.0.0.{i}:9080").parse().unwrap())
+        .collect();
+    let mut cla = fixtures::endpoints(C1, &addrs);
+    // UNKNOWN, HEALTHY, UNHEALTHY, DRAINING, TIMEOUT, DEGRADED.
+    for (e, status) in cla.endpoints[0].lb_endpoints.iter_mut().zip(0..) {
+        e.health_status = status;
+    }
+    let Decoded::ClusterLoadAssignment(x) =
+        decode(ResourceType::ClusterLoadAssignment, &pack(&cla)).unwrap()
+    else {
+        panic!()
+    };
+    let health: Vec<HealthStatus> = x.endpoints.iter().map(|e| e.health).collect();
+    assert_eq!(
+        health,
+        [
+            HealthStatus::Healthy,
+            HealthStatus::Healthy,
+            HealthStatus::Unhealthy,
+            HealthStatus::Draining,
+            HealthStatus::Unhealthy,
+            HealthStatus::Degraded,
+        ]
+    );
+}
+
+#[test]
 fn assemble_merges_listeners_and_fills_eds_endpoints() {
     let l = hcm_with_filters(&[]);
     let Decoded::Listener(l) = decode(ResourceType::Listener, &pack(&l)).unwrap() else {
