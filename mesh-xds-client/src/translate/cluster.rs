@@ -347,6 +347,26 @@ fn outlier(o: &pb::OutlierDetection) -> FieldResult<OutlierDetection> {
                 Ok(value)
             }
         };
+    let base_ejection_time = o
+        .base_ejection_time
+        .as_ref()
+        .map(|d| duration(d, "base_ejection_time"))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(30));
+    let max_ejection_time = o
+        .max_ejection_time
+        .as_ref()
+        .map(|d| duration(d, "max_ejection_time"))
+        .transpose()?;
+    // Envoy refuses the cluster too.
+    if let Some(max) = max_ejection_time
+        && max < base_ejection_time
+    {
+        return Err(FieldError::new(
+            "max_ejection_time",
+            format!("{max:?} is below base_ejection_time ({base_ejection_time:?})"),
+        ));
+    }
     Ok(OutlierDetection {
         consecutive_5xx_errors: enforcing(&o.enforcing_consecutive_5xx, 100)
             .then(|| o.consecutive_5xx.as_ref().map_or(5, |v| v.value)),
@@ -371,12 +391,8 @@ fn outlier(o: &pb::OutlierDetection) -> FieldResult<OutlierDetection> {
             .map(|d| duration(d, "interval"))
             .transpose()?
             .unwrap_or(Duration::from_secs(10)),
-        base_ejection_time: o
-            .base_ejection_time
-            .as_ref()
-            .map(|d| duration(d, "base_ejection_time"))
-            .transpose()?
-            .unwrap_or(Duration::from_secs(30)),
+        base_ejection_time,
+        max_ejection_time,
         max_ejection_percent: pct(&o.max_ejection_percent, 10, "max_ejection_percent")?,
         min_health_percent: 0,
     })

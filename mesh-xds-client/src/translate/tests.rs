@@ -550,6 +550,43 @@ fn cluster_defaults_are_envoys() {
 }
 
 #[test]
+fn outlier_max_ejection_time_is_translated_and_may_not_be_below_the_base() {
+    let outlier = |base: Option<PbDuration>, max: Option<PbDuration>| {
+        let mut c = fixtures::eds_cluster(C1);
+        c.outlier_detection = Some(PbOutlier {
+            base_ejection_time: base,
+            max_ejection_time: max,
+            ..Default::default()
+        });
+        pack(&c)
+    };
+    let od = |any: Any| match decode(ResourceType::Cluster, &any).unwrap() {
+        Decoded::Cluster(x) => x.cluster.policy.outlier_detection.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let secs = std::time::Duration::from_secs;
+    let set = od(outlier(Some(dur(10, 0)), Some(dur(25, 0))));
+    assert_eq!(set.max_ejection_time, Some(secs(25)));
+    assert_eq!(set.max_ejection_time(), secs(25));
+    // Unset: Envoy's default, 300 s or the base when longer.
+    let unset = od(outlier(None, None));
+    assert_eq!(
+        (unset.max_ejection_time, unset.max_ejection_time()),
+        (None, secs(300))
+    );
+    assert_eq!(
+        od(outlier(Some(dur(400, 0)), None)).max_ejection_time(),
+        secs(400)
+    );
+    // Below the base: refused, as Envoy refuses it.
+    let e = err(
+        ResourceType::Cluster,
+        outlier(Some(dur(60, 0)), Some(dur(30, 0))),
+    );
+    assert!(e.contains("outlier_detection.max_ejection_time"), "{e}");
+}
+
+#[test]
 fn static_cluster_carries_its_endpoints_and_ring_hash_is_rejected() {
     let mut c = fixtures::eds_cluster("static");
     c.cluster_discovery_type =
