@@ -7,7 +7,8 @@
 //!    endpoints only when no healthy one is left;
 //! 2. with locality load balancing, a priority level: the workload's own locality first,
 //!    spilling to the next level as its healthy share drops (Envoy's 1.4 overprovisioning
-//!    factor), with `failover` naming the next region;
+//!    factor), with `failover` naming the next region; or, with a `distribute` rule (or xDS
+//!    locality weights), a locality drawn by weight;
 //! 3. an endpoint of that level by the cluster's algorithm: P2C least-request (default),
 //!    round-robin, random (all weighted, with `warmup` slow start), passthrough,
 //!    consistent hash (ring hash or Maglev on a header, cookie, source IP or query parameter),
@@ -106,6 +107,9 @@ struct Resolved {
     equal_weights: bool,
     /// Whether some endpoint has an EDS priority above 0 (levels apply without locality).
     has_priorities: bool,
+    /// Whether a `distribute` rule applies whatever the workload's locality (xDS locality
+    /// weights), so that it applies when the workload's locality is unknown.
+    distributes_anywhere: bool,
     /// Bumped at each ejection, so that the cached available set is rebuilt.
     ejections: std::sync::atomic::AtomicU64,
     /// The healthy endpoints not ejected, valid until the generation changes or the first
@@ -199,6 +203,7 @@ impl ClusterState {
             upstream_info,
             equal_weights,
             has_priorities: cluster.endpoints.iter().any(|e| e.priority > 0),
+            distributes_anywhere: locality::distribute_rule(cluster, &Default::default()).is_some(),
             ejections: std::sync::atomic::AtomicU64::new(0),
             available: ArcSwapOption::empty(),
             table: Mutex::new(None),
@@ -379,7 +384,9 @@ impl BalanceLayer {
             cluster.policy.load_balancer.locality.is_some() || ejects || resolved.has_priorities;
         // EDS priorities are levels even when the workload's locality is unknown.
         let unknown = mesh_core::model::Locality::default();
-        let local = local.or(resolved.has_priorities.then_some(&unknown));
+        // So are the localities' weights of a `distribute` rule for any locality (xDS).
+        let local = local
+            .or((resolved.has_priorities || resolved.distributes_anywhere).then_some(&unknown));
         // Without outlier detection or locality, the candidates are the cached healthy set:
         // no per-request list, no per-endpoint lock.
         let candidates: Chosen<'_> = if !(ejects || locality_aware && local.is_some()) {

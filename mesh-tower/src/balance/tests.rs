@@ -633,6 +633,65 @@ async fn distribute_splits_traffic_between_localities_by_weight() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn eds_locality_weights_split_traffic_scaled_by_each_localitys_healthy_share() {
+    use mesh_core::model::{LocalityDistribute, LocalityLb};
+    // The form xDS locality weights take: a rule for any workload locality (the workload's
+    // own locality is unknown here).
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.load_balancer.locality = Some(LocalityLb {
+        distribute: vec![LocalityDistribute {
+            from: "*".into(),
+            to: vec![("r/z1/".into(), 20), ("r/z2/".into(), 80)],
+        }],
+        ..LocalityLb::default()
+    });
+    let in_zone = |port: u16, zone: &str, health: HealthStatus| Endpoint {
+        locality: Locality::parse(&format!("r/{zone}")),
+        health,
+        ..endpoint(port, 1, "")
+    };
+    let share_of_z1 = |c: Arc<Cluster>| async move {
+        let (up, counts) = upstream(|_| 200);
+        let svc = BalanceLayer::new(Rng::with_seed(7)).layer(up);
+        for _ in 0..4_000 {
+            svc.clone().oneshot(request(&c)).await.unwrap();
+        }
+        let counts = counts.lock().unwrap();
+        (counts.get(&1).copied().unwrap_or(0) + counts.get(&2).copied().unwrap_or(0)) as f64
+            / 4_000.0
+    };
+    let healthy = HealthStatus::Healthy;
+    let c = cluster(
+        vec![
+            in_zone(1, "z1", healthy),
+            in_zone(2, "z1", healthy),
+            in_zone(3, "z2", healthy),
+            in_zone(4, "z2", healthy),
+            in_zone(5, "z2", healthy),
+            in_zone(6, "z2", healthy),
+        ],
+        p.clone(),
+    );
+    let share = share_of_z1(c).await;
+    assert!((0.16..=0.24).contains(&share), "z1 takes 20%: {share}");
+
+    // One of z2's four endpoints healthy: z2 weighs 80 x min(1, 1.4 x 1/4) = 28 against 20.
+    let c = cluster(
+        vec![
+            in_zone(1, "z1", healthy),
+            in_zone(2, "z1", healthy),
+            in_zone(3, "z2", healthy),
+            in_zone(4, "z2", HealthStatus::Unhealthy),
+            in_zone(5, "z2", HealthStatus::Unhealthy),
+            in_zone(6, "z2", HealthStatus::Unhealthy),
+        ],
+        p,
+    );
+    let share = share_of_z1(c).await;
+    assert!((0.37..=0.47).contains(&share), "z1 takes 20/48: {share}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn failover_priority_prefers_endpoints_sharing_the_workloads_labels() {
     use mesh_core::model::LocalityLb;
     let mut p = policy(LbAlgorithm::RoundRobin);

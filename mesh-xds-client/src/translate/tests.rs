@@ -836,6 +836,75 @@ fn assemble_merges_listeners_and_fills_eds_endpoints() {
 }
 
 #[test]
+fn locality_weights_reach_the_model_when_the_cluster_weighs_localities() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        CommonLbConfig,
+        common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig},
+    };
+    use mesh_core::model::{LocalityDistribute, LocalityLb};
+    let mut cla = fixtures::endpoints(C1, &["10.0.0.1:9080".parse().unwrap()]);
+    let mut z2 = fixtures::endpoints(C1, &["10.0.0.2:9080".parse().unwrap()]).endpoints[0].clone();
+    for (l, zone, weight) in [(&mut cla.endpoints[0], "z1", 20), (&mut z2, "z2", 80)] {
+        l.locality = Some(PbLocality {
+            region: "r".into(),
+            zone: zone.into(),
+            sub_zone: String::new(),
+        });
+        l.load_balancing_weight = Some(UInt32Value { value: weight });
+    }
+    cla.endpoints.push(z2);
+    let Decoded::ClusterLoadAssignment(e) =
+        decode(ResourceType::ClusterLoadAssignment, &pack(&cla)).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        e.locality_weights,
+        [("r/z1/".to_owned(), 20), ("r/z2/".to_owned(), 80)]
+    );
+    let assembled = |weighted: bool| {
+        let mut c = fixtures::eds_cluster(C1);
+        if weighted {
+            c.common_lb_config = Some(CommonLbConfig {
+                locality_config_specifier: Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    LocalityWeightedLbConfig {},
+                )),
+                ..Default::default()
+            });
+        }
+        let Decoded::Cluster(c) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+            panic!()
+        };
+        let mut res = Resources::default();
+        res.clusters.insert(C1, &c);
+        res.endpoints.insert(C1, &e);
+        assemble(&res, &Workload::default())
+            .cluster(&mesh_core::model::ClusterName::new(C1))
+            .unwrap()
+            .policy
+            .load_balancer
+            .locality
+            .clone()
+    };
+    assert_eq!(
+        assembled(true),
+        Some(LocalityLb {
+            distribute: vec![LocalityDistribute {
+                from: "*".into(),
+                to: vec![("r/z1/".into(), 20), ("r/z2/".into(), 80)],
+            }],
+            ..LocalityLb::default()
+        })
+    );
+    // Without locality_weighted_lb_config, Envoy ignores the weights.
+    assert_eq!(assembled(false), None);
+
+    cla.endpoints[1].load_balancing_weight = Some(UInt32Value { value: 0 });
+    let e = err(ResourceType::ClusterLoadAssignment, pack(&cla));
+    assert!(e.contains("endpoints[1].load_balancing_weight"), "{e}");
+}
+
+#[test]
 fn parse_istio_names() {
     assert_eq!(
         parse_istio_name(C1),
