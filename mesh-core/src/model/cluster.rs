@@ -298,8 +298,11 @@ pub struct OutlierDetection {
     /// How often ejections are re-evaluated.
     pub interval: Duration,
     /// Base ejection time, multiplied by the ejection multiplier (which goes up with each
-    /// ejection and down with each interval spent healthy), at most 300 s or the base.
+    /// ejection and down with each interval spent healthy), at most the maximum ejection time.
     pub base_ejection_time: Duration,
+    /// The longest an ejection lasts (Envoy's `max_ejection_time`, from xDS); `None` for
+    /// Envoy's default, 300 s or `base_ejection_time` when longer (Istio sets none).
+    pub max_ejection_time: Option<Duration>,
     /// Never eject more than this share of the cluster.
     pub max_ejection_percent: u32,
     /// Below this share of healthy endpoints, ejection is ignored (panic mode).
@@ -316,9 +319,21 @@ impl Default for OutlierDetection {
             split_external_local_origin_errors: false,
             interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: None,
             max_ejection_percent: 10,
             min_health_percent: 0,
         }
+    }
+}
+
+impl OutlierDetection {
+    /// Envoy's default `max_ejection_time` (unless `base_ejection_time` is longer).
+    pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+    /// The longest an ejection lasts: `max_ejection_time` when set, else Envoy's default.
+    pub fn max_ejection_time(&self) -> Duration {
+        self.max_ejection_time
+            .unwrap_or(Self::DEFAULT_MAX_EJECTION_TIME.max(self.base_ejection_time))
     }
 }
 

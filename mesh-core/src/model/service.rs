@@ -152,6 +152,9 @@ pub enum HealthStatus {
     Unhealthy,
     /// Draining: chosen only when nothing else is left.
     Draining,
+    /// Degraded (EDS `DEGRADED`): able to serve, but chosen only when no healthy endpoint is
+    /// left, as Envoy routes to degraded hosts only when the healthy ones are not enough.
+    Degraded,
 }
 
 /// A place in the topology: `region/zone/subzone`.

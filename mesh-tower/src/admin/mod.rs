@@ -223,6 +223,7 @@ impl Admin {
                     mesh_core::model::HealthStatus::Healthy => "healthy",
                     mesh_core::model::HealthStatus::Unhealthy => "/failed_eds_health",
                     mesh_core::model::HealthStatus::Draining => "/pending_dynamic_removal",
+                    mesh_core::model::HealthStatus::Degraded => "/degraded_eds_health",
                 };
                 let live = self
                     .balancer

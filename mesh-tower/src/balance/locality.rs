@@ -7,9 +7,14 @@
 //! closest level while it is healthy; as its healthy share drops, load spills to the next
 //! level in proportion, with Envoy's overprovisioning factor of 1.4 (a level keeps all its
 //! traffic while 72% or more of it is healthy).
+//!
+//! A `distribute` rule for the workload's locality (Istio's YAML, or xDS locality weights with
+//! `locality_weighted_lb_config`, a rule from any locality) replaces the locality levels: the
+//! EDS priorities alone rank, then a destination locality of the chosen priority is drawn by
+//! its weight scaled by its available share (Envoy's locality weighted load balancing).
 
 use crate::rng::Rng;
-use mesh_core::model::{Cluster, HealthStatus, Labels, Locality};
+use mesh_core::model::{Cluster, HealthStatus, Labels, Locality, LocalityDistribute};
 use std::collections::BTreeMap;
 
 /// Envoy's overprovisioning factor, in percent.
@@ -53,44 +58,64 @@ pub(super) fn locality_matches(pattern: &str, locality: &Locality) -> bool {
         .all(|(p, part)| p == "*" || p == part)
 }
 
-/// With a `distribute` rule for the workload's locality: the candidates of a destination
-/// locality drawn by the rule's weights (`None` when no rule applies or none of its
-/// destinations has a candidate).
+/// The `distribute` rule for the workload's locality, if any.
+pub(super) fn distribute_rule<'a>(
+    cluster: &'a Cluster,
+    local: &Locality,
+) -> Option<&'a LocalityDistribute> {
+    cluster
+        .policy
+        .load_balancer
+        .locality
+        .as_ref()?
+        .distribute
+        .iter()
+        .find(|d| locality_matches(&d.from, local))
+}
+
+/// The candidates of one destination locality of `rule`, drawn by weight as Envoy's locality
+/// weighted load balancing does: each destination's weight is scaled by its available share
+/// (its candidates over its endpoints at that priority, times the overprovisioning factor,
+/// at most 1); `None` when no destination has a candidate.
 fn distributed(
     cluster: &Cluster,
-    local: &Locality,
+    rule: &LocalityDistribute,
     candidates: &[usize],
     rng: &Rng,
 ) -> Option<Vec<usize>> {
-    let lb = cluster.policy.load_balancer.locality.as_ref()?;
-    let rule = lb
-        .distribute
-        .iter()
-        .find(|d| locality_matches(&d.from, local))?;
-    // Only destinations with candidates share the traffic, in proportion to their weights.
-    let targets: Vec<(&str, u32, Vec<usize>)> = rule
+    let priority = cluster.endpoints[*candidates.first()?].priority;
+    let targets: Vec<(f64, Vec<usize>)> = rule
         .to
         .iter()
-        .map(|(pattern, weight)| {
+        .filter_map(|(pattern, weight)| {
             let members = candidates
                 .iter()
                 .copied()
                 .filter(|i| locality_matches(pattern, &cluster.endpoints[*i].locality))
                 .collect::<Vec<_>>();
-            (pattern.as_str(), *weight, members)
+            let total = cluster
+                .endpoints
+                .iter()
+                .filter(|e| e.priority == priority && locality_matches(pattern, &e.locality))
+                .count();
+            let share =
+                (members.len() as f64 * OVERPROVISIONING as f64 / 100.0 / total.max(1) as f64)
+                    .min(1.0);
+            let weight = f64::from(*weight) * share;
+            (weight > 0.0).then_some((weight, members))
         })
-        .filter(|(_, weight, members)| *weight > 0 && !members.is_empty())
         .collect();
-    let total: u32 = targets.iter().map(|t| t.1).sum();
-    if total == 0 {
+    let total: f64 = targets.iter().map(|t| t.0).sum();
+    if total <= 0.0 {
         return None;
     }
-    let mut draw = rng.below(total);
-    for (_, weight, members) in targets {
-        if draw < weight {
+    let mut draw = f64::from(rng.ppm()) / 1_000_000.0 * total;
+    let last = targets.len() - 1;
+    for (i, (weight, members)) in targets.into_iter().enumerate() {
+        draw -= weight;
+        if draw < 0.0 || i == last {
             return Some(members);
         }
-        draw -= weight;
     }
     None
 }
@@ -127,12 +152,42 @@ pub(super) fn choose_level(
     candidates: &[usize],
     rng: &Rng,
 ) -> Vec<usize> {
-    if let Some(members) = distributed(cluster, local, candidates, rng) {
-        return members;
+    let rule = distribute_rule(cluster, local);
+    let chosen = choose_priority(
+        cluster,
+        local,
+        workload_labels,
+        candidates,
+        rng,
+        rule.is_none(),
+    );
+    // A `distribute` rule (Envoy: locality weighted load balancing) spreads the chosen
+    // priority over its localities; when none of them has a candidate, Envoy uses the whole
+    // priority, and so does the mesh.
+    match rule.and_then(|rule| distributed(cluster, rule, &chosen, rng)) {
+        Some(members) => members,
+        None => chosen,
     }
+}
+
+/// The candidates of the level this request goes to, by EDS priority, then (`by_locality`)
+/// failoverPriority labels and locality.
+fn choose_priority(
+    cluster: &Cluster,
+    local: &Locality,
+    workload_labels: &Labels,
+    candidates: &[usize],
+    rng: &Rng,
+    by_locality: bool,
+) -> Vec<usize> {
     // EDS priority first (a control plane such as istiod has already ranked the
-    // endpoints), then failoverPriority labels, then locality.
+    // endpoints), then failoverPriority labels, then locality. With a `distribute` rule,
+    // the rule places the traffic among localities: the priorities alone rank (Istio sets
+    // no failover with `distribute`).
     let level = |e: &mesh_core::model::Endpoint| -> u64 {
+        if !by_locality {
+            return u64::from(e.priority) << 16;
+        }
         (u64::from(e.priority) << 16)
             + u64::from(label_level(cluster, e, workload_labels)) * 8
             + if local.region.is_empty() {

@@ -3,10 +3,12 @@
 //!
 //! For each request to a [`Target`](crate::split::Target) cluster:
 //! 1. the cluster's healthy endpoints, minus those outlier detection has ejected (unless
-//!    fewer than `minHealthPercent` remain: panic mode uses them all);
+//!    fewer than `minHealthPercent` remain: panic mode uses them all); EDS `DEGRADED`
+//!    endpoints only when no healthy one is left;
 //! 2. with locality load balancing, a priority level: the workload's own locality first,
 //!    spilling to the next level as its healthy share drops (Envoy's 1.4 overprovisioning
-//!    factor), with `failover` naming the next region;
+//!    factor), with `failover` naming the next region; or, with a `distribute` rule (or xDS
+//!    locality weights), a locality drawn by weight;
 //! 3. an endpoint of that level by the cluster's algorithm: P2C least-request (default),
 //!    round-robin, random (all weighted, with `warmup` slow start), passthrough,
 //!    consistent hash (ring hash or Maglev on a header, cookie, source IP or query parameter),
@@ -91,8 +93,12 @@ impl EndpointState {
 struct Resolved {
     cluster: Arc<Cluster>,
     states: Vec<Arc<EndpointState>>,
-    /// The endpoints healthy by status (before outlier ejection), computed once.
+    /// The endpoints healthy by status (before outlier ejection), computed once; without
+    /// any, the degraded ones.
     healthy: Vec<usize>,
+    /// The degraded endpoints while `healthy` holds healthy ones: the available set once
+    /// every healthy endpoint is ejected.
+    degraded: Vec<usize>,
     /// Each endpoint's `address:port`, parsed once.
     authorities: Vec<Option<http::uri::Authority>>,
     /// What telemetry reports of each endpoint, built once per snapshot.
@@ -101,6 +107,9 @@ struct Resolved {
     equal_weights: bool,
     /// Whether some endpoint has an EDS priority above 0 (levels apply without locality).
     has_priorities: bool,
+    /// Whether a `distribute` rule applies whatever the workload's locality (xDS locality
+    /// weights), so that it applies when the workload's locality is unknown.
+    distributes_anywhere: bool,
     /// Bumped at each ejection, so that the cached available set is rebuilt.
     ejections: std::sync::atomic::AtomicU64,
     /// The healthy endpoints not ejected, valid until the generation changes or the first
@@ -147,13 +156,22 @@ impl ClusterState {
                     .unwrap_or_else(|| Arc::new(EndpointState::new()))
             })
             .collect();
-        let healthy = cluster
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.health == HealthStatus::Healthy)
-            .map(|(i, _)| i)
-            .collect();
+        let with_status = |status: HealthStatus| -> Vec<usize> {
+            cluster
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.health == status)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let mut healthy = with_status(HealthStatus::Healthy);
+        let mut degraded = with_status(HealthStatus::Degraded);
+        // Envoy sends traffic to degraded endpoints only when the healthy ones are not
+        // enough; here, only when none is left (by status, or below, by ejection).
+        if healthy.is_empty() {
+            healthy = std::mem::take(&mut degraded);
+        }
         let authorities = cluster
             .endpoints
             .iter()
@@ -180,10 +198,12 @@ impl ClusterState {
             cluster: cluster.clone(),
             states,
             healthy,
+            degraded,
             authorities,
             upstream_info,
             equal_weights,
             has_priorities: cluster.endpoints.iter().any(|e| e.priority > 0),
+            distributes_anywhere: locality::distribute_rule(cluster, &Default::default()).is_some(),
             ejections: std::sync::atomic::AtomicU64::new(0),
             available: ArcSwapOption::empty(),
             table: Mutex::new(None),
@@ -364,7 +384,9 @@ impl BalanceLayer {
             cluster.policy.load_balancer.locality.is_some() || ejects || resolved.has_priorities;
         // EDS priorities are levels even when the workload's locality is unknown.
         let unknown = mesh_core::model::Locality::default();
-        let local = local.or(resolved.has_priorities.then_some(&unknown));
+        // So are the localities' weights of a `distribute` rule for any locality (xDS).
+        let local = local
+            .or((resolved.has_priorities || resolved.distributes_anywhere).then_some(&unknown));
         // Without outlier detection or locality, the candidates are the cached healthy set:
         // no per-request list, no per-endpoint lock.
         let candidates: Chosen<'_> = if !(ejects || locality_aware && local.is_some()) {
@@ -627,7 +649,8 @@ struct Available {
 }
 
 impl Resolved {
-    /// The healthy endpoints not ejected at `now`: cached until an ejection happens or an
+    /// The healthy endpoints not ejected at `now` (the degraded ones not ejected when
+    /// there are none): cached until an ejection happens or an
     /// ejected endpoint's time is up, so a pick does not visit every endpoint.
     fn available(&self, now: Instant) -> AvailableList {
         let generation = self.ejections.load(Ordering::Acquire);
@@ -639,18 +662,23 @@ impl Resolved {
             return AvailableList::Cached(cached);
         }
         let mut valid_until: Option<Instant> = None;
-        let list: Arc<[usize]> = self
-            .healthy
-            .iter()
-            .copied()
-            .filter(|i| match self.states[*i].outlier.ejected_until(now) {
-                Some(until) => {
-                    valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
-                    false
-                }
-                None => true,
-            })
-            .collect();
+        let mut not_ejected = |set: &[usize]| -> Arc<[usize]> {
+            set.iter()
+                .copied()
+                .filter(|i| match self.states[*i].outlier.ejected_until(now) {
+                    Some(until) => {
+                        valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
+                        false
+                    }
+                    None => true,
+                })
+                .collect()
+        };
+        let mut list = not_ejected(&self.healthy);
+        if list.is_empty() && !self.degraded.is_empty() {
+            // Every healthy endpoint is ejected: the degraded ones take the traffic.
+            list = not_ejected(&self.degraded);
+        }
         self.available.store(Some(Arc::new(Available {
             generation,
             valid_until,

@@ -4,7 +4,8 @@
 //! An endpoint is ejected when it reaches a consecutive-failure threshold, unless that would
 //! eject more than `maxEjectionPercent` of the cluster (one endpoint may always be ejected,
 //! as in Envoy). It returns after `baseEjectionTime` times its ejection multiplier, capped
-//! by Envoy's `max_ejection_time` (300 s, or `baseEjectionTime` when longer; Istio sets none).
+//! by Envoy's `max_ejection_time` (from xDS; by default, and always from Istio's YAML, which has
+//! no such field, 300 s or `baseEjectionTime` when longer).
 //! As in Envoy's detector, the multiplier goes up by one with each ejection (while the time it
 //! gives stays below the cap plus one base) and down by one for each `interval` the endpoint
 //! then spends not ejected, so an endpoint that stays healthy starts over at one base. A
@@ -129,7 +130,8 @@ impl OutlierState {
     /// maximum ejection time.
     pub fn eject(&self, now: Instant, policy: &OutlierDetection) {
         let mut s = self.lock();
-        if !s.eject(now, policy.base_ejection_time, policy.interval) {
+        let max = policy.max_ejection_time();
+        if !s.eject(now, policy.base_ejection_time, policy.interval, max) {
             return;
         }
         s.consecutive_5xx = 0;
@@ -142,18 +144,17 @@ impl OutlierState {
     /// `base` spent not ejected).
     pub fn eject_for_latency(&self, now: Instant, base: Duration) {
         let mut s = self.lock();
-        if s.eject(now, base, base) {
+        let max = OutlierDetection::DEFAULT_MAX_EJECTION_TIME.max(base);
+        if s.eject(now, base, base, max) {
             s.latency_ewma_ms = None;
         }
     }
 }
 
-/// Envoy's default `max_ejection_time`.
-const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
-
 impl State {
-    /// Ejects at `now` unless already ejected; whether it did.
-    fn eject(&mut self, now: Instant, base: Duration, interval: Duration) -> bool {
+    /// Ejects at `now` for `base` times the multiplier, at most `max`, unless already
+    /// ejected; whether it did.
+    fn eject(&mut self, now: Instant, base: Duration, interval: Duration, max: Duration) -> bool {
         let ended = match self.ejected_until {
             Some(until) if until > now => return false,
             ended => ended,
@@ -167,7 +168,6 @@ impl State {
             let healthy = u32::try_from(healthy).unwrap_or(u32::MAX);
             self.backoff = self.backoff.saturating_sub(healthy);
         }
-        let max = DEFAULT_MAX_EJECTION_TIME.max(base);
         // Envoy's rule: raised while it stays below the cap plus one base.
         if base.saturating_mul(self.backoff) < max.saturating_add(base) {
             self.backoff += 1;
@@ -260,6 +260,38 @@ mod tests {
         tokio::time::advance(first).await;
         let second = ejection(&e, Instant::now(), &p);
         assert_eq!((first.as_secs(), second.as_secs()), (400, 400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_configured_max_ejection_time_caps_the_growth() {
+        let p = OutlierDetection {
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_time: Some(Duration::from_secs(25)),
+            ..policy(1)
+        };
+        let e = OutlierState::default();
+        let mut times = vec![];
+        for _ in 0..6 {
+            let out = ejection(&e, Instant::now(), &p);
+            times.push(out.as_secs());
+            tokio::time::advance(out).await;
+        }
+        // Envoy: the multiplier stops at 4 (4 x 10 s is not below 25 s + 10 s).
+        assert_eq!(times, [10, 20, 25, 25, 25, 25]);
+        // Above the default: a longer cap than 300 s lets the ejection grow past it.
+        let p = OutlierDetection {
+            base_ejection_time: Duration::from_secs(200),
+            max_ejection_time: Some(Duration::from_secs(500)),
+            ..policy(1)
+        };
+        let e = OutlierState::default();
+        let mut times = vec![];
+        for _ in 0..4 {
+            let out = ejection(&e, Instant::now(), &p);
+            times.push(out.as_secs());
+            tokio::time::advance(out).await;
+        }
+        assert_eq!(times, [200, 400, 500, 500]);
     }
 
     #[tokio::test(start_paused = true)]

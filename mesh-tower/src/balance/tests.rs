@@ -173,6 +173,106 @@ async fn a_failing_endpoint_is_ejected_then_restored_and_the_cap_holds() {
     assert!(again.outlier.is_ejected(Instant::now()));
 }
 
+fn with_health(mut e: Endpoint, health: HealthStatus) -> Endpoint {
+    e.health = health;
+    e
+}
+
+#[tokio::test(start_paused = true)]
+async fn degraded_endpoints_serve_only_when_no_healthy_one_is_left() {
+    for algorithm in [
+        LbAlgorithm::RoundRobin,
+        LbAlgorithm::Random,
+        LbAlgorithm::LeastRequest,
+    ] {
+        // Healthy endpoints present: the degraded one gets nothing.
+        let c = cluster(
+            vec![
+                endpoint(1, 1, ""),
+                with_health(endpoint(2, 1, ""), HealthStatus::Degraded),
+                endpoint(3, 1, ""),
+            ],
+            policy(algorithm.clone()),
+        );
+        let (up, counts) = upstream(|_| 200);
+        let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
+        for _ in 0..200 {
+            svc.clone().oneshot(request(&c)).await.unwrap();
+        }
+        let counts = counts.lock().unwrap().clone();
+        assert_eq!(counts.get(&2), None, "{algorithm:?}: {counts:?}");
+        assert_eq!(counts[&1] + counts[&3], 200, "{algorithm:?}");
+
+        // Only degraded (and unhealthy) endpoints: the degraded ones serve.
+        let c = cluster(
+            vec![
+                with_health(endpoint(1, 1, ""), HealthStatus::Unhealthy),
+                with_health(endpoint(2, 1, ""), HealthStatus::Degraded),
+                with_health(endpoint(3, 1, ""), HealthStatus::Degraded),
+            ],
+            policy(algorithm.clone()),
+        );
+        let (up, counts) = upstream(|_| 200);
+        let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
+        for _ in 0..200 {
+            svc.clone().oneshot(request(&c)).await.unwrap();
+        }
+        let counts = counts.lock().unwrap().clone();
+        assert_eq!(counts.get(&1), None, "{algorithm:?}: {counts:?}");
+        assert!(
+            counts[&2] > 50 && counts[&3] > 50,
+            "{algorithm:?}: {counts:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn degraded_endpoints_take_over_while_every_healthy_one_is_ejected() {
+    let od = OutlierDetection {
+        consecutive_5xx_errors: Some(1),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 100,
+        ..OutlierDetection::default()
+    };
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.outlier_detection = Some(od);
+    let c = cluster(
+        vec![
+            endpoint(1, 1, ""),
+            with_health(endpoint(2, 1, ""), HealthStatus::Degraded),
+        ],
+        p,
+    );
+    let healthy_fails = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fails = healthy_fails.clone();
+    let (up, counts) = upstream(move |port| {
+        if port == 1 && fails.load(Ordering::Relaxed) {
+            500
+        } else {
+            200
+        }
+    });
+    let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
+    for _ in 0..10 {
+        svc.clone().oneshot(request(&c)).await.unwrap();
+    }
+    assert_eq!(
+        counts.lock().unwrap().clone(),
+        [(1, 1), (2, 9)].into_iter().collect(),
+        "one 5xx ejects the healthy endpoint; the degraded one takes the rest"
+    );
+    // Back from ejection, the healthy endpoint has all the traffic again.
+    healthy_fails.store(false, Ordering::Relaxed);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for _ in 0..10 {
+        svc.clone().oneshot(request(&c)).await.unwrap();
+    }
+    assert_eq!(
+        counts.lock().unwrap().clone(),
+        [(1, 11), (2, 9)].into_iter().collect()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn at_most_max_ejection_percent_is_ejected_and_panic_mode_uses_all() {
     let mut od = OutlierDetection {
@@ -530,6 +630,65 @@ async fn distribute_splits_traffic_between_localities_by_weight() {
         "{:?}",
         counts.lock().unwrap()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn eds_locality_weights_split_traffic_scaled_by_each_localitys_healthy_share() {
+    use mesh_core::model::{LocalityDistribute, LocalityLb};
+    // The form xDS locality weights take: a rule for any workload locality (the workload's
+    // own locality is unknown here).
+    let mut p = policy(LbAlgorithm::RoundRobin);
+    p.load_balancer.locality = Some(LocalityLb {
+        distribute: vec![LocalityDistribute {
+            from: "*".into(),
+            to: vec![("r/z1/".into(), 20), ("r/z2/".into(), 80)],
+        }],
+        ..LocalityLb::default()
+    });
+    let in_zone = |port: u16, zone: &str, health: HealthStatus| Endpoint {
+        locality: Locality::parse(&format!("r/{zone}")),
+        health,
+        ..endpoint(port, 1, "")
+    };
+    let share_of_z1 = |c: Arc<Cluster>| async move {
+        let (up, counts) = upstream(|_| 200);
+        let svc = BalanceLayer::new(Rng::with_seed(7)).layer(up);
+        for _ in 0..4_000 {
+            svc.clone().oneshot(request(&c)).await.unwrap();
+        }
+        let counts = counts.lock().unwrap();
+        (counts.get(&1).copied().unwrap_or(0) + counts.get(&2).copied().unwrap_or(0)) as f64
+            / 4_000.0
+    };
+    let healthy = HealthStatus::Healthy;
+    let c = cluster(
+        vec![
+            in_zone(1, "z1", healthy),
+            in_zone(2, "z1", healthy),
+            in_zone(3, "z2", healthy),
+            in_zone(4, "z2", healthy),
+            in_zone(5, "z2", healthy),
+            in_zone(6, "z2", healthy),
+        ],
+        p.clone(),
+    );
+    let share = share_of_z1(c).await;
+    assert!((0.16..=0.24).contains(&share), "z1 takes 20%: {share}");
+
+    // One of z2's four endpoints healthy: z2 weighs 80 x min(1, 1.4 x 1/4) = 28 against 20.
+    let c = cluster(
+        vec![
+            in_zone(1, "z1", healthy),
+            in_zone(2, "z1", healthy),
+            in_zone(3, "z2", healthy),
+            in_zone(4, "z2", HealthStatus::Unhealthy),
+            in_zone(5, "z2", HealthStatus::Unhealthy),
+            in_zone(6, "z2", HealthStatus::Unhealthy),
+        ],
+        p,
+    );
+    let share = share_of_z1(c).await;
+    assert!((0.37..=0.47).contains(&share), "z1 takes 20/48: {share}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 use mesh_core::model::{
     ClientTls, Cluster, ClusterName, ConnectionPool, HashTable, LbAlgorithm, LoadBalancer,
-    OutlierDetection, Protocol, Resolution, TlsMode, TrafficPolicy,
+    LocalityDistribute, LocalityLb, OutlierDetection, Protocol, Resolution, TlsMode, TrafficPolicy,
 };
 use std::time::Duration;
 
@@ -33,6 +33,22 @@ pub struct XdsCluster {
     /// The ring-hash or Maglev table, for RING_HASH and MAGLEV clusters; the hash key comes
     /// from the routes' `hash_policy` when the snapshot is assembled.
     pub hash_table: Option<HashTable>,
+    /// Whether `common_lb_config.locality_weighted_lb_config` is set: the EDS localities'
+    /// weights then spread the traffic (filled in when assembled).
+    pub locality_weighted: bool,
+}
+
+/// Envoy's locality weighted load balancing as the model's `distribute` rule, for any
+/// workload locality (istiod sends the weights of Istio's `distribute` rule this way, already
+/// resolved for the proxy's locality); `None` without weights.
+pub(super) fn weighted_localities(weights: &[(String, u32)]) -> Option<LocalityLb> {
+    (!weights.is_empty()).then(|| LocalityLb {
+        distribute: vec![LocalityDistribute {
+            from: "*".to_owned(),
+            to: weights.to_vec(),
+        }],
+        ..LocalityLb::default()
+    })
 }
 
 pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
@@ -56,8 +72,15 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
         }
     };
     let (mut algorithm, hash_table) = lb_algorithm(c)?;
+    let locality_weighted = matches!(
+        c.common_lb_config
+            .as_ref()
+            .and_then(|l| l.locality_config_specifier.as_ref()),
+        Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+    );
     let mut eds_name = None;
     let mut endpoints = Vec::new();
+    let mut locality = None;
     let resolution = match discovery {
         cluster::DiscoveryType::Eds => {
             let service_name = c
@@ -76,6 +99,11 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
             if let Some(la) = &c.load_assignment {
                 endpoints =
                     endpoint::endpoints(la, dns).map_err(|e| e.within("load_assignment"))?;
+                if locality_weighted {
+                    let weights =
+                        endpoint::locality_weights(la).map_err(|e| e.within("load_assignment"))?;
+                    locality = weighted_localities(&weights);
+                }
             }
             if dns {
                 Resolution::Dns
@@ -166,7 +194,7 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
             policy: TrafficPolicy {
                 load_balancer: LoadBalancer {
                     algorithm,
-                    locality: None,
+                    locality,
                     warmup: None,
                 },
                 connection_pool: pool,
@@ -180,6 +208,7 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
         istio_name: parsed.is_some(),
         resolution,
         hash_table,
+        locality_weighted,
     })
 }
 
@@ -347,6 +376,26 @@ fn outlier(o: &pb::OutlierDetection) -> FieldResult<OutlierDetection> {
                 Ok(value)
             }
         };
+    let base_ejection_time = o
+        .base_ejection_time
+        .as_ref()
+        .map(|d| duration(d, "base_ejection_time"))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(30));
+    let max_ejection_time = o
+        .max_ejection_time
+        .as_ref()
+        .map(|d| duration(d, "max_ejection_time"))
+        .transpose()?;
+    // Envoy refuses the cluster too.
+    if let Some(max) = max_ejection_time
+        && max < base_ejection_time
+    {
+        return Err(FieldError::new(
+            "max_ejection_time",
+            format!("{max:?} is below base_ejection_time ({base_ejection_time:?})"),
+        ));
+    }
     Ok(OutlierDetection {
         consecutive_5xx_errors: enforcing(&o.enforcing_consecutive_5xx, 100)
             .then(|| o.consecutive_5xx.as_ref().map_or(5, |v| v.value)),
@@ -371,12 +420,8 @@ fn outlier(o: &pb::OutlierDetection) -> FieldResult<OutlierDetection> {
             .map(|d| duration(d, "interval"))
             .transpose()?
             .unwrap_or(Duration::from_secs(10)),
-        base_ejection_time: o
-            .base_ejection_time
-            .as_ref()
-            .map(|d| duration(d, "base_ejection_time"))
-            .transpose()?
-            .unwrap_or(Duration::from_secs(30)),
+        base_ejection_time,
+        max_ejection_time,
         max_ejection_percent: pct(&o.max_ejection_percent, 10, "max_ejection_percent")?,
         min_health_percent: 0,
     })

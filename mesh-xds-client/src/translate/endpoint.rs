@@ -2,7 +2,9 @@
 
 use super::{FieldError, FieldResult};
 use envoy_types::pb::envoy::config::core::v3::{Metadata, address, socket_address};
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, LocalityLbEndpoints, lb_endpoint,
+};
 use envoy_types::pb::google::protobuf::value::Kind;
 use mesh_core::model::{Address, Endpoint, HealthStatus, Labels, Locality};
 use std::net::IpAddr;
@@ -14,6 +16,10 @@ pub struct XdsEndpoints {
     pub cluster_name: String,
     /// The endpoints.
     pub endpoints: Vec<mesh_core::model::Endpoint>,
+    /// The `load_balancing_weight` of each locality that sets one, by `region/zone/subzone`:
+    /// they apply when the cluster sets `locality_weighted_lb_config` (as Envoy, which
+    /// ignores them otherwise).
+    pub locality_weights: Vec<(String, u32)>,
 }
 
 pub(super) fn translate(cla: &ClusterLoadAssignment) -> FieldResult<XdsEndpoints> {
@@ -23,22 +29,53 @@ pub(super) fn translate(cla: &ClusterLoadAssignment) -> FieldResult<XdsEndpoints
     Ok(XdsEndpoints {
         cluster_name: cla.cluster_name.clone(),
         endpoints: endpoints(cla, false)?,
+        locality_weights: locality_weights(cla)?,
     })
+}
+
+fn locality(l: &LocalityLbEndpoints) -> Locality {
+    l.locality
+        .as_ref()
+        .map(|l| Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            subzone: l.sub_zone.clone(),
+        })
+        .unwrap_or_default()
+}
+
+/// The weights of the localities of `cla` that set one.
+pub(super) fn locality_weights(cla: &ClusterLoadAssignment) -> FieldResult<Vec<(String, u32)>> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for (i, l) in cla.endpoints.iter().enumerate() {
+        let Some(weight) = l.load_balancing_weight.as_ref().map(|w| w.value) else {
+            continue;
+        };
+        let field = format!("endpoints[{i}].load_balancing_weight");
+        if weight == 0 {
+            return Err(FieldError::new(field, "must be at least 1"));
+        }
+        let name = locality(l).to_string();
+        match out.iter().find(|(n, _)| *n == name) {
+            // The model weighs a locality once, whatever its priority.
+            Some((_, w)) if *w != weight => {
+                return Err(FieldError::new(
+                    field,
+                    format!("locality {name} is weighted {w} at another priority"),
+                ));
+            }
+            Some(_) => {}
+            None => out.push((name, weight)),
+        }
+    }
+    Ok(out)
 }
 
 /// The endpoints of `cla`; with `dns`, socket addresses may be host names.
 pub(super) fn endpoints(cla: &ClusterLoadAssignment, dns: bool) -> FieldResult<Vec<Endpoint>> {
     let mut out = Vec::new();
     for (i, l) in cla.endpoints.iter().enumerate() {
-        let locality = l
-            .locality
-            .as_ref()
-            .map(|l| Locality {
-                region: l.region.clone(),
-                zone: l.zone.clone(),
-                subzone: l.sub_zone.clone(),
-            })
-            .unwrap_or_default();
+        let locality = locality(l);
         if l.lb_config.is_some() {
             return Err(FieldError::new(
                 format!("endpoints[{i}].lb_config"),
@@ -107,6 +144,8 @@ fn lb_endpoint(
     let health = match e.health_status {
         0 | 1 => HealthStatus::Healthy,
         3 => HealthStatus::Draining,
+        5 => HealthStatus::Degraded,
+        // UNHEALTHY, TIMEOUT (read by Envoy as UNHEALTHY) and unknown values.
         _ => HealthStatus::Unhealthy,
     };
     let weight = e.load_balancing_weight.as_ref().map_or(1, |w| w.value);

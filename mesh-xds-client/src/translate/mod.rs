@@ -16,7 +16,10 @@
 //! - `RouteConfiguration`: virtual hosts and routes, one to one.
 //! - `Cluster`: a [`Cluster`], its service, port and subset parsed from Istio's
 //!   `outbound|PORT|SUBSET|HOST` name when it has that form.
-//! - `ClusterLoadAssignment`: the cluster's endpoints, with `istio` metadata labels.
+//! - `ClusterLoadAssignment`: the cluster's endpoints, with `istio` metadata labels; with the
+//!   cluster's `locality_weighted_lb_config`, its localities' weights become a `distribute`
+//!   rule from any locality (the form Istio's `localityLbSetting.distribute` takes in the
+//!   Istio-YAML model).
 
 // Control planes still send deprecated fields (istiod sets `append`, `exact_match`...):
 // honouring them is the point, so their deprecation is not a warning here.
@@ -302,11 +305,14 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
             });
         }
         if let Some(eds) = &xc.eds_name {
-            cluster.endpoints = resources
-                .endpoints
-                .get(eds.as_str())
-                .map(|e| e.endpoints.clone())
-                .unwrap_or_default();
+            let set = resources.endpoints.get(eds.as_str());
+            cluster.endpoints = set.map(|e| e.endpoints.clone()).unwrap_or_default();
+            if xc.locality_weighted
+                && let Some(set) = set
+            {
+                cluster.policy.load_balancer.locality =
+                    cluster::weighted_localities(&set.locality_weights);
+            }
         }
         if xc.istio_name && cluster.port != 0 {
             let service = services

@@ -550,6 +550,43 @@ fn cluster_defaults_are_envoys() {
 }
 
 #[test]
+fn outlier_max_ejection_time_is_translated_and_may_not_be_below_the_base() {
+    let outlier = |base: Option<PbDuration>, max: Option<PbDuration>| {
+        let mut c = fixtures::eds_cluster(C1);
+        c.outlier_detection = Some(PbOutlier {
+            base_ejection_time: base,
+            max_ejection_time: max,
+            ..Default::default()
+        });
+        pack(&c)
+    };
+    let od = |any: Any| match decode(ResourceType::Cluster, &any).unwrap() {
+        Decoded::Cluster(x) => x.cluster.policy.outlier_detection.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let secs = std::time::Duration::from_secs;
+    let set = od(outlier(Some(dur(10, 0)), Some(dur(25, 0))));
+    assert_eq!(set.max_ejection_time, Some(secs(25)));
+    assert_eq!(set.max_ejection_time(), secs(25));
+    // Unset: Envoy's default, 300 s or the base when longer.
+    let unset = od(outlier(None, None));
+    assert_eq!(
+        (unset.max_ejection_time, unset.max_ejection_time()),
+        (None, secs(300))
+    );
+    assert_eq!(
+        od(outlier(Some(dur(400, 0)), None)).max_ejection_time(),
+        secs(400)
+    );
+    // Below the base: refused, as Envoy refuses it.
+    let e = err(
+        ResourceType::Cluster,
+        outlier(Some(dur(60, 0)), Some(dur(30, 0))),
+    );
+    assert!(e.contains("outlier_detection.max_ejection_time"), "{e}");
+}
+
+#[test]
 fn static_cluster_carries_its_endpoints_and_ring_hash_is_rejected() {
     let mut c = fixtures::eds_cluster("static");
     c.cluster_discovery_type =
@@ -717,6 +754,35 @@ fn endpoints_with_localities_weights_health_and_istio_labels() {
 }
 
 #[test]
+fn eds_health_statuses_map_to_the_model_degraded_apart() {
+    let addrs: Vec<std::net::SocketAddr> = (1..=6)
+        .map(|i| format!("10.0.0.{i}:9080").parse().unwrap())
+        .collect();
+    let mut cla = fixtures::endpoints(C1, &addrs);
+    // UNKNOWN, HEALTHY, UNHEALTHY, DRAINING, TIMEOUT, DEGRADED.
+    for (e, status) in cla.endpoints[0].lb_endpoints.iter_mut().zip(0..) {
+        e.health_status = status;
+    }
+    let Decoded::ClusterLoadAssignment(x) =
+        decode(ResourceType::ClusterLoadAssignment, &pack(&cla)).unwrap()
+    else {
+        panic!()
+    };
+    let health: Vec<HealthStatus> = x.endpoints.iter().map(|e| e.health).collect();
+    assert_eq!(
+        health,
+        [
+            HealthStatus::Healthy,
+            HealthStatus::Healthy,
+            HealthStatus::Unhealthy,
+            HealthStatus::Draining,
+            HealthStatus::Unhealthy,
+            HealthStatus::Degraded,
+        ]
+    );
+}
+
+#[test]
 fn assemble_merges_listeners_and_fills_eds_endpoints() {
     let l = hcm_with_filters(&[]);
     let Decoded::Listener(l) = decode(ResourceType::Listener, &pack(&l)).unwrap() else {
@@ -767,6 +833,75 @@ fn assemble_merges_listeners_and_fills_eds_endpoints() {
         (svc.namespace.as_str(), svc.ports[0].number),
         ("default", 9080)
     );
+}
+
+#[test]
+fn locality_weights_reach_the_model_when_the_cluster_weighs_localities() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        CommonLbConfig,
+        common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig},
+    };
+    use mesh_core::model::{LocalityDistribute, LocalityLb};
+    let mut cla = fixtures::endpoints(C1, &["10.0.0.1:9080".parse().unwrap()]);
+    let mut z2 = fixtures::endpoints(C1, &["10.0.0.2:9080".parse().unwrap()]).endpoints[0].clone();
+    for (l, zone, weight) in [(&mut cla.endpoints[0], "z1", 20), (&mut z2, "z2", 80)] {
+        l.locality = Some(PbLocality {
+            region: "r".into(),
+            zone: zone.into(),
+            sub_zone: String::new(),
+        });
+        l.load_balancing_weight = Some(UInt32Value { value: weight });
+    }
+    cla.endpoints.push(z2);
+    let Decoded::ClusterLoadAssignment(e) =
+        decode(ResourceType::ClusterLoadAssignment, &pack(&cla)).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        e.locality_weights,
+        [("r/z1/".to_owned(), 20), ("r/z2/".to_owned(), 80)]
+    );
+    let assembled = |weighted: bool| {
+        let mut c = fixtures::eds_cluster(C1);
+        if weighted {
+            c.common_lb_config = Some(CommonLbConfig {
+                locality_config_specifier: Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    LocalityWeightedLbConfig {},
+                )),
+                ..Default::default()
+            });
+        }
+        let Decoded::Cluster(c) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+            panic!()
+        };
+        let mut res = Resources::default();
+        res.clusters.insert(C1, &c);
+        res.endpoints.insert(C1, &e);
+        assemble(&res, &Workload::default())
+            .cluster(&mesh_core::model::ClusterName::new(C1))
+            .unwrap()
+            .policy
+            .load_balancer
+            .locality
+            .clone()
+    };
+    assert_eq!(
+        assembled(true),
+        Some(LocalityLb {
+            distribute: vec![LocalityDistribute {
+                from: "*".into(),
+                to: vec![("r/z1/".into(), 20), ("r/z2/".into(), 80)],
+            }],
+            ..LocalityLb::default()
+        })
+    );
+    // Without locality_weighted_lb_config, Envoy ignores the weights.
+    assert_eq!(assembled(false), None);
+
+    cla.endpoints[1].load_balancing_weight = Some(UInt32Value { value: 0 });
+    let e = err(ResourceType::ClusterLoadAssignment, pack(&cla));
+    assert!(e.contains("endpoints[1].load_balancing_weight"), "{e}");
 }
 
 #[test]
