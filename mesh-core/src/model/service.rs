@@ -150,7 +150,7 @@ pub enum HealthStatus {
     Healthy,
     /// Unhealthy: never chosen.
     Unhealthy,
-    /// Draining: chosen only when nothing else is left.
+    /// Draining (EDS `DRAINING`): takes no new requests, as in Envoy.
     Draining,
     /// Degraded (EDS `DEGRADED`): able to serve, but chosen only when no healthy endpoint is
     /// left, as Envoy routes to degraded hosts only when the healthy ones are not enough.
