@@ -5,11 +5,13 @@
 //! - [`credentials`]: certificate chain, key and bundle from PEM, and the rotating store.
 //! - [`tls`]: rustls client and server configs verified by SPIFFE identity.
 //! - [`authz`]: the authorization engine over `mesh_core::model::AuthorizationPolicy`.
+//! - [`header`]: request headers as Envoy's matchers read them.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod authz;
 pub mod credentials;
+pub mod header;
 pub mod identity;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -53,7 +53,6 @@ mod normalize;
 
 pub use normalize::{InvalidPath, normalize_path};
 
-use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -580,7 +579,9 @@ impl Condition {
     fn matches(&self, req: &Attributes<'_>) -> bool {
         match self {
             Self::Header(name, pair) => {
-                let value = req.headers.and_then(|h| header_value(h, name));
+                let value = req
+                    .headers
+                    .and_then(|h| crate::header::joined_value(h, name));
                 pair.test(value.as_deref(), str_is)
             }
             Self::SourceIp(p) => p.test(req.source_ip, ip_in),
@@ -592,26 +593,6 @@ impl Condition {
             Self::Sni(p) => p.test(req.sni, str_is),
         }
     }
-}
-
-/// Header `name` as Envoy's RBAC filter matches it: a repeated header is one value, its
-/// values joined with `,` (so `x-role: guest` plus `x-role: admin` is `guest,admin`, which
-/// `admin` does not match exactly). A single value is borrowed, not copied.
-fn header_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<Cow<'h, str>> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    let Some(second) = values.next() else {
-        return Some(String::from_utf8_lossy(first.as_bytes()));
-    };
-    let mut joined = first.as_bytes().to_vec();
-    for v in std::iter::once(second).chain(values) {
-        joined.push(b',');
-        joined.extend_from_slice(v.as_bytes());
-    }
-    Some(Cow::Owned(match String::from_utf8(joined) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    }))
 }
 
 fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {

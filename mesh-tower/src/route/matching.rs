@@ -64,33 +64,11 @@ fn matches_one(m: &RouteMatch, req: &RequestView<'_>, workload: &Workload) -> bo
 }
 
 /// A header matches when present and (if a match is given) its value matches: a header sent
-/// more than once is matched as its values joined with `,`, as Envoy does
-/// (`HeaderUtility::getAllOfHeaderAsString`), so `x: a` and `x: b` is `a,b`.
+/// more than once is matched as its values joined with `,`, as Envoy does, so `x: a` and
+/// `x: b` is `a,b`.
 fn header_matches(headers: &http::HeaderMap, name: &str, sm: Option<&StringMatch>) -> bool {
-    let mut values = headers.get_all(name).iter();
-    let Some(first) = values.next() else {
-        return false;
-    };
-    let Some(sm) = sm else {
-        return true;
-    };
-    let Ok(first) = first.to_str() else {
-        return false;
-    };
-    match values.next() {
-        None => sm.matches(first, false),
-        Some(second) => {
-            let mut joined = String::from(first);
-            for value in std::iter::once(second).chain(values) {
-                let Ok(value) = value.to_str() else {
-                    return false;
-                };
-                joined.push(',');
-                joined.push_str(value);
-            }
-            sm.matches(&joined, false)
-        }
-    }
+    mesh_policy::header::joined_value(headers, name)
+        .is_some_and(|value| sm.is_none_or(|sm| sm.matches(&value, false)))
 }
 
 /// A query parameter matches when present and (if a match is given) the value of its first
