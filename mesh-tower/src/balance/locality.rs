@@ -14,7 +14,7 @@
 //! its weight scaled by its available share (Envoy's locality weighted load balancing).
 
 use crate::rng::Rng;
-use mesh_core::model::{Cluster, HealthStatus, Labels, Locality, LocalityDistribute};
+use mesh_core::model::{Cluster, Labels, Locality, LocalityDistribute};
 use std::collections::BTreeMap;
 
 /// Envoy's overprovisioning factor, in percent.
@@ -197,12 +197,12 @@ fn choose_priority(
                 u64::from(level(cluster, &e.locality, local))
             }
     };
-    // Per level: endpoints that are healthy by status, and the candidates among them.
+    // Per level: its endpoints, whatever their status (Envoy's priority health is the
+    // available hosts over all the hosts of the priority, so endpoints EDS marks unhealthy
+    // or draining lower it), and the candidates among them.
     let mut levels: BTreeMap<u64, (u64, Vec<usize>)> = BTreeMap::new();
     for e in &cluster.endpoints {
-        if e.health == HealthStatus::Healthy {
-            levels.entry(level(e)).or_default().0 += 1;
-        }
+        levels.entry(level(e)).or_default().0 += 1;
     }
     for &i in candidates {
         levels

@@ -890,6 +890,32 @@ async fn eds_priorities_keep_traffic_on_priority_0_and_spill_as_it_is_ejected() 
 }
 
 #[tokio::test]
+async fn endpoints_eds_marks_unhealthy_lower_their_prioritys_health() {
+    // Priority 0: four endpoints, three of them unhealthy or draining by EDS; priority 1: two.
+    // Envoy: priority 0's health is 1/4 x 1.4 = 35%, so 65% of the traffic spills over.
+    let mut endpoints: Vec<Endpoint> = (1..=6).map(|p| endpoint(p, 1, "")).collect();
+    endpoints[1].health = HealthStatus::Unhealthy;
+    endpoints[2].health = HealthStatus::Unhealthy;
+    endpoints[3].health = HealthStatus::Draining;
+    for e in &mut endpoints[4..] {
+        e.priority = 1;
+    }
+    let c = cluster(endpoints, policy(LbAlgorithm::RoundRobin));
+    let (up, counts) = upstream(|_| 200);
+    let svc = BalanceLayer::new(Rng::with_seed(5)).layer(up);
+    for _ in 0..2_000 {
+        svc.clone().oneshot(request(&c)).await.unwrap();
+    }
+    let counts = counts.lock().unwrap();
+    let on_0 = counts.get(&1).copied().unwrap_or(0);
+    assert!(
+        (0.30..=0.40).contains(&(on_0 as f64 / 2_000.0)),
+        "priority 0's share: {counts:?}"
+    );
+    assert_eq!(on_0 + counts[&5] + counts[&6], 2_000, "{counts:?}");
+}
+
+#[tokio::test]
 async fn a_try_counts_in_flight_until_it_answers_or_is_dropped() {
     let c = cluster(vec![endpoint(1, 1, "")], policy(LbAlgorithm::LeastRequest));
     let (answer, answered) = tokio::sync::oneshot::channel::<()>();
