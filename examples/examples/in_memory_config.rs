@@ -42,6 +42,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             service_account: None,
             namespace: None,
             priority: 0,
+            workload: None,
+            cluster_id: None,
         }],
         policy: TrafficPolicy::default(),
     };

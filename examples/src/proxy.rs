@@ -291,7 +291,12 @@ impl Proxy {
             None => UpstreamClient::new(),
         };
         let rng = options.seed.map_or_else(Rng::from_entropy, Rng::with_seed);
+        // Who this sidecar is to the control plane, and to its peers in Istio's metadata
+        // exchange.
+        let node = node_identity(&options.workload);
+        let node_id = options.node_id.clone().unwrap_or_else(|| node.node_id());
         let mut telemetry = Telemetry::new(Reporter::Source, options.workload.clone())
+            .node_id(&node_id)
             .sampling(options.trace_sampling)
             .propagators(options.trace_propagators)
             .rng(rng.clone());
@@ -318,6 +323,7 @@ impl Proxy {
         let authz = AuthzLayer::new(store.clone());
         let authz_stats = authz.stats();
         let inbound_telemetry = Telemetry::new(Reporter::Destination, options.workload.clone())
+            .node_id(&node_id)
             .sampling(options.trace_sampling)
             .propagators(options.trace_propagators);
         let inbound_telemetry = mesh_tower::telemetry::TelemetryLayer::new(inbound_telemetry);
@@ -376,19 +382,8 @@ impl Proxy {
             let files = store.load().config.clone();
             let overlay: mesh_xds_client::client::Overlay =
                 Arc::new(move |config: mesh_core::model::MeshConfig| overlay_files(config, &files));
-            let ip = std::env::var("INSTANCE_IP")
-                .ok()
-                .and_then(|ip| ip.parse().ok())
-                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-            let pod = std::env::var("POD_NAME")
-                .or_else(|_| std::env::var("HOSTNAME"))
-                .unwrap_or_else(|_| "mesh-proxy".to_owned());
-            let mut node =
-                mesh_xds_client::node::NodeIdentity::from_workload(&options.workload, ip, pod)
-                    .to_node();
-            if let Some(id) = &options.node_id {
-                node.id.clone_from(id);
-            }
+            let mut node = node.to_node();
+            node.id.clone_from(&node_id);
             if let Some(cluster) = &options.node_cluster {
                 node.cluster.clone_from(cluster);
             }
@@ -587,6 +582,20 @@ impl Proxy {
 /// A control-plane config (xDS or an Envoy file) with what the YAML files keep: their inbound
 /// listeners and authorization policies when they have any (else the control plane's, from
 /// its inbound listener), and their peer authentication (xDS carries none the mesh reads).
+/// This workload as istiod identifies a sidecar: the workload flags with the pod's address
+/// and name from the environment (`INSTANCE_IP`, `POD_NAME` or `HOSTNAME`, as Istio's
+/// injector sets them; 127.0.0.1 and `mesh-proxy` without).
+fn node_identity(workload: &mesh_core::model::Workload) -> mesh_xds_client::node::NodeIdentity {
+    let ip = std::env::var("INSTANCE_IP")
+        .ok()
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let pod = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "mesh-proxy".to_owned());
+    mesh_xds_client::node::NodeIdentity::from_workload(workload, ip, pod)
+}
+
 fn overlay_files(
     mut config: mesh_core::model::MeshConfig,
     files: &mesh_core::model::MeshConfig,

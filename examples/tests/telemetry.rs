@@ -113,6 +113,9 @@ async fn the_split_and_the_flags_show_in_istio_requests_total() {
         "source_principal",
         "source_app",
         "source_version",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "source_cluster",
         "destination_workload",
         "destination_workload_namespace",
         "destination_principal",
@@ -121,6 +124,9 @@ async fn the_split_and_the_flags_show_in_istio_requests_total() {
         "destination_service",
         "destination_service_name",
         "destination_service_namespace",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "destination_cluster",
         "request_protocol",
         "response_code",
         "grpc_response_status",
@@ -181,6 +187,123 @@ async fn the_split_and_the_flags_show_in_istio_requests_total() {
         eprintln!("promtool not installed: skipping `promtool check metrics`");
     }
     proxy.shutdown().await;
+}
+
+/// Two sidecars in a row (plaintext): `productpage-v1` in `web` calls `ratings` in `shop`,
+/// whose sidecar runs as `ratings-v1` in cluster `east` in front of `app`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peers_exchange_their_workloads_and_label_their_metrics_with_them() {
+    let (app, seen) = echo("ratings").await;
+    let server_cfg = ConfigDir::new("");
+    let mut options = test_options(vec![server_cfg.path()]);
+    options.app = Some(app.addr);
+    options.workload.namespace = "shop".into();
+    options.workload.workload_name = "ratings-v1".into();
+    options.workload.cluster_id = "east".into();
+    options.workload.labels = [
+        ("app".to_owned(), "ratings".to_owned()),
+        ("version".to_owned(), "v1".to_owned()),
+    ]
+    .into();
+    let server = Proxy::start(options).await.unwrap();
+    // The caller's config says nothing of the endpoint's workload: what the metrics name
+    // comes from the exchange.
+    let client_cfg = ConfigDir::new(&format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: ratings, namespace: shop }}
+spec:
+  hosts: [ratings.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  endpoints: [{{ address: 127.0.0.1, ports: {{ http: {} }} }}]
+",
+        server.inbound.port()
+    ));
+    let mut options = test_options(vec![client_cfg.path()]);
+    options.workload.namespace = "web".into();
+    options.workload.workload_name = "productpage-v1".into();
+    options.workload.labels = [
+        ("app".to_owned(), "productpage".to_owned()),
+        ("version".to_owned(), "v1".to_owned()),
+    ]
+    .into();
+    let caller = Proxy::start(options).await.unwrap();
+
+    let (status, body, headers) = get(
+        &client(caller.outbound, false),
+        "ratings.shop.svc.cluster.local",
+        "/",
+        &[],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "ratings"));
+    // Neither app sees the exchange: the server sidecar took the caller's headers out of the
+    // request, the calling sidecar the server's out of the response.
+    let exchange = ["x-envoy-peer-metadata", "x-envoy-peer-metadata-id"];
+    let app_saw = seen.lock().unwrap().last().cloned().unwrap();
+    for name in exchange {
+        assert!(!app_saw.contains_key(name), "the app got {name}");
+        assert!(!headers.contains_key(name), "the caller got {name}");
+    }
+    // A caller without a sidecar: no metadata in, none out.
+    let (status, _, headers) = get(&client(server.inbound, false), "ratings", "/", &[]).await;
+    assert_eq!(status, 200);
+    assert!(exchange.iter().all(|name| !headers.contains_key(*name)));
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, text, _) = get(
+        &client(server.admin, false),
+        "localhost",
+        "/stats/prometheus",
+        &[],
+    )
+    .await;
+    // Both sidecars record into this test binary's one recorder.
+    let samples = requests_total(&text);
+    let find = |reporter: &str, source_workload: &str| {
+        samples
+            .iter()
+            .map(|(labels, _)| labels)
+            .find(|l| {
+                l["reporter"] == reporter
+                    && l["source_workload"] == source_workload
+                    && l["destination_workload"] == "ratings-v1"
+            })
+            .unwrap_or_else(|| panic!("no {reporter} sample from {source_workload}: {text}"))
+            .clone()
+    };
+    let expected_source = [
+        ("source_workload_namespace", "web"),
+        ("source_canonical_service", "productpage"),
+        ("source_canonical_revision", "v1"),
+        ("source_app", "productpage"),
+        ("source_version", "v1"),
+        ("source_cluster", "Kubernetes"),
+    ];
+    let expected_destination = [
+        ("destination_workload_namespace", "shop"),
+        ("destination_canonical_service", "ratings"),
+        ("destination_canonical_revision", "v1"),
+        ("destination_app", "ratings"),
+        ("destination_version", "v1"),
+        ("destination_cluster", "east"),
+    ];
+    for reporter in ["source", "destination"] {
+        let labels = find(reporter, "productpage-v1");
+        for (key, value) in expected_source.iter().chain(&expected_destination) {
+            assert_eq!(labels[*key], *value, "{reporter}: {key} in {labels:?}");
+        }
+    }
+    // The server's own report of the caller without a sidecar: an unknown source, Istio's
+    // defaults.
+    let unknown = find("destination", "unknown");
+    assert_eq!(unknown["source_canonical_service"], "unknown");
+    assert_eq!(unknown["source_canonical_revision"], "latest");
+    assert_eq!(unknown["destination_service_namespace"], "shop");
+    caller.shutdown().await;
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

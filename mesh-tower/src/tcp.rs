@@ -67,51 +67,21 @@ impl TcpForward {
 
     fn labels(&self, flags: ResponseFlags) -> Vec<metrics::Label> {
         let w = &self.workload;
-        let app = w
-            .labels
-            .get("app")
-            .cloned()
-            .unwrap_or_else(|| "unknown".to_owned());
-        let version = w
-            .labels
-            .get("version")
-            .cloned()
-            .unwrap_or_else(|| "unknown".to_owned());
-        let name = self
-            .service
-            .split('.')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let namespace = self
-            .service
-            .split('.')
-            .nth(1)
-            .unwrap_or("unknown")
-            .to_owned();
-        [
-            ("reporter", "source".to_owned()),
-            ("source_workload", app.clone()),
-            ("source_workload_namespace", w.namespace.clone()),
-            (
-                "source_principal",
-                format!(
-                    "spiffe://{}/ns/{}/sa/{}",
-                    w.trust_domain, w.namespace, w.service_account
-                ),
-            ),
-            ("source_app", app),
-            ("source_version", version),
+        let name = self.service.split('.').next().unwrap_or_default();
+        let namespace = self.service.split('.').nth(1).unwrap_or("unknown");
+        let mut labels = workload_labels("source", w);
+        labels.extend([
+            ("source_principal", principal_of(w)),
+            ("destination_principal", "unknown".to_owned()),
+            ("destination_workload_namespace", namespace.to_owned()),
             ("destination_service", self.service.clone()),
-            ("destination_service_name", name),
-            ("destination_service_namespace", namespace),
+            ("destination_service_name", name.to_owned()),
+            ("destination_service_namespace", namespace.to_owned()),
             ("request_protocol", "tcp".to_owned()),
             ("response_flags", flags.to_string()),
             ("connection_security_policy", "unknown".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| metrics::Label::new(k, v))
-        .collect()
+        ]);
+        into_labels(labels)
     }
 
     /// The next healthy endpoint of the cluster, round-robin, with the cluster's connect
@@ -541,7 +511,6 @@ impl TcpOutbound {
         labels.extend([
             ("source_principal", principal_of(w)),
             ("destination_principal", "unknown".to_owned()),
-            ("destination_workload", "unknown".to_owned()),
             ("destination_workload_namespace", namespace.clone()),
             ("destination_service", service),
             ("destination_service_name", name),
@@ -803,33 +772,61 @@ fn principal_of(w: &Workload) -> String {
     )
 }
 
-/// The `reporter` label and, for the source reporter, the local workload's source labels;
-/// for the destination reporter, its destination labels.
+/// The `reporter` label, the local workload's labels on its side (`source_*` for the source
+/// reporter, `destination_*` for the destination one), and the peer workload's labels Istio
+/// gives a TCP peer without metadata exchange (its namespace and principal are the caller's
+/// to add).
 fn workload_labels(reporter: &'static str, w: &Workload) -> Vec<(&'static str, String)> {
-    let label = |k: &str| {
-        w.labels
-            .get(k)
-            .cloned()
-            .unwrap_or_else(|| "unknown".to_owned())
+    let known = |v: &str| {
+        if v.is_empty() {
+            "unknown".to_owned()
+        } else {
+            v.to_owned()
+        }
     };
-    let (app, version) = (label("app"), label("version"));
-    if reporter == "source" {
-        vec![
-            ("reporter", "source".to_owned()),
-            ("source_workload", app.clone()),
-            ("source_workload_namespace", w.namespace.clone()),
-            ("source_app", app),
-            ("source_version", version),
-        ]
+    let label = |k: &str| known(w.labels.get(k).map_or("", String::as_str));
+    let mine = [
+        known(w.name()),
+        known(w.canonical_service()),
+        known(w.canonical_revision()),
+        known(&w.namespace),
+        label("app"),
+        label("version"),
+        known(&w.cluster_id),
+    ];
+    let theirs = [
+        "unknown", "unknown", "latest", "", "unknown", "unknown", "unknown",
+    ]
+    .map(str::to_owned);
+    const SOURCE: [&str; 7] = [
+        "source_workload",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "source_workload_namespace",
+        "source_app",
+        "source_version",
+        "source_cluster",
+    ];
+    const DESTINATION: [&str; 7] = [
+        "destination_workload",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "destination_workload_namespace",
+        "destination_app",
+        "destination_version",
+        "destination_cluster",
+    ];
+    let (source, destination) = if reporter == "source" {
+        (mine, theirs)
     } else {
-        vec![
-            ("reporter", "destination".to_owned()),
-            ("destination_workload", app.clone()),
-            ("destination_workload_namespace", w.namespace.clone()),
-            ("destination_app", app),
-            ("destination_version", version),
-        ]
+        (theirs, mine)
+    };
+    let mut labels = vec![("reporter", reporter.to_owned())];
+    for (keys, values) in [(SOURCE, source), (DESTINATION, destination)] {
+        // The peer's namespace (index 3) is the caller's to give.
+        labels.extend(keys.into_iter().zip(values).filter(|(_, v)| !v.is_empty()));
     }
+    labels
 }
 
 fn into_labels(pairs: Vec<(&'static str, String)>) -> Vec<metrics::Label> {

@@ -23,6 +23,8 @@ pub struct NodeIdentity {
     pub service_account: String,
     /// The cluster id istiod knows this workload's cluster by (`Kubernetes` by default).
     pub cluster_id: String,
+    /// The workload's name (`WORKLOAD_NAME`), empty when unknown.
+    pub workload_name: String,
 }
 
 impl NodeIdentity {
@@ -35,7 +37,8 @@ impl NodeIdentity {
             cluster_domain: workload.cluster_domain.clone(),
             labels: workload.labels.clone(),
             service_account: workload.service_account.clone(),
-            cluster_id: "Kubernetes".to_owned(),
+            cluster_id: workload.cluster_id.clone(),
+            workload_name: workload.name().to_owned(),
         }
     }
 
@@ -56,7 +59,7 @@ impl NodeIdentity {
 
     /// The Envoy `Node`: the id, the cluster (`APP.NS`, as istio-agent sets it) and the
     /// metadata istiod reads (`NAMESPACE`, `LABELS`, `SERVICE_ACCOUNT`, `NAME`, `CLUSTER_ID`,
-    /// `INSTANCE_IPS`).
+    /// `INSTANCE_IPS`, and `WORKLOAD_NAME` when known).
     pub fn to_node(&self) -> Node {
         let s = |v: &str| Value {
             kind: Some(Kind::StringValue(v.to_owned())),
@@ -70,6 +73,9 @@ impl NodeIdentity {
         fields.insert("SERVICE_ACCOUNT".to_owned(), s(&self.service_account));
         fields.insert("CLUSTER_ID".to_owned(), s(&self.cluster_id));
         fields.insert("INSTANCE_IPS".to_owned(), s(&self.ip.to_string()));
+        if !self.workload_name.is_empty() {
+            fields.insert("WORKLOAD_NAME".to_owned(), s(&self.workload_name));
+        }
         fields.insert(
             "LABELS".to_owned(),
             Value {

@@ -211,6 +211,14 @@ struct WorkloadArgs {
     /// The workload's locality, `region/zone/subzone`, for locality-aware load balancing.
     #[arg(long, default_value = "")]
     locality: String,
+    /// The workload's name (such as its Deployment's, `reviews-v1`), for the metrics'
+    /// `*_workload` labels and the peers' (default: the `app` label).
+    #[arg(long, env = "ISTIO_META_WORKLOAD_NAME", default_value = "")]
+    workload_name: String,
+    /// The cluster the workload runs in, as Istio names it (`*_cluster` metric labels, the xDS
+    /// node's `CLUSTER_ID`).
+    #[arg(long, env = "ISTIO_META_CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
 }
 
 impl WorkloadArgs {
@@ -220,6 +228,8 @@ impl WorkloadArgs {
             labels: self.workload_labels.clone(),
             service_account: self.service_account.clone(),
             locality: Locality::parse(&self.locality),
+            workload_name: self.workload_name.clone(),
+            cluster_id: self.cluster_id.clone(),
             ..Workload::default()
         }
     }

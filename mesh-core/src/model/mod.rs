@@ -71,6 +71,79 @@ pub struct Workload {
     pub cluster_domain: String,
     /// Where this workload runs, for locality-aware load balancing.
     pub locality: Locality,
+    /// The workload's name (Istio's `WORKLOAD_NAME`: the Deployment's, such as `reviews-v1`),
+    /// for metric labels; empty when unknown, and [`Workload::name`] falls back to the `app`
+    /// label.
+    pub workload_name: String,
+    /// The cluster the workload runs in, as Istio names it (`CLUSTER_ID`; `Kubernetes`, Istio's
+    /// default, unless told).
+    pub cluster_id: String,
+}
+
+impl Workload {
+    /// The workload's name for metric labels: [`Workload::workload_name`], else the `app`
+    /// label, else empty.
+    ///
+    /// ```
+    /// use mesh_core::model::Workload;
+    /// let mut w = Workload::default();
+    /// w.labels.insert("app".into(), "reviews".into());
+    /// assert_eq!(w.name(), "reviews");
+    /// w.workload_name = "reviews-v1".into();
+    /// assert_eq!(w.name(), "reviews-v1");
+    /// ```
+    pub fn name(&self) -> &str {
+        if self.workload_name.is_empty() {
+            self.labels.get("app").map_or("", String::as_str)
+        } else {
+            &self.workload_name
+        }
+    }
+
+    /// The workload's canonical service, as Istio's injector labels a pod
+    /// (`service.istio.io/canonical-name`): that label, else `app.kubernetes.io/name`, else
+    /// `app`, else the workload's [`name`](Self::name).
+    pub fn canonical_service(&self) -> &str {
+        canonical_service(&self.labels).unwrap_or_else(|| self.name())
+    }
+
+    /// The workload's canonical revision (`service.istio.io/canonical-revision`): that label,
+    /// else `app.kubernetes.io/version`, else `version`, else `latest`.
+    pub fn canonical_revision(&self) -> &str {
+        canonical_revision(&self.labels).unwrap_or("latest")
+    }
+}
+
+/// Istio's canonical service of a workload with `labels`, when they name one
+/// (`service.istio.io/canonical-name`, `app.kubernetes.io/name` or `app`, in that order).
+pub fn canonical_service(labels: &Labels) -> Option<&str> {
+    first_label(
+        labels,
+        &[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ],
+    )
+}
+
+/// Istio's canonical revision of a workload with `labels`, when they name one
+/// (`service.istio.io/canonical-revision`, `app.kubernetes.io/version` or `version`).
+pub fn canonical_revision(labels: &Labels) -> Option<&str> {
+    first_label(
+        labels,
+        &[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ],
+    )
+}
+
+fn first_label<'a>(labels: &'a Labels, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
+        .map(String::as_str)
 }
 
 impl Default for Workload {
@@ -82,6 +155,8 @@ impl Default for Workload {
             trust_domain: "cluster.local".to_owned(),
             cluster_domain: "cluster.local".to_owned(),
             locality: Locality::default(),
+            workload_name: String::new(),
+            cluster_id: "Kubernetes".to_owned(),
         }
     }
 }

@@ -133,6 +133,11 @@ pub struct Endpoint {
     /// Envoy's priority level (EDS `priority`; 0, the first, when unset): traffic stays on
     /// the lowest level while it is healthy and spills to the next as its healthy share drops.
     pub priority: u32,
+    /// The workload the instance belongs to (Istio's workload name, such as `reviews-v1`),
+    /// when the source says (istiod's EDS endpoint metadata does), for metric labels.
+    pub workload: Option<String>,
+    /// The cluster the instance runs in (Istio's cluster id), when the source says.
+    pub cluster_id: Option<String>,
 }
 
 impl Endpoint {

@@ -191,6 +191,8 @@ impl ClusterState {
                     namespace: endpoint.namespace.clone(),
                     labels: endpoint.labels.clone(),
                     service_account: endpoint.service_account.clone(),
+                    workload: endpoint.workload.clone(),
+                    cluster: endpoint.cluster_id.clone(),
                 })
             })
             .collect();

@@ -19,6 +19,8 @@ fn endpoint(port: u16, weight: u32, region: &str) -> Endpoint {
         service_account: None,
         namespace: None,
         priority: 0,
+        workload: None,
+        cluster_id: None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Istio's standard HTTP metrics, with their names and label sets.
 
-use super::{Observation, Reporter, UpstreamInfo};
+use super::{Observation, PeerMetadata, Reporter, UpstreamInfo};
 use crate::flags::ResponseFlags;
 use foldhash::HashMap;
 use metrics::{Label, SharedString};
@@ -46,13 +46,11 @@ pub const BYTES_BUCKETS: [f64; 9] = [
 /// The labels that describe this workload, computed once per stack and shared (cheap
 /// clones) by every request's label set, and the metric handles of the label sets seen so far.
 pub(super) struct WorkloadLabels {
-    app: SharedString,
-    namespace: SharedString,
-    principal: SharedString,
-    version: SharedString,
+    /// This workload, as its side of the labels names it.
+    me: Side,
     trust_domain: String,
     /// One registry lookup per new label set instead of four per request, found by a
-    /// fingerprint of what varies between requests ([`Key`]), so the 19 labels are built and
+    /// fingerprint of what varies between requests ([`Key`]), so the labels are built and
     /// hashed only for a set not seen before.
     handles: Mutex<HandleCache>,
 }
@@ -63,15 +61,82 @@ struct HandleCache {
     sets: HashMap<u64, Vec<Arc<Handles>>>,
 }
 
+/// The other workload of an exchange, as far as the request and its response tell: from
+/// the peer's exchanged metadata first, else (on the client's side) from what the config says
+/// of the endpoint. `S` is `&str` while a request's labels are looked up, `String` in the
+/// cache.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+struct PeerLabels<S> {
+    workload: Option<S>,
+    namespace: Option<S>,
+    app: Option<S>,
+    version: Option<S>,
+    canonical_service: Option<S>,
+    canonical_revision: Option<S>,
+    cluster: Option<S>,
+}
+
+impl<'a> PeerLabels<&'a str> {
+    fn new(o: &'a Observation, upstream: Option<&'a UpstreamInfo>) -> Self {
+        let peer = o.peer_metadata.as_deref();
+        let told = |field: fn(&PeerMetadata) -> &String| {
+            peer.map(|p| field(p).as_str()).filter(|v| !v.is_empty())
+        };
+        let labels = upstream.map(|u| &u.labels);
+        let label = |key: &str| labels?.get(key).map(String::as_str);
+        Self {
+            // The endpoint's `app` label stands in for a workload name the config does not
+            // give (a ServiceEntry's endpoints have labels, not workload names).
+            workload: told(|p| &p.workload)
+                .or_else(|| upstream?.workload.as_deref())
+                .or_else(|| label("app")),
+            namespace: told(|p| &p.namespace).or_else(|| upstream?.namespace.as_deref()),
+            app: told(|p| &p.app).or_else(|| label("app")),
+            version: told(|p| &p.version).or_else(|| label("version")),
+            canonical_service: told(|p| &p.canonical_service)
+                .or_else(|| mesh_core::model::canonical_service(labels?)),
+            canonical_revision: told(|p| &p.canonical_revision)
+                .or_else(|| mesh_core::model::canonical_revision(labels?)),
+            cluster: told(|p| &p.cluster).or_else(|| upstream?.cluster.as_deref()),
+        }
+    }
+
+    fn to_owned(&self) -> PeerLabels<String> {
+        let own = |v: Option<&str>| v.map(str::to_owned);
+        PeerLabels {
+            workload: own(self.workload),
+            namespace: own(self.namespace),
+            app: own(self.app),
+            version: own(self.version),
+            canonical_service: own(self.canonical_service),
+            canonical_revision: own(self.canonical_revision),
+            cluster: own(self.cluster),
+        }
+    }
+}
+
+impl PeerLabels<String> {
+    fn as_deref(&self) -> PeerLabels<&str> {
+        PeerLabels {
+            workload: self.workload.as_deref(),
+            namespace: self.namespace.as_deref(),
+            app: self.app.as_deref(),
+            version: self.version.as_deref(),
+            canonical_service: self.canonical_service.as_deref(),
+            canonical_revision: self.canonical_revision.as_deref(),
+            cluster: self.cluster.as_deref(),
+        }
+    }
+}
+
 /// What makes one request's label set differ from another's in the same stack (the workload's
 /// own labels and the reporter are fixed per stack).
 #[derive(Debug)]
 struct Key {
     service: Option<String>,
-    namespace: Option<String>,
-    app: Option<String>,
-    version: Option<String>,
+    service_namespace: Option<String>,
     service_account: Option<String>,
+    peer: PeerLabels<String>,
     status: u16,
     flags: ResponseFlags,
     grpc_status: Option<String>,
@@ -85,10 +150,9 @@ struct Key {
 #[derive(Hash)]
 struct KeyRef<'a> {
     service: Option<&'a str>,
-    namespace: Option<&'a str>,
-    app: Option<&'a str>,
-    version: Option<&'a str>,
+    service_namespace: Option<&'a str>,
     service_account: Option<&'a str>,
+    peer: PeerLabels<&'a str>,
     status: u16,
     flags: ResponseFlags,
     grpc_status: Option<&'a str>,
@@ -103,10 +167,9 @@ impl<'a> KeyRef<'a> {
         let up = outcome.upstream.map(|u| &**u);
         Self {
             service: up.map(|u| u.service.as_str()),
-            namespace: up.and_then(|u| u.namespace.as_deref()),
-            app: up.and_then(|u| u.labels.get("app").map(String::as_str)),
-            version: up.and_then(|u| u.labels.get("version").map(String::as_str)),
+            service_namespace: up.and_then(|u| u.namespace.as_deref()),
             service_account: up.and_then(|u| u.service_account.as_deref()),
+            peer: PeerLabels::new(o, up),
             status: outcome.status,
             flags: outcome.flags,
             grpc_status: outcome.grpc_status,
@@ -125,10 +188,9 @@ impl<'a> KeyRef<'a> {
 
     fn matches(&self, key: &Key) -> bool {
         self.service == key.service.as_deref()
-            && self.namespace == key.namespace.as_deref()
-            && self.app == key.app.as_deref()
-            && self.version == key.version.as_deref()
+            && self.service_namespace == key.service_namespace.as_deref()
             && self.service_account == key.service_account.as_deref()
+            && self.peer == key.peer.as_deref()
             && self.status == key.status
             && self.flags == key.flags
             && self.grpc_status == key.grpc_status.as_deref()
@@ -142,10 +204,9 @@ impl<'a> KeyRef<'a> {
         let own = |v: Option<&str>| v.map(str::to_owned);
         Key {
             service: own(self.service),
-            namespace: own(self.namespace),
-            app: own(self.app),
-            version: own(self.version),
+            service_namespace: own(self.service_namespace),
             service_account: own(self.service_account),
+            peer: self.peer.to_owned(),
             status: self.status,
             flags: self.flags,
             grpc_status: own(self.grpc_status),
@@ -158,7 +219,8 @@ impl<'a> KeyRef<'a> {
 }
 
 impl Key {
-    /// Whether the labels that do not come from the endpoint are those of `o` and `outcome`.
+    /// Whether the labels that come neither from the endpoint nor from the peer's metadata
+    /// are those of `o` and `outcome`.
     fn same_outcome(&self, o: &Observation, outcome: &OutcomeRef<'_>) -> bool {
         self.status == outcome.status
             && self.flags == outcome.flags
@@ -195,8 +257,8 @@ const MAX_CACHED_LABEL_SETS: usize = 4_096;
 impl std::fmt::Debug for WorkloadLabels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkloadLabels")
-            .field("app", &self.app)
-            .field("namespace", &self.namespace)
+            .field("workload", &self.me.workload)
+            .field("namespace", &self.me.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -215,18 +277,22 @@ impl Handles {
 
 impl WorkloadLabels {
     pub(super) fn new(w: &mesh_core::model::Workload) -> Self {
-        let shared = |v: Option<&String>| match v.filter(|v| !v.is_empty()) {
-            Some(v) => SharedString::from(v.clone()),
-            None => SharedString::from(UNKNOWN),
-        };
+        let me = PeerMetadata::of_workload(w);
+        let known = |v: &str| or_unknown(Some(v));
         Self {
-            app: shared(w.labels.get("app")),
-            namespace: shared(Some(&w.namespace)),
-            principal: SharedString::from(format!(
-                "spiffe://{}/ns/{}/sa/{}",
-                w.trust_domain, w.namespace, w.service_account
-            )),
-            version: shared(w.labels.get("version")),
+            me: Side {
+                workload: known(&me.workload),
+                namespace: known(&me.namespace),
+                principal: SharedString::from(format!(
+                    "spiffe://{}/ns/{}/sa/{}",
+                    w.trust_domain, w.namespace, w.service_account
+                )),
+                app: known(&me.app),
+                version: known(&me.version),
+                canonical_service: known(&me.canonical_service),
+                canonical_revision: known(&me.canonical_revision),
+                cluster: known(&me.cluster),
+            },
             trust_domain: w.trust_domain.clone(),
             handles: Mutex::default(),
         }
@@ -236,73 +302,90 @@ impl WorkloadLabels {
 const UNKNOWN: &str = "unknown";
 
 fn or_unknown(value: Option<&str>) -> SharedString {
+    or(value, UNKNOWN)
+}
+
+fn or(value: Option<&str>, default: &'static str) -> SharedString {
     match value.filter(|v| !v.is_empty()) {
         Some(v) => SharedString::from(v.to_owned()),
-        None => SharedString::from(UNKNOWN),
+        None => SharedString::from(default),
     }
 }
 
-/// The standard label set for one request.
+/// One side of an exchange (source or destination), as its labels name it.
+#[derive(Clone, Debug)]
+struct Side {
+    workload: SharedString,
+    namespace: SharedString,
+    principal: SharedString,
+    app: SharedString,
+    version: SharedString,
+    canonical_service: SharedString,
+    canonical_revision: SharedString,
+    cluster: SharedString,
+}
+
+/// The standard label set for one request, in the order Istio's stats filter writes it.
 fn labels(o: &Observation, outcome: &OutcomeRef<'_>) -> Vec<Label> {
-    let me = &o.telemetry.labels;
-    let up = outcome.upstream;
+    let me = o.telemetry.labels.me.clone();
+    let up = outcome.upstream.map(|u| &**u);
+    let peer = PeerLabels::new(o, up);
     let service = up.map(|u| u.service.as_str());
     let service_name = service.and_then(|s| s.split('.').next());
-    let dest_ns = up.and_then(|u| u.namespace.as_deref());
-    let dest_app = up.and_then(|u| u.labels.get("app").map(String::as_str));
-    let dest_principal = up.and_then(|u| {
-        Some(format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            me.trust_domain,
-            u.namespace.as_deref()?,
-            u.service_account.as_deref()?
-        ))
-    });
-    let unknown = || SharedString::from(UNKNOWN);
     let source = o.telemetry.reporter == Reporter::Source;
-    let (src, dst): (bool, bool) = (source, !source);
-    let (peer_principal, peer_namespace) = (o.peer_principal(), o.peer_namespace());
-    let pick = |mine: bool, value: &SharedString, other: SharedString| {
-        if mine { value.clone() } else { other }
+    let peer_principal = if source {
+        // The endpoint's expected identity (the connection's certificate is checked
+        // against it).
+        up.and_then(|u| {
+            Some(format!(
+                "spiffe://{}/ns/{}/sa/{}",
+                o.telemetry.labels.trust_domain,
+                u.namespace.as_deref()?,
+                u.service_account.as_deref()?
+            ))
+        })
+    } else {
+        o.peer_principal().map(str::to_owned)
     };
+    let them = Side {
+        workload: or_unknown(peer.workload),
+        // Istio's order: the namespace in the peer's verified identity, then its metadata's.
+        namespace: or_unknown(o.peer_namespace().filter(|_| !source).or(peer.namespace)),
+        principal: or_unknown(peer_principal.as_deref()),
+        app: or_unknown(peer.app),
+        version: or_unknown(peer.version),
+        canonical_service: or_unknown(peer.canonical_service),
+        canonical_revision: or(peer.canonical_revision, "latest"),
+        cluster: or_unknown(peer.cluster),
+    };
+    let service_namespace = if source {
+        or_unknown(up.and_then(|u| u.namespace.as_deref()))
+    } else {
+        me.namespace.clone()
+    };
+    let (src, dst) = if source { (me, them) } else { (them, me) };
     let label = |key: &'static str, value: SharedString| Label::new(key, value);
     vec![
         label("reporter", SharedString::from(o.telemetry.reporter.label())),
-        label("source_workload", pick(src, &me.app, unknown())),
-        label(
-            "source_workload_namespace",
-            pick(src, &me.namespace, or_unknown(peer_namespace)),
-        ),
-        label(
-            "source_principal",
-            pick(src, &me.principal, or_unknown(peer_principal)),
-        ),
-        label("source_app", pick(src, &me.app, unknown())),
-        label("source_version", pick(src, &me.version, unknown())),
-        label(
-            "destination_workload",
-            pick(dst, &me.app, or_unknown(dest_app)),
-        ),
-        label(
-            "destination_workload_namespace",
-            pick(dst, &me.namespace, or_unknown(dest_ns)),
-        ),
-        label(
-            "destination_principal",
-            pick(dst, &me.principal, or_unknown(dest_principal.as_deref())),
-        ),
-        label("destination_app", pick(dst, &me.app, or_unknown(dest_app))),
-        label(
-            "destination_version",
-            pick(
-                dst,
-                &me.version,
-                or_unknown(up.and_then(|u| u.labels.get("version").map(String::as_str))),
-            ),
-        ),
+        label("source_workload", src.workload),
+        label("source_canonical_service", src.canonical_service),
+        label("source_canonical_revision", src.canonical_revision),
+        label("source_workload_namespace", src.namespace),
+        label("source_principal", src.principal),
+        label("source_app", src.app),
+        label("source_version", src.version),
+        label("source_cluster", src.cluster),
+        label("destination_workload", dst.workload),
+        label("destination_workload_namespace", dst.namespace),
+        label("destination_principal", dst.principal),
+        label("destination_app", dst.app),
+        label("destination_version", dst.version),
         label("destination_service", or_unknown(service)),
+        label("destination_canonical_service", dst.canonical_service),
+        label("destination_canonical_revision", dst.canonical_revision),
         label("destination_service_name", or_unknown(service_name)),
-        label("destination_service_namespace", or_unknown(dest_ns)),
+        label("destination_service_namespace", service_namespace),
+        label("destination_cluster", dst.cluster),
         label(
             "request_protocol",
             SharedString::from(if o.grpc { "grpc" } else { "http" }),
@@ -323,10 +406,10 @@ fn labels(o: &Observation, outcome: &OutcomeRef<'_>) -> Vec<Label> {
         ),
         label(
             "connection_security_policy",
-            SharedString::from(match (dst, o.mutual_tls) {
-                (true, true) => "mutual_tls",
-                (true, false) => "none",
-                (false, _) => UNKNOWN,
+            SharedString::from(match (source, o.mutual_tls) {
+                (false, true) => "mutual_tls",
+                (false, false) => "none",
+                (true, _) => UNKNOWN,
             }),
         ),
     ]
@@ -342,6 +425,8 @@ struct Last {
     /// another stack's labels (the allocation outlives the labels while it is held).
     labels: std::sync::Weak<WorkloadLabels>,
     upstream: Option<Arc<UpstreamInfo>>,
+    /// The peer's exchanged metadata, one `Arc` per header value a thread decoded.
+    peer: Option<Arc<PeerMetadata>>,
     /// This thread's own reference to the handles: cloning it writes only its count.
     handles: LocalHandles,
 }
@@ -366,7 +451,8 @@ pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> LocalHandles
                 .iter()
                 .find(|l| std::ptr::eq(l.labels.as_ptr(), Arc::as_ptr(labels)))
                 .filter(|l| {
-                    same_endpoint(l.upstream.as_ref(), outcome.upstream)
+                    same_arc(l.upstream.as_ref(), outcome.upstream)
+                        && same_arc(l.peer.as_ref(), o.peer_metadata.as_ref())
                         && l.handles.key.same_outcome(o, outcome)
                 })
                 .map(|l| l.handles.clone())
@@ -383,6 +469,7 @@ pub(super) fn handles(o: &Observation, outcome: &OutcomeRef<'_>) -> LocalHandles
         let entry = Last {
             labels: Arc::downgrade(labels),
             upstream: outcome.upstream.cloned(),
+            peer: o.peer_metadata.clone(),
             handles: handles.clone(),
         };
         match last
@@ -434,8 +521,9 @@ fn shared_handles(
     handles
 }
 
-/// Whether two responses came from the same endpoint object (or both from none).
-fn same_endpoint(a: Option<&Arc<UpstreamInfo>>, b: Option<&Arc<UpstreamInfo>>) -> bool {
+/// Whether two responses came from the same endpoint object, or had the same decoded peer
+/// metadata (or both none).
+fn same_arc<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
@@ -624,6 +712,8 @@ mod tests {
                 namespace: Some("default".into()),
                 labels: [("version".to_owned(), version.to_owned())].into(),
                 service_account: None,
+                workload: None,
+                cluster: None,
             })
         };
         let handles_for = |upstream: &Arc<UpstreamInfo>| {
@@ -639,8 +729,8 @@ mod tests {
         };
         let (v1, v2) = (endpoint("v1"), endpoint("v2"));
         let first = handles_for(&v1);
-        assert_eq!(handles_for(&v2).key.version.as_deref(), Some("v2"));
-        assert_eq!(handles_for(&v1).key.version.as_deref(), Some("v1"));
+        assert_eq!(handles_for(&v2).key.peer.version.as_deref(), Some("v2"));
+        assert_eq!(handles_for(&v1).key.peer.version.as_deref(), Some("v1"));
         // The same endpoint rebuilt by a new config snapshot: the same label set.
         let v1_again = endpoint("v1");
         assert!(Arc::ptr_eq(&*handles_for(&v1_again), &*first));

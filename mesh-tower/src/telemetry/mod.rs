@@ -16,11 +16,13 @@
 mod access_log;
 mod istio_metrics;
 pub mod otlp;
+mod peer;
 mod propagation;
 mod spans;
 
 pub use access_log::AccessLogFormat;
 pub use istio_metrics::{BYTES_BUCKETS, DURATION_BUCKETS_MS};
+pub use peer::{PEER_METADATA, PEER_METADATA_ID, PeerMetadata};
 pub use propagation::{Propagators, TraceContext, UnknownPropagator, parse_b3, parse_traceparent};
 pub use spans::{SpanKind, SpanRecord, SpanSink, TraceScope};
 
@@ -68,6 +70,10 @@ pub struct UpstreamInfo {
     pub labels: Labels,
     /// The endpoint's service account, when known.
     pub service_account: Option<String>,
+    /// The endpoint's workload name, when known (istiod's EDS metadata says).
+    pub workload: Option<String>,
+    /// The endpoint's cluster id, when known.
+    pub cluster: Option<String>,
 }
 
 /// How many tries a request took, left in the response's extensions by the retry layer.
@@ -98,6 +104,8 @@ pub struct Telemetry {
     access_log: Option<(AccessLogFormat, AccessLogSink)>,
     spans: Option<SpanSink>,
     labels: Arc<istio_metrics::WorkloadLabels>,
+    /// Istio's metadata exchange ([`Telemetry::metadata_exchange`]).
+    exchange: Arc<peer::Exchange>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -113,10 +121,11 @@ impl std::fmt::Debug for Telemetry {
 
 impl Telemetry {
     /// Telemetry for `workload` reporting as `reporter`, sampling new traces at Istio's
-    /// default 1%, without an access log.
+    /// default 1%, without an access log, with Istio's metadata exchange.
     pub fn new(reporter: Reporter, workload: Workload) -> Self {
         Self {
             reporter,
+            exchange: Arc::new(peer::Exchange::new(&workload)),
             labels: Arc::new(istio_metrics::WorkloadLabels::new(&workload)),
             rng: Rng::from_entropy(),
             sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
@@ -152,6 +161,29 @@ impl Telemetry {
         self
     }
 
+    /// Istio's metadata exchange (on by default): the workload's metadata goes to the peer in
+    /// `x-envoy-peer-metadata` (on requests from an outbound stack; on responses from an
+    /// inbound stack, when the request carried the peer's), and the peer's, taken out of the
+    /// message it came in, labels the metrics (`source_workload` and the other `source_*`
+    /// labels on the server's side, `destination_*` on the client's). See
+    /// [`PeerMetadata`].
+    ///
+    /// Off, the headers are neither sent nor read: an inbound stack passes a caller's to the
+    /// app, and the peer's labels come from the config alone (the endpoint's labels and
+    /// metadata on the client's side, `unknown` on the server's).
+    pub fn metadata_exchange(mut self, enabled: bool) -> Self {
+        Arc::make_mut(&mut self.exchange).enabled = enabled;
+        self
+    }
+
+    /// Sends `node_id` (Istio's `sidecar~IP~POD.NS~NS.svc.DOMAIN`) in
+    /// `x-envoy-peer-metadata-id` with the workload's metadata: Envoy caches what it read
+    /// from a peer by this id.
+    pub fn node_id(mut self, node_id: &str) -> Self {
+        Arc::make_mut(&mut self.exchange).set_id(node_id);
+        self
+    }
+
     /// Draws ids and sampling decisions from `rng`.
     pub fn rng(mut self, rng: Rng) -> Self {
         self.rng = rng;
@@ -176,7 +208,15 @@ impl Telemetry {
         let headers = req.headers_mut();
         // Room for every header added here at once: a map parsed to fit its headers grows
         // once, not once per header.
-        headers.reserve(5);
+        headers.reserve(7);
+        let received = match (self.exchange.enabled, self.reporter) {
+            (true, Reporter::Source) => {
+                self.exchange.write(headers, true, true);
+                peer::Received::default()
+            }
+            (true, Reporter::Destination) => peer::take(headers),
+            (false, _) => peer::Received::default(),
+        };
         // A request without an id gets one, in the same buffer as the trace headers' values.
         let request_id = (!has_request_id).then(|| propagation::uuid_v4_bytes(&self.rng));
         trace.write(headers, self.propagators, stale_b3, request_id.as_ref());
@@ -231,6 +271,9 @@ impl Telemetry {
             request_bytes,
             peer,
             mutual_tls,
+            peer_metadata: received.peer,
+            answer_id: received.id,
+            answer_metadata: received.metadata,
         }
     }
 }
@@ -336,6 +379,13 @@ pub struct Observation {
     /// The verified peer on an mTLS connection.
     peer: Option<mesh_policy::PeerIdentity>,
     mutual_tls: bool,
+    /// The peer workload, from its exchanged metadata (the request's on an inbound stack,
+    /// the response's on an outbound one).
+    peer_metadata: Option<Arc<PeerMetadata>>,
+    /// An inbound stack answers with its node id: the request carried the peer's.
+    answer_id: bool,
+    /// An inbound stack answers with its metadata: the request carried the peer's.
+    answer_metadata: bool,
 }
 
 /// The request's strings for the access log and spans.
@@ -398,7 +448,19 @@ impl Observation {
     }
 
     /// Wraps `response` so that metrics and the access log are recorded when its body ends.
-    pub fn finish(self, response: Response<BoxBody>) -> Response<BoxBody> {
+    pub fn finish(mut self, mut response: Response<BoxBody>) -> Response<BoxBody> {
+        if self.telemetry.exchange.enabled {
+            match self.telemetry.reporter {
+                Reporter::Source => {
+                    self.peer_metadata = peer::take(response.headers_mut()).peer;
+                }
+                Reporter::Destination => {
+                    let (id, metadata) = (self.answer_id, self.answer_metadata);
+                    let exchange = &self.telemetry.exchange;
+                    exchange.write(response.headers_mut(), id, metadata);
+                }
+            }
+        }
         let status = response.status().as_u16();
         let flags = ResponseFlags::of_response(&response);
         let upstream = crate::context::RequestContext::of_response(&response)

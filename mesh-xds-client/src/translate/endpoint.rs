@@ -155,42 +155,78 @@ fn lb_endpoint(
             "must be at least 1",
         ));
     }
-    let (labels, service_account, namespace) = istio_metadata(e.metadata.as_ref());
+    let istio = istio_metadata(e.metadata.as_ref());
     Ok(Endpoint {
         address,
         port,
-        labels,
+        labels: istio.labels,
         weight,
         locality: locality.clone(),
         health,
-        service_account,
-        namespace,
+        service_account: istio.service_account,
+        namespace: istio.namespace,
         priority,
+        workload: istio.workload,
+        cluster_id: istio.cluster_id,
     })
 }
 
-/// Labels from `filter_metadata.istio` (`labels`, or the flat string fields Istio sets:
-/// `workload`, `namespace`, `service_account`...), as istiod writes them.
-fn istio_metadata(m: Option<&Metadata>) -> (Labels, Option<String>, Option<String>) {
-    let mut labels = Labels::new();
-    let mut sa = None;
-    let mut ns = None;
+/// What an endpoint's `filter_metadata.istio` says of its workload.
+#[derive(Debug, Default, PartialEq)]
+struct IstioMetadata {
+    labels: Labels,
+    service_account: Option<String>,
+    namespace: Option<String>,
+    workload: Option<String>,
+    cluster_id: Option<String>,
+}
+
+/// An endpoint's `filter_metadata.istio`, as istiod writes it: `workload` is
+/// `NAME;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER_ID` (the form Istio's stats
+/// filter reads for the destination's labels when the peer sends no metadata of its own); the
+/// canonical service and revision become the labels Istio's injector gives a pod. `labels`,
+/// `namespace` and `service_account` are read too (a control plane may send them; a field in
+/// `labels` wins over `workload`'s).
+fn istio_metadata(m: Option<&Metadata>) -> IstioMetadata {
+    let mut out = IstioMetadata::default();
     let Some(istio) = m.and_then(|m| m.filter_metadata.get("istio")) else {
-        return (labels, sa, ns);
+        return out;
     };
+    let known = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+    let mut from_workload = Labels::new();
     for (k, v) in &istio.fields {
         match (k.as_str(), &v.kind) {
             ("labels", Some(Kind::StructValue(s))) => {
                 for (lk, lv) in &s.fields {
                     if let Some(Kind::StringValue(lv)) = &lv.kind {
-                        labels.insert(lk.clone(), lv.clone());
+                        out.labels.insert(lk.clone(), lv.clone());
                     }
                 }
             }
-            ("service_account", Some(Kind::StringValue(s))) => sa = Some(s.clone()),
-            ("namespace", Some(Kind::StringValue(s))) => ns = Some(s.clone()),
+            ("service_account", Some(Kind::StringValue(s))) => out.service_account = known(s),
+            ("namespace", Some(Kind::StringValue(s))) => out.namespace = known(s),
+            ("workload", Some(Kind::StringValue(s))) => {
+                // Fewer than five fields: not Istio's form (its reader ignores it too).
+                let parts: Vec<&str> = s.split(';').collect();
+                if let [name, namespace, service, revision, cluster, ..] = parts[..] {
+                    out.workload = known(name);
+                    out.namespace = out.namespace.take().or_else(|| known(namespace));
+                    out.cluster_id = known(cluster);
+                    for (key, value) in [
+                        ("service.istio.io/canonical-name", service),
+                        ("service.istio.io/canonical-revision", revision),
+                    ] {
+                        if !value.is_empty() {
+                            from_workload.insert(key.to_owned(), value.to_owned());
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
-    (labels, sa, ns)
+    for (k, v) in from_workload {
+        out.labels.entry(k).or_insert(v);
+    }
+    out
 }

@@ -679,6 +679,71 @@ fn ring_hash_cluster_takes_its_key_from_the_route_hash_policy() {
 }
 
 #[test]
+fn an_endpoint_s_istio_workload_metadata_names_its_workload_for_the_metrics() {
+    let mut cla = fixtures::endpoints(
+        C1,
+        &[
+            "10.0.0.1:9080".parse().unwrap(),
+            "10.0.0.2:9080".parse().unwrap(),
+            "10.0.0.3:9080".parse().unwrap(),
+        ],
+    );
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    let istio = |fields: Vec<(&str, Value)>| {
+        Some(Metadata {
+            filter_metadata: [(
+                "istio".to_owned(),
+                Struct {
+                    fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        })
+    };
+    let lb = &mut cla.endpoints[0].lb_endpoints;
+    // What istiod writes: NAME;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER_ID.
+    lb[0].metadata = istio(vec![(
+        "workload",
+        s("reviews-v2;shop;reviews;v2;Kubernetes"),
+    )]);
+    // Not Istio's form: ignored, as Istio's reader ignores it.
+    lb[1].metadata = istio(vec![("workload", s("reviews-v2;shop"))]);
+    // Explicit fields win over the workload string's.
+    lb[2].metadata = istio(vec![
+        ("workload", s("ratings-v1;shop;ratings;v1;east")),
+        ("namespace", s("other")),
+    ]);
+    let Decoded::ClusterLoadAssignment(x) =
+        decode(ResourceType::ClusterLoadAssignment, &pack(&cla)).unwrap()
+    else {
+        panic!()
+    };
+    let [a, b, c] = &x.endpoints[..] else {
+        panic!()
+    };
+    assert_eq!(a.workload.as_deref(), Some("reviews-v2"));
+    assert_eq!(a.namespace.as_deref(), Some("shop"));
+    assert_eq!(a.cluster_id.as_deref(), Some("Kubernetes"));
+    let label = |e: &mesh_core::model::Endpoint, k: &str| e.labels.get(k).cloned();
+    assert_eq!(
+        label(a, "service.istio.io/canonical-name").as_deref(),
+        Some("reviews")
+    );
+    assert_eq!(
+        label(a, "service.istio.io/canonical-revision").as_deref(),
+        Some("v2")
+    );
+    assert_eq!((b.workload.as_ref(), b.namespace.as_ref()), (None, None));
+    assert!(b.labels.is_empty());
+    assert_eq!(c.workload.as_deref(), Some("ratings-v1"));
+    assert_eq!(c.namespace.as_deref(), Some("other"));
+    assert_eq!(c.cluster_id.as_deref(), Some("east"));
+}
+
+#[test]
 fn endpoints_with_localities_weights_health_and_istio_labels() {
     let mut cla = fixtures::endpoints(
         C1,

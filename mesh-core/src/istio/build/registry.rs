@@ -51,6 +51,8 @@ impl Entry {
                 service_account: i.service_account.clone(),
                 namespace: Some(i.namespace.clone()),
                 priority: 0,
+                workload: None,
+                cluster_id: None,
             })
             .collect()
     }
