@@ -218,14 +218,14 @@ async fn intercepted_tcp_speaks_mtls_and_is_authorized_by_source_namespace_and_p
     };
     let frontend = outbound("spiffe://cluster.local/ns/client/sa/frontend");
     match frontend.resolve(server_addr) {
-        TcpTarget::Cluster { cluster, .. } => {
+        Some(TcpTarget::Cluster { cluster, .. }) => {
             assert_eq!(cluster.service.as_str(), "echo.server.svc.cluster.local");
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(
         frontend.resolve(app),
-        TcpTarget::Passthrough(app),
+        Some(TcpTarget::Passthrough(app)),
         "an address no service owns passes through"
     );
 
