@@ -363,8 +363,11 @@ impl Proxy {
             None => None,
         };
         let readiness = Readiness::default();
-        let mut admin_service = Admin::new(store.clone(), readiness.clone())
-            .balancer(outbound_service.balancer().clone());
+        // One balancer for HTTP and TCP: endpoint state (outlier ejections) in one place, and
+        // in `/clusters`.
+        let balancer = outbound_service.balancer().clone();
+        let mut admin_service =
+            Admin::new(store.clone(), readiness.clone()).balancer(balancer.clone());
         if let Some(set) = options.log_level.clone() {
             admin_service = admin_service.log_level(set);
         }
@@ -452,7 +455,8 @@ impl Proxy {
         };
         let grace = options.drain_grace;
         let capture_outbound = options.intercept.then(|| {
-            let mut tcp = mesh_tower::tcp::TcpOutbound::new(store.clone());
+            let mut tcp =
+                mesh_tower::tcp::TcpOutbound::new(store.clone()).balancer(balancer.clone());
             if let Some(c) = &credentials {
                 tcp = tcp.mtls(c.clone());
             }
@@ -508,7 +512,8 @@ impl Proxy {
             let listener = bind("tcp forward", *addr).await?;
             let bound = local(&listener, *addr);
             tracing::info!("tcp forward {bound} -> {host}:{port}");
-            let forward = mesh_tower::tcp::TcpForward::new(store.clone(), host, *port);
+            let forward = mesh_tower::tcp::TcpForward::new(store.clone(), host, *port)
+                .balancer(balancer.clone());
             tcp_forwards.push((
                 bound,
                 tokio::spawn(mesh_tower::tcp::serve_tcp(listener, forward, signal())),

@@ -218,14 +218,14 @@ async fn intercepted_tcp_speaks_mtls_and_is_authorized_by_source_namespace_and_p
     };
     let frontend = outbound("spiffe://cluster.local/ns/client/sa/frontend");
     match frontend.resolve(server_addr) {
-        TcpTarget::Cluster { cluster, .. } => {
+        Some(TcpTarget::Cluster { cluster, .. }) => {
             assert_eq!(cluster.service.as_str(), "echo.server.svc.cluster.local");
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(
         frontend.resolve(app),
-        TcpTarget::Passthrough(app),
+        Some(TcpTarget::Passthrough(app)),
         "an address no service owns passes through"
     );
 
@@ -293,4 +293,91 @@ async fn intercepted_tcp_speaks_mtls_and_is_authorized_by_source_namespace_and_p
         1,
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_forward_ejects_a_refusing_endpoint_and_clusters_shows_it() {
+    // A live endpoint that answers each connection with "up", and one that refuses.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let live = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.write_all(b"up").await;
+        }
+    });
+    let down = {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        closed.local_addr().unwrap().port()
+    };
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: db }}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 5432, name: tcp, protocol: TCP }}]
+  endpoints:
+  - {{ address: 127.0.0.1, ports: {{ tcp: {live} }} }}
+  - {{ address: 127.0.0.1, ports: {{ tcp: {down} }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: db }}
+spec:
+  host: db.default.svc.cluster.local
+  trafficPolicy: {{ outlierDetection: {{ consecutive5xxErrors: 2, baseEjectionTime: 5m }} }}
+"
+    );
+    let config = ConfigDir::new(&yaml);
+    let mut options = test_options(vec![config.path()]);
+    options.tcp_forwards = vec![(
+        ([127, 0, 0, 1], 0).into(),
+        "db.default.svc.cluster.local".into(),
+        5432,
+    )];
+    let proxy = Proxy::start(options).await.unwrap();
+    let local = proxy.tcp_forwards()[0];
+    // What one connection through the forward reads: "up", or nothing (closed).
+    let once = || async move {
+        let mut stream = TcpStream::connect(local).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+            .await
+            .expect("answered or closed within 10 s")
+            .ok();
+        got
+    };
+    // Round-robin: the refusing endpoint fails every other connection, twice: ejected.
+    let mut answered = Vec::new();
+    for _ in 0..4 {
+        answered.push(once().await);
+    }
+    assert_eq!(answered, [&b"up"[..], b"", b"up", b""]);
+    for _ in 0..4 {
+        assert_eq!(
+            once().await,
+            b"up",
+            "the ejected endpoint gets no connection"
+        );
+    }
+
+    // The admin endpoint shows the TCP ejection as it shows HTTP ones.
+    let admin = client(proxy.admin, false);
+    let clusters = get(&admin, "localhost", "/clusters", &[]).await.1;
+    let line = |port: u16, field: &str| {
+        let prefix =
+            format!("outbound|5432||db.default.svc.cluster.local::127.0.0.1:{port}::{field}::");
+        clusters
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {clusters}"))
+            .to_owned()
+    };
+    assert_eq!(line(down, "health_flags"), "/failed_outlier_check");
+    assert_eq!(line(down, "times_ejected"), "1");
+    assert_eq!(line(live, "health_flags"), "healthy");
+    assert_eq!(line(live, "times_ejected"), "0");
+    proxy.shutdown().await;
 }

@@ -1,21 +1,35 @@
 //! Plain TCP through the mesh: a local port forwards every connection to an endpoint of a
-//! service's `TCP` port (round-robin over the cluster's healthy endpoints, from the live
-//! snapshot; at most `connectionPool.tcp.maxConnections` open to a cluster at once, as Envoy's
-//! `max_connections` circuit breaker: a connection over it is closed, flagged `UO`), with
-//! Istio's TCP metrics (`istio_tcp_connections_opened_total`,
+//! service's `TCP` port (round-robin, from the live snapshot, over the endpoints the HTTP
+//! balancer would use; at most `connectionPool.tcp.maxConnections` open to a cluster at once,
+//! as Envoy's `max_connections` circuit breaker: a connection over it is closed, flagged
+//! `UO`), with Istio's TCP metrics (`istio_tcp_connections_opened_total`,
 //! `istio_tcp_connections_closed_total`, `istio_tcp_sent_bytes_total`,
 //! `istio_tcp_received_bytes_total`).
+//!
+//! Endpoints and outlier detection are the HTTP balancer's ([`BalanceLayer::pick_connection`],
+//! with the same per-endpoint state when the forwarders are given the same layer): healthy
+//! endpoints not ejected by `outlierDetection`, EDS `DEGRADED` ones only while no healthy one
+//! is left, never `UNHEALTHY` or `DRAINING` ones; panic mode below `minHealthPercent`. As in
+//! Envoy's TCP proxy, a refused, reset or timed-out connect (or TLS handshake) counts as a
+//! local-origin failure (a 503, or a 504 for a timeout, towards `consecutive5xxErrors` and
+//! `consecutiveGatewayErrors` unless `splitExternalLocalOriginErrors`), and a connection that
+//! opens as a success, resetting the counts. With no endpoint to take a connection (none
+//! healthy, or every one ejected), it is closed at once and flagged `UH`, as the HTTP
+//! balancer answers 503 `UH`.
 //!
 //! Without transparent interception a TCP connection carries no destination name, so each
 //! forwarded service gets its own local port (the sidecar's `--tcp-forward PORT=HOST:PORT`).
 //! With interception ([`crate::capture`]) the original destination names it: [`TcpOutbound`]
-//! carries a connection to the cluster owning that address (mutual TLS for `ISTIO_MUTUAL`),
+//! carries a connection to the cluster owning that address (mutual TLS for `ISTIO_MUTUAL`;
+//! a service's virtual address gets an endpoint picked as above, an endpoint's own address
+//! goes to that endpoint, picked by nobody and not counted by outlier detection),
 //! else straight through; [`TcpInbound`] authorizes a connection by the workload's
 //! AuthorizationPolicies (source identity, namespace, port) before it reaches the app.
 
+use crate::balance::{BalanceLayer, ConnectionPick};
 use crate::flags::{ResponseFlag, ResponseFlags};
 use arc_swap::{ArcSwap, ArcSwapOption};
-use mesh_core::model::{Address, Cluster, ClusterName, HealthStatus, TlsMode, Workload};
+use mesh_core::model::{Address, Cluster, ClusterName, TlsMode, Workload};
 use mesh_core::store::ConfigStore;
 use mesh_policy::authz::{Attributes, Engine, Verdict};
 use mesh_policy::credentials::CredentialStore;
@@ -26,7 +40,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -39,13 +53,15 @@ pub struct TcpForward {
     cluster: ClusterName,
     service: String,
     workload: Arc<Workload>,
-    turn: Arc<AtomicUsize>,
+    balancer: BalanceLayer,
     open: OpenConnections,
 }
 
 /// An endpoint [`TcpForward`] picked, with the connection's slot under the cluster's limit.
 struct Picked {
     endpoint: String,
+    /// Where the connect's outcome goes (outlier detection).
+    pick: ConnectionPick,
     connect_timeout: Duration,
     idle: Duration,
     _slot: OpenConnection,
@@ -60,9 +76,18 @@ impl TcpForward {
             cluster: ClusterName::outbound(port, None, host),
             service: host.to_owned(),
             workload,
-            turn: Arc::default(),
+            balancer: BalanceLayer::default(),
             open: OpenConnections::default(),
         }
+    }
+
+    /// Picks endpoints with `balancer`'s per-endpoint state (outlier detection), so that
+    /// ejections are shared with every user of it, such as the admin endpoint's `/clusters`.
+    /// Without it, the forwarder keeps a balancer of its own.
+    #[must_use]
+    pub fn balancer(mut self, balancer: BalanceLayer) -> Self {
+        self.balancer = balancer;
+        self
     }
 
     fn labels(&self, flags: ResponseFlags) -> Vec<metrics::Label> {
@@ -84,29 +109,26 @@ impl TcpForward {
         into_labels(labels)
     }
 
-    /// The next healthy endpoint of the cluster, round-robin, with the cluster's connect
-    /// and idle timeouts; or why there is none (no healthy endpoint, or the cluster's
-    /// connection limit reached).
+    /// The next endpoint of the cluster ([`BalanceLayer::pick_connection`]: round-robin over
+    /// the healthy endpoints not ejected, degraded ones only when no healthy one is left),
+    /// with the cluster's connect and idle timeouts; or why there is none (no endpoint to
+    /// take it, or the cluster's connection limit reached).
     fn pick(&self) -> Result<Picked, ResponseFlag> {
         let snapshot = self.store.load();
         let cluster = snapshot
             .cluster(&self.cluster)
             .ok_or(ResponseFlag::NoHealthyUpstream)?;
-        let healthy: Vec<_> = cluster
-            .endpoints
-            .iter()
-            .filter(|e| e.health == HealthStatus::Healthy)
-            .collect();
-        if healthy.is_empty() {
-            return Err(ResponseFlag::NoHealthyUpstream);
-        }
+        let pick = self
+            .balancer
+            .pick_connection(cluster)
+            .ok_or(ResponseFlag::NoHealthyUpstream)?;
         let slot = self
             .open
             .try_open(cluster)
             .ok_or(ResponseFlag::UpstreamOverflow)?;
-        let i = self.turn.fetch_add(1, Ordering::Relaxed) % healthy.len();
         Ok(Picked {
-            endpoint: healthy[i].authority(),
+            endpoint: pick.endpoint().authority(),
+            pick,
             connect_timeout: cluster.policy.connection_pool.connect_timeout,
             idle: idle_timeout(Some(cluster)),
             _slot: slot,
@@ -126,9 +148,14 @@ impl TcpForward {
             }
         };
         let (endpoint, idle) = (&picked.endpoint, picked.idle);
-        let upstream =
-            tokio::time::timeout(picked.connect_timeout, TcpStream::connect(endpoint)).await;
-        let Ok(Ok(upstream)) = upstream else {
+        let upstream = tokio::time::timeout(picked.connect_timeout, TcpStream::connect(endpoint))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")));
+        match &upstream {
+            Ok(_) => picked.pick.connected(),
+            Err(e) => picked.pick.failed(e),
+        }
+        let Ok(upstream) = upstream else {
             let flags = ResponseFlags::of(ResponseFlag::UpstreamConnectionFailure);
             metrics::counter!("istio_tcp_connections_opened_total", self.labels(flags))
                 .increment(1);
@@ -241,8 +268,8 @@ pub struct TcpOutbound {
     /// rustls client configs by expected server identities (they read the credential store
     /// at each handshake, so rotation needs no rebuild).
     configs: Arc<ArcSwap<HashMap<Vec<SpiffeId>, Arc<rustls::ClientConfig>>>>,
-    /// Round-robin turn for connections to a service's virtual address.
-    turn: Arc<AtomicUsize>,
+    /// Picks an endpoint for a connection to a service's virtual address.
+    balancer: BalanceLayer,
     open: OpenConnections,
 }
 
@@ -329,9 +356,18 @@ impl TcpOutbound {
             workload,
             connect_timeout: Duration::from_secs(10),
             configs: Arc::default(),
-            turn: Arc::default(),
+            balancer: BalanceLayer::default(),
             open: OpenConnections::default(),
         }
+    }
+
+    /// Picks endpoints with `balancer`'s per-endpoint state (outlier detection), so that
+    /// ejections are shared with every user of it, such as the admin endpoint's `/clusters`.
+    /// Without it, the forwarder keeps a balancer of its own.
+    #[must_use]
+    pub fn balancer(mut self, balancer: BalanceLayer) -> Self {
+        self.balancer = balancer;
+        self
     }
 
     /// Presents `credentials` to ISTIO_MUTUAL clusters.
@@ -362,34 +398,46 @@ impl TcpOutbound {
         Ok(config)
     }
 
-    /// Where a connection to `dst` goes.
-    pub fn resolve(&self, dst: SocketAddr) -> TcpTarget {
+    /// Where a connection to `dst` goes: `None` when `dst` is a service's virtual address
+    /// and the service has no endpoint to take it (every one unhealthy, draining or ejected;
+    /// Envoy's `UH`).
+    pub fn resolve(&self, dst: SocketAddr) -> Option<TcpTarget> {
+        self.route(dst).ok().map(|(target, _)| target)
+    }
+
+    /// Where a connection to `dst` goes, with the balancer's pick when `dst` is a service's
+    /// virtual address (a connection to an endpoint's own address goes there, picked by
+    /// nobody); or the cluster with no endpoint to take it.
+    fn route(&self, dst: SocketAddr) -> Result<(TcpTarget, Option<ConnectionPick>), Arc<Cluster>> {
         let Some(cluster) = cluster_for(&self.store.load(), dst) else {
-            return TcpTarget::Passthrough(dst);
+            return Ok((TcpTarget::Passthrough(dst), None));
         };
         let is_endpoint = cluster
             .endpoints
             .iter()
             .any(|e| e.port == dst.port() && e.address == Address::Ip(dst.ip()));
-        // A virtual address: one of the service's healthy endpoints, round-robin.
-        let endpoint = if is_endpoint {
-            dst
-        } else {
-            let healthy: Vec<SocketAddr> = cluster
-                .endpoints
-                .iter()
-                .filter(|e| e.health == HealthStatus::Healthy)
-                .filter_map(|e| match e.address {
-                    Address::Ip(ip) => Some(SocketAddr::new(ip, e.port)),
-                    _ => None,
-                })
-                .collect();
-            match healthy.len() {
-                0 => dst,
-                n => healthy[self.turn.fetch_add(1, Ordering::Relaxed) % n],
+        if is_endpoint {
+            return Ok((
+                TcpTarget::Cluster {
+                    cluster,
+                    endpoint: dst,
+                },
+                None,
+            ));
+        }
+        // A virtual address: one of the service's endpoints, as the balancer picks it. An
+        // endpoint named by a DNS name has no address to put in the target: the next pick,
+        // at most once round the cluster.
+        for _ in 0..cluster.endpoints.len() {
+            let Some(pick) = self.balancer.pick_connection(&cluster) else {
+                break;
+            };
+            if let Address::Ip(ip) = pick.endpoint().address {
+                let endpoint = SocketAddr::new(ip, pick.endpoint().port);
+                return Ok((TcpTarget::Cluster { cluster, endpoint }, Some(pick)));
             }
-        };
-        TcpTarget::Cluster { cluster, endpoint }
+        }
+        Err(cluster)
     }
 
     /// The identities the endpoint must present, by Istio's precedence: DestinationRule
@@ -531,7 +579,27 @@ impl TcpOutbound {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let target = self.resolve(dst);
+        let (target, pick) = match self.route(dst) {
+            Ok(routed) => routed,
+            Err(cluster) => {
+                tracing::debug!(%dst, cluster = %cluster.name, "intercepted tcp: no healthy upstream");
+                // The labels name the service only: the original destination stands in for
+                // the endpoint.
+                let target = TcpTarget::Cluster {
+                    cluster,
+                    endpoint: dst,
+                };
+                let labels = self.labels(
+                    &target,
+                    ResponseFlags::of(ResponseFlag::NoHealthyUpstream),
+                    false,
+                );
+                metrics::counter!("istio_tcp_connections_opened_total", labels.clone())
+                    .increment(1);
+                metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
+                return;
+            }
+        };
         let cluster = match &target {
             TcpTarget::Cluster { cluster, .. } => Some(cluster),
             TcpTarget::Passthrough(_) => None,
@@ -549,7 +617,19 @@ impl TcpOutbound {
             metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
             return;
         };
-        let upstream = match self.connect(&target).await {
+        let upstream = self.connect(&target).await;
+        if let Some(pick) = &pick {
+            match &upstream {
+                Ok(_) => pick.connected(),
+                // The endpoint's failures only, not this proxy's TLS setup.
+                Err(
+                    TcpConnectError::Connect { source, .. }
+                    | TcpConnectError::Handshake { source, .. },
+                ) => pick.failed(source),
+                Err(_) => {}
+            }
+        }
+        let upstream = match upstream {
             Ok(upstream) => upstream,
             Err(e) => {
                 tracing::debug!(%dst, error = %e, "intercepted tcp: upstream connect failed");
@@ -1052,21 +1132,23 @@ spec:
         let store = Arc::new(ConfigStore::new(config));
         let outbound = TcpOutbound::new(store.clone());
         let vip: SocketAddr = "10.96.0.10:5432".parse().unwrap();
-        let picks: Vec<SocketAddr> = (0..4).map(|_| outbound.resolve(vip).address()).collect();
+        let picks: Vec<SocketAddr> = (0..4)
+            .map(|_| outbound.resolve(vip).unwrap().address())
+            .collect();
         let first: SocketAddr = "127.0.0.1:15432".parse().unwrap();
         let second: SocketAddr = "127.0.0.2:15432".parse().unwrap();
         assert_eq!(picks, [first, second, first, second]);
         assert!(matches!(
             outbound.resolve(vip),
-            TcpTarget::Cluster { cluster, .. } if cluster.service == "db.default.svc.cluster.local"
+            Some(TcpTarget::Cluster { cluster, .. }) if cluster.service == "db.default.svc.cluster.local"
         ));
         // An endpoint's own address stays itself; another port of the VIP, or another
         // address, is nobody's.
-        assert_eq!(outbound.resolve(second).address(), second);
+        assert_eq!(outbound.resolve(second).unwrap().address(), second);
         let other_port: SocketAddr = "10.96.0.10:80".parse().unwrap();
         assert!(matches!(
             outbound.resolve(other_port),
-            TcpTarget::Passthrough(a) if a == other_port
+            Some(TcpTarget::Passthrough(a)) if a == other_port
         ));
     }
 
@@ -1167,5 +1249,405 @@ spec:
         let mut buf = [0; 5];
         third_upstream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"three");
+    }
+}
+
+/// Outlier detection and EDS health for TCP: which endpoint each connection reaches, with
+/// real sockets on 127.0.0.1 (an endpoint "down" is a port nothing listens on, so a connect
+/// is refused; "back up" is a listener bound to that port again). Time is paused only to
+/// move past an ejection, never while a connect is in flight.
+#[cfg(test)]
+mod outlier_tests {
+    use super::*;
+    use mesh_core::model::{HealthStatus, MeshConfig};
+    use tokio::io::AsyncReadExt;
+    use tokio::sync::mpsc;
+
+    /// Where one client connection went.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Reached {
+        /// Upstream listener `i` accepted it.
+        Endpoint(usize),
+        /// The forwarder closed it without reaching any listener (connect refused, or no
+        /// endpoint to take it).
+        Closed,
+    }
+    use Reached::{Closed, Endpoint};
+
+    /// Test upstreams: listener `i` reports each connection it accepts as `i`.
+    struct Upstreams {
+        tx: mpsc::UnboundedSender<usize>,
+        rx: mpsc::UnboundedReceiver<usize>,
+        listening: Vec<(usize, tokio::task::JoinHandle<()>)>,
+    }
+
+    impl Upstreams {
+        fn new() -> Self {
+            let (tx, rx) = mpsc::unbounded_channel();
+            Self {
+                tx,
+                rx,
+                listening: Vec::new(),
+            }
+        }
+
+        /// Listens on `port` (0: any) as upstream `i`; the port.
+        async fn listen(&mut self, i: usize, port: u16) -> u16 {
+            let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let tx = self.tx.clone();
+            let task = tokio::spawn(async move {
+                // Each accepted connection is dropped at once: the test only counts them.
+                while let Ok((_stream, _)) = listener.accept().await {
+                    if tx.send(i).is_err() {
+                        break;
+                    }
+                }
+            });
+            self.listening.push((i, task));
+            port
+        }
+
+        /// Closes upstream `i`'s listener: connections to its port are refused again.
+        async fn stop(&mut self, i: usize) {
+            for (_, task) in self.listening.extract_if(.., |(j, _)| *j == i) {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+
+        /// Waits until `client`, whose connection a forwarder is carrying, reached a listener
+        /// or was closed by the forwarder.
+        async fn reached(&mut self, mut client: impl AsyncRead + Unpin) -> Reached {
+            let mut buf = [0; 1];
+            let reached = tokio::time::timeout(Duration::from_secs(10), async {
+                tokio::select! {
+                    // An upstream reports the accept before it drops the connection, so the
+                    // report is there by the time the client could see that close.
+                    biased;
+                    Some(i) = self.rx.recv() => Endpoint(i),
+                    _ = client.read(&mut buf) => Closed,
+                }
+            })
+            .await
+            .expect("the connection is carried or closed within 10 s");
+            if reached == Closed {
+                assert!(
+                    self.rx.try_recv().is_err(),
+                    "closed, yet an upstream got it"
+                );
+            }
+            reached
+        }
+
+        /// Makes `n` connections through the forwarder on `local`, one after the other.
+        async fn through(&mut self, local: SocketAddr, n: usize) -> Vec<Reached> {
+            let mut reached = Vec::new();
+            for _ in 0..n {
+                let client = TcpStream::connect(local).await.unwrap();
+                reached.push(self.reached(client).await);
+            }
+            reached
+        }
+    }
+
+    /// A port nothing listens on: a connection to it is refused.
+    async fn refusing_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    const HOST: &str = "db.default.svc.cluster.local";
+
+    /// Service `db` (virtual address 10.96.0.10, TCP port 5432) with an endpoint on
+    /// 127.0.0.1 at each of `ports`, in that order, and `outlier` as its DestinationRule's
+    /// `outlierDetection` (flow-style YAML).
+    fn config(ports: &[u16], outlier: &str) -> MeshConfig {
+        let endpoints: Vec<String> = ports
+            .iter()
+            .map(|p| format!("{{ address: 127.0.0.1, ports: {{ tcp: {p} }} }}"))
+            .collect();
+        let yaml = format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: db }}
+spec:
+  hosts: [{HOST}]
+  addresses: [10.96.0.10]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 5432, name: tcp, protocol: TCP }}]
+  endpoints: [{}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: db }}
+spec:
+  host: {HOST}
+  trafficPolicy: {{ outlierDetection: {outlier} }}
+"#,
+            endpoints.join(", ")
+        );
+        let loaded = mesh_core::istio::load(&[("db.yaml", yaml.as_str())], &Workload::default());
+        let config = loaded.config.expect("valid");
+        let cluster = &config.clusters[&cluster_name()];
+        let order: Vec<u16> = cluster.endpoints.iter().map(|e| e.port).collect();
+        assert_eq!(order, ports, "the cluster keeps the endpoints' order");
+        assert!(cluster.policy.outlier_detection.is_some());
+        config
+    }
+
+    fn cluster_name() -> ClusterName {
+        ClusterName::outbound(5432, None, HOST)
+    }
+
+    /// `config` with endpoint `i`'s EDS health set to each of `health`.
+    fn with_health(mut config: MeshConfig, health: &[(usize, HealthStatus)]) -> MeshConfig {
+        let cluster = config.clusters.get_mut(&cluster_name()).unwrap();
+        for (i, h) in health {
+            Arc::make_mut(cluster).endpoints[*i].health = *h;
+        }
+        config
+    }
+
+    /// A `--tcp-forward` listener for `db:5432` by `store`, picking with `balancer`.
+    async fn forwarder(store: &Arc<ConfigStore>, balancer: &BalanceLayer) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let forward = TcpForward::new(store.clone(), HOST, 5432).balancer(balancer.clone());
+        tokio::spawn(serve_tcp(listener, forward, std::future::pending()));
+        local
+    }
+
+    /// Whether endpoint `127.0.0.1:port` of `db` is ejected now, by `balancer`'s state.
+    fn ejected(balancer: &BalanceLayer, port: u16) -> bool {
+        balancer
+            .endpoint_state(&cluster_name(), &format!("127.0.0.1:{port}"))
+            .is_some_and(|s| s.outlier.is_ejected(tokio::time::Instant::now()))
+    }
+
+    /// Moves the clock `by` at once (nothing is in flight: every connection so far has been
+    /// carried or closed).
+    async fn jump(by: Duration) {
+        tokio::time::pause();
+        tokio::time::advance(by).await;
+        tokio::time::resume();
+    }
+
+    #[tokio::test]
+    async fn a_refusing_endpoint_is_ejected_after_n_failures_then_returns() {
+        let mut upstreams = Upstreams::new();
+        let live = upstreams.listen(0, 0).await;
+        let down = refusing_port().await;
+        let store = Arc::new(ConfigStore::new(config(
+            &[live, down],
+            "{ consecutive5xxErrors: 3, baseEjectionTime: 30s }",
+        )));
+        let balancer = BalanceLayer::default();
+        let local = forwarder(&store, &balancer).await;
+
+        // Round-robin: every other connection is refused, until the third refusal ejects it.
+        assert_eq!(
+            upstreams.through(local, 6).await,
+            [
+                Endpoint(0),
+                Closed,
+                Endpoint(0),
+                Closed,
+                Endpoint(0),
+                Closed
+            ]
+        );
+        assert!(ejected(&balancer, down));
+
+        // Back up, but ejected: no connection is even tried there; the live one takes all.
+        upstreams.listen(1, down).await;
+        assert_eq!(upstreams.through(local, 4).await, [Endpoint(0); 4]);
+
+        // 30 s later (the base ejection time, first ejection), it takes its turns again.
+        jump(Duration::from_secs(29)).await;
+        assert_eq!(upstreams.through(local, 2).await, [Endpoint(0); 2]);
+        jump(Duration::from_secs(1)).await;
+        assert!(!ejected(&balancer, down));
+        let mut back = upstreams.through(local, 4).await;
+        back.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(back, [Endpoint(0), Endpoint(0), Endpoint(1), Endpoint(1)]);
+    }
+
+    #[tokio::test]
+    async fn a_success_in_between_resets_the_count() {
+        let mut upstreams = Upstreams::new();
+        let live = upstreams.listen(0, 0).await;
+        let flaky = refusing_port().await;
+        let store = Arc::new(ConfigStore::new(config(
+            &[live, flaky],
+            "{ consecutive5xxErrors: 2 }",
+        )));
+        let balancer = BalanceLayer::default();
+        let local = forwarder(&store, &balancer).await;
+        assert_eq!(upstreams.through(local, 2).await, [Endpoint(0), Closed]);
+        // One success at the flaky endpoint: its count starts over.
+        upstreams.listen(1, flaky).await;
+        assert_eq!(
+            upstreams.through(local, 2).await,
+            [Endpoint(0), Endpoint(1)]
+        );
+        upstreams.stop(1).await;
+        assert_eq!(upstreams.through(local, 2).await, [Endpoint(0), Closed]);
+        assert!(!ejected(&balancer, flaky), "one failure since the success");
+        assert_eq!(upstreams.through(local, 2).await, [Endpoint(0), Closed]);
+        assert!(ejected(&balancer, flaky), "the second in a row ejects");
+    }
+
+    #[tokio::test]
+    async fn max_ejection_percent_caps_the_ejections() {
+        let mut upstreams = Upstreams::new();
+        let live = upstreams.listen(0, 0).await;
+        let (first, second) = (refusing_port().await, refusing_port().await);
+        let store = Arc::new(ConfigStore::new(config(
+            &[live, first, second],
+            "{ consecutive5xxErrors: 2, maxEjectionPercent: 50 }",
+        )));
+        let balancer = BalanceLayer::default();
+        let local = forwarder(&store, &balancer).await;
+        assert_eq!(
+            upstreams.through(local, 6).await,
+            [Endpoint(0), Closed, Closed, Endpoint(0), Closed, Closed]
+        );
+        // Two failures each, but ejecting the second would put 2 of 3 (67%) out.
+        assert!(ejected(&balancer, first));
+        assert!(!ejected(&balancer, second), "over maxEjectionPercent");
+        // The ejected one gets nothing, even listening again; the other is still tried.
+        upstreams.listen(1, first).await;
+        let reached = upstreams.through(local, 6).await;
+        assert_eq!(reached.iter().filter(|r| **r == Endpoint(0)).count(), 3);
+        assert_eq!(reached.iter().filter(|r| **r == Closed).count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_config_reload_keeps_the_ejection_and_an_endpoint_that_leaves_starts_over() {
+        let mut upstreams = Upstreams::new();
+        let live = upstreams.listen(0, 0).await;
+        let down = refusing_port().await;
+        let outlier = "{ consecutive5xxErrors: 1 }";
+        let store = Arc::new(ConfigStore::new(config(&[live, down], outlier)));
+        let balancer = BalanceLayer::default();
+        let local = forwarder(&store, &balancer).await;
+        assert_eq!(upstreams.through(local, 2).await, [Endpoint(0), Closed]);
+        assert!(ejected(&balancer, down));
+        upstreams.listen(1, down).await;
+
+        // A new snapshot with one more endpoint: the ejected one stays out.
+        let added = upstreams.listen(2, 0).await;
+        store.publish(config(&[live, down, added], outlier));
+        let mut reached = upstreams.through(local, 4).await;
+        reached.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(
+            reached,
+            [Endpoint(0), Endpoint(0), Endpoint(2), Endpoint(2)]
+        );
+
+        // It leaves the cluster (a connection is made meanwhile), then comes back: its
+        // state went with it, so it is in the rotation at once.
+        store.publish(config(&[live, added], outlier));
+        upstreams.through(local, 1).await;
+        store.publish(config(&[live, down, added], outlier));
+        let reached = upstreams.through(local, 3).await;
+        assert_eq!(
+            reached.iter().filter(|r| **r == Endpoint(1)).count(),
+            1,
+            "{reached:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn degraded_endpoints_serve_only_while_no_healthy_one_is_left_and_draining_never() {
+        let mut upstreams = Upstreams::new();
+        let healthy = refusing_port().await;
+        let degraded = upstreams.listen(1, 0).await;
+        let draining = upstreams.listen(2, 0).await;
+        let store = Arc::new(ConfigStore::new(with_health(
+            config(
+                &[healthy, degraded, draining],
+                "{ consecutive5xxErrors: 1, baseEjectionTime: 30s }",
+            ),
+            &[(1, HealthStatus::Degraded), (2, HealthStatus::Draining)],
+        )));
+        let balancer = BalanceLayer::default();
+        let local = forwarder(&store, &balancer).await;
+        // The healthy one is tried while it is there, though it refuses: ejected.
+        assert_eq!(upstreams.through(local, 1).await, [Closed]);
+        // Every healthy endpoint ejected: the degraded one takes all (the draining one none).
+        assert_eq!(upstreams.through(local, 3).await, [Endpoint(1); 3]);
+        // The healthy one returns, up: the degraded one is left alone again.
+        upstreams.listen(0, healthy).await;
+        jump(Duration::from_secs(30)).await;
+        assert_eq!(upstreams.through(local, 3).await, [Endpoint(0); 3]);
+
+        // Only draining and unhealthy endpoints: no endpoint takes it (`UH`).
+        store.publish(with_health(
+            config(
+                &[healthy, degraded, draining],
+                "{ consecutive5xxErrors: 1 }",
+            ),
+            &[
+                (0, HealthStatus::Unhealthy),
+                (1, HealthStatus::Unhealthy),
+                (2, HealthStatus::Draining),
+            ],
+        ));
+        assert_eq!(upstreams.through(local, 2).await, [Closed; 2]);
+    }
+
+    #[tokio::test]
+    async fn intercepted_tcp_to_a_virtual_address_ejects_and_fails_with_uh_when_none_is_left() {
+        let mut upstreams = Upstreams::new();
+        let down = refusing_port().await;
+        let store = Arc::new(ConfigStore::new(config(
+            &[down],
+            "{ consecutive5xxErrors: 2, baseEjectionTime: 30s }",
+        )));
+        let balancer = BalanceLayer::default();
+        let outbound = TcpOutbound::new(store).balancer(balancer.clone());
+        let vip: SocketAddr = "10.96.0.10:5432".parse().unwrap();
+        let through = async |upstreams: &mut Upstreams| {
+            let (app, proxy_side) = tokio::io::duplex(64);
+            let outbound = outbound.clone();
+            let task = tokio::spawn(async move { outbound.forward(proxy_side, vip).await });
+            let reached = upstreams.reached(app).await;
+            task.abort();
+            reached
+        };
+        assert_eq!(through(&mut upstreams).await, Closed);
+        assert_eq!(through(&mut upstreams).await, Closed);
+        // The only endpoint is ejected (one may always be): up again, yet not tried, as the
+        // HTTP balancer answers 503 `UH` with nothing left (minHealthPercent 0: no panic mode).
+        assert!(ejected(&balancer, down));
+        upstreams.listen(0, down).await;
+        assert_eq!(through(&mut upstreams).await, Closed);
+        assert_eq!(outbound.resolve(vip), None);
+        jump(Duration::from_secs(30)).await;
+        assert_eq!(through(&mut upstreams).await, Endpoint(0));
+    }
+
+    #[tokio::test]
+    async fn in_panic_mode_an_ejected_endpoint_is_tried_again() {
+        let mut upstreams = Upstreams::new();
+        let live = upstreams.listen(0, 0).await;
+        let down = refusing_port().await;
+        // One of two ejected leaves 50% available, under minHealthPercent 60: panic mode, as
+        // the HTTP balancer: every healthy endpoint, ejected or not.
+        let store = Arc::new(ConfigStore::new(config(
+            &[live, down],
+            "{ consecutive5xxErrors: 1, minHealthPercent: 60 }",
+        )));
+        let balancer = BalanceLayer::default();
+        let local = forwarder(&store, &balancer).await;
+        assert_eq!(
+            upstreams.through(local, 4).await,
+            [Endpoint(0), Closed, Endpoint(0), Closed]
+        );
+        assert!(ejected(&balancer, down));
     }
 }

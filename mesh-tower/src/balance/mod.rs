@@ -17,6 +17,10 @@
 //! The outcome of each try feeds the endpoint's outlier detector. State is kept per cluster
 //! name and endpoint address, so a config swap that keeps an endpoint keeps its ejection
 //! state and in-flight count.
+//!
+//! The TCP forwarders ([`crate::tcp`]) pick from the same sets, with the same state, through
+//! [`BalanceLayer::pick_connection`] (step 1 only, then round-robin), and report each
+//! connect's outcome to the same detector.
 
 mod ewma;
 mod hash;
@@ -39,6 +43,7 @@ use futures_util::future::{Either, Ready, ready};
 use http::{HeaderValue, Request, Response};
 use mesh_core::model::{
     Cluster, ClusterName, ConsistentHash, Endpoint, HashKey, HashTable, HealthStatus, LbAlgorithm,
+    OutlierDetection,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -110,8 +115,10 @@ struct Resolved {
     /// Whether a `distribute` rule applies whatever the workload's locality (xDS locality
     /// weights), so that it applies when the workload's locality is unknown.
     distributes_anywhere: bool,
-    /// Bumped at each ejection, so that the cached available set is rebuilt.
-    ejections: std::sync::atomic::AtomicU64,
+    /// Bumped at each ejection, so that the cached available set is rebuilt. Shared by
+    /// every snapshot of the cluster, so that an ejection recorded through an older one (a
+    /// try or connection that began before a config swap) reaches the current one's cache.
+    ejections: Arc<std::sync::atomic::AtomicU64>,
     /// The healthy endpoints not ejected, valid until the generation changes or the first
     /// ejected endpoint returns.
     available: ArcSwapOption<Available>,
@@ -206,7 +213,9 @@ impl ClusterState {
             equal_weights,
             has_priorities: cluster.endpoints.iter().any(|e| e.priority > 0),
             distributes_anywhere: locality::distribute_rule(cluster, &Default::default()).is_some(),
-            ejections: std::sync::atomic::AtomicU64::new(0),
+            ejections: current
+                .as_ref()
+                .map_or_else(Arc::default, |r| r.ejections.clone()),
             available: ArcSwapOption::empty(),
             table: Mutex::new(None),
         });
@@ -298,6 +307,73 @@ impl BalanceLayer {
             .iter()
             .position(|e| e.authority() == authority)
             .map(|i| resolved.states[i].clone())
+    }
+}
+
+/// An endpoint [`BalanceLayer::pick_connection`] chose for one connection (the TCP
+/// forwarders, [`crate::tcp`]); the connect's outcome goes back to the endpoint's outlier
+/// detector with [`connected`](Self::connected) or [`failed`](Self::failed).
+/// Dropping it records nothing (an outcome that is not the endpoint's, such as a local TLS
+/// setup error, should not count either way).
+#[derive(Debug)]
+pub struct ConnectionPick {
+    resolved: Arc<Resolved>,
+    index: usize,
+}
+
+impl ConnectionPick {
+    /// The chosen endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.resolved.cluster.endpoints[self.index]
+    }
+
+    /// The connection opened: a success, which resets the endpoint's consecutive-error
+    /// counts (Envoy's TCP proxy reports `LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL`, a 200).
+    pub fn connected(&self) {
+        self.record(Outcome::Status(200));
+    }
+
+    /// The connection (or its TLS handshake) failed with `error`: timed out
+    /// ([`Outcome::LocalOriginTimeout`], a 504 unless local-origin errors are split), else
+    /// refused or reset ([`Outcome::LocalOriginFailure`], a 503), as Envoy's TCP connection
+    /// pool reports them to the outlier detector.
+    pub fn failed(&self, error: &std::io::Error) {
+        self.record(match error.kind() {
+            std::io::ErrorKind::TimedOut => Outcome::LocalOriginTimeout,
+            _ => Outcome::LocalOriginFailure,
+        });
+    }
+
+    fn record(&self, outcome: Outcome) {
+        if let Some(policy) = &self.resolved.cluster.policy.outlier_detection {
+            self.resolved.record(self.index, outcome, policy);
+        }
+    }
+}
+
+impl BalanceLayer {
+    /// Picks an endpoint of `cluster` for a new connection (the TCP forwarders): round-robin
+    /// over the endpoints the HTTP balancer would consider before locality, i.e. the healthy
+    /// ones outlier detection has not ejected, the degraded ones only when no healthy one is
+    /// left, never an unhealthy or draining one; in panic mode (fewer than `minHealthPercent`
+    /// available) every healthy one, ejected or not. `None` when there is no such endpoint
+    /// (Envoy's `UH`).
+    ///
+    /// The endpoints' states are this layer's, by cluster name and endpoint address, so they
+    /// survive config swaps, and a layer shared with the HTTP stack and the admin endpoint
+    /// shows TCP ejections in `/clusters`.
+    pub fn pick_connection(&self, cluster: &Arc<Cluster>) -> Option<ConnectionPick> {
+        let state = self.cluster_state(&cluster.name);
+        let resolved = state.resolve(cluster);
+        let index = {
+            let (available, panic) = resolved.available_or_panic(Instant::now());
+            let candidates: &[usize] = if panic { &resolved.healthy } else { &available };
+            if candidates.is_empty() {
+                return None;
+            }
+            candidates[state.turn.fetch_add(1, Ordering::Relaxed) % candidates.len()]
+        };
+        Some(ConnectionPick { resolved, index })
     }
 }
 
@@ -394,14 +470,7 @@ impl BalanceLayer {
         let candidates: Chosen<'_> = if !(ejects || locality_aware && local.is_some()) {
             Chosen::Healthy(healthy.as_slice())
         } else {
-            let available = resolved.available(now);
-            let min_health = cluster
-                .policy
-                .outlier_detection
-                .as_ref()
-                .map_or(0, |o| o.min_health_percent);
-            // Panic mode: too few left to trust ejection, so use every healthy endpoint.
-            let panic = available.len() * 100 < healthy.len() * min_health as usize;
+            let (available, panic) = resolved.available_or_panic(now);
             let base: &[usize] = if panic {
                 healthy.as_slice()
             } else {
@@ -651,6 +720,45 @@ struct Available {
 }
 
 impl Resolved {
+    /// The endpoints a new try may use at `now`, before locality: those [`available`], and
+    /// whether the cluster is in panic mode (fewer than `minHealthPercent` of its healthy
+    /// endpoints available: ejection is then ignored and every healthy endpoint is used).
+    ///
+    /// [`available`]: Self::available
+    fn available_or_panic(&self, now: Instant) -> (AvailableList, bool) {
+        let available = self.available(now);
+        let min_health = self
+            .cluster
+            .policy
+            .outlier_detection
+            .as_ref()
+            .map_or(0, |o| o.min_health_percent);
+        let panic = available.len() * 100 < self.healthy.len() * min_health as usize;
+        (available, panic)
+    }
+
+    /// Feeds a try's outcome to endpoint `index`'s outlier detector and ejects the endpoint
+    /// when it crosses a threshold, unless `maxEjectionPercent` of the cluster is out already.
+    fn record(&self, index: usize, outcome: Outcome, policy: &OutlierDetection) {
+        let endpoint_state = &self.states[index];
+        if !endpoint_state.outlier.record(outcome, policy) {
+            return;
+        }
+        let now = Instant::now();
+        let ejected = self
+            .states
+            .iter()
+            .filter(|s| s.outlier.is_ejected(now))
+            .count();
+        if may_eject(ejected, self.states.len(), policy.max_ejection_percent) {
+            let cluster = &self.cluster;
+            endpoint_state.outlier.eject(now, policy);
+            self.ejections.fetch_add(1, Ordering::Release);
+            metrics::counter!("mesh_outlier_ejections_total", "cluster" => cluster.name.to_string()).increment(1);
+            tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[index].authority(), "outlier ejected");
+        }
+    }
+
     /// The healthy endpoints not ejected at `now` (the degraded ones not ejected when
     /// there are none): cached until an ejection happens or an
     /// ejected endpoint's time is up, so a pick does not visit every endpoint.
@@ -942,21 +1050,8 @@ impl Observed {
                     _ => None,
                 },
             };
-            if let Some(outcome) = outcome
-                && endpoint_state.outlier.record(outcome, policy)
-            {
-                let now = Instant::now();
-                let ejected = resolved
-                    .states
-                    .iter()
-                    .filter(|s| s.outlier.is_ejected(now))
-                    .count();
-                if may_eject(ejected, resolved.states.len(), policy.max_ejection_percent) {
-                    endpoint_state.outlier.eject(now, policy);
-                    resolved.ejections.fetch_add(1, Ordering::Release);
-                    metrics::counter!("mesh_outlier_ejections_total", "cluster" => cluster.name.to_string()).increment(1);
-                    tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[index].authority(), "outlier ejected");
-                }
+            if let Some(outcome) = outcome {
+                resolved.record(index, outcome, policy);
             }
         }
         let latency_rule = cluster
