@@ -200,6 +200,13 @@ pub(super) struct Received {
 /// Takes the exchange headers out of `headers` (the app on either side never sees them) and
 /// reads the peer from them.
 pub(super) fn take(headers: &mut HeaderMap) -> Received {
+    // Most messages carry neither header (a caller or an upstream without a sidecar): one
+    // pass over the names, most of them shorter than the prefix, costs less than hashing
+    // both names for their lookups.
+    let prefix = "x-envoy-peer-metadata";
+    if !headers.keys().any(|name| name.as_str().starts_with(prefix)) {
+        return Received::default();
+    }
     let metadata = headers.remove(PEER_METADATA);
     let id = headers.remove(PEER_METADATA_ID).is_some();
     Received {
