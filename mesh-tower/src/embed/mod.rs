@@ -106,6 +106,7 @@ pub struct MeshBuilder {
     seed: Option<u64>,
     reload_interval: Duration,
     telemetry: bool,
+    metadata_exchange: bool,
     trace_sampling: Option<Percentage>,
     propagators: Propagators,
     inbound_rate_limit: Option<LocalRateLimit>,
@@ -177,6 +178,16 @@ impl MeshBuilder {
         self
     }
 
+    /// Istio's metadata exchange (`x-envoy-peer-metadata`, on by default): the metrics name
+    /// the peer workload, and each request and answer carries this workload's name,
+    /// namespace, app, version and cluster to the peer. Off for a service that should not tell
+    /// its callees (or callers with a sidecar) who it is. See
+    /// [`Telemetry::metadata_exchange`].
+    pub fn metadata_exchange(mut self, enabled: bool) -> Self {
+        self.metadata_exchange = enabled;
+        self
+    }
+
     /// Samples `percentage` of new traces (default: Istio's 1%; a caller's decision is kept).
     pub fn trace_sampling(mut self, percentage: Percentage) -> Self {
         self.trace_sampling = Some(percentage);
@@ -235,6 +246,7 @@ impl MeshBuilder {
         }
         let telemetry = |reporter, rng| {
             let telemetry = Telemetry::new(reporter, workload.clone())
+                .metadata_exchange(self.metadata_exchange)
                 .rng(rng)
                 .propagators(self.propagators);
             match self.trace_sampling {
@@ -345,6 +357,7 @@ impl Mesh {
             seed: None,
             reload_interval: Duration::from_secs(1),
             telemetry: true,
+            metadata_exchange: true,
             trace_sampling: None,
             propagators: Propagators::default(),
             inbound_rate_limit: None,

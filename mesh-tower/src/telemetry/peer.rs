@@ -383,4 +383,34 @@ mod tests {
         let none = take(&mut HeaderMap::new());
         assert!(none.peer.is_none() && !none.id && !none.metadata);
     }
+
+    #[test]
+    fn a_stack_sends_its_metadata_outbound_and_leaves_a_caller_s_alone_when_off() {
+        use super::super::{Reporter, Telemetry};
+        let workload = reviews_v2();
+        let outbound = |on: bool| {
+            let telemetry = Telemetry::new(Reporter::Source, workload.clone())
+                .node_id("sidecar~10.0.0.7~reviews-v2-0.shop~shop.svc.cluster.local")
+                .metadata_exchange(on);
+            let mut req = http::Request::new(());
+            drop(telemetry.start(&mut req));
+            req
+        };
+        let sent = outbound(true);
+        assert_eq!(
+            sent.headers()[PEER_METADATA_ID],
+            "sidecar~10.0.0.7~reviews-v2-0.shop~shop.svc.cluster.local"
+        );
+        let peer = PeerMetadata::from_header_value(sent.headers()[PEER_METADATA].as_bytes());
+        assert_eq!(peer.unwrap().workload, "reviews-v2");
+        let off = outbound(false);
+        assert!(!off.headers().contains_key(PEER_METADATA));
+        assert!(!off.headers().contains_key(PEER_METADATA_ID));
+        // Off, an inbound stack passes a caller's headers on to the app.
+        let inbound = Telemetry::new(Reporter::Destination, workload).metadata_exchange(false);
+        let mut req = http::Request::new(());
+        Exchange::new(&reviews_v2()).write(req.headers_mut(), false, true);
+        drop(inbound.start(&mut req));
+        assert!(req.headers().contains_key(PEER_METADATA));
+    }
 }
