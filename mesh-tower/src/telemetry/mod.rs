@@ -171,7 +171,7 @@ impl Telemetry {
         let stale_b3 = found.stale_b3();
         // Before the headers added below: the size of the request as it came in.
         let request_bytes =
-            size::RequestBytes::new(size::request_header_bytes(req), found.body_size());
+            size::RequestBytes::new(size::request_header_bytes(req, &found), found.body_size());
         let grpc = found.is_grpc();
         // For the outbound layers below that would each look the content type up again (retry,
         // timeout). An inbound stack has none, and a context made for this alone would cost

@@ -10,8 +10,8 @@
 //! ([`super::RequestBody`]). The access log's `bytes_received` / `bytes_sent` are body bytes
 //! only, as Envoy's `%BYTES_RECEIVED%` / `%BYTES_SENT%` are.
 
-use http::header::HOST;
-use http::{HeaderMap, Request, Response};
+use super::propagation::TraceHeaders;
+use http::{Request, Response};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,12 +22,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// its `:authority` (counted once, as Envoy's HTTP/1.1 codec makes it one), and a request line
 /// without a scheme counts `http`. Framing (HPACK, `: `, line ends, the `HTTP/1.1` token) is
 /// not counted.
-pub(super) fn request_header_bytes<B>(req: &Request<B>) -> u64 {
+///
+/// The headers' lengths come from `found`, the scan of `req`'s headers that telemetry makes
+/// anyway: one pass over them for both.
+pub(super) fn request_header_bytes<B>(req: &Request<B>, found: &TraceHeaders<'_>) -> u64 {
     let uri = req.uri();
-    let headers = req.headers();
+    // `Host` is in `found.header_bytes`: it counts as the `:authority` instead (its first
+    // value, as `HeaderMap::get` reads it).
+    let host = found.host.map_or(0, |host| "host".len() + host.len());
     let authority = match uri.authority() {
         Some(authority) => Some(authority.as_str().len()),
-        None => headers.get(HOST).map(|host| host.len()),
+        None => found.host.map(|host| host.len()),
     };
     let pseudo = ":method".len()
         + req.method().as_str().len()
@@ -36,23 +41,18 @@ pub(super) fn request_header_bytes<B>(req: &Request<B>) -> u64 {
         + ":scheme".len()
         + uri.scheme_str().map_or("http".len(), str::len)
         + authority.map_or(0, |len| ":authority".len() + len);
-    pseudo as u64 + fields(headers, true)
+    pseudo as u64 + found.header_bytes - host as u64
 }
 
 /// The wire size of a response's headers, approximated as [`request_header_bytes`]: the
 /// status line as `:status` and its three digits, and every header's name and value.
 pub(super) fn response_header_bytes<B>(response: &Response<B>) -> u64 {
-    (":status".len() + 3) as u64 + fields(response.headers(), false)
-}
-
-/// The name and value lengths of every header (without `Host` for a request: it is the
-/// `:authority`).
-fn fields(headers: &HeaderMap, request: bool) -> u64 {
-    headers
+    let fields: usize = response
+        .headers()
         .iter()
-        .filter(|(name, _)| !(request && *name == HOST))
-        .map(|(name, value)| (name.as_str().len() + value.len()) as u64)
-        .sum()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    (":status".len() + 3 + fields) as u64
 }
 
 /// A request's size: its headers' and its body's bytes.
