@@ -280,8 +280,9 @@ impl<'a> TraceHeaders<'a> {
     pub(super) fn scan(headers: &'a HeaderMap) -> Self {
         let mut found = Self::default();
         for (name, value) in headers {
-            found.header_bytes += (name.as_str().len() + value.len()) as u64;
-            let slot = match name.as_str() {
+            let name = name.as_str();
+            found.header_bytes += (name.len() + value.len()) as u64;
+            let slot = match name {
                 "traceparent" => &mut found.traceparent,
                 "b3" => &mut found.b3,
                 "x-b3-traceid" => &mut found.b3_trace_id,

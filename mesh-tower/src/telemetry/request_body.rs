@@ -93,16 +93,21 @@ impl Observation {
         }
     }
 
-    /// As [`Observation::request_body`], boxed for a stack: a body of known length is boxed
-    /// as it is, with no wrapper around it.
+    /// As [`Observation::request_body`], boxed for a stack as [`crate::body::boxed_request`]
+    /// boxes it: a body that has ended (a GET's) becomes an empty one, and a body of known
+    /// length is boxed as it is, with no wrapper around it.
     pub(crate) fn boxed_request_body<B>(&mut self, body: B) -> BoxBody
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        if body.is_end_stream() {
+            self.request_bytes.set_body(BodyBytes::Known(0));
+            return crate::body::empty();
+        }
         match self.count_request_body(&body) {
-            None => crate::body::boxed_request(body),
-            Some(counter) => crate::body::boxed_request(RequestBody {
+            None => crate::body::boxed(body),
+            Some(counter) => crate::body::boxed(RequestBody {
                 inner: body,
                 counter: Some(counter),
             }),
