@@ -5,6 +5,13 @@
 //! [`Observation`] wraps the response body and records metrics and the access log line when
 //! the body ends, so durations and byte counts cover the whole exchange.
 //!
+//! `istio_request_bytes` and `istio_response_bytes` are sizes on the wire, as Istio's byte
+//! meters (`wireBytesReceived`, `wireBytesSent`) give them: the headers (counted as Envoy's
+//! `HeaderMap::byteSize()` does, the same for HTTP/1.1 and HTTP/2) and the body bytes actually
+//! carried. A stack hands the request's body to [`Observation::request_body`]: a body of known
+//! length counts its length, any other is counted as it streams ([`RequestBody`]). The access
+//! log's byte counts are the bodies' alone, as Envoy's `%BYTES_RECEIVED%` / `%BYTES_SENT%`.
+//!
 //! Metrics go through the `metrics` facade: a program installs a recorder (the sidecar
 //! installs the Prometheus one); without one they cost a few atomic loads. A program that
 //! installs `metrics-exporter-prometheus` itself runs its upkeep (`PrometheusHandle::run_upkeep`)

@@ -20,6 +20,26 @@ pin_project_lite::pin_project! {
     /// counts its data frames as they go through, into a counter the [`Observation`] reads
     /// when the response ends: the bytes the service read by then. Every other behaviour
     /// (`is_end_stream`, `size_hint`, errors, trailers) is the inner body's.
+    ///
+    /// ```
+    /// use http::{Request, Response};
+    /// use mesh_tower::body::{self, BoxBody};
+    /// use mesh_tower::telemetry::{Reporter, RequestBody, Telemetry, TelemetryLayer};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // The app behind the layer reads its request body as any other.
+    /// let app = tower::service_fn(|req: Request<RequestBody<BoxBody>>| async move {
+    ///     let length = http_body::Body::size_hint(req.body()).exact();
+    ///     Ok::<_, std::convert::Infallible>(Response::new(body::full(format!("{length:?}"))))
+    /// });
+    /// let telemetry = Telemetry::new(Reporter::Destination, Default::default());
+    /// let service = TelemetryLayer::new(telemetry).layer(app);
+    /// let response = service.oneshot(Request::new(body::full("hello"))).await.unwrap();
+    /// # let _ = response;
+    /// # }
+    /// ```
     #[derive(Debug)]
     pub struct RequestBody<B> {
         #[pin]
