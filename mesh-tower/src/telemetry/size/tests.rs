@@ -330,6 +330,16 @@ spec:
         task.await.unwrap();
         drop(stop_upstream);
         upstream_task.await.unwrap();
+        // The access log has the bodies' bytes only, as Envoy's %BYTES_RECEIVED% / %BYTES_SENT%.
+        let lines = lines.lock().unwrap().clone();
+        let bytes: Vec<_> = lines
+            .iter()
+            .map(|line| {
+                let json: serde_json::Value = serde_json::from_str(line).unwrap();
+                (json["bytes_received"].as_u64(), json["bytes_sent"].as_u64())
+            })
+            .collect();
+        assert_eq!(bytes, [(Some(9), Some(2)), (Some(10), Some(2))]);
         // `:method POST`, `:path /upload`, `:scheme http`, `:authority hello`.
         let pseudo = (7 + 4) + (5 + 7) + (7 + 4) + (10 + 5);
         assert_eq!(
@@ -340,15 +350,5 @@ spec:
             ]
         );
         assert_eq!(samples.of("istio_response_bytes"), expected_responses);
-        // The access log has the bodies' bytes only, as Envoy's %BYTES_RECEIVED% / %BYTES_SENT%.
-        let lines = lines.lock().unwrap();
-        let bytes: Vec<_> = lines
-            .iter()
-            .map(|line| {
-                let json: serde_json::Value = serde_json::from_str(line).unwrap();
-                (json["bytes_received"].as_u64(), json["bytes_sent"].as_u64())
-            })
-            .collect();
-        assert_eq!(bytes, [(Some(9), Some(2)), (Some(10), Some(2))]);
     }
 }
