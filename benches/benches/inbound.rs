@@ -21,7 +21,7 @@ use mesh_policy::{PeerIdentity, SpiffeId};
 use mesh_tower::authz::AuthzLayer;
 use mesh_tower::body::{self, BoxBody};
 use mesh_tower::server::ConnectionInfo;
-use mesh_tower::telemetry::{Reporter, Telemetry, TelemetryLayer};
+use mesh_tower::telemetry::{Reporter, RequestBody, Telemetry, TelemetryLayer};
 use std::sync::Arc;
 use tower::{Layer, ServiceExt};
 
@@ -136,7 +136,7 @@ fn store(authorization: Vec<AuthorizationPolicy>) -> Arc<ConfigStore> {
 fn inbound(c: &mut Criterion) {
     let rt = runtime();
     // The service the inbound stack ends in (the sidecar's forward to the app): answers at once.
-    let app = tower::service_fn(|_req: Request<BoxBody>| async {
+    let app = tower::service_fn(|_req: Request<RequestBody<BoxBody>>| async {
         Ok::<_, std::convert::Infallible>(Response::new(body::empty()))
     });
     for n in [10, 1_000] {

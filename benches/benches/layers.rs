@@ -21,7 +21,7 @@ use mesh_tower::retry::RetryLayer;
 use mesh_tower::rng::Rng;
 use mesh_tower::route::RouteLayer;
 use mesh_tower::split::{SplitLayer, Target};
-use mesh_tower::telemetry::TelemetryLayer;
+use mesh_tower::telemetry::{RequestBody, TelemetryLayer};
 use mesh_tower::timeout::TimeoutLayer;
 use std::time::Duration;
 use tower::{Layer, ServiceBuilder};
@@ -188,7 +188,7 @@ fn layers(c: &mut Criterion) {
 
     // Telemetry at a stack's edge: Istio's labels and metrics (no recorder installed: the cost
     // of building them), trace context, request id; spans to a sink that drops them.
-    let answer = tower::service_fn(|_req: Request<BoxBody>| async {
+    let answer = tower::service_fn(|_req: Request<RequestBody<BoxBody>>| async {
         Ok::<_, std::convert::Infallible>(Response::new(mesh_tower::body::empty()))
     });
     for (name, percent) in [

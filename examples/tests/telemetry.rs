@@ -577,3 +577,85 @@ async fn explain_answers_for_the_bundled_bookinfo_config() {
     assert!(html.contains("/stats/prometheus") && html.contains("<table id=\"traffic\">"));
     proxy.shutdown().await;
 }
+
+/// `istio_request_bytes` and `istio_response_bytes` through the sidecar are sizes on the wire
+/// (headers and the body bytes carried), for a chunked request too, whose body has no
+/// `Content-Length` to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_metrics_count_headers_and_the_body_a_chunked_request_carried() {
+    // An upstream that reads the whole request body before it answers, named for labels of
+    // this test's own (other tests in this binary share the recorder).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sizes = Upstream {
+        addr: listener.local_addr().unwrap(),
+        name: "sizes".to_owned(),
+    };
+    let service = tower::service_fn(|req: Request<Incoming>| async move {
+        let received = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        Ok::<_, Infallible>(Response::new(body::full(format!("got {}", received.len()))))
+    });
+    tokio::spawn(serve(
+        listener,
+        service,
+        std::future::pending(),
+        Duration::ZERO,
+    ));
+    let config = ConfigDir::new(&registry(&[&sizes]));
+    let proxy = start_proxy(&config).await;
+
+    // Three chunks (9 bytes) and no length: HTTP/1.1 sends them chunked.
+    let chunks: [Result<hyper::body::Frame<bytes::Bytes>, Infallible>; 3] = [
+        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"abc"))),
+        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"defg"))),
+        Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"hi"))),
+    ];
+    let chunked = body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        chunks,
+    )));
+    let sender = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, BoxBody>(Dial(proxy.outbound));
+    let response = sender
+        .request(Request::post("http://hello/upload").body(chunked).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let received = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(received, "got 9");
+
+    let (_, text, _) = get(
+        &client(proxy.admin, false),
+        "localhost",
+        "/stats/prometheus",
+        &[],
+    )
+    .await;
+    let sum = |metric: &str| -> f64 {
+        let prefix = format!("{metric}_sum{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains("destination_version=\"sizes\""))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum()
+    };
+    // `:method POST`, `:path /upload`, `:scheme http`, `:authority hello` (the `Host`
+    // header), `transfer-encoding: chunked`, and the 9 bytes of body.
+    let request = (7 + 4) + (5 + 7) + (7 + 4) + (10 + 5) + (17 + 7) + 9;
+    assert_eq!(sum("istio_request_bytes"), request as f64, "{text}");
+    // `:status 200`, the headers as the sidecar sent them, and `got 9`.
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    assert_eq!(
+        sum("istio_response_bytes"),
+        (7 + 3 + fields + 5) as f64,
+        "{text}"
+    );
+    proxy.shutdown().await;
+}

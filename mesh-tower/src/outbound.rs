@@ -174,7 +174,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let observation = self.telemetry.as_ref().map(|t| {
+        let mut observation = self.telemetry.as_ref().map(|t| {
             // Room, at once, for the headers telemetry and the layers below add: a map parsed
             // to fit its headers (as HTTP/2's decoder leaves it) would otherwise grow,
             // rehashing every entry, when one of them arrives. (Without telemetry, one header
@@ -186,9 +186,14 @@ where
             Some(observation) => observation.is_grpc(),
             None => crate::timeout::is_grpc(req.headers()),
         };
+        // Telemetry counts the body's bytes (wrapping it only when its length is unknown).
+        let req = match observation.as_mut() {
+            Some(observation) => req.map(|b| observation.boxed_request_body(b)),
+            None => req.map(body::boxed_request),
+        };
         ResponseFuture {
             state: State::Stack {
-                future: self.inner.call(req.map(body::boxed_request)),
+                future: self.inner.call(req),
             },
             grpc,
             observation,

@@ -141,8 +141,16 @@ fn describe() {
         Unit::Milliseconds,
         "Request duration."
     );
-    describe_histogram!("istio_request_bytes", Unit::Bytes, "Request body sizes.");
-    describe_histogram!("istio_response_bytes", Unit::Bytes, "Response body sizes.");
+    describe_histogram!(
+        "istio_request_bytes",
+        Unit::Bytes,
+        "Request sizes: headers and body."
+    );
+    describe_histogram!(
+        "istio_response_bytes",
+        Unit::Bytes,
+        "Response sizes: headers and body."
+    );
     describe_counter!("mesh_retries_total", "Retries sent.");
     describe_counter!(
         "mesh_retry_budget_exhausted_total",

@@ -47,7 +47,7 @@ use crate::outbound::Outbound;
 use crate::ratelimit::RateLimitLayer;
 use crate::rng::Rng;
 use crate::source::FileSource;
-use crate::telemetry::{Propagators, Reporter, Telemetry};
+use crate::telemetry::{Propagators, Reporter, RequestBody, Telemetry};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -492,7 +492,8 @@ impl<S> Layer<S> for InboundLayer {
     }
 }
 
-/// The service [`InboundLayer`] makes.
+/// The service [`InboundLayer`] makes. The inner service gets the request's body as a
+/// [`RequestBody`] (telemetry counts its bytes when its length is not known up front).
 #[derive(Clone, Debug)]
 pub struct InboundService<S> {
     layer: InboundLayer,
@@ -501,10 +502,10 @@ pub struct InboundService<S> {
 
 impl<S, B, RB> Service<Request<B>> for InboundService<S>
 where
-    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S: Service<Request<RequestBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Send + 'static,
     RB: http_body::Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
@@ -523,7 +524,11 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let in_flight = InFlight::new(&self.layer.drain);
         let grpc = crate::timeout::is_grpc(req.headers());
-        let observation = self.layer.telemetry.as_ref().map(|t| t.start(&mut req));
+        let mut observation = self.layer.telemetry.as_ref().map(|t| t.start(&mut req));
+        let req = req.map(|body| match observation.as_mut() {
+            Some(observation) => observation.request_body(body),
+            None => RequestBody::new(body),
+        });
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let boxed = tower::util::MapResponse::new(
@@ -584,7 +589,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_waits_for_in_flight_requests_up_to_the_grace_period() {
         let mesh = mesh().await;
-        let never = tower::service_fn(|_: Request<BoxBody>| {
+        let never = tower::service_fn(|_: Request<RequestBody<BoxBody>>| {
             std::future::pending::<Result<Response<BoxBody>, Infallible>>()
         });
         let mut service = mesh.inbound_layer().layer(never);
@@ -610,7 +615,7 @@ mod tests {
         let mesh = mesh().await;
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
         let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
-        let streaming = tower::service_fn(move |_: Request<BoxBody>| {
+        let streaming = tower::service_fn(move |_: Request<RequestBody<BoxBody>>| {
             let rx = rx.lock().unwrap().take().unwrap();
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv()

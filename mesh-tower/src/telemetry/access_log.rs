@@ -37,6 +37,8 @@ fn rfc3339(time: SystemTime) -> String {
     )
 }
 
+/// The line for one request. As Envoy's `%BYTES_RECEIVED%` and `%BYTES_SENT%`, its byte
+/// counts are the bodies' (`response_bytes`), without headers.
 pub(super) fn line(
     format: AccessLogFormat,
     o: &Observation,
@@ -59,7 +61,7 @@ pub(super) fn line(
             d.protocol,
             outcome.status,
             outcome.flags,
-            o.request_bytes,
+            o.request_bytes.body(),
             response_bytes,
             d.forwarded_for,
             d.user_agent,
@@ -73,7 +75,7 @@ pub(super) fn line(
             "protocol": d.protocol,
             "response_code": outcome.status,
             "response_flags": outcome.flags.to_string(),
-            "bytes_received": o.request_bytes,
+            "bytes_received": o.request_bytes.body(),
             "bytes_sent": response_bytes,
             "duration": millis as u64,
             "x_forwarded_for": d.forwarded_for,

@@ -531,11 +531,12 @@ fn same_arc<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
     }
 }
 
-/// Records the standard metrics for one finished request.
+/// Records the standard metrics for one finished request: `response_bytes` are its headers'
+/// and its body's, as the request's are (see the `size` module).
 pub(super) fn record(o: &Observation, handles: &Handles, response_bytes: u64, elapsed: Duration) {
     handles.requests.increment(1);
     handles.duration.record(elapsed.as_secs_f64() * 1_000.0);
-    handles.request_bytes.record(o.request_bytes as f64);
+    handles.request_bytes.record(o.request_bytes.total() as f64);
     handles.response_bytes.record(response_bytes as f64);
 }
 
@@ -614,8 +615,10 @@ mod tests {
     }
 
     #[test]
-    fn the_request_size_comes_from_content_length_and_grpc_from_content_type() {
+    fn the_request_size_is_its_headers_and_its_body_and_grpc_comes_from_content_type() {
         let telemetry = Telemetry::new(Reporter::Source, Workload::default());
+        // `:method GET`, `:path /`, `:scheme http`; no authority.
+        let pseudo = (7 + 3) + (5 + 1) + (7 + 4);
         let observe = |headers: &[(&'static str, &'static str)]| {
             let mut req = Request::new(());
             for (name, value) in headers {
@@ -623,18 +626,63 @@ mod tests {
                     .append(*name, HeaderValue::from_static(value));
             }
             let o = telemetry.start(&mut req);
-            (o.request_bytes, o.grpc)
+            (o.request_bytes.total(), o.grpc)
         };
-        assert_eq!(observe(&[("content-length", "42")]), (42, false));
-        assert_eq!(observe(&[("content-length", "forty")]), (0, false));
-        assert_eq!(observe(&[]), (0, false));
+        // Until the body is handed over, its `Content-Length` stands in for it.
+        assert_eq!(
+            observe(&[("content-length", "42")]),
+            (pseudo + 14 + 2 + 42, false)
+        );
+        assert_eq!(
+            observe(&[("content-length", "forty")]),
+            (pseudo + 14 + 5, false)
+        );
+        assert_eq!(observe(&[]), (pseudo, false));
         assert_eq!(
             observe(&[
                 ("content-type", "application/grpc+proto"),
                 ("content-length", "7")
             ]),
-            (7, true)
+            (pseudo + 12 + 22 + 14 + 1 + 7, true)
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_counts_its_length_and_any_other_its_frames() {
+        use http_body_util::BodyExt;
+        let telemetry = Telemetry::new(Reporter::Source, Workload::default());
+        let pseudo = (7 + 3) + (5 + 1) + (7 + 4);
+
+        // A length known up front (the header says 100, the body 5): the body's.
+        let mut req = Request::builder()
+            .header("content-length", "100")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"12345",
+            )))
+            .unwrap();
+        let mut o = telemetry.start(&mut req);
+        let counted = o.request_body(req.into_body());
+        assert!(counted.counter.is_none(), "no counter for a known length");
+        assert_eq!(o.request_bytes.body(), 5);
+        assert_eq!(o.request_bytes.total(), pseudo + 14 + 3 + 5);
+
+        // Three chunks and no length: counted as they are read.
+        let mut req = Request::new(());
+        let mut o = telemetry.start(&mut req);
+        let chunks: [Result<_, std::convert::Infallible>; 3] = [
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"abc"))),
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"defg"))),
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"hi"))),
+        ];
+        let stream = http_body_util::StreamBody::new(futures_util::stream::iter(chunks));
+        let mut counted = o.request_body(stream);
+        assert_eq!(o.request_bytes.total(), pseudo);
+        counted.frame().await.unwrap().unwrap();
+        assert_eq!(o.request_bytes.body(), 3);
+        let rest = counted.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "defghi");
+        assert_eq!(o.request_bytes.body(), 9);
+        assert_eq!(o.request_bytes.total(), pseudo + 9);
     }
 
     #[test]

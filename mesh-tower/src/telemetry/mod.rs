@@ -5,6 +5,13 @@
 //! [`Observation`] wraps the response body and records metrics and the access log line when
 //! the body ends, so durations and byte counts cover the whole exchange.
 //!
+//! `istio_request_bytes` and `istio_response_bytes` are sizes on the wire, as Istio's byte
+//! meters (`wireBytesReceived`, `wireBytesSent`) give them: the headers (counted as Envoy's
+//! `HeaderMap::byteSize()` does, the same for HTTP/1.1 and HTTP/2) and the body bytes actually
+//! carried. A stack hands the request's body to [`Observation::request_body`]: a body of known
+//! length counts its length, any other is counted as it streams ([`RequestBody`]). The access
+//! log's byte counts are the bodies' alone, as Envoy's `%BYTES_RECEIVED%` / `%BYTES_SENT%`.
+//!
 //! Metrics go through the `metrics` facade: a program installs a recorder (the sidecar
 //! installs the Prometheus one); without one they cost a few atomic loads. A program that
 //! installs `metrics-exporter-prometheus` itself runs its upkeep (`PrometheusHandle::run_upkeep`)
@@ -18,12 +25,15 @@ mod istio_metrics;
 pub mod otlp;
 mod peer;
 mod propagation;
+mod request_body;
+mod size;
 mod spans;
 
 pub use access_log::AccessLogFormat;
 pub use istio_metrics::{BYTES_BUCKETS, DURATION_BUCKETS_MS};
 pub use peer::{PEER_METADATA, PEER_METADATA_ID, PeerMetadata};
 pub use propagation::{Propagators, TraceContext, UnknownPropagator, parse_b3, parse_traceparent};
+pub use request_body::RequestBody;
 pub use spans::{SpanKind, SpanRecord, SpanSink, TraceScope};
 
 use crate::body::{self, BoxBody, BoxError};
@@ -191,13 +201,17 @@ impl Telemetry {
     }
 
     /// Starts observing `req`: sets `x-request-id` when absent and the trace context headers
-    /// (of the configured [`Propagators`]) for the next hop.
+    /// (of the configured [`Propagators`]) for the next hop. Hand the request's body to
+    /// [`Observation::request_body`] to count the bytes it actually carries.
     pub fn start<B>(&self, req: &mut Request<B>) -> Observation {
         let found = propagation::TraceHeaders::scan(req.headers());
         let has_request_id = found.request_id.is_some_and(|v| v.to_str().is_ok());
         let trace = propagation::continue_trace(&found, self.propagators, &self.rng, self.sampling);
         let stale_b3 = found.stale_b3();
-        let (grpc, request_bytes) = (found.is_grpc(), found.body_size());
+        // Before the headers added below: the size of the request as it came in.
+        let request_bytes =
+            size::RequestBytes::new(size::request_header_bytes(req, &found), found.body_size());
+        let grpc = found.is_grpc();
         // For the outbound layers below that would each look the content type up again (retry,
         // timeout). An inbound stack has none, and a context made for this alone would cost
         // its request an allocation and, beside the connection's extensions, a regrown map
@@ -303,7 +317,8 @@ impl<S> tower_layer::Layer<S> for TelemetryLayer {
     }
 }
 
-/// The service [`TelemetryLayer`] makes.
+/// The service [`TelemetryLayer`] makes. The inner service gets the request's body as a
+/// [`RequestBody`], which counts its bytes when its length is not known up front.
 #[derive(Clone, Debug)]
 pub struct Telemetered<S> {
     telemetry: Telemetry,
@@ -312,8 +327,9 @@ pub struct Telemetered<S> {
 
 impl<S, B> tower_service::Service<Request<B>> for Telemetered<S>
 where
+    B: Body,
     S: tower_service::Service<
-            Request<B>,
+            Request<RequestBody<B>>,
             Response = Response<BoxBody>,
             Error = std::convert::Infallible,
         >,
@@ -327,7 +343,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let observation = self.telemetry.start(&mut req);
+        let mut observation = self.telemetry.start(&mut req);
+        let req = req.map(|body| observation.request_body(body));
         ResponseFuture {
             future: self.inner.call(req),
             observation: Some(observation),
@@ -375,7 +392,8 @@ pub struct Observation {
     /// Filled only when something reads it (access log, a collected span, debug logging).
     details: Option<Box<Details>>,
     grpc: bool,
-    request_bytes: u64,
+    /// Headers and body (the body is counted once [`Observation::request_body`] has it).
+    request_bytes: size::RequestBytes,
     /// The verified peer on an mTLS connection.
     peer: Option<mesh_policy::PeerIdentity>,
     mutual_tls: bool,
@@ -422,6 +440,8 @@ struct Finished {
     /// A gRPC response with no `grpc-status` in its headers (all but trailers-only ones):
     /// what its labels are made of, to label it again with the status its trailers carry.
     grpc_trailers: Option<TrailerLabels>,
+    /// The response's header bytes (see [`size::response_header_bytes`]).
+    response_headers: u64,
 }
 
 /// The labels of a response other than its gRPC status.
@@ -499,6 +519,7 @@ impl Observation {
                 request_id = %details.request_id,
             );
         }
+        let response_headers = size::response_header_bytes(&response);
         response.map(|inner| {
             body::erase(ObservedBody {
                 inner,
@@ -508,19 +529,23 @@ impl Observation {
                     handles,
                     outcome,
                     grpc_trailers,
+                    response_headers,
                 }),
             })
         })
     }
 
+    /// Records the metrics and the access log line: `response_headers` and `response_bytes`
+    /// (the body's) make `istio_response_bytes`, the access log's `bytes_sent` is the body's.
     fn record(
         &self,
         handles: &istio_metrics::Handles,
         outcome: Option<&Outcome>,
+        response_headers: u64,
         response_bytes: u64,
     ) {
         let elapsed = self.started.elapsed();
-        istio_metrics::record(self, handles, response_bytes, elapsed);
+        istio_metrics::record(self, handles, response_headers + response_bytes, elapsed);
         let (Some(details), Some(outcome)) = (self.details.as_deref(), outcome) else {
             return;
         };
@@ -571,7 +596,8 @@ impl Observation {
     }
 }
 
-/// A body that reports its byte count once, when it ends or is dropped.
+/// A body that reports its byte count once, when it ends or is dropped (its data frames' bytes,
+/// to which the metrics add the response's header bytes).
 struct ObservedBody {
     inner: BoxBody,
     bytes: u64,
@@ -606,8 +632,12 @@ impl ObservedBody {
 
     fn end(&mut self) {
         if let Some(done) = self.done.take() {
-            done.observation
-                .record(&done.handles, done.outcome.as_ref(), self.bytes);
+            done.observation.record(
+                &done.handles,
+                done.outcome.as_ref(),
+                done.response_headers,
+                self.bytes,
+            );
         }
     }
 }

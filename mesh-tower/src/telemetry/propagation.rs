@@ -269,6 +269,10 @@ pub(super) struct TraceHeaders<'a> {
     /// Read in the same pass for the metrics: the request's size and whether it is gRPC.
     pub(super) content_length: Option<&'a HeaderValue>,
     pub(super) content_type: Option<&'a HeaderValue>,
+    /// And for the request's size (see `size::request_header_bytes`): every header's name and
+    /// value lengths, summed, and the `Host` header, which counts as the `:authority`.
+    pub(super) header_bytes: u64,
+    pub(super) host: Option<&'a HeaderValue>,
 }
 
 impl<'a> TraceHeaders<'a> {
@@ -276,7 +280,9 @@ impl<'a> TraceHeaders<'a> {
     pub(super) fn scan(headers: &'a HeaderMap) -> Self {
         let mut found = Self::default();
         for (name, value) in headers {
-            let slot = match name.as_str() {
+            let name = name.as_str();
+            found.header_bytes += (name.len() + value.len()) as u64;
+            let slot = match name {
                 "traceparent" => &mut found.traceparent,
                 "b3" => &mut found.b3,
                 "x-b3-traceid" => &mut found.b3_trace_id,
@@ -287,6 +293,7 @@ impl<'a> TraceHeaders<'a> {
                 "x-request-id" => &mut found.request_id,
                 "content-length" => &mut found.content_length,
                 "content-type" => &mut found.content_type,
+                "host" => &mut found.host,
                 _ => continue,
             };
             slot.get_or_insert(value);
