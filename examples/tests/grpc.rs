@@ -170,6 +170,50 @@ async fn a_server_stream_of_ten_thousand_messages_arrives_whole_with_its_trailer
         assert_eq!(m.as_ref(), (i as u32).to_be_bytes(), "message {i} in order");
     }
     assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+    // Istio's message counters: the call sent one message and got 10,000 (only this test
+    // streams that many; the binary's tests share one recorder).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, text, _) = get(
+        &client(proxy.admin, false),
+        "localhost",
+        "/stats/prometheus",
+        &[],
+    )
+    .await;
+    let counter = |name: &str| -> Vec<(String, f64)> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| {
+                let (labels, value) = l.rsplit_once(' ').unwrap();
+                (labels.to_owned(), value.parse().unwrap())
+            })
+            .collect()
+    };
+    let responses = counter("istio_response_messages_total");
+    let (labels, _) = responses
+        .iter()
+        .find(|(_, n)| *n >= f64::from(MESSAGES))
+        .unwrap_or_else(|| panic!("no stream of {MESSAGES} messages: {responses:?}"));
+    assert!(labels.contains("request_protocol=\"grpc\""), "{labels}");
+    assert!(labels.contains("grpc_response_status=\"0\""), "{labels}");
+    // The same label set's request count: one message per call so far.
+    let requests = counter("istio_request_messages_total");
+    let sent = requests
+        .iter()
+        .find(|(l, _)| {
+            l.replace("istio_request_messages_total", "")
+                == labels.replace("istio_response_messages_total", "")
+        })
+        .map(|(_, n)| *n);
+    let calls = counter("istio_requests_total")
+        .iter()
+        .find(|(l, _)| {
+            l.replace("istio_requests_total", "")
+                == labels.replace("istio_response_messages_total", "")
+        })
+        .map(|(_, n)| *n);
+    assert_eq!(sent, calls, "{requests:?}");
+    assert!(sent.is_some_and(|n| n >= 1.0));
     proxy.shutdown().await;
 }
 

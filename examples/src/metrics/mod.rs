@@ -151,6 +151,14 @@ fn describe() {
         Unit::Bytes,
         "Response sizes: headers and body."
     );
+    describe_counter!(
+        "istio_request_messages_total",
+        "gRPC messages the clients sent."
+    );
+    describe_counter!(
+        "istio_response_messages_total",
+        "gRPC messages the servers sent."
+    );
     describe_counter!("mesh_retries_total", "Retries sent.");
     describe_counter!(
         "mesh_retry_budget_exhausted_total",

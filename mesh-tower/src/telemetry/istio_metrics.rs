@@ -248,6 +248,9 @@ pub(super) struct Handles {
     duration: metrics::Histogram,
     request_bytes: metrics::Histogram,
     response_bytes: metrics::Histogram,
+    /// `istio_request_messages_total` and `istio_response_messages_total`, for gRPC only
+    /// (as Istio registers them).
+    messages: Option<[metrics::Counter; 2]>,
 }
 
 /// Label sets beyond this many are recorded without caching their handles (a bound on memory
@@ -265,12 +268,19 @@ impl std::fmt::Debug for WorkloadLabels {
 
 impl Handles {
     fn new(key: Key, labels: Vec<Label>) -> Self {
+        let grpc = key.grpc;
         Self {
             key,
             requests: metrics::counter!("istio_requests_total", labels.clone()),
             duration: metrics::histogram!("istio_request_duration_milliseconds", labels.clone()),
             request_bytes: metrics::histogram!("istio_request_bytes", labels.clone()),
-            response_bytes: metrics::histogram!("istio_response_bytes", labels),
+            response_bytes: metrics::histogram!("istio_response_bytes", labels.clone()),
+            messages: grpc.then(|| {
+                [
+                    metrics::counter!("istio_request_messages_total", labels.clone()),
+                    metrics::counter!("istio_response_messages_total", labels),
+                ]
+            }),
         }
     }
 }
@@ -528,6 +538,19 @@ fn same_arc<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
         _ => false,
+    }
+}
+
+/// Records a gRPC call's message counts: the request's (its body as read by the time the
+/// response ended) and the response's.
+pub(super) fn record_messages(o: &Observation, handles: &Handles, response_messages: u64) {
+    if let Some([request, response]) = &handles.messages {
+        let requests = o
+            .request_messages
+            .as_ref()
+            .map_or(0, |n| n.load(std::sync::atomic::Ordering::Relaxed));
+        request.increment(requests);
+        response.increment(response_messages);
     }
 }
 

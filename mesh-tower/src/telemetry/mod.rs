@@ -21,6 +21,7 @@
 //! fixed buckets instead: a fifth of the instructions and half the atomic operations.
 
 mod access_log;
+mod grpc_messages;
 mod istio_metrics;
 pub mod otlp;
 mod peer;
@@ -288,6 +289,7 @@ impl Telemetry {
             peer_metadata: received.peer,
             answer_id: received.id,
             answer_metadata: received.metadata,
+            request_messages: None,
         }
     }
 }
@@ -404,6 +406,9 @@ pub struct Observation {
     answer_id: bool,
     /// An inbound stack answers with its metadata: the request carried the peer's.
     answer_metadata: bool,
+    /// A gRPC request's messages so far, once its body is handed over
+    /// ([`Observation::request_body`]).
+    request_messages: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The request's strings for the access log and spans.
@@ -524,6 +529,7 @@ impl Observation {
             body::erase(ObservedBody {
                 inner,
                 bytes: 0,
+                messages: self.grpc.then(grpc_messages::MessageCount::default),
                 done: Some(Finished {
                     observation: self,
                     handles,
@@ -543,9 +549,11 @@ impl Observation {
         outcome: Option<&Outcome>,
         response_headers: u64,
         response_bytes: u64,
+        response_messages: u64,
     ) {
         let elapsed = self.started.elapsed();
         istio_metrics::record(self, handles, response_headers + response_bytes, elapsed);
+        istio_metrics::record_messages(self, handles, response_messages);
         let (Some(details), Some(outcome)) = (self.details.as_deref(), outcome) else {
             return;
         };
@@ -601,6 +609,8 @@ impl Observation {
 struct ObservedBody {
     inner: BoxBody,
     bytes: u64,
+    /// A gRPC response's messages, for `istio_response_messages_total`.
+    messages: Option<grpc_messages::MessageCount>,
     done: Option<Finished>,
 }
 
@@ -637,6 +647,7 @@ impl ObservedBody {
                 done.outcome.as_ref(),
                 done.response_headers,
                 self.bytes,
+                self.messages.as_ref().map_or(0, |m| m.messages()),
             );
         }
     }
@@ -656,6 +667,9 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
+                    if let Some(messages) = this.messages.as_mut() {
+                        messages.feed(data);
+                    }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     this.relabel_grpc(trailers);
                 }

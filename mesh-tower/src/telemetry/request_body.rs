@@ -1,6 +1,7 @@
 //! The request body as telemetry passes it on: counted when its length is not known up front.
 
 use super::Observation;
+use super::grpc_messages::SharedCount;
 use super::size::BodyBytes;
 use crate::body::{BoxBody, BoxError};
 use bytes::{Buf, Bytes};
@@ -45,6 +46,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         pub(super) counter: Option<Arc<AtomicU64>>,
+        // A gRPC request's messages, for `istio_request_messages_total`.
+        messages: Option<SharedCount>,
     }
 }
 
@@ -55,6 +58,7 @@ impl<B> RequestBody<B> {
         Self {
             inner,
             counter: None,
+            messages: None,
         }
     }
 
@@ -84,10 +88,15 @@ impl<B: Body> Body for RequestBody<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (this.counter.as_ref(), &polled)
+        if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            counter.fetch_add(data.remaining() as u64, Ordering::Relaxed);
+            if let Some(counter) = this.counter.as_ref() {
+                counter.fetch_add(data.remaining() as u64, Ordering::Relaxed);
+            }
+            if let Some(messages) = this.messages.as_mut() {
+                messages.feed(data);
+            }
         }
         polled
     }
@@ -109,6 +118,7 @@ impl Observation {
     pub fn request_body<B: Body>(&mut self, body: B) -> RequestBody<B> {
         RequestBody {
             counter: self.count_request_body(&body),
+            messages: self.count_request_messages(),
             inner: body,
         }
     }
@@ -125,13 +135,25 @@ impl Observation {
             self.request_bytes.set_body(BodyBytes::Known(0));
             return crate::body::empty();
         }
-        match self.count_request_body(&body) {
-            None => crate::body::boxed(body),
-            Some(counter) => crate::body::boxed(RequestBody {
-                inner: body,
-                counter: Some(counter),
-            }),
+        let counter = self.count_request_body(&body);
+        let messages = self.count_request_messages();
+        if counter.is_none() && messages.is_none() {
+            return crate::body::boxed(body);
         }
+        crate::body::boxed(RequestBody {
+            inner: body,
+            counter,
+            messages,
+        })
+    }
+
+    /// For a gRPC request, the count of its messages (read back when the response ends).
+    fn count_request_messages(&mut self) -> Option<SharedCount> {
+        self.grpc.then(|| {
+            let (count, published) = SharedCount::new();
+            self.request_messages = Some(published);
+            count
+        })
     }
 
     /// Records `body`'s length when it is known; else the counter to count it in.
