@@ -1,5 +1,5 @@
 //! The process-wide metrics recorder the sidecar renders on `/stats/prometheus`: Istio's
-//! histograms with their fixed buckets counted in place ([`fixed`]), every other metric in the
+//! histograms with their fixed buckets counted in place (module `fixed`), every other metric in the
 //! Prometheus exporter, and the exporter's upkeep.
 //!
 //! The exporter keeps every histogram sample until something folds the samples into their
