@@ -173,13 +173,7 @@ async fn a_server_stream_of_ten_thousand_messages_arrives_whole_with_its_trailer
     // Istio's message counters: the call sent one message and got 10,000 (only this test
     // streams that many; the binary's tests share one recorder).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, text, _) = get(
-        &client(proxy.admin, false),
-        "localhost",
-        "/stats/prometheus",
-        &[],
-    )
-    .await;
+    let text = prometheus(proxy.admin).await;
     let counter = |name: &str| -> Vec<(String, f64)> {
         text.lines()
             .filter(|l| l.starts_with(&format!("{name}{{")))

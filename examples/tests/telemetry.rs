@@ -253,13 +253,7 @@ spec:
     assert!(exchange.iter().all(|name| !headers.contains_key(*name)));
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, text, _) = get(
-        &client(server.admin, false),
-        "localhost",
-        "/stats/prometheus",
-        &[],
-    )
-    .await;
+    let text = prometheus(server.admin).await;
     // Both sidecars record into this test binary's one recorder.
     let samples = requests_total(&text);
     let find = |reporter: &str, source_workload: &str| {
@@ -629,13 +623,7 @@ async fn byte_metrics_count_headers_and_the_body_a_chunked_request_carried() {
         .to_bytes();
     assert_eq!(received, "got 9");
 
-    let (_, text, _) = get(
-        &client(proxy.admin, false),
-        "localhost",
-        "/stats/prometheus",
-        &[],
-    )
-    .await;
+    let text = prometheus(proxy.admin).await;
     let sum = |metric: &str| -> f64 {
         let prefix = format!("{metric}_sum{{");
         text.lines()

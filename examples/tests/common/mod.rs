@@ -292,6 +292,13 @@ pub type HttpClient = Client<Dial, Full<Bytes>>;
 
 /// A client whose connections all go to `addr`: HTTP/1.1 (keep-alive) or h2c (prior
 /// knowledge, where the URI's authority becomes `:authority`).
+/// The sidecar's `/stats/prometheus` text, from its admin port `admin`.
+pub async fn prometheus(admin: SocketAddr) -> String {
+    let (status, text, _) = get(&client(admin, false), "localhost", "/stats/prometheus", &[]).await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
 pub fn client(addr: SocketAddr, http2: bool) -> HttpClient {
     let mut builder = Client::builder(TokioExecutor::new());
     builder.http2_only(http2);
