@@ -104,4 +104,35 @@ mod tests {
             "2025-11-25T00:00:00.123Z"
         );
     }
+
+    #[test]
+    fn the_inbound_side_logs_the_path_normalized_and_the_outbound_side_as_it_came() {
+        use super::super::{Reporter, Telemetry};
+        use std::sync::{Arc, Mutex};
+        let logged = |reporter: Reporter, path: &str| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            let telemetry = Telemetry::new(reporter, Default::default()).access_log(
+                AccessLogFormat::Json,
+                Arc::new(move |line: &str| sink.lock().unwrap().push(line.to_owned())),
+            );
+            let mut req = http::Request::get(path).body(()).unwrap();
+            let observation = telemetry.start(&mut req);
+            drop(observation.finish(http::Response::new(crate::body::empty())));
+            let line = lines.lock().unwrap().pop().expect("one line");
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+            json["path"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(
+            logged(Reporter::Destination, "/public/../%61dmin?x=1"),
+            "/admin?x=1"
+        );
+        assert_eq!(logged(Reporter::Destination, "/a/b"), "/a/b");
+        // Refused by normalization (a 400 before the app): logged as it came.
+        assert_eq!(logged(Reporter::Destination, "/a%00"), "/a%00");
+        assert_eq!(
+            logged(Reporter::Source, "/public/../admin?x=1"),
+            "/public/../admin?x=1"
+        );
+    }
 }

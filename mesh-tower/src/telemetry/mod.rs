@@ -250,11 +250,7 @@ impl Telemetry {
             };
             Box::new(Details {
                 method: req.method().to_string(),
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_owned(),
+                path: logged_path(self.reporter, req.uri()),
                 protocol: format!("{:?}", req.version()),
                 authority: crate::route::destination(req).unwrap_or("-").to_owned(),
                 user_agent: header("user-agent"),
@@ -291,6 +287,21 @@ impl Telemetry {
             answer_metadata: received.metadata,
             request_messages: None,
         }
+    }
+}
+
+/// The path the access log and spans show: on the inbound side normalized as authorization
+/// and the app see it (Istio's `BASE` normalization, which Envoy applies before it logs), with
+/// the query; on the outbound side, and for a path normalization refuses, as it came.
+fn logged_path(reporter: Reporter, uri: &http::Uri) -> String {
+    let raw = uri.path_and_query().map_or("/", |p| p.as_str());
+    if reporter == Reporter::Source {
+        return raw.to_owned();
+    }
+    match (mesh_policy::authz::normalize_path(uri.path()), uri.query()) {
+        (Ok(path), Some(query)) => format!("{path}?{query}"),
+        (Ok(path), None) => path.into_owned(),
+        (Err(_), _) => raw.to_owned(),
     }
 }
 
