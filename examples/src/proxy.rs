@@ -324,6 +324,7 @@ impl Proxy {
         let authz_stats = authz.stats();
         let inbound_telemetry = Telemetry::new(Reporter::Destination, options.workload.clone())
             .node_id(&node_id)
+            .local_service(store.clone())
             .sampling(options.trace_sampling)
             .propagators(options.trace_propagators);
         let inbound_telemetry = mesh_tower::telemetry::TelemetryLayer::new(inbound_telemetry);
@@ -610,6 +611,11 @@ fn overlay_files(
     }
     if !files.authorization.is_empty() {
         config.authorization.clone_from(&files.authorization);
+    }
+    if config.workload_services.is_empty() {
+        config
+            .workload_services
+            .clone_from(&files.workload_services);
     }
     config
         .peer_authentication

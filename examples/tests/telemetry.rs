@@ -194,7 +194,19 @@ async fn the_split_and_the_flags_show_in_istio_requests_total() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peers_exchange_their_workloads_and_label_their_metrics_with_them() {
     let (app, seen) = echo("ratings").await;
-    let server_cfg = ConfigDir::new("");
+    // The service the server workload is an instance of: its `destination_service`.
+    let server_cfg = ConfigDir::new(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: ratings, namespace: shop }
+spec:
+  hosts: [ratings.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  workloadSelector: { labels: { app: ratings } }
+",
+    );
     let mut options = test_options(vec![server_cfg.path()]);
     options.app = Some(app.addr);
     options.workload.namespace = "shop".into();
@@ -292,6 +304,12 @@ spec:
     }
     // The server's own report of the caller without a sidecar: an unknown source, Istio's
     // defaults.
+    let served = find("destination", "productpage-v1");
+    assert_eq!(
+        served["destination_service"],
+        "ratings.shop.svc.cluster.local"
+    );
+    assert_eq!(served["destination_service_name"], "ratings");
     let unknown = find("destination", "unknown");
     assert_eq!(unknown["source_canonical_service"], "unknown");
     assert_eq!(unknown["source_canonical_revision"], "latest");

@@ -1197,3 +1197,43 @@ fn a_retry_setting_without_attempts_is_an_error_on_attempts() {
     assert!(e.contains("retries.attempts: "), "{e}");
     assert!(e.contains("yet retryRemoteLocalities is set"), "{e}");
 }
+
+#[test]
+fn service_entries_that_select_the_workload_name_its_services() {
+    let workload = Workload {
+        namespace: "shop".to_owned(),
+        labels: [("app".to_owned(), "ratings".to_owned())].into(),
+        ..Workload::default()
+    };
+    let entry = |name: &str, namespace: &str, app: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: {name}, namespace: {namespace} }}
+spec:
+  hosts: [{name}.{namespace}.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  workloadSelector: {{ labels: {{ app: {app} }} }}
+"
+        )
+    };
+    let text = [
+        entry("ratings-v2", "shop", "ratings"),
+        entry("ratings", "shop", "ratings"),
+        // Another app, and the same labels in another namespace: not this workload.
+        entry("reviews", "shop", "reviews"),
+        entry("ratings", "other", "ratings"),
+    ]
+    .join("---\n");
+    let outcome = istio::load(&[("mesh.yaml", text.as_str())], &workload);
+    let config = outcome.config.expect("valid");
+    assert_eq!(
+        config.workload_services,
+        [
+            "ratings-v2.shop.svc.cluster.local",
+            "ratings.shop.svc.cluster.local"
+        ]
+    );
+}

@@ -247,6 +247,7 @@ impl MeshBuilder {
         let telemetry = |reporter, rng| {
             let telemetry = Telemetry::new(reporter, workload.clone())
                 .metadata_exchange(self.metadata_exchange)
+                .local_service(store.clone())
                 .rng(rng)
                 .propagators(self.propagators);
             match self.trace_sampling {

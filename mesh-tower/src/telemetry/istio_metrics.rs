@@ -78,6 +78,8 @@ struct PeerLabels<S> {
 
 impl<'a> PeerLabels<&'a str> {
     fn new(o: &'a Observation, upstream: Option<&'a UpstreamInfo>) -> Self {
+        // On the server side the upstream is the workload's own service, not the peer.
+        let upstream = upstream.filter(|_| o.telemetry.reporter == Reporter::Source);
         let peer = o.peer_metadata.as_deref();
         let told = |field: fn(&PeerMetadata) -> &String| {
             peer.map(|p| field(p).as_str()).filter(|v| !v.is_empty())

@@ -23,6 +23,7 @@
 mod access_log;
 mod grpc_messages;
 mod istio_metrics;
+mod local_service;
 pub mod otlp;
 mod peer;
 mod propagation;
@@ -117,6 +118,8 @@ pub struct Telemetry {
     labels: Arc<istio_metrics::WorkloadLabels>,
     /// Istio's metadata exchange ([`Telemetry::metadata_exchange`]).
     exchange: Arc<peer::Exchange>,
+    /// Where a server-side stack finds its service ([`Telemetry::local_service`]).
+    local_service: Option<Arc<local_service::LocalService>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -137,6 +140,7 @@ impl Telemetry {
         Self {
             reporter,
             exchange: Arc::new(peer::Exchange::new(&workload)),
+            local_service: None,
             labels: Arc::new(istio_metrics::WorkloadLabels::new(&workload)),
             rng: Rng::from_entropy(),
             sampling: Percentage::from_ppm(10_000).unwrap_or(Percentage::NONE),
@@ -192,6 +196,15 @@ impl Telemetry {
     /// from a peer by this id.
     pub fn node_id(mut self, node_id: &str) -> Self {
         Arc::make_mut(&mut self.exchange).set_id(node_id);
+        self
+    }
+
+    /// On a server-side stack ([`Reporter::Destination`]), names the service the workload is
+    /// an instance of in `destination_service` and `destination_service_name`: the first of
+    /// `store`'s live [`MeshConfig::workload_services`](mesh_core::model::MeshConfig), as Istio
+    /// names an inbound cluster's service (`unknown` while it names none).
+    pub fn local_service(mut self, store: Arc<mesh_core::store::ConfigStore>) -> Self {
+        self.local_service = Some(Arc::new(local_service::LocalService::new(store)));
         self
     }
 
@@ -499,8 +512,15 @@ impl Observation {
         }
         let status = response.status().as_u16();
         let flags = ResponseFlags::of_response(&response);
-        let upstream = crate::context::RequestContext::of_response(&response)
+        // A server-side stack has no upstream: its service stands in for the labels.
+        let local = match (&self.telemetry.local_service, self.telemetry.reporter) {
+            (Some(local), Reporter::Destination) => local.get(),
+            _ => None,
+        };
+        let endpoint = crate::context::RequestContext::of_response(&response)
             .and_then(|c| c.upstream.as_ref()?.info.as_ref());
+        // What the labels read (the access log and spans name only a real endpoint).
+        let upstream = endpoint.or(local.as_ref());
         // Istio reports a gRPC status for gRPC requests only ("" for any other).
         let grpc_status = self
             .grpc
@@ -524,7 +544,7 @@ impl Observation {
         let outcome = self.details.is_some().then(|| Outcome {
             status,
             flags,
-            upstream: upstream.cloned(),
+            upstream: endpoint.cloned(),
             attempts: response.extensions().get::<Attempts>().map_or(1, |a| a.0),
         });
         if let Some(details) = &self.details {

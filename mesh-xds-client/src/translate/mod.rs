@@ -376,6 +376,9 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
         inbound,
         authorization,
         peer_authentication: Default::default(),
+        // istiod names them in its inbound clusters' `istio.services` metadata, which is not
+        // read yet.
+        workload_services: Vec::new(),
     }
 }
 

@@ -61,6 +61,7 @@ pub fn build(resources: &[Resource], workload: &Workload) -> BuildOutcome {
         inbound,
         authorization,
         peer_authentication,
+        workload_services: registry.local.iter().cloned().collect(),
     };
     let diagnostics = findings.list;
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);

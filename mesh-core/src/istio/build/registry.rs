@@ -62,6 +62,9 @@ impl Entry {
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     pub(super) entries: BTreeMap<String, Entry>,
+    /// The hosts of the ServiceEntries whose `workloadSelector` selects the local workload
+    /// (in its namespace): the services it is an instance of.
+    pub(super) local: std::collections::BTreeSet<String>,
 }
 
 impl Registry {
@@ -95,6 +98,9 @@ impl Registry {
             else {
                 continue;
             };
+            let selects_me = se.workload_selector.as_ref().is_some_and(|selector| {
+                res.namespace == workload.namespace && selects(&selector.labels, &workload.labels)
+            });
             for (i, host) in se.hosts.iter().enumerate() {
                 let hostname = qualify(host, &res.namespace, domain);
                 if let Some(owner) = owners.get(&hostname) {
@@ -105,6 +111,9 @@ impl Registry {
                     continue;
                 }
                 owners.insert(hostname.clone(), res.key());
+                if selects_me {
+                    registry.local.insert(hostname.clone());
+                }
                 let mut service = service_template.clone();
                 let mut instances = instances.clone();
                 if service.resolution == Resolution::Dns && instances.is_empty() {
