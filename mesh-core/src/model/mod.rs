@@ -43,8 +43,9 @@ pub struct MeshConfig {
     /// The effective peer authentication (mTLS mode) for this workload's inbound ports.
     pub peer_authentication: PeerAuthentication,
     /// The services this workload is an instance of, by host name (ServiceEntries whose
-    /// `workloadSelector` selects it): the server side names the first in its metrics'
-    /// `destination_service`, as Istio names an inbound cluster's service.
+    /// `workloadSelector` selects it; from xDS, the services of istiod's inbound clusters):
+    /// the server side names the first in its metrics' `destination_service`, as Istio names
+    /// an inbound cluster's service.
     pub workload_services: Vec<Hostname>,
 }
 

@@ -36,6 +36,39 @@ pub struct XdsCluster {
     /// Whether `common_lb_config.locality_weighted_lb_config` is set: the EDS localities'
     /// weights then spread the traffic (filled in when assembled).
     pub locality_weighted: bool,
+    /// For an inbound cluster (Istio's `inbound|PORT||`), the services it serves, from its
+    /// `istio` metadata's `services` (each one's `host`), as Istio's stats filter reads them
+    /// for the server side's `destination_service`.
+    pub inbound_services: Vec<String>,
+}
+
+/// The hosts in an inbound cluster's `filter_metadata.istio.services` (a list of structs
+/// with `host`, `name` and `namespace`, as istiod writes them); none for other clusters.
+fn inbound_services(c: &pb::Cluster) -> Vec<String> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    if !c.name.starts_with("inbound|") {
+        return Vec::new();
+    }
+    let services = c
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("istio"))
+        .and_then(|istio| istio.fields.get("services"))
+        .and_then(|v| match &v.kind {
+            Some(Kind::ListValue(list)) => Some(&list.values),
+            _ => None,
+        });
+    services
+        .into_iter()
+        .flatten()
+        .filter_map(|service| match &service.kind {
+            Some(Kind::StructValue(s)) => match s.fields.get("host")?.kind.as_ref()? {
+                Kind::StringValue(host) if !host.is_empty() => Some(host.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// Envoy's locality weighted load balancing as the model's `distribute` rule, for any
@@ -209,6 +242,7 @@ pub(super) fn translate(c: &pb::Cluster) -> FieldResult<XdsCluster> {
         resolution,
         hash_table,
         locality_weighted,
+        inbound_services: inbound_services(c),
     })
 }
 

@@ -376,9 +376,14 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
         inbound,
         authorization,
         peer_authentication: Default::default(),
-        // istiod names them in its inbound clusters' `istio.services` metadata, which is not
-        // read yet.
-        workload_services: Vec::new(),
+        // As istiod names them in its inbound clusters' metadata.
+        workload_services: resources
+            .clusters
+            .values()
+            .flat_map(|c| c.inbound_services.iter().cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
     }
 }
 

@@ -1117,3 +1117,76 @@ fn a_retry_budget_in_the_circuit_breakers_replaces_max_retries() {
         "{e}"
     );
 }
+
+#[test]
+fn inbound_clusters_name_the_services_the_workload_serves() {
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    let service = |host: &str, name: &str| Value {
+        kind: Some(Kind::StructValue(Struct {
+            fields: [
+                ("host".to_owned(), s(host)),
+                ("name".to_owned(), s(name)),
+                ("namespace".to_owned(), s("shop")),
+            ]
+            .into(),
+        })),
+    };
+    let with_services = |name: &str, services: Vec<Value>| {
+        let mut c = fixtures::eds_cluster(name);
+        c.metadata = Some(Metadata {
+            filter_metadata: [(
+                "istio".to_owned(),
+                Struct {
+                    fields: [(
+                        "services".to_owned(),
+                        Value {
+                            kind: Some(Kind::ListValue(
+                                envoy_types::pb::google::protobuf::ListValue { values: services },
+                            )),
+                        },
+                    )]
+                    .into(),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        });
+        let Decoded::Cluster(x) = decode(ResourceType::Cluster, &pack(&c)).unwrap() else {
+            panic!()
+        };
+        x
+    };
+    // Istio's form: inbound|PORT|| with the services in its metadata.
+    let inbound_9080 = with_services(
+        "inbound|9080||",
+        vec![service("ratings.shop.svc.cluster.local", "ratings")],
+    );
+    let inbound_9090 = with_services(
+        "inbound|9090||",
+        vec![
+            service("ratings-admin.shop.svc.cluster.local", "ratings-admin"),
+            service("ratings.shop.svc.cluster.local", "ratings"),
+        ],
+    );
+    // An outbound cluster's `services` metadata names the services it goes to, not this one.
+    let outbound = with_services(C1, vec![service("reviews.shop.svc.cluster.local", "r")]);
+    assert_eq!(
+        inbound_9080.inbound_services,
+        ["ratings.shop.svc.cluster.local"]
+    );
+    assert!(outbound.inbound_services.is_empty());
+    let mut res = Resources::default();
+    res.clusters.insert("inbound|9080||", &inbound_9080);
+    res.clusters.insert("inbound|9090||", &inbound_9090);
+    res.clusters.insert(C1, &outbound);
+    let cfg = assemble(&res, &Workload::default());
+    assert_eq!(
+        cfg.workload_services,
+        [
+            "ratings-admin.shop.svc.cluster.local",
+            "ratings.shop.svc.cluster.local"
+        ]
+    );
+}
