@@ -864,15 +864,16 @@ fn workload_labels(reporter: &'static str, w: &Workload) -> Vec<(&'static str, S
             v.to_owned()
         }
     };
-    let label = |k: &str| known(w.labels.get(k).map_or("", String::as_str));
+    // What the HTTP side's labels and its metadata exchange say of this workload.
+    let me = crate::telemetry::PeerMetadata::of_workload(w);
     let mine = [
-        known(w.name()),
-        known(w.canonical_service()),
-        known(w.canonical_revision()),
-        known(&w.namespace),
-        label("app"),
-        label("version"),
-        known(&w.cluster_id),
+        known(&me.workload),
+        known(&me.canonical_service),
+        known(&me.canonical_revision),
+        known(&me.namespace),
+        known(&me.app),
+        known(&me.version),
+        known(&me.cluster),
     ];
     let theirs = [
         "unknown", "unknown", "latest", "", "unknown", "unknown", "unknown",
