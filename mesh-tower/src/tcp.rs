@@ -33,7 +33,7 @@ use mesh_core::model::{Address, Cluster, ClusterName, TlsMode, Workload};
 use mesh_core::store::ConfigStore;
 use mesh_policy::authz::{Attributes, Engine, Verdict};
 use mesh_policy::credentials::CredentialStore;
-use mesh_policy::tls::client_config;
+use mesh_policy::tls::{MeshProtocol, mesh_client_config};
 use mesh_policy::{PeerIdentity, SpiffeId};
 use rustls::pki_types::ServerName;
 use std::collections::HashMap;
@@ -387,7 +387,7 @@ impl TcpOutbound {
         if let Some(config) = self.configs.load().get(&expected) {
             return Ok(config.clone());
         }
-        let config = client_config(credentials, expected.clone())?;
+        let config = mesh_client_config(credentials, expected.clone(), MeshProtocol::Tcp)?;
         self.configs.rcu(|configs| {
             let mut configs = HashMap::clone(configs);
             configs

@@ -24,7 +24,9 @@ use hyper_util::rt::TokioIo;
 use mesh_core::model::MtlsMode;
 use mesh_core::store::ConfigStore;
 use mesh_policy::credentials::{CredentialStore, FileWatcher, PollOutcome};
-use mesh_policy::tls::{ClientAuth, client_config, peer_identity, server_config};
+use mesh_policy::tls::{
+    ClientAuth, MeshProtocol, client_config, mesh_client_config, peer_identity, server_config,
+};
 use mesh_policy::{PeerIdentity, SpiffeId};
 use rustls::pki_types::ServerName;
 use std::io;
@@ -342,10 +344,11 @@ impl MtlsConnector {
         }
     }
 
-    /// As [`MtlsConnector::new`], offering ALPN `http/1.1` only: the connector of an HTTP/1
-    /// pool. Offering `h2` there lets the server pick it and turns the pool's connections
-    /// into HTTP/2 ones, on which an HTTP/1.1 Upgrade (WebSocket) cannot be sent; Istio keeps
-    /// HTTP/1.1 as HTTP/1.1 between sidecars unless `h2UpgradePolicy: UPGRADE`.
+    /// As [`MtlsConnector::new`], offering HTTP/1.1's ALPN protocols only
+    /// ([`MeshProtocol::Http1`]): the connector of an HTTP/1 pool. Offering `h2` there lets
+    /// the server pick it and turns the pool's connections into HTTP/2 ones, on which an
+    /// HTTP/1.1 Upgrade (WebSocket) cannot be sent; Istio keeps HTTP/1.1 as HTTP/1.1 between
+    /// sidecars unless `h2UpgradePolicy: UPGRADE`.
     pub fn new_http1(
         mut http: HttpConnector,
         credentials: Arc<CredentialStore>,
@@ -354,7 +357,11 @@ impl MtlsConnector {
         http.enforce_http(false);
         Ok(Self {
             http,
-            tls: TlsConnector::from(http1_only(client_config(credentials, expected.clone())?)),
+            tls: TlsConnector::from(mesh_client_config(
+                credentials,
+                expected.clone(),
+                MeshProtocol::Http1,
+            )?),
             expected: expected.into(),
             sni: None,
         })
@@ -366,8 +373,8 @@ impl MtlsConnector {
     }
 }
 
-/// `config`, offering ALPN `http/1.1` only (for an HTTP/1 pool; see
-/// [`MtlsConnector::new_http1`]).
+/// `config`, offering ALPN `http/1.1` only (for an HTTP/1 pool originating plain TLS, as
+/// [`MtlsConnector::new_http1`] does for mesh TLS).
 pub fn http1_only(config: Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
     let mut config = Arc::unwrap_or_clone(config);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

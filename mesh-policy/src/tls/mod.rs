@@ -9,7 +9,14 @@
 //! bundle we verify against), so a rotation affects new handshakes only; open connections keep
 //! the keys they were set up with.
 //!
-//! Both sides offer ALPN `h2` and `http/1.1`.
+//! ALPN follows Istio's sidecars, so that mesh peers of either kind understand each other: a
+//! client offers Istio's mesh protocols (`istio-h2`, `istio-http/1.1`, `istio`) before the plain
+//! ones ([`HTTP_ALPN`], [`HTTP1_ALPN`], [`TCP_ALPN`]); an Envoy sidecar's inbound listener picks
+//! its mutual-TLS filter chain by them (a mesh connection without one is taken for the app's own
+//! TLS and passed through to the app in PERMISSIVE mode). A server accepts `h2`, `http/1.1`
+//! and `istio` ([`SERVER_ALPN`]): Istio's sidecars offer `istio-peer-exchange`, `istio` for TCP,
+//! which share nothing with `h2`/`http/1.1`, and rustls refuses a handshake whose offer shares
+//! nothing with its list (`no_application_protocol`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,8 +35,60 @@ use rustls::{
 use crate::credentials::{CredentialStore, IdentityError, provider, spiffe_id_of};
 use crate::identity::{PeerIdentity, SpiffeId};
 
-/// ALPN protocols offered on both sides, most preferred first.
+/// ALPN protocols of plain (non-mesh) TLS, most preferred first: what a DestinationRule's
+/// `SIMPLE` / `MUTUAL` origination offers.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// ALPN protocols a mesh server accepts, most preferred first. `istio` comes last: it is the
+/// one a mesh peer's TCP connection (Istio's `istio-peer-exchange`, `istio`) shares with it,
+/// while an HTTP client's offer also holds `h2` or `http/1.1`. After the handshake the HTTP
+/// server tells HTTP/2 from HTTP/1 by the connection preface, whatever was negotiated.
+pub const SERVER_ALPN: [&[u8]; 3] = [b"h2", b"http/1.1", b"istio"];
+
+/// ALPN protocols a mesh client offers for HTTP when either version may be used: Istio's
+/// HTTP/2 then HTTP/1.1 mesh protocols, `istio`, then the plain ones, which the server picks
+/// from.
+pub const HTTP_ALPN: [&[u8]; 5] = [b"istio-h2", b"istio-http/1.1", b"istio", b"h2", b"http/1.1"];
+
+/// ALPN protocols a mesh client offers for HTTP/1.1 only (Istio's HTTP/1.1 set: the server
+/// cannot turn the connection into HTTP/2).
+pub const HTTP1_ALPN: [&[u8]; 3] = [b"istio-http/1.1", b"istio", b"http/1.1"];
+
+/// ALPN protocols a mesh client offers for TCP: `istio`, as Istio's sidecars without TCP
+/// metadata exchange (no HTTP protocol for the server to pick).
+pub const TCP_ALPN: [&[u8]; 1] = [b"istio"];
+
+/// What a mesh client connection will carry, which decides the ALPN protocols it offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MeshProtocol {
+    /// HTTP/2 or HTTP/1.1, as the server picks ([`HTTP_ALPN`]).
+    Http,
+    /// HTTP/1.1 only ([`HTTP1_ALPN`]).
+    Http1,
+    /// Bytes ([`TCP_ALPN`]).
+    Tcp,
+}
+
+impl MeshProtocol {
+    /// The ALPN protocols a client offers for this protocol, most preferred first.
+    ///
+    /// ```
+    /// use mesh_policy::tls::MeshProtocol;
+    /// assert_eq!(MeshProtocol::Tcp.alpn(), [b"istio"]);
+    /// assert_eq!(MeshProtocol::Http1.alpn(), [&b"istio-http/1.1"[..], b"istio", b"http/1.1"]);
+    /// ```
+    pub fn alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            Self::Http => &HTTP_ALPN,
+            Self::Http1 => &HTTP1_ALPN,
+            Self::Tcp => &TCP_ALPN,
+        }
+    }
+}
+
+fn alpn_list(protocols: &[&[u8]]) -> Vec<Vec<u8>> {
+    protocols.iter().map(|p| p.to_vec()).collect()
+}
 
 /// Whether the server requires a client certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,16 +339,27 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(ServerResolver(store)));
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn_list(&SERVER_ALPN);
     Ok(Arc::new(config))
 }
 
 /// A client config presenting the store's current certificate and accepting a server whose
 /// chain verifies against the current bundle and whose SPIFFE ID is in `expected` (any
-/// verified SPIFFE ID when `expected` is empty).
+/// verified SPIFFE ID when `expected` is empty), for HTTP of either version
+/// ([`MeshProtocol::Http`]; see [`mesh_client_config`]).
 pub fn client_config(
     store: Arc<CredentialStore>,
     expected: Vec<SpiffeId>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    mesh_client_config(store, expected, MeshProtocol::Http)
+}
+
+/// As [`client_config`], offering the ALPN protocols of `protocol` (Istio's: see the module
+/// docs and [`MeshProtocol::alpn`]).
+pub fn mesh_client_config(
+    store: Arc<CredentialStore>,
+    expected: Vec<SpiffeId>,
+    protocol: MeshProtocol,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let verifier = SpiffeServerVerifier {
         store: store.clone(),
@@ -300,7 +370,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(ClientResolver(store)));
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn_list(protocol.alpn());
     Ok(Arc::new(config))
 }
 
@@ -385,7 +455,7 @@ pub fn client_config_from_files(
             builder.with_client_auth_cert(chain, key_der)?
         }
     };
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn_list(&ALPN);
     Ok(Arc::new(config))
 }
 

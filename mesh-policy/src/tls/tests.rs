@@ -426,3 +426,75 @@ fn the_file_watcher_rotates_on_change_and_keeps_the_old_on_a_bad_file() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `config` offering `alpn` instead of its own protocols.
+fn offering(config: Arc<ClientConfig>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut config = Arc::unwrap_or_clone(config);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+#[test]
+fn istio_sidecars_offers_are_accepted_and_the_http_version_is_kept() {
+    // What Istio's Envoy sidecars offer on mesh connections (pilot's mtlsHTTP11ALPN,
+    // mtlsHTTP2ALPN and ALPNInMeshWithMxc): a TCP offer shares nothing with `h2`/`http/1.1`,
+    // and rustls refuses such a handshake unless the server also knows `istio`.
+    let ca = TestCa::new("mesh root");
+    let server = server_config(store(ca.credentials(BACKEND)), ClientAuth::Required).unwrap();
+    let client = client_config(store(ca.credentials(FRONTEND)), vec![id(BACKEND)]).unwrap();
+    for (offer, negotiated) in [
+        (&[&b"istio-peer-exchange"[..], b"istio"][..], &b"istio"[..]),
+        (&[&b"istio"[..]][..], b"istio"),
+        (
+            &[&b"istio-http/1.1"[..], b"istio", b"http/1.1"][..],
+            b"http/1.1",
+        ),
+        (&[&b"istio-h2"[..], b"istio", b"h2"][..], b"h2"),
+    ] {
+        let (peer, alpn) = handshake(offering(client.clone(), offer), server.clone())
+            .unwrap_or_else(|e| panic!("offer {offer:?} refused: {e:?}"));
+        assert_eq!(peer.unwrap().id.as_str(), FRONTEND);
+        assert_eq!(alpn.as_deref(), Some(negotiated), "offer {offer:?}");
+    }
+    // An offer sharing nothing with the server's list is still refused, as before.
+    let Err(Failed::Server(e)) = handshake(offering(client, &[b"spdy/3"]), server) else {
+        panic!("an unknown protocol should be refused");
+    };
+    assert_eq!(e, rustls::Error::NoApplicationProtocol);
+}
+
+#[test]
+fn mesh_clients_offer_istio_s_protocols_and_negotiate_by_what_they_carry() {
+    // An Envoy sidecar's inbound listener takes a TLS connection for mesh mTLS only when its
+    // ClientHello offers one of these (pilot's allIstioMtlsALPNs); without one, a PERMISSIVE
+    // port passes the connection through to the app as the app's own TLS.
+    const ISTIO_MTLS: [&[u8]; 5] = [
+        b"istio",
+        b"istio-peer-exchange",
+        b"istio-http/1.0",
+        b"istio-http/1.1",
+        b"istio-h2",
+    ];
+    let ca = TestCa::new("mesh root");
+    let server = server_config(store(ca.credentials(BACKEND)), ClientAuth::Required).unwrap();
+    for (protocol, negotiated) in [
+        (MeshProtocol::Http, &b"h2"[..]),
+        (MeshProtocol::Http1, b"http/1.1"),
+        (MeshProtocol::Tcp, b"istio"),
+    ] {
+        let client =
+            mesh_client_config(store(ca.credentials(FRONTEND)), vec![id(BACKEND)], protocol)
+                .unwrap();
+        assert!(
+            client
+                .alpn_protocols
+                .iter()
+                .any(|p| ISTIO_MTLS.contains(&p.as_slice())),
+            "{protocol:?} offers no Istio mesh protocol"
+        );
+        let (_, alpn) = handshake(client, server.clone()).unwrap();
+        assert_eq!(alpn.as_deref(), Some(negotiated), "{protocol:?}");
+    }
+    // An HTTP/1.1-only client cannot be turned into HTTP/2 by the server.
+    assert!(!HTTP1_ALPN.iter().any(|p| p.ends_with(b"h2")));
+}
