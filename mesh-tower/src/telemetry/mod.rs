@@ -30,6 +30,7 @@ mod propagation;
 mod request_body;
 mod size;
 mod spans;
+mod tcp_peer;
 
 pub use access_log::AccessLogFormat;
 pub use istio_metrics::{BYTES_BUCKETS, DURATION_BUCKETS_MS};
@@ -37,6 +38,7 @@ pub use peer::{PEER_METADATA, PEER_METADATA_ID, PeerMetadata};
 pub use propagation::{Propagators, TraceContext, UnknownPropagator, parse_b3, parse_traceparent};
 pub use request_body::RequestBody;
 pub use spans::{SpanKind, SpanRecord, SpanSink, TraceScope};
+pub use tcp_peer::{PEER_EXCHANGE_ALPN, PeerExchanged, TcpPeerExchange};
 
 use crate::body::{self, BoxBody, BoxError};
 use crate::flags::ResponseFlags;

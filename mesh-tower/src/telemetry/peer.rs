@@ -85,10 +85,27 @@ impl PeerMetadata {
         }
     }
 
-    /// The `x-envoy-peer-metadata` value: the fields Istio's filter writes (`NAMESPACE`,
-    /// `WORKLOAD_NAME`, `CLUSTER_ID`, and `LABELS` with `app`, `version` and the canonical
-    /// name and revision), each only when known.
+    /// The `x-envoy-peer-metadata` value: [`PeerMetadata::to_struct`] in protobuf encoding,
+    /// base64.
     pub fn to_header_value(&self) -> HeaderValue {
+        let encoded = BASE64.encode(self.to_struct().encode_to_vec());
+        HeaderValue::try_from(encoded).expect("base64 is a valid header value")
+    }
+
+    /// The metadata in an `x-envoy-peer-metadata` value; `None` when it is not base64 of a
+    /// protobuf `Struct` (as Istio, a peer that cannot be read is an unknown peer).
+    pub fn from_header_value(value: &[u8]) -> Option<Self> {
+        if value.is_empty() {
+            return None;
+        }
+        let bytes = BASE64.decode(value).ok()?;
+        Some(Self::from_struct(&Struct::decode(bytes.as_slice()).ok()?))
+    }
+
+    /// The metadata as Istio's filters write it: `NAMESPACE`, `WORKLOAD_NAME`, `CLUSTER_ID`,
+    /// and `LABELS` with `app`, `version` and the canonical name and revision, each only when
+    /// known.
+    pub fn to_struct(&self) -> Struct {
         let string = |v: &str| Value {
             kind: Some(Kind::StringValue(v.to_owned())),
         };
@@ -118,36 +135,30 @@ impl PeerMetadata {
                 },
             );
         }
-        let encoded = BASE64.encode(Struct { fields }.encode_to_vec());
-        HeaderValue::try_from(encoded).expect("base64 is a valid header value")
+        Struct { fields }
     }
 
-    /// The metadata in an `x-envoy-peer-metadata` value; `None` when it is not base64 of a
-    /// protobuf `Struct` (as Istio, a peer that cannot be read is an unknown peer). Fields
-    /// other than Istio's are ignored.
-    pub fn from_header_value(value: &[u8]) -> Option<Self> {
-        if value.is_empty() {
-            return None;
-        }
-        let bytes = BASE64.decode(value).ok()?;
-        let metadata = Struct::decode(bytes.as_slice()).ok()?;
+    /// The metadata in Istio's `Struct`; fields other than Istio's are ignored, missing ones
+    /// are empty.
+    pub fn from_struct(metadata: &Struct) -> Self {
         let string = |s: &Struct, key: &str| match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
             Some(Kind::StringValue(v)) => v.clone(),
             _ => String::new(),
         };
+        let empty = Struct::default();
         let labels = match metadata.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
-            Some(Kind::StructValue(labels)) => labels.clone(),
-            _ => Struct::default(),
+            Some(Kind::StructValue(labels)) => labels,
+            _ => &empty,
         };
-        Some(Self {
-            workload: string(&metadata, "WORKLOAD_NAME"),
-            namespace: string(&metadata, "NAMESPACE"),
-            app: string(&labels, "app"),
-            version: string(&labels, "version"),
-            canonical_service: string(&labels, CANONICAL_NAME),
-            canonical_revision: string(&labels, CANONICAL_REVISION),
-            cluster: string(&metadata, "CLUSTER_ID"),
-        })
+        Self {
+            workload: string(metadata, "WORKLOAD_NAME"),
+            namespace: string(metadata, "NAMESPACE"),
+            app: string(labels, "app"),
+            version: string(labels, "version"),
+            canonical_service: string(labels, CANONICAL_NAME),
+            canonical_revision: string(labels, CANONICAL_REVISION),
+            cluster: string(metadata, "CLUSTER_ID"),
+        }
     }
 }
 
