@@ -211,10 +211,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     fn workload(name: &str) -> Workload {
-        let mut w = Workload::default();
-        w.workload_name = name.to_owned();
-        w.namespace = "shop".to_owned();
-        w.cluster_id = "east".to_owned();
+        let mut w = Workload {
+            workload_name: name.to_owned(),
+            namespace: "shop".to_owned(),
+            cluster_id: "east".to_owned(),
+            ..Workload::default()
+        };
         w.labels.insert("app".to_owned(), "db".to_owned());
         w.labels.insert("version".to_owned(), "v2".to_owned());
         w
