@@ -1088,6 +1088,8 @@ impl TcpInbound {
 }
 
 #[cfg(test)]
+mod balance_tests;
+#[cfg(test)]
 mod testing;
 
 #[cfg(test)]
