@@ -328,7 +328,10 @@ impl BalanceLayer {
 /// [`active`](EndpointState::active) requests and its
 /// [`connections`](EndpointState::connections): a forwarder holds it for the life of the
 /// proxied connection, so that least-request sees the endpoint's open connections and
-/// `/clusters` shows them (`rq_active` and `cx_active`), as Envoy's TCP proxy does.
+/// `/clusters` shows them (`rq_active` and `cx_active`), as Envoy's TCP proxy does. It counts
+/// from the pick, the connect included, as an HTTP try counts from its start (Envoy's
+/// `cx_active` also counts from the connect; its `rq_active` from the moment the pool hands
+/// the open connection over); a failed connect drops it.
 /// Dropping it records no outcome (one that is not the endpoint's, such as a local TLS
 /// setup error, should not count either way).
 #[derive(Debug)]
