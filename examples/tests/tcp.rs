@@ -10,6 +10,7 @@ use mesh_core::store::ConfigStore;
 use mesh_examples::proxy::Proxy;
 use mesh_policy::credentials::CredentialStore;
 use mesh_policy::testing::TestCa;
+use mesh_tower::server::ConnectionInfo;
 use mesh_tower::tcp::{InboundConnection, TcpInbound, TcpOutbound, TcpTarget};
 use mesh_tower::tls::InboundTls;
 use std::net::SocketAddr;
@@ -153,7 +154,11 @@ fn store_for(yaml: &str, namespace: &str, sa: &str) -> std::sync::Arc<ConfigStor
 async fn through(outbound: &TcpOutbound, dst: SocketAddr, message: &[u8]) -> Option<Vec<u8>> {
     let (mut app, proxy_side) = tokio::io::duplex(1024);
     let outbound = outbound.clone();
-    let task = tokio::spawn(async move { outbound.forward(proxy_side, dst).await });
+    let conn = ConnectionInfo {
+        peer: ([127, 0, 0, 1], 40000).into(),
+        local: dst,
+    };
+    let task = tokio::spawn(async move { outbound.forward(proxy_side, conn).await });
     app.write_all(message).await.ok()?;
     let mut back = vec![0u8; message.len()];
     let read = tokio::time::timeout(Duration::from_secs(10), app.read_exact(&mut back)).await;
@@ -327,7 +332,9 @@ kind: DestinationRule
 metadata: {{ name: db }}
 spec:
   host: db.default.svc.cluster.local
-  trafficPolicy: {{ outlierDetection: {{ consecutive5xxErrors: 2, baseEjectionTime: 5m }} }}
+  trafficPolicy:
+    loadBalancer: {{ simple: ROUND_ROBIN }}
+    outlierDetection: {{ consecutive5xxErrors: 2, baseEjectionTime: 5m }}
 "
     );
     let config = ConfigDir::new(&yaml);

@@ -345,7 +345,7 @@ impl OutboundCapture {
         let io = Rewind::new(prefix, stream);
         if !http {
             let tcp = self.tcp.clone();
-            tcp.forward(io, dst).await;
+            tcp.forward(io, info).await;
             return;
         }
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {

@@ -1,13 +1,17 @@
 //! Plain TCP through the mesh: a local port forwards every connection to an endpoint of a
-//! service's `TCP` port (round-robin, from the live snapshot, over the endpoints the HTTP
-//! balancer would use; at most `connectionPool.tcp.maxConnections` open to a cluster at once,
+//! service's `TCP` port (picked from the live snapshot as the HTTP balancer picks, by the
+//! DestinationRule's `loadBalancer`, endpoint weights and locality; at most `connectionPool.tcp.maxConnections` open to a cluster at once,
 //! as Envoy's `max_connections` circuit breaker: a connection over it is closed, flagged
 //! `UO`), with Istio's TCP metrics (`istio_tcp_connections_opened_total`,
 //! `istio_tcp_connections_closed_total`, `istio_tcp_sent_bytes_total`,
 //! `istio_tcp_received_bytes_total`).
 //!
 //! Endpoints and outlier detection are the HTTP balancer's ([`BalanceLayer::pick_connection`],
-//! with the same per-endpoint state when the forwarders are given the same layer): healthy
+//! with the same per-endpoint state when the forwarders are given the same layer). As in
+//! Envoy's TCP proxy, a connection counts as an active request of its endpoint until it
+//! ends, for least-request and `/clusters` (`rq_active`, `cx_active`), and a consistent hash
+//! keys on the client's source IP only (`useSourceIp`; other keys mean nothing to TCP, and
+//! the pick is then random). Healthy
 //! endpoints not ejected by `outlierDetection`, EDS `DEGRADED` ones only while no healthy one
 //! is left, never `UNHEALTHY` or `DRAINING` ones; panic mode below `minHealthPercent`. As in
 //! Envoy's TCP proxy, a refused, reset or timed-out connect (or TLS handshake) counts as a
@@ -28,6 +32,7 @@
 
 use crate::balance::{BalanceLayer, ConnectionPick};
 use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::server::ConnectionInfo;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::model::{Address, Cluster, ClusterName, TlsMode, Workload};
 use mesh_core::store::ConfigStore;
@@ -39,7 +44,7 @@ use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -60,7 +65,8 @@ pub struct TcpForward {
 /// An endpoint [`TcpForward`] picked, with the connection's slot under the cluster's limit.
 struct Picked {
     endpoint: String,
-    /// Where the connect's outcome goes (outlier detection).
+    /// Where the connect's outcome goes (outlier detection); the connection counts among
+    /// the endpoint's active ones while it is held.
     pick: ConnectionPick,
     connect_timeout: Duration,
     idle: Duration,
@@ -109,18 +115,19 @@ impl TcpForward {
         into_labels(labels)
     }
 
-    /// The next endpoint of the cluster ([`BalanceLayer::pick_connection`]: round-robin over
+    /// The endpoint of the cluster for a connection from `source`
+    /// ([`BalanceLayer::pick_connection`]: the cluster's algorithm, weights and locality over
     /// the healthy endpoints not ejected, degraded ones only when no healthy one is left),
     /// with the cluster's connect and idle timeouts; or why there is none (no endpoint to
     /// take it, or the cluster's connection limit reached).
-    fn pick(&self) -> Result<Picked, ResponseFlag> {
+    fn pick(&self, source: Option<IpAddr>) -> Result<Picked, ResponseFlag> {
         let snapshot = self.store.load();
         let cluster = snapshot
             .cluster(&self.cluster)
             .ok_or(ResponseFlag::NoHealthyUpstream)?;
         let pick = self
             .balancer
-            .pick_connection(cluster)
+            .pick_connection(cluster, Some(&snapshot.workload), source)
             .ok_or(ResponseFlag::NoHealthyUpstream)?;
         let slot = self
             .open
@@ -136,8 +143,10 @@ impl TcpForward {
     }
 
     /// Carries one client connection to an endpoint and back, recording Istio's TCP metrics.
+    /// The endpoint's pick counts the connection as active until it ends.
     pub async fn forward(&self, client: TcpStream) {
-        let picked = match self.pick() {
+        let source = client.peer_addr().ok().map(|a| a.ip());
+        let picked = match self.pick(source) {
             Ok(picked) => picked,
             Err(flag) => {
                 let labels = self.labels(ResponseFlags::of(flag));
@@ -402,14 +411,19 @@ impl TcpOutbound {
     /// and the service has no endpoint to take it (every one unhealthy, draining or ejected;
     /// Envoy's `UH`).
     pub fn resolve(&self, dst: SocketAddr) -> Option<TcpTarget> {
-        self.route(dst).ok().map(|(target, _)| target)
+        self.route(None, dst).ok().map(|(target, _)| target)
     }
 
-    /// Where a connection to `dst` goes, with the balancer's pick when `dst` is a service's
-    /// virtual address (a connection to an endpoint's own address goes there, picked by
-    /// nobody); or the cluster with no endpoint to take it.
-    fn route(&self, dst: SocketAddr) -> Result<(TcpTarget, Option<ConnectionPick>), Arc<Cluster>> {
-        let Some(cluster) = cluster_for(&self.store.load(), dst) else {
+    /// Where a connection from `source` to `dst` goes, with the balancer's pick when `dst` is
+    /// a service's virtual address (a connection to an endpoint's own address goes there,
+    /// picked by nobody); or the cluster with no endpoint to take it.
+    fn route(
+        &self,
+        source: Option<IpAddr>,
+        dst: SocketAddr,
+    ) -> Result<(TcpTarget, Option<ConnectionPick>), Arc<Cluster>> {
+        let snapshot = self.store.load();
+        let Some(cluster) = cluster_for(&snapshot, dst) else {
             return Ok((TcpTarget::Passthrough(dst), None));
         };
         let is_endpoint = cluster
@@ -426,10 +440,13 @@ impl TcpOutbound {
             ));
         }
         // A virtual address: one of the service's endpoints, as the balancer picks it. An
-        // endpoint named by a DNS name has no address to put in the target: the next pick,
-        // at most once round the cluster.
+        // endpoint named by a DNS name has no address to put in the target: another pick, at
+        // most as many as the cluster has endpoints.
         for _ in 0..cluster.endpoints.len() {
-            let Some(pick) = self.balancer.pick_connection(&cluster) else {
+            let Some(pick) =
+                self.balancer
+                    .pick_connection(&cluster, Some(&snapshot.workload), source)
+            else {
                 break;
             };
             if let Address::Ip(ip) = pick.endpoint().address {
@@ -573,13 +590,15 @@ impl TcpOutbound {
         into_labels(labels)
     }
 
-    /// Carries one intercepted connection, whose original destination was `dst`, to its
-    /// target and back, recording Istio's TCP metrics.
-    pub async fn forward<S>(&self, client: S, dst: SocketAddr)
+    /// Carries one intercepted connection (`conn`: from its client's address to its original
+    /// destination) to its target and back, recording Istio's TCP metrics. An endpoint the
+    /// balancer picked counts the connection as active until it ends.
+    pub async fn forward<S>(&self, client: S, conn: ConnectionInfo)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let (target, pick) = match self.route(dst) {
+        let dst = conn.local;
+        let (target, pick) = match self.route(Some(conn.peer.ip()), dst) {
             Ok(routed) => routed,
             Err(cluster) => {
                 tracing::debug!(%dst, cluster = %cluster.name, "intercepted tcp: no healthy upstream");
@@ -1069,6 +1088,11 @@ impl TcpInbound {
 }
 
 #[cfg(test)]
+mod balance_tests;
+#[cfg(test)]
+mod testing;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
@@ -1123,6 +1147,13 @@ spec:
   endpoints:
   - { address: 127.0.0.1, ports: { tcp: 15432 } }
   - { address: 127.0.0.2, ports: { tcp: 15432 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: db }
+spec:
+  host: db.default.svc.cluster.local
+  trafficPolicy: { loadBalancer: { simple: ROUND_ROBIN } }
 "#;
 
     #[test]
@@ -1183,29 +1214,11 @@ spec:
                 accepted_tx.send(stream).unwrap();
             }
         });
-        let yaml = format!(
-            r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{ name: db }}
-spec:
-  hosts: [db.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{ number: 5432, name: tcp, protocol: TCP }}]
-  endpoints: [{{ address: 127.0.0.1, ports: {{ tcp: {upstream_port} }} }}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{ name: db }}
-spec:
-  host: db.default.svc.cluster.local
-  trafficPolicy: {{ connectionPool: {{ tcp: {{ maxConnections: 1 }} }} }}
-"#
+        let config = testing::db_config(
+            &[(upstream_port, 1, "")],
+            "{ connectionPool: { tcp: { maxConnections: 1 } } }",
+            Workload::default(),
         );
-        let config = mesh_core::istio::load(&[("db.yaml", yaml.as_str())], &Workload::default())
-            .config
-            .expect("valid");
         let store = Arc::new(ConfigStore::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let local = listener.local_addr().unwrap();
@@ -1259,6 +1272,7 @@ spec:
 /// move past an ejection, never while a connect is in flight.
 #[cfg(test)]
 mod outlier_tests {
+    use super::testing::{cluster_name, db_config, forwarder};
     use super::*;
     use mesh_core::model::{HealthStatus, MeshConfig};
     use tokio::io::AsyncReadExt;
@@ -1358,49 +1372,20 @@ mod outlier_tests {
         listener.local_addr().unwrap().port()
     }
 
-    const HOST: &str = "db.default.svc.cluster.local";
-
     /// Service `db` (virtual address 10.96.0.10, TCP port 5432) with an endpoint on
     /// 127.0.0.1 at each of `ports`, in that order, and `outlier` as its DestinationRule's
-    /// `outlierDetection` (flow-style YAML).
+    /// `outlierDetection` (flow-style YAML), balanced round-robin (so that each test knows
+    /// which endpoint a connection goes to).
     fn config(ports: &[u16], outlier: &str) -> MeshConfig {
-        let endpoints: Vec<String> = ports
-            .iter()
-            .map(|p| format!("{{ address: 127.0.0.1, ports: {{ tcp: {p} }} }}"))
-            .collect();
-        let yaml = format!(
-            r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{ name: db }}
-spec:
-  hosts: [{HOST}]
-  addresses: [10.96.0.10]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{ number: 5432, name: tcp, protocol: TCP }}]
-  endpoints: [{}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{ name: db }}
-spec:
-  host: {HOST}
-  trafficPolicy: {{ outlierDetection: {outlier} }}
-"#,
-            endpoints.join(", ")
-        );
-        let loaded = mesh_core::istio::load(&[("db.yaml", yaml.as_str())], &Workload::default());
-        let config = loaded.config.expect("valid");
+        let endpoints: Vec<(u16, u32, &str)> = ports.iter().map(|p| (*p, 1, "")).collect();
+        let policy =
+            format!("{{ loadBalancer: {{ simple: ROUND_ROBIN }}, outlierDetection: {outlier} }}");
+        let config = db_config(&endpoints, &policy, Workload::default());
         let cluster = &config.clusters[&cluster_name()];
         let order: Vec<u16> = cluster.endpoints.iter().map(|e| e.port).collect();
         assert_eq!(order, ports, "the cluster keeps the endpoints' order");
         assert!(cluster.policy.outlier_detection.is_some());
         config
-    }
-
-    fn cluster_name() -> ClusterName {
-        ClusterName::outbound(5432, None, HOST)
     }
 
     /// `config` with endpoint `i`'s EDS health set to each of `health`.
@@ -1410,15 +1395,6 @@ spec:
             Arc::make_mut(cluster).endpoints[*i].health = *h;
         }
         config
-    }
-
-    /// A `--tcp-forward` listener for `db:5432` by `store`, picking with `balancer`.
-    async fn forwarder(store: &Arc<ConfigStore>, balancer: &BalanceLayer) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let local = listener.local_addr().unwrap();
-        let forward = TcpForward::new(store.clone(), HOST, 5432).balancer(balancer.clone());
-        tokio::spawn(serve_tcp(listener, forward, std::future::pending()));
-        local
     }
 
     /// Whether endpoint `127.0.0.1:port` of `db` is ejected now, by `balancer`'s state.
@@ -1615,7 +1591,11 @@ spec:
         let through = async |upstreams: &mut Upstreams| {
             let (app, proxy_side) = tokio::io::duplex(64);
             let outbound = outbound.clone();
-            let task = tokio::spawn(async move { outbound.forward(proxy_side, vip).await });
+            let conn = ConnectionInfo {
+                peer: ([127, 0, 0, 1], 40000).into(),
+                local: vip,
+            };
+            let task = tokio::spawn(async move { outbound.forward(proxy_side, conn).await });
             let reached = upstreams.reached(app).await;
             task.abort();
             reached

@@ -88,7 +88,9 @@ impl Admin {
         self
     }
 
-    /// Shows the balancer's live endpoint state (ejection, requests in flight) in `/clusters`.
+    /// Shows the balancer's live endpoint state in `/clusters`: ejection, requests in flight
+    /// (`rq_active`) and the TCP forwarders' open connections (`cx_active`, and in
+    /// `rq_active` too, as Envoy counts a TCP proxy's connection).
     pub fn balancer(mut self, balancer: BalanceLayer) -> Self {
         self.balancer = Some(balancer);
         self
@@ -181,7 +183,7 @@ impl Admin {
             "/ready" | "/healthz/ready" => self.ready(),
             "/" => text(
                 StatusCode::OK,
-                "admin commands:\n  /config_dump       the live config snapshot and the last rejected change\n  /clusters          every cluster's endpoints, health, ejection and requests in flight\n  /stats/prometheus  metrics in Prometheus text format\n  /logging?level=    change the log filter\n  /explain?host=&path=&method=&header=k:v  what a request like that would meet\n  /dashboard         live traffic split, error rate and latency\n  /ready             200 once config is loaded and listeners are bound\n".to_owned(),
+                "admin commands:\n  /config_dump       the live config snapshot and the last rejected change\n  /clusters          every cluster's endpoints, health, ejection, open connections and requests in flight\n  /stats/prometheus  metrics in Prometheus text format\n  /logging?level=    change the log filter\n  /explain?host=&path=&method=&header=k:v  what a request like that would meet\n  /dashboard         live traffic split, error rate and latency\n  /ready             200 once config is loaded and listeners are bound\n".to_owned(),
             ),
             _ => text(StatusCode::NOT_FOUND, format!("no admin command {path}\n")),
         }
@@ -239,6 +241,15 @@ impl Admin {
                 };
                 let _ = writeln!(out, "{name}::{}::health_flags::{health}", e.authority());
                 if let Some(live) = &live {
+                    // As Envoy: a TCP proxy's connection is an active connection and an
+                    // active request of its host (the HTTP client's pooled connections are
+                    // not counted in `cx_active`).
+                    let _ = writeln!(
+                        out,
+                        "{name}::{}::cx_active::{}",
+                        e.authority(),
+                        live.connections.load(std::sync::atomic::Ordering::Relaxed)
+                    );
                     let _ = writeln!(
                         out,
                         "{name}::{}::rq_active::{}",

@@ -18,9 +18,11 @@
 //! name and endpoint address, so a config swap that keeps an endpoint keeps its ejection
 //! state and in-flight count.
 //!
-//! The TCP forwarders ([`crate::tcp`]) pick from the same sets, with the same state, through
-//! [`BalanceLayer::pick_connection`] (step 1 only, then round-robin), and report each
-//! connect's outcome to the same detector.
+//! The TCP forwarders ([`crate::tcp`]) pick by the same steps, with the same state, through
+//! [`BalanceLayer::pick_connection`], as Envoy's TCP proxy uses its cluster's load balancer:
+//! each open connection counts as an active request for least-request (and shows in
+//! `/clusters` as `rq_active` and `cx_active`), a consistent hash keys on the source IP
+//! only, and each connect's outcome goes to the same detector.
 
 mod ewma;
 mod hash;
@@ -43,8 +45,9 @@ use futures_util::future::{Either, Ready, ready};
 use http::{HeaderValue, Request, Response};
 use mesh_core::model::{
     Cluster, ClusterName, ConsistentHash, Endpoint, HashKey, HashTable, HealthStatus, LbAlgorithm,
-    OutlierDetection,
+    OutlierDetection, Workload,
 };
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
@@ -73,8 +76,14 @@ pub struct StreamSlot(pub u32);
 /// One endpoint's live state: requests in flight, outlier detector, when it was first seen.
 #[derive(Debug)]
 pub struct EndpointState {
-    /// Requests in flight to it.
+    /// Requests in flight to it, each TCP connection open to it included (Envoy's
+    /// `rq_active`: its TCP proxy counts a connection as an active request), which
+    /// least-request compares.
     pub active: AtomicUsize,
+    /// TCP connections the forwarders hold open to it ([`ConnectionPick`]; Envoy's
+    /// `cx_active` for a TCP proxy's host). The HTTP client's pooled connections are not
+    /// counted.
+    pub connections: AtomicUsize,
     /// Its outlier detector.
     pub outlier: OutlierState,
     /// Its latency estimate (kept when the cluster balances on peak EWMA).
@@ -86,6 +95,7 @@ impl EndpointState {
     fn new() -> Self {
         Self {
             active: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             outlier: OutlierState::default(),
             latency: PeakEwma::new(),
             first_seen: Instant::now(),
@@ -313,18 +323,35 @@ impl BalanceLayer {
 /// An endpoint [`BalanceLayer::pick_connection`] chose for one connection (the TCP
 /// forwarders, [`crate::tcp`]); the connect's outcome goes back to the endpoint's outlier
 /// detector with [`connected`](Self::connected) or [`failed`](Self::failed).
-/// Dropping it records nothing (an outcome that is not the endpoint's, such as a local TLS
+///
+/// Until it is dropped, the connection counts among the endpoint's
+/// [`active`](EndpointState::active) requests and its
+/// [`connections`](EndpointState::connections): a forwarder holds it for the life of the
+/// proxied connection, so that least-request sees the endpoint's open connections and
+/// `/clusters` shows them (`rq_active` and `cx_active`), as Envoy's TCP proxy does. It counts
+/// from the pick, the connect included, as an HTTP try counts from its start (Envoy's
+/// `cx_active` also counts from the connect; its `rq_active` from the moment the pool hands
+/// the open connection over); a failed connect drops it.
+/// Dropping it records no outcome (one that is not the endpoint's, such as a local TLS
 /// setup error, should not count either way).
 #[derive(Debug)]
 pub struct ConnectionPick {
-    resolved: Arc<Resolved>,
-    index: usize,
+    in_flight: InFlight,
 }
 
 impl ConnectionPick {
+    /// Counts a connection to endpoint `index` of `resolved`.
+    fn start(resolved: Arc<Resolved>, index: usize) -> Self {
+        resolved.states[index]
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        let (in_flight, _) = InFlight::start(resolved, index);
+        Self { in_flight }
+    }
+
     /// The chosen endpoint.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.resolved.cluster.endpoints[self.index]
+        &self.in_flight.resolved.cluster.endpoints[self.in_flight.index]
     }
 
     /// The connection opened: a success, which resets the endpoint's consecutive-error
@@ -345,35 +372,54 @@ impl ConnectionPick {
     }
 
     fn record(&self, outcome: Outcome) {
-        if let Some(policy) = &self.resolved.cluster.policy.outlier_detection {
-            self.resolved.record(self.index, outcome, policy);
+        let InFlight {
+            resolved, index, ..
+        } = &self.in_flight;
+        if let Some(policy) = &resolved.cluster.policy.outlier_detection {
+            resolved.record(*index, outcome, policy);
         }
     }
 }
 
+impl Drop for ConnectionPick {
+    fn drop(&mut self) {
+        self.in_flight
+            .endpoint()
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl BalanceLayer {
-    /// Picks an endpoint of `cluster` for a new connection (the TCP forwarders): round-robin
-    /// over the endpoints the HTTP balancer would consider before locality, i.e. the healthy
-    /// ones outlier detection has not ejected, the degraded ones only when no healthy one is
-    /// left, never an unhealthy or draining one; in panic mode (fewer than `minHealthPercent`
-    /// available) every healthy one, ejected or not. `None` when there is no such endpoint
-    /// (Envoy's `UH`).
+    /// Picks an endpoint of `cluster` for a new TCP connection from `source` (the TCP
+    /// forwarders) by the same rules as an HTTP request's pick, as Envoy's TCP proxy picks
+    /// with the cluster's load balancer: the endpoints the HTTP balancer would consider
+    /// (healthy ones outlier detection has not ejected, degraded ones only when no healthy
+    /// one is left, never an unhealthy or draining one; panic mode below
+    /// `minHealthPercent`), the locality level of `workload` (its locality and labels:
+    /// failover, `distribute`, EDS priorities), then the cluster's algorithm with the
+    /// endpoints' weights. Least-request counts each open connection as an active request,
+    /// as Envoy does (its TCP connection pool, `Tcp::ConnPoolImpl`, is a
+    /// `ConnectionPool::ConnPoolImplBase` whose `attachStreamToClient` increments the host's
+    /// `rq_active` for each connection it hands the TCP proxy, one per upstream
+    /// connection), and a consistent hash uses the source IP only (see `useSourceIp`); any
+    /// other key is absent for TCP, so the hash is random, as Envoy's.
+    /// `None` when there is no endpoint to take it (Envoy's `UH`).
     ///
     /// The endpoints' states are this layer's, by cluster name and endpoint address, so they
     /// survive config swaps, and a layer shared with the HTTP stack and the admin endpoint
-    /// shows TCP ejections in `/clusters`.
-    pub fn pick_connection(&self, cluster: &Arc<Cluster>) -> Option<ConnectionPick> {
+    /// shows TCP ejections and open connections in `/clusters`.
+    pub fn pick_connection(
+        &self,
+        cluster: &Arc<Cluster>,
+        workload: Option<&Workload>,
+        source: Option<IpAddr>,
+    ) -> Option<ConnectionPick> {
         let state = self.cluster_state(&cluster.name);
         let resolved = state.resolve(cluster);
-        let index = {
-            let (available, panic) = resolved.available_or_panic(Instant::now());
-            let candidates: &[usize] = if panic { &resolved.healthy } else { &available };
-            if candidates.is_empty() {
-                return None;
-            }
-            candidates[state.turn.fetch_add(1, Ordering::Relaxed) % candidates.len()]
-        };
-        Some(ConnectionPick { resolved, index })
+        let input = PickInput::of_connection(cluster, workload, source);
+        let index = self.pick(&resolved, &state, input).ok()?.index;
+        Some(ConnectionPick::start(resolved, index))
     }
 }
 
@@ -438,20 +484,88 @@ fn hash_key<B>(key: &HashKey, req: &Request<B>) -> Option<String> {
     }
 }
 
+/// What a pick knows of the request or connection it is for: the same rules then pick an
+/// endpoint for an HTTP try ([`Balance`]) and for a TCP connection
+/// ([`BalanceLayer::pick_connection`]).
+struct PickInput<'a> {
+    /// The workload this proxy serves (its locality and labels), when known.
+    workload: Option<&'a Workload>,
+    /// A retry that may leave the locality (`retryRemoteLocalities`).
+    remote_retry: bool,
+    /// The hash key, when the cluster hashes and the request or connection has one.
+    hash_key: Option<String>,
+    /// Whether a missing session cookie may be set, and from which connection its value
+    /// is made (HTTP only: a TCP connection has no response to carry it).
+    cookie: CookieSource,
+}
+
+/// Where the value of a new session cookie comes from.
+enum CookieSource {
+    /// No cookie is set (TCP).
+    Never,
+    /// The request's downstream connection, when known (else a random value).
+    Connection(Option<ConnectionInfo>),
+}
+
+impl<'a> PickInput<'a> {
+    /// What an HTTP request tells the balancer of cluster `cluster`.
+    fn of_request<B>(req: &'a Request<B>, cluster: &Cluster) -> Self {
+        let context = RequestContext::of(req);
+        let hash_key = match &cluster.policy.load_balancer.algorithm {
+            LbAlgorithm::ConsistentHash(ch) => hash_key(&ch.key, req),
+            _ => None,
+        };
+        Self {
+            workload: context
+                .and_then(|c| c.routed.as_ref())
+                .map(|r| &r.snapshot().workload),
+            remote_retry: context
+                .and_then(|c| c.attempt)
+                .is_some_and(|a| a.number > 1 && a.remote_localities),
+            hash_key,
+            cookie: CookieSource::Connection(req.extensions().get::<ConnectionInfo>().copied()),
+        }
+    }
+
+    /// What a TCP connection from `source` tells the balancer of cluster `cluster`. Of the
+    /// hash keys only the source IP means anything for TCP, as in Istio, which gives Envoy's
+    /// TCP proxy a `source_ip` hash policy for `useSourceIp` and none for the others
+    /// (`maybeSetHashPolicy` in pilot's `networkfilter.go`). Without
+    /// a key, Envoy's ring hash and Maglev draw a random hash
+    /// (`ThreadAwareLoadBalancerBase::LoadBalancerImpl::chooseHost`: "this effectively
+    /// becomes the random LB"); so does this pick.
+    fn of_connection(
+        cluster: &Cluster,
+        workload: Option<&'a Workload>,
+        source: Option<IpAddr>,
+    ) -> Self {
+        let hash_key = match &cluster.policy.load_balancer.algorithm {
+            LbAlgorithm::ConsistentHash(ConsistentHash {
+                key: HashKey::SourceIp,
+                ..
+            }) => source.map(|ip| ip.to_string()),
+            _ => None,
+        };
+        Self {
+            workload,
+            remote_retry: false,
+            hash_key,
+            cookie: CookieSource::Never,
+        }
+    }
+}
+
 impl BalanceLayer {
-    fn pick<B>(
+    fn pick(
         &self,
         resolved: &Resolved,
         state: &ClusterState,
-        req: &Request<B>,
+        input: PickInput<'_>,
     ) -> Result<Pick, ProxyError> {
         let cluster = &resolved.cluster;
         let now = Instant::now();
         let healthy = &resolved.healthy;
-        let context = RequestContext::of(req);
-        let workload = context
-            .and_then(|c| c.routed.as_ref())
-            .map(|r| &r.snapshot().workload);
+        let workload = input.workload;
         let local = workload
             .map(|w| &w.locality)
             .filter(|l| !l.region.is_empty());
@@ -477,9 +591,7 @@ impl BalanceLayer {
                 &available
             };
             // A retry may leave the locality when the route says so (`retryRemoteLocalities`).
-            let remote_retry = context
-                .and_then(|c| c.attempt)
-                .is_some_and(|a| a.number > 1 && a.remote_localities);
+            let remote_retry = input.remote_retry;
             if let Some(local) =
                 local.filter(|_| locality_aware && !remote_retry && !base.is_empty())
             {
@@ -575,7 +687,7 @@ impl BalanceLayer {
             }
             LbAlgorithm::ConsistentHash(ch) => {
                 let mut set_cookie = None;
-                let mut key = hash_key(&ch.key, req);
+                let mut key = input.hash_key;
                 if let (
                     None,
                     HashKey::Cookie {
@@ -583,13 +695,14 @@ impl BalanceLayer {
                         path,
                         ttl: Some(ttl),
                     },
-                ) = (&key, &ch.key)
+                    CookieSource::Connection(connection),
+                ) = (&key, &ch.key, input.cookie)
                 {
                     // As Envoy: the new cookie's value is made first and the request is routed
                     // by its hash, so the request that sets it reaches the endpoint the
                     // cookie will select. Envoy derives it from the downstream connection's
                     // addresses (one cookie per connection); without them, a random one.
-                    let seed = match req.extensions().get::<ConnectionInfo>() {
+                    let seed = match connection {
                         Some(c) => hash64((c.peer, c.local)),
                         None => self.rng.next_u64(),
                     };
@@ -840,6 +953,7 @@ impl std::ops::Deref for AvailableList {
 /// It holds the resolved cluster, which holds the cluster and every endpoint's state: one
 /// reference count per try, where each of those, cloned apart, would be one more count that
 /// every worker thread writes.
+#[derive(Debug)]
 struct InFlight {
     resolved: Arc<Resolved>,
     index: usize,
@@ -926,7 +1040,10 @@ where
             }
         };
         let resolved = state.resolve(cluster);
-        let pick = match self.layer.pick(&resolved, state, &req) {
+        let pick = match self
+            .layer
+            .pick(&resolved, state, PickInput::of_request(&req, cluster))
+        {
             Ok(pick) => pick,
             Err(e) => return Either::Right(ready(Err(e.into()))),
         };
