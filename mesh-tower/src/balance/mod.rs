@@ -496,15 +496,16 @@ struct PickInput<'a> {
     hash_key: Option<String>,
     /// Whether a missing session cookie may be set, and from which connection its value
     /// is made (HTTP only: a TCP connection has no response to carry it).
-    cookie: CookieSource,
+    cookie: CookieSource<'a>,
 }
 
 /// Where the value of a new session cookie comes from.
-enum CookieSource {
+enum CookieSource<'a> {
     /// No cookie is set (TCP).
     Never,
-    /// The request's downstream connection, when known (else a random value).
-    Connection(Option<ConnectionInfo>),
+    /// The request's downstream connection ([`ConnectionInfo`] in these extensions, looked
+    /// up only when a cookie is made), else a random value.
+    Request(&'a http::Extensions),
 }
 
 impl<'a> PickInput<'a> {
@@ -523,7 +524,7 @@ impl<'a> PickInput<'a> {
                 .and_then(|c| c.attempt)
                 .is_some_and(|a| a.number > 1 && a.remote_localities),
             hash_key,
-            cookie: CookieSource::Connection(req.extensions().get::<ConnectionInfo>().copied()),
+            cookie: CookieSource::Request(req.extensions()),
         }
     }
 
@@ -695,14 +696,14 @@ impl BalanceLayer {
                         path,
                         ttl: Some(ttl),
                     },
-                    CookieSource::Connection(connection),
+                    CookieSource::Request(extensions),
                 ) = (&key, &ch.key, input.cookie)
                 {
                     // As Envoy: the new cookie's value is made first and the request is routed
                     // by its hash, so the request that sets it reaches the endpoint the
                     // cookie will select. Envoy derives it from the downstream connection's
                     // addresses (one cookie per connection); without them, a random one.
-                    let seed = match connection {
+                    let seed = match extensions.get::<ConnectionInfo>() {
                         Some(c) => hash64((c.peer, c.local)),
                         None => self.rng.next_u64(),
                     };
