@@ -352,10 +352,14 @@ impl Proxy {
             .first()
             .map(|l| l.port)
             .or(options.app.map(|a| a.port()));
+        // This side of Istio's TCP metadata exchange, with the node id its peers key it by.
+        let peer_exchange =
+            mesh_tower::telemetry::TcpPeerExchange::with_id(&options.workload, Some(&node_id));
         let inbound_tls = match &credentials {
             Some(c) => {
                 let tls = InboundTls::new(store.clone(), c.clone())
-                    .map_err(|e| StartError::Tls(e.to_string()))?;
+                    .map_err(|e| StartError::Tls(e.to_string()))?
+                    .peer_exchange(peer_exchange.clone());
                 Some(match workload_port {
                     Some(port) => tls.workload_port(port),
                     None => tls,
@@ -456,8 +460,9 @@ impl Proxy {
         };
         let grace = options.drain_grace;
         let capture_outbound = options.intercept.then(|| {
-            let mut tcp =
-                mesh_tower::tcp::TcpOutbound::new(store.clone()).balancer(balancer.clone());
+            let mut tcp = mesh_tower::tcp::TcpOutbound::new(store.clone())
+                .balancer(balancer.clone())
+                .peer_exchange(peer_exchange.clone());
             if let Some(c) = &credentials {
                 tcp = tcp.mtls(c.clone());
             }

@@ -141,6 +141,7 @@ fn store_for(yaml: &str, namespace: &str, sa: &str) -> std::sync::Arc<ConfigStor
     let workload = Workload {
         namespace: namespace.to_owned(),
         service_account: sa.to_owned(),
+        workload_name: format!("{sa}-v1"),
         ..Workload::default()
     };
     let outcome = mesh_core::istio::load(&[("mesh.yaml", yaml)], &workload);
@@ -210,6 +211,7 @@ async fn intercepted_tcp_speaks_mtls_and_is_authorized_by_source_namespace_and_p
                     identity,
                     tls: info.tls,
                     sni: info.sni,
+                    peer_metadata: info.peer_metadata,
                 };
                 inbound.forward(io, conn, app).await;
             });
@@ -250,7 +252,9 @@ async fn intercepted_tcp_speaks_mtls_and_is_authorized_by_source_namespace_and_p
         Some(&b"direct"[..])
     );
 
-    // Both sides counted: mutual TLS, the peer's identity on the server side.
+    // Both sides counted: mutual TLS, the peer's identity on the server side, and each
+    // side's workload on the other's, from Istio's TCP metadata exchange (without it both
+    // are `unknown`).
     let text = metrics.render();
     let count = |labels: &[&str]| -> u64 {
         text.lines()
@@ -266,6 +270,10 @@ async fn intercepted_tcp_speaks_mtls_and_is_authorized_by_source_namespace_and_p
             "reporter=\"destination\"",
             mtls,
             &from("client"),
+            "source_workload=\"frontend-v1\"",
+            "source_workload_namespace=\"client\"",
+            "source_canonical_service=\"frontend-v1\"",
+            "destination_workload=\"echo-v1\"",
             "response_flags=\"-\""
         ]),
         1,
@@ -285,7 +293,11 @@ async fn intercepted_tcp_speaks_mtls_and_is_authorized_by_source_namespace_and_p
         count(&[
             "reporter=\"source\"",
             mtls,
-            "destination_service=\"echo.server.svc.cluster.local\""
+            "destination_service=\"echo.server.svc.cluster.local\"",
+            "source_workload=\"frontend-v1\"",
+            "destination_workload=\"echo-v1\"",
+            "destination_canonical_service=\"echo-v1\"",
+            "destination_workload_namespace=\"server\""
         ]),
         2,
         "{text}"
@@ -387,4 +399,91 @@ spec:
     assert_eq!(line(live, "health_flags"), "healthy");
     assert_eq!(line(live, "times_ejected"), "0");
     proxy.shutdown().await;
+}
+
+/// An Envoy sidecar's side of a mesh TCP connection, made by hand: mutual TLS offering
+/// Istio's TCP protocols (`istio-peer-exchange`, `istio`), then, when `preamble`, Istio's
+/// metadata exchange, then `payload`. Returns what the server side's `InboundTls` saw and
+/// read, and the workload the client heard from the server.
+async fn envoy_style_client(
+    preamble: bool,
+    payload: &'static [u8],
+) -> (mesh_tower::tls::TlsInfo, Vec<u8>, Option<String>) {
+    use mesh_tower::telemetry::TcpPeerExchange;
+    let ca = TestCa::new("mesh root");
+    let yaml = mtls_tcp_config(9000);
+    let server_store = store_for(&yaml, "server", "echo");
+    let tls = InboundTls::new(
+        server_store,
+        CredentialStore::new(ca.credentials("spiffe://cluster.local/ns/server/sa/echo")),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (mut io, _, info) = tls.accept(stream).await.unwrap();
+        let mut read = vec![0u8; payload.len()];
+        io.read_exact(&mut read).await.unwrap();
+        (info, read)
+    });
+    let config = mesh_policy::tls::mesh_client_config(
+        CredentialStore::new(ca.credentials("spiffe://cluster.local/ns/client/sa/frontend")),
+        Vec::new(),
+        mesh_policy::tls::MeshProtocol::Tcp,
+    )
+    .unwrap();
+    assert_eq!(
+        config.alpn_protocols,
+        [b"istio-peer-exchange".to_vec(), b"istio".to_vec()],
+        "Istio's ALPNInMeshWithMxc"
+    );
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("echo.server.svc.cluster.local").unwrap();
+    let mut client = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get_ref().1.alpn_protocol(),
+        Some(&b"istio-peer-exchange"[..])
+    );
+    let mut heard = None;
+    if preamble {
+        let me = Workload {
+            workload_name: "frontend-v3".to_owned(),
+            namespace: "client".to_owned(),
+            ..Workload::default()
+        };
+        let exchanged = TcpPeerExchange::with_id(&me, Some("sidecar~10.0.0.9~frontend"))
+            .run(&mut client)
+            .await
+            .unwrap();
+        heard = exchanged.peer.map(|p| p.workload.clone());
+    }
+    client.write_all(payload).await.unwrap();
+    let (info, read) = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server side read the payload")
+        .unwrap();
+    (info, read, heard)
+}
+
+#[tokio::test]
+async fn inbound_tls_runs_istio_s_tcp_metadata_exchange_when_the_client_negotiates_it() {
+    // Both sides learn each other; the app's bytes follow the preambles untouched.
+    let (info, read, heard) = envoy_style_client(true, b"SELECT 1;").await;
+    assert_eq!(read, b"SELECT 1;");
+    let peer = info.peer_metadata.expect("the client's workload");
+    assert_eq!(
+        (peer.workload.as_str(), peer.namespace.as_str()),
+        ("frontend-v3", "client")
+    );
+    assert_eq!(heard.as_deref(), Some("echo-v1"));
+
+    // A client that negotiated the exchange but sends payload instead of a preamble: an
+    // unknown peer, and not a byte of its payload lost.
+    let (info, read, _) = envoy_style_client(false, b"payload, not a preamble").await;
+    assert!(info.peer_metadata.is_none());
+    assert_eq!(read, b"payload, not a preamble");
 }

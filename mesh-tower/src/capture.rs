@@ -528,6 +528,7 @@ where
                 identity,
                 tls: tls_info.tls,
                 sni: tls_info.sni,
+                peer_metadata: tls_info.peer_metadata,
             };
             let tcp = self.tcp.clone();
             tcp.forward(io, conn, app).await;

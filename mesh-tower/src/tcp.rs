@@ -31,8 +31,10 @@
 //! AuthorizationPolicies (source identity, namespace, port) before it reaches the app.
 
 use crate::balance::{BalanceLayer, ConnectionPick};
+use crate::capture::Rewind;
 use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::server::ConnectionInfo;
+use crate::telemetry::{PEER_EXCHANGE_ALPN, PeerMetadata, TcpPeerExchange};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use mesh_core::model::{Address, Cluster, ClusterName, TlsMode, Workload};
 use mesh_core::store::ConfigStore;
@@ -100,7 +102,7 @@ impl TcpForward {
         let w = &self.workload;
         let name = self.service.split('.').next().unwrap_or_default();
         let namespace = self.service.split('.').nth(1).unwrap_or("unknown");
-        let mut labels = workload_labels("source", w);
+        let mut labels = workload_labels("source", w, None);
         labels.extend([
             ("source_principal", principal_of(w)),
             ("destination_principal", "unknown".to_owned()),
@@ -280,6 +282,8 @@ pub struct TcpOutbound {
     /// Picks an endpoint for a connection to a service's virtual address.
     balancer: BalanceLayer,
     open: OpenConnections,
+    /// This side of the metadata exchange, on mutual-TLS connections whose server takes it.
+    exchange: TcpPeerExchange,
 }
 
 impl std::fmt::Debug for TcpOutbound {
@@ -351,8 +355,15 @@ pub enum TcpConnectError {
 pub enum UpstreamStream {
     /// Plaintext.
     Plain(TcpStream),
-    /// Mutual TLS, handshake done.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Mutual TLS, handshake done (and, when the server took it, the metadata exchange: the
+    /// payload a server without it sent first is read again first).
+    Tls {
+        /// The stream.
+        stream: Box<Rewind<tokio_rustls::client::TlsStream<TcpStream>>>,
+        /// The server's workload, from Istio's TCP metadata exchange (ALPN
+        /// `istio-peer-exchange`).
+        peer: Option<Arc<PeerMetadata>>,
+    },
 }
 
 impl TcpOutbound {
@@ -362,12 +373,21 @@ impl TcpOutbound {
         Self {
             store,
             credentials: None,
+            exchange: TcpPeerExchange::new(&workload),
             workload,
             connect_timeout: Duration::from_secs(10),
             configs: Arc::default(),
             balancer: BalanceLayer::default(),
             open: OpenConnections::default(),
         }
+    }
+
+    /// What this side sends in Istio's TCP metadata exchange (default: the config's
+    /// workload, without a node id).
+    #[must_use]
+    pub fn peer_exchange(mut self, exchange: TcpPeerExchange) -> Self {
+        self.exchange = exchange;
+        self
     }
 
     /// Picks endpoints with `balancer`'s per-endpoint state (outlier detection), so that
@@ -561,10 +581,32 @@ impl TcpOutbound {
                 ))
             })
             .map_err(|source| TcpConnectError::Handshake { addr, source })?;
-        Ok(UpstreamStream::Tls(Box::new(stream)))
+        let mut stream = stream;
+        let (peer, unread) = if stream.get_ref().1.alpn_protocol() == Some(PEER_EXCHANGE_ALPN) {
+            let exchanged = self
+                .exchange
+                .clone()
+                .timeout(connect_timeout)
+                .run(&mut stream)
+                .await
+                .map_err(|source| TcpConnectError::Handshake { addr, source })?;
+            (exchanged.peer, exchanged.unread)
+        } else {
+            (None, bytes::Bytes::new())
+        };
+        Ok(UpstreamStream::Tls {
+            stream: Box::new(Rewind::new(unread, stream)),
+            peer,
+        })
     }
 
-    fn labels(&self, target: &TcpTarget, flags: ResponseFlags, mtls: bool) -> Vec<metrics::Label> {
+    fn labels(
+        &self,
+        target: &TcpTarget,
+        flags: ResponseFlags,
+        mtls: bool,
+        peer: Option<&PeerMetadata>,
+    ) -> Vec<metrics::Label> {
         let w = &self.workload;
         let service = target.service().to_owned();
         let namespace = match target {
@@ -572,11 +614,15 @@ impl TcpOutbound {
             TcpTarget::Passthrough(_) => "unknown".to_owned(),
         };
         let name = service.split('.').next().unwrap_or_default().to_owned();
-        let mut labels = workload_labels("source", w);
+        let mut labels = workload_labels("source", w, peer);
+        let workload_namespace = peer
+            .map(|p| p.namespace.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| namespace.clone());
         labels.extend([
             ("source_principal", principal_of(w)),
             ("destination_principal", "unknown".to_owned()),
-            ("destination_workload_namespace", namespace.clone()),
+            ("destination_workload_namespace", workload_namespace),
             ("destination_service", service),
             ("destination_service_name", name),
             ("destination_service_namespace", namespace),
@@ -612,6 +658,7 @@ impl TcpOutbound {
                     &target,
                     ResponseFlags::of(ResponseFlag::NoHealthyUpstream),
                     false,
+                    None,
                 );
                 metrics::counter!("istio_tcp_connections_opened_total", labels.clone())
                     .increment(1);
@@ -631,6 +678,7 @@ impl TcpOutbound {
                 &target,
                 ResponseFlags::of(ResponseFlag::UpstreamOverflow),
                 false,
+                None,
             );
             metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
             metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
@@ -656,6 +704,7 @@ impl TcpOutbound {
                     &target,
                     ResponseFlags::of(ResponseFlag::UpstreamConnectionFailure),
                     false,
+                    None,
                 );
                 metrics::counter!("istio_tcp_connections_opened_total", labels.clone())
                     .increment(1);
@@ -663,12 +712,15 @@ impl TcpOutbound {
                 return;
             }
         };
-        let mtls = matches!(upstream, UpstreamStream::Tls(_));
-        let labels = self.labels(&target, ResponseFlags::default(), mtls);
+        let (mtls, peer) = match &upstream {
+            UpstreamStream::Plain(_) => (false, None),
+            UpstreamStream::Tls { peer, .. } => (true, peer.as_deref()),
+        };
+        let labels = self.labels(&target, ResponseFlags::default(), mtls, peer);
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
         let spliced = match upstream {
             UpstreamStream::Plain(s) => splice(client, s, idle).await,
-            UpstreamStream::Tls(s) => splice(client, s, idle).await,
+            UpstreamStream::Tls { stream, .. } => splice(client, stream, idle).await,
         };
         metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(spliced.sent);
         metrics::counter!("istio_tcp_received_bytes_total", labels.clone())
@@ -872,10 +924,14 @@ fn principal_of(w: &Workload) -> String {
 }
 
 /// The `reporter` label, the local workload's labels on its side (`source_*` for the source
-/// reporter, `destination_*` for the destination one), and the peer workload's labels Istio
-/// gives a TCP peer without metadata exchange (its namespace and principal are the caller's
-/// to add).
-fn workload_labels(reporter: &'static str, w: &Workload) -> Vec<(&'static str, String)> {
+/// reporter, `destination_*` for the destination one), and the peer workload's labels: what
+/// its TCP metadata exchange told, else what Istio gives a peer without one (its namespace
+/// and principal are the caller's to add).
+fn workload_labels(
+    reporter: &'static str,
+    w: &Workload,
+    peer: Option<&PeerMetadata>,
+) -> Vec<(&'static str, String)> {
     let known = |v: &str| {
         if v.is_empty() {
             "unknown".to_owned()
@@ -894,10 +950,26 @@ fn workload_labels(reporter: &'static str, w: &Workload) -> Vec<(&'static str, S
         known(&me.version),
         known(&me.cluster),
     ];
-    let theirs = [
-        "unknown", "unknown", "latest", "", "unknown", "unknown", "unknown",
-    ]
-    .map(str::to_owned);
+    // What the peer's metadata exchange told, else what Istio says of a peer without it.
+    let theirs = match peer {
+        Some(p) => [
+            known(&p.workload),
+            known(&p.canonical_service),
+            if p.canonical_revision.is_empty() {
+                "latest".to_owned()
+            } else {
+                p.canonical_revision.clone()
+            },
+            String::new(),
+            known(&p.app),
+            known(&p.version),
+            known(&p.cluster),
+        ],
+        None => [
+            "unknown", "unknown", "latest", "", "unknown", "unknown", "unknown",
+        ]
+        .map(str::to_owned),
+    };
     const SOURCE: [&str; 7] = [
         "source_workload",
         "source_canonical_service",
@@ -969,6 +1041,9 @@ pub struct InboundConnection {
     pub tls: bool,
     /// The TLS server name the client asked for.
     pub sni: Option<Arc<str>>,
+    /// The client's workload, from Istio's TCP metadata exchange
+    /// ([`crate::tls::TlsInfo::peer_metadata`]).
+    pub peer_metadata: Option<Arc<PeerMetadata>>,
 }
 
 impl TcpInbound {
@@ -1017,13 +1092,24 @@ impl TcpInbound {
 
     fn labels(&self, conn: &InboundConnection, flags: ResponseFlags) -> Vec<metrics::Label> {
         let w = &self.workload;
-        let mut labels = workload_labels("destination", w);
+        let peer = conn.peer_metadata.as_deref();
+        let mut labels = workload_labels("destination", w, peer);
+        // The verified identity's namespace, else the one the peer's metadata names (as the
+        // HTTP side).
+        let told = peer.map(|p| p.namespace.clone()).filter(|n| !n.is_empty());
         let (principal, namespace) = match &conn.identity {
             Some(id) => (
                 id.id.to_string(),
-                id.namespace.as_deref().unwrap_or("unknown").to_owned(),
+                id.namespace
+                    .as_deref()
+                    .map(str::to_owned)
+                    .or(told)
+                    .unwrap_or_else(|| "unknown".to_owned()),
             ),
-            None => ("unknown".to_owned(), "unknown".to_owned()),
+            None => (
+                "unknown".to_owned(),
+                told.unwrap_or_else(|| "unknown".to_owned()),
+            ),
         };
         labels.extend([
             ("source_principal", principal),

@@ -15,8 +15,14 @@
 //!
 //! Both read the [`CredentialStore`] at every handshake; rotation affects new connections
 //! only. [`watch_credentials`] polls the PEM files and rotates the store.
+//!
+//! When a client negotiates ALPN `istio-peer-exchange` (mesh peers' TCP connections),
+//! [`InboundTls::accept`] runs Istio's TCP metadata exchange before handing the stream on
+//! ([`TcpPeerExchange`]): the peer's workload is in [`TlsInfo::peer_metadata`].
 
 use crate::body::BoxError;
+use crate::capture::Rewind;
+use crate::telemetry::{PEER_EXCHANGE_ALPN, PeerMetadata, TcpPeerExchange};
 use futures_util::future::BoxFuture;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -54,6 +60,10 @@ pub struct TlsInfo {
     pub workload_port: Option<u16>,
     /// The mode that applied.
     pub mode: Option<MtlsMode>,
+    /// The peer's workload, from Istio's TCP metadata exchange on this connection (ALPN
+    /// `istio-peer-exchange`); HTTP telemetry falls back to it when a request carries no
+    /// exchange headers.
+    pub peer_metadata: Option<Arc<PeerMetadata>>,
 }
 
 /// Why an inbound connection was not accepted.
@@ -71,6 +81,10 @@ pub enum AcceptError {
     /// Reading the first bytes failed.
     #[error("reading the first bytes: {0}")]
     Io(io::Error),
+    /// The metadata exchange the client negotiated (ALPN `istio-peer-exchange`) failed on the
+    /// stream.
+    #[error("tcp metadata exchange: {0}")]
+    Exchange(io::Error),
 }
 
 /// An accepted inbound stream: plaintext or TLS.
@@ -80,6 +94,9 @@ pub enum ServerStream {
     Plain(TcpStream),
     /// TLS, handshake done.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS whose peer negotiated the metadata exchange but sent payload instead of its
+    /// preamble: that payload is read again first.
+    TlsRewound(Box<Rewind<tokio_rustls::server::TlsStream<TcpStream>>>),
 }
 
 /// An outbound stream: TLS over TCP, handshake done.
@@ -101,12 +118,14 @@ impl Delegate for ServerStream {
         match self {
             Self::Plain(t) => t,
             Self::Tls(t) => t.as_mut(),
+            Self::TlsRewound(t) => t.as_mut(),
         }
     }
     fn io_ref(&self) -> &dyn Io {
         match self {
             Self::Plain(t) => t,
             Self::Tls(t) => t.as_ref(),
+            Self::TlsRewound(t) => t.as_ref(),
         }
     }
 }
@@ -171,6 +190,7 @@ pub struct InboundTls {
     optional: TlsAcceptor,
     workload_port: Option<u16>,
     handshake_timeout: Duration,
+    exchange: TcpPeerExchange,
 }
 
 impl std::fmt::Debug for InboundTls {
@@ -188,14 +208,24 @@ impl InboundTls {
         config: Arc<ConfigStore>,
         credentials: Arc<CredentialStore>,
     ) -> Result<Self, rustls::Error> {
+        let handshake_timeout = Duration::from_secs(10);
         Ok(Self {
             strict: TlsAcceptor::from(server_config(credentials.clone(), ClientAuth::Required)?),
             optional: TlsAcceptor::from(server_config(credentials.clone(), ClientAuth::Optional)?),
+            exchange: TcpPeerExchange::new(&config.load().workload).timeout(handshake_timeout),
             config,
             credentials,
             workload_port: None,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout,
         })
+    }
+
+    /// What this side sends in Istio's TCP metadata exchange (default: the config's workload,
+    /// without a node id).
+    #[must_use]
+    pub fn peer_exchange(mut self, exchange: TcpPeerExchange) -> Self {
+        self.exchange = exchange.timeout(self.handshake_timeout);
+        self
     }
 
     /// The workload port this listener serves: the key for `portLevelMtls` (default: the
@@ -243,7 +273,7 @@ impl InboundTls {
                 &self.optional
             }
         };
-        let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
+        let mut tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
             .await
             .map_err(|_| AcceptError::Timeout(self.handshake_timeout))?
             .map_err(AcceptError::Handshake)?;
@@ -252,7 +282,21 @@ impl InboundTls {
         info.tls = true;
         info.sni = conn.server_name().map(Arc::from);
         info.alpn = conn.alpn_protocol().map(Arc::from);
-        Ok((ServerStream::Tls(Box::new(tls)), peer, info))
+        if info.alpn.as_deref() != Some(PEER_EXCHANGE_ALPN) {
+            return Ok((ServerStream::Tls(Box::new(tls)), peer, info));
+        }
+        let exchanged = self
+            .exchange
+            .run(&mut tls)
+            .await
+            .map_err(AcceptError::Exchange)?;
+        info.peer_metadata = exchanged.peer;
+        let stream = if exchanged.unread.is_empty() {
+            ServerStream::Tls(Box::new(tls))
+        } else {
+            ServerStream::TlsRewound(Box::new(Rewind::new(exchanged.unread, tls)))
+        };
+        Ok((stream, peer, info))
     }
 }
 

@@ -10,13 +10,14 @@
 //! the keys they were set up with.
 //!
 //! ALPN follows Istio's sidecars, so that mesh peers of either kind understand each other: a
-//! client offers Istio's mesh protocols (`istio-h2`, `istio-http/1.1`, `istio`) before the plain
-//! ones ([`HTTP_ALPN`], [`HTTP1_ALPN`], [`TCP_ALPN`]); an Envoy sidecar's inbound listener picks
-//! its mutual-TLS filter chain by them (a mesh connection without one is taken for the app's own
-//! TLS and passed through to the app in PERMISSIVE mode). A server accepts `h2`, `http/1.1`
-//! and `istio` ([`SERVER_ALPN`]): Istio's sidecars offer `istio-peer-exchange`, `istio` for TCP,
-//! which share nothing with `h2`/`http/1.1`, and rustls refuses a handshake whose offer shares
-//! nothing with its list (`no_application_protocol`).
+//! client offers Istio's mesh protocols (`istio-h2`, `istio-http/1.1`, `istio-peer-exchange`,
+//! `istio`) before the plain ones ([`HTTP_ALPN`], [`HTTP1_ALPN`], [`TCP_ALPN`]); an Envoy
+//! sidecar's inbound listener picks its mutual-TLS filter chain by them (a mesh connection
+//! without one is taken for the app's own TLS and passed through to the app in PERMISSIVE
+//! mode). A server accepts [`SERVER_ALPN`]: `istio-peer-exchange` first (the peers then
+//! exchange metadata before any payload, see `mesh_tower::telemetry::TcpPeerExchange`), `h2`,
+//! `http/1.1`, and `istio`, which is all an older TCP client may share with it (rustls refuses a
+//! handshake whose offer shares nothing with its list: `no_application_protocol`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,11 +40,13 @@ use crate::identity::{PeerIdentity, SpiffeId};
 /// `SIMPLE` / `MUTUAL` origination offers.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// ALPN protocols a mesh server accepts, most preferred first. `istio` comes last: it is the
-/// one a mesh peer's TCP connection (Istio's `istio-peer-exchange`, `istio`) shares with it,
-/// while an HTTP client's offer also holds `h2` or `http/1.1`. After the handshake the HTTP
-/// server tells HTTP/2 from HTTP/1 by the connection preface, whatever was negotiated.
-pub const SERVER_ALPN: [&[u8]; 3] = [b"h2", b"http/1.1", b"istio"];
+/// ALPN protocols a mesh server accepts, most preferred first. `istio-peer-exchange` is what
+/// a mesh peer's TCP connection offers (Istio's `istio-peer-exchange`, `istio`): once it is
+/// negotiated each side sends its metadata before any payload. HTTP clients do not offer it
+/// (their offer holds `h2` or `http/1.1`); `istio` comes last, for a TCP client without the
+/// exchange. After the handshake the HTTP server tells HTTP/2 from HTTP/1 by the connection
+/// preface, whatever was negotiated.
+pub const SERVER_ALPN: [&[u8]; 4] = [b"istio-peer-exchange", b"h2", b"http/1.1", b"istio"];
 
 /// ALPN protocols a mesh client offers for HTTP when either version may be used: Istio's
 /// HTTP/2 then HTTP/1.1 mesh protocols, `istio`, then the plain ones, which the server picks
@@ -54,9 +57,9 @@ pub const HTTP_ALPN: [&[u8]; 5] = [b"istio-h2", b"istio-http/1.1", b"istio", b"h
 /// cannot turn the connection into HTTP/2).
 pub const HTTP1_ALPN: [&[u8]; 3] = [b"istio-http/1.1", b"istio", b"http/1.1"];
 
-/// ALPN protocols a mesh client offers for TCP: `istio`, as Istio's sidecars without TCP
-/// metadata exchange (no HTTP protocol for the server to pick).
-pub const TCP_ALPN: [&[u8]; 1] = [b"istio"];
+/// ALPN protocols a mesh client offers for TCP, as Istio's sidecars (`ALPNInMeshWithMxc`):
+/// the metadata exchange, else `istio` (no HTTP protocol for the server to pick).
+pub const TCP_ALPN: [&[u8]; 2] = [b"istio-peer-exchange", b"istio"];
 
 /// What a mesh client connection will carry, which decides the ALPN protocols it offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,7 +77,7 @@ impl MeshProtocol {
     ///
     /// ```
     /// use mesh_policy::tls::MeshProtocol;
-    /// assert_eq!(MeshProtocol::Tcp.alpn(), [b"istio"]);
+    /// assert_eq!(MeshProtocol::Tcp.alpn(), [&b"istio-peer-exchange"[..], b"istio"]);
     /// assert_eq!(MeshProtocol::Http1.alpn(), [&b"istio-http/1.1"[..], b"istio", b"http/1.1"]);
     /// ```
     pub fn alpn(self) -> &'static [&'static [u8]] {

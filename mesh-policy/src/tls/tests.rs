@@ -437,13 +437,17 @@ fn offering(config: Arc<ClientConfig>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
 #[test]
 fn istio_sidecars_offers_are_accepted_and_the_http_version_is_kept() {
     // What Istio's Envoy sidecars offer on mesh connections (pilot's mtlsHTTP11ALPN,
-    // mtlsHTTP2ALPN and ALPNInMeshWithMxc): a TCP offer shares nothing with `h2`/`http/1.1`,
-    // and rustls refuses such a handshake unless the server also knows `istio`.
+    // mtlsHTTP2ALPN, ALPNInMeshWithMxc and, from older ones, ALPNInMesh): a TCP offer shares
+    // nothing with `h2`/`http/1.1`, and rustls refuses such a handshake unless the server
+    // also knows its protocols.
     let ca = TestCa::new("mesh root");
     let server = server_config(store(ca.credentials(BACKEND)), ClientAuth::Required).unwrap();
     let client = client_config(store(ca.credentials(FRONTEND)), vec![id(BACKEND)]).unwrap();
     for (offer, negotiated) in [
-        (&[&b"istio-peer-exchange"[..], b"istio"][..], &b"istio"[..]),
+        (
+            &[&b"istio-peer-exchange"[..], b"istio"][..],
+            &b"istio-peer-exchange"[..],
+        ),
         (&[&b"istio"[..]][..], b"istio"),
         (
             &[&b"istio-http/1.1"[..], b"istio", b"http/1.1"][..],
@@ -480,7 +484,7 @@ fn mesh_clients_offer_istio_s_protocols_and_negotiate_by_what_they_carry() {
     for (protocol, negotiated) in [
         (MeshProtocol::Http, &b"h2"[..]),
         (MeshProtocol::Http1, b"http/1.1"),
-        (MeshProtocol::Tcp, b"istio"),
+        (MeshProtocol::Tcp, b"istio-peer-exchange"),
     ] {
         let client =
             mesh_client_config(store(ca.credentials(FRONTEND)), vec![id(BACKEND)], protocol)

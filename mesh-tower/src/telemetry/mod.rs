@@ -284,11 +284,13 @@ impl Telemetry {
         }
         // A clone shares the identity's strings (no copy per request).
         let peer = req.extensions().get::<mesh_policy::PeerIdentity>().cloned();
-        let mutual_tls = peer.is_some()
-            && req
-                .extensions()
-                .get::<crate::tls::TlsInfo>()
-                .is_some_and(|t| t.tls);
+        let tls_info = req.extensions().get::<crate::tls::TlsInfo>();
+        let mutual_tls = peer.is_some() && tls_info.is_some_and(|t| t.tls);
+        // Without exchange headers, the peer its connection's TCP metadata exchange named
+        // (a peer that took this connection for TCP), as Istio's stats filter falls back to.
+        let peer_metadata = received
+            .peer
+            .or_else(|| tls_info.and_then(|t| t.peer_metadata.clone()));
         Observation {
             telemetry: self.clone(),
             started: Instant::now(),
@@ -297,7 +299,7 @@ impl Telemetry {
             request_bytes,
             peer,
             mutual_tls,
-            peer_metadata: received.peer,
+            peer_metadata,
             answer_id: received.id,
             answer_metadata: received.metadata,
             request_messages: None,

@@ -424,4 +424,42 @@ mod tests {
         drop(inbound.start(&mut req));
         assert!(req.headers().contains_key(PEER_METADATA));
     }
+
+    #[test]
+    fn an_inbound_request_without_exchange_headers_takes_its_connection_s_peer() {
+        use super::super::{Reporter, Telemetry};
+        let inbound = Telemetry::new(Reporter::Destination, reviews_v2());
+        let exchanged = Arc::new(PeerMetadata {
+            workload: "db-client-v1".into(),
+            ..PeerMetadata::default()
+        });
+        let connection = crate::tls::TlsInfo {
+            tls: true,
+            peer_metadata: Some(exchanged.clone()),
+            ..crate::tls::TlsInfo::default()
+        };
+        // The connection's TCP metadata exchange named the peer; the request says nothing.
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(connection.clone());
+        let observation = inbound.start(&mut req);
+        assert!(Arc::ptr_eq(
+            observation
+                .peer_metadata
+                .as_ref()
+                .expect("the connection's peer"),
+            &exchanged
+        ));
+        // The request's own headers win.
+        let mut req = http::Request::new(());
+        Exchange::new(&reviews_v2()).write(req.headers_mut(), false, true);
+        req.extensions_mut().insert(connection);
+        let observation = inbound.start(&mut req);
+        assert_eq!(
+            observation
+                .peer_metadata
+                .expect("the header's peer")
+                .workload,
+            "reviews-v2"
+        );
+    }
 }
