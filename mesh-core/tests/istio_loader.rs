@@ -2,7 +2,9 @@
 //! kind of bad input.
 
 use mesh_core::istio::{self, BuildOutcome, Severity};
-use mesh_core::model::{AbortError, ClusterName, MtlsMode, RouteAction, Workload};
+use mesh_core::model::{
+    AbortError, ClusterName, MtlsMode, PathNormalization, RouteAction, Workload,
+};
 
 const REGISTRY: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -1236,4 +1238,85 @@ spec:
             "ratings.shop.svc.cluster.local"
         ]
     );
+}
+
+#[test]
+fn the_root_namespace_is_an_option_and_istio_system_is_only_its_default() {
+    let text = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: mesh, namespace: istio-config }
+spec: { mtls: { mode: STRICT } }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: reviews-off, namespace: istio-config }
+spec:
+  selector: { matchLabels: { app: reviews } }
+  mtls: { mode: DISABLE }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: deny-admin, namespace: istio-config }
+spec:
+  action: DENY
+  rules: [{ to: [{ operation: { paths: ["/admin/*"] } }] }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: old-root, namespace: istio-system }
+spec:
+  action: DENY
+  rules: [{ to: [{ operation: { paths: ["/old/*"] } }] }]
+"#;
+    let workload = Workload {
+        labels: [("app".to_owned(), "reviews".to_owned())].into(),
+        ..Workload::default()
+    };
+    let options = istio::MeshOptions {
+        root_namespace: "istio-config".into(),
+        path_normalization: PathNormalization::MergeSlashes,
+    };
+    let outcome = istio::load_with(&[("mesh.yaml", text)], &workload, &options);
+    let config = outcome.config.expect("valid");
+    // The root namespace's selector-less policies apply mesh-wide; istio-system is now just a
+    // namespace this workload is not in.
+    assert_eq!(config.peer_authentication.mode_for(9080), MtlsMode::Strict);
+    assert_eq!(config.peer_authentication.sources, ["istio-config/mesh"]);
+    let names: Vec<&str> = config
+        .authorization
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["istio-config/deny-admin"]);
+    assert_eq!(config.path_normalization, PathNormalization::MergeSlashes);
+    // A selector in the root namespace is ignored there, with a warning naming it.
+    let warnings: Vec<String> = outcome
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("reviews-off") && w.contains("root namespace istio-config")),
+        "{warnings:#?}"
+    );
+
+    // With Istio's defaults, the same files give the opposite.
+    let config = istio::load(&[("mesh.yaml", text)], &workload)
+        .config
+        .expect("valid");
+    assert_eq!(
+        config.peer_authentication.mode_for(9080),
+        MtlsMode::Permissive
+    );
+    assert!(config.peer_authentication.sources.is_empty());
+    let names: Vec<&str> = config
+        .authorization
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["istio-system/old-root"]);
+    assert_eq!(config.path_normalization, PathNormalization::Base);
 }
