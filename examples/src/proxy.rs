@@ -42,6 +42,10 @@ use tower::Layer;
 pub struct Options {
     /// Istio YAML files and directories.
     pub config: Vec<PathBuf>,
+    /// Istio's mesh-wide settings the files are resolved with: the root namespace and the
+    /// inbound path normalization (with xDS, the control plane's inbound listener decides the
+    /// path normalization when it sends one).
+    pub mesh: mesh_core::istio::MeshOptions,
     /// Where the outbound listener binds (port 0: any free port).
     pub outbound: SocketAddr,
     /// Where the inbound listener binds.
@@ -102,6 +106,7 @@ impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("config", &self.config)
+            .field("mesh", &self.mesh)
             .field("outbound", &self.outbound)
             .field("inbound", &self.inbound)
             .field("admin", &self.admin)
@@ -142,6 +147,7 @@ impl Options {
         let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
         Self {
             config,
+            mesh: mesh_core::istio::MeshOptions::default(),
             outbound: SocketAddr::new(loopback, 15001),
             inbound: SocketAddr::new(listen, 15006),
             admin: SocketAddr::new(loopback, 15000),
@@ -231,7 +237,8 @@ pub struct Proxy {
 impl Proxy {
     /// Loads the config, binds every listener, and starts serving and watching the config.
     pub async fn start(options: Options) -> Result<Proxy, StartError> {
-        let source = FileSource::new(options.config.clone(), options.workload.clone());
+        let source = FileSource::new(options.config.clone(), options.workload.clone())
+            .options(options.mesh.clone());
         let loaded = source.load().await;
         let Some(mut config) = loaded.config.clone() else {
             return Err(StartError::Config(loaded.diagnostics));
@@ -588,6 +595,8 @@ impl Proxy {
 /// A control-plane config (xDS or an Envoy file) with what the YAML files keep: their inbound
 /// listeners and authorization policies when they have any (else the control plane's, from
 /// its inbound listener), and their peer authentication (xDS carries none the mesh reads).
+/// The path normalization is the control plane's when it sent inbound listeners, else the
+/// files' (the sidecar's `--path-normalization`).
 /// This workload as istiod identifies a sidecar: the workload flags with the pod's address
 /// and name from the environment (`INSTANCE_IP`, `POD_NAME` or `HOSTNAME`, as Istio's
 /// injector sets them; 127.0.0.1 and `mesh-proxy` without).
@@ -606,6 +615,11 @@ fn overlay_files(
     mut config: mesh_core::model::MeshConfig,
     files: &mesh_core::model::MeshConfig,
 ) -> mesh_core::model::MeshConfig {
+    // The control plane's inbound listener carries its path normalization; without one, the
+    // sidecar's own (`--path-normalization`) applies.
+    if config.inbound.is_empty() {
+        config.path_normalization = files.path_normalization;
+    }
     if !files.inbound.is_empty() {
         config.inbound.clone_from(&files.inbound);
     }
