@@ -64,18 +64,32 @@ fn bad_arguments_exit_2_and_a_bad_config_exits_1() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    // OpenTelemetry's environment is read as the flags are, and checked as strictly.
-    let out = Command::new(BIN)
-        .args(["run", "--config", "."])
-        .env("OTEL_PROPAGATORS", "tracecontext,jaeger")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("unsupported trace propagator `jaeger`"),
-        "{stderr}"
-    );
+    // The environment (OpenTelemetry's, the mesh's) is read as the flags are, and checked as
+    // strictly.
+    let unknown_mode = "unknown path normalization \"merge\"";
+    for (flag, env, message) in [
+        (
+            None,
+            Some(("OTEL_PROPAGATORS", "tracecontext,jaeger")),
+            "unsupported trace propagator `jaeger`",
+        ),
+        (
+            None,
+            Some(("MESH_PATH_NORMALIZATION", "merge")),
+            unknown_mode,
+        ),
+        (Some("--path-normalization=merge"), None, unknown_mode),
+    ] {
+        let out = Command::new(BIN)
+            .args(["run", "--config", "."])
+            .args(flag)
+            .envs(env)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag:?} {env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{stderr}");
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = write(&dir, "bad.yaml", "kind: [");
     let out = Command::new(BIN)
@@ -223,15 +237,4 @@ spec:
     let (status, _, _) = get(&inbound, "app", "/admin/x", &[]).await;
     assert_eq!(status, 403);
     assert_eq!(sidecar.terminate().await, Some(0));
-
-    let out = Command::new(BIN)
-        .args(["run", "--config", ".", "--path-normalization", "merge"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("unknown path normalization \"merge\""),
-        "{stderr}"
-    );
 }

@@ -557,23 +557,29 @@ spec:
     assert_eq!(pa.mode_for(8080), MtlsMode::Strict);
 }
 
-#[test]
-fn a_root_namespace_peer_authentication_with_a_selector_is_ignored() {
-    let (pa, diagnostics) = peer_auth(
+/// In namespace `root`: a selector-less STRICT PeerAuthentication, and one with a selector
+/// for `app: reviews` that turns mTLS off (which Istio ignores in the root namespace).
+fn root_peer_authentications(root: &str) -> String {
+    format!(
         r#"
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-metadata: { name: mesh, namespace: istio-system }
-spec: { mtls: { mode: STRICT } }
+metadata: {{ name: mesh, namespace: {root} }}
+spec: {{ mtls: {{ mode: STRICT }} }}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-metadata: { name: reviews-off, namespace: istio-system }
+metadata: {{ name: reviews-off, namespace: {root} }}
 spec:
-  selector: { matchLabels: { app: reviews } }
-  mtls: { mode: DISABLE }
-"#,
-    );
+  selector: {{ matchLabels: {{ app: reviews }} }}
+  mtls: {{ mode: DISABLE }}
+"#
+    )
+}
+
+#[test]
+fn a_root_namespace_peer_authentication_with_a_selector_is_ignored() {
+    let (pa, diagnostics) = peer_auth(&root_peer_authentications("istio-system"));
     assert_eq!(pa.mode_for(9080), MtlsMode::Strict);
     assert_eq!(pa.sources, ["istio-system/mesh"]);
     let warnings: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
@@ -1240,35 +1246,34 @@ spec:
     );
 }
 
+/// The names of the authorization policies that apply, in order.
+fn policy_names(config: &mesh_core::model::MeshConfig) -> Vec<&str> {
+    config
+        .authorization
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect()
+}
+
 #[test]
 fn the_root_namespace_is_an_option_and_istio_system_is_only_its_default() {
-    let text = r#"
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: { name: mesh, namespace: istio-config }
-spec: { mtls: { mode: STRICT } }
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: { name: reviews-off, namespace: istio-config }
-spec:
-  selector: { matchLabels: { app: reviews } }
-  mtls: { mode: DISABLE }
----
+    // A selector-less DENY of `path` named `namespace/name`.
+    let deny = |namespace: &str, name: &str, path: &str| {
+        format!(
+            "---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: { name: deny-admin, namespace: istio-config }
+metadata: {{ name: {name}, namespace: {namespace} }}
 spec:
   action: DENY
-  rules: [{ to: [{ operation: { paths: ["/admin/*"] } }] }]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: old-root, namespace: istio-system }
-spec:
-  action: DENY
-  rules: [{ to: [{ operation: { paths: ["/old/*"] } }] }]
-"#;
+  rules: [{{ to: [{{ operation: {{ paths: [\"{path}\"] }} }}] }}]
+"
+        )
+    };
+    let text = root_peer_authentications("istio-config")
+        + &deny("istio-config", "deny-admin", "/admin/*")
+        + &deny("istio-system", "old-root", "/old/*");
+    let text = text.as_str();
     let workload = Workload {
         labels: [("app".to_owned(), "reviews".to_owned())].into(),
         ..Workload::default()
@@ -1283,12 +1288,7 @@ spec:
     // namespace this workload is not in.
     assert_eq!(config.peer_authentication.mode_for(9080), MtlsMode::Strict);
     assert_eq!(config.peer_authentication.sources, ["istio-config/mesh"]);
-    let names: Vec<&str> = config
-        .authorization
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect();
-    assert_eq!(names, ["istio-config/deny-admin"]);
+    assert_eq!(policy_names(&config), ["istio-config/deny-admin"]);
     assert_eq!(config.path_normalization, PathNormalization::MergeSlashes);
     // A selector in the root namespace is ignored there, with a warning naming it.
     let warnings: Vec<String> = outcome
@@ -1312,11 +1312,6 @@ spec:
         MtlsMode::Permissive
     );
     assert!(config.peer_authentication.sources.is_empty());
-    let names: Vec<&str> = config
-        .authorization
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect();
-    assert_eq!(names, ["istio-system/old-root"]);
+    assert_eq!(policy_names(&config), ["istio-system/old-root"]);
     assert_eq!(config.path_normalization, PathNormalization::Base);
 }

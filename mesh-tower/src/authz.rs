@@ -479,25 +479,30 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn paths_are_normalized_before_authorization_and_for_the_app() {
+    /// Authorization by `store`'s policies in front of an app that answers the path it got.
+    async fn in_front_of_echo_app(store: &Arc<ConfigStore>) -> Authz<crate::inbound::Inbound> {
         let app = echo_app().await;
-        let store = Arc::new(ConfigStore::new(deny_admin()));
-        let svc = AuthzLayer::new(store.clone()).layer(crate::inbound::Inbound::new(
+        AuthzLayer::new(store.clone()).layer(crate::inbound::Inbound::new(
             store.clone(),
             Some(app),
             crate::client::UpstreamClient::new(),
-        ));
-        let call = |uri: &'static str| {
-            let svc = svc.clone();
-            async move {
-                let req = Request::get(uri)
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap();
-                let resp = svc.oneshot(req).await.unwrap();
-                (resp.status().as_u16(), text(resp).await)
-            }
-        };
+        ))
+    }
+
+    /// GETs `uri` through `svc`: the status and the body.
+    async fn get(svc: &Authz<crate::inbound::Inbound>, uri: &str) -> (u16, String) {
+        let req = Request::get(uri)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        (resp.status().as_u16(), text(resp).await)
+    }
+
+    #[tokio::test]
+    async fn paths_are_normalized_before_authorization_and_for_the_app() {
+        let store = Arc::new(ConfigStore::new(deny_admin()));
+        let svc = in_front_of_echo_app(&store).await;
+        let call = |uri: &'static str| get(&svc, uri);
         // The DENY on `/admin*` holds however the path spells `/admin`.
         for uri in [
             "/admin",
@@ -527,23 +532,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_snapshots_path_normalization_decides_what_policies_and_the_app_see() {
-        let app = echo_app().await;
         let store = Arc::new(ConfigStore::new(deny_admin()));
-        let svc = AuthzLayer::new(store.clone()).layer(crate::inbound::Inbound::new(
-            store.clone(),
-            Some(app),
-            crate::client::UpstreamClient::new(),
-        ));
-        let call = |uri: &'static str| {
-            let svc = svc.clone();
-            async move {
-                let req = Request::get(uri)
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap();
-                let resp = svc.oneshot(req).await.unwrap();
-                (resp.status().as_u16(), text(resp).await)
-            }
-        };
+        let svc = in_front_of_echo_app(&store).await;
+        let call = |uri: &'static str| get(&svc, uri);
         let denied = (403, DENIED_BODY.to_owned());
         let with_mode = |mode| MeshConfig {
             path_normalization: mode,
