@@ -691,3 +691,36 @@ fn xds_metrics(status: &mesh_xds_client::client::XdsStatus) -> String {
         status.nacks,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::model::{InboundListener, MeshConfig, PathNormalization, Protocol};
+
+    #[test]
+    fn the_control_planes_inbound_listener_decides_the_path_normalization_else_the_files() {
+        let files = MeshConfig {
+            path_normalization: PathNormalization::MergeSlashes,
+            ..MeshConfig::default()
+        };
+        let xds = MeshConfig {
+            inbound: vec![InboundListener {
+                port: 9080,
+                protocol: Protocol::Http,
+                default_endpoint: SocketAddr::from(([127, 0, 0, 1], 9080)),
+                rate_limit: None,
+            }],
+            path_normalization: PathNormalization::None,
+            ..MeshConfig::default()
+        };
+        assert_eq!(
+            overlay_files(xds, &files).path_normalization,
+            PathNormalization::None
+        );
+        // No inbound listener from the control plane: the sidecar's own setting.
+        assert_eq!(
+            overlay_files(MeshConfig::default(), &files).path_normalization,
+            PathNormalization::MergeSlashes
+        );
+    }
+}

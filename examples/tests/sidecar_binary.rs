@@ -186,17 +186,7 @@ fn a_sigterm_during_start_up_is_held_and_drains_once_started() {
 async fn path_normalization_and_root_namespace_flags_shape_inbound_authorization() {
     let app = upstream("app", Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write(
-        &dir,
-        "mesh.yaml",
-        "apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: deny-admin, namespace: mesh-root }
-spec:
-  action: DENY
-  rules: [{ to: [{ operation: { paths: [\"/admin/*\"] } }] }]
-",
-    );
+    let config = write(&dir, "mesh.yaml", &deny_admin_in("mesh-root"));
     let app_port = app.addr.port().to_string();
     let start = |extra: &[&str]| {
         let mut args = vec![
