@@ -42,6 +42,10 @@ use tower::Layer;
 pub struct Options {
     /// Istio YAML files and directories.
     pub config: Vec<PathBuf>,
+    /// Istio's mesh-wide settings the files are resolved with: the root namespace and the
+    /// inbound path normalization (with xDS, the control plane's inbound listener decides the
+    /// path normalization when it sends one).
+    pub mesh: mesh_core::istio::MeshOptions,
     /// Where the outbound listener binds (port 0: any free port).
     pub outbound: SocketAddr,
     /// Where the inbound listener binds.
@@ -102,6 +106,7 @@ impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("config", &self.config)
+            .field("mesh", &self.mesh)
             .field("outbound", &self.outbound)
             .field("inbound", &self.inbound)
             .field("admin", &self.admin)
@@ -142,6 +147,7 @@ impl Options {
         let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
         Self {
             config,
+            mesh: mesh_core::istio::MeshOptions::default(),
             outbound: SocketAddr::new(loopback, 15001),
             inbound: SocketAddr::new(listen, 15006),
             admin: SocketAddr::new(loopback, 15000),
@@ -231,7 +237,8 @@ pub struct Proxy {
 impl Proxy {
     /// Loads the config, binds every listener, and starts serving and watching the config.
     pub async fn start(options: Options) -> Result<Proxy, StartError> {
-        let source = FileSource::new(options.config.clone(), options.workload.clone());
+        let source = FileSource::new(options.config.clone(), options.workload.clone())
+            .options(options.mesh.clone());
         let loaded = source.load().await;
         let Some(mut config) = loaded.config.clone() else {
             return Err(StartError::Config(loaded.diagnostics));
@@ -593,6 +600,8 @@ impl Proxy {
 /// A control-plane config (xDS or an Envoy file) with what the YAML files keep: their inbound
 /// listeners and authorization policies when they have any (else the control plane's, from
 /// its inbound listener), and their peer authentication (xDS carries none the mesh reads).
+/// The path normalization is the control plane's when it sent inbound listeners, else the
+/// files' (the sidecar's `--path-normalization`).
 /// This workload as istiod identifies a sidecar: the workload flags with the pod's address
 /// and name from the environment (`INSTANCE_IP`, `POD_NAME` or `HOSTNAME`, as Istio's
 /// injector sets them; 127.0.0.1 and `mesh-proxy` without).
@@ -611,6 +620,11 @@ fn overlay_files(
     mut config: mesh_core::model::MeshConfig,
     files: &mesh_core::model::MeshConfig,
 ) -> mesh_core::model::MeshConfig {
+    // The control plane's inbound listener carries its path normalization; without one, the
+    // sidecar's own (`--path-normalization`) applies.
+    if config.inbound.is_empty() {
+        config.path_normalization = files.path_normalization;
+    }
     if !files.inbound.is_empty() {
         config.inbound.clone_from(&files.inbound);
     }
@@ -681,4 +695,37 @@ fn xds_metrics(status: &mesh_xds_client::client::XdsStatus) -> String {
         status.responses,
         status.nacks,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::model::{InboundListener, MeshConfig, PathNormalization, Protocol};
+
+    #[test]
+    fn the_control_planes_inbound_listener_decides_the_path_normalization_else_the_files() {
+        let files = MeshConfig {
+            path_normalization: PathNormalization::MergeSlashes,
+            ..MeshConfig::default()
+        };
+        let xds = MeshConfig {
+            inbound: vec![InboundListener {
+                port: 9080,
+                protocol: Protocol::Http,
+                default_endpoint: SocketAddr::from(([127, 0, 0, 1], 9080)),
+                rate_limit: None,
+            }],
+            path_normalization: PathNormalization::None,
+            ..MeshConfig::default()
+        };
+        assert_eq!(
+            overlay_files(xds, &files).path_normalization,
+            PathNormalization::None
+        );
+        // No inbound listener from the control plane: the sidecar's own setting.
+        assert_eq!(
+            overlay_files(MeshConfig::default(), &files).path_normalization,
+            PathNormalization::MergeSlashes
+        );
+    }
 }

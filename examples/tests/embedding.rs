@@ -69,6 +69,47 @@ spec:
     assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
 }
 
+/// `MeshBuilder::root_namespace` and `path_normalization` over config files: the root
+/// namespace's DENY on `/admin/*` catches `//admin//x` once slashes are merged, and the app
+/// (an axum server on 127.0.0.1) gets the merged path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builders_path_normalization_and_root_namespace_shape_the_inbound_layer() {
+    use mesh_core::model::PathNormalization;
+    let config = ConfigDir::new(&deny_admin_in("mesh-root"));
+    for (mode, admin) in [
+        (PathNormalization::Base, (200, "//admin//x".to_owned())),
+        (
+            PathNormalization::MergeSlashes,
+            (403, "RBAC: access denied".to_owned()),
+        ),
+    ] {
+        let mesh = mesh_tower::embed::Mesh::builder()
+            .config_files([config.path()])
+            .root_namespace("mesh-root")
+            .path_normalization(mode)
+            .build()
+            .await
+            .unwrap();
+        let app = axum::Router::new()
+            .fallback(|uri: http::Uri| async move { uri.to_string() })
+            .layer(mesh.inbound_layer());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let c = client(addr, false);
+        let (status, body, _) = get(&c, "app", "//admin//x", &[]).await;
+        assert_eq!((status, body), admin, "{mode}");
+        let (status, body, _) = get(&c, "app", "/admin/x", &[]).await;
+        assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+        let (status, body, _) = get(&c, "app", "//a//b?q=//", &[]).await;
+        let seen = match mode {
+            PathNormalization::MergeSlashes => "/a/b?q=//",
+            _ => "//a//b?q=//",
+        };
+        assert_eq!((status, body.as_str()), (200, seen), "{mode}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tonic_client_on_the_mesh_channel_is_retried_on_unavailable() {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

@@ -64,18 +64,32 @@ fn bad_arguments_exit_2_and_a_bad_config_exits_1() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    // OpenTelemetry's environment is read as the flags are, and checked as strictly.
-    let out = Command::new(BIN)
-        .args(["run", "--config", "."])
-        .env("OTEL_PROPAGATORS", "tracecontext,jaeger")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("unsupported trace propagator `jaeger`"),
-        "{stderr}"
-    );
+    // The environment (OpenTelemetry's, the mesh's) is read as the flags are, and checked as
+    // strictly.
+    let unknown_mode = "unknown path normalization \"merge\"";
+    for (flag, env, message) in [
+        (
+            None,
+            Some(("OTEL_PROPAGATORS", "tracecontext,jaeger")),
+            "unsupported trace propagator `jaeger`",
+        ),
+        (
+            None,
+            Some(("MESH_PATH_NORMALIZATION", "merge")),
+            unknown_mode,
+        ),
+        (Some("--path-normalization=merge"), None, unknown_mode),
+    ] {
+        let out = Command::new(BIN)
+            .args(["run", "--config", "."])
+            .args(flag)
+            .envs(env)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag:?} {env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{stderr}");
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = write(&dir, "bad.yaml", "kind: [");
     let out = Command::new(BIN)
@@ -163,4 +177,54 @@ fn a_sigterm_during_start_up_is_held_and_drains_once_started() {
     drop(writer);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// `--path-normalization` and `--root-namespace`: a DENY on `/admin/*` in the root namespace
+/// the flag names applies mesh-wide, and catches `//admin//x` under merge-slashes (the app
+/// gets the merged path) but not under Istio's default, base (the app gets it as sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_normalization_and_root_namespace_flags_shape_inbound_authorization() {
+    let app = upstream("app", Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(&dir, "mesh.yaml", &deny_admin_in("mesh-root"));
+    let app_port = app.addr.port().to_string();
+    let start = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--app-port",
+            &app_port,
+            "--root-namespace",
+            "mesh-root",
+        ];
+        args.extend_from_slice(extra);
+        SidecarProcess::start(BIN, &args)
+    };
+    let path_seen = |headers: &http::HeaderMap| {
+        headers
+            .get("x-path")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+
+    let sidecar = start(&["--path-normalization", "merge-slashes"]);
+    let inbound = client(sidecar.addr("inbound"), false);
+    let (status, body, _) = get(&inbound, "app", "//admin//x", &[]).await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+    let (status, _, headers) = get(&inbound, "app", "//public//x?q=//", &[]).await;
+    assert_eq!(
+        (status, path_seen(&headers).as_str()),
+        (200, "/public/x?q=//")
+    );
+    assert_eq!(sidecar.terminate().await, Some(0));
+
+    let sidecar = start(&[]);
+    let inbound = client(sidecar.addr("inbound"), false);
+    let (status, _, headers) = get(&inbound, "app", "//admin//x", &[]).await;
+    assert_eq!((status, path_seen(&headers).as_str()), (200, "//admin//x"));
+    // The root namespace's policy applies: the DENY holds for the path BASE leaves alone.
+    let (status, _, _) = get(&inbound, "app", "/admin/x", &[]).await;
+    assert_eq!(status, 403);
+    assert_eq!(sidecar.terminate().await, Some(0));
 }

@@ -2,7 +2,9 @@
 //! kind of bad input.
 
 use mesh_core::istio::{self, BuildOutcome, Severity};
-use mesh_core::model::{AbortError, ClusterName, MtlsMode, RouteAction, Workload};
+use mesh_core::model::{
+    AbortError, ClusterName, MtlsMode, PathNormalization, RouteAction, Workload,
+};
 
 const REGISTRY: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -555,23 +557,29 @@ spec:
     assert_eq!(pa.mode_for(8080), MtlsMode::Strict);
 }
 
-#[test]
-fn a_root_namespace_peer_authentication_with_a_selector_is_ignored() {
-    let (pa, diagnostics) = peer_auth(
+/// In namespace `root`: a selector-less STRICT PeerAuthentication, and one with a selector
+/// for `app: reviews` that turns mTLS off (which Istio ignores in the root namespace).
+fn root_peer_authentications(root: &str) -> String {
+    format!(
         r#"
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-metadata: { name: mesh, namespace: istio-system }
-spec: { mtls: { mode: STRICT } }
+metadata: {{ name: mesh, namespace: {root} }}
+spec: {{ mtls: {{ mode: STRICT }} }}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
-metadata: { name: reviews-off, namespace: istio-system }
+metadata: {{ name: reviews-off, namespace: {root} }}
 spec:
-  selector: { matchLabels: { app: reviews } }
-  mtls: { mode: DISABLE }
-"#,
-    );
+  selector: {{ matchLabels: {{ app: reviews }} }}
+  mtls: {{ mode: DISABLE }}
+"#
+    )
+}
+
+#[test]
+fn a_root_namespace_peer_authentication_with_a_selector_is_ignored() {
+    let (pa, diagnostics) = peer_auth(&root_peer_authentications("istio-system"));
     assert_eq!(pa.mode_for(9080), MtlsMode::Strict);
     assert_eq!(pa.sources, ["istio-system/mesh"]);
     let warnings: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
@@ -1236,4 +1244,74 @@ spec:
             "ratings.shop.svc.cluster.local"
         ]
     );
+}
+
+/// The names of the authorization policies that apply, in order.
+fn policy_names(config: &mesh_core::model::MeshConfig) -> Vec<&str> {
+    config
+        .authorization
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect()
+}
+
+#[test]
+fn the_root_namespace_is_an_option_and_istio_system_is_only_its_default() {
+    // A selector-less DENY of `path` named `namespace/name`.
+    let deny = |namespace: &str, name: &str, path: &str| {
+        format!(
+            "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{ name: {name}, namespace: {namespace} }}
+spec:
+  action: DENY
+  rules: [{{ to: [{{ operation: {{ paths: [\"{path}\"] }} }}] }}]
+"
+        )
+    };
+    let text = root_peer_authentications("istio-config")
+        + &deny("istio-config", "deny-admin", "/admin/*")
+        + &deny("istio-system", "old-root", "/old/*");
+    let text = text.as_str();
+    let workload = Workload {
+        labels: [("app".to_owned(), "reviews".to_owned())].into(),
+        ..Workload::default()
+    };
+    let options = istio::MeshOptions {
+        root_namespace: "istio-config".into(),
+        path_normalization: PathNormalization::MergeSlashes,
+    };
+    let outcome = istio::load_with(&[("mesh.yaml", text)], &workload, &options);
+    let config = outcome.config.expect("valid");
+    // The root namespace's selector-less policies apply mesh-wide; istio-system is now just a
+    // namespace this workload is not in.
+    assert_eq!(config.peer_authentication.mode_for(9080), MtlsMode::Strict);
+    assert_eq!(config.peer_authentication.sources, ["istio-config/mesh"]);
+    assert_eq!(policy_names(&config), ["istio-config/deny-admin"]);
+    assert_eq!(config.path_normalization, PathNormalization::MergeSlashes);
+    // A selector in the root namespace is ignored there, with a warning naming it.
+    let warnings: Vec<String> = outcome
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("reviews-off") && w.contains("root namespace istio-config")),
+        "{warnings:#?}"
+    );
+
+    // With Istio's defaults, the same files give the opposite.
+    let config = istio::load(&[("mesh.yaml", text)], &workload)
+        .config
+        .expect("valid");
+    assert_eq!(
+        config.peer_authentication.mode_for(9080),
+        MtlsMode::Permissive
+    );
+    assert!(config.peer_authentication.sources.is_empty());
+    assert_eq!(policy_names(&config), ["istio-system/old-root"]);
+    assert_eq!(config.path_normalization, PathNormalization::Base);
 }

@@ -14,12 +14,18 @@
 //! see below). AUDIT matches and dry-run outcomes are logged and counted; they never change
 //! the answer.
 //!
-//! Before anything is decided the request's path is normalized as Istio's default (`BASE`)
-//! path normalization does ([`normalize_path`]: dot segments, backslashes, percent-encoded
-//! unreserved characters), and the request goes on with the normalized path (its query
-//! unchanged): policies and the app see the same path, so `/public/../admin` cannot pass a
-//! DENY on `/admin*` and then reach `/admin`. A path that cannot be normalized (`%00`) is
-//! answered 400, as Envoy does. This happens whether or not policies apply.
+//! Before anything is decided the request's path is normalized as the snapshot's
+//! [`PathNormalization`] says ([`MeshConfig::path_normalization`]: Istio's
+//! `meshConfig.pathNormalization`, or the inbound listener's connection manager from xDS;
+//! [`normalize_path_with`]). The default, `BASE`, resolves dot segments, backslashes and
+//! percent-encoded unreserved characters; `MERGE_SLASHES` also merges runs of slashes;
+//! `DECODE_AND_MERGE_SLASHES` also decodes `%2F` and `%5C` first; `NONE` leaves the path alone.
+//! The request goes on with the normalized path (its query unchanged): policies and the app
+//! see the same path, so `/public/../admin` cannot pass a DENY on `/admin*` and then reach
+//! `/admin`. A path that cannot be normalized (`%00`) is answered 400, as Envoy does. This
+//! happens whether or not policies apply.
+//!
+//! [`MeshConfig::path_normalization`]: mesh_core::model::MeshConfig::path_normalization
 //!
 //! If the snapshot's policies cannot be compiled (a policy this engine does not support that
 //! a source other than the Istio loader let through), every request is denied: failing open
@@ -35,7 +41,9 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use mesh_core::store::ConfigStore;
 use mesh_policy::PeerIdentity;
-use mesh_policy::authz::{Attributes, Decision, Engine, InvalidPolicy, Verdict, normalize_path};
+use mesh_policy::authz::{
+    Attributes, Decision, Engine, InvalidPolicy, PathNormalization, Verdict, normalize_path_with,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -80,11 +88,12 @@ impl AuthzStats {
     }
 }
 
-/// The engine of one snapshot version.
+/// The engine of one snapshot version, and its path normalization.
 #[derive(Debug)]
 struct Compiled {
     version: u64,
     engine: Result<Engine, InvalidPolicy>,
+    path_normalization: PathNormalization,
 }
 
 /// Shared state: the store, the engine cache and the counters.
@@ -110,6 +119,7 @@ impl Shared {
         let compiled = Arc::new(Compiled {
             version: snapshot.version,
             engine,
+            path_normalization: snapshot.path_normalization,
         });
         self.compiled.store(Some(compiled.clone()));
         compiled
@@ -193,9 +203,10 @@ fn evaluate<B>(compiled: &Compiled, req: &Request<B>) -> Option<Verdict> {
         .map(|e| e.evaluate(&attributes(req)))
 }
 
-/// Normalizes `req`'s path in place ([`normalize_path`]), keeping its query. A path that is
-/// already normal (the common case) costs one scan of its bytes and no allocation.
-fn normalize<B>(req: &mut Request<B>) -> Result<(), BoxError> {
+/// Normalizes `req`'s path in place as `mode` says ([`normalize_path_with`]), keeping its
+/// query. A path that is already normal (the common case) costs one scan of its bytes and no
+/// allocation.
+fn normalize<B>(req: &mut Request<B>, mode: PathNormalization) -> Result<(), BoxError> {
     let path = req.uri().path();
     // `*` (OPTIONS) and authority-form targets (CONNECT) have no path to normalize.
     if !path.starts_with('/') {
@@ -203,7 +214,7 @@ fn normalize<B>(req: &mut Request<B>) -> Result<(), BoxError> {
     }
     let bad =
         |e: &dyn std::fmt::Display| -> BoxError { ProxyError::BadRequest(e.to_string()).into() };
-    let mut normalized = match normalize_path(path) {
+    let mut normalized = match normalize_path_with(path, mode) {
         Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
         Ok(std::borrow::Cow::Owned(p)) => p,
         Err(e) => return Err(bad(&e)),
@@ -247,13 +258,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Err(e) = normalize(&mut req) {
+        let compiled = self.shared.engine();
+        if let Err(e) = normalize(&mut req, compiled.path_normalization) {
             tracing::debug!(error = %e, "request path cannot be normalized");
             return futures_util::future::Either::Left(std::future::ready(Ok(error::to_response(
                 &e,
             ))));
         }
-        let compiled = self.shared.engine();
         if compiled.engine.as_ref().is_ok_and(Engine::is_empty) {
             // No policy applies: allowed, and nothing to record (no verdict is inserted).
             self.shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
@@ -468,25 +479,30 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn paths_are_normalized_before_authorization_and_for_the_app() {
+    /// Authorization by `store`'s policies in front of an app that answers the path it got.
+    async fn in_front_of_echo_app(store: &Arc<ConfigStore>) -> Authz<crate::inbound::Inbound> {
         let app = echo_app().await;
-        let store = Arc::new(ConfigStore::new(deny_admin()));
-        let svc = AuthzLayer::new(store.clone()).layer(crate::inbound::Inbound::new(
+        AuthzLayer::new(store.clone()).layer(crate::inbound::Inbound::new(
             store.clone(),
             Some(app),
             crate::client::UpstreamClient::new(),
-        ));
-        let call = |uri: &'static str| {
-            let svc = svc.clone();
-            async move {
-                let req = Request::get(uri)
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap();
-                let resp = svc.oneshot(req).await.unwrap();
-                (resp.status().as_u16(), text(resp).await)
-            }
-        };
+        ))
+    }
+
+    /// GETs `uri` through `svc`: the status and the body.
+    async fn get(svc: &Authz<crate::inbound::Inbound>, uri: &str) -> (u16, String) {
+        let req = Request::get(uri)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        (resp.status().as_u16(), text(resp).await)
+    }
+
+    #[tokio::test]
+    async fn paths_are_normalized_before_authorization_and_for_the_app() {
+        let store = Arc::new(ConfigStore::new(deny_admin()));
+        let svc = in_front_of_echo_app(&store).await;
+        let call = |uri: &'static str| get(&svc, uri);
         // The DENY on `/admin*` holds however the path spells `/admin`.
         for uri in [
             "/admin",
@@ -512,5 +528,35 @@ mod tests {
         // Without policies the app still gets the normalized path.
         store.publish(MeshConfig::default());
         assert_eq!(call("/x/../admin").await, (200, "/admin".into()));
+    }
+
+    #[tokio::test]
+    async fn the_snapshots_path_normalization_decides_what_policies_and_the_app_see() {
+        let store = Arc::new(ConfigStore::new(deny_admin()));
+        let svc = in_front_of_echo_app(&store).await;
+        let call = |uri: &'static str| get(&svc, uri);
+        let denied = (403, DENIED_BODY.to_owned());
+        let with_mode = |mode| MeshConfig {
+            path_normalization: mode,
+            ..deny_admin()
+        };
+        // A new snapshot's mode applies from the next request on.
+        store.publish(with_mode(PathNormalization::None));
+        assert_eq!(
+            call("/public/../admin?q").await,
+            (200, "/public/../admin?q".into())
+        );
+        store.publish(with_mode(PathNormalization::Base));
+        assert_eq!(call("//admin//x").await, (200, "//admin//x".into()));
+        assert_eq!(call("/public/../admin").await, denied);
+        store.publish(with_mode(PathNormalization::MergeSlashes));
+        assert_eq!(call("//admin//x").await, denied);
+        assert_eq!(call("//a//b?x=//").await, (200, "/a/b?x=//".into()));
+        assert_eq!(call("/%2Fadmin").await, (200, "/%2Fadmin".into()));
+        store.publish(with_mode(PathNormalization::DecodeAndMergeSlashes));
+        assert_eq!(call("/%2Fadmin").await, denied);
+        assert_eq!(call("/x%5C..%5Cadmin").await, denied);
+        assert_eq!(call("/a%2fb").await, (200, "/a/b".into()));
+        assert_eq!(call("/a%2f%00").await.0, 400);
     }
 }

@@ -6,7 +6,7 @@
 //! than inotify, works the same on every platform, on ConfigMap symlink swaps and over
 //! network file systems, and costs one read of a few kilobytes a second.
 
-use mesh_core::istio::{self, Diagnostic, Severity};
+use mesh_core::istio::{self, Diagnostic, MeshOptions, Severity};
 use mesh_core::model::{MeshConfig, Workload};
 use mesh_core::store::ConfigStore;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use std::time::Duration;
 pub struct FileSource {
     paths: Vec<PathBuf>,
     workload: Workload,
+    options: MeshOptions,
 }
 
 /// What one read of the files produced.
@@ -35,7 +36,18 @@ impl FileSource {
     /// A source over `paths` (files, or directories whose `*.yaml`/`*.yml` files are read in
     /// name order), resolved for `workload`.
     pub fn new(paths: Vec<PathBuf>, workload: Workload) -> Self {
-        Self { paths, workload }
+        Self {
+            paths,
+            workload,
+            options: MeshOptions::default(),
+        }
+    }
+
+    /// Builds with Istio's mesh-wide settings `options` (root namespace, path normalization)
+    /// instead of Istio's defaults.
+    pub fn options(mut self, options: MeshOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// Reads and builds the config once. Unreadable paths are errors, like bad YAML.
@@ -46,7 +58,7 @@ impl FileSource {
             .map(|(p, t)| (p.display().to_string(), t.as_str()))
             .collect();
         let refs: Vec<(&str, &str)> = texts.iter().map(|(p, t)| (p.as_str(), *t)).collect();
-        let mut outcome = istio::load(&refs, &self.workload);
+        let mut outcome = istio::load_with(&refs, &self.workload, &self.options);
         diagnostics.append(&mut outcome.diagnostics);
         let has_errors = diagnostics.iter().any(Diagnostic::is_error);
         Loaded {

@@ -10,7 +10,8 @@
 //! 2 on bad arguments.
 
 use clap::{Args, Parser, Subcommand};
-use mesh_core::model::{Labels, Locality, Percentage, Workload};
+use mesh_core::istio::MeshOptions;
+use mesh_core::model::{Labels, Locality, PathNormalization, Percentage, Workload};
 use mesh_examples::demo;
 use mesh_examples::proxy::{Identity, Options, Proxy, StartError};
 use mesh_tower::admin::LogLevelSetter;
@@ -57,6 +58,8 @@ enum Command {
         paths: Vec<PathBuf>,
         #[command(flatten)]
         workload: WorkloadArgs,
+        #[command(flatten)]
+        mesh: MeshArgs,
     },
 }
 
@@ -117,6 +120,8 @@ struct RunArgs {
     listen_address: IpAddr,
     #[command(flatten)]
     workload: WorkloadArgs,
+    #[command(flatten)]
+    mesh: MeshArgs,
     /// Also start a small HTTP server for every 127.0.0.1 endpoint in the config (demo).
     #[arg(long)]
     demo_upstreams: bool,
@@ -221,6 +226,30 @@ struct WorkloadArgs {
     cluster_id: String,
 }
 
+/// Istio's mesh-wide settings (its `MeshConfig`) that this sidecar applies itself.
+#[derive(Args, Debug)]
+struct MeshArgs {
+    /// How inbound request paths are normalized before authorization, the app and the access
+    /// log see them (Istio's `pathNormalization`): none, base, merge-slashes or
+    /// decode-and-merge-slashes. With --xds, the control plane's inbound listener decides when
+    /// it sends one.
+    #[arg(long, env = "MESH_PATH_NORMALIZATION", default_value = "base")]
+    path_normalization: PathNormalization,
+    /// Istio's root namespace: its AuthorizationPolicies and PeerAuthentications without a
+    /// selector apply mesh-wide.
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+}
+
+impl MeshArgs {
+    fn options(&self) -> MeshOptions {
+        MeshOptions {
+            root_namespace: self.root_namespace.clone(),
+            path_normalization: self.path_normalization,
+        }
+    }
+}
+
 impl WorkloadArgs {
     fn workload(&self) -> Workload {
         Workload {
@@ -280,7 +309,11 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { paths, workload } => runtime.block_on(check(paths, workload.workload())),
+        Command::Check {
+            paths,
+            workload,
+            mesh,
+        } => runtime.block_on(check(paths, workload.workload(), mesh.options())),
         Command::Run(args) => runtime.block_on(run(*args, log_level)),
         Command::Iptables(args) => iptables(&args),
     }
@@ -337,8 +370,9 @@ fn iptables(args: &IptablesArgs) -> ExitCode {
     }
 }
 
-async fn check(paths: Vec<PathBuf>, workload: Workload) -> ExitCode {
+async fn check(paths: Vec<PathBuf>, workload: Workload, mesh: MeshOptions) -> ExitCode {
     let loaded = mesh_tower::source::FileSource::new(paths, workload)
+        .options(mesh)
         .load()
         .await;
     for d in &loaded.diagnostics {
@@ -400,6 +434,7 @@ async fn run(args: RunArgs, log_level: LogLevelSetter) -> ExitCode {
         health: SocketAddr::new(args.listen_address, args.health_port),
         app: args.app_port.map(|p| SocketAddr::new(loopback, p)),
         workload: args.workload.workload(),
+        mesh: args.mesh.options(),
         reload_interval: Duration::from_millis(args.reload_interval_ms.max(10)),
         drain_grace: Duration::from_secs(args.drain_seconds),
         access_log,

@@ -156,6 +156,19 @@ spec:
     )
 }
 
+/// A selector-less AuthorizationPolicy in `namespace` that denies `/admin/*`.
+pub fn deny_admin_in(namespace: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{ name: deny-admin, namespace: {namespace} }}
+spec:
+  action: DENY
+  rules: [{{ to: [{{ operation: {{ paths: [\"/admin/*\"] }} }}] }}]
+"
+    )
+}
+
 /// Sidecar options over `paths` with every listener on an ephemeral 127.0.0.1 port, a fast
 /// config reload and a fixed seed.
 pub fn test_options(paths: Vec<PathBuf>) -> Options {

@@ -32,7 +32,7 @@ pub mod api;
 mod build;
 mod duration;
 
-pub use build::{BuildOutcome, build};
+pub use build::{BuildOutcome, MeshOptions, build, build_with};
 pub use duration::parse_duration;
 
 use std::fmt;
@@ -272,8 +272,18 @@ pub fn parse(file: &str, text: &str) -> ParseOutcome {
     out
 }
 
-/// A convenience for tests and tools: parses and builds in one step.
+/// A convenience for tests and tools: parses and builds in one step, with Istio's default
+/// [`MeshOptions`].
 pub fn load(files: &[(&str, &str)], workload: &crate::model::Workload) -> BuildOutcome {
+    load_with(files, workload, &MeshOptions::default())
+}
+
+/// [`load`] with the mesh-wide settings `options` (root namespace, path normalization).
+pub fn load_with(
+    files: &[(&str, &str)],
+    workload: &crate::model::Workload,
+    options: &MeshOptions,
+) -> BuildOutcome {
     let mut resources = Vec::new();
     let mut diagnostics = Vec::new();
     for (file, text) in files {
@@ -281,7 +291,7 @@ pub fn load(files: &[(&str, &str)], workload: &crate::model::Workload) -> BuildO
         resources.extend(parsed.resources);
         diagnostics.extend(parsed.diagnostics);
     }
-    let mut built = build(&resources, workload);
+    let mut built = build_with(&resources, workload, options);
     diagnostics.append(&mut built.diagnostics);
     if diagnostics.iter().any(Diagnostic::is_error) {
         built.config = None;

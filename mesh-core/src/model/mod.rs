@@ -47,6 +47,10 @@ pub struct MeshConfig {
     /// the server side names the first in its metrics' `destination_service`, as Istio names
     /// an inbound cluster's service.
     pub workload_services: Vec<Hostname>,
+    /// How the inbound side normalizes request paths before authorization (Istio's
+    /// `meshConfig.pathNormalization`; from xDS, the inbound listener's HTTP connection
+    /// manager). `BASE` unless told.
+    pub path_normalization: PathNormalization,
 }
 
 impl MeshConfig {

@@ -162,3 +162,83 @@ mod tests {
         assert_eq!(unset.mode_for(8080), MtlsMode::Permissive);
     }
 }
+
+/// How the inbound side normalizes a request's path before authorization, routing and the
+/// access log see it: Istio's `meshConfig.pathNormalization.normalization`, which istiod
+/// turns into the inbound HTTP connection manager's `normalize_path`, `merge_slashes` and
+/// `path_with_escaped_slashes_action`. The normalization itself is
+/// `mesh_policy::authz::normalize_path_with`.
+///
+/// Parses from Istio's names (`NONE`, `BASE`, `MERGE_SLASHES`, `DECODE_AND_MERGE_SLASHES`,
+/// `DEFAULT` = `BASE`) and from the sidecar flag's (`none`, `base`, `merge-slashes`,
+/// `decode-and-merge-slashes`), case-insensitively; prints Istio's name.
+///
+/// ```
+/// use mesh_core::model::PathNormalization;
+/// assert_eq!("merge-slashes".parse(), Ok(PathNormalization::MergeSlashes));
+/// assert_eq!("DECODE_AND_MERGE_SLASHES".parse(), Ok(PathNormalization::DecodeAndMergeSlashes));
+/// assert_eq!(PathNormalization::default().to_string(), "BASE");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// Nothing: the path goes on as it came (Envoy's `normalize_path: false`).
+    None,
+    /// Istio's default: RFC 3986 normalization (dot segments, backslashes, percent-encoded
+    /// unreserved characters); `normalize_path: true`.
+    #[default]
+    Base,
+    /// `BASE`, then runs of slashes merged into one (`merge_slashes: true`).
+    MergeSlashes,
+    /// `%2F` and `%5C` (either case) decoded to `/` and `\` first, then `MERGE_SLASHES`
+    /// (`path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`).
+    DecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    /// Istio's name of the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::Base => "BASE",
+            Self::MergeSlashes => "MERGE_SLASHES",
+            Self::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
+        }
+    }
+}
+
+impl std::fmt::Display for PathNormalization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A path normalization mode that is not one of Istio's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown path normalization {value:?}: expected none, base, merge-slashes or \
+     decode-and-merge-slashes"
+)]
+pub struct InvalidPathNormalization {
+    /// The value given.
+    pub value: String,
+}
+
+impl std::str::FromStr for PathNormalization {
+    type Err = InvalidPathNormalization;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.trim().to_ascii_uppercase().replace('-', "_");
+        Ok(match name.as_str() {
+            "NONE" => Self::None,
+            "BASE" | "DEFAULT" => Self::Base,
+            "MERGE_SLASHES" => Self::MergeSlashes,
+            "DECODE_AND_MERGE_SLASHES" => Self::DecodeAndMergeSlashes,
+            _ => {
+                return Err(InvalidPathNormalization {
+                    value: s.to_owned(),
+                });
+            }
+        })
+    }
+}

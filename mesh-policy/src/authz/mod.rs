@@ -51,7 +51,8 @@ mod index;
 mod matcher;
 mod normalize;
 
-pub use normalize::{InvalidPath, normalize_path};
+pub use mesh_core::model::PathNormalization;
+pub use normalize::{InvalidPath, normalize_path, normalize_path_with};
 
 use std::fmt;
 use std::net::IpAddr;
@@ -97,7 +98,8 @@ pub struct Attributes<'a> {
     /// The HTTP method (`methods`).
     pub method: &'a str,
     /// The request path; a query string is ignored (`paths`). Compared as given: the caller
-    /// normalizes it first, as Istio does, with [`normalize_path`].
+    /// normalizes it first, as Istio does, with [`normalize_path_with`] (or
+    /// [`normalize_path`], Istio's default).
     pub path: &'a str,
     /// The request headers (`request.headers[...]`; a repeated header's values are matched
     /// joined with `,`, as Envoy does).

@@ -1,5 +1,25 @@
-//! Istio's default (`BASE`) path normalization: what Envoy's `normalize_path` does to a
-//! request path before authorization and before the request goes on to the app.
+//! Istio's path normalization: what Envoy's HTTP connection manager does to a request path
+//! before authorization and before the request goes on to the app, in each of Istio's
+//! [`PathNormalization`] modes ([`normalize_path_with`]); [`normalize_path`] is the default,
+//! `BASE`.
+//!
+//! Envoy (`ConnectionManagerUtility::maybeNormalizePath`) works on the path without its query
+//! in three steps, each on when the mode says so:
+//!
+//! 1. `DECODE_AND_MERGE_SLASHES` (`path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`):
+//!    `%2F` and `%5C`, in either case, become `/` and `\` (`PathUtil::unescapeSlashes`: one
+//!    left-to-right pass, so `%252F` stays as it is and `%%2F` becomes `%/`). No other escape is
+//!    decoded here.
+//! 2. Every mode but `NONE` (`normalize_path: true`): the canonicalization below, which turns
+//!    the backslashes of step 1 into slashes and resolves the dot segments they make.
+//! 3. `MERGE_SLASHES` and `DECODE_AND_MERGE_SLASHES` (`merge_slashes: true`): runs of slashes
+//!    become one (`PathUtil::mergeSlashes`: the path's non-empty segments joined with `/`, with
+//!    a leading and a trailing slash when the path had them; so `//` alone stays `//`).
+//!
+//! A path the canonicalization refuses (`%00`) is refused in every mode but `NONE`, which
+//! leaves the path as it came.
+//!
+//! # `BASE`: the canonicalization
 //!
 //! Envoy canonicalizes the path with its snapshot of Chromium's URL path canonicalizer
 //! (`PathUtil::canonicalPath`), on the path only (the query is left as it is):
@@ -19,6 +39,7 @@
 //! A path with none of `.`, `\`, `%` and those characters is already normal and is returned
 //! borrowed, without allocating.
 
+use mesh_core::model::PathNormalization;
 use std::borrow::Cow;
 
 /// Why a path cannot be normalized (Envoy answers such a request with 400).
@@ -146,6 +167,101 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, InvalidPath> {
     }
     // Only ASCII was written (every other byte was escaped), so this never replaces anything.
     Ok(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// The path (without its query) as Istio's path normalization `mode` leaves it; see the module
+/// docs. `BASE` is [`normalize_path`]. A path the mode leaves as it is comes back borrowed.
+///
+/// ```
+/// # use mesh_policy::authz::{PathNormalization, normalize_path_with};
+/// use PathNormalization::*;
+/// assert_eq!(normalize_path_with("//admin//x", None).unwrap(), "//admin//x");
+/// assert_eq!(normalize_path_with("//admin//x", Base).unwrap(), "//admin//x");
+/// assert_eq!(normalize_path_with("//admin//x", MergeSlashes).unwrap(), "/admin/x");
+/// assert_eq!(normalize_path_with("/admin%2Fx", MergeSlashes).unwrap(), "/admin%2Fx");
+/// assert_eq!(normalize_path_with("/admin%2Fx", DecodeAndMergeSlashes).unwrap(), "/admin/x");
+/// assert!(normalize_path_with("/a%00", DecodeAndMergeSlashes).is_err());
+/// ```
+pub fn normalize_path_with(
+    path: &str,
+    mode: PathNormalization,
+) -> Result<Cow<'_, str>, InvalidPath> {
+    match mode {
+        PathNormalization::None => Ok(Cow::Borrowed(path)),
+        PathNormalization::Base => normalize_path(path),
+        PathNormalization::MergeSlashes => Ok(merge_slashes(normalize_path(path)?)),
+        PathNormalization::DecodeAndMergeSlashes => {
+            let normalized = match unescape_slashes(path) {
+                Cow::Borrowed(p) => normalize_path(p)?,
+                Cow::Owned(decoded) => {
+                    let changed = match normalize_path(&decoded) {
+                        Ok(Cow::Borrowed(_)) => None,
+                        Ok(Cow::Owned(p)) => Some(p),
+                        // Named as it came, not as decoded.
+                        Err(_) => {
+                            return Err(InvalidPath {
+                                path: path.to_owned(),
+                            });
+                        }
+                    };
+                    Cow::Owned(changed.unwrap_or(decoded))
+                }
+            };
+            Ok(merge_slashes(normalized))
+        }
+    }
+}
+
+/// Envoy's `PathUtil::unescapeSlashes`: `%2F`/`%2f` become `/` and `%5C`/`%5c` become `\`,
+/// in one left-to-right pass.
+fn unescape_slashes(path: &str) -> Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let mut out = String::new();
+    // `path[copied..]` is not in `out` yet.
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = path[from..].find('%') {
+        let at = from + found;
+        let decoded = match bytes.get(at + 1..at + 3) {
+            Some(b"2F" | b"2f") => Some('/'),
+            Some(b"5C" | b"5c") => Some('\\'),
+            _ => None,
+        };
+        // Every index here follows an ASCII byte, so it is a character boundary.
+        from = at + 1;
+        if let Some(c) = decoded {
+            out.push_str(&path[copied..at]);
+            out.push(c);
+            copied = at + 3;
+            from = copied;
+        }
+    }
+    if copied == 0 {
+        return Cow::Borrowed(path);
+    }
+    out.push_str(&path[copied..]);
+    Cow::Owned(out)
+}
+
+/// Envoy's `PathUtil::mergeSlashes` on a path that starts with a slash: unchanged without
+/// `//`; else its non-empty segments joined with `/`, between a leading slash and, when the
+/// path ends with one, a trailing slash.
+fn merge_slashes(path: Cow<'_, str>) -> Cow<'_, str> {
+    if !path.contains("//") {
+        return path;
+    }
+    let mut out = String::with_capacity(path.len());
+    out.push('/');
+    for (i, segment) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment);
+    }
+    if path.ends_with('/') {
+        out.push('/');
+    }
+    Cow::Owned(out)
 }
 
 fn is_slash(b: u8) -> bool {
@@ -344,31 +460,249 @@ mod tests {
     /// with '/', has no `.` or `..` segment left, and normalizing it again changes nothing.
     #[test]
     fn every_short_path_normalizes_to_a_fixed_point_without_dot_segments() {
-        const ALPHABET: &[u8] = b"/.%2eE\\a016";
-        let mut path = Vec::new();
         let mut checked = 0;
+        every_short_path(b"/.%2eE\\a016", |p| {
+            let Ok(once) = normalize_path(p) else {
+                assert!(p.contains("%00"), "{p:?}");
+                return;
+            };
+            assert!(once.starts_with('/'), "{p:?} -> {once:?}");
+            assert!(
+                once.split('/').all(|seg| seg != "." && seg != ".."),
+                "{p:?} -> {once:?}"
+            );
+            assert_eq!(norm(&once), once, "{p:?}");
+            checked += 1;
+        });
+        assert!(checked > 150_000, "{checked}");
+    }
+
+    /// Calls `check` with every path of up to 5 characters from `alphabet`.
+    fn every_short_path(alphabet: &[u8], mut check: impl FnMut(&str)) {
+        let mut path = Vec::new();
         for len in 0..=5u32 {
-            for mut n in 0..ALPHABET.len().pow(len) {
+            for mut n in 0..alphabet.len().pow(len) {
                 path.clear();
                 for _ in 0..len {
-                    path.push(ALPHABET[n % ALPHABET.len()]);
-                    n /= ALPHABET.len();
+                    path.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
                 }
-                let p = std::str::from_utf8(&path).unwrap();
-                let Ok(once) = normalize_path(p) else {
-                    assert!(p.contains("%00"), "{p:?}");
-                    continue;
-                };
-                assert!(once.starts_with('/'), "{p:?} -> {once:?}");
-                assert!(
-                    once.split('/').all(|seg| seg != "." && seg != ".."),
-                    "{p:?} -> {once:?}"
-                );
-                assert_eq!(norm(&once), once, "{p:?}");
-                checked += 1;
+                check(std::str::from_utf8(&path).unwrap());
             }
         }
-        assert!(checked > 150_000, "{checked}");
+    }
+
+    fn with(p: &str, mode: PathNormalization) -> String {
+        normalize_path_with(p, mode).unwrap().into_owned()
+    }
+
+    const MODES: [PathNormalization; 4] = [
+        PathNormalization::None,
+        PathNormalization::Base,
+        PathNormalization::MergeSlashes,
+        PathNormalization::DecodeAndMergeSlashes,
+    ];
+
+    /// Istio's own expectations (its `security.normalization` integration test, one column
+    /// per mode: NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES), and the tricky paths.
+    #[test]
+    fn each_mode_normalizes_as_istio_and_envoy_do() {
+        let table: &[(&str, [&str; 4])] = &[
+            ("/", ["/", "/", "/", "/"]),
+            ("/app/", ["/app/", "/app/", "/app/", "/app/"]),
+            (
+                "/app/../admin",
+                ["/app/../admin", "/admin", "/admin", "/admin"],
+            ),
+            ("/app//", ["/app//", "/app//", "/app/", "/app/"]),
+            ("/app/%2f", ["/app/%2f", "/app/%2f", "/app/%2f", "/app/"]),
+            ("/app%2f/", ["/app%2f/", "/app%2f/", "/app%2f/", "/app/"]),
+            (
+                "/xyz%30..//abc",
+                [
+                    "/xyz%30..//abc",
+                    "/xyz0..//abc",
+                    "/xyz0../abc",
+                    "/xyz0../abc",
+                ],
+            ),
+            (
+                "/app/%2E./admin",
+                ["/app/%2E./admin", "/admin", "/admin", "/admin"],
+            ),
+            (
+                r"/app\admin",
+                [r"/app\admin", "/app/admin", "/app/admin", "/app/admin"],
+            ),
+            (
+                r"/app/\/\/\admin",
+                [
+                    r"/app/\/\/\admin",
+                    "/app//////admin",
+                    "/app/admin",
+                    "/app/admin",
+                ],
+            ),
+            (
+                r"/%2Fapp%5cadmin%5Cabc",
+                [
+                    r"/%2Fapp%5cadmin%5Cabc",
+                    r"/%2Fapp%5cadmin%5Cabc",
+                    r"/%2Fapp%5cadmin%5Cabc",
+                    "/app/admin/abc",
+                ],
+            ),
+            (
+                r"/%5Capp%2f%5c%2F%2e%2e%2fadmin%5c\abc",
+                [
+                    r"/%5Capp%2f%5c%2F%2e%2e%2fadmin%5c\abc",
+                    "/%5Capp%2f%5c%2F..%2fadmin%5c/abc",
+                    "/%5Capp%2f%5c%2F..%2fadmin%5c/abc",
+                    "/app/admin/abc",
+                ],
+            ),
+            (
+                "/app//../admin",
+                ["/app//../admin", "/app/admin", "/app/admin", "/app/admin"],
+            ),
+            (
+                "/app//../../admin",
+                ["/app//../../admin", "/admin", "/admin", "/admin"],
+            ),
+            (
+                "/%c0%2e%c0%2e/admin",
+                [
+                    "/%c0%2e%c0%2e/admin",
+                    "/%c0.%c0./admin",
+                    "/%c0.%c0./admin",
+                    "/%c0.%c0./admin",
+                ],
+            ),
+            (
+                "/%c0%2fadmin",
+                ["/%c0%2fadmin", "/%c0%2fadmin", "/%c0%2fadmin", "/%c0/admin"],
+            ),
+            // Slashes, encoded slashes and backslashes, dot segments.
+            ("//a//b", ["//a//b", "//a//b", "/a/b", "/a/b"]),
+            (
+                "//admin//x",
+                ["//admin//x", "//admin//x", "/admin/x", "/admin/x"],
+            ),
+            ("/a/%2F/b", ["/a/%2F/b", "/a/%2F/b", "/a/%2F/b", "/a/b"]),
+            ("/a%2fb", ["/a%2fb", "/a%2fb", "/a%2fb", "/a/b"]),
+            ("/a/../b", ["/a/../b", "/b", "/b", "/b"]),
+            ("/a%5Cb", ["/a%5Cb", "/a%5Cb", "/a%5Cb", "/a/b"]),
+            (
+                "/a%5c..%5cb",
+                ["/a%5c..%5cb", "/a%5c..%5cb", "/a%5c..%5cb", "/b"],
+            ),
+            // Mixed-case escapes: decoded whatever their case, kept as written otherwise.
+            (
+                "/%41%2f%2F%5c%5C%7e%7E%3f%3F",
+                [
+                    "/%41%2f%2F%5c%5C%7e%7E%3f%3F",
+                    "/A%2f%2F%5c%5C~~%3f%3F",
+                    "/A%2f%2F%5c%5C~~%3f%3F",
+                    "/A/~~%3f%3F",
+                ],
+            ),
+            // Decoded once: `%252F` is `%2F` literally; `%%2F` is `%` and a slash.
+            ("/a%252Fb", ["/a%252Fb", "/a%252Fb", "/a%252Fb", "/a%252Fb"]),
+            ("/a%%2Fb", ["/a%%2Fb", "/a%%2Fb", "/a%%2Fb", "/a%/b"]),
+            // Envoy's mergeSlashes keeps a leading and a trailing slash of a path of slashes.
+            ("//", ["//", "//", "//", "//"]),
+            ("///", ["///", "///", "//", "//"]),
+            // Istio's paths that no mode changes.
+            ("/..;/admin", ["/..;/admin"; 4]),
+            ("/admin;a=b/xyz", ["/admin;a=b/xyz"; 4]),
+            ("/%252e%252e%252fadmin", ["/%252e%252e%252fadmin"; 4]),
+            ("/.../admin", ["/.../admin"; 4]),
+        ];
+        for (path, expected) in table {
+            for (mode, want) in MODES.into_iter().zip(expected) {
+                assert_eq!(with(path, mode), *want, "{path:?} under {mode}");
+            }
+        }
+    }
+
+    /// Istio's percent-encoded cases under DECODE_AND_MERGE_SLASHES: `%01`..`%ff` after
+    /// `/admin`; unreserved characters, `/` and `\` decoded (a backslash then a slash), every
+    /// other escape kept as written.
+    #[test]
+    fn decode_and_merge_slashes_decodes_only_unreserved_characters_and_slashes() {
+        for byte in 1..=0xffu8 {
+            let path = format!("/admin%{byte:02x}");
+            let decoded = match byte {
+                b'/' | b'\\' => Some('/'),
+                b'-' | b'.' | b'_' | b'~' => Some(char::from(byte)),
+                _ if byte.is_ascii_alphanumeric() => Some(char::from(byte)),
+                _ => None,
+            };
+            let want = decoded.map_or_else(|| path.clone(), |c| format!("/admin{c}"));
+            assert_eq!(
+                with(&path, PathNormalization::DecodeAndMergeSlashes),
+                want,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_normalized_is_refused_in_every_mode_but_none() {
+        for mode in MODES {
+            let result = normalize_path_with("/admin%2f%00", mode);
+            if mode == PathNormalization::None {
+                assert_eq!(result.unwrap(), "/admin%2f%00");
+            } else {
+                // Named as it came, not as decoded.
+                assert_eq!(
+                    result,
+                    Err(InvalidPath {
+                        path: "/admin%2f%00".into()
+                    }),
+                    "{mode}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_a_mode_leaves_alone_is_borrowed() {
+        for (path, mode) in [
+            ("/a//b", PathNormalization::None),
+            ("/a/../b", PathNormalization::None),
+            ("/a//b", PathNormalization::Base),
+            ("/a/b/", PathNormalization::MergeSlashes),
+            ("/a/b:c", PathNormalization::DecodeAndMergeSlashes),
+        ] {
+            assert!(
+                matches!(normalize_path_with(path, mode), Ok(Cow::Borrowed(b)) if b == path),
+                "{path} under {mode}"
+            );
+        }
+    }
+
+    /// Every path of up to 5 characters over the characters that matter, in every mode that
+    /// normalizes: normalizing the result again changes nothing, and the merging modes leave no
+    /// `//` (but Envoy's `//` for a path of slashes only) and the decoding one no `%2F`/`%5C`.
+    #[test]
+    fn every_short_path_normalizes_to_a_fixed_point_in_every_mode() {
+        for mode in &MODES[1..] {
+            every_short_path(b"/.%2fF5C\\a", |p| {
+                let once = with(p, *mode);
+                assert_eq!(with(&once, *mode), once, "{p:?} under {mode}");
+                if *mode != PathNormalization::Base {
+                    assert!(once == "//" || !once.contains("//"), "{p:?} -> {once:?}");
+                }
+                if *mode == PathNormalization::DecodeAndMergeSlashes {
+                    let upper = once.to_ascii_uppercase();
+                    assert!(
+                        !upper.contains("%2F") && !upper.contains("%5C"),
+                        "{p:?} -> {once:?}"
+                    );
+                }
+            });
+        }
     }
 
     #[test]

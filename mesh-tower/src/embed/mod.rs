@@ -51,8 +51,8 @@ use crate::telemetry::{Propagators, Reporter, RequestBody, Telemetry};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
-use mesh_core::istio::Diagnostic;
-use mesh_core::model::{LocalRateLimit, MeshConfig, Percentage, Workload};
+use mesh_core::istio::{Diagnostic, MeshOptions};
+use mesh_core::model::{LocalRateLimit, MeshConfig, PathNormalization, Percentage, Workload};
 use mesh_core::store::ConfigStore;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -111,6 +111,8 @@ pub struct MeshBuilder {
     propagators: Propagators,
     inbound_rate_limit: Option<LocalRateLimit>,
     identity: Option<Arc<mesh_policy::credentials::CredentialStore>>,
+    root_namespace: Option<String>,
+    path_normalization: Option<PathNormalization>,
 }
 
 impl std::fmt::Debug for MeshBuilder {
@@ -215,16 +217,57 @@ impl MeshBuilder {
         self
     }
 
+    /// How the inbound layer normalizes request paths before authorization, the app and the
+    /// access log see them (Istio's `meshConfig.pathNormalization`; default `BASE`). It
+    /// applies to [`config_files`](Self::config_files) and [`config`](Self::config) (it
+    /// replaces that config's own); with [`config_store`](Self::config_store) the store's
+    /// publisher decides (the xDS client: the inbound listener's connection manager).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use mesh_core::model::PathNormalization;
+    /// let mesh = mesh_tower::embed::Mesh::builder()
+    ///     .config_files(["examples/config/quickstart"])
+    ///     .path_normalization(PathNormalization::MergeSlashes)
+    ///     .build()
+    ///     .await?;
+    /// # let _ = mesh;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn path_normalization(mut self, mode: PathNormalization) -> Self {
+        self.path_normalization = Some(mode);
+        self
+    }
+
+    /// Istio's root namespace (`meshConfig.rootNamespace`; default `istio-system`): its
+    /// AuthorizationPolicies and PeerAuthentications without a selector apply mesh-wide. It
+    /// applies to [`config_files`](Self::config_files), which it is resolved from.
+    pub fn root_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.root_namespace = Some(namespace.into());
+        self
+    }
+
     /// Loads the config, starts watching it, and assembles the stacks.
     pub async fn build(self) -> Result<Mesh, MeshError> {
         let mut workload = self.workload.clone();
         let (store, watcher) = match self.source.ok_or(MeshError::NoConfig)? {
-            Source::Static(config) => {
+            Source::Static(mut config) => {
                 workload = config.workload.clone();
+                if let Some(mode) = self.path_normalization {
+                    config.path_normalization = mode;
+                }
                 (Arc::new(ConfigStore::new(*config)), None)
             }
             Source::Files(paths) => {
-                let source = FileSource::new(paths, self.workload.clone());
+                let defaults = MeshOptions::default();
+                let options = MeshOptions {
+                    root_namespace: self.root_namespace.unwrap_or(defaults.root_namespace),
+                    path_normalization: self
+                        .path_normalization
+                        .unwrap_or(defaults.path_normalization),
+                };
+                let source = FileSource::new(paths, self.workload.clone()).options(options);
                 let loaded = source.load().await;
                 let Some(config) = loaded.config.clone() else {
                     return Err(MeshError::Config(loaded.diagnostics));
@@ -363,6 +406,8 @@ impl Mesh {
             propagators: Propagators::default(),
             inbound_rate_limit: None,
             identity: None,
+            root_namespace: None,
+            path_normalization: None,
         }
     }
 

@@ -105,24 +105,34 @@ mod tests {
         );
     }
 
+    use super::super::{Reporter, Telemetry};
+    use mesh_core::model::{MeshConfig, PathNormalization};
+    use mesh_core::store::ConfigStore;
+    use std::sync::{Arc, Mutex};
+
+    /// The path of the access log line of a request for `path`, on a stack whose live config
+    /// is `config` (none: no store).
+    fn logged_path(reporter: Reporter, config: Option<MeshConfig>, path: &str) -> String {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let mut telemetry = Telemetry::new(reporter, Default::default()).access_log(
+            AccessLogFormat::Json,
+            Arc::new(move |line: &str| sink.lock().unwrap().push(line.to_owned())),
+        );
+        if let Some(config) = config {
+            telemetry = telemetry.local_service(Arc::new(ConfigStore::new(config)));
+        }
+        let mut req = http::Request::get(path).body(()).unwrap();
+        let observation = telemetry.start(&mut req);
+        drop(observation.finish(http::Response::new(crate::body::empty())));
+        let line = lines.lock().unwrap().pop().expect("one line");
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        json["path"].as_str().unwrap().to_owned()
+    }
+
     #[test]
     fn the_inbound_side_logs_the_path_normalized_and_the_outbound_side_as_it_came() {
-        use super::super::{Reporter, Telemetry};
-        use std::sync::{Arc, Mutex};
-        let logged = |reporter: Reporter, path: &str| {
-            let lines = Arc::new(Mutex::new(Vec::new()));
-            let sink = lines.clone();
-            let telemetry = Telemetry::new(reporter, Default::default()).access_log(
-                AccessLogFormat::Json,
-                Arc::new(move |line: &str| sink.lock().unwrap().push(line.to_owned())),
-            );
-            let mut req = http::Request::get(path).body(()).unwrap();
-            let observation = telemetry.start(&mut req);
-            drop(observation.finish(http::Response::new(crate::body::empty())));
-            let line = lines.lock().unwrap().pop().expect("one line");
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-            json["path"].as_str().unwrap().to_owned()
-        };
+        let logged = |reporter: Reporter, path: &str| logged_path(reporter, None, path);
         assert_eq!(
             logged(Reporter::Destination, "/public/../%61dmin?x=1"),
             "/admin?x=1"
@@ -134,5 +144,30 @@ mod tests {
             logged(Reporter::Source, "/public/../admin?x=1"),
             "/public/../admin?x=1"
         );
+    }
+
+    #[test]
+    fn the_inbound_side_logs_the_path_as_the_live_configs_normalization_leaves_it() {
+        let with_mode = |mode| {
+            Some(MeshConfig {
+                path_normalization: mode,
+                ..MeshConfig::default()
+            })
+        };
+        let path = "//a/%2F/./b?x=//";
+        for (mode, want) in [
+            (PathNormalization::None, path),
+            (PathNormalization::Base, "//a/%2F/b?x=//"),
+            (PathNormalization::MergeSlashes, "/a/%2F/b?x=//"),
+            (PathNormalization::DecodeAndMergeSlashes, "/a/b?x=//"),
+        ] {
+            assert_eq!(
+                logged_path(Reporter::Destination, with_mode(mode), path),
+                want,
+                "{mode}"
+            );
+            // The outbound side logs what it sent.
+            assert_eq!(logged_path(Reporter::Source, with_mode(mode), path), path);
+        }
     }
 }

@@ -24,6 +24,12 @@ impl LocalService {
         }
     }
 
+    /// The live config's path normalization (what the inbound side's authorization applied).
+    pub(super) fn path_normalization(&self) -> mesh_core::model::PathNormalization {
+        self.store
+            .with_current(|snapshot| snapshot.config.path_normalization)
+    }
+
     /// The live config's local service, if it names one.
     pub(super) fn get(&self) -> Option<Arc<UpstreamInfo>> {
         let version = self.store.version();

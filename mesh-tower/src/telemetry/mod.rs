@@ -46,7 +46,7 @@ use crate::rng::Rng;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use mesh_core::model::{Labels, Percentage, Workload};
+use mesh_core::model::{Labels, PathNormalization, Percentage, Workload};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -204,10 +204,21 @@ impl Telemetry {
     /// On a server-side stack ([`Reporter::Destination`]), names the service the workload is
     /// an instance of in `destination_service` and `destination_service_name`: the first of
     /// `store`'s live [`MeshConfig::workload_services`](mesh_core::model::MeshConfig), as Istio
-    /// names an inbound cluster's service (`unknown` while it names none).
+    /// names an inbound cluster's service (`unknown` while it names none). The access log and
+    /// spans then also show the request path normalized as the store's live
+    /// [`MeshConfig::path_normalization`](mesh_core::model::MeshConfig::path_normalization)
+    /// says, as authorization and the app see it (Istio's default, `BASE`, without a store).
     pub fn local_service(mut self, store: Arc<mesh_core::store::ConfigStore>) -> Self {
         self.local_service = Some(Arc::new(local_service::LocalService::new(store)));
         self
+    }
+
+    /// The path normalization the inbound side applies: the live config's, when the stack has
+    /// one ([`Telemetry::local_service`]).
+    fn path_normalization(&self) -> PathNormalization {
+        self.local_service
+            .as_ref()
+            .map_or_else(PathNormalization::default, |l| l.path_normalization())
     }
 
     /// Draws ids and sampling decisions from `rng`.
@@ -265,7 +276,7 @@ impl Telemetry {
             };
             Box::new(Details {
                 method: req.method().to_string(),
-                path: logged_path(self.reporter, req.uri()),
+                path: logged_path(self.reporter, self.path_normalization(), req.uri()),
                 protocol: format!("{:?}", req.version()),
                 authority: crate::route::destination(req).unwrap_or("-").to_owned(),
                 user_agent: header("user-agent"),
@@ -308,14 +319,18 @@ impl Telemetry {
 }
 
 /// The path the access log and spans show: on the inbound side normalized as authorization
-/// and the app see it (Istio's `BASE` normalization, which Envoy applies before it logs), with
-/// the query; on the outbound side, and for a path normalization refuses, as it came.
-fn logged_path(reporter: Reporter, uri: &http::Uri) -> String {
+/// and the app see it (`mode`, the live config's path normalization, which Envoy applies
+/// before it logs), with the query; on the outbound side, and for a path normalization
+/// refuses, as it came.
+fn logged_path(reporter: Reporter, mode: PathNormalization, uri: &http::Uri) -> String {
     let raw = uri.path_and_query().map_or("/", |p| p.as_str());
     if reporter == Reporter::Source {
         return raw.to_owned();
     }
-    match (mesh_policy::authz::normalize_path(uri.path()), uri.query()) {
+    match (
+        mesh_policy::authz::normalize_path_with(uri.path(), mode),
+        uri.query(),
+    ) {
         (Ok(path), Some(query)) => format!("{path}?{query}"),
         (Ok(path), None) => path.into_owned(),
         (Err(_), _) => raw.to_owned(),

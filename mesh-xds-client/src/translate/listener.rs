@@ -6,9 +6,11 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as PbLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
+    HttpConnectionManager, HttpFilter,
+    http_connection_manager::{PathWithEscapedSlashesAction, RouteSpecifier},
+    http_filter,
 };
-use mesh_core::model::{AuthorizationPolicy, LocalRateLimit};
+use mesh_core::model::{AuthorizationPolicy, LocalRateLimit, PathNormalization};
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
@@ -59,6 +61,9 @@ pub struct InboundHttp {
     /// Network RBAC filters on TCP chains, accepted and not enforced (the sidecar's inbound
     /// side authorizes HTTP requests).
     pub tcp_rbac_filters: usize,
+    /// The path normalization of the HTTP chains' connection managers (one for all: chains
+    /// that disagree are an error); `None` without an HTTP chain.
+    pub path_normalization: Option<PathNormalization>,
 }
 
 impl XdsListener {
@@ -236,11 +241,78 @@ fn inbound_network_filter(f: &Filter, port: Option<u16>, out: &mut InboundHttp) 
     ))
 }
 
+/// The path normalization an inbound connection manager asks for, as one of Istio's modes:
+/// istiod's inbound HCM sets `normalize_path` (every mode but `NONE`), `merge_slashes`
+/// (`MERGE_SLASHES`, `DECODE_AND_MERGE_SLASHES`) and `path_with_escaped_slashes_action`
+/// (`UNESCAPE_AND_FORWARD` for `DECODE_AND_MERGE_SLASHES`, else `KEEP_UNCHANGED`). Absent
+/// fields are Envoy's defaults: no normalization, no merging, escaped slashes kept. Any other
+/// combination, and an action that answers instead of forwarding (`REJECT_REQUEST`,
+/// `UNESCAPE_AND_REDIRECT`), is not one this proxy can honour: an error naming the field.
+fn path_normalization(hcm: &HttpConnectionManager) -> FieldResult<PathNormalization> {
+    const ACTION: &str = "path_with_escaped_slashes_action";
+    if hcm.path_normalization_options.is_some() {
+        return Err(FieldError::new(
+            "path_normalization_options",
+            "a path forwarded differently from the one the filters see is not supported",
+        ));
+    }
+    let unescape =
+        match PathWithEscapedSlashesAction::try_from(hcm.path_with_escaped_slashes_action) {
+            Ok(
+                PathWithEscapedSlashesAction::ImplementationSpecificDefault
+                | PathWithEscapedSlashesAction::KeepUnchanged,
+            ) => false,
+            Ok(PathWithEscapedSlashesAction::UnescapeAndForward) => true,
+            Ok(action) => {
+                return Err(FieldError::new(
+                    ACTION,
+                    format!(
+                        "{} is not supported: escaped slashes are kept (KEEP_UNCHANGED) or decoded \
+                     and forwarded (UNESCAPE_AND_FORWARD, Istio's DECODE_AND_MERGE_SLASHES)",
+                        action.as_str_name()
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(FieldError::new(
+                    ACTION,
+                    format!("unknown value {}", hcm.path_with_escaped_slashes_action),
+                ));
+            }
+        };
+    let normalize = hcm.normalize_path.as_ref().is_some_and(|b| b.value);
+    match (normalize, hcm.merge_slashes, unescape) {
+        (false, false, false) => Ok(PathNormalization::None),
+        (true, false, false) => Ok(PathNormalization::Base),
+        (true, true, false) => Ok(PathNormalization::MergeSlashes),
+        (true, true, true) => Ok(PathNormalization::DecodeAndMergeSlashes),
+        (false, true, _) => Err(FieldError::new(
+            "merge_slashes",
+            "merging slashes without normalize_path is not one of Istio's path normalizations",
+        )),
+        (_, false, true) => Err(FieldError::new(
+            ACTION,
+            "UNESCAPE_AND_FORWARD without normalize_path and merge_slashes is not one of \
+             Istio's path normalizations",
+        )),
+    }
+}
+
 fn inbound_hcm(
     hcm: &HttpConnectionManager,
     port: Option<u16>,
     out: &mut InboundHttp,
 ) -> FieldResult<()> {
+    let mode = path_normalization(hcm)?;
+    match out.path_normalization {
+        Some(existing) if existing != mode => {
+            return Err(FieldError::new(
+                "normalize_path",
+                format!("path normalization {mode} differs from another filter chain's {existing}"),
+            ));
+        }
+        _ => out.path_normalization = Some(mode),
+    }
     let mut limit = None;
     for (i, f) in hcm.http_filters.iter().enumerate() {
         let at = format!("http_filters[{i}]");

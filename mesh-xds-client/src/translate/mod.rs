@@ -341,13 +341,16 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
 
     // Inbound listeners (istiod's `virtualInbound`): authorization from their RBAC filters,
     // and one inbound listener per HTTP chain port, to the local app on that port, with its
-    // rate limit. A policy named by two listeners is kept once.
+    // rate limit. A policy named by two listeners is kept once. Their connection managers'
+    // path normalization is the workload's.
     let mut authorization: Vec<AuthorizationPolicy> = Vec::new();
     let mut inbound = Vec::new();
+    let mut path_normalization = None;
     for l in resources.listeners.values() {
         let Some(http) = &l.inbound_http else {
             continue;
         };
+        path_normalization = path_normalization.or(http.path_normalization);
         for p in &http.authorization {
             if !authorization.iter().any(|q| q.name == p.name) {
                 authorization.push(p.clone());
@@ -384,6 +387,8 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect(),
+        // The inbound connection manager's, as Envoy applies it; Istio's default without one.
+        path_normalization: path_normalization.unwrap_or_default(),
     }
 }
 

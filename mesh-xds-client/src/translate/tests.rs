@@ -24,7 +24,9 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     FaultAbort as PbAbort, HttpFault, fault_abort::ErrorType,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
+    HttpConnectionManager, HttpFilter,
+    http_connection_manager::{PathWithEscapedSlashesAction as Action, RouteSpecifier},
+    http_filter,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, SdsSecretConfig, UpstreamTlsContext, common_tls_context,
@@ -35,8 +37,8 @@ use envoy_types::pb::google::protobuf::{
     BoolValue, Duration as PbDuration, Struct, UInt32Value, Value, value::Kind,
 };
 use mesh_core::model::{
-    AbortError, HealthStatus, LbAlgorithm, Percentage, RetryCondition, RouteAction, StringMatch,
-    TlsMode,
+    AbortError, HealthStatus, LbAlgorithm, PathNormalization, Percentage, RetryCondition,
+    RouteAction, StringMatch, TlsMode,
 };
 
 const C1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
@@ -1188,5 +1190,118 @@ fn inbound_clusters_name_the_services_the_workload_serves() {
             "ratings-admin.shop.svc.cluster.local",
             "ratings.shop.svc.cluster.local"
         ]
+    );
+}
+
+/// An inbound listener with two HTTP chains (ports 9080 and 9090) whose connection managers
+/// get `set`.
+fn inbound_with_hcm(set: impl Fn(&mut HttpConnectionManager, usize)) -> Listener {
+    let mut l = hcm_with_filters(&[]);
+    l.traffic_direction = 1;
+    l.filter_chains.push(l.filter_chains[0].clone());
+    for (i, port) in [9080, 9090].into_iter().enumerate() {
+        let chain = &mut l.filter_chains[i];
+        chain.filter_chain_match = Some(
+            envoy_types::pb::envoy::config::listener::v3::FilterChainMatch {
+                destination_port: Some(UInt32Value { value: port }),
+                ..Default::default()
+            },
+        );
+        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+            unreachable!()
+        };
+        let mut hcm: HttpConnectionManager = unpack(any, "").unwrap();
+        set(&mut hcm, i);
+        chain.filters[0].config_type = Some(filter::ConfigType::TypedConfig(pack(&hcm)));
+    }
+    l
+}
+
+/// What istiod's inbound HCM carries for each of Istio's `pathNormalization` modes.
+fn istiod_hcm(hcm: &mut HttpConnectionManager, mode: PathNormalization) {
+    let (normalize, merge, action) = match mode {
+        PathNormalization::None => (false, false, Action::KeepUnchanged),
+        PathNormalization::Base => (true, false, Action::KeepUnchanged),
+        PathNormalization::MergeSlashes => (true, true, Action::KeepUnchanged),
+        PathNormalization::DecodeAndMergeSlashes => (true, true, Action::UnescapeAndForward),
+    };
+    hcm.normalize_path = Some(BoolValue { value: normalize });
+    hcm.merge_slashes = merge;
+    hcm.path_with_escaped_slashes_action = action as i32;
+}
+
+#[test]
+fn the_inbound_connection_managers_path_normalization_is_the_workloads() {
+    let translate = |l: &Listener| match decode(ResourceType::Listener, &pack(l)) {
+        Ok(Decoded::Listener(x)) => Ok(x),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e.to_string()),
+    };
+    for mode in [
+        PathNormalization::None,
+        PathNormalization::Base,
+        PathNormalization::MergeSlashes,
+        PathNormalization::DecodeAndMergeSlashes,
+    ] {
+        let x = translate(&inbound_with_hcm(|hcm, _| istiod_hcm(hcm, mode))).unwrap();
+        assert_eq!(
+            x.inbound_http.as_ref().unwrap().path_normalization,
+            Some(mode)
+        );
+        let mut res = Resources::default();
+        res.listeners.insert("virtualInbound", &x);
+        assert_eq!(
+            assemble(&res, &Workload::default()).path_normalization,
+            mode
+        );
+    }
+    // Without the fields, Envoy's defaults: nothing normalized.
+    let x = translate(&inbound_with_hcm(|_, _| {})).unwrap();
+    let mut res = Resources::default();
+    res.listeners.insert("virtualInbound", &x);
+    assert_eq!(
+        assemble(&res, &Workload::default()).path_normalization,
+        PathNormalization::None
+    );
+    // Without an inbound listener, Istio's default.
+    assert_eq!(
+        assemble(&Resources::default(), &Workload::default()).path_normalization,
+        PathNormalization::Base
+    );
+
+    // What this proxy cannot honour is a NACK naming the field.
+    for action in [Action::UnescapeAndRedirect, Action::RejectRequest] {
+        let e = translate(&inbound_with_hcm(|hcm, _| {
+            istiod_hcm(hcm, PathNormalization::MergeSlashes);
+            hcm.path_with_escaped_slashes_action = action as i32;
+        }))
+        .unwrap_err();
+        assert!(
+            e.contains("filter_chains[0].filters[0].typed_config.path_with_escaped_slashes_action")
+                && e.contains(action.as_str_name()),
+            "{e}"
+        );
+    }
+    let e = translate(&inbound_with_hcm(|hcm, _| hcm.merge_slashes = true)).unwrap_err();
+    assert!(
+        e.contains("filter_chains[0].filters[0].typed_config.merge_slashes"),
+        "{e}"
+    );
+    let e = translate(&inbound_with_hcm(|hcm, _| {
+        istiod_hcm(hcm, PathNormalization::Base);
+        hcm.path_with_escaped_slashes_action = Action::UnescapeAndForward as i32;
+    }))
+    .unwrap_err();
+    assert!(e.contains("path_with_escaped_slashes_action"), "{e}");
+    // Two chains that disagree: the second is named.
+    let e = translate(&inbound_with_hcm(|hcm, i| {
+        let mode = [PathNormalization::Base, PathNormalization::MergeSlashes][i];
+        istiod_hcm(hcm, mode);
+    }))
+    .unwrap_err();
+    assert!(
+        e.contains("filter_chains[1].filters[0].typed_config.normalize_path")
+            && e.contains("MERGE_SLASHES differs from another filter chain's BASE"),
+        "{e}"
     );
 }

@@ -15,8 +15,40 @@ mod sidecar;
 mod values;
 
 use super::{Diagnostic, Resource, Severity};
-use crate::model::{MeshConfig, Workload};
+use crate::model::{MeshConfig, PathNormalization, Workload};
 use std::collections::BTreeMap;
+
+/// The settings of Istio's mesh-wide `MeshConfig` (the `mesh` key of the `istio` ConfigMap)
+/// that shape what the loader builds. [`Default`] is Istio's defaults.
+///
+/// ```
+/// use mesh_core::istio::MeshOptions;
+/// use mesh_core::model::PathNormalization;
+/// let options = MeshOptions {
+///     root_namespace: "istio-config".into(),
+///     path_normalization: PathNormalization::MergeSlashes,
+/// };
+/// assert_eq!(MeshOptions::default().root_namespace, "istio-system");
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshOptions {
+    /// `rootNamespace`: the namespace whose selector-less AuthorizationPolicies and
+    /// PeerAuthentications apply mesh-wide (`istio-system` by default).
+    pub root_namespace: String,
+    /// `pathNormalization.normalization`, copied into
+    /// [`MeshConfig::path_normalization`] (`BASE` by default).
+    pub path_normalization: PathNormalization,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            root_namespace: "istio-system".to_owned(),
+            path_normalization: PathNormalization::default(),
+        }
+    }
+}
 
 /// What [`build`] produced: a config when there are no errors, and every finding.
 #[derive(Clone, Debug, Default)]
@@ -39,11 +71,21 @@ impl BuildOutcome {
     }
 }
 
-/// Checks `resources` together and resolves them for `workload`.
+/// Checks `resources` together and resolves them for `workload`, with Istio's default
+/// [`MeshOptions`].
 ///
 /// Never panics. Every problem becomes a [`Diagnostic`]; the config is returned only when
 /// none of them is an error.
 pub fn build(resources: &[Resource], workload: &Workload) -> BuildOutcome {
+    build_with(resources, workload, &MeshOptions::default())
+}
+
+/// [`build`] with the mesh-wide settings `options` (root namespace, path normalization).
+pub fn build_with(
+    resources: &[Resource],
+    workload: &Workload,
+    options: &MeshOptions,
+) -> BuildOutcome {
     let mut findings = Findings::default();
     let unique = deduplicate(resources, &mut findings);
     let registry = registry::Registry::build(&unique, workload, &mut findings);
@@ -51,8 +93,9 @@ pub fn build(resources: &[Resource], workload: &Workload) -> BuildOutcome {
     let clusters = policy::clusters(&registry, &rules);
     let routes = routes::build(&unique, &registry, &rules, workload, &mut findings);
     let inbound = sidecar::inbound(&unique, workload, &mut findings);
-    let authorization = security::authorization(&unique, workload, &mut findings);
-    let peer_authentication = security::peer_authentication(&unique, workload, &mut findings);
+    let root = options.root_namespace.as_str();
+    let authorization = security::authorization(&unique, workload, root, &mut findings);
+    let peer_authentication = security::peer_authentication(&unique, workload, root, &mut findings);
     let config = MeshConfig {
         workload: workload.clone(),
         services: registry.services(),
@@ -62,6 +105,7 @@ pub fn build(resources: &[Resource], workload: &Workload) -> BuildOutcome {
         authorization,
         peer_authentication,
         workload_services: registry.local.iter().cloned().collect(),
+        path_normalization: options.path_normalization,
     };
     let diagnostics = findings.list;
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);

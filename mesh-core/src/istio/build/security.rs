@@ -1,6 +1,7 @@
 //! AuthorizationPolicy and PeerAuthentication: checked, and narrowed to the ones that apply to
-//! this workload (root namespace `istio-system` for mesh-wide, then its namespace, then its
-//! selector).
+//! this workload (the root namespace, `istio-system` unless
+//! [`MeshOptions::root_namespace`](super::MeshOptions) says otherwise, for mesh-wide; then its
+//! namespace, then its selector).
 
 use super::{At, Findings};
 use crate::istio::{Resource, Spec, api};
@@ -9,18 +10,23 @@ use crate::model::{
     PeerAuthentication, SourceMatch, ValueMatch, Workload, selects,
 };
 
-/// Istio's default root namespace: policies there without a selector apply mesh-wide (a
-/// PeerAuthentication there with a selector is ignored).
-const ROOT_NAMESPACE: &str = "istio-system";
-
-fn applies(res: &Resource, selector: Option<&api::SecuritySelector>, workload: &Workload) -> bool {
-    let in_scope = res.namespace == workload.namespace || res.namespace == ROOT_NAMESPACE;
+/// Whether a policy in `res`'s namespace with `selector` applies to `workload`: policies in the
+/// root namespace `root` without a selector apply mesh-wide (a PeerAuthentication there with
+/// a selector is ignored).
+fn applies(
+    res: &Resource,
+    selector: Option<&api::SecuritySelector>,
+    workload: &Workload,
+    root: &str,
+) -> bool {
+    let in_scope = res.namespace == workload.namespace || res.namespace == root;
     in_scope && selector.is_none_or(|s| selects(&s.match_labels, &workload.labels))
 }
 
 pub(super) fn authorization(
     resources: &[&Resource],
     workload: &Workload,
+    root: &str,
     findings: &mut Findings,
 ) -> Vec<AuthorizationPolicy> {
     let mut out = Vec::new();
@@ -39,7 +45,7 @@ pub(super) fn authorization(
             );
             continue;
         }
-        if applies(res, policy.selector.as_ref(), workload) {
+        if applies(res, policy.selector.as_ref(), workload, root) {
             out.push(converted);
         }
     }
@@ -239,6 +245,7 @@ type Level<'r> = (&'r Resource, MtlsMode, Vec<(u16, MtlsMode)>);
 pub(super) fn peer_authentication(
     resources: &[&Resource],
     workload: &Workload,
+    root: &str,
     findings: &mut Findings,
 ) -> PeerAuthentication {
     // Mesh, namespace, workload: the most specific applicable policy wins.
@@ -271,21 +278,21 @@ pub(super) fn peer_authentication(
                 _ => at.error(&field, format!("{port:?} is not a port number")),
             }
         }
-        if selector.is_some() && res.namespace == ROOT_NAMESPACE {
+        if selector.is_some() && res.namespace == root {
             // Istio ignores them: only mesh-wide (selector-less) policies apply from there.
             at.warn(
                 "spec.selector",
                 format!(
-                    "a PeerAuthentication with a selector in the root namespace {ROOT_NAMESPACE} \
+                    "a PeerAuthentication with a selector in the root namespace {root} \
                      is ignored"
                 ),
             );
             continue;
         }
-        if !applies(res, selector, workload) {
+        if !applies(res, selector, workload, root) {
             continue;
         }
-        let level = match (selector, res.namespace == ROOT_NAMESPACE) {
+        let level = match (selector, res.namespace == root) {
             (Some(_), _) => 2,
             (None, false) => 1,
             (None, true) => 0,
