@@ -178,11 +178,9 @@ impl TcpForward {
         let _ = upstream.set_nodelay(true);
         let labels = self.labels(ResponseFlags::default());
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
-        let spliced = splice(client, upstream, idle).await;
         // `sent`: client -> upstream; `received`: upstream -> client (Istio's direction names).
-        metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(spliced.sent);
-        metrics::counter!("istio_tcp_received_bytes_total", labels.clone())
-            .increment(spliced.received);
+        let bytes = ByteCounters::new(&labels, false);
+        splice_reporting(client, upstream, idle, |moved| bytes.add(moved)).await;
         metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
     }
 }
@@ -718,13 +716,14 @@ impl TcpOutbound {
         };
         let labels = self.labels(&target, ResponseFlags::default(), mtls, peer);
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
-        let spliced = match upstream {
-            UpstreamStream::Plain(s) => splice(client, s, idle).await,
-            UpstreamStream::Tls { stream, .. } => splice(client, stream, idle).await,
+        let bytes = ByteCounters::new(&labels, false);
+        let report = |moved| bytes.add(moved);
+        match upstream {
+            UpstreamStream::Plain(s) => splice_reporting(client, s, idle, report).await,
+            UpstreamStream::Tls { stream, .. } => {
+                splice_reporting(client, stream, idle, report).await
+            }
         };
-        metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(spliced.sent);
-        metrics::counter!("istio_tcp_received_bytes_total", labels.clone())
-            .increment(spliced.received);
         metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
     }
 }
@@ -800,7 +799,28 @@ pub struct Spliced {
 /// Copies bytes both ways between `client` and `upstream` until either side closes, an I/O
 /// error, or `idle` passes with no byte in either direction (Istio's
 /// `connectionPool.tcp.idleTimeout`). The byte counts survive an error or a timeout.
-pub async fn splice<A, B>(client: A, mut upstream: B, idle: Duration) -> Spliced
+pub async fn splice<A, B>(client: A, upstream: B, idle: Duration) -> Spliced
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    splice_reporting(client, upstream, idle, |_| {}).await
+}
+
+/// How often a connection's byte counts are reported while it is open: Istio's
+/// `tcp_reporting_duration` default, so a long-lived connection's traffic shows in
+/// `istio_tcp_*_bytes_total` before it closes.
+pub const TCP_REPORTING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// As [`splice`], calling `report` with the bytes moved since its last call every
+/// [`TCP_REPORTING_INTERVAL`] while bytes move, and once at the end; the calls add up to the
+/// totals returned.
+pub async fn splice_reporting<A, B>(
+    client: A,
+    mut upstream: B,
+    idle: Duration,
+    mut report: impl FnMut(Spliced),
+) -> Spliced
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -809,6 +829,25 @@ where
     let (activity, started) = (watched.activity.clone(), watched.started);
     let copy = tokio::io::copy_bidirectional(&mut watched, &mut upstream);
     tokio::pin!(copy);
+    let mut reported = Spliced::default();
+    let mut report_since = |reported: &mut Spliced| {
+        let now = Spliced {
+            sent: activity.read.load(Ordering::Relaxed),
+            received: activity.written.load(Ordering::Relaxed),
+            idle_timed_out: false,
+        };
+        if now != *reported {
+            report(Spliced {
+                sent: now.sent - reported.sent,
+                received: now.received - reported.received,
+                idle_timed_out: false,
+            });
+            *reported = now;
+        }
+    };
+    let mut tick =
+        tokio::time::interval_at(started + TCP_REPORTING_INTERVAL, TCP_REPORTING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let idle_timed_out = loop {
         let last = started + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
         tokio::select! {
@@ -827,12 +866,47 @@ where
                     break true;
                 }
             }
+            _ = tick.tick() => report_since(&mut reported),
         }
     };
+    report_since(&mut reported);
     Spliced {
         sent: activity.read.load(Ordering::Relaxed),
         received: activity.written.load(Ordering::Relaxed),
         idle_timed_out,
+    }
+}
+
+/// Istio's byte counters of one TCP connection, under its labels.
+struct ByteCounters {
+    /// `istio_tcp_sent_bytes_total`.
+    sent: metrics::Counter,
+    /// `istio_tcp_received_bytes_total`.
+    received: metrics::Counter,
+    /// Whether this proxy is the connection's server side (`reporter="destination"`): bytes
+    /// from the client are then received, not sent.
+    server_side: bool,
+}
+
+impl ByteCounters {
+    fn new(labels: &[metrics::Label], server_side: bool) -> Self {
+        Self {
+            sent: metrics::counter!("istio_tcp_sent_bytes_total", labels.to_vec()),
+            received: metrics::counter!("istio_tcp_received_bytes_total", labels.to_vec()),
+            server_side,
+        }
+    }
+
+    /// Counts what a splice moved (`sent`: client to upstream, `received`: back), in Istio's
+    /// direction names for this side.
+    fn add(&self, moved: Spliced) {
+        let (to_peer, from_peer) = if self.server_side {
+            (moved.received, moved.sent)
+        } else {
+            (moved.sent, moved.received)
+        };
+        self.sent.increment(to_peer);
+        self.received.increment(from_peer);
     }
 }
 
@@ -1165,10 +1239,12 @@ impl TcpInbound {
         let _ = upstream.set_nodelay(true);
         let labels = self.labels(&conn, ResponseFlags::default());
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
-        let spliced = splice(client, upstream, idle_timeout(None)).await;
         // From the server side: received = client -> app, sent = app -> client.
-        metrics::counter!("istio_tcp_received_bytes_total", labels.clone()).increment(spliced.sent);
-        metrics::counter!("istio_tcp_sent_bytes_total", labels.clone()).increment(spliced.received);
+        let bytes = ByteCounters::new(&labels, true);
+        splice_reporting(client, upstream, idle_timeout(None), |moved| {
+            bytes.add(moved)
+        })
+        .await;
         metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
     }
 }
@@ -1287,6 +1363,42 @@ spec:
         drop(app_upstream);
         let spliced = splice.await.unwrap();
         assert_eq!((spliced.sent, spliced.idle_timed_out), (300, false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_connection_reports_its_bytes_every_interval_and_the_rest_at_the_end() {
+        let (mut app_client, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_upstream, mut app_upstream) = tokio::io::duplex(1024);
+        let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel();
+        let splice = tokio::spawn(splice_reporting(
+            proxy_client,
+            proxy_upstream,
+            DEFAULT_TCP_IDLE_TIMEOUT,
+            move |moved: Spliced| reports.send((moved.sent, moved.received)).unwrap(),
+        ));
+        // Ten bytes up: reported at the first tick, while the connection stays open.
+        app_client.write_all(&[1; 10]).await.unwrap();
+        let mut up = [0u8; 10];
+        app_upstream.read_exact(&mut up).await.unwrap();
+        tokio::time::sleep(TCP_REPORTING_INTERVAL).await;
+        assert_eq!(reported.recv().await, Some((10, 0)));
+        // A quiet interval reports nothing; four bytes back are reported at the next tick.
+        tokio::time::sleep(TCP_REPORTING_INTERVAL).await;
+        app_upstream.write_all(&[2; 4]).await.unwrap();
+        let mut back = [0u8; 4];
+        app_client.read_exact(&mut back).await.unwrap();
+        tokio::time::sleep(TCP_REPORTING_INTERVAL).await;
+        assert_eq!(reported.recv().await, Some((0, 4)));
+        // What moved after the last tick is reported when the connection ends.
+        app_client.write_all(&[3; 6]).await.unwrap();
+        app_client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        app_upstream.read_to_end(&mut rest).await.unwrap();
+        drop(app_upstream);
+        let spliced = splice.await.unwrap();
+        assert_eq!(reported.recv().await, Some((6, 0)));
+        assert_eq!(reported.recv().await, None, "no other report");
+        assert_eq!((spliced.sent, spliced.received), (16, 4));
     }
 
     #[tokio::test]
