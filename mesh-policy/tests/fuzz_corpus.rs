@@ -1,10 +1,13 @@
-//! Replays the `authz` and `spiffe` fuzz corpora (`fuzz/corpus/{authz,spiffe}`) and their crash
+//! Replays the `authz`, `spiffe` and `path_normalization` fuzz corpora
+//! (`fuzz/corpus/{authz,spiffe,path_normalization}`) and their crash
 //! regressions (`fuzz/regressions/<target>`, when present) on stable Rust, through the fuzz
 //! targets' own runners (`fuzz/common/authz.rs`, `fuzz/common/spiffe.rs`), and pins what the
 //! seeds decide. `MESH_FUZZ_WRITE_SEEDS=1` rewrites the certificate seeds of `spiffe`.
 
 #[path = "../../fuzz/common/authz.rs"]
 mod authz;
+#[path = "../../fuzz/common/path_normalization.rs"]
+mod path_normalization;
 #[path = "../../fuzz/common/spiffe.rs"]
 mod spiffe;
 
@@ -141,4 +144,49 @@ fn write_certificate_seeds() {
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(dir("fuzz/corpus/spiffe").join(name), cert.der()).unwrap();
     }
+}
+
+#[test]
+fn path_normalization_corpus_replays_without_panic() {
+    let files = inputs("fuzz/corpus/path_normalization");
+    assert!(files.len() >= 6, "the path_normalization corpus is missing");
+    for file in &files {
+        let data = std::fs::read(file).expect("a readable corpus file");
+        let _ = path_normalization::run(&data);
+    }
+}
+
+#[test]
+fn path_normalization_regressions_replay_without_panic() {
+    for file in inputs("fuzz/regressions/path_normalization") {
+        let data = std::fs::read(&file).expect("a readable regression file");
+        let _ = path_normalization::run(&data);
+    }
+}
+
+#[test]
+fn path_normalization_seeds_normalize_as_each_mode_says() {
+    // NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES.
+    let modes = |name: &str| path_normalization::run(&seed("path_normalization", name));
+    let some = |p: &str| Some(p.to_owned());
+    assert_eq!(
+        modes("seed-double-slashes"),
+        [
+            some("//admin//x"),
+            some("//admin//x"),
+            some("/admin/x"),
+            some("/admin/x")
+        ]
+    );
+    assert_eq!(modes("seed-dot-segments")[1], some("/admin"));
+    assert_eq!(
+        modes("seed-escaped-slashes")[3],
+        some("/a/admin"),
+        "%2F and %5C decoded, then the dot segment resolved"
+    );
+    assert_eq!(
+        modes("seed-nul"),
+        [some("/a%00b"), None, None, None],
+        "refused (400) in every mode but NONE"
+    );
 }

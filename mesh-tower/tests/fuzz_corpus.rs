@@ -1,7 +1,10 @@
-//! Replays the `route_match` fuzz corpus (`fuzz/corpus/route_match`) and its crash regressions
+//! Replays the `route_match` fuzz corpus (and, below, `sniff`, `trace_context` and
+//! `peer_exchange`) (`fuzz/corpus/route_match`) and its crash regressions
 //! (`fuzz/regressions/route_match`, when present) on stable Rust, through the fuzz target's own
 //! decoder and runner, and pins what the seed requests route to.
 
+#[path = "../../fuzz/common/peer_exchange.rs"]
+mod peer_exchange;
 #[path = "../../fuzz/common/route.rs"]
 mod route;
 
@@ -280,4 +283,85 @@ fn trace_context_seeds_write_the_chosen_formats() {
         trace_seed("seed-unknown"),
         trace::Outcome::Refused(m) if m.contains("`jaeger`")
     ));
+}
+
+/// Writes the peer_exchange seeds: an Istio preamble followed by payload, the same cut short,
+/// a peer without the exchange, and a preamble claiming more than the reader takes.
+fn write_peer_exchange_seeds() {
+    use mesh_core::model::Workload;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/peer_exchange");
+    std::fs::create_dir_all(&dir).unwrap();
+    let workload = Workload {
+        workload_name: "ratings-v1".to_owned(),
+        namespace: "shop".to_owned(),
+        ..Workload::default()
+    };
+    // Our own preamble is Istio's format (checked against istio/proxy's in the unit tests).
+    let exchange = mesh_tower::telemetry::TcpPeerExchange::with_id(
+        &workload,
+        Some("sidecar~10.1.2.3~ratings-v1.shop~shop.svc.cluster.local"),
+    );
+    let mut stream = tokio::io::join(tokio::io::empty(), Vec::new());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(exchange.run(&mut stream))
+        .unwrap();
+    let (_, preamble) = stream.into_inner();
+    let mut with_payload = preamble.clone();
+    with_payload.extend_from_slice(b"SELECT 1;");
+    std::fs::write(dir.join("seed-istio-preamble"), &with_payload).unwrap();
+    std::fs::write(dir.join("seed-cut-short"), &preamble[..preamble.len() / 2]).unwrap();
+    std::fs::write(
+        dir.join("seed-no-exchange"),
+        "GET / HTTP/1.1\r\nHost: db\r\n\r\n",
+    )
+    .unwrap();
+    let mut oversize = 0x3D23_0467u32.to_be_bytes().to_vec();
+    oversize.extend_from_slice(&0x0001_0001u32.to_be_bytes());
+    std::fs::write(dir.join("seed-oversize"), oversize).unwrap();
+}
+
+#[test]
+fn peer_exchange_corpus_replays_without_panic() {
+    if std::env::var_os("MESH_FUZZ_WRITE_SEEDS").is_some() {
+        write_peer_exchange_seeds();
+    }
+    let files = inputs("fuzz/corpus/peer_exchange");
+    assert!(files.len() >= 4, "the peer_exchange corpus is missing");
+    for file in &files {
+        let data = std::fs::read(file).expect("a readable corpus file");
+        let _ = peer_exchange::run(&data);
+    }
+}
+
+#[test]
+fn peer_exchange_regressions_replay_without_panic() {
+    for file in inputs("fuzz/regressions/peer_exchange") {
+        let data = std::fs::read(&file).expect("a readable regression file");
+        let _ = peer_exchange::run(&data);
+    }
+}
+
+#[test]
+fn peer_exchange_seeds_read_as_istio_s_filter_reads_them() {
+    let run = |name: &str| peer_exchange::run(&seed_of("peer_exchange", name));
+    let istio = run("seed-istio-preamble").expect("a whole preamble");
+    assert_eq!(istio.peer.expect("the peer").workload, "ratings-v1");
+    assert_eq!(
+        istio.peer_id.as_deref(),
+        Some("sidecar~10.1.2.3~ratings-v1.shop~shop.svc.cluster.local")
+    );
+    assert!(istio.unread.is_empty(), "the payload stays in the stream");
+    // A peer without the exchange: its first eight bytes come back as payload.
+    let plain = run("seed-no-exchange").expect("payload");
+    assert!(plain.peer.is_none());
+    assert_eq!(plain.unread.as_ref(), b"GET / HT");
+    // A length over the limit is payload too; a preamble cut short is an unknown peer.
+    assert_eq!(run("seed-oversize").expect("payload").unread.len(), 8);
+    assert!(
+        run("seed-cut-short").is_none(),
+        "a peer that closes mid-preamble ends the connection"
+    );
 }
