@@ -476,9 +476,14 @@ impl Proxy {
             OutboundCapture::new(store.clone(), outbound_service.clone(), client.clone(), tcp)
         });
         let capture_inbound = options.intercept.then(|| {
+            // The capture forwards TCP to the app, so a PERMISSIVE port passes the app's own
+            // TLS through as Istio's sidecars do; the non-intercepted listener below serves
+            // HTTP only (`serve_tls`), so there every TLS connection is terminated.
             InboundCapture::new(
                 store.clone(),
-                inbound_tls.clone(),
+                inbound_tls
+                    .clone()
+                    .map(|tls| tls.pass_through_app_tls(true)),
                 mesh_tower::tcp::TcpInbound::new(store.clone()),
                 make_inbound,
             )

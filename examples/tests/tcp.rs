@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use mesh_core::model::Workload;
-use mesh_core::store::ConfigStore;
 use mesh_examples::proxy::Proxy;
 use mesh_policy::credentials::CredentialStore;
 use mesh_policy::testing::TestCa;
@@ -135,19 +134,6 @@ spec:
   - to: [{{ operation: {{ methods: [GET] }} }}]
 "
     )
-}
-
-fn store_for(yaml: &str, namespace: &str, sa: &str) -> std::sync::Arc<ConfigStore> {
-    let workload = Workload {
-        namespace: namespace.to_owned(),
-        service_account: sa.to_owned(),
-        workload_name: format!("{sa}-v1"),
-        ..Workload::default()
-    };
-    let outcome = mesh_core::istio::load(&[("mesh.yaml", yaml)], &workload);
-    let mut config = outcome.config.expect("config loads");
-    config.workload = workload;
-    std::sync::Arc::new(ConfigStore::new(config))
 }
 
 /// Sends `message` through an intercepted-TCP client side and reads the echo; `None` when

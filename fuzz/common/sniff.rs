@@ -4,8 +4,10 @@
 //! The input is the first bytes of an inbound connection on a PERMISSIVE port.
 //! [`mesh_tower::tls::is_tls_handshake`] decides TLS or plaintext; bytes taken for TLS then go
 //! to rustls, which must parse (or refuse) the ClientHello the way the TLS acceptor would,
-//! and its server name and ALPN are read (what `TlsInfo` records). Nothing may panic.
+//! and its server name and ALPN are read (what `TlsInfo` records and what decides whether a
+//! PERMISSIVE port terminates the connection). Nothing may panic.
 
+use mesh_tower::tls::hello::{Peeked, parse_client_hello};
 use mesh_tower::tls::is_tls_handshake;
 
 /// What one input was taken for.
@@ -22,36 +24,23 @@ pub enum Sniffed {
     },
     /// A TLS handshake cut short (more bytes needed).
     Incomplete,
-    /// A TLS handshake rustls refused.
-    Refused(String),
+    /// A TLS handshake rustls refused (a PERMISSIVE port that passes the app's TLS through
+    /// takes it for plaintext, as Envoy's TLS inspector does).
+    Refused,
 }
 
-/// Sniffs, then parses the ClientHello of what looks like TLS.
+/// Sniffs, then parses the ClientHello of what looks like TLS, as
+/// [`mesh_tower::tls::InboundTls`] does on a PERMISSIVE port.
 pub fn run(data: &[u8]) -> Sniffed {
     if !is_tls_handshake(data) {
         return Sniffed::Plaintext;
     }
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut rest = data;
-    // Each read_tls consumes at least one byte or returns 0/an error: bounded by the input.
-    while !rest.is_empty() {
-        match acceptor.read_tls(&mut rest) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    match acceptor.accept() {
-        Ok(Some(accepted)) => {
-            let hello = accepted.client_hello();
-            Sniffed::ClientHello {
-                sni: hello.server_name().map(str::to_owned),
-                alpn: hello
-                    .alpn()
-                    .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
-                    .unwrap_or_default(),
-            }
-        }
-        Ok(None) => Sniffed::Incomplete,
-        Err((e, _alert)) => Sniffed::Refused(e.to_string()),
+    match parse_client_hello(data) {
+        Peeked::Hello(hello) => Sniffed::ClientHello {
+            sni: hello.server_name,
+            alpn: hello.alpn,
+        },
+        Peeked::Incomplete => Sniffed::Incomplete,
+        Peeked::NotTls => Sniffed::Refused,
     }
 }

@@ -16,7 +16,12 @@
 //! - **inbound** ([`InboundCapture`]): mutual TLS is terminated by PeerAuthentication for
 //!   the original destination port ([`InboundTls`]), then HTTP is served by the inbound
 //!   stack (authorization, telemetry) towards the app on `127.0.0.1:<original port>`, and
-//!   TCP is authorized and forwarded by [`TcpInbound`].
+//!   TCP is authorized and forwarded by [`TcpInbound`]. On a PERMISSIVE port, TLS that
+//!   offers none of Istio's mesh ALPN protocols is the app's own (when the [`InboundTls`]
+//!   has [`InboundTls::pass_through_app_tls`] on, as the sidecar's has): it goes to the app
+//!   untouched as TCP, authorized by [`TcpInbound`] without an identity, as Istio's plain
+//!   TLS filter chain does; on a port a Sidecar ingress listener declares HTTP, Istio has no
+//!   such chain and the connection is closed.
 //!
 //! Unlike Envoy, there is no per-port listener table: the original destination and the live
 //! config snapshot decide each connection. HTTP connections drain gracefully on shutdown;
@@ -482,6 +487,7 @@ where
             (None, true) => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), dst.port())),
             (None, false) => self.default_app,
         };
+        let declared_http = listener.is_some_and(|l| l.protocol.is_http());
         let protocol = match (listener, redirected) {
             (Some(l), _) => Some(l.protocol),
             (None, true) => None,
@@ -505,7 +511,17 @@ where
                 return;
             }
         };
-        let (http, prefix) = match decided(protocol) {
+        if tls_info.app_tls && declared_http {
+            // Istio's PERMISSIVE chains for a port declared HTTP: mesh TLS and plaintext only.
+            tracing::debug!(%peer, "inbound capture: the app's own TLS on a port declared HTTP refused");
+            return;
+        }
+        let decision = if tls_info.app_tls {
+            Decided::Tcp
+        } else {
+            decided(protocol)
+        };
+        let (http, prefix) = match decision {
             Decided::Http => (true, Bytes::new()),
             Decided::Tcp => (false, Bytes::new()),
             Decided::Sniff => match sniff(&mut io, self.sniff_timeout).await {

@@ -7,6 +7,16 @@
 //!   with a method letter, an HTTP/2 preface with `P`), `DISABLE` takes plaintext only. The
 //!   verified [`PeerIdentity`] and the [`TlsInfo`] go into every request's extensions
 //!   ([`crate::server::serve_tls`] does that).
+//! - With [`InboundTls::pass_through_app_tls`] (a listener with an application to forward
+//!   TCP to: the sidecar's inbound capture), a `PERMISSIVE` port tells mesh TLS from the
+//!   application's own TLS as Istio's sidecars do: the ClientHello is peeked at, not consumed
+//!   ([`hello`]), and one offering an Istio mesh ALPN protocol
+//!   ([`mesh_policy::tls::MESH_ALPN`]) is terminated; any other TLS (a client without a
+//!   sidecar calling the app's HTTPS port) comes back untouched as
+//!   [`ServerStream::Plain`] with [`TlsInfo::app_tls`] set, for the caller to forward as TCP.
+//!   This is Istio's PERMISSIVE inbound filter chains (`inboundPermissive*FilterChainMatch*`
+//!   in `pilot/pkg/networking/core`): mutual TLS by `allIstioMtlsALPNs`, other TLS passed
+//!   through to a TCP proxy, plaintext. `STRICT` terminates any TLS, as Istio's STRICT chains.
 //! - Outbound, [`MtlsConnector`] is a connector (a `tower::Service<Uri>`) for the upstream
 //!   client's pools: TCP, then a rustls handshake presenting our certificate and checking the
 //!   server's SPIFFE ID against the identities it was built with. [`crate::client::UpstreamClient`] keeps one pool per
@@ -19,6 +29,8 @@
 //! When a client negotiates ALPN `istio-peer-exchange` (mesh peers' TCP connections),
 //! [`InboundTls::accept`] runs Istio's TCP metadata exchange before handing the stream on
 //! ([`TcpPeerExchange`]): the peer's workload is in [`TlsInfo::peer_metadata`].
+
+pub mod hello;
 
 use crate::body::BoxError;
 use crate::capture::Rewind;
@@ -64,6 +76,12 @@ pub struct TlsInfo {
     /// `istio-peer-exchange`); HTTP telemetry falls back to it when a request carries no
     /// exchange headers.
     pub peer_metadata: Option<Arc<PeerMetadata>>,
+    /// The connection is the application's own TLS, left for the application to terminate
+    /// (PERMISSIVE with [`InboundTls::pass_through_app_tls`]: its ClientHello offered none of
+    /// Istio's mesh ALPN protocols). The stream is the untouched TCP connection, its
+    /// ClientHello still unread; `tls` is false (the sidecar terminated nothing), there is no
+    /// peer identity, and `sni` is the server name the ClientHello asked for.
+    pub app_tls: bool,
 }
 
 /// Why an inbound connection was not accepted.
@@ -85,6 +103,10 @@ pub enum AcceptError {
     /// stream.
     #[error("tcp metadata exchange: {0}")]
     Exchange(io::Error),
+    /// The ClientHello a PERMISSIVE port with [`InboundTls::pass_through_app_tls`] peeks at
+    /// could not be read (too large, incomplete in time, or cut short).
+    #[error(transparent)]
+    ClientHello(#[from] hello::HelloError),
 }
 
 /// An accepted inbound stream: plaintext or TLS.
@@ -191,6 +213,7 @@ pub struct InboundTls {
     workload_port: Option<u16>,
     handshake_timeout: Duration,
     exchange: TcpPeerExchange,
+    pass_through_app_tls: bool,
 }
 
 impl std::fmt::Debug for InboundTls {
@@ -217,6 +240,7 @@ impl InboundTls {
             credentials,
             workload_port: None,
             handshake_timeout,
+            pass_through_app_tls: false,
         })
     }
 
@@ -233,6 +257,21 @@ impl InboundTls {
     #[must_use]
     pub fn workload_port(mut self, port: u16) -> Self {
         self.workload_port = Some(port);
+        self
+    }
+
+    /// Whether a PERMISSIVE port passes the application's own TLS through (default: no, every
+    /// TLS connection is terminated). When on, a TLS connection whose ClientHello offers none
+    /// of Istio's mesh ALPN protocols is returned untouched, with [`TlsInfo::app_tls`] set,
+    /// for the caller to forward as TCP to the application; see the module docs. Only a
+    /// caller with an application to forward TCP to turns it on (the embedding API's HTTP
+    /// server and [`crate::server::serve_tls`] have none). A ClientHello rustls cannot parse
+    /// is returned as plaintext, as Envoy's TLS inspector leaves it to the plaintext filter
+    /// chains. The ClientHello is peeked at once per TLS connection on a PERMISSIVE port,
+    /// within the handshake timeout.
+    #[must_use]
+    pub fn pass_through_app_tls(mut self, on: bool) -> Self {
+        self.pass_through_app_tls = on;
         self
     }
 
@@ -269,6 +308,18 @@ impl InboundTls {
             MtlsMode::Permissive | MtlsMode::Unset => {
                 if !starts_with_tls(&stream, timeout).await? {
                     return Ok((ServerStream::Plain(stream), None, info));
+                }
+                if self.pass_through_app_tls {
+                    match hello::peek_client_hello(&stream, timeout).await? {
+                        Some(hello) if hello.offers_mesh_alpn() => {}
+                        Some(hello) => {
+                            info.app_tls = true;
+                            info.sni = hello.server_name.map(Arc::from);
+                            return Ok((ServerStream::Plain(stream), None, info));
+                        }
+                        // Not TLS to Envoy's TLS inspector: the plaintext chains take it.
+                        None => return Ok((ServerStream::Plain(stream), None, info)),
+                    }
                 }
                 &self.optional
             }

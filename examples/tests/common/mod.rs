@@ -371,3 +371,18 @@ pub fn percent(counts: &BTreeMap<String, usize>, key: &str) -> f64 {
     let total: usize = counts.values().sum();
     100.0 * *counts.get(key).unwrap_or(&0) as f64 / total as f64
 }
+
+/// A config store over Istio `yaml` for workload `<sa>-v1` in `namespace` with service account
+/// `sa`.
+pub fn store_for(yaml: &str, namespace: &str, sa: &str) -> Arc<mesh_core::store::ConfigStore> {
+    let workload = mesh_core::model::Workload {
+        namespace: namespace.to_owned(),
+        service_account: sa.to_owned(),
+        workload_name: format!("{sa}-v1"),
+        ..mesh_core::model::Workload::default()
+    };
+    let outcome = mesh_core::istio::load(&[("mesh.yaml", yaml)], &workload);
+    let mut config = outcome.config.expect("config loads");
+    config.workload = workload;
+    Arc::new(mesh_core::store::ConfigStore::new(config))
+}

@@ -61,6 +61,29 @@ pub const HTTP1_ALPN: [&[u8]; 3] = [b"istio-http/1.1", b"istio", b"http/1.1"];
 /// the metadata exchange, else `istio` (no HTTP protocol for the server to pick).
 pub const TCP_ALPN: [&[u8]; 2] = [b"istio-peer-exchange", b"istio"];
 
+/// Istio's mesh ALPN protocols (`allIstioMtlsALPNs` in Istio's `pilot/pkg/networking/core`):
+/// a ClientHello offering one of them comes from a mesh peer, and a sidecar's PERMISSIVE
+/// inbound listener terminates it with mutual TLS; a ClientHello offering none of them is the
+/// application's own TLS, which that listener passes through.
+///
+/// ```
+/// use mesh_policy::tls::{HTTP1_ALPN, is_mesh_alpn};
+/// assert!(HTTP1_ALPN.iter().any(|p| is_mesh_alpn(p)));
+/// assert!(!is_mesh_alpn(b"h2"));
+/// ```
+pub const MESH_ALPN: [&[u8]; 5] = [
+    b"istio",
+    b"istio-peer-exchange",
+    b"istio-http/1.0",
+    b"istio-http/1.1",
+    b"istio-h2",
+];
+
+/// Whether `protocol` is one of Istio's mesh ALPN protocols ([`MESH_ALPN`]).
+pub fn is_mesh_alpn(protocol: &[u8]) -> bool {
+    MESH_ALPN.contains(&protocol)
+}
+
 /// What a mesh client connection will carry, which decides the ALPN protocols it offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MeshProtocol {
