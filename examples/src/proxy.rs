@@ -640,6 +640,9 @@ fn overlay_files(
         config
             .workload_services
             .clone_from(&files.workload_services);
+        config
+            .workload_service_ports
+            .clone_from(&files.workload_service_ports);
     }
     config
         .peer_authentication

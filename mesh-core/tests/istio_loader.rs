@@ -1213,7 +1213,7 @@ fn service_entries_that_select_the_workload_name_its_services() {
         labels: [("app".to_owned(), "ratings".to_owned())].into(),
         ..Workload::default()
     };
-    let entry = |name: &str, namespace: &str, app: &str| {
+    let entry_on = |name: &str, namespace: &str, app: &str, ports: &str| {
         format!(
             "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -1222,17 +1222,38 @@ spec:
   hosts: [{name}.{namespace}.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  ports: {ports}
   workloadSelector: {{ labels: {{ app: {app} }} }}
 "
+        )
+    };
+    let entry = |name: &str, namespace: &str, app: &str| {
+        entry_on(
+            name,
+            namespace,
+            app,
+            "[{ number: 80, name: http, protocol: HTTP }]",
         )
     };
     let text = [
         entry("ratings-v2", "shop", "ratings"),
         entry("ratings", "shop", "ratings"),
+        // Another port of the workload, reached through port 9090 of its service.
+        entry_on(
+            "ratings-admin",
+            "shop",
+            "ratings",
+            "[{ number: 9090, name: admin, protocol: HTTP, targetPort: 8081 }]",
+        ),
         // Another app, and the same labels in another namespace: not this workload.
         entry("reviews", "shop", "reviews"),
         entry("ratings", "other", "ratings"),
+        entry_on(
+            "reviews-admin",
+            "shop",
+            "reviews",
+            "[{ number: 8081, name: admin, protocol: HTTP }]",
+        ),
     ]
     .join("---\n");
     let outcome = istio::load(&[("mesh.yaml", text.as_str())], &workload);
@@ -1240,9 +1261,20 @@ spec:
     assert_eq!(
         config.workload_services,
         [
+            "ratings-admin.shop.svc.cluster.local",
             "ratings-v2.shop.svc.cluster.local",
             "ratings.shop.svc.cluster.local"
         ]
+    );
+    // Per workload port: the target port names the admin service; two services on port 80,
+    // the first by name.
+    assert_eq!(
+        config.workload_service_ports,
+        [
+            (80, "ratings-v2.shop.svc.cluster.local".to_owned()),
+            (8081, "ratings-admin.shop.svc.cluster.local".to_owned())
+        ]
+        .into()
     );
 }
 

@@ -47,6 +47,12 @@ pub struct MeshConfig {
     /// the server side names the first in its metrics' `destination_service`, as Istio names
     /// an inbound cluster's service.
     pub workload_services: Vec<Hostname>,
+    /// The service each of this workload's ports serves, by workload port: as Istio names
+    /// the service of the inbound cluster (a port) a request came in on. From the selecting
+    /// ServiceEntries' ports (the `targetPort`, else the port number; the first host by name
+    /// when several name one port); from xDS, istiod's `inbound|PORT||` clusters. A port not
+    /// listed is named by the first of [`MeshConfig::workload_services`].
+    pub workload_service_ports: BTreeMap<u16, Hostname>,
     /// How the inbound side normalizes request paths before authorization (Istio's
     /// `meshConfig.pathNormalization`; from xDS, the inbound listener's HTTP connection
     /// manager). `BASE` unless told.

@@ -1,5 +1,7 @@
 //! The service a server-side stack's workload is an instance of, for its metrics'
-//! `destination_service` labels: the first of the live config's
+//! `destination_service` labels: the service of the workload port a request came in on
+//! ([`MeshConfig::workload_service_ports`](mesh_core::model::MeshConfig::workload_service_ports)),
+//! else the first of the live config's
 //! [`MeshConfig::workload_services`](mesh_core::model::MeshConfig::workload_services).
 
 use super::UpstreamInfo;
@@ -11,9 +13,19 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub(super) struct LocalService {
     store: Arc<ConfigStore>,
-    /// The last version looked at and what it named: one `Arc` per version, so the label
-    /// cache tells it apart by pointer as it does endpoints.
-    cached: ArcSwapOption<(u64, Option<Arc<UpstreamInfo>>)>,
+    /// The last version looked at and what it named: one `Arc` per version and service, so
+    /// the label cache tells them apart by pointer as it does endpoints.
+    cached: ArcSwapOption<Named>,
+}
+
+/// What one config version names.
+#[derive(Debug)]
+struct Named {
+    version: u64,
+    /// The first of the workload's services: for a port none names.
+    first: Option<Arc<UpstreamInfo>>,
+    /// The service of each workload port that names one.
+    by_port: Vec<(u16, Arc<UpstreamInfo>)>,
 }
 
 impl LocalService {
@@ -30,28 +42,106 @@ impl LocalService {
             .with_current(|snapshot| snapshot.config.path_normalization)
     }
 
-    /// The live config's local service, if it names one.
-    pub(super) fn get(&self) -> Option<Arc<UpstreamInfo>> {
+    /// The live config's service for a request to workload port `port`
+    /// ([`MeshConfig::workload_service_ports`](mesh_core::model::MeshConfig)), else its
+    /// first service, if it names one.
+    pub(super) fn get(&self, port: Option<u16>) -> Option<Arc<UpstreamInfo>> {
         let version = self.store.version();
-        if let Some(cached) = &*self.cached.load()
-            && cached.0 == version
-        {
-            return cached.1.clone();
-        }
+        let named = match &*self.cached.load() {
+            Some(named) if named.version == version => named.clone(),
+            _ => {
+                let named = Arc::new(self.name());
+                self.cached.store(Some(named.clone()));
+                named
+            }
+        };
+        port.and_then(|p| named.by_port.iter().find(|(q, _)| *q == p))
+            .map(|(_, info)| info.clone())
+            .or_else(|| named.first.clone())
+    }
+
+    fn name(&self) -> Named {
         let snapshot = self.store.load();
-        let info = snapshot.config.workload_services.first().map(|host| {
+        let config = &snapshot.config;
+        let info = |host: &String| {
             Arc::new(UpstreamInfo {
                 authority: String::new(),
                 service: host.clone(),
-                namespace: Some(snapshot.config.workload.namespace.clone()),
+                namespace: Some(config.workload.namespace.clone()),
                 labels: Default::default(),
                 service_account: None,
                 workload: None,
                 cluster: None,
             })
-        });
-        self.cached
-            .store(Some(Arc::new((snapshot.version, info.clone()))));
-        info
+        };
+        let first = config.workload_services.first().map(info);
+        let by_port = config
+            .workload_service_ports
+            .iter()
+            .map(|(port, host)| match &first {
+                // The same service keeps one `Arc`.
+                Some(f) if f.service == *host => (*port, f.clone()),
+                _ => (*port, info(host)),
+            })
+            .collect();
+        Named {
+            version: snapshot.version,
+            first,
+            by_port,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::model::MeshConfig;
+
+    #[test]
+    fn a_port_with_a_service_of_its_own_is_named_by_it_and_any_other_by_the_first() {
+        let config = MeshConfig {
+            workload_services: vec![
+                "ratings.shop.svc.cluster.local".to_owned(),
+                "ratings-admin.shop.svc.cluster.local".to_owned(),
+            ],
+            workload_service_ports: [
+                (8080, "ratings.shop.svc.cluster.local".to_owned()),
+                (8081, "ratings-admin.shop.svc.cluster.local".to_owned()),
+            ]
+            .into(),
+            ..MeshConfig::default()
+        };
+        let store = Arc::new(ConfigStore::new(config));
+        let local = LocalService::new(store.clone());
+        let service = |port| local.get(port).map(|info| info.service.clone());
+        assert_eq!(
+            service(Some(8081)).as_deref(),
+            Some("ratings-admin.shop.svc.cluster.local")
+        );
+        assert_eq!(
+            service(Some(8080)).as_deref(),
+            Some("ratings.shop.svc.cluster.local")
+        );
+        // A port no service names, and a request whose port is unknown: the first.
+        assert_eq!(
+            service(Some(9999)).as_deref(),
+            Some("ratings.shop.svc.cluster.local")
+        );
+        assert_eq!(
+            service(None).as_deref(),
+            Some("ratings.shop.svc.cluster.local")
+        );
+        // One `Arc` per service and version (the label cache compares pointers).
+        assert!(Arc::ptr_eq(
+            &local.get(Some(8080)).unwrap(),
+            &local.get(None).unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            &local.get(Some(8081)).unwrap(),
+            &local.get(Some(8081)).unwrap()
+        ));
+        // A new version names again.
+        store.publish(MeshConfig::default());
+        assert!(local.get(Some(8081)).is_none());
     }
 }

@@ -202,9 +202,12 @@ impl Telemetry {
     }
 
     /// On a server-side stack ([`Reporter::Destination`]), names the service the workload is
-    /// an instance of in `destination_service` and `destination_service_name`: the first of
-    /// `store`'s live [`MeshConfig::workload_services`](mesh_core::model::MeshConfig), as Istio
-    /// names an inbound cluster's service (`unknown` while it names none). The access log and
+    /// an instance of in `destination_service` and `destination_service_name`: the service of
+    /// the workload port the request came in on (`TlsInfo::workload_port`, else the
+    /// connection's local port) in `store`'s live
+    /// [`MeshConfig::workload_service_ports`](mesh_core::model::MeshConfig), else the first of
+    /// its `workload_services`, as Istio names an inbound cluster's service (`unknown` while it
+    /// names none). The access log and
     /// spans then also show the request path normalized as the store's live
     /// [`MeshConfig::path_normalization`](mesh_core::model::MeshConfig::path_normalization)
     /// says, as authorization and the app see it (Istio's default, `BASE`, without a store).
@@ -302,6 +305,17 @@ impl Telemetry {
         let peer_metadata = received
             .peer
             .or_else(|| tls_info.and_then(|t| t.peer_metadata.clone()));
+        // The workload port the request came in on, which names its service (server side).
+        let local_port = match (&self.local_service, self.reporter) {
+            (Some(_), Reporter::Destination) => {
+                tls_info.and_then(|t| t.workload_port).or_else(|| {
+                    req.extensions()
+                        .get::<crate::server::ConnectionInfo>()
+                        .map(|c| c.local.port())
+                })
+            }
+            _ => None,
+        };
         Observation {
             telemetry: self.clone(),
             started: Instant::now(),
@@ -311,6 +325,7 @@ impl Telemetry {
             peer,
             mutual_tls,
             peer_metadata,
+            local_port,
             answer_id: received.id,
             answer_metadata: received.metadata,
             request_messages: None,
@@ -445,6 +460,8 @@ pub struct Observation {
     /// The peer workload, from its exchanged metadata (the request's on an inbound stack,
     /// the response's on an outbound one).
     peer_metadata: Option<Arc<PeerMetadata>>,
+    /// The workload port a server-side request came in on (with a local service to name).
+    local_port: Option<u16>,
     /// An inbound stack answers with its node id: the request carried the peer's.
     answer_id: bool,
     /// An inbound stack answers with its metadata: the request carried the peer's.
@@ -533,7 +550,7 @@ impl Observation {
         let flags = ResponseFlags::of_response(&response);
         // A server-side stack has no upstream: its service stands in for the labels.
         let local = match (&self.telemetry.local_service, self.telemetry.reporter) {
-            (Some(local), Reporter::Destination) => local.get(),
+            (Some(local), Reporter::Destination) => local.get(self.local_port),
             _ => None,
         };
         let endpoint = crate::context::RequestContext::of_response(&response)

@@ -387,6 +387,17 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect(),
+        // Each `inbound|PORT||` cluster's first service, by its port (Istio's stats filter
+        // names the first of the cluster's `services`).
+        workload_service_ports: resources
+            .clusters
+            .values()
+            .filter_map(|c| {
+                let port = c.cluster.name.as_str().strip_prefix("inbound|")?;
+                let port = port.split('|').next()?.parse::<u16>().ok()?;
+                Some((port, c.inbound_services.first()?.clone()))
+            })
+            .collect(),
         // The inbound connection manager's, as Envoy applies it; Istio's default without one.
         path_normalization: path_normalization.unwrap_or_default(),
     }

@@ -1191,6 +1191,15 @@ fn inbound_clusters_name_the_services_the_workload_serves() {
             "ratings.shop.svc.cluster.local"
         ]
     );
+    // Per port, the first service each inbound cluster names.
+    assert_eq!(
+        cfg.workload_service_ports,
+        [
+            (9080, "ratings.shop.svc.cluster.local".to_owned()),
+            (9090, "ratings-admin.shop.svc.cluster.local".to_owned())
+        ]
+        .into()
+    );
 }
 
 /// An inbound listener with two HTTP chains (ports 9080 and 9090) whose connection managers

@@ -105,6 +105,7 @@ pub fn build_with(
         authorization,
         peer_authentication,
         workload_services: registry.local.iter().cloned().collect(),
+        workload_service_ports: registry.local_ports.clone(),
         path_normalization: options.path_normalization,
     };
     let diagnostics = findings.list;

@@ -65,6 +65,8 @@ pub(super) struct Registry {
     /// The hosts of the ServiceEntries whose `workloadSelector` selects the local workload
     /// (in its namespace): the services it is an instance of.
     pub(super) local: std::collections::BTreeSet<String>,
+    /// Of those, the service each workload port serves (the first host by name per port).
+    pub(super) local_ports: BTreeMap<u16, String>,
 }
 
 impl Registry {
@@ -113,6 +115,18 @@ impl Registry {
                 owners.insert(hostname.clone(), res.key());
                 if selects_me {
                     registry.local.insert(hostname.clone());
+                    for port in &service_template.ports {
+                        let on_workload = port.target_port.unwrap_or(port.number);
+                        registry
+                            .local_ports
+                            .entry(on_workload)
+                            .and_modify(|host| {
+                                if hostname < *host {
+                                    host.clone_from(&hostname);
+                                }
+                            })
+                            .or_insert_with(|| hostname.clone());
+                    }
                 }
                 let mut service = service_template.clone();
                 let mut instances = instances.clone();
