@@ -28,6 +28,14 @@ struct Named {
     by_port: Vec<(u16, Arc<UpstreamInfo>)>,
 }
 
+impl Named {
+    fn for_port(&self, port: Option<u16>) -> Option<Arc<UpstreamInfo>> {
+        port.and_then(|p| self.by_port.iter().find(|(q, _)| *q == p))
+            .map(|(_, info)| info.clone())
+            .or_else(|| self.first.clone())
+    }
+}
+
 impl LocalService {
     pub(super) fn new(store: Arc<ConfigStore>) -> Self {
         Self {
@@ -47,17 +55,15 @@ impl LocalService {
     /// first service, if it names one.
     pub(super) fn get(&self, port: Option<u16>) -> Option<Arc<UpstreamInfo>> {
         let version = self.store.version();
-        let named = match &*self.cached.load() {
-            Some(named) if named.version == version => named.clone(),
-            _ => {
-                let named = Arc::new(self.name());
-                self.cached.store(Some(named.clone()));
-                named
-            }
-        };
-        port.and_then(|p| named.by_port.iter().find(|(q, _)| *q == p))
-            .map(|(_, info)| info.clone())
-            .or_else(|| named.first.clone())
+        // Read through the guard: no count of the shared `Named` per request.
+        if let Some(named) = &*self.cached.load()
+            && named.version == version
+        {
+            return named.for_port(port);
+        }
+        let named = Arc::new(self.name());
+        self.cached.store(Some(named.clone()));
+        named.for_port(port)
     }
 
     fn name(&self) -> Named {
