@@ -1185,6 +1185,9 @@ fn retries_without_attempts_are_disabled() {
     assert_eq!(retry_of("{ backoff: 50ms }"), None);
     let three = retry_of("{ attempts: 3, perTryTimeout: 2s }").expect("retries");
     assert_eq!(three.attempts, 3);
+    assert!(three.ignore_previous_hosts, "Istio's default");
+    let same_hosts = retry_of("{ attempts: 1, retryIgnorePreviousHosts: false }").unwrap();
+    assert!(!same_hosts.ignore_previous_hosts);
     assert_eq!(
         three.per_try_timeout,
         Some(std::time::Duration::from_secs(2))

@@ -542,16 +542,30 @@ async fn retried(
     let policy = policy.get();
     let mut attempt = 1;
     let mut previous: Option<Result<Response<BoxBody>, BoxError>> = None;
+    // The endpoints of the tries so far, for a retry to avoid (`retryIgnorePreviousHosts`).
+    let mut tried: Vec<http::uri::Authority> = Vec::new();
     loop {
+        let mut picked = None;
         let result = match first.take() {
             Some(result) => result,
             None => {
-                let Some(req) = template.attempt(attempt) else {
+                let Some(mut req) = template.attempt(attempt) else {
                     // The body cannot be sent again (it had not ended, or was too large).
                     return previous.unwrap_or_else(|| {
                         Err(ProxyError::BadRequest("request body already sent".into()).into())
                     });
                 };
+                if policy.ignore_previous_hosts {
+                    let context = RequestContext::of_mut(&mut req);
+                    context.previous_hosts = (!tried.is_empty()).then(|| Arc::from(&tried[..]));
+                    // A try cut off by its timer says nothing of its endpoint: the balancer
+                    // notes it here.
+                    if policy.per_try_timeout.is_some() {
+                        let slot = Arc::new(std::sync::OnceLock::new());
+                        context.picked = Some(slot.clone());
+                        picked = Some(slot);
+                    }
+                }
                 traced_try(&mut inner, req, attempt, policy.per_try_timeout, &layer.rng).await
             }
         };
@@ -575,6 +589,13 @@ async fn retried(
         if attempt > policy.attempts {
             return exhausted(result);
         }
+        if policy.ignore_previous_hosts
+            && let Some(endpoint) =
+                endpoint_of(&result).or_else(|| picked.as_ref().and_then(|p| p.get().cloned()))
+            && !tried.contains(&endpoint)
+        {
+            tried.push(endpoint);
+        }
         if !template.can_replay() {
             // The request was to come back from the try and did not (the upstream saw it, or
             // the failure was not the client's to hand it back): it stands as answered.
@@ -593,6 +614,22 @@ async fn retried(
         tokio::time::sleep(wait).await;
         previous = Some(result);
         attempt += 1;
+    }
+}
+
+/// The endpoint a finished try went to: the response's (the client carries the request's
+/// context over to it), or the one a connection failure or reset names.
+fn endpoint_of(result: &Result<Response<BoxBody>, BoxError>) -> Option<http::uri::Authority> {
+    match result {
+        Ok(response) => RequestContext::of_response(response)?
+            .upstream
+            .as_ref()
+            .map(|u| u.authority.clone()),
+        Err(e) => match e.downcast_ref::<ProxyError>()? {
+            ProxyError::ConnectFailure { endpoint, .. }
+            | ProxyError::UpstreamReset { endpoint, .. } => endpoint.parse().ok(),
+            _ => None,
+        },
     }
 }
 

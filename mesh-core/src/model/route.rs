@@ -356,6 +356,10 @@ pub struct RetryPolicy {
     pub retry_on: RetryOn,
     /// Retry on other localities.
     pub retry_remote_localities: bool,
+    /// Send a retry to an endpoint no earlier try of the request went to, when the
+    /// balancer finds one (Istio's `retryIgnorePreviousHosts`, on by default: Envoy's
+    /// `previous_hosts` predicate with 5 host selection attempts).
+    pub ignore_previous_hosts: bool,
     /// The first backoff interval (Envoy: 25 ms).
     pub backoff_base: Duration,
     /// The largest backoff interval (Envoy: 10x base).
@@ -369,18 +373,21 @@ impl RetryPolicy {
         per_try_timeout: None,
         retry_on: RetryOn::NONE,
         retry_remote_localities: false,
+        ignore_previous_hosts: false,
         backoff_base: Duration::ZERO,
         backoff_max: Duration::ZERO,
     };
 
     /// Istio's retry policy when a route sets none: 2 retries on
-    /// `connect-failure,refused-stream,unavailable,cancelled`.
+    /// `connect-failure,refused-stream,unavailable,cancelled`, each to another endpoint when
+    /// there is one.
     pub fn istio_default() -> Self {
         Self {
             attempts: 2,
             per_try_timeout: None,
             retry_on: RetryOn::istio_default(),
             retry_remote_localities: false,
+            ignore_previous_hosts: true,
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
         }

@@ -492,6 +492,10 @@ struct PickInput<'a> {
     workload: Option<&'a Workload>,
     /// A retry that may leave the locality (`retryRemoteLocalities`).
     remote_retry: bool,
+    /// Which pick of a retry avoiding earlier tries' endpoints this is (0: the first): a
+    /// consistent hash mixes it into the hash, to land elsewhere (Envoy's ring hash and
+    /// Maglev take the attempt the same way).
+    host_attempt: u32,
     /// The hash key, when the cluster hashes and the request or connection has one.
     hash_key: Option<String>,
     /// Whether a missing session cookie may be set, and from which connection its value
@@ -523,6 +527,7 @@ impl<'a> PickInput<'a> {
             remote_retry: context
                 .and_then(|c| c.attempt)
                 .is_some_and(|a| a.number > 1 && a.remote_localities),
+            host_attempt: 0,
             hash_key,
             cookie: CookieSource::Request(req.extensions()),
         }
@@ -550,11 +555,16 @@ impl<'a> PickInput<'a> {
         Self {
             workload,
             remote_retry: false,
+            host_attempt: 0,
             hash_key,
             cookie: CookieSource::Never,
         }
     }
 }
+
+/// How many picks a retry makes to find an endpoint no earlier try went to (istiod's
+/// `host_selection_retry_max_attempts` with the `previous_hosts` predicate).
+const HOST_SELECTION_ATTEMPTS: u32 = 5;
 
 impl BalanceLayer {
     fn pick(
@@ -730,7 +740,11 @@ impl BalanceLayer {
                 }
                 let index = match &key {
                     Some(key) => {
-                        self.table_lookup(resolved, &chosen, candidates, ch, hash64(key.as_str()))
+                        let hash = match input.host_attempt {
+                            0 => hash64(key.as_str()),
+                            n => hash64((key.as_str(), n)),
+                        };
+                        self.table_lookup(resolved, &chosen, candidates, ch, hash)
                     }
                     None => weighted_random(candidates, weight, &self.rng),
                 };
@@ -1054,13 +1068,33 @@ where
             }
         };
         let resolved = state.resolve(cluster);
-        let pick = match self
+        let mut pick = match self
             .layer
             .pick(&resolved, state, PickInput::of_request(&req, cluster))
         {
             Ok(pick) => pick,
             Err(e) => return Either::Right(ready(Err(e.into()))),
         };
+        // A retry avoids the endpoints of earlier tries: picked again, up to Envoy's host
+        // selection attempts as istiod sets them, and the last pick stands.
+        if let Some(previous) = RequestContext::of(&req).and_then(|c| c.previous_hosts.clone()) {
+            for host_attempt in 1..HOST_SELECTION_ATTEMPTS {
+                let seen = resolved.authorities[pick.index]
+                    .as_ref()
+                    .is_some_and(|a| previous.contains(a));
+                if !seen {
+                    break;
+                }
+                let input = PickInput {
+                    host_attempt,
+                    ..PickInput::of_request(&req, cluster)
+                };
+                match self.layer.pick(&resolved, state, input) {
+                    Ok(again) => pick = again,
+                    Err(_) => break,
+                }
+            }
+        }
         let endpoint = &cluster.endpoints[pick.index];
         let authority = match resolved.authorities[pick.index].clone() {
             Some(a) => a,
@@ -1082,6 +1116,9 @@ where
             || policy.latency_outlier.is_some()
             || self.layer.latency_outlier.is_some();
         let context = RequestContext::of_mut(&mut req);
+        if let Some(picked) = &context.picked {
+            let _ = picked.set(authority.clone());
+        }
         context.upstream = Some(Upstream {
             authority,
             info: Some(in_flight.resolved.upstream_info[pick.index].clone()),

@@ -990,3 +990,119 @@ async fn the_response_names_the_endpoint_that_answered() {
     ports.sort_unstable();
     assert_eq!(ports, [1, 2]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_picks_again_to_avoid_the_endpoints_earlier_tries_went_to() {
+    let hello = |authority: &str| -> http::uri::Authority { authority.parse().unwrap() };
+    let endpoints = || vec![endpoint(1, 1, ""), endpoint(2, 1, ""), endpoint(3, 1, "")];
+    let header_hash = LbAlgorithm::ConsistentHash(ConsistentHash {
+        key: HashKey::Header("x-user".into()),
+        table: HashTable::default(),
+    });
+    for algorithm in [
+        LbAlgorithm::RoundRobin,
+        LbAlgorithm::Random,
+        LbAlgorithm::LeastRequest,
+        header_hash,
+    ] {
+        let c = cluster(endpoints(), policy(algorithm.clone()));
+        let (up, counts) = upstream(|_| 200);
+        let svc = BalanceLayer::new(Rng::with_seed(7)).layer(up);
+        for i in 0..300 {
+            let mut req = request(&c);
+            req.headers_mut()
+                .insert("x-user", HeaderValue::from(i % 10));
+            RequestContext::of_mut(&mut req).previous_hosts =
+                Some(Arc::from([hello("127.0.0.1:1"), hello("127.0.0.1:2")]));
+            svc.clone().oneshot(req).await.unwrap();
+        }
+        let counts = counts.lock().unwrap();
+        // Two of three endpoints are to be avoided: without the repicks they would take
+        // two thirds. With five picks, a previous endpoint stands only when all five land
+        // on one ((2/3)^5, 13% for a random pick), and the ring hash lands elsewhere once
+        // the attempt is mixed into the hash.
+        let previous = counts.get(&1).unwrap_or(&0) + counts.get(&2).unwrap_or(&0);
+        assert!(
+            previous * 5 < 300,
+            "{algorithm:?}: {previous} of 300 went to a previous endpoint: {counts:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_go_to_another_endpoint_unless_the_route_says_otherwise() {
+    use crate::retry::{RetryBudget, RetryLayer};
+    use mesh_core::model::{RetryOn, RetryPolicy};
+    for ignore_previous_hosts in [true, false] {
+        let c = cluster(
+            vec![endpoint(1, 1, ""), endpoint(2, 1, "")],
+            policy(LbAlgorithm::Random),
+        );
+        // Endpoint 1 always fails: each request's first try goes to it half the time.
+        let (up, counts) = upstream(|port| if port == 1 { 503 } else { 200 });
+        let retry = RetryPolicy {
+            attempts: 1,
+            retry_on: RetryOn::parse("5xx").unwrap(),
+            ignore_previous_hosts,
+            ..RetryPolicy::istio_default()
+        };
+        let svc = RetryLayer::fixed(retry)
+            .budget(RetryBudget::new(100, 1_000, Duration::from_secs(10)))
+            .rng(Rng::with_seed(1))
+            .layer(BalanceLayer::new(Rng::with_seed(9)).layer(up));
+        let mut answered = 0;
+        for _ in 0..300 {
+            let response = svc.clone().oneshot(request(&c)).await.unwrap();
+            answered += usize::from(response.status() == http::StatusCode::OK);
+        }
+        let counts = counts.lock().unwrap();
+        if ignore_previous_hosts {
+            // A retry lands on the failing endpoint again only when five picks in a row do.
+            assert!(answered >= 290, "{answered} of 300 answered: {counts:?}");
+        } else {
+            // Half the retries go back to the failing endpoint.
+            assert!(
+                (200..=290).contains(&answered),
+                "{answered} of 300 answered: {counts:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_a_per_try_timeout_avoids_the_endpoint_that_timed_out() {
+    use crate::retry::{RetryBudget, RetryLayer};
+    use mesh_core::model::{RetryOn, RetryPolicy};
+    let c = cluster(
+        vec![endpoint(1, 1, ""), endpoint(2, 1, "")],
+        policy(LbAlgorithm::Random),
+    );
+    // Endpoint 1 answers after 10 s: its tries are cut off by the 100 ms per-try timeout,
+    // which leaves no response (nor error) naming the endpoint.
+    let (up, counts) = timed_upstream(|port| if port == 1 { 10_000 } else { 0 });
+    let retry = RetryPolicy {
+        attempts: 1,
+        per_try_timeout: Some(Duration::from_millis(100)),
+        retry_on: RetryOn::parse("reset").unwrap(),
+        ..RetryPolicy::istio_default()
+    };
+    let svc = RetryLayer::fixed(retry)
+        .budget(RetryBudget::new(100, 1_000, Duration::from_secs(10)))
+        .rng(Rng::with_seed(1))
+        .layer(BalanceLayer::new(Rng::with_seed(9)).layer(up));
+    let mut answered = 0;
+    for _ in 0..100 {
+        let response = svc
+            .clone()
+            .oneshot(request(&c))
+            .await
+            .unwrap_or_else(|e| crate::error::to_response(&e));
+        answered += usize::from(response.status() == http::StatusCode::OK);
+    }
+    // Without the balancer's note, half the retries would go back to endpoint 1.
+    assert!(
+        answered >= 95,
+        "{answered} of 100 answered: {:?}",
+        counts.lock().unwrap()
+    );
+}

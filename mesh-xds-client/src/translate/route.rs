@@ -617,9 +617,34 @@ fn retry_policy(r: &pb::RetryPolicy) -> FieldResult<RetryPolicy> {
             RetryOn::parse(&text).map_err(|e| FieldError::new("retry_on", e))?
         },
         retry_remote_localities: false,
+        ignore_previous_hosts: previous_hosts(r)?,
         backoff_base,
         backoff_max,
     })
+}
+
+/// Whether a retry avoids the endpoints of earlier tries: istiod's `previous_hosts` retry
+/// host predicate (with `host_selection_retry_max_attempts`, which the balancer takes as 5,
+/// istiod's value). Other predicates are refused.
+fn previous_hosts(r: &pb::RetryPolicy) -> FieldResult<bool> {
+    let mut previous = false;
+    for (i, p) in r.retry_host_predicate.iter().enumerate() {
+        if p.name == "envoy.retry_host_predicates.previous_hosts"
+            || matches!(&p.config_type, Some(pb::retry_policy::retry_host_predicate::ConfigType::TypedConfig(a))
+                if a.type_url.ends_with("envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"))
+        {
+            previous = true;
+        } else {
+            return Err(FieldError::new(
+                format!("retry_host_predicate[{i}]"),
+                format!("retry host predicate {:?} is not supported", p.name),
+            ));
+        }
+    }
+    if r.retry_priority.is_some() {
+        return Err(FieldError::new("retry_priority", "is not supported"));
+    }
+    Ok(previous)
 }
 
 fn redirect_action(r: &pb::RedirectAction) -> FieldResult<Redirect> {

@@ -296,6 +296,12 @@ fn route_action_weights_retry_timeout_mirror_headers_fault() {
         retry_on: "5xx,connect-failure".into(),
         num_retries: Some(UInt32Value { value: 3 }),
         per_try_timeout: Some(dur(1, 0)),
+        // As istiod sets them for `retryIgnorePreviousHosts` (its default).
+        retry_host_predicate: vec![rpb::retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            ..Default::default()
+        }],
+        host_selection_retry_max_attempts: 5,
         ..Default::default()
     });
     a.request_mirror_policies = vec![RequestMirrorPolicy {
@@ -337,6 +343,7 @@ fn route_action_weights_retry_timeout_mirror_headers_fault() {
         Some(std::time::Duration::from_secs(1))
     );
     assert_eq!(retry.backoff_base, std::time::Duration::from_millis(25));
+    assert!(retry.ignore_previous_hosts);
     assert_eq!(r.mirrors.len(), 1);
     assert_eq!(r.mirrors[0].host, "reviews.default.svc.cluster.local");
     assert_eq!(
@@ -413,6 +420,20 @@ fn route_errors_name_the_field() {
         );
     assert!(err(ResourceType::RouteConfiguration, pack(&rc)).contains(
         "typed_per_filter_config.envoy.filters.http.ext_authz: per-route config for this filter is not supported"
+    ));
+    rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    let Some(rpb::route::Action::Route(a)) = rc.virtual_hosts[0].routes[0].action.as_mut() else {
+        unreachable!()
+    };
+    a.retry_policy = Some(PbRetry {
+        retry_host_predicate: vec![rpb::retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.omit_canary_hosts".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    assert!(err(ResourceType::RouteConfiguration, pack(&rc)).contains(
+        "retry_policy.retry_host_predicate[0]: retry host predicate \"envoy.retry_host_predicates.omit_canary_hosts\" is not supported"
     ));
 }
 

@@ -898,6 +898,7 @@ fn retry(r: &api::HttpRetry, field: &str, at: &mut At<'_>) -> Option<Option<Retr
         policy.backoff_max = base * 10;
     }
     policy.retry_remote_localities = r.retry_remote_localities.unwrap_or(false);
+    policy.ignore_previous_hosts = r.retry_ignore_previous_hosts.unwrap_or(true);
     Some(Some(policy))
 }
 
