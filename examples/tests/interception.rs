@@ -791,10 +791,34 @@ fn an_intercepted_call_meets_the_xds_routes_of_its_original_port() {
             let (status, body, _) = get(&direct, host, "/", &[]).await;
             answers.insert((15001, false, host), format!("{status} {body}"));
         }
-        answers
+        // The admin port shows each port's routes and explains a call to a given port.
+        let admin: Client<Dial, Full<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build(Dial(([127, 0, 0, 1], 15000).into()));
+        let json = |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        let dump = json(get(&admin, "localhost", "/config_dump", &[]).await.1);
+        let explained = json(
+            get(&admin, "localhost", "/explain?host=reviews&port=9080", &[])
+                .await
+                .1,
+        );
+        (answers, dump, explained)
     })
     .join()
     .unwrap();
+    let (answers, dump, explained) = answers;
+    let ports: Vec<&serde_json::Value> = dump["config"]["routes"]["ports"]
+        .as_array()
+        .expect("the routes' ports in the dump")
+        .iter()
+        .map(|p| &p["port"])
+        .collect();
+    assert_eq!(ports, [8080, 9080], "{}", dump["config"]["routes"]);
+    assert_eq!(explained["port"], 9080, "{explained}");
+    assert_eq!(
+        explained["route"]["destinations"][0]["cluster"],
+        common::REVIEWS_9080,
+        "{explained}"
+    );
     let _ = stop.send(());
     control.join().unwrap();
     let want = |port, http2, host| answers[&(port, http2, host)].as_str();
