@@ -122,6 +122,7 @@ fn template(n: usize) -> Request<()> {
     req.extensions_mut().insert(ConnectionInfo {
         peer: ([10, 0, 0, 7], 41_000).into(),
         local: ([10, 0, 0, 8], 8080).into(),
+        redirected: false,
     });
     req
 }

@@ -164,24 +164,33 @@ where
 struct Sidecar {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    rx: mpsc::Receiver<String>,
 }
 
 impl Sidecar {
+    /// The sidecar with the mesh config and certificates in `dir`, and `workload` flags.
     fn start(ns: &str, dir: &Path, workload: &[&str]) -> Self {
         let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let (cert, key, ca) = (
+            path(&format!("{ns}.crt")),
+            path(&format!("{ns}.key")),
+            path("ca.crt"),
+        );
+        let config = path("mesh.yaml");
+        let mut args = vec!["--config", &config, "--cert", &cert, "--key", &key];
+        args.extend(["--ca", &ca]);
+        args.extend(workload);
+        Self::start_with(ns, &args)
+    }
+
+    /// `mesh-proxy run --intercept ARGS` in `ns`.
+    fn start_with(ns: &str, args: &[&str]) -> Self {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, "setpriv", "--reuid", PROXY_UID])
             .args(["--regid", PROXY_UID, "--clear-groups", "--", BIN, "run"])
-            .args(["--intercept", "--config", &path("mesh.yaml")])
-            .args(["--cert", &path(&format!("{ns}.crt"))])
-            .args([
-                "--key",
-                &path(&format!("{ns}.key")),
-                "--ca",
-                &path("ca.crt"),
-            ])
+            .arg("--intercept")
             .args(["--access-log", "json", "--drain-seconds", "1"])
-            .args(workload)
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -202,19 +211,33 @@ impl Sidecar {
                 }
             });
         }
-        let sidecar = Self { child, lines };
-        // At most 600 lines or 30 s to the start-up line.
+        let sidecar = Self { child, lines, rx };
+        if !sidecar.wait_for_line("mesh-proxy listening") {
+            panic!("the sidecar in {ns} did not start:\n{}", sidecar.output());
+        }
+        sidecar
+    }
+
+    /// Whether a line containing `needle` came (already, or within 30 s of silence; at most
+    /// 600 more lines).
+    fn wait_for_line(&self, needle: &str) -> bool {
+        if self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+        {
+            return true;
+        }
         for _ in 0..600 {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains("mesh-proxy listening") => return sidecar,
+            match self.rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains(needle) => return true,
                 Ok(_) => {}
-                Err(_) => break,
+                Err(_) => return false,
             }
         }
-        panic!(
-            "the sidecar in {ns} did not start:\n{}",
-            sidecar.lines.lock().unwrap().join("\n")
-        );
+        false
     }
 
     fn output(&self) -> String {
@@ -683,6 +706,132 @@ async fn capture_listeners_still_serve_direct_connections() {
     assert_eq!((status, body.as_str()), (200, "v1"));
     assert_eq!(headers["x-path"], "/in");
     proxy.shutdown().await;
+}
+
+/// Envoy routes an intercepted call by the listener of its original destination port, then
+/// by `Host`. With istiod's routes for two ports of `reviews` (listeners `0.0.0.0_8080` and
+/// `0.0.0.0_9080`, RDS `"8080"` and `"9080"` both listing `reviews`, and each its own `*`),
+/// a call to port 9080 with `Host: reviews` (no port) meets port 9080's routes; merged, port
+/// 8080's (first by listener name) answered every port.
+///
+/// The control plane and the upstreams run in the client namespace on 127.0.0.1, where the
+/// sidecar's own connections are not redirected; the app calls the server namespace's
+/// address, where nothing listens on 8080 or 9080: only the sidecar can answer.
+#[test]
+fn an_intercepted_call_meets_the_xds_routes_of_its_original_port() {
+    if let Some(why) = missing_prerequisite() {
+        println!("SKIPPED interception test: {why}");
+        return;
+    }
+    let topology = match Topology::create() {
+        Ok(t) => t,
+        Err(e) => {
+            println!("SKIPPED interception test: cannot create network namespaces: {e}");
+            return;
+        }
+    };
+    let client_ns = topology.client.clone();
+    let (ready, control_plane) = mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let control = in_netns(&client_ns, move || async move {
+        let a = common::upstream("a", Duration::ZERO).await;
+        let b = common::upstream("b", Duration::ZERO).await;
+        let server = mesh_xds_client::test_util::ManagementServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            common::two_port_xds_snapshot(a.addr, b.addr),
+        )
+        .await
+        .unwrap();
+        ready.send(server.addr()).unwrap();
+        let _ = stopped.await;
+        server.shutdown().await;
+    });
+    let xds = control_plane
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the control plane starts")
+        .to_string();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &client_ns,
+        BIN,
+        "iptables",
+        "--apply",
+        "--proxy-uid",
+        PROXY_UID,
+    ])
+    .unwrap();
+    let sidecar = Sidecar::start_with(&client_ns, &["--xds", &xds]);
+    assert!(
+        sidecar.wait_for_line("xDS snapshot published"),
+        "{}",
+        sidecar.output()
+    );
+
+    let answers = in_netns(&client_ns, move || async move {
+        let mut answers = BTreeMap::new();
+        for port in [8080, 9080] {
+            let addr: SocketAddr = format!("{SERVER_IP}:{port}").parse().unwrap();
+            for http2 in [false, true] {
+                let client: Client<Dial, Full<bytes::Bytes>> =
+                    Client::builder(TokioExecutor::new())
+                        .http2_only(http2)
+                        .build(Dial(addr));
+                for host in ["reviews", "ratings"] {
+                    let (status, body, _) = get(&client, host, "/", &[]).await;
+                    answers.insert((port, http2, host), format!("{status} {body}"));
+                }
+            }
+        }
+        // Not redirected (the app names the capture listener itself): the authority's port.
+        let direct: Client<Dial, Full<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build(Dial(([127, 0, 0, 1], 15001).into()));
+        for host in ["ratings:9080", "ratings:8080"] {
+            let (status, body, _) = get(&direct, host, "/", &[]).await;
+            answers.insert((15001, false, host), format!("{status} {body}"));
+        }
+        // The admin port shows each port's routes and explains a call to a given port.
+        let admin: Client<Dial, Full<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new()).build(Dial(([127, 0, 0, 1], 15000).into()));
+        let json = |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        let dump = json(get(&admin, "localhost", "/config_dump", &[]).await.1);
+        let explained = json(
+            get(&admin, "localhost", "/explain?host=reviews&port=9080", &[])
+                .await
+                .1,
+        );
+        (answers, dump, explained)
+    })
+    .join()
+    .unwrap();
+    let (answers, dump, explained) = answers;
+    let ports: Vec<&serde_json::Value> = dump["config"]["routes"]["ports"]
+        .as_array()
+        .expect("the routes' ports in the dump")
+        .iter()
+        .map(|p| &p["port"])
+        .collect();
+    assert_eq!(ports, [8080, 9080], "{}", dump["config"]["routes"]);
+    assert_eq!(explained["port"], 9080, "{explained}");
+    assert_eq!(
+        explained["route"]["destinations"][0]["cluster"],
+        common::REVIEWS_9080,
+        "{explained}"
+    );
+    let _ = stop.send(());
+    control.join().unwrap();
+    let want = |port, http2, host| answers[&(port, http2, host)].as_str();
+    for http2 in [false, true] {
+        assert_eq!(want(8080, http2, "reviews"), "200 a", "{answers:?}");
+        assert_eq!(want(9080, http2, "reviews"), "200 b", "{answers:?}");
+        assert_eq!(want(8080, http2, "ratings"), "200 a", "{answers:?}");
+        assert_eq!(want(9080, http2, "ratings"), "200 b", "{answers:?}");
+    }
+    assert_eq!(want(15001, false, "ratings:9080"), "200 b", "{answers:?}");
+    assert_eq!(want(15001, false, "ratings:8080"), "200 a", "{answers:?}");
+    drop(sidecar);
+    drop(topology);
 }
 
 /// `mesh-proxy iptables --dry-run` prints the rules without root or iptables; a bad value is

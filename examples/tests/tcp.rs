@@ -144,6 +144,7 @@ async fn through(outbound: &TcpOutbound, dst: SocketAddr, message: &[u8]) -> Opt
     let conn = ConnectionInfo {
         peer: ([127, 0, 0, 1], 40000).into(),
         local: dst,
+        redirected: true,
     };
     let task = tokio::spawn(async move { outbound.forward(proxy_side, conn).await });
     app.write_all(message).await.ok()?;

@@ -235,3 +235,79 @@ async fn an_embedded_mesh_is_driven_by_xds_through_its_config_store() {
     assert!(mesh.version() > 0);
     xds.abort();
 }
+
+/// An embedded mesh (the embedding API: the port is the URI's, else the scheme's) routes by
+/// the route configuration of the port a request is addressed to, as Envoy's per-port
+/// outbound listeners do; before, every port's routes were merged and port 8080's, first by
+/// listener name, answered for names both ports claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_mesh_routes_by_the_route_configuration_of_the_addressed_port() {
+    use mesh_core::{model::MeshConfig, store::ConfigStore};
+    use mesh_xds_client::client::{XdsClient, XdsClientConfig};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    let a = upstream("a", Duration::ZERO).await;
+    let b = upstream("b", Duration::ZERO).await;
+    let server = ManagementServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        two_port_xds_snapshot(a.addr, b.addr),
+    )
+    .await
+    .unwrap();
+    let workload = mesh_core::model::Workload::default();
+    let store = Arc::new(ConfigStore::new(MeshConfig::default()));
+    let node = mesh_xds_client::node::NodeIdentity::from_workload(
+        &workload,
+        [127, 0, 0, 1].into(),
+        "embedded-0",
+    )
+    .to_node();
+    let config = XdsClientConfig::new(
+        vec![server.addr().to_string()],
+        mesh_xds_client::protocol::Mode::Sotw,
+        node,
+        workload,
+    );
+    let xds = XdsClient::new(config, store.clone()).spawn();
+    let mut status = xds.status();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        status.wait_for(|s| s.published.is_some()),
+    )
+    .await
+    .expect("the control plane's snapshot within 20 s")
+    .unwrap();
+    let ports: Vec<u16> = store.load().routes.ports().map(|(p, _)| p).collect();
+    assert_eq!(ports, [8080, 9080]);
+    let mesh = mesh_tower::embed::Mesh::builder()
+        .config_store(store)
+        .build()
+        .await
+        .unwrap();
+
+    let call = |uri: &'static str, host: &'static str| {
+        let client = mesh.client();
+        async move {
+            let req = http::Request::get(uri)
+                .header("host", host)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = client.oneshot(req).await.unwrap();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        }
+    };
+    // Port 9080's own routes, its catch-all included (port 8080's `*` claims first merged).
+    assert_eq!(call("http://reviews:9080/", "reviews").await, "b");
+    assert_eq!(call("http://ratings:9080/", "ratings").await, "b");
+    assert_eq!(call("http://ratings:8080/", "ratings").await, "a");
+    assert_eq!(call("http://reviews:8080/", "reviews").await, "a");
+    // No port: 80, which no listener serves: every port's routes, merged by listener name.
+    assert_eq!(call("http://reviews/", "reviews").await, "a");
+    xds.abort();
+    server.shutdown().await;
+}

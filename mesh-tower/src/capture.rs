@@ -7,7 +7,9 @@
 //! - **outbound** ([`OutboundCapture`]): the protocol is the one declared for the cluster that
 //!   owns the original destination (a `TCP` port goes straight to TCP), else sniffed from the
 //!   first bytes ([`classify`]: an HTTP/1 method or the HTTP/2 preface). HTTP goes through the
-//!   outbound stack, routed by `Host`/`:authority`; when no virtual host serves that name,
+//!   outbound stack, routed by `Host`/`:authority` in the routes of the original destination's
+//!   port when the config has routes per port (xDS: as Envoy's listener for that port would;
+//!   the request's [`ConnectionInfo`] carries it); when no virtual host serves that name,
 //!   by the service owning the original destination (as a call to a service's address in
 //!   Istio matches its virtual host), else straight to the original destination (Istio's
 //!   `PassthroughCluster`), or, under the Sidecar's `outboundTrafficPolicy: REGISTRY_ONLY`,
@@ -25,9 +27,10 @@
 //!   TLS filter chain does; on a port a Sidecar ingress listener declares HTTP, Istio has no
 //!   such chain and the connection is closed.
 //!
-//! Unlike Envoy, there is no per-port listener table: the original destination and the live
-//! config snapshot decide each connection. HTTP connections drain gracefully on shutdown;
-//! TCP connections are left to finish on their own.
+//! Unlike Envoy, there is no listener per port: the original destination and the live config
+//! snapshot decide each connection (its port picks the port's routes, as Envoy's listener
+//! would). HTTP connections drain gracefully on shutdown; TCP connections are left to finish
+//! on their own.
 
 use crate::body::{self, BoxBody, BoxError};
 use crate::client::UpstreamClient;
@@ -292,7 +295,13 @@ impl OutboundCapture {
         B::Error: Into<BoxError>,
     {
         let snapshot = self.store.load();
-        let routed = destination(&req).is_some_and(|a| snapshot.routes.find_index(a).is_some());
+        // By the original destination's port as well, as the route layer picks the table.
+        let routed = destination(&req).is_some_and(|a| {
+            snapshot
+                .routes
+                .find_index_on_port(Some(dst.port()), a)
+                .is_some()
+        });
         if routed {
             return Box::pin(self.http.clone().oneshot(req));
         }
@@ -332,7 +341,11 @@ impl OutboundCapture {
         watcher: Watcher,
     ) {
         let (dst, redirected) = destination_of(&stream);
-        let info = ConnectionInfo { peer, local: dst };
+        let info = ConnectionInfo {
+            peer,
+            local: dst,
+            redirected,
+        };
         if !redirected {
             // An explicit proxy connection: HTTP to the outbound stack, as before.
             let http = self.http.clone();
@@ -569,7 +582,11 @@ where
             tcp.forward(io, conn, app).await;
             return;
         }
-        let info = ConnectionInfo { peer, local: dst };
+        let info = ConnectionInfo {
+            peer,
+            local: dst,
+            redirected,
+        };
         let service = (self.make_http)(app);
         let hyper_service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let ext = req.extensions_mut();

@@ -12,6 +12,11 @@ use serde_json::{Value, json};
 /// query) and headers, and what its authorization policies decide for it coming from `peer`
 /// (a SPIFFE ID; `None`: plaintext).
 ///
+/// `port` is the destination port the request is sent to, which picks the routes of that
+/// port when the config has routes per port (xDS): an intercepted call's original port.
+/// `None` is what the route layer does for the plain outbound listener: the authority's port,
+/// else 80 ([`crate::route::destination_port`]).
+///
 /// ```
 /// use mesh_core::{istio, model::Workload};
 /// let yaml = r#"
@@ -25,7 +30,8 @@ use serde_json::{Value, json};
 ///   endpoints: [{ address: 127.0.0.1, ports: { http: 8080 } }]
 /// "#;
 /// let config = istio::load(&[("hello.yaml", yaml)], &Workload::default()).config.unwrap();
-/// let answer = mesh_tower::explain::explain(&config, "GET", "hello", "/", &[], None);
+/// let answer = mesh_tower::explain::explain(&config, "GET", "hello", None, "/", &[], None);
+/// assert_eq!(answer["port"], 80);
 /// assert_eq!(answer["route"]["name"], "default");
 /// assert_eq!(answer["route"]["destinations"][0]["cluster"], "outbound|80||hello.default.svc.cluster.local");
 /// ```
@@ -33,6 +39,7 @@ pub fn explain(
     config: &MeshConfig,
     method: &str,
     authority: &str,
+    port: Option<u16>,
     path: &str,
     headers: &[(String, String)],
     peer: Option<&str>,
@@ -47,9 +54,11 @@ pub fn explain(
     };
     // Inbound, the workload's policies apply whatever the outbound routes say.
     let authz = authorization(config, method, authority, path, &req, peer);
-    let Some(vhost_index) = config.routes.find_index(authority) else {
+    let port = port.unwrap_or_else(|| crate::route::destination_port(&req, authority));
+    let Some(vhost_index) = config.routes.find_index_on_port(Some(port), authority) else {
         return json!({
             "authority": authority,
+            "port": port,
             "virtual_host": null,
             "authorization": authz,
             "outcome": "404 no route (NR): no virtual host matches the authority",
@@ -67,6 +76,7 @@ pub fn explain(
     let Some((route_index, match_index)) = matched else {
         return json!({
             "authority": authority,
+            "port": port,
             "virtual_host": vhost.name,
             "authorization": authz,
             "outcome": "404 no route (NR): no route of the virtual host matches",
@@ -110,6 +120,7 @@ pub fn explain(
     };
     json!({
         "authority": authority,
+        "port": port,
         "virtual_host": vhost.name,
         "authorization": authz,
         "route": {

@@ -22,8 +22,13 @@ use tower_service::Service;
 pub struct ConnectionInfo {
     /// The client's address.
     pub peer: SocketAddr,
-    /// The address the client connected to.
+    /// The address the client connected to: this listener's own, or, when the connection
+    /// was [`redirected`](Self::redirected), the destination the client was calling.
     pub local: SocketAddr,
+    /// Whether iptables redirected the connection to this (capture) listener: `local` is then
+    /// its original destination (`SO_ORIGINAL_DST`), whose port picks the outbound routes as
+    /// Envoy's per-port listeners do ([`crate::route::destination_port`]).
+    pub redirected: bool,
 }
 
 /// How a drain ended.
@@ -111,7 +116,11 @@ where
     tokio::pin!(shutdown);
     while let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await {
         let local = stream.local_addr().unwrap_or(peer);
-        let info = ConnectionInfo { peer, local };
+        let info = ConnectionInfo {
+            peer,
+            local,
+            redirected: false,
+        };
         let service = InPlace::new(service.clone());
         let hyper_service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(info);
@@ -156,7 +165,11 @@ where
     tokio::pin!(shutdown);
     while let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await {
         let local = stream.local_addr().unwrap_or(peer);
-        let info = ConnectionInfo { peer, local };
+        let info = ConnectionInfo {
+            peer,
+            local,
+            redirected: false,
+        };
         let service = InPlace::new(service.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();

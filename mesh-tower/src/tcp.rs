@@ -1858,6 +1858,7 @@ mod outlier_tests {
             let conn = ConnectionInfo {
                 peer: ([127, 0, 0, 1], 40000).into(),
                 local: vip,
+                redirected: true,
             };
             let task = tokio::spawn(async move { outbound.forward(proxy_side, conn).await });
             let reached = upstreams.reached(app).await;

@@ -160,6 +160,7 @@ async fn inbound_rbac_allows_and_denies_real_requests() {
             req.extensions_mut().insert(ConnectionInfo {
                 peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
                 local: SocketAddr::from(([127, 0, 0, 1], 9080)),
+                redirected: false,
             });
             let resp = inbound.oneshot(req).await.unwrap();
             let status = resp.status().as_u16();

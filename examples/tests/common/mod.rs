@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_examples::proxy::{Options, Proxy};
 use mesh_tower::body::{self, BoxBody};
 use mesh_tower::server::serve;
+use mesh_xds_client::test_util::{ServerSnapshot, fixtures};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -385,4 +386,40 @@ pub fn store_for(yaml: &str, namespace: &str, sa: &str) -> Arc<mesh_core::store:
     let mut config = outcome.config.expect("config loads");
     config.workload = workload;
     Arc::new(mesh_core::store::ConfigStore::new(config))
+}
+
+/// `outbound|8080||reviews.default.svc.cluster.local`, the cluster of port 8080's routes in
+/// [`two_port_xds_snapshot`].
+pub const REVIEWS_8080: &str = "outbound|8080||reviews.default.svc.cluster.local";
+/// The cluster of port 9080's routes in [`two_port_xds_snapshot`].
+pub const REVIEWS_9080: &str = "outbound|9080||reviews.default.svc.cluster.local";
+
+/// istiod's shape for `reviews` on two HTTP ports: listeners `0.0.0.0_8080` and
+/// `0.0.0.0_9080`, RDS `"8080"` and `"9080"` each listing `reviews` with and without the port
+/// and a `*` virtual host; everything on port 8080 goes to the upstream at `a`, on 9080 to
+/// the one at `b`.
+pub fn two_port_xds_snapshot(a: SocketAddr, b: SocketAddr) -> ServerSnapshot {
+    let rds = |port: u16, cluster: &str| {
+        let with_port = format!("reviews:{port}");
+        let mut rc = fixtures::route_config(
+            &port.to_string(),
+            &["reviews", &with_port],
+            &[(cluster, 100)],
+        );
+        let mut any =
+            fixtures::route_config("", &["*"], &[(cluster, 100)]).virtual_hosts[0].clone();
+        any.name = "allow_any".into();
+        rc.virtual_hosts.push(any);
+        rc
+    };
+    let mut s = ServerSnapshot::new("1");
+    s.listener(fixtures::listener(8080, "8080"))
+        .listener(fixtures::listener(9080, "9080"))
+        .route(rds(8080, REVIEWS_8080))
+        .route(rds(9080, REVIEWS_9080))
+        .cluster(fixtures::eds_cluster(REVIEWS_8080))
+        .endpoints(fixtures::endpoints(REVIEWS_8080, &[a]))
+        .cluster(fixtures::eds_cluster(REVIEWS_9080))
+        .endpoints(fixtures::endpoints(REVIEWS_9080, &[b]));
+    s
 }

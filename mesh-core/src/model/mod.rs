@@ -34,7 +34,8 @@ pub struct MeshConfig {
     pub services: BTreeMap<Hostname, Arc<Service>>,
     /// Upstream clusters (service x port x subset) with their endpoints and traffic policy.
     pub clusters: BTreeMap<ClusterName, Arc<Cluster>>,
-    /// The outbound route table.
+    /// The outbound route table: from Istio YAML one merged table; from xDS, also one table
+    /// per outbound listener port (see [`RouteTable`]).
     pub routes: RouteTable,
     /// Where inbound traffic goes: the local application's listeners.
     pub inbound: Vec<InboundListener>,

@@ -5,11 +5,71 @@ use foldhash::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-/// The outbound route table: virtual hosts, found by the request's authority.
+/// The outbound route table: virtual hosts, found by the request's destination port and
+/// authority.
+///
+/// Envoy picks a route configuration by the connection's destination port (the outbound
+/// listener it lands on: istiod builds `0.0.0.0_9080` with RDS `"9080"`), then the virtual
+/// host by authority. A table built with [`RouteTable::with_ports`] does the same: a port with
+/// routes of its own looks up its own virtual hosts, so `Host: reviews` (no port) sent to
+/// port 9080 meets the routes of port 9080 even when port 8080's also claim `reviews`. Any
+/// other port, and a table built with [`RouteTable::new`] (the Istio-YAML loader, whose
+/// VirtualServices match ports themselves), uses every virtual host merged: the first to
+/// claim a domain keeps it.
+///
+/// The virtual hosts are stored once; a port's table is an index into them, so
+/// [`RouteTable::find_index_on_port`] names a virtual host of
+/// [`RouteTable::virtual_hosts`] whichever table found it. Without per-port tables a lookup
+/// costs what a merged one did; with them, one binary search over the ports first.
+///
+/// ```
+/// use mesh_core::model::{RouteTable, VirtualHost};
+/// let vh = |name: &str, domains: &[&str]| VirtualHost {
+///     name: name.into(),
+///     domains: domains.iter().map(|d| d.to_string()).collect(),
+///     routes: vec![],
+/// };
+/// // Istio's RDS "8080" and "9080": both claim `reviews`, each with its own catch-all.
+/// let table = RouteTable::with_ports(
+///     vec![
+///         vh("reviews:8080", &["reviews", "reviews:8080"]),
+///         vh("allow_any:8080", &["*"]),
+///         vh("reviews:9080", &["reviews", "reviews:9080"]),
+///         vh("block_all:9080", &["*"]),
+///     ],
+///     [(8080, vec![0, 1]), (9080, vec![2, 3])].into(),
+/// );
+/// assert_eq!(table.find_on_port(Some(9080), "reviews").unwrap().name, "reviews:9080");
+/// assert_eq!(table.find_on_port(Some(8080), "reviews").unwrap().name, "reviews:8080");
+/// assert_eq!(table.find_on_port(Some(9080), "ratings").unwrap().name, "block_all:9080");
+/// // A port without a table of its own: every virtual host, the first claim wins.
+/// assert_eq!(table.find_on_port(Some(80), "reviews").unwrap().name, "reviews:8080");
+/// assert_eq!(table.find_on_port(None, "reviews:9080").unwrap().name, "reviews:9080");
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RouteTable {
     virtual_hosts: Vec<VirtualHost>,
-    /// Exact domain (lower case, with or without `:port`) -> index into `virtual_hosts`.
+    /// Every virtual host, for a port without a table of its own.
+    #[serde(flatten)]
+    merged: DomainIndex,
+    /// The ports with tables of their own, sorted by port.
+    ports: Vec<PortTable>,
+}
+
+/// One port's virtual hosts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+struct PortTable {
+    port: u16,
+    /// Indices into [`RouteTable::virtual_hosts`], in claim order.
+    virtual_hosts: Vec<usize>,
+    #[serde(skip)]
+    index: DomainIndex,
+}
+
+/// Domains to virtual hosts, for one set of virtual hosts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+struct DomainIndex {
+    /// Exact domain (lower case, with or without `:port`) -> index into the virtual hosts.
     exact: HashMap<String, usize>,
     /// Wildcard domains (`*.example.com` stored as `.example.com`), longest first.
     suffixes: Vec<(String, usize)>,
@@ -17,13 +77,17 @@ pub struct RouteTable {
     catch_all: Option<usize>,
 }
 
-impl RouteTable {
-    /// Builds the table; the first virtual host to claim a domain keeps it.
-    pub fn new(virtual_hosts: Vec<VirtualHost>) -> Self {
+impl DomainIndex {
+    /// The index of the virtual hosts `order` names, in that order: the first to claim a
+    /// domain keeps it.
+    fn new(virtual_hosts: &[VirtualHost], order: impl IntoIterator<Item = usize>) -> Self {
         let mut exact = HashMap::default();
         let mut suffixes = Vec::new();
         let mut catch_all = None;
-        for (i, vh) in virtual_hosts.iter().enumerate() {
+        for i in order {
+            let Some(vh) = virtual_hosts.get(i) else {
+                continue;
+            };
             for domain in &vh.domains {
                 let domain = domain.to_ascii_lowercase();
                 if domain == "*" {
@@ -35,12 +99,60 @@ impl RouteTable {
                 }
             }
         }
+        // Stable: among suffixes of one length, the first claim stays first.
         suffixes.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         Self {
-            virtual_hosts,
             exact,
             suffixes,
             catch_all,
+        }
+    }
+
+    /// `authority` must be lower case.
+    fn find(&self, authority: &str) -> Option<usize> {
+        self.exact.get(authority).copied().or_else(|| {
+            let host = strip_port(authority);
+            self.suffixes
+                .iter()
+                .find(|(suffix, _)| host.ends_with(suffix.as_str()) && host.len() > suffix.len())
+                .map(|(_, i)| *i)
+                .or(self.catch_all)
+        })
+    }
+}
+
+impl RouteTable {
+    /// Builds the table with no per-port tables; the first virtual host to claim a domain
+    /// keeps it.
+    pub fn new(virtual_hosts: Vec<VirtualHost>) -> Self {
+        Self::with_ports(virtual_hosts, std::collections::BTreeMap::new())
+    }
+
+    /// Builds the table with per-port tables: `ports` gives each port's virtual hosts as
+    /// indices into `virtual_hosts`, in claim order (the first to claim a domain keeps it; an
+    /// index past the end names nothing). Every virtual host is also in the merged table that
+    /// serves the other ports, in the order given, as [`RouteTable::new`] builds it.
+    ///
+    /// A port whose list is every virtual host in order gets no table of its own: the merged
+    /// one answers the same (so a config with one outbound listener costs nothing more).
+    pub fn with_ports(
+        virtual_hosts: Vec<VirtualHost>,
+        ports: std::collections::BTreeMap<u16, Vec<usize>>,
+    ) -> Self {
+        let merged = DomainIndex::new(&virtual_hosts, 0..virtual_hosts.len());
+        let ports = ports
+            .into_iter()
+            .filter(|(_, hosts)| !hosts.iter().copied().eq(0..virtual_hosts.len()))
+            .map(|(port, hosts)| PortTable {
+                port,
+                index: DomainIndex::new(&virtual_hosts, hosts.iter().copied()),
+                virtual_hosts: hosts,
+            })
+            .collect();
+        Self {
+            virtual_hosts,
+            merged,
+            ports,
         }
     }
 
@@ -49,8 +161,23 @@ impl RouteTable {
         &self.virtual_hosts
     }
 
-    /// The virtual host serving `authority` (`host` or `host:port`), as Envoy picks it: an
-    /// exact domain, then the longest wildcard suffix, then `*`.
+    /// Whether some port has a table of its own: only then does the destination port change
+    /// what [`find_on_port`](Self::find_on_port) finds (so a caller can skip working it out).
+    pub fn is_per_port(&self) -> bool {
+        !self.ports.is_empty()
+    }
+
+    /// The ports with tables of their own, ascending, each with its virtual hosts (indices
+    /// into [`virtual_hosts`](Self::virtual_hosts)) in claim order.
+    pub fn ports(&self) -> impl Iterator<Item = (u16, &[usize])> {
+        self.ports
+            .iter()
+            .map(|t| (t.port, t.virtual_hosts.as_slice()))
+    }
+
+    /// The virtual host serving `authority` (`host` or `host:port`) in the merged table, as
+    /// Envoy picks it: an exact domain, then the longest wildcard suffix, then `*`. The same
+    /// as [`find_on_port`](Self::find_on_port) with no port.
     ///
     /// ```
     /// use mesh_core::model::{RouteTable, VirtualHost};
@@ -68,12 +195,31 @@ impl RouteTable {
     /// assert!(table.find("ratings").is_none());
     /// ```
     pub fn find(&self, authority: &str) -> Option<&VirtualHost> {
-        self.find_index(authority)
-            .and_then(|i| self.virtual_hosts.get(i))
+        self.find_on_port(None, authority)
     }
 
     /// Like [`find`](Self::find), the index of the virtual host in [`virtual_hosts`](Self::virtual_hosts).
     pub fn find_index(&self, authority: &str) -> Option<usize> {
+        self.find_index_on_port(None, authority)
+    }
+
+    /// The virtual host serving `authority` for a request sent to destination `port`: in
+    /// that port's table when it has one, else in the merged table (see the type's docs).
+    pub fn find_on_port(&self, port: Option<u16>, authority: &str) -> Option<&VirtualHost> {
+        self.find_index_on_port(port, authority)
+            .and_then(|i| self.virtual_hosts.get(i))
+    }
+
+    /// Like [`find_on_port`](Self::find_on_port), the index of the virtual host in
+    /// [`virtual_hosts`](Self::virtual_hosts).
+    pub fn find_index_on_port(&self, port: Option<u16>, authority: &str) -> Option<usize> {
+        let index = match port {
+            Some(port) if !self.ports.is_empty() => self
+                .ports
+                .binary_search_by_key(&port, |t| t.port)
+                .map_or(&self.merged, |i| &self.ports[i].index),
+            _ => &self.merged,
+        };
         let lower;
         let authority = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = authority.to_ascii_lowercase();
@@ -81,14 +227,7 @@ impl RouteTable {
         } else {
             authority
         };
-        self.exact.get(authority).copied().or_else(|| {
-            let host = strip_port(authority);
-            self.suffixes
-                .iter()
-                .find(|(suffix, _)| host.ends_with(suffix.as_str()) && host.len() > suffix.len())
-                .map(|(_, i)| *i)
-                .or(self.catch_all)
-        })
+        index.find(authority)
     }
 }
 
@@ -677,5 +816,93 @@ mod tests {
         }
         let codes = RetryOn::parse("retriable-status-codes,503").unwrap();
         assert!(!codes.retries_only_unseen(false));
+    }
+
+    fn vh(name: &str, domains: &[&str]) -> VirtualHost {
+        VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            routes: vec![],
+        }
+    }
+
+    /// Istio's RDS "8080" and "9080" for one service on two ports, each with its catch-all.
+    fn two_ports() -> RouteTable {
+        RouteTable::with_ports(
+            vec![
+                vh(
+                    "reviews:8080",
+                    &["reviews", "reviews:8080", "*.example.com"],
+                ),
+                vh("allow_any:8080", &["*"]),
+                vh(
+                    "reviews:9080",
+                    &["Reviews", "reviews:9080", "*.example.com"],
+                ),
+                vh("block_all:9080", &["*"]),
+            ],
+            [(8080, vec![0, 1]), (9080, vec![2, 3])].into(),
+        )
+    }
+
+    #[test]
+    fn a_port_with_a_table_finds_its_own_virtual_hosts_and_catch_all() {
+        let table = two_ports();
+        assert!(table.is_per_port());
+        let name = |port, authority| table.find_on_port(port, authority).map(|v| v.name.as_str());
+        assert_eq!(name(Some(8080), "reviews"), Some("reviews:8080"));
+        assert_eq!(name(Some(9080), "REVIEWS"), Some("reviews:9080"));
+        assert_eq!(name(Some(9080), "api.example.com"), Some("reviews:9080"));
+        assert_eq!(name(Some(8080), "ratings"), Some("allow_any:8080"));
+        assert_eq!(name(Some(9080), "ratings"), Some("block_all:9080"));
+        // A domain with another port's number is not this port's: its catch-all answers.
+        assert_eq!(name(Some(9080), "reviews:8080"), Some("block_all:9080"));
+        assert_eq!(
+            table.find_index_on_port(Some(9080), "reviews"),
+            Some(2),
+            "an index into the one list of virtual hosts"
+        );
+    }
+
+    #[test]
+    fn other_ports_and_no_port_use_the_merged_table_where_the_first_claim_wins() {
+        let table = two_ports();
+        for port in [None, Some(80), Some(15001)] {
+            let name = |authority| table.find_on_port(port, authority).map(|v| v.name.as_str());
+            assert_eq!(name("reviews"), Some("reviews:8080"), "{port:?}");
+            assert_eq!(name("reviews:9080"), Some("reviews:9080"), "{port:?}");
+            assert_eq!(name("ratings"), Some("allow_any:8080"), "{port:?}");
+        }
+        assert_eq!(table.find("reviews").unwrap().name, "reviews:8080");
+    }
+
+    #[test]
+    fn a_port_table_the_same_as_the_merged_one_is_not_kept() {
+        let hosts = vec![vh("reviews", &["reviews"]), vh("any", &["*"])];
+        let one_listener = RouteTable::with_ports(hosts.clone(), [(9080, vec![0, 1])].into());
+        assert!(!one_listener.is_per_port());
+        assert_eq!(one_listener, RouteTable::new(hosts.clone()));
+        // An empty list is kept: that port has no virtual hosts (404 there, as in Envoy).
+        let empty = RouteTable::with_ports(hosts, [(9080, vec![])].into());
+        assert!(empty.find_on_port(Some(9080), "reviews").is_none());
+        assert_eq!(
+            empty.find_on_port(Some(80), "reviews").unwrap().name,
+            "reviews"
+        );
+        assert_eq!(empty.ports().collect::<Vec<_>>(), [(9080, &[][..])]);
+    }
+
+    #[test]
+    fn the_dump_shows_each_port_s_virtual_hosts() {
+        let dump = serde_json::to_value(two_ports()).unwrap();
+        assert_eq!(dump["virtual_hosts"].as_array().unwrap().len(), 4);
+        assert_eq!(dump["catch_all"], 1);
+        assert_eq!(
+            dump["ports"],
+            serde_json::json!([
+                { "port": 8080, "virtual_hosts": [0, 1] },
+                { "port": 9080, "virtual_hosts": [2, 3] },
+            ])
+        );
     }
 }

@@ -150,11 +150,21 @@ impl Admin {
                             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
                     })
                     .collect();
+                let port = match param("port").map(|p| p.parse::<u16>()).transpose() {
+                    Ok(port) => port,
+                    Err(_) => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "port: not a port number\n".to_owned(),
+                        );
+                    }
+                };
                 let snapshot = self.store.load();
                 let answer = crate::explain::explain(
                     &snapshot,
                     &param("method").unwrap_or_else(|| "GET".to_owned()),
                     &host,
+                    port,
                     &param("path").unwrap_or_else(|| "/".to_owned()),
                     &headers,
                     param("peer").as_deref(),
@@ -183,7 +193,7 @@ impl Admin {
             "/ready" | "/healthz/ready" => self.ready(),
             "/" => text(
                 StatusCode::OK,
-                "admin commands:\n  /config_dump       the live config snapshot and the last rejected change\n  /clusters          every cluster's endpoints, health, ejection, open connections and requests in flight\n  /stats/prometheus  metrics in Prometheus text format\n  /logging?level=    change the log filter\n  /explain?host=&path=&method=&header=k:v  what a request like that would meet\n  /dashboard         live traffic split, error rate and latency\n  /ready             200 once config is loaded and listeners are bound\n".to_owned(),
+                "admin commands:\n  /config_dump       the live config snapshot and the last rejected change\n  /clusters          every cluster's endpoints, health, ejection, open connections and requests in flight\n  /stats/prometheus  metrics in Prometheus text format\n  /logging?level=    change the log filter\n  /explain?host=&port=&path=&method=&header=k:v  what a request like that would meet\n  /dashboard         live traffic split, error rate and latency\n  /ready             200 once config is loaded and listeners are bound\n".to_owned(),
             ),
             _ => text(StatusCode::NOT_FOUND, format!("no admin command {path}\n")),
         }

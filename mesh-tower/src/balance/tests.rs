@@ -482,6 +482,7 @@ async fn a_new_cookie_is_made_from_the_client_connection_as_envoy_does() {
         req.extensions_mut().insert(crate::server::ConnectionInfo {
             peer: peer.parse().unwrap(),
             local: "127.0.0.1:15001".parse().unwrap(),
+            redirected: false,
         });
         let svc = svc.clone();
         async move {

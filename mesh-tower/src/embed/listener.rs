@@ -255,7 +255,11 @@ async fn accept_loop(listener: TcpListener, tls: Arc<InboundTls>, tx: mpsc::Send
             let stream = MeshStream {
                 io,
                 info: PeerInfo {
-                    connection: ConnectionInfo { peer, local },
+                    connection: ConnectionInfo {
+                        peer,
+                        local,
+                        redirected: false,
+                    },
                     tls: tls_info,
                     identity,
                 },

@@ -524,6 +524,7 @@ async fn each_try_carries_the_request_extensions() {
     let info = crate::server::ConnectionInfo {
         peer: ([127, 0, 0, 1], 40000).into(),
         local: ([127, 0, 0, 1], 15001).into(),
+        redirected: false,
     };
     for tenant in [None, Some(Tenant("blue"))] {
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -1,7 +1,8 @@
-//! The route layer: finds the virtual host for the request's authority and the first route
-//! whose conditions match, then answers it (redirect, direct response) or hands it on with a
-//! [`Routed`] naming the route in its [`crate::context::RequestContext`], for the layers
-//! below.
+//! The route layer: finds the virtual host for the request's authority (in the table of its
+//! [`destination_port`] when the config has routes per port, as xDS configs do) and the first
+//! route whose conditions match, then answers it (redirect, direct response) or hands it on
+//! with a [`Routed`] naming the route in its [`crate::context::RequestContext`], for the
+//! layers below.
 //!
 //! The snapshot is loaded once per request and travels with it in [`Routed`], so a config
 //! swap never changes the rules under an in-flight request.
@@ -15,6 +16,7 @@ pub use rewrite::apply_header_ops;
 use crate::body::{self, BoxBody, BoxError};
 use crate::error::ProxyError;
 use crate::future::{self, ResponseFuture};
+use crate::server::ConnectionInfo;
 use http::{HeaderValue, Request, Response, StatusCode};
 use matching::RequestView;
 use mesh_core::model::{Forward, Route, RouteAction, VirtualHost};
@@ -74,6 +76,51 @@ pub fn destination<B>(req: &Request<B>) -> Option<&str> {
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
+}
+
+/// The port `req` is addressed to, which picks the outbound routes when the config has a
+/// table per port ([`mesh_core::model::RouteTable`], from xDS: Envoy routes by the outbound
+/// listener a connection lands on, then by authority).
+///
+/// - An intercepted connection ([`ConnectionInfo::redirected`]): its original destination's
+///   port, whatever the `Host` header says (as Envoy's `virtualOutbound` hands the connection
+///   to the listener of that port).
+/// - Otherwise (the plain outbound listener, a service embedding the stack): the port of
+///   `authority` (the request's [`destination`]), else the scheme's default, 443 for `https`
+///   and 80 for anything else: the port a client calling that URL connects to.
+///
+/// ```
+/// use mesh_tower::route::destination_port;
+/// let req = http::Request::get("http://reviews:9080/").body(()).unwrap();
+/// assert_eq!(destination_port(&req, "reviews:9080"), 9080);
+/// let req = http::Request::get("/").header("host", "reviews").body(()).unwrap();
+/// assert_eq!(destination_port(&req, "reviews"), 80);
+/// let req = http::Request::get("https://[::1]/").body(()).unwrap();
+/// assert_eq!(destination_port(&req, "[::1]"), 443);
+/// ```
+pub fn destination_port<B>(req: &Request<B>, authority: &str) -> u16 {
+    if let Some(conn) = req.extensions().get::<ConnectionInfo>()
+        && conn.redirected
+    {
+        return conn.local.port();
+    }
+    authority_port(authority).unwrap_or_else(|| {
+        if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            443
+        } else {
+            80
+        }
+    })
+}
+
+/// The port of `host:port` (`[v6]:port`), if it has one.
+fn authority_port(authority: &str) -> Option<u16> {
+    let (host, port) = authority.rsplit_once(':')?;
+    // A bare IPv6 address has colons but no port.
+    if host.contains(':') && !host.ends_with(']') {
+        return None;
+    }
+    port.parse().ok()
 }
 
 /// Routes requests by the live config in a [`ConfigStore`].
@@ -191,7 +238,16 @@ fn select<B>(snapshot: &Snapshot, req: &Request<B>) -> Result<Selection, ProxyEr
     let no_route = || ProxyError::NoRoute {
         authority: authority.to_owned(),
     };
-    let vhost_index = snapshot.routes.find_index(authority).ok_or_else(no_route)?;
+    // The destination port only matters, and is only worked out, when some port has routes
+    // of its own (xDS); the Istio-YAML table has none.
+    let port = snapshot
+        .routes
+        .is_per_port()
+        .then(|| destination_port(req, authority));
+    let vhost_index = snapshot
+        .routes
+        .find_index_on_port(port, authority)
+        .ok_or_else(no_route)?;
     let vhost = &snapshot.routes.virtual_hosts()[vhost_index];
     let view = RequestView::new(req, authority);
     let (route_index, matched) = vhost
@@ -233,5 +289,125 @@ fn select<B>(snapshot: &Snapshot, req: &Request<B>) -> Result<Selection, ProxyEr
             apply_header_ops(&route.response_headers, response.headers_mut());
             Ok(Selection::Respond(response))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use mesh_core::model::{DirectResponse, HeaderOps, MeshConfig, RouteTable};
+    use std::collections::BTreeMap;
+    use tower::ServiceExt;
+
+    /// A virtual host whose one route answers with `name`.
+    fn vh(name: &str, domains: &[&str]) -> VirtualHost {
+        VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            routes: vec![Route {
+                name: name.into(),
+                matches: vec![],
+                action: RouteAction::DirectResponse(DirectResponse {
+                    status: 200,
+                    body: Some(name.as_bytes().to_vec()),
+                }),
+                request_headers: HeaderOps::default(),
+                response_headers: HeaderOps::default(),
+                fault: None,
+                mirrors: vec![],
+                retry: None,
+                timeout: None,
+                hedge: None,
+                rate_limit: None,
+            }],
+        }
+    }
+
+    /// Istio's RDS "8080" and "9080": both claim `reviews`, each has its catch-all.
+    fn store() -> Arc<ConfigStore> {
+        let routes = RouteTable::with_ports(
+            vec![
+                vh("reviews-8080", &["reviews", "reviews:8080"]),
+                vh("any-8080", &["*"]),
+                vh("reviews-9080", &["reviews", "reviews:9080"]),
+                vh("any-9080", &["*"]),
+            ],
+            BTreeMap::from([(8080, vec![0, 1]), (9080, vec![2, 3])]),
+        );
+        Arc::new(ConfigStore::new(MeshConfig {
+            routes,
+            ..MeshConfig::default()
+        }))
+    }
+
+    async fn answer(req: Request<()>) -> String {
+        let inner = tower::service_fn(|_: Request<()>| async {
+            Err::<Response<BoxBody>, BoxError>("forwarded".into())
+        });
+        let response = RouteLayer::new(store()).layer(inner).oneshot(req).await;
+        let body = response.unwrap().into_body().collect().await.unwrap();
+        String::from_utf8(body.to_bytes().to_vec()).unwrap()
+    }
+
+    fn with_host(uri: &str, host: &str, connection: Option<(u16, bool)>) -> Request<()> {
+        let mut req = Request::get(uri).header("host", host).body(()).unwrap();
+        if let Some((port, redirected)) = connection {
+            req.extensions_mut().insert(ConnectionInfo {
+                peer: ([127, 0, 0, 1], 40000).into(),
+                local: ([10, 0, 0, 1], port).into(),
+                redirected,
+            });
+        }
+        req
+    }
+
+    #[tokio::test]
+    async fn an_intercepted_request_meets_the_routes_of_its_original_port() {
+        let intercepted = |host, port| with_host("/", host, Some((port, true)));
+        assert_eq!(answer(intercepted("reviews", 9080)).await, "reviews-9080");
+        assert_eq!(answer(intercepted("reviews", 8080)).await, "reviews-8080");
+        assert_eq!(answer(intercepted("ratings", 9080)).await, "any-9080");
+        // The connection's port decides, not the one in `Host`.
+        assert_eq!(answer(intercepted("reviews:9080", 8080)).await, "any-8080");
+        // A port without routes of its own: every port's, merged.
+        assert_eq!(answer(intercepted("reviews", 7000)).await, "reviews-8080");
+    }
+
+    #[tokio::test]
+    async fn a_request_to_the_plain_listener_meets_the_routes_of_its_authority_s_port() {
+        // The listener's own address is not a destination.
+        let direct = Some((15001, false));
+        assert_eq!(
+            answer(with_host("/", "reviews:9080", direct)).await,
+            "reviews-9080"
+        );
+        assert_eq!(
+            answer(with_host("/", "ratings:9080", direct)).await,
+            "any-9080"
+        );
+        assert_eq!(
+            answer(with_host("/", "ratings:8080", None)).await,
+            "any-8080"
+        );
+        let absolute = |uri| with_host(uri, "ignored", None);
+        assert_eq!(answer(absolute("http://ratings:9080/")).await, "any-9080");
+        // No port: the scheme's, 80 or 443, which no listener serves here.
+        assert_eq!(
+            answer(with_host("/", "reviews", direct)).await,
+            "reviews-8080"
+        );
+        assert_eq!(answer(absolute("https://ratings/")).await, "any-8080");
+    }
+
+    #[test]
+    fn the_port_of_an_authority() {
+        assert_eq!(authority_port("reviews:9080"), Some(9080));
+        assert_eq!(authority_port("[::1]:8443"), Some(8443));
+        assert_eq!(authority_port("reviews"), None);
+        assert_eq!(authority_port("[::1]"), None);
+        assert_eq!(authority_port("::1"), None);
+        assert_eq!(authority_port("reviews:"), None);
+        assert_eq!(authority_port("reviews:99999"), None);
     }
 }

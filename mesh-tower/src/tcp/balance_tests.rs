@@ -178,6 +178,7 @@ async fn intercepted(
     let conn = ConnectionInfo {
         peer: (source, 40000).into(),
         local: dst,
+        redirected: true,
     };
     let task = tokio::spawn(async move { outbound.forward(proxy_side, conn).await });
     let (i, _upstream) = upstreams.accepted().await;

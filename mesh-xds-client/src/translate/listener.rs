@@ -45,6 +45,13 @@ pub struct XdsListener {
     pub inbound: bool,
     /// The port it listens on, when it has a socket address.
     pub port: Option<u16>,
+    /// Whether it listens on every address (`0.0.0.0` or `::`, Istio's `0.0.0.0_PORT`) rather
+    /// than one (`10.0.0.1_8080`); `false` without a socket address.
+    pub any_address: bool,
+    /// Whether it hands connections on to the listener of their original destination
+    /// (`use_original_dst`: Istio's `virtualOutbound` on 15001). Its own port serves no
+    /// routes of its own.
+    pub use_original_dst: bool,
     /// For an inbound listener: what its HTTP filter chains enforce.
     pub inbound_http: Option<InboundHttp>,
 }
@@ -92,19 +99,24 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
     if l.name.is_empty() {
         return Err(FieldError::new("name", "must not be empty"));
     }
-    let port = l.address.as_ref().and_then(|a| match &a.address {
+    let socket = l.address.as_ref().and_then(|a| match &a.address {
         Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
-            match s.port_specifier {
-                Some(
-                    envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
-                        p,
-                    ),
-                ) => u16::try_from(p).ok(),
-                _ => None,
-            }
+            Some(s)
         }
         _ => None,
     });
+    let port = socket.and_then(|s| match s.port_specifier {
+        Some(
+            envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p),
+        ) => u16::try_from(p).ok(),
+        _ => None,
+    });
+    let any_address = socket.is_some_and(|s| {
+        s.address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
+    });
+    let use_original_dst = l.use_original_dst.as_ref().is_some_and(|b| b.value);
     if let Some(api) = &l.api_listener {
         // gRPC-style API listener: the HCM is the listener itself.
         let any = api
@@ -119,6 +131,8 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
             routes,
             inbound: false,
             port,
+            any_address,
+            use_original_dst,
             inbound_http: None,
         });
     }
@@ -133,6 +147,8 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
             routes: ListenerRoutes::None,
             inbound: true,
             port,
+            any_address,
+            use_original_dst,
             inbound_http: Some(inbound(l)?),
         });
     }
@@ -166,6 +182,8 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
         routes,
         inbound: false,
         port,
+        any_address,
+        use_original_dst,
         inbound_http: None,
     })
 }

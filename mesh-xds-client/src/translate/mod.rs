@@ -9,10 +9,28 @@
 //! exist).
 //!
 //! Mapping:
-//! - `Listener` (HTTP connection manager, with `rds` or an inline `route_config`): the route
-//!   tables of every outbound listener are merged, in listener-name order, into the one
-//!   outbound [`RouteTable`]. Listeners with `traffic_direction: INBOUND` do not contribute
-//!   outbound routes.
+//! - `Listener` (HTTP connection manager, with `rds` or an inline `route_config`): each
+//!   outbound listener's route configuration serves the port of its address
+//!   (`address.socket_address.port_value`), as Envoy picks the route configuration by the
+//!   listener a connection lands on and then the virtual host by authority: istiod's
+//!   `0.0.0.0_9080` with RDS `"9080"` lists `reviews` and `reviews:9080`, and a request to
+//!   port 9080 with `Host: reviews` meets port 9080's routes even when port 8080's also claim
+//!   `reviews` (a VirtualService `match.port`, other subsets per port, each port's own `*`
+//!   virtual host). The [`RouteTable`] keeps one table per port
+//!   ([`RouteTable::with_ports`]); every outbound listener's virtual hosts are also merged, in
+//!   listener-name order (the first to claim a domain keeps it), into the table that serves
+//!   any other port. Listeners with `traffic_direction: INBOUND` do not contribute outbound
+//!   routes; a listener with `use_original_dst` (istiod's `virtualOutbound` on 15001) serves no
+//!   port table of its own.
+//!
+//!   Two listeners on one port (`0.0.0.0_8080` and `10.0.0.1_8080`) with different route
+//!   configurations: Envoy hands a connection to `10.0.0.1:8080` to the listener bound to that
+//!   address and any other connection to port 8080 to the `0.0.0.0` one. The table here is
+//!   keyed by port alone: it holds the routes of the listener on every address first, then
+//!   those of the listeners bound to one address (in name order) for the domains still
+//!   unclaimed. So each service on the port keeps its own virtual host, and a domain both
+//!   claim (a `*` catch-all) is the `0.0.0.0` listener's, as Envoy decides for every
+//!   destination but the bound address.
 //! - `RouteConfiguration`: virtual hosts and routes, one to one.
 //! - `Cluster`: a [`Cluster`], its service, port and subset parsed from Istio's
 //!   `outbound|PORT|SUBSET|HOST` name when it has that form.
@@ -48,6 +66,7 @@ use mesh_core::model::{
     MeshConfig, Protocol, RouteTable, Service, ServiceLocation, ServicePort, VirtualHost, Workload,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -266,33 +285,63 @@ pub struct Resources<'a> {
 pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
     let mut virtual_hosts = Vec::new();
     let mut hash_keys: BTreeMap<&str, &HashKey> = BTreeMap::new();
-    let mut seen_rds = BTreeSet::new();
+    // Where each route configuration's virtual hosts are in `virtual_hosts`, by RDS name:
+    // several listeners may share one (Istio's per-port RDS, on `0.0.0.0_PORT` and
+    // `IP_PORT` listeners alike), and it is added once.
+    let mut rds_hosts: BTreeMap<&str, Range<usize>> = BTreeMap::new();
+    // Each port's listeners' virtual hosts, in listener-name order, with whether the
+    // listener is bound to one address.
+    let mut port_hosts: BTreeMap<u16, Vec<(bool, Range<usize>)>> = BTreeMap::new();
     for listener in resources.listeners.values() {
         if listener.inbound {
             continue;
         }
-        match &listener.routes {
-            ListenerRoutes::Rds(name) => {
-                // Several listeners may share one route configuration (Istio: per port).
-                if seen_rds.insert(name.as_str())
-                    && let Some(rc) = resources.routes.get(name.as_str())
-                {
+        let hosts = match &listener.routes {
+            ListenerRoutes::Rds(name) => match rds_hosts.get(name.as_str()) {
+                Some(hosts) => Some(hosts.clone()),
+                None => resources.routes.get(name.as_str()).map(|rc| {
+                    let start = virtual_hosts.len();
                     let port = listener.port.filter(|_| rc.ignore_port_in_host_matching);
                     virtual_hosts.extend(rc.virtual_hosts.iter().map(|vh| with_port(vh, port)));
                     for (c, k) in &rc.hash_keys {
                         hash_keys.entry(c).or_insert(k);
                     }
-                }
-            }
+                    rds_hosts.insert(name, start..virtual_hosts.len());
+                    start..virtual_hosts.len()
+                }),
+            },
             ListenerRoutes::Inline(rc) => {
+                let start = virtual_hosts.len();
                 virtual_hosts.extend(rc.virtual_hosts.iter().cloned());
                 for (c, k) in &rc.hash_keys {
                     hash_keys.entry(c).or_insert(k);
                 }
+                Some(start..virtual_hosts.len())
             }
-            ListenerRoutes::None => {}
+            ListenerRoutes::None => None,
+        };
+        if let (Some(hosts), Some(port)) = (hosts, listener.port)
+            && port != 0
+            && !listener.use_original_dst
+        {
+            let listeners = port_hosts.entry(port).or_default();
+            match listeners.iter_mut().find(|(_, r)| *r == hosts) {
+                // One route configuration on `0.0.0.0_PORT` and `IP_PORT`: once, first.
+                Some((bound, _)) => *bound &= !listener.any_address,
+                None => listeners.push((!listener.any_address, hosts)),
+            }
         }
     }
+    // A port's table: the routes of its listener on every address first (the one Envoy hands
+    // most connections to that port), then those of listeners bound to one address, for the
+    // domains still unclaimed (see the module docs).
+    let port_hosts: BTreeMap<u16, Vec<usize>> = port_hosts
+        .into_iter()
+        .map(|(port, mut listeners)| {
+            listeners.sort_by_key(|(bound, _)| *bound);
+            (port, listeners.into_iter().flat_map(|(_, r)| r).collect())
+        })
+        .collect();
 
     let mut clusters = BTreeMap::new();
     let mut services: BTreeMap<Hostname, Service> = BTreeMap::new();
@@ -375,7 +424,7 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
             .map(|(k, v)| (k, Arc::new(v)))
             .collect(),
         clusters,
-        routes: RouteTable::new(virtual_hosts),
+        routes: RouteTable::with_ports(virtual_hosts, port_hosts),
         inbound,
         authorization,
         peer_authentication: Default::default(),

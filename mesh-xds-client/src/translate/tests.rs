@@ -679,6 +679,8 @@ fn ring_hash_cluster_takes_its_key_from_the_route_hash_policy() {
         routes: ListenerRoutes::Rds("r".into()),
         inbound: false,
         port: None,
+        any_address: false,
+        use_original_dst: false,
         inbound_http: None,
     };
     let mut res = Resources::default();
@@ -1334,4 +1336,215 @@ fn the_inbound_connection_managers_path_normalization_is_the_workloads() {
             && e.contains("MERGE_SLASHES differs from another filter chain's BASE"),
         "{e}"
     );
+}
+
+const REVIEWS_8080: &str = "outbound|8080||reviews.default.svc.cluster.local";
+const REVIEWS_9080_V2: &str = "outbound|9080|v2|reviews.default.svc.cluster.local";
+
+/// Istio's RDS for `port`: `reviews` with and without the port to `cluster`, and the `*`
+/// virtual host (`allow_any`) to `catch_all`.
+fn port_rds(name: &str, port: u16, cluster: &str, catch_all: &str) -> rpb::RouteConfiguration {
+    let with_port = format!("reviews:{port}");
+    let full = "reviews.default.svc.cluster.local";
+    let full_with_port = format!("{full}:{port}");
+    let mut rc = fixtures::route_config(
+        name,
+        &[&full_with_port, full, "reviews", &with_port],
+        &[(cluster, 100)],
+    );
+    let mut any = fixtures::route_config("", &["*"], &[(catch_all, 100)]).virtual_hosts[0].clone();
+    any.name = "allow_any".into();
+    rc.virtual_hosts.push(any);
+    rc
+}
+
+fn listener_of(l: &Listener) -> XdsListener {
+    match decode(ResourceType::Listener, &pack(l)).unwrap() {
+        Decoded::Listener(x) => x,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn routes_of(rc: &rpb::RouteConfiguration) -> XdsRouteConfig {
+    match decode(ResourceType::RouteConfiguration, &pack(rc)).unwrap() {
+        Decoded::RouteConfiguration(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The cluster a request to `port` for `authority` is forwarded to.
+fn cluster_on(cfg: &MeshConfig, port: Option<u16>, authority: &str) -> String {
+    let vh = cfg
+        .routes
+        .find_on_port(port, authority)
+        .expect("virtual host");
+    match &vh.routes[0].action {
+        RouteAction::Forward(f) => f.destinations[0].cluster.as_str().to_owned(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn assemble_listeners(listeners: &[XdsListener], routes: &[XdsRouteConfig]) -> MeshConfig {
+    let mut res = Resources::default();
+    for l in listeners {
+        res.listeners.insert(&l.name, l);
+    }
+    for r in routes {
+        res.routes.insert(&r.name, r);
+    }
+    assemble(&res, &Workload::default())
+}
+
+#[test]
+fn each_outbound_listener_port_routes_by_its_own_route_configuration() {
+    let l8080 = listener_of(&fixtures::listener(8080, "8080"));
+    let l9080 = listener_of(&fixtures::listener(9080, "9080"));
+    assert_eq!((l8080.port, l8080.any_address), (Some(8080), true));
+    let cfg = assemble_listeners(
+        &[l8080, l9080],
+        &[
+            routes_of(&port_rds("8080", 8080, REVIEWS_8080, "PassthroughCluster")),
+            routes_of(&port_rds("9080", 9080, REVIEWS_9080_V2, "BlackHoleCluster")),
+        ],
+    );
+    assert!(cfg.routes.is_per_port());
+    // `Host: reviews` (no port) sent to each port: that port's route.
+    for authority in ["reviews", "reviews.default.svc.cluster.local"] {
+        assert_eq!(cluster_on(&cfg, Some(8080), authority), REVIEWS_8080);
+        assert_eq!(cluster_on(&cfg, Some(9080), authority), REVIEWS_9080_V2);
+    }
+    assert_eq!(
+        cluster_on(&cfg, Some(9080), "reviews:9080"),
+        REVIEWS_9080_V2
+    );
+    // Each port's own catch-all.
+    assert_eq!(
+        cluster_on(&cfg, Some(8080), "ratings"),
+        "PassthroughCluster"
+    );
+    assert_eq!(cluster_on(&cfg, Some(9080), "ratings"), "BlackHoleCluster");
+    // Another port, or none: the merged table, the first listener by name claiming first
+    // (what every port got before).
+    for port in [None, Some(80)] {
+        assert_eq!(cluster_on(&cfg, port, "reviews"), REVIEWS_8080);
+        assert_eq!(cluster_on(&cfg, port, "reviews:9080"), REVIEWS_9080_V2);
+        assert_eq!(cluster_on(&cfg, port, "ratings"), "PassthroughCluster");
+    }
+}
+
+#[test]
+fn a_port_s_listener_on_every_address_claims_before_one_bound_to_an_address() {
+    // `10.0.0.1_8080` sorts before `[::]_8080`; the `::` listener's routes still claim first.
+    let mut any = fixtures::listener(8080, "8080");
+    any.name = "[::]_8080".into();
+    if let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) =
+        any.address.as_mut().and_then(|a| a.address.as_mut())
+    {
+        s.address = "::".into();
+    }
+    let mut bound = fixtures::listener(8080, "10.0.0.1_8080");
+    bound.name = "10.0.0.1_8080".into();
+    if let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) =
+        bound.address.as_mut().and_then(|a| a.address.as_mut())
+    {
+        s.address = "10.0.0.1".into();
+    }
+    let (any, bound) = (listener_of(&any), listener_of(&bound));
+    assert!(any.any_address && !bound.any_address);
+    let mut ratings = port_rds("10.0.0.1_8080", 8080, C1, "BlackHoleCluster");
+    for d in &mut ratings.virtual_hosts[0].domains {
+        *d = d.replace("reviews", "ratings");
+    }
+    let l9080 = listener_of(&fixtures::listener(9080, "9080"));
+    let cfg = assemble_listeners(
+        &[any, bound, l9080],
+        &[
+            routes_of(&port_rds("8080", 8080, REVIEWS_8080, "PassthroughCluster")),
+            routes_of(&ratings),
+            routes_of(&port_rds("9080", 9080, REVIEWS_9080_V2, "BlackHoleCluster")),
+        ],
+    );
+    assert_eq!(cluster_on(&cfg, Some(8080), "reviews"), REVIEWS_8080);
+    assert_eq!(
+        cluster_on(&cfg, Some(8080), "ratings"),
+        C1,
+        "the bound listener's own domain"
+    );
+    assert_eq!(cluster_on(&cfg, Some(8080), "other"), "PassthroughCluster");
+    assert_eq!(cluster_on(&cfg, Some(9080), "ratings"), "BlackHoleCluster");
+}
+
+#[test]
+fn one_outbound_listener_and_the_virtual_outbound_make_no_per_port_tables() {
+    // istiod's `virtualOutbound` (here with an HTTP chain, to show its port gets no table)
+    // and an inbound listener beside one outbound listener: the merged table alone, as before.
+    let mut virtual_outbound = fixtures::listener(15001, "15001");
+    virtual_outbound.name = "virtualOutbound".into();
+    virtual_outbound.use_original_dst = Some(BoolValue { value: true });
+    let virtual_outbound = listener_of(&virtual_outbound);
+    assert!(virtual_outbound.use_original_dst);
+    let mut inbound = fixtures::listener(15006, "inbound");
+    inbound.name = "virtualInbound".into();
+    inbound.traffic_direction = 1;
+    let inbound = listener_of(&inbound);
+    let l9080 = listener_of(&fixtures::listener(9080, "9080"));
+    let rds = [
+        routes_of(&port_rds(
+            "9080",
+            9080,
+            REVIEWS_9080_V2,
+            "PassthroughCluster",
+        )),
+        routes_of(&port_rds("15001", 15001, REVIEWS_8080, "BlackHoleCluster")),
+        routes_of(&port_rds("inbound", 15006, C1, "BlackHoleCluster")),
+    ];
+    let one = assemble_listeners(&[l9080.clone(), inbound.clone()], &rds);
+    assert!(!one.routes.is_per_port());
+    assert_eq!(cluster_on(&one, Some(9080), "reviews"), REVIEWS_9080_V2);
+    assert_eq!(cluster_on(&one, Some(8080), "reviews"), REVIEWS_9080_V2);
+
+    // The virtual outbound listener's routes are merged (as before) but no port is its.
+    let both = assemble_listeners(&[l9080, virtual_outbound, inbound], &rds);
+    assert_eq!(
+        both.routes.ports().map(|(p, _)| p).collect::<Vec<_>>(),
+        [9080]
+    );
+    assert_eq!(cluster_on(&both, Some(15001), "reviews"), REVIEWS_9080_V2);
+    assert_eq!(
+        cluster_on(&both, Some(9080), "ratings"),
+        "PassthroughCluster"
+    );
+}
+
+#[test]
+fn an_inline_route_configuration_serves_its_listener_s_port() {
+    let mut inline = fixtures::listener(8080, "unused");
+    let Some(filter::ConfigType::TypedConfig(any)) =
+        &inline.filter_chains[0].filters[0].config_type
+    else {
+        unreachable!()
+    };
+    let mut hcm: HttpConnectionManager = unpack(any, "").unwrap();
+    hcm.route_specifier = Some(RouteSpecifier::RouteConfig(port_rds(
+        "inline",
+        8080,
+        REVIEWS_8080,
+        "PassthroughCluster",
+    )));
+    inline.filter_chains[0].filters[0].config_type =
+        Some(filter::ConfigType::TypedConfig(pack(&hcm)));
+    let cfg = assemble_listeners(
+        &[
+            listener_of(&fixtures::listener(9080, "9080")),
+            listener_of(&inline),
+        ],
+        &[routes_of(&port_rds(
+            "9080",
+            9080,
+            REVIEWS_9080_V2,
+            "BlackHoleCluster",
+        ))],
+    );
+    assert_eq!(cluster_on(&cfg, Some(8080), "reviews"), REVIEWS_8080);
+    assert_eq!(cluster_on(&cfg, Some(9080), "reviews"), REVIEWS_9080_V2);
 }
