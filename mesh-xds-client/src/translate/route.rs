@@ -181,6 +181,7 @@ fn route(
         timeout: None,
         hedge: None,
         rate_limit: None,
+        cors: None,
     };
     match &r.action {
         Some(pb::route::Action::Route(action)) => {
