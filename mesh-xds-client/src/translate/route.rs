@@ -798,10 +798,10 @@ fn legacy_cors(c: &pb::CorsPolicy) -> FieldResult<FilterCors> {
         expose_headers: c.expose_headers.clone(),
         max_age: c.max_age.clone(),
         allow_credentials: c.allow_credentials,
-        filter_enabled: match &c.enabled_specifier {
-            Some(pb::cors_policy::EnabledSpecifier::FilterEnabled(f)) => Some(f.clone()),
-            None => None,
-        },
+        filter_enabled: c
+            .enabled_specifier
+            .as_ref()
+            .map(|pb::cors_policy::EnabledSpecifier::FilterEnabled(f)| f.clone()),
         shadow_enabled: c.shadow_enabled.clone(),
         allow_private_network_access: c.allow_private_network_access,
         forward_not_matching_preflights: c.forward_not_matching_preflights,
