@@ -69,6 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }),
         timeout: Some(std::time::Duration::from_secs(2)),
         hedge: None,
+        cors: None,
         rate_limit: None,
     };
     let config = MeshConfig {

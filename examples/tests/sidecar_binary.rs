@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use http::Request;
 use std::process::Command;
 use std::time::Duration;
 
@@ -226,5 +227,86 @@ async fn path_normalization_and_root_namespace_flags_shape_inbound_authorization
     // The root namespace's policy applies: the DENY holds for the path BASE leaves alone.
     let (status, _, _) = get(&inbound, "app", "/admin/x", &[]).await;
     assert_eq!(status, 403);
+    assert_eq!(sidecar.terminate().await, Some(0));
+}
+
+/// A VirtualService `corsPolicy` is enforced by the sidecar: `check` reports a bad field with
+/// its path, and `run` answers an allowed preflight itself and gives a forwarded response the
+/// allowed origin (both were silently dropped before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cors_policy_is_checked_and_a_preflight_answered_by_the_sidecar() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    let cors = |unmatched: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: hello }}
+spec:
+  hosts: [hello]
+  http:
+  - corsPolicy:
+      allowOrigins: [{{ exact: \"https://app.example\" }}]
+      allowMethods: [GET, POST]
+      allowHeaders: [content-type]
+      maxAge: 1h
+      unmatchedPreflights: {unmatched}
+    route: [{{ destination: {{ host: hello }} }}]
+"
+        )
+    };
+    let v1 = upstream("v1", Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(&dir, "bad.yaml", &(registry(&[&v1]) + &cors("DROP")));
+    let out = Command::new(BIN).arg("check").arg(&bad).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "spec.http[0].corsPolicy.unmatchedPreflights: unknown value \"DROP\": expected FORWARD or IGNORE"
+        ),
+        "{stdout}"
+    );
+
+    let config = write(&dir, "mesh.yaml", &(registry(&[&v1]) + &cors("FORWARD")));
+    let sidecar = SidecarProcess::start(BIN, &["--config", config.to_str().unwrap()]);
+    let c = client(sidecar.addr("outbound"), false);
+    let preflight = Request::options("http://hello/api")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = c.request(preflight).await.expect("response");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body, "",
+        "answered by the sidecar, not the upstream (which says v1)"
+    );
+    for (name, value) in [
+        ("access-control-allow-origin", "https://app.example"),
+        ("access-control-allow-methods", "GET,POST"),
+        ("access-control-allow-headers", "content-type"),
+        ("access-control-max-age", "3600"),
+    ] {
+        assert_eq!(
+            headers.get(name).map(|v| v.to_str().unwrap()),
+            Some(value),
+            "{name}"
+        );
+    }
+
+    let (status, body, headers) = get(&c, "hello", "/", &[("origin", "https://app.example")]).await;
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let (_, body, headers) = get(&c, "hello", "/", &[("origin", "https://evil.example")]).await;
+    assert_eq!(body, "v1");
+    assert!(headers.get("access-control-allow-origin").is_none());
     assert_eq!(sidecar.terminate().await, Some(0));
 }

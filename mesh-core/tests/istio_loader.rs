@@ -1483,3 +1483,142 @@ fn sidecar_settings_left_unapplied_are_reported() {
         .collect();
     assert_eq!(warnings, ["spec.egress", "spec.inboundConnectionPool"]);
 }
+
+fn cors_of(outcome: BuildOutcome) -> mesh_core::model::CorsPolicy {
+    assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
+    let config = outcome.config.expect("valid");
+    let vhost = config.routes.find("reviews:9080").expect("routed");
+    *vhost.routes[0].cors.clone().expect("a CORS policy")
+}
+
+#[test]
+fn a_cors_policy_maps_to_the_route_as_istiod_translates_it() {
+    use mesh_core::model::{CorsPolicy, StringMatch};
+    let policy = cors_of(load(&vs(r#"  - corsPolicy:
+      allowOrigins:
+      - exact: https://example.com
+      - prefix: https://app.
+      - regex: "https://.*\\.example\\.org"
+      allowMethods: [GET, POST]
+      allowHeaders: [Content-Type, x-custom]
+      exposeHeaders: [x-trace]
+      maxAge: 24h
+      allowCredentials: true
+      unmatchedPreflights: IGNORE
+    route:
+    - destination: { host: reviews }
+"#)));
+    assert_eq!(
+        CorsPolicy {
+            allow_origins: policy.allow_origins.clone(),
+            ..policy.clone()
+        },
+        CorsPolicy {
+            allow_origins: policy.allow_origins.clone(),
+            allow_methods: "GET,POST".into(),
+            allow_headers: "Content-Type,x-custom".into(),
+            expose_headers: "x-trace".into(),
+            max_age: Some(86_400),
+            allow_credentials: true,
+            forward_unmatched_preflights: false,
+        }
+    );
+    assert_eq!(policy.allow_origins.len(), 3);
+    assert_eq!(
+        policy.allow_origins[0],
+        StringMatch::Exact("https://example.com".into())
+    );
+    assert!(policy.allows_origin("https://app.example.com"));
+    assert!(policy.allows_origin("https://a.example.org"));
+    assert!(!policy.allows_origin("https://a.example.org.evil"));
+    assert!(!policy.allows_origin("https://example.com.evil"));
+
+    // The deprecated list is exact origins; unmatched preflights are forwarded by default.
+    let policy = cors_of(load(&vs(
+        "  - corsPolicy: { allowOrigin: [\"https://old.example\"] }\n    route:\n    - destination: { host: reviews }\n",
+    )));
+    assert_eq!(
+        policy.allow_origins,
+        [StringMatch::Exact("https://old.example".into())]
+    );
+    assert!(policy.forward_unmatched_preflights);
+    assert!(!policy.allow_credentials);
+    assert_eq!(policy.max_age, None);
+}
+
+#[test]
+fn a_rule_without_cors_policy_has_none() {
+    let outcome = load(&vs("  - route:\n    - destination: { host: reviews }\n"));
+    let config = outcome.config.expect("valid");
+    assert!(
+        config.routes.find("reviews").unwrap().routes[0]
+            .cors
+            .is_none()
+    );
+}
+
+#[test]
+fn each_bad_cors_field_is_an_error_with_its_path() {
+    let rule = |cors: &str| {
+        single_error(&vs(&format!(
+            "  - corsPolicy: {cors}\n    route:\n    - destination: {{ host: reviews }}\n"
+        )))
+    };
+    for (cors, expected) in [
+        (
+            r#"{ allowOrigins: [{ exact: a }, { regex: "(unclosed" }] }"#,
+            "spec.http[0].corsPolicy.allowOrigins[1].regex: invalid regex \"(unclosed\"",
+        ),
+        (
+            "{ allowOrigins: [{}] }",
+            "spec.http[0].corsPolicy.allowOrigins[0]: set one of exact, prefix, regex",
+        ),
+        (
+            "{ maxAge: 5x }",
+            "spec.http[0].corsPolicy.maxAge: invalid duration \"5x\"",
+        ),
+        (
+            "{ maxAge: 1500ms }",
+            "spec.http[0].corsPolicy.maxAge: maxAge \"1500ms\" must be whole seconds",
+        ),
+        (
+            "{ unmatchedPreflights: DROP }",
+            "spec.http[0].corsPolicy.unmatchedPreflights: unknown value \"DROP\": expected FORWARD or IGNORE",
+        ),
+        (
+            "{ allowOrigin: [a], allowOrigins: [{ exact: b }] }",
+            "spec.http[0].corsPolicy: set only one of allowOrigins and the deprecated allowOrigin",
+        ),
+        (
+            "{ allowMethods: [GET, FETCH] }",
+            "spec.http[0].corsPolicy.allowMethods[1]: \"FETCH\" is not a supported HTTP method",
+        ),
+        (
+            "{ exposeHeaders: [\"bad header\"] }",
+            "spec.http[0].corsPolicy.exposeHeaders[0]: invalid header name \"bad header\"",
+        ),
+    ] {
+        let e = rule(cors);
+        assert!(e.contains(expected), "{cors}: {e}");
+    }
+}
+
+#[test]
+fn a_cors_policy_on_a_redirect_is_a_warning() {
+    let outcome = load(&vs(
+        "  - corsPolicy: { allowOrigins: [{ exact: a }] }\n    redirect: { uri: /elsewhere }\n",
+    ));
+    assert!(outcome.config.is_some());
+    let warnings: Vec<String> = outcome
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        warnings.len() == 1
+            && warnings[0].contains(
+                "spec.http[0].corsPolicy: corsPolicy has no effect on a redirect or directResponse rule"
+            ),
+        "{warnings:#?}"
+    );
+}

@@ -4,7 +4,7 @@
 //! [`outbound`] and [`inbound`] stacks compose them in the order `DESIGN.md` gives:
 //!
 //! ```text
-//! outbound: route -> rate limit -> fault -> mirror -> timeout -> split -> retry -> breaker
+//! outbound: route (and CORS) -> rate limit -> fault -> mirror -> timeout -> split -> retry -> breaker
 //!           -> balance -> client
 //! inbound:  -> local app
 //! ```
@@ -24,6 +24,7 @@ pub mod breaker;
 pub mod capture;
 pub mod client;
 pub mod context;
+pub mod cors;
 pub mod embed;
 pub mod error;
 pub mod explain;

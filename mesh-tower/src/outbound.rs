@@ -1,5 +1,7 @@
 //! The outbound stack: route -> rate limit -> fault -> mirror -> timeout -> split -> retry ->
-//! breaker -> balance -> client, with errors turned into responses at the edge.
+//! breaker -> balance -> client, with errors turned into responses at the edge. The router
+//! applies the matched route's CORS policy ([`crate::cors`]) before the layers below, as
+//! istiod puts Envoy's CORS filter ahead of the fault filter.
 //!
 //! The split sits above the retry layer: as in Envoy, where the weighted cluster is chosen
 //! once with the route, a request's destination is drawn once and its header operations

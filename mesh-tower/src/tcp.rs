@@ -1395,6 +1395,7 @@ spec:
             let conn = ConnectionInfo {
                 peer: "127.0.0.1:40000".parse().unwrap(),
                 local: unknown,
+                redirected: true,
             };
             let forward = tokio::spawn(async move { outbound.forward(proxied, conn).await });
             let mut got = vec![0; expected.len()];

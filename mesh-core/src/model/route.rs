@@ -276,6 +276,10 @@ pub struct Route {
     pub hedge: Option<HedgePolicy>,
     /// The local rate limit (a mesh extension: the `ratelimit.mesh.io/*` annotations).
     pub rate_limit: Option<LocalRateLimit>,
+    /// Cross-origin resource sharing (Istio's `corsPolicy`); read only on forwarding routes,
+    /// as Envoy's CORS filter skips redirects and direct responses. Boxed: most routes have
+    /// none, and a route is read on every request.
+    pub cors: Option<Box<CorsPolicy>>,
 }
 
 /// A match on request properties (Istio's `HTTPMatchRequest`); every given condition must hold.
@@ -787,6 +791,73 @@ pub struct LocalRateLimit {
     pub tokens_per_fill: u32,
     /// The refill interval.
     pub fill_interval: Duration,
+}
+
+/// Cross-origin resource sharing on a route: Envoy's `envoy.filters.http.cors` with the
+/// route's `CorsPolicy`, as istiod writes it from a VirtualService's `corsPolicy`
+/// (`TranslateCORSPolicy` in istio's `pilot/pkg/networking/core/route/route.go`).
+///
+/// The header values are kept comma-joined, as Envoy keeps them, so that an answer takes them
+/// as they are.
+///
+/// ```
+/// use mesh_core::model::{CorsPolicy, StringMatch};
+/// let policy = CorsPolicy {
+///     allow_origins: vec![StringMatch::Prefix("https://app.".into())],
+///     ..CorsPolicy::default()
+/// };
+/// assert!(policy.allows_origin("https://app.example.com"));
+/// assert!(!policy.allows_origin("https://evil.example.com"));
+/// assert!(policy.forward_unmatched_preflights, "Istio's and Envoy's default");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CorsPolicy {
+    /// The origins allowed: a request's `Origin` must match one. A match that accepts the
+    /// literal `*` accepts every origin (Envoy's `isOriginAllowed`).
+    pub allow_origins: Vec<StringMatch>,
+    /// `access-control-allow-methods` of a preflight's answer; `*` answers with the
+    /// request's `access-control-request-method`; empty: not sent.
+    pub allow_methods: String,
+    /// `access-control-allow-headers` of a preflight's answer; `*` answers with the
+    /// request's `access-control-request-headers`; empty: not sent.
+    pub allow_headers: String,
+    /// `access-control-expose-headers` of the answer to an allowed request that is not a
+    /// preflight; empty: not sent.
+    pub expose_headers: String,
+    /// `access-control-max-age` of a preflight's answer, in seconds; `None`: not sent.
+    pub max_age: Option<u64>,
+    /// Send `access-control-allow-credentials: true`.
+    pub allow_credentials: bool,
+    /// A preflight whose origin is not allowed goes on to the upstream (Istio's
+    /// `unmatchedPreflights: FORWARD`, the default); otherwise the proxy answers it, without
+    /// `access-control-allow-origin` (`IGNORE`).
+    pub forward_unmatched_preflights: bool,
+}
+
+impl Default for CorsPolicy {
+    /// No origin allowed, nothing sent, unmatched preflights forwarded.
+    fn default() -> Self {
+        Self {
+            allow_origins: Vec::new(),
+            allow_methods: String::new(),
+            allow_headers: String::new(),
+            expose_headers: String::new(),
+            max_age: None,
+            allow_credentials: false,
+            forward_unmatched_preflights: true,
+        }
+    }
+}
+
+impl CorsPolicy {
+    /// Whether `origin` is allowed.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        // Envoy asks each matcher about "*" first: an exact "*" (or a regex like ".*")
+        // stands for every origin.
+        self.allow_origins
+            .iter()
+            .any(|m| m.matches("*", false) || m.matches(origin, false))
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! [`destination_port`] when the config has routes per port, as xDS configs do) and the first
 //! route whose conditions match, then answers it (redirect, direct response) or hands it on
 //! with a [`Routed`] naming the route in its [`crate::context::RequestContext`], for the
-//! layers below.
+//! layers below. It applies the route's CORS policy itself ([`crate::cors`]): it answers an
+//! allowed preflight, and adds the CORS headers to the response of an allowed request.
 //!
 //! The snapshot is loaded once per request and travels with it in [`Routed`], so a config
 //! swap never changes the rules under an in-flight request.
@@ -14,6 +15,7 @@ mod rewrite;
 pub use rewrite::apply_header_ops;
 
 use crate::body::{self, BoxBody, BoxError};
+use crate::cors;
 use crate::error::ProxyError;
 use crate::future::{self, ResponseFuture};
 use crate::server::ConnectionInfo;
@@ -180,6 +182,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let snapshot = pin::live(&self.store);
+        let mut cors_origin = None;
         let routed = match select(&snapshot.0, &req) {
             Ok(Selection::Forward {
                 vhost,
@@ -192,6 +195,18 @@ where
                     route,
                 };
                 let r = routed.route();
+                // CORS sees the request as the client sent it, before the route's rewrites,
+                // and answers a preflight before the layers below (see `crate::cors`). A
+                // route without a policy costs this one branch.
+                if let Some(policy) = r.cors.as_deref() {
+                    match cors::decide(policy, &req) {
+                        cors::Decision::Pass => {}
+                        cors::Decision::Forward(origin) => cors_origin = Some(origin),
+                        cors::Decision::Answer(response) => {
+                            return future::acted(async move { Ok(response) });
+                        }
+                    }
+                }
                 if let Some(rewrite) = routed.forward().and_then(|f| f.rewrite.as_ref()) {
                     let matched = matched.and_then(|i| r.matches.get(i));
                     if let Err(e) = rewrite::apply(rewrite, matched, &mut req) {
@@ -204,8 +219,10 @@ where
             Ok(Selection::Respond(response)) => return future::acted(async move { Ok(response) }),
             Err(e) => return future::acted(async move { Err(e.into()) }),
         };
-        // Kept for the response only when the route changes response headers.
-        let for_response = (!routed.route().response_headers.is_empty()).then(|| routed.clone());
+        // Kept for the response only when the route changes response headers or CORS adds
+        // its own.
+        let for_response = (cors_origin.is_some() || !routed.route().response_headers.is_empty())
+            .then(|| routed.clone());
         crate::context::RequestContext::of_mut(&mut req).routed = Some(routed);
         // The inner service was made ready by `poll_ready`: call it now rather than moving a
         // clone of the whole stack below into the future.
@@ -215,10 +232,13 @@ where
         };
         future::acted(async move {
             let mut response = future.await?;
-            apply_header_ops(
-                &routed_for_response.route().response_headers,
-                response.headers_mut(),
-            );
+            let route = routed_for_response.route();
+            apply_header_ops(&route.response_headers, response.headers_mut());
+            // After the route's header changes, as Envoy's CORS filter encodes after the
+            // router's.
+            if let (Some(origin), Some(policy)) = (cors_origin, route.cors.as_deref()) {
+                cors::annotate(policy, origin, response.headers_mut());
+            }
             Ok(response)
         })
     }
@@ -320,6 +340,7 @@ mod tests {
                 timeout: None,
                 hedge: None,
                 rate_limit: None,
+                cors: None,
             }],
         }
     }

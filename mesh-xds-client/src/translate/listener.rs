@@ -20,8 +20,10 @@ const RBAC: &str = "envoy.filters.http.rbac";
 const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
 const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 
-/// HTTP filters that carry no behaviour this mesh must reproduce (telemetry, ALPN hints,
-/// CORS with no policy): accepted and ignored. Istio's sidecar configures each of them.
+/// HTTP filters that carry no behaviour this mesh must reproduce (telemetry, ALPN hints), or
+/// whose behaviour comes with each route (CORS: the filter's own config is empty, and each
+/// route's policy is in its `typed_per_filter_config`, which the route translation reads):
+/// accepted. Istio's sidecar configures each of them.
 const BENIGN_HTTP_FILTERS: &[&str] = &[
     "istio.metadata_exchange",
     "istio.stats",

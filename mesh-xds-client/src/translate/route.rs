@@ -4,19 +4,21 @@ use super::{FieldError, FieldResult, duration, parse_istio_name, unpack};
 use envoy_types::pb::envoy::config::core::v3::{HeaderValueOption, data_source};
 use envoy_types::pb::envoy::config::route::v3 as pb;
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy as FilterCors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::Any;
 use mesh_core::model::{
-    AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HashKey,
-    HeaderOps, Mirror, Pattern, Percentage, Redirect, RedirectPort, RetryOn, RetryPolicy, Rewrite,
-    Route, RouteAction, RouteMatch, StringMatch, VirtualHost, WeightedCluster,
+    AbortError, ClusterName, CorsPolicy, DirectResponse, Fault, FaultAbort, FaultDelay, Forward,
+    HashKey, HeaderOps, Mirror, Pattern, Percentage, Redirect, RedirectPort, RetryOn, RetryPolicy,
+    Rewrite, Route, RouteAction, RouteMatch, StringMatch, VirtualHost, WeightedCluster,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 const FAULT: &str = "envoy.filters.http.fault";
+const CORS: &str = "envoy.filters.http.cors";
 
 /// Envoy's route timeout when a route sets none.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -119,15 +121,30 @@ fn virtual_host(
         .as_ref()
         .map(|r| retry_policy(r).map_err(|e| e.within("retry_policy")))
         .transpose()?;
-    let vh_fault = per_filter_fault(&vh.typed_per_filter_config)
-        .map_err(|e| e.within("typed_per_filter_config"))?;
+    let vh_filters =
+        per_filter(&vh.typed_per_filter_config).map_err(|e| e.within("typed_per_filter_config"))?;
+    let vh_cors = VhCors {
+        typed: vh_filters.cors,
+        legacy: vh
+            .cors
+            .as_ref()
+            .map(|c| legacy_cors(c).map_err(|e| e.within("cors")))
+            .transpose()?,
+    };
     let routes = vh
         .routes
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            route(r, &request, &response, vh_retry.as_ref(), vh_fault.as_ref())
-                .map_err(|e| e.within(format!("routes[{i}]")))
+            route(
+                r,
+                &request,
+                &response,
+                vh_retry.as_ref(),
+                vh_filters.fault.as_ref(),
+                &vh_cors,
+            )
+            .map_err(|e| e.within(format!("routes[{i}]")))
         })
         .collect::<FieldResult<_>>()?;
     Ok(VirtualHost {
@@ -149,6 +166,7 @@ fn route(
     vh_response: &HeaderOps,
     vh_retry: Option<&RetryPolicy>,
     vh_fault: Option<&Fault>,
+    vh_cors: &VhCors,
 ) -> FieldResult<Route> {
     let m = r
         .r#match
@@ -162,9 +180,9 @@ fn route(
             .map_err(|e| e.within("response_headers_to_add"))?;
     append_ops(&mut request_headers, vh_request);
     append_ops(&mut response_headers, vh_response);
-    let fault = per_filter_fault(&r.typed_per_filter_config)
-        .map_err(|e| e.within("typed_per_filter_config"))?
-        .or_else(|| vh_fault.cloned());
+    let filters =
+        per_filter(&r.typed_per_filter_config).map_err(|e| e.within("typed_per_filter_config"))?;
+    let fault = filters.fault.or_else(|| vh_fault.cloned());
 
     let mut out = Route {
         name: r.name.clone(),
@@ -181,10 +199,17 @@ fn route(
         timeout: None,
         hedge: None,
         rate_limit: None,
+        cors: None,
     };
     match &r.action {
         Some(pb::route::Action::Route(action)) => {
-            route_action(action, &mut out, vh_retry).map_err(|e| e.within("route"))?
+            route_action(action, &mut out, vh_retry).map_err(|e| e.within("route"))?;
+            let legacy = action
+                .cors
+                .as_ref()
+                .map(|c| legacy_cors(c).map_err(|e| e.within("route.cors")))
+                .transpose()?;
+            out.cors = cors(filters.cors.as_ref(), legacy.as_ref(), vh_cors);
         }
         Some(pb::route::Action::Redirect(redirect)) => {
             out.action =
@@ -449,9 +474,6 @@ fn route_action(
     }
     if a.hedge_policy.is_some() {
         return Err(FieldError::new("hedge_policy", "is not supported"));
-    }
-    if a.cors.is_some() {
-        return Err(FieldError::new("cors", "is not supported"));
     }
     if !a.rate_limits.is_empty() {
         return Err(FieldError::new("rate_limits", "is not supported"));
@@ -741,10 +763,22 @@ pub(crate) fn header_ops(add: &[HeaderValueOption], remove: &[String]) -> FieldR
     Ok(ops)
 }
 
-fn per_filter_fault(
-    configs: &std::collections::HashMap<String, Any>,
-) -> FieldResult<Option<Fault>> {
-    let mut fault = None;
+/// What a route's or a virtual host's `typed_per_filter_config` sets.
+#[derive(Default)]
+struct PerFilter {
+    fault: Option<Fault>,
+    cors: Option<FilterCors>,
+}
+
+/// A virtual host's CORS policies: its `typed_per_filter_config` one and the deprecated
+/// `cors` field.
+struct VhCors {
+    typed: Option<FilterCors>,
+    legacy: Option<FilterCors>,
+}
+
+fn per_filter(configs: &std::collections::HashMap<String, Any>) -> FieldResult<PerFilter> {
+    let mut out = PerFilter::default();
     // Sorted, so that the first error reported is the same every time.
     let mut names: Vec<&String> = configs.keys().collect();
     names.sort();
@@ -758,16 +792,158 @@ fn per_filter_fault(
                 None => continue,
             }
         }
-        if name != FAULT {
+        match name.as_str() {
+            FAULT => {
+                let f: HttpFault = unpack(&any, name)?;
+                out.fault = Some(http_fault(&f).map_err(|e| e.within(name))?);
+            }
+            CORS => {
+                let c: FilterCors = unpack(&any, name)?;
+                check_cors(&c).map_err(|e| e.within(name))?;
+                out.cors = Some(c);
+            }
+            _ => {
+                return Err(FieldError::new(
+                    name.as_str(),
+                    "per-route config for this filter is not supported",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The deprecated `cors` field of a route action or virtual host, checked, in the CORS
+/// filter's form (the same fields, `filter_enabled` out of its oneof).
+fn legacy_cors(c: &pb::CorsPolicy) -> FieldResult<FilterCors> {
+    let policy = FilterCors {
+        allow_origin_string_match: c.allow_origin_string_match.clone(),
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: c.max_age.clone(),
+        allow_credentials: c.allow_credentials,
+        filter_enabled: c
+            .enabled_specifier
+            .as_ref()
+            .map(|pb::cors_policy::EnabledSpecifier::FilterEnabled(f)| f.clone()),
+        shadow_enabled: c.shadow_enabled.clone(),
+        allow_private_network_access: c.allow_private_network_access,
+        forward_not_matching_preflights: c.forward_not_matching_preflights,
+    };
+    check_cors(&policy)?;
+    Ok(policy)
+}
+
+/// Rejects what the mesh cannot honour: a runtime fraction other than 0% or 100% (there is
+/// no runtime to sample), shadow mode, private network access; and checks the origins, the
+/// max age and the header values.
+fn check_cors(c: &FilterCors) -> FieldResult<()> {
+    if let Some(f) = &c.filter_enabled {
+        let share = f
+            .default_value
+            .as_ref()
+            .map(percentage)
+            .ok_or_else(|| FieldError::new("filter_enabled.default_value", "is required"))?;
+        if share != Percentage::ALL && share != Percentage::NONE {
             return Err(FieldError::new(
-                name.as_str(),
-                "per-route config for this filter is not supported",
+                "filter_enabled.default_value",
+                format!(
+                    "{share} is not supported: only 0% or 100% (the mesh samples no runtime fraction)"
+                ),
             ));
         }
-        let f: HttpFault = unpack(&any, name)?;
-        fault = Some(http_fault(&f).map_err(|e| e.within(name))?);
     }
-    Ok(fault)
+    if c.shadow_enabled
+        .as_ref()
+        .and_then(|f| f.default_value.as_ref())
+        .is_some_and(|f| percentage(f) != Percentage::NONE)
+    {
+        return Err(FieldError::new(
+            "shadow_enabled",
+            "shadow mode is not supported",
+        ));
+    }
+    if c.allow_private_network_access.is_some_and(|b| b.value) {
+        return Err(FieldError::new(
+            "allow_private_network_access",
+            "is not supported",
+        ));
+    }
+    for (i, m) in c.allow_origin_string_match.iter().enumerate() {
+        string_match(m).map_err(|e| e.within(format!("allow_origin_string_match[{i}]")))?;
+    }
+    if !c.max_age.is_empty() && c.max_age.parse::<u64>().is_err() {
+        return Err(FieldError::new(
+            "max_age",
+            format!("{:?} is not a number of seconds", c.max_age),
+        ));
+    }
+    for (field, value) in [
+        ("allow_methods", &c.allow_methods),
+        ("allow_headers", &c.allow_headers),
+        ("expose_headers", &c.expose_headers),
+    ] {
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(FieldError::new(field, "is not a valid header value"));
+        }
+    }
+    Ok(())
+}
+
+/// A forwarding route's CORS policy, as Envoy's CORS filter reads it
+/// (`initializeCorsPolicies` in `cors_filter.cc`): the `typed_per_filter_config` policies of
+/// the route and its virtual host when either has one, else their deprecated `cors` fields;
+/// each setting from the most specific policy that sets it, `filter_enabled` from the most
+/// specific policy alone. The policies were checked by [`check_cors`].
+fn cors(
+    typed: Option<&FilterCors>,
+    legacy: Option<&FilterCors>,
+    vh: &VhCors,
+) -> Option<Box<CorsPolicy>> {
+    let levels: Vec<&FilterCors> = if typed.is_some() || vh.typed.is_some() {
+        typed.into_iter().chain(vh.typed.as_ref()).collect()
+    } else {
+        legacy.into_iter().chain(vh.legacy.as_ref()).collect()
+    };
+    let first = levels.first()?;
+    let enabled = first
+        .filter_enabled
+        .as_ref()
+        .and_then(|f| f.default_value.as_ref())
+        .is_none_or(|f| percentage(f) == Percentage::ALL);
+    if !enabled {
+        return None;
+    }
+    let text = |get: fn(&FilterCors) -> &String| -> String {
+        levels
+            .iter()
+            .map(|c| get(c))
+            .find(|v| !v.is_empty())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let flag = |get: fn(&FilterCors) -> Option<bool>| levels.iter().find_map(|c| get(c));
+    let allow_origins = levels
+        .iter()
+        .find(|c| !c.allow_origin_string_match.is_empty())
+        .map(|c| {
+            c.allow_origin_string_match
+                .iter()
+                .filter_map(|m| string_match(m).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Box::new(CorsPolicy {
+        allow_origins,
+        allow_methods: text(|c| &c.allow_methods),
+        allow_headers: text(|c| &c.allow_headers),
+        expose_headers: text(|c| &c.expose_headers),
+        max_age: text(|c| &c.max_age).parse().ok(),
+        allow_credentials: flag(|c| c.allow_credentials.map(|b| b.value)).unwrap_or(false),
+        forward_unmatched_preflights: flag(|c| c.forward_not_matching_preflights.map(|b| b.value))
+            .unwrap_or(true),
+    }))
 }
 
 fn http_fault(f: &HttpFault) -> FieldResult<Fault> {

@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
     FaultDelay as PbDelay, fault_delay::FaultDelaySecifier,
 };
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as cors_v3;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     FaultAbort as PbAbort, HttpFault, fault_abort::ErrorType,
 };
@@ -1547,4 +1548,217 @@ fn an_inline_route_configuration_serves_its_listener_s_port() {
     );
     assert_eq!(cluster_on(&cfg, Some(8080), "reviews"), REVIEWS_8080);
     assert_eq!(cluster_on(&cfg, Some(9080), "reviews"), REVIEWS_9080_V2);
+}
+
+fn exact(origin: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::Exact(origin.into())),
+        ..Default::default()
+    }
+}
+
+fn cors_config(route_cors: Option<Any>, vh_cors: Option<Any>) -> rpb::RouteConfiguration {
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    if let Some(c) = vh_cors {
+        rc.virtual_hosts[0]
+            .typed_per_filter_config
+            .insert("envoy.filters.http.cors".into(), c);
+    }
+    if let Some(c) = route_cors {
+        rc.virtual_hosts[0].routes[0]
+            .typed_per_filter_config
+            .insert("envoy.filters.http.cors".into(), c);
+    }
+    rc
+}
+
+/// What istiod writes for a VirtualService rule's corsPolicy (`TranslateCORSPolicy`).
+fn istio_cors() -> cors_v3::CorsPolicy {
+    cors_v3::CorsPolicy {
+        allow_origin_string_match: vec![
+            exact("https://app.example"),
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: r"https://.*\.corp\.example".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        ],
+        allow_methods: "GET,POST".into(),
+        allow_headers: "content-type".into(),
+        expose_headers: "x-trace".into(),
+        max_age: "600".into(),
+        allow_credentials: Some(BoolValue { value: true }),
+        filter_enabled: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            ..Default::default()
+        }),
+        forward_not_matching_preflights: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_routes_typed_per_filter_cors_policy_is_translated_as_istiod_writes_it() {
+    let rc = cors_config(Some(pack(&istio_cors())), None);
+    let cors = route_of(&rc).cors.expect("a CORS policy");
+    assert_eq!(
+        *cors,
+        mesh_core::model::CorsPolicy {
+            allow_origins: cors.allow_origins.clone(),
+            allow_methods: "GET,POST".into(),
+            allow_headers: "content-type".into(),
+            expose_headers: "x-trace".into(),
+            max_age: Some(600),
+            allow_credentials: true,
+            forward_unmatched_preflights: false,
+        }
+    );
+    assert_eq!(
+        cors.allow_origins[0],
+        StringMatch::Exact("https://app.example".into())
+    );
+    assert!(cors.allows_origin("https://a.corp.example"));
+    assert!(!cors.allows_origin("https://a.corp.example.evil"));
+}
+
+#[test]
+fn the_deprecated_cors_fields_of_route_and_virtual_host_are_read_when_no_typed_config_is() {
+    let legacy = |c: cors_v3::CorsPolicy| rpb::CorsPolicy {
+        allow_origin_string_match: c.allow_origin_string_match,
+        allow_methods: c.allow_methods,
+        max_age: c.max_age,
+        allow_credentials: c.allow_credentials,
+        ..Default::default()
+    };
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    // The virtual host's policy supplies what the route's leaves empty (Envoy's getters).
+    rc.virtual_hosts[0].cors = Some(legacy(cors_v3::CorsPolicy {
+        allow_methods: "PUT".into(),
+        max_age: "60".into(),
+        ..Default::default()
+    }));
+    let Some(rpb::route::Action::Route(a)) = rc.virtual_hosts[0].routes[0].action.as_mut() else {
+        unreachable!()
+    };
+    a.cors = Some(legacy(cors_v3::CorsPolicy {
+        allow_origin_string_match: vec![exact("https://app.example")],
+        allow_methods: "GET".into(),
+        ..Default::default()
+    }));
+    let cors = route_of(&rc).cors.expect("a CORS policy");
+    assert_eq!(
+        *cors,
+        mesh_core::model::CorsPolicy {
+            allow_origins: vec![StringMatch::Exact("https://app.example".into())],
+            allow_methods: "GET".into(),
+            max_age: Some(60),
+            ..Default::default()
+        }
+    );
+    // A typed policy anywhere puts the deprecated fields aside, as in Envoy.
+    rc.virtual_hosts[0].typed_per_filter_config.insert(
+        "envoy.filters.http.cors".into(),
+        pack(&cors_v3::CorsPolicy {
+            allow_origin_string_match: vec![exact("https://other.example")],
+            ..Default::default()
+        }),
+    );
+    let cors = route_of(&rc).cors.expect("a CORS policy");
+    assert_eq!(
+        cors.allow_origins,
+        [StringMatch::Exact("https://other.example".into())]
+    );
+    assert_eq!((cors.allow_methods.as_str(), cors.max_age), ("", None));
+}
+
+#[test]
+fn a_route_disabling_cors_has_none_and_routes_without_a_policy_have_none() {
+    assert!(route_of(&cors_config(None, None)).cors.is_none());
+    let off = cors_v3::CorsPolicy {
+        filter_enabled: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent::default()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let rc = cors_config(Some(pack(&off)), Some(pack(&istio_cors())));
+    assert!(route_of(&rc).cors.is_none());
+}
+
+#[test]
+fn cors_settings_the_mesh_cannot_honour_are_nacked_with_their_path() {
+    let field = "RouteConfiguration r: virtual_hosts[0].routes[0].typed_per_filter_config.envoy.filters.http.cors";
+    let half = Some(RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: 50,
+            denominator: 0,
+        }),
+        ..Default::default()
+    });
+    for (policy, expected) in [
+        (
+            cors_v3::CorsPolicy {
+                filter_enabled: half.clone(),
+                ..istio_cors()
+            },
+            format!(
+                "{field}.filter_enabled.default_value: 50% is not supported: only 0% or 100% (the mesh samples no runtime fraction)"
+            ),
+        ),
+        (
+            cors_v3::CorsPolicy {
+                shadow_enabled: half,
+                ..istio_cors()
+            },
+            format!("{field}.shadow_enabled: shadow mode is not supported"),
+        ),
+        (
+            cors_v3::CorsPolicy {
+                allow_private_network_access: Some(BoolValue { value: true }),
+                ..istio_cors()
+            },
+            format!("{field}.allow_private_network_access: is not supported"),
+        ),
+        (
+            cors_v3::CorsPolicy {
+                max_age: "10m".into(),
+                ..istio_cors()
+            },
+            format!("{field}.max_age: \"10m\" is not a number of seconds"),
+        ),
+        (
+            cors_v3::CorsPolicy {
+                allow_origin_string_match: vec![StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                        regex: "(".into(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..istio_cors()
+            },
+            format!("{field}.allow_origin_string_match[0].safe_regex.regex: invalid regex"),
+        ),
+    ] {
+        let e = err(
+            ResourceType::RouteConfiguration,
+            pack(&cors_config(Some(pack(&policy)), None)),
+        );
+        assert!(e.starts_with(&expected), "{e}\nexpected: {expected}");
+    }
+    // The deprecated field has its own path.
+    let mut rc = fixtures::route_config("r", &["reviews"], &[(C1, 100)]);
+    rc.virtual_hosts[0].cors = Some(rpb::CorsPolicy {
+        max_age: "soon".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        err(ResourceType::RouteConfiguration, pack(&rc)),
+        "RouteConfiguration r: virtual_hosts[0].cors.max_age: \"soon\" is not a number of seconds"
+    );
 }

@@ -6,10 +6,10 @@ use super::registry::Registry;
 use super::{At, Findings, exported_to, qualify, values};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
-    AbortError, ClusterName, DirectResponse, Fault, FaultAbort, FaultDelay, Forward, HeaderOps,
-    HedgePolicy, LocalRateLimit, Mirror, Percentage, Redirect, RedirectPort, RetryOn, RetryPolicy,
-    Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster,
-    Workload,
+    AbortError, ClusterName, CorsPolicy, DirectResponse, Fault, FaultAbort, FaultDelay, Forward,
+    HeaderOps, HedgePolicy, LocalRateLimit, Mirror, Percentage, Redirect, RedirectPort, RetryOn,
+    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost,
+    WeightedCluster, Workload,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -266,6 +266,7 @@ fn default_route(host: &str, port: u16) -> Route {
         timeout: None,
         hedge: None,
         rate_limit: None,
+        cors: None,
     }
 }
 
@@ -423,6 +424,22 @@ impl Context<'_> {
             Some(f) => Some(fault(f, &format!("{field}.fault"), at)?),
             None => None,
         };
+        let cors = match &r.cors_policy {
+            None => None,
+            Some(c) => {
+                let cfield = format!("{field}.corsPolicy");
+                if r.route.is_empty() {
+                    // Envoy's CORS filter reads the policy of forwarding routes only.
+                    at.warn(
+                        &cfield,
+                        "corsPolicy has no effect on a redirect or directResponse rule",
+                    );
+                }
+                let policy = cors_policy(c, &cfield, at);
+                ok &= policy.is_some();
+                policy.map(Box::new)
+            }
+        };
         let mut mirrors = Vec::new();
         if let Some(mirror) = &r.mirror {
             let percentage = match (&r.mirror_percentage, r.mirror_percent) {
@@ -473,6 +490,7 @@ impl Context<'_> {
                 timeout: (!timeout.is_zero()).then_some(timeout),
                 hedge: None,
                 rate_limit: None,
+                cors,
             },
             forward,
             mirrors,
@@ -686,6 +704,110 @@ fn route_match(
         source_labels: m.source_labels.clone(),
         source_namespace: m.source_namespace.clone(),
     }))
+}
+
+/// A VirtualService rule's `corsPolicy`, as istiod translates it (`TranslateCORSPolicy`) and
+/// validates it (`validateCORSPolicy` in istio's `pkg/config/validation`): methods are HTTP
+/// methods or `*`, header names tokens or `*`, `maxAge` whole seconds; every error is reported
+/// before `None` is returned.
+fn cors_policy(c: &api::CorsPolicy, field: &str, at: &mut At<'_>) -> Option<CorsPolicy> {
+    let mut ok = true;
+    if !c.allow_origins.is_empty() && !c.allow_origin.is_empty() {
+        at.error(
+            field,
+            "set only one of allowOrigins and the deprecated allowOrigin",
+        );
+        ok = false;
+    }
+    let mut allow_origins = Vec::new();
+    for (i, m) in c.allow_origins.iter().enumerate() {
+        let ofield = format!("{field}.allowOrigins[{i}]");
+        match values::string_match(m) {
+            Ok(Some(m)) => allow_origins.push(m),
+            Ok(None) => {
+                at.error(&ofield, "set one of exact, prefix, regex");
+                ok = false;
+            }
+            Err((sub, message)) => {
+                at.error(&format!("{ofield}{sub}"), message);
+                ok = false;
+            }
+        }
+    }
+    // The deprecated form lists exact origins (istiod's `StringToExactMatch`).
+    allow_origins.extend(c.allow_origin.iter().cloned().map(StringMatch::Exact));
+    let mut joined = |list: &[String], name: &str, check: fn(&str) -> Result<(), String>| {
+        for (i, item) in list.iter().enumerate() {
+            if let Err(message) = check(item) {
+                at.error(&format!("{field}.{name}[{i}]"), message);
+                ok = false;
+            }
+        }
+        list.join(",")
+    };
+    let allow_methods = joined(&c.allow_methods, "allowMethods", cors_method);
+    let allow_headers = joined(&c.allow_headers, "allowHeaders", cors_header_name);
+    let expose_headers = joined(&c.expose_headers, "exposeHeaders", cors_header_name);
+    let max_age = match &c.max_age {
+        None => None,
+        Some(text) => {
+            let seconds = values::duration(text, false).and_then(|d| {
+                if d.subsec_nanos() == 0 {
+                    Ok(d.as_secs())
+                } else {
+                    Err(format!(
+                        "maxAge {text:?} must be whole seconds (access-control-max-age counts seconds)"
+                    ))
+                }
+            });
+            let seconds = at.check(&format!("{field}.maxAge"), seconds);
+            ok &= seconds.is_some();
+            seconds
+        }
+    };
+    let forward_unmatched_preflights = match c.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED" | "FORWARD") => true,
+        Some("IGNORE") => false,
+        Some(other) => {
+            at.error(
+                &format!("{field}.unmatchedPreflights"),
+                format!("unknown value {other:?}: expected FORWARD or IGNORE"),
+            );
+            ok = false;
+            true
+        }
+    };
+    ok.then(|| CorsPolicy {
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        forward_unmatched_preflights,
+    })
+}
+
+/// A method in `allowMethods`: one istio's validation knows, or `*`.
+fn cors_method(method: &str) -> Result<(), String> {
+    const METHODS: [&str; 10] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "*",
+    ];
+    if METHODS.contains(&method) {
+        Ok(())
+    } else {
+        Err(format!("{method:?} is not a supported HTTP method"))
+    }
+}
+
+/// A header name in `allowHeaders` or `exposeHeaders`: a token of any case, or `*`.
+fn cors_header_name(name: &str) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.is_empty() && name.bytes().all(token) {
+        Ok(())
+    } else {
+        Err(format!("invalid header name {name:?}"))
+    }
 }
 
 fn header_ops(

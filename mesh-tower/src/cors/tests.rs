@@ -1,0 +1,308 @@
+//! The route's CORS policy in the outbound stack, against a real hyper upstream on 127.0.0.1.
+
+use crate::body::{self, BoxBody};
+use crate::outbound::Outbound;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mesh_core::model::Workload;
+use mesh_core::store::ConfigStore;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// An HTTP/1.1 upstream answering 200 with `x-upstream: yes` and counting its requests.
+async fn upstream() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut response = Response::new(body::full("upstream"));
+                response
+                    .headers_mut()
+                    .insert("x-upstream", http::HeaderValue::from_static("yes"));
+                std::future::ready(Ok::<_, Infallible>(response))
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// Service `web` on `port`, its VirtualService's rules `http` (YAML, indented as under
+/// `http:`).
+async fn stack(port: u16, http: &str) -> Outbound {
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: web }}
+spec:
+  hosts: [web]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  endpoints: [{{ address: 127.0.0.1, ports: {{ http: {port} }} }}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: web }}
+spec:
+  hosts: [web]
+  http:
+{http}"
+    );
+    let loaded = mesh_core::istio::load(&[("web.yaml", &yaml)], &Workload::default());
+    assert!(loaded.diagnostics.is_empty(), "{:#?}", loaded.diagnostics);
+    let store = Arc::new(ConfigStore::new(loaded.config.expect("a valid config")));
+    Outbound::builder(store).build()
+}
+
+const POLICY: &str = "  - corsPolicy:
+      allowOrigins:
+      - exact: https://app.example
+      - prefix: https://dev.
+      - regex: \"https://[a-z]+\\\\.corp\\\\.example\"
+      allowMethods: [GET, POST]
+      allowHeaders: [content-type, x-token]
+      exposeHeaders: [x-upstream, x-trace]
+      maxAge: 10m
+    route:
+    - destination: { host: web }
+";
+
+async fn send(
+    outbound: &Outbound,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response<BoxBody> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://web{path}"));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    outbound
+        .clone()
+        .oneshot(builder.body(body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// The response's headers, sorted, without `content-length` and `date`.
+fn headers(map: &HeaderMap) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = map
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "date"))
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_allowed_preflight_is_answered_by_the_proxy() {
+    let (port, hits) = upstream().await;
+    let outbound = stack(port, POLICY).await;
+    let response = send(
+        &outbound,
+        "OPTIONS",
+        "/api",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "x-token"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        headers(response.headers()),
+        pairs(&[
+            ("access-control-allow-headers", "content-type,x-token"),
+            ("access-control-allow-methods", "GET,POST"),
+            ("access-control-allow-origin", "https://app.example"),
+            ("access-control-max-age", "600"),
+        ])
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the upstream never saw it");
+}
+
+#[tokio::test]
+async fn a_preflight_from_another_origin_is_forwarded_untouched() {
+    let (port, hits) = upstream().await;
+    let outbound = stack(port, POLICY).await;
+    let response = send(
+        &outbound,
+        "OPTIONS",
+        "/api",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(headers(response.headers()), pairs(&[("x-upstream", "yes")]));
+}
+
+#[tokio::test]
+async fn with_ignore_a_preflight_from_another_origin_is_answered_without_allow_origin() {
+    let (port, hits) = upstream().await;
+    let policy = POLICY.replace(
+        "maxAge: 10m",
+        "maxAge: 10m\n      unmatchedPreflights: IGNORE",
+    );
+    let outbound = stack(port, &policy).await;
+    let response = send(
+        &outbound,
+        "OPTIONS",
+        "/api",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    // Envoy's answer: what the policy allows, but no origin, so the browser refuses.
+    assert_eq!(
+        headers(response.headers()),
+        pairs(&[
+            ("access-control-allow-headers", "content-type,x-token"),
+            ("access-control-allow-methods", "GET,POST"),
+            ("access-control-max-age", "600"),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn an_allowed_request_gets_the_origin_and_exposed_headers_on_its_response() {
+    let (port, hits) = upstream().await;
+    let outbound = stack(port, POLICY).await;
+    for origin in [
+        "https://app.example",
+        "https://dev.anything",
+        "https://team.corp.example",
+    ] {
+        let response = send(&outbound, "GET", "/", &[("origin", origin)]).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            headers(response.headers()),
+            pairs(&[
+                ("access-control-allow-origin", origin),
+                ("access-control-expose-headers", "x-upstream,x-trace"),
+                ("x-upstream", "yes"),
+            ]),
+            "{origin}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    // Not allowed (the regex must match the whole origin), and no origin at all: untouched.
+    for origin in [
+        Some("https://team.corp.example.evil"),
+        Some("http://app.example"),
+        None,
+    ] {
+        let origin: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+        let response = send(&outbound, "GET", "/", &origin).await;
+        assert_eq!(
+            headers(response.headers()),
+            pairs(&[("x-upstream", "yes")]),
+            "{origin:?}"
+        );
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
+async fn allow_credentials_is_sent_on_preflights_and_responses() {
+    let (port, hits) = upstream().await;
+    let policy = POLICY.replace("maxAge: 10m", "allowCredentials: true");
+    let outbound = stack(port, &policy).await;
+    let response = send(
+        &outbound,
+        "OPTIONS",
+        "/",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        headers(response.headers()),
+        pairs(&[
+            ("access-control-allow-credentials", "true"),
+            ("access-control-allow-headers", "content-type,x-token"),
+            ("access-control-allow-methods", "GET,POST"),
+            ("access-control-allow-origin", "https://app.example"),
+        ])
+    );
+    let response = send(&outbound, "POST", "/", &[("origin", "https://app.example")]).await;
+    assert_eq!(
+        headers(response.headers()),
+        pairs(&[
+            ("access-control-allow-credentials", "true"),
+            ("access-control-allow-origin", "https://app.example"),
+            ("access-control-expose-headers", "x-upstream,x-trace"),
+            ("x-upstream", "yes"),
+        ])
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "only the POST went upstream"
+    );
+}
+
+#[tokio::test]
+async fn the_answers_of_the_layers_below_get_the_headers_too() {
+    // istiod orders the filters `Cors, Fault, Router`: an injected abort passes back through
+    // the CORS filter.
+    let (port, hits) = upstream().await;
+    let policy = POLICY.replace(
+        "    route:\n",
+        "    fault: { abort: { httpStatus: 418, percentage: { value: 100 } } }\n    route:\n",
+    );
+    let outbound = stack(port, &policy).await;
+    let response = send(&outbound, "GET", "/", &[("origin", "https://app.example")]).await;
+    assert_eq!(response.status(), 418);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    // A preflight is answered before the fault is drawn.
+    let response = send(
+        &outbound,
+        "OPTIONS",
+        "/",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
