@@ -379,6 +379,8 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
         inbound,
         authorization,
         peer_authentication: Default::default(),
+        // The jwt_authn filter is refused (listener.rs), so nothing authenticates end users.
+        request_authentication: Default::default(),
         // As istiod names them in its inbound clusters' metadata.
         workload_services: resources
             .clusters
