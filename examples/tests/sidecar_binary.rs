@@ -43,18 +43,20 @@ spec:
     );
     assert!(stdout.contains("spec.http[0].route[0].destination.host: host \"reviews.default.svc.cluster.local\" is not in the service registry"), "{stdout}");
 
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/quickstart");
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg(examples)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    for example in ["config/quickstart", "config/jwt"] {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg(examples)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
 
 #[test]
