@@ -11,7 +11,8 @@ use mesh_core::model::Jwks;
 use mesh_policy::jwt::{Jwt, KeySet};
 
 /// A fixed Ed25519 public key (RFC 8032's test 1), as a JWKS.
-const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+const JWKS: &str =
+    r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
 
 /// Parses `data` as a token and as a JWKS; whether the token verified.
 ///
@@ -33,6 +34,9 @@ pub fn run(data: &[u8]) -> bool {
     let verified = jwt
         .verify(&["api".to_owned()], Some(&keys), 1_700_000_000)
         .is_ok();
-    assert!(!verified, "a token verified without the private key: {text}");
+    assert!(
+        !verified,
+        "a token verified without the private key: {text}"
+    );
     verified
 }

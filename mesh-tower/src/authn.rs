@@ -33,8 +33,8 @@
 //!   (`requestPrincipals`, `request.auth.*`) and for the application behind.
 //!
 //! Keys from a `jwksUri` come from [`RemoteJwks`]: until the first fetch succeeds, tokens of
-//! that issuer fail with `Jwks remote fetch is failed` (istiod inlines a key that verifies
-//! nothing when it cannot fetch, so Envoy refuses them too).
+//! that issuer are refused as Envoy refuses them when istiod could not fetch the keys and
+//! inlined its placeholder key (see [`Jwt::verify`]).
 
 use std::sync::Arc;
 

@@ -221,8 +221,9 @@ pub struct Authz<S> {
     shared: Arc<Shared>,
 }
 
-/// The attributes of `req` (its extensions and headers).
-fn attributes<'a, B>(req: &'a Request<B>) -> Attributes<'a> {
+/// The attributes of `req` (its extensions and headers); `jwt`: whether the snapshot
+/// authenticates requests (else no verified claims are looked for).
+fn attributes<'a, B>(req: &'a Request<B>, jwt: bool) -> Attributes<'a> {
     let ext = req.extensions();
     let conn = ext.get::<ConnectionInfo>();
     let tls = ext.get::<TlsInfo>();
@@ -244,17 +245,16 @@ fn attributes<'a, B>(req: &'a Request<B>) -> Attributes<'a> {
         method: req.method().as_str(),
         path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
         headers: Some(req.headers()),
-        request_auth: ext.get::<Claims>(),
+        request_auth: if jwt { ext.get::<Claims>() } else { None },
     }
 }
 
 /// Evaluates `req` against `compiled`; an uncompilable snapshot denies.
 fn evaluate<B>(compiled: &Compiled, req: &Request<B>) -> Option<Verdict> {
-    compiled
-        .engine
-        .as_ref()
-        .ok()
-        .map(|e| e.evaluate(&attributes(req)))
+    compiled.engine.as_ref().ok().map(|e| {
+        let jwt = matches!(compiled.authn, Ok(Some(_)));
+        e.evaluate(&attributes(req, jwt))
+    })
 }
 
 /// Normalizes `req`'s path in place as `mode` says ([`normalize_path_with`]), keeping its

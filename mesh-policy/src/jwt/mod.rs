@@ -105,9 +105,6 @@ pub enum JwtError {
     /// A matching key exists but the signature does not verify with any.
     #[error("Jwt verification fails")]
     VerificationFail,
-    /// The issuer's keys are not known: its `jwksUri` has not been fetched.
-    #[error("Jwks remote fetch is failed")]
-    JwksFetchFail,
 }
 
 /// One verification key, ready for `ring`.
@@ -297,8 +294,14 @@ impl<'t> Jwt<'t> {
     }
 
     /// Checks the token's time window (at `now`, seconds since the Unix epoch), its audiences
-    /// against `audiences` (empty: any), and its signature with `keys` (`None`: the issuer's
-    /// keys are not known yet). The caller has matched the issuer.
+    /// against `audiences` (empty: any), and its signature with `keys`. The caller has matched
+    /// the issuer.
+    ///
+    /// `keys` is `None` when the issuer's keys are not known (its `jwksUri` was never fetched):
+    /// the token then fails as it does in Istio, where istiod inlines a placeholder JWKS (one
+    /// RSA key with `kid: abc` that verifies nothing, `CreateFakeJwks` in istiod's
+    /// `jwks_resolver.go`): a token with another `kid` finds no key
+    /// ([`JwtError::KidAlgMismatch`]), any other fails its signature check.
     pub fn verify(
         self,
         audiences: &[String],
@@ -320,7 +323,12 @@ impl<'t> Jwt<'t> {
         if !audiences.is_empty() && !audience_allowed(&self.payload, audiences) {
             return Err(JwtError::AudienceNotAllowed);
         }
-        let keys = keys.ok_or(JwtError::JwksFetchFail)?;
+        let Some(keys) = keys else {
+            return Err(match self.kid.as_deref() {
+                Some(kid) if kid != "abc" => JwtError::KidAlgMismatch,
+                _ => JwtError::VerificationFail,
+            });
+        };
         let mut matched = false;
         for key in &keys.keys {
             if let (Some(want), Some(have)) = (&self.kid, &key.kid)

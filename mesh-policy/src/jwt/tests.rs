@@ -209,7 +209,7 @@ fn malformed_tokens_are_refused_with_their_reason() {
 }
 
 #[test]
-fn unknown_keys_fail_as_a_failed_fetch() {
+fn unknown_keys_fail_as_against_istiods_placeholder_key() {
     let issuer = TestIssuer::new(ISS, "ES256");
     let token = issuer.token(json!({"sub": "a"}));
     assert_eq!(
@@ -217,7 +217,15 @@ fn unknown_keys_fail_as_a_failed_fetch() {
             .unwrap()
             .verify(&[], None, NOW)
             .unwrap_err(),
-        JwtError::JwksFetchFail
+        JwtError::KidAlgMismatch
+    );
+    let token = issuer.with_kid(None).token(json!({"sub": "a"}));
+    assert_eq!(
+        Jwt::parse(&token)
+            .unwrap()
+            .verify(&[], None, NOW)
+            .unwrap_err(),
+        JwtError::VerificationFail
     );
 }
 

@@ -172,6 +172,15 @@ async fn refresh(remote: RemoteJwks, uri: String, timeout: Duration, slot: Weak<
     }
 }
 
+/// One fetch of `uri`, for tests: whether it got keys.
+#[cfg(test)]
+pub(super) async fn fetch_once(remote: &RemoteJwks, uri: &str) -> Result<usize, String> {
+    fetch(remote, uri)
+        .await
+        .map(|k| k.len())
+        .map_err(|e| e.to_string())
+}
+
 async fn fetch(remote: &RemoteJwks, uri: &str) -> Result<KeySet, FetchError> {
     let parsed: http::Uri = uri.parse().map_err(|e| FetchError::Uri(format!("{e}")))?;
     let https = match parsed.scheme_str() {

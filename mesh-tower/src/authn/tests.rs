@@ -391,7 +391,7 @@ async fn jwks_uri_keys_are_fetched_refreshed_and_kept_on_failure() {
         jwt.clone()
             .verify(&[], slot.load_full().as_deref(), now())
             .unwrap_err(),
-        JwtError::JwksFetchFail
+        JwtError::KidAlgMismatch
     );
     served.recv().await.unwrap();
     while slot.load().is_none() {
@@ -431,7 +431,11 @@ async fn a_jwks_uri_rule_refuses_tokens_until_its_keys_arrive() {
     let token = issuer.token(json!({"sub": "alice"}));
     let first = call(&svc, "/", &[("authorization", &bearer(&token))]).await;
     assert_eq!(first.status, 401);
-    assert_eq!(first.body, "Jwks remote fetch is failed");
+    // As against istiod's placeholder key: no key for the token's kid.
+    assert_eq!(
+        first.body,
+        "Jwks doesn't have key to match kid or alg from Jwt"
+    );
     served.recv().await.unwrap();
     let slot = remote.keys(&uri, None);
     while slot.load().is_none() {
@@ -442,5 +446,84 @@ async fn a_jwks_uri_rule_refuses_tokens_until_its_keys_arrive() {
             .await
             .status,
         200
+    );
+}
+
+/// `https://`: the server's certificate is checked against the given roots.
+#[tokio::test]
+async fn jwks_uri_keys_are_fetched_over_https_from_a_trusted_server_only() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let issuer = TestIssuer::new(ISS, "EdDSA");
+    let ca = mesh_policy::testing::TestCa::new("jwks-ca");
+    let leaf = ca.issue_with(&mesh_policy::testing::LeafSpec {
+        dns: &["localhost"],
+        ..Default::default()
+    });
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let jwks = issuer.jwks();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (acceptor, jwks) = (acceptor.clone(), jwks.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let body = body::full(jwks.clone());
+                        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let uri = format!("https://localhost:{port}/keys");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.bundle_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let trusted = RemoteJwks::default().with_roots(Arc::new(roots));
+    let slot = trusted.keys(&uri, None);
+    let token = issuer.token(json!({"sub": "alice"}));
+    while slot.load().is_none() {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        Jwt::parse(&token)
+            .unwrap()
+            .verify(&[], slot.load_full().as_deref(), now())
+            .is_ok()
+    );
+    // Other roots: the fetch fails at the handshake and the keys stay unknown.
+    let other = mesh_policy::testing::TestCa::new("other-ca");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(other.bundle_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let untrusting = RemoteJwks::default().with_roots(Arc::new(roots));
+    let result = super::remote::fetch_once(&untrusting, &uri).await;
+    assert!(
+        result
+            .as_ref()
+            .is_err_and(|e| e.contains("invalid peer certificate")),
+        "{result:?}"
     );
 }
