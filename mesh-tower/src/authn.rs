@@ -35,6 +35,35 @@
 //! Keys from a `jwksUri` come from [`RemoteJwks`]: until the first fetch succeeds, tokens of
 //! that issuer are refused as Envoy refuses them when istiod could not fetch the keys and
 //! inlined its placeholder key (see [`Jwt::verify`]).
+//!
+//! ```
+//! use mesh_core::{istio, model::Workload};
+//! use mesh_tower::authn::{Authenticator, RemoteJwks};
+//!
+//! let yaml = r#"
+//! apiVersion: security.istio.io/v1
+//! kind: RequestAuthentication
+//! metadata: { name: login }
+//! spec:
+//!   jwtRules:
+//!   - issuer: https://login.example
+//!     jwks: '{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}'
+//! "#;
+//! let config = istio::load(&[("ra.yaml", yaml)], &Workload::default()).config.unwrap();
+//! let authn = Authenticator::new(&config.request_authentication, &RemoteJwks::default())
+//!     .unwrap()
+//!     .expect("a rule applies");
+//! // No token: passes, without claims.
+//! let mut plain = http::Request::get("/").body(()).unwrap();
+//! assert!(authn.authenticate(&mut plain, 1_700_000_000).unwrap().is_none());
+//! // A token that is not one: refused with Envoy's reason.
+//! let mut bad = http::Request::get("/")
+//!     .header("authorization", "Bearer a.b.c")
+//!     .body(())
+//!     .unwrap();
+//! let error = authn.authenticate(&mut bad, 1_700_000_000).unwrap_err();
+//! assert_eq!(error.to_string(), "Jwt header is an invalid Base64url input or an invalid JSON");
+//! ```
 
 use std::sync::Arc;
 

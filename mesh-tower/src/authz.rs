@@ -180,7 +180,7 @@ impl AuthzLayer {
     }
 
     /// Fetches `jwksUri` keys with `remote` (its CA roots and refresh interval) instead of a
-    /// default [`RemoteJwks`].
+    /// default [`RemoteJwks`]. Call it on a new layer, before it is cloned.
     pub fn remote_jwks(mut self, remote: RemoteJwks) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.remote_jwks = remote;
@@ -189,7 +189,7 @@ impl AuthzLayer {
     }
 
     /// Reads tokens' times against `clock` (seconds since the Unix epoch) instead of the
-    /// system clock: for tests.
+    /// system clock: for tests. Call it on a new layer, before it is cloned.
     pub fn clock(mut self, clock: fn() -> u64) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.clock = clock;
