@@ -213,7 +213,11 @@ async fn tls_without_client_cert(ca: &TestCa, addr: SocketAddr) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, ca.bundle_pem()).unwrap();
-    let config = mesh_policy::tls::client_config_from_files(Some(&ca_path), None).unwrap();
+    let config = mesh_policy::tls::client_config_from_files(&mesh_policy::tls::FileTls {
+        ca: Some(&ca_path),
+        ..Default::default()
+    })
+    .unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let Ok(mut tls) = tokio_rustls::TlsConnector::from(config)

@@ -3,7 +3,8 @@
 
 use mesh_core::istio::{self, BuildOutcome, Severity};
 use mesh_core::model::{
-    AbortError, ClusterName, MtlsMode, PathNormalization, RouteAction, Workload,
+    AbortError, ClusterName, MtlsMode, OutboundTrafficPolicy, PathNormalization, RouteAction,
+    Workload,
 };
 
 const REGISTRY: &str = r#"
@@ -1346,6 +1347,138 @@ spec:
     assert!(config.peer_authentication.sources.is_empty());
     assert_eq!(policy_names(&config), ["istio-system/old-root"]);
     assert_eq!(config.path_normalization, PathNormalization::Base);
+}
+
+/// A `ratings` service and its DestinationRule with `traffic_policy`.
+fn ratings_rule(traffic_policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: ratings }}\n\
+         spec:\n  hosts: [ratings.default.svc.cluster.local]\n  resolution: STATIC\n  \
+         ports: [{{ number: 9080, name: http, protocol: HTTP }}]\n  endpoints: [{{ address: 127.0.0.1 }}]\n\
+         ---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: ratings }}\n\
+         spec:\n  host: ratings\n  trafficPolicy: {traffic_policy}\n"
+    )
+}
+
+#[test]
+fn settings_that_change_the_wire_and_are_not_supported_are_errors_not_ignored() {
+    for (policy, field) in [
+        (
+            "{ proxyProtocol: { version: V1 } }",
+            "spec.trafficPolicy.proxyProtocol",
+        ),
+        (
+            "{ tunnel: { protocol: CONNECT, targetHost: a, targetPort: 1 } }",
+            "spec.trafficPolicy.tunnel",
+        ),
+        (
+            "{ tls: { mode: SIMPLE, caCertificates: /ca.pem, subjectAltNames: [\"spiffe://td/ns/a/sa/b\"] } }",
+            "spec.trafficPolicy.tls.subjectAltNames[0]",
+        ),
+        (
+            "{ tls: { mode: SIMPLE, caCertificates: /ca.pem, subjectAltNames: [\"not a name\"] } }",
+            "spec.trafficPolicy.tls.subjectAltNames[0]",
+        ),
+        (
+            "{ tls: { mode: ISTIO_MUTUAL, caCrl: /crl.pem } }",
+            "spec.trafficPolicy.tls",
+        ),
+        (
+            "{ loadBalancer: { consistentHash: { httpCookie: { name: s, ttl: 1s, attributes: [{ name: \"Same;Site\", value: Lax }] } } } }",
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes[0]",
+        ),
+    ] {
+        let error = single_error(&ratings_rule(policy));
+        assert!(error.contains(field), "{policy}: {error}");
+    }
+}
+
+#[test]
+fn file_tls_keeps_its_crl_and_dns_names_and_cookie_attributes() {
+    let outcome = load(&ratings_rule(
+        "{ tls: { mode: SIMPLE, caCertificates: /ca.pem, caCrl: /crl.pem, subjectAltNames: [api.example.com, 10.0.0.1] }, \
+         loadBalancer: { consistentHash: { httpCookie: { name: s, ttl: 1s, attributes: [{ name: SameSite, value: Lax }, { name: Secure }] } } } }",
+    ));
+    assert_eq!(outcome.errors().count(), 0, "{:?}", outcome.diagnostics);
+    let config = outcome.config.expect("config");
+    let cluster = config
+        .clusters
+        .values()
+        .find(|c| c.service.as_str() == "ratings.default.svc.cluster.local" && c.subset.is_none())
+        .expect("cluster");
+    let tls = cluster.policy.tls.as_ref().expect("tls");
+    assert_eq!(tls.ca_crl.as_deref(), Some("/crl.pem"));
+    assert_eq!(tls.subject_alt_names, ["api.example.com", "10.0.0.1"]);
+    let mesh_core::model::LbAlgorithm::ConsistentHash(ch) = &cluster.policy.load_balancer.algorithm
+    else {
+        panic!("{:?}", cluster.policy.load_balancer)
+    };
+    let mesh_core::model::HashKey::Cookie { attributes, .. } = &ch.key else {
+        panic!("{:?}", ch.key)
+    };
+    assert_eq!(
+        attributes,
+        &[
+            ("SameSite".to_owned(), "Lax".to_owned()),
+            ("Secure".to_owned(), String::new())
+        ]
+    );
+}
+
+#[test]
+fn sidecar_settings_left_unapplied_are_reported() {
+    let sidecar = |spec: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{ name: default }}\nspec: {spec}\n"
+        )
+    };
+    let error = single_error(&sidecar("{ outboundTrafficPolicy: { mode: REGISTRY } }"));
+    assert!(
+        error.contains("spec.outboundTrafficPolicy.mode") && error.contains("REGISTRY_ONLY"),
+        "{error}"
+    );
+    let error = single_error(&sidecar(
+        "{ outboundTrafficPolicy: { mode: REGISTRY_ONLY, egressProxy: { host: egress, port: { number: 80 } } } }",
+    ));
+    assert!(
+        error.contains("spec.outboundTrafficPolicy.egressProxy"),
+        "{error}"
+    );
+    for (mode, policy) in [
+        ("", OutboundTrafficPolicy::AllowAny),
+        (
+            "outboundTrafficPolicy: { mode: ALLOW_ANY }",
+            OutboundTrafficPolicy::AllowAny,
+        ),
+        (
+            "outboundTrafficPolicy: { mode: REGISTRY_ONLY }",
+            OutboundTrafficPolicy::RegistryOnly,
+        ),
+    ] {
+        let outcome = load(&sidecar(&format!("{{ {mode} }}")));
+        assert_eq!(outcome.errors().count(), 0, "{:?}", outcome.diagnostics);
+        assert_eq!(
+            outcome.config.unwrap().outbound_traffic_policy,
+            policy,
+            "{mode}"
+        );
+    }
+    let error = single_error(&sidecar(
+        "{ ingress: [{ port: { number: 8443, protocol: HTTPS, name: https }, tls: { mode: SIMPLE } }] }",
+    ));
+    assert!(error.contains("spec.ingress[0].tls"), "{error}");
+    let outcome = load(&sidecar(
+        "{ egress: [{ hosts: [\"./*\"] }], outboundTrafficPolicy: { mode: ALLOW_ANY }, inboundConnectionPool: { http: { http1MaxPendingRequests: 1 } } }",
+    ));
+    assert_eq!(outcome.errors().count(), 0, "{:?}", outcome.diagnostics);
+    let warnings: Vec<String> = outcome
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .map(|d| d.field.clone())
+        .collect();
+    assert_eq!(warnings, ["spec.egress", "spec.inboundConnectionPool"]);
 }
 
 /// An EC P-256 public key as a JWKS (the point of the P-256 generator, valid on the curve).

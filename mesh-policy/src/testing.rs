@@ -107,6 +107,44 @@ impl TestCa {
         }
     }
 
+    /// A certificate revocation list of this CA (PEM) revoking `revoked`.
+    ///
+    /// # Panics
+    /// If a certificate does not parse or rcgen fails to sign (test helper).
+    pub fn crl_pem(&self, revoked: &[&Issued]) -> String {
+        use rcgen::{
+            CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber,
+        };
+        let revoked_certs = revoked
+            .iter()
+            .map(|issued| {
+                let der =
+                    rustls::pki_types::pem::PemObject::from_pem_slice(issued.cert_pem.as_bytes())
+                        .map(|d: rustls::pki_types::CertificateDer<'_>| d.to_vec())
+                        .expect("certificate PEM");
+                let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("certificate");
+                RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(cert.raw_serial()),
+                    revocation_time: date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                }
+            })
+            .collect();
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2090, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .expect("sign the CRL")
+        .pem()
+        .expect("CRL PEM")
+    }
+
     /// Credentials for `spiffe_id` trusting this CA.
     ///
     /// # Panics

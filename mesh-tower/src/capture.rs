@@ -10,7 +10,9 @@
 //!   outbound stack, routed by `Host`/`:authority`; when no virtual host serves that name,
 //!   by the service owning the original destination (as a call to a service's address in
 //!   Istio matches its virtual host), else straight to the original destination (Istio's
-//!   `PassthroughCluster`). Opaque TCP goes to [`TcpOutbound`]. A connection that was not
+//!   `PassthroughCluster`), or, under the Sidecar's `outboundTrafficPolicy: REGISTRY_ONLY`,
+//!   answered 502 (Istio's `BlackHoleCluster`). Opaque TCP goes to [`TcpOutbound`], which
+//!   closes a connection to such a destination under `REGISTRY_ONLY`. A connection that was not
 //!   redirected (an app using the listener as an explicit proxy) is served as HTTP, as the
 //!   plain outbound listener does.
 //! - **inbound** ([`InboundCapture`]): mutual TLS is terminated by PeerAuthentication for
@@ -42,7 +44,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use mesh_core::model::Protocol;
+use mesh_core::model::{OutboundTrafficPolicy, Protocol};
 use mesh_core::store::ConfigStore;
 use std::convert::Infallible;
 use std::future::Future;
@@ -284,7 +286,11 @@ impl OutboundCapture {
     }
 
     /// Handles one HTTP request that was going to `dst`.
-    fn call(&self, mut req: Request<Incoming>, dst: SocketAddr) -> HttpFuture {
+    fn call<B>(&self, mut req: Request<B>, dst: SocketAddr) -> HttpFuture
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let snapshot = self.store.load();
         let routed = destination(&req).is_some_and(|a| snapshot.routes.find_index(a).is_some());
         if routed {
@@ -299,6 +305,11 @@ impl OutboundCapture {
                 Err(e) => return respond(ProxyError::BadRequest(e)),
             }
             return Box::pin(self.http.clone().oneshot(req));
+        }
+        if snapshot.outbound_traffic_policy == OutboundTrafficPolicy::RegistryOnly {
+            // Istio's `block_all` virtual host answers 502 directly (BlackHoleCluster).
+            tracing::debug!(%dst, "intercepted http: not in the registry (REGISTRY_ONLY)");
+            return Box::pin(async { Ok(blocked()) });
         }
         // PassthroughCluster: straight to the original destination.
         let authority = match http::uri::Authority::try_from(dst.to_string()) {
@@ -365,6 +376,14 @@ impl OutboundCapture {
 }
 
 type HttpFuture = BoxFuture<'static, Result<Response<BoxBody>, Infallible>>;
+
+/// The answer to a request for a destination outside the registry under `REGISTRY_ONLY`:
+/// 502 with an empty body, as Istio's `block_all` route's direct response.
+fn blocked() -> Response<BoxBody> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+    response
+}
 
 fn respond(e: ProxyError) -> HttpFuture {
     let e: BoxError = e.into();
@@ -648,6 +667,98 @@ mod tests {
         let (sniffed, prefix) = sniff(&mut server, Duration::from_secs(5)).await.unwrap();
         assert_eq!(sniffed, Sniffed::Opaque);
         assert_eq!(&prefix[..], b"GE");
+    }
+
+    /// A capture for `policy` whose registry knows one service, `known` on 127.0.0.1:`port`.
+    fn capture_with(policy: OutboundTrafficPolicy, port: u16) -> OutboundCapture {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: known }}\n\
+             spec:\n  hosts: [known.default.svc.cluster.local]\n  resolution: STATIC\n  \
+             ports: [{{ number: {port}, name: http, protocol: HTTP }}]\n  \
+             endpoints: [{{ address: 127.0.0.1 }}]\n"
+        );
+        let mut config = mesh_core::istio::load(
+            &[("known.yaml", yaml.as_str())],
+            &mesh_core::model::Workload::default(),
+        )
+        .config
+        .expect("valid");
+        config.outbound_traffic_policy = policy;
+        let store = Arc::new(ConfigStore::new(config));
+        let client = UpstreamClient::new();
+        let http = Outbound::builder(store.clone())
+            .client(client.clone())
+            .build();
+        OutboundCapture::new(store.clone(), http, client, TcpOutbound::new(store))
+    }
+
+    /// An upstream on 127.0.0.1 answering 200 and counting its requests.
+    async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        async { Ok::<_, Infallible>(Response::new(body::empty())) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, hits)
+    }
+
+    fn request_to(authority: &str) -> Request<BoxBody> {
+        Request::builder()
+            .uri(format!("http://{authority}/"))
+            .body(body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn registry_only_answers_502_for_a_destination_outside_the_registry() {
+        use std::sync::atomic::Ordering;
+        let (unknown, hits) = counting_upstream().await;
+        // ALLOW_ANY: straight through to the original destination.
+        let capture = capture_with(OutboundTrafficPolicy::AllowAny, 1);
+        let response = capture
+            .call(request_to("unknown.example"), unknown)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // REGISTRY_ONLY: 502, and the destination never sees the request.
+        let capture = capture_with(OutboundTrafficPolicy::RegistryOnly, 1);
+        let response = capture
+            .call(request_to("unknown.example"), unknown)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn registry_only_still_routes_what_the_registry_knows() {
+        use std::sync::atomic::Ordering;
+        let (known, hits) = counting_upstream().await;
+        let capture = capture_with(OutboundTrafficPolicy::RegistryOnly, known.port());
+        // By host name, and by the service's endpoint address under another name.
+        for authority in [
+            format!("known.default.svc.cluster.local:{}", known.port()),
+            "other.example".to_owned(),
+        ] {
+            let response = capture.call(request_to(&authority), known).await.unwrap();
+            assert_eq!(response.status(), http::StatusCode::OK, "{authority}");
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::server::ConnectionInfo;
 use crate::telemetry::{PEER_EXCHANGE_ALPN, PeerMetadata, TcpPeerExchange};
 use arc_swap::{ArcSwap, ArcSwapOption};
-use mesh_core::model::{Address, Cluster, ClusterName, TlsMode, Workload};
+use mesh_core::model::{Address, Cluster, ClusterName, OutboundTrafficPolicy, TlsMode, Workload};
 use mesh_core::store::ConfigStore;
 use mesh_policy::authz::{Attributes, Engine, Verdict};
 use mesh_policy::credentials::CredentialStore;
@@ -211,6 +211,9 @@ pub enum TcpTarget {
     /// No service owns the original destination: straight there, in plaintext (Istio's
     /// `PassthroughCluster`).
     Passthrough(SocketAddr),
+    /// No service owns the original destination and the outbound traffic policy is
+    /// `REGISTRY_ONLY`: the connection is closed (Istio's `BlackHoleCluster`).
+    BlackHole(SocketAddr),
 }
 
 impl TcpTarget {
@@ -218,7 +221,7 @@ impl TcpTarget {
     pub fn address(&self) -> SocketAddr {
         match self {
             Self::Cluster { endpoint, .. } => *endpoint,
-            Self::Passthrough(addr) => *addr,
+            Self::Passthrough(addr) | Self::BlackHole(addr) => *addr,
         }
     }
 
@@ -227,6 +230,7 @@ impl TcpTarget {
         match self {
             Self::Cluster { cluster, .. } => cluster.service.as_str(),
             Self::Passthrough(_) => "PassthroughCluster",
+            Self::BlackHole(_) => "BlackHoleCluster",
         }
     }
 }
@@ -295,6 +299,13 @@ impl std::fmt::Debug for TcpOutbound {
 /// Why an outbound TCP connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum TcpConnectError {
+    /// The destination is outside the registry and the outbound traffic policy is
+    /// `REGISTRY_ONLY`.
+    #[error("{addr} is not in the registry and the outbound traffic policy is REGISTRY_ONLY")]
+    BlackHole {
+        /// The original destination.
+        addr: SocketAddr,
+    },
     /// The TCP connection failed or timed out.
     #[error("connecting to {addr}: {source}")]
     Connect {
@@ -442,7 +453,11 @@ impl TcpOutbound {
     ) -> Result<(TcpTarget, Option<ConnectionPick>), Arc<Cluster>> {
         let snapshot = self.store.load();
         let Some(cluster) = cluster_for(&snapshot, dst) else {
-            return Ok((TcpTarget::Passthrough(dst), None));
+            let target = match snapshot.outbound_traffic_policy {
+                OutboundTrafficPolicy::AllowAny => TcpTarget::Passthrough(dst),
+                OutboundTrafficPolicy::RegistryOnly => TcpTarget::BlackHole(dst),
+            };
+            return Ok((target, None));
         };
         let is_endpoint = cluster
             .endpoints
@@ -533,6 +548,7 @@ impl TcpOutbound {
         let connect_timeout = match target {
             TcpTarget::Cluster { cluster, .. } => cluster.policy.connection_pool.connect_timeout,
             TcpTarget::Passthrough(_) => self.connect_timeout,
+            TcpTarget::BlackHole(_) => return Err(TcpConnectError::BlackHole { addr }),
         };
         let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
             .await
@@ -598,6 +614,14 @@ impl TcpOutbound {
         })
     }
 
+    /// Istio's metrics for a connection closed before any upstream was tried: opened and
+    /// closed at once, with `flag`.
+    fn record_refused(&self, target: &TcpTarget, flag: ResponseFlag) {
+        let labels = self.labels(target, ResponseFlags::of(flag), false, None);
+        metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
+        metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
+    }
+
     fn labels(
         &self,
         target: &TcpTarget,
@@ -609,7 +633,7 @@ impl TcpOutbound {
         let service = target.service().to_owned();
         let namespace = match target {
             TcpTarget::Cluster { .. } => service.split('.').nth(1).unwrap_or("unknown").to_owned(),
-            TcpTarget::Passthrough(_) => "unknown".to_owned(),
+            TcpTarget::Passthrough(_) | TcpTarget::BlackHole(_) => "unknown".to_owned(),
         };
         let name = service.split('.').next().unwrap_or_default().to_owned();
         let mut labels = workload_labels("source", w, peer);
@@ -652,34 +676,25 @@ impl TcpOutbound {
                     cluster,
                     endpoint: dst,
                 };
-                let labels = self.labels(
-                    &target,
-                    ResponseFlags::of(ResponseFlag::NoHealthyUpstream),
-                    false,
-                    None,
-                );
-                metrics::counter!("istio_tcp_connections_opened_total", labels.clone())
-                    .increment(1);
-                metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
+                self.record_refused(&target, ResponseFlag::NoHealthyUpstream);
                 return;
             }
         };
         let cluster = match &target {
             TcpTarget::Cluster { cluster, .. } => Some(cluster),
             TcpTarget::Passthrough(_) => None,
+            TcpTarget::BlackHole(_) => {
+                tracing::debug!(%dst, "intercepted tcp: not in the registry (REGISTRY_ONLY)");
+                // Envoy's BlackHoleCluster has no hosts: `UH`, as Istio's metrics show it.
+                self.record_refused(&target, ResponseFlag::NoHealthyUpstream);
+                return;
+            }
         };
         let idle = idle_timeout(cluster);
         let Some(_slot) = cluster.map_or(Some(OpenConnection(None)), |c| self.open.try_open(c))
         else {
             tracing::debug!(%dst, "intercepted tcp: the cluster's connection limit is reached");
-            let labels = self.labels(
-                &target,
-                ResponseFlags::of(ResponseFlag::UpstreamOverflow),
-                false,
-                None,
-            );
-            metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
-            metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
+            self.record_refused(&target, ResponseFlag::UpstreamOverflow);
             return;
         };
         let upstream = self.connect(&target).await;
@@ -1344,6 +1359,57 @@ spec:
             outbound.resolve(other_port),
             Some(TcpTarget::Passthrough(a)) if a == other_port
         ));
+    }
+
+    #[tokio::test]
+    async fn registry_only_closes_a_connection_to_an_unknown_destination_without_connecting() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let unknown = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(b"hello").await;
+            }
+        });
+        let mut config = mesh_core::istio::load(&[("db.yaml", DB)], &Workload::default())
+            .config
+            .expect("valid");
+        for (policy, expected) in [
+            (OutboundTrafficPolicy::AllowAny, &b"hello"[..]),
+            (OutboundTrafficPolicy::RegistryOnly, &b""[..]),
+        ] {
+            config.outbound_traffic_policy = policy;
+            let outbound = TcpOutbound::new(Arc::new(ConfigStore::new(config.clone())));
+            let target = outbound.resolve(unknown).unwrap();
+            assert_eq!(
+                target.service(),
+                match policy {
+                    OutboundTrafficPolicy::AllowAny => "PassthroughCluster",
+                    OutboundTrafficPolicy::RegistryOnly => "BlackHoleCluster",
+                }
+            );
+            let (mut app, proxied) = tokio::io::duplex(1024);
+            let conn = ConnectionInfo {
+                peer: "127.0.0.1:40000".parse().unwrap(),
+                local: unknown,
+            };
+            let forward = tokio::spawn(async move { outbound.forward(proxied, conn).await });
+            let mut got = vec![0; expected.len()];
+            app.read_exact(&mut got).await.unwrap();
+            // Then the end: the upstream closed after its greeting, or nothing was there.
+            assert_eq!(app.read(&mut [0; 8]).await.unwrap(), 0, "{policy:?}");
+            assert_eq!(got, expected, "{policy:?}");
+            drop(app);
+            forward.await.unwrap();
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "only ALLOW_ANY connected"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -504,7 +504,15 @@ pub struct HttpCookie {
     #[serde(default)]
     pub ttl: Option<String>,
     #[serde(default)]
-    pub attributes: Vec<serde_json::Value>,
+    pub attributes: Vec<CookieAttribute>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CookieAttribute {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -667,7 +675,16 @@ pub struct Sidecar {
     #[serde(default)]
     pub inbound_connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default)]
-    pub outbound_traffic_policy: Option<serde_json::Value>,
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundTrafficPolicy {
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub egress_proxy: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

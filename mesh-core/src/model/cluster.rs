@@ -149,6 +149,9 @@ pub enum HashKey {
         path: Option<String>,
         /// The cookie's lifetime; `None` for a session cookie.
         ttl: Option<Duration>,
+        /// More attributes of the cookie set (`SameSite=Strict`, `Secure`): name and value,
+        /// an empty value for a flag.
+        attributes: Vec<(String, String)>,
     },
     /// The client's IP address.
     SourceIp,
@@ -348,9 +351,13 @@ pub struct ClientTls {
     pub private_key: Option<String>,
     /// CA certificates file for verifying the server.
     pub ca_certificates: Option<String>,
+    /// Certificate revocation list file (PEM): a server certificate it revokes is refused.
+    pub ca_crl: Option<String>,
     /// The name of a secret holding the credentials.
     pub credential_name: Option<String>,
-    /// Identities the server may present.
+    /// Identities the server may present: SPIFFE IDs under ISTIO_MUTUAL; DNS names or IP
+    /// addresses under SIMPLE / MUTUAL, one of which the server's certificate must be valid
+    /// for (instead of the SNI).
     pub subject_alt_names: Vec<String>,
     /// The SNI to send.
     pub sni: Option<String>,

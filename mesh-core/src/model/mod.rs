@@ -62,6 +62,20 @@ pub struct MeshConfig {
     /// `meshConfig.pathNormalization`; from xDS, the inbound listener's HTTP connection
     /// manager). `BASE` unless told.
     pub path_normalization: PathNormalization,
+    /// Where intercepted outbound traffic to a destination no service owns goes (the
+    /// applying Sidecar's `outboundTrafficPolicy.mode`): through, or nowhere.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Istio's `outboundTrafficPolicy.mode`: what happens to intercepted outbound traffic whose
+/// destination is not in the registry (no service owns its address, no route its host).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum OutboundTrafficPolicy {
+    /// Straight to the original destination (Istio's `PassthroughCluster`), the default.
+    #[default]
+    AllowAny,
+    /// Refused (Istio's `BlackHoleCluster`): HTTP gets 502, a TCP connection is closed.
+    RegistryOnly,
 }
 
 impl MeshConfig {

@@ -406,7 +406,7 @@ pub enum FileTlsError {
     /// A file could not be read or parsed.
     #[error("{field} {path:?}: {reason}")]
     File {
-        /// `caCertificates`, `clientCertificate` or `privateKey`.
+        /// `caCertificates`, `caCrl`, `clientCertificate` or `privateKey`.
         field: &'static str,
         /// The path.
         path: std::path::PathBuf,
@@ -417,20 +417,44 @@ pub enum FileTlsError {
     /// does not carry.
     #[error("caCertificates is required: system root certificates are not available")]
     NoRoots,
+    /// A `subjectAltNames` entry is neither a DNS name nor an IP address.
+    #[error("subjectAltNames {name:?}: {reason}")]
+    SubjectAltName {
+        /// The entry.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// The config could not be built (bad key, no usable protocol version).
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
 }
 
+/// What a DestinationRule `SIMPLE` / `MUTUAL` policy gives a TLS client: files, and the
+/// names the server's certificate must be valid for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FileTls<'a> {
+    /// `caCertificates`: the roots the server's chain must lead to.
+    pub ca: Option<&'a std::path::Path>,
+    /// `clientCertificate` and `privateKey` (`MUTUAL`).
+    pub client: Option<(&'a std::path::Path, &'a std::path::Path)>,
+    /// `caCrl`: revocation lists (PEM); a revoked certificate in the server's chain is
+    /// refused, and so is a chain with a certificate whose issuer has no list here (as
+    /// Envoy: a list for one authority of a chain needs lists for all of them).
+    pub crl: Option<&'a std::path::Path>,
+    /// `subjectAltNames`: DNS names or IP addresses, one of which the server's certificate
+    /// must be valid for, checked instead of the SNI (Envoy's SAN matchers); empty: the SNI.
+    pub subject_alt_names: &'a [String],
+}
+
 /// A client config for DestinationRule `tls.mode: SIMPLE` (no `client`) or `MUTUAL` (with
 /// `client` = certificate chain and key files): the server's chain is verified against `ca`
-/// and its DNS name against the SNI, as any TLS client does.
-pub fn client_config_from_files(
-    ca: Option<&std::path::Path>,
-    client: Option<(&std::path::Path, &std::path::Path)>,
-) -> Result<Arc<ClientConfig>, FileTlsError> {
-    use rustls::pki_types::PrivateKeyDer;
+/// (and `crl`), and its names against `subject_alt_names`, else the SNI, as any TLS client
+/// does.
+pub fn client_config_from_files(files: &FileTls<'_>) -> Result<Arc<ClientConfig>, FileTlsError> {
+    use rustls::client::WebPkiServerVerifier;
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateRevocationListDer, PrivateKeyDer};
     let read = |field: &'static str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| FileTlsError::File {
             field,
@@ -438,51 +462,144 @@ pub fn client_config_from_files(
             reason: e.to_string(),
         })
     };
+    let bad = |field: &'static str, path: &std::path::Path, reason: String| FileTlsError::File {
+        field,
+        path: path.to_owned(),
+        reason,
+    };
     let certs = |field: &'static str, path: &std::path::Path| {
         let pem = read(field, path)?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| FileTlsError::File {
-                field,
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| bad(field, path, e.to_string()))?;
         if certs.is_empty() {
-            return Err(FileTlsError::File {
-                field,
-                path: path.to_owned(),
-                reason: "no certificate found".into(),
-            });
+            return Err(bad(field, path, "no certificate found".into()));
         }
         Ok(certs)
     };
-    let ca = ca.ok_or(FileTlsError::NoRoots)?;
+    let ca = files.ca.ok_or(FileTlsError::NoRoots)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs("caCertificates", ca)? {
-        roots.add(cert).map_err(|e| FileTlsError::File {
-            field: "caCertificates",
-            path: ca.to_owned(),
-            reason: e.to_string(),
-        })?;
+        roots
+            .add(cert)
+            .map_err(|e| bad("caCertificates", ca, e.to_string()))?;
     }
+    let mut verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider());
+    if let Some(path) = files.crl {
+        let pem = read("caCrl", path)?;
+        let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("caCrl", path, e.to_string()))?;
+        if crls.is_empty() {
+            return Err(bad(
+                "caCrl",
+                path,
+                "no certificate revocation list found".into(),
+            ));
+        }
+        verifier = verifier.with_crls(crls);
+    }
+    let verifier = verifier.build().map_err(|e| match files.crl {
+        Some(path) => bad("caCrl", path, e.to_string()),
+        None => bad("caCertificates", ca, e.to_string()),
+    })?;
+    let verifier: Arc<dyn ServerCertVerifier> = if files.subject_alt_names.is_empty() {
+        verifier
+    } else {
+        let names = files
+            .subject_alt_names
+            .iter()
+            .map(|n| {
+                ServerName::try_from(n.clone()).map_err(|e| FileTlsError::SubjectAltName {
+                    name: n.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Arc::new(SubjectAltNameVerifier {
+            inner: verifier,
+            names,
+        })
+    };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let mut config = match client {
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match files.client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain = certs("clientCertificate", cert)?;
             let pem = read("privateKey", key)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| FileTlsError::File {
-                field: "privateKey",
-                path: key.to_owned(),
-                reason: e.to_string(),
-            })?;
+            let key_der = PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| bad("privateKey", key, e.to_string()))?;
             builder.with_client_auth_cert(chain, key_der)?
         }
     };
     config.alpn_protocols = alpn_list(&ALPN);
     Ok(Arc::new(config))
+}
+
+/// Verifies a server's chain as `inner` does, and its names against a list instead of the
+/// name the client connected to: the certificate must be valid for one of `names`.
+#[derive(Debug)]
+struct SubjectAltNameVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for SubjectAltNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut last = None;
+        for name in &self.names {
+            match self
+                .inner
+                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
+            {
+                Ok(verified) => return Ok(verified),
+                // Only a name mismatch lets the next name be tried: a bad chain is bad for
+                // every name.
+                Err(
+                    e @ rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. },
+                    ),
+                ) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName,
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 #[cfg(test)]

@@ -502,3 +502,91 @@ fn mesh_clients_offer_istio_s_protocols_and_negotiate_by_what_they_carry() {
     // An HTTP/1.1-only client cannot be turned into HTTP/2 by the server.
     assert!(!HTTP1_ALPN.iter().any(|p| p.ends_with(b"h2")));
 }
+
+/// A server presenting `leaf`, asking for no client certificate.
+fn plain_server(leaf: &crate::testing::Issued) -> Arc<ServerConfig> {
+    let chain = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    Arc::new(
+        ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+#[test]
+fn file_tls_refuses_a_revoked_server_and_checks_the_listed_names_instead_of_the_sni() {
+    let ca = TestCa::new("app root");
+    // `handshake` connects to this name.
+    let sni = ["backend.backend.svc.cluster.local"];
+    let good = ca.issue_with(&LeafSpec {
+        dns: &sni,
+        ..Default::default()
+    });
+    let revoked = ca.issue_with(&LeafSpec {
+        dns: &sni,
+        ..Default::default()
+    });
+    let elsewhere = ca.issue_with(&LeafSpec {
+        dns: &["api.example.com"],
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.bundle_pem()).unwrap();
+    let crl_path = dir.path().join("crl.pem");
+    std::fs::write(&crl_path, ca.crl_pem(&[&revoked])).unwrap();
+    let client = |crl: bool, names: &[String]| {
+        client_config_from_files(&FileTls {
+            ca: Some(&ca_path),
+            crl: crl.then_some(crl_path.as_path()),
+            subject_alt_names: names,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let refused = |r: Result<_, Failed>| match r {
+        Err(Failed::Client(rustls::Error::InvalidCertificate(e))) => e,
+        other => panic!("expected the client to refuse the certificate, got {other:?}"),
+    };
+    // Without the list, both certificates for the SNI pass; with it, the revoked one fails.
+    for leaf in [&good, &revoked] {
+        handshake(client(false, &[]), plain_server(leaf)).unwrap();
+    }
+    handshake(client(true, &[]), plain_server(&good)).unwrap();
+    assert_eq!(
+        refused(handshake(client(true, &[]), plain_server(&revoked))),
+        CertificateError::Revoked
+    );
+    // The SNI decides without names; the names decide when listed (any one of them).
+    assert!(matches!(
+        refused(handshake(client(false, &[]), plain_server(&elsewhere))),
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+    ));
+    let names = ["other.example.com".to_owned(), "api.example.com".to_owned()];
+    handshake(client(true, &names), plain_server(&elsewhere)).unwrap();
+    assert!(matches!(
+        refused(handshake(client(true, &names), plain_server(&good))),
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+    ));
+    // A revoked certificate stays refused whatever names it carries.
+    let names = [sni[0].to_owned()];
+    assert_eq!(
+        refused(handshake(client(true, &names), plain_server(&revoked))),
+        CertificateError::Revoked
+    );
+    // Bad files name their field.
+    std::fs::write(&crl_path, "not a CRL").unwrap();
+    let e = client_config_from_files(&FileTls {
+        ca: Some(&ca_path),
+        crl: Some(&crl_path),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().starts_with("caCrl"), "{e}");
+}

@@ -695,6 +695,7 @@ impl BalanceLayer {
                         name,
                         path,
                         ttl: Some(ttl),
+                        attributes,
                     },
                     CookieSource::Request(extensions),
                 ) = (&key, &ch.key, input.cookie)
@@ -708,10 +709,22 @@ impl BalanceLayer {
                         None => self.rng.next_u64(),
                     };
                     let value = format!("{seed:016x}");
-                    let mut cookie = format!("{name}={value}; Max-Age={}; HttpOnly", ttl.as_secs());
+                    let mut cookie = format!("{name}={value}; Max-Age={}", ttl.as_secs());
                     if let Some(path) = path {
                         cookie.push_str(&format!("; Path={path}"));
                     }
+                    // Envoy's order: `Max-Age`, `Path`, the attributes, `HttpOnly`
+                    // (`Http::Utility::makeSetCookieValue`); the order means nothing to a
+                    // browser.
+                    for (name, value) in attributes {
+                        cookie.push_str("; ");
+                        cookie.push_str(name);
+                        if !value.is_empty() {
+                            cookie.push('=');
+                            cookie.push_str(value);
+                        }
+                    }
+                    cookie.push_str("; HttpOnly");
                     set_cookie = HeaderValue::try_from(cookie).ok();
                     key = Some(value);
                 }

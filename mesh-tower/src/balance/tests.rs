@@ -370,6 +370,10 @@ async fn a_cookie_is_set_when_absent() {
             name: "session".into(),
             path: Some("/".into()),
             ttl: Some(Duration::from_secs(60)),
+            attributes: vec![
+                ("SameSite".into(), "Strict".into()),
+                ("Secure".into(), String::new()),
+            ],
         },
         table: HashTable::default(),
     };
@@ -388,8 +392,11 @@ async fn a_cookie_is_set_when_absent() {
         .unwrap();
     assert!(
         cookie.starts_with("session=")
-            && cookie.contains("Max-Age=60")
-            && cookie.contains("Path=/"),
+            && cookie.contains("; Max-Age=60")
+            && cookie.contains("; Path=/")
+            && cookie.contains("; SameSite=Strict")
+            && cookie.contains("; Secure;")
+            && cookie.ends_with("; HttpOnly"),
         "{cookie}"
     );
 }
@@ -407,6 +414,7 @@ async fn the_request_that_sets_the_cookie_goes_where_the_cookie_then_leads() {
                 name: "session".into(),
                 path: None,
                 ttl: Some(Duration::from_secs(60)),
+                attributes: Vec::new(),
             },
             table,
         };
@@ -459,6 +467,7 @@ async fn a_new_cookie_is_made_from_the_client_connection_as_envoy_does() {
             name: "session".into(),
             path: None,
             ttl: Some(Duration::from_secs(60)),
+            attributes: Vec::new(),
         },
         table: HashTable::default(),
     };

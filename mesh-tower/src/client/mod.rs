@@ -88,9 +88,11 @@ enum PoolKey {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ClientTlsKey {
     ca: Option<String>,
+    crl: Option<String>,
     cert: Option<String>,
     key: Option<String>,
     sni: String,
+    subject_alt_names: Vec<String>,
 }
 
 impl MtlsPools {
@@ -125,7 +127,13 @@ impl MtlsPools {
                     (Some(c), Some(k)) => Some((c, k)),
                     _ => None,
                 };
-                let config = mesh_policy::tls::client_config_from_files(path(&tls.ca), client)?;
+                let config =
+                    mesh_policy::tls::client_config_from_files(&mesh_policy::tls::FileTls {
+                        ca: path(&tls.ca),
+                        client,
+                        crl: path(&tls.crl),
+                        subject_alt_names: &tls.subject_alt_names,
+                    })?;
                 let config = if settings.http2 {
                     config
                 } else {
@@ -350,9 +358,11 @@ impl UpstreamClient {
         };
         let key = ClientTlsKey {
             ca: tls.ca_certificates.clone(),
+            crl: tls.ca_crl.clone(),
             cert: tls.client_certificate.clone(),
             key: tls.private_key.clone(),
             sni: tls.sni.clone().unwrap_or_else(|| cluster.service.clone()),
+            subject_alt_names: tls.subject_alt_names.clone(),
         };
         self.send_pooled(mtls, PoolKey::Files(key, settings), req, authority)
     }

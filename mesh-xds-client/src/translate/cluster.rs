@@ -508,6 +508,7 @@ fn transport_socket(
         subject_alt_names: Vec::new(),
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.clone()),
         insecure_skip_verify: false,
+        ca_crl: None,
     }))
 }
 

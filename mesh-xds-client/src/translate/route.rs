@@ -507,6 +507,11 @@ fn hash_key(policies: &[pb::route_action::HashPolicy]) -> FieldResult<Option<Has
                 .as_ref()
                 .map(|d| duration(d, "[0].cookie.ttl"))
                 .transpose()?,
+            attributes: c
+                .attributes
+                .iter()
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect(),
         },
         Some(P::ConnectionProperties(p)) if p.source_ip => HashKey::SourceIp,
         Some(P::QueryParameter(q)) => HashKey::QueryParameter(q.name.clone()),

@@ -92,7 +92,7 @@ pub fn build_with(
     let rules = policy::DestinationRules::build(&unique, &registry, workload, &mut findings);
     let clusters = policy::clusters(&registry, &rules);
     let routes = routes::build(&unique, &registry, &rules, workload, &mut findings);
-    let inbound = sidecar::inbound(&unique, workload, &mut findings);
+    let sidecar = sidecar::settings(&unique, workload, &mut findings);
     let root = options.root_namespace.as_str();
     let authorization = security::authorization(&unique, workload, root, &mut findings);
     let peer_authentication = security::peer_authentication(&unique, workload, root, &mut findings);
@@ -103,13 +103,14 @@ pub fn build_with(
         services: registry.services(),
         clusters,
         routes,
-        inbound,
+        inbound: sidecar.inbound,
         authorization,
         peer_authentication,
         request_authentication,
         workload_services: registry.local.iter().cloned().collect(),
         workload_service_ports: registry.local_ports.clone(),
         path_normalization: options.path_normalization,
+        outbound_traffic_policy: sidecar.outbound_traffic_policy,
     };
     let diagnostics = findings.list;
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);

@@ -316,6 +316,21 @@ pub(super) fn clusters(
 
 /// Validates a traffic policy, recording findings under `field`.
 fn check_policy(tp: &api::TrafficPolicy, field: &str, at: &mut At<'_>) {
+    // Both change what goes on the wire before the first request byte: an upstream that
+    // expects them would refuse every connection, so they are refused here instead of
+    // silently left out.
+    if tp.proxy_protocol.is_some() {
+        at.error(
+            &format!("{field}.proxyProtocol"),
+            "sending the PROXY protocol header upstream is not supported by this proxy",
+        );
+    }
+    if tp.tunnel.is_some() {
+        at.error(
+            &format!("{field}.tunnel"),
+            "tunneling upstream connections (HTTP CONNECT / POST) is not supported by this proxy",
+        );
+    }
     let mut policy = TrafficPolicy::default();
     overlay(
         &mut policy,
@@ -456,12 +471,30 @@ fn load_balancer(lb: &api::LoadBalancerSettings, report: &mut Report<'_>) -> Loa
                 name: c.name.clone(),
                 path: c.path.clone(),
                 ttl: c.ttl.as_ref().and_then(|t| values::duration(t, true).ok()),
+                attributes: c
+                    .attributes
+                    .iter()
+                    .map(|a| (a.name.clone(), a.value.clone().unwrap_or_default()))
+                    .collect(),
             }),
             ch.use_source_ip.filter(|u| *u).map(|_| HashKey::SourceIp),
             ch.http_query_parameter_name
                 .clone()
                 .map(HashKey::QueryParameter),
         ];
+        for (i, a) in ch
+            .http_cookie
+            .iter()
+            .flat_map(|c| c.attributes.iter())
+            .enumerate()
+        {
+            if let Err(reason) = cookie_attribute(&a.name, a.value.as_deref().unwrap_or("")) {
+                report(
+                    &format!("loadBalancer.consistentHash.httpCookie.attributes[{i}]"),
+                    reason,
+                );
+            }
+        }
         if let Some(ttl) = ch.http_cookie.as_ref().and_then(|c| c.ttl.as_ref()) {
             ok_or(
                 report,
@@ -707,6 +740,50 @@ fn outlier_detection(od: &api::OutlierDetection, report: &mut Report<'_>) -> Out
     out
 }
 
+/// A cookie attribute that fits a `Set-Cookie` header: a token for the name (RFC 6265's
+/// `token`), and a value without `;`, quotes or control characters.
+fn cookie_attribute(name: &str, value: &str) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(format!("name {name:?} is not a cookie attribute name"));
+    }
+    if !value
+        .bytes()
+        .all(|b| (b.is_ascii_graphic() || b == b' ') && b != b';' && b != b'"')
+    {
+        return Err(format!(
+            "value {value:?} of {name} cannot go in a Set-Cookie header"
+        ));
+    }
+    Ok(())
+}
+
+/// A `subjectAltNames` entry of a SIMPLE / MUTUAL policy: a DNS name or an IP address.
+fn san_name(name: &str) -> Result<(), String> {
+    if name.contains("://") {
+        return Err(format!(
+            "{name:?}: URI names are verified only under ISTIO_MUTUAL; with SIMPLE or MUTUAL give the DNS names or IP addresses the server's certificate is valid for"
+        ));
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is neither a DNS name nor an IP address"))
+    }
+}
+
 fn client_tls(tls: &api::ClientTlsSettings, report: &mut Report<'_>) -> Option<ClientTls> {
     let mode = match tls.mode.as_deref() {
         None | Some("DISABLE") => TlsMode::Disable,
@@ -735,18 +812,30 @@ fn client_tls(tls: &api::ClientTlsSettings, report: &mut Report<'_>) -> Option<C
     if mode == TlsMode::IstioMutual
         && (tls.client_certificate.is_some()
             || tls.private_key.is_some()
-            || tls.ca_certificates.is_some())
+            || tls.ca_certificates.is_some()
+            || tls.ca_crl.is_some())
     {
         report(
             "tls",
-            "ISTIO_MUTUAL uses the mesh's certificates: clientCertificate, privateKey and caCertificates must be empty".to_owned(),
+            "ISTIO_MUTUAL uses the mesh's certificates: clientCertificate, privateKey, caCertificates and caCrl must be empty".to_owned(),
         );
+    }
+    if matches!(mode, TlsMode::Simple | TlsMode::Mutual) {
+        // Verified as names the certificate must be valid for (Envoy's SAN matchers); a URI
+        // (`spiffe://...`) would need a matcher of its own, which this proxy does not have
+        // outside ISTIO_MUTUAL.
+        for (i, name) in tls.subject_alt_names.iter().enumerate() {
+            if let Err(reason) = san_name(name) {
+                report(&format!("tls.subjectAltNames[{i}]"), reason);
+            }
+        }
     }
     (mode != TlsMode::Disable).then(|| ClientTls {
         mode,
         client_certificate: tls.client_certificate.clone(),
         private_key: tls.private_key.clone(),
         ca_certificates: tls.ca_certificates.clone(),
+        ca_crl: tls.ca_crl.clone(),
         credential_name: tls.credential_name.clone(),
         subject_alt_names: tls.subject_alt_names.clone(),
         sni: tls.sni.clone(),

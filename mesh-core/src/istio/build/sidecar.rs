@@ -1,24 +1,37 @@
-//! The Sidecar resource's ingress listeners: where inbound traffic for each port goes.
+//! The Sidecar resource: its ingress listeners (where inbound traffic for each port goes) and
+//! its outbound traffic policy.
 
-use super::{Findings, values};
-use crate::istio::{Resource, Spec};
-use crate::model::{InboundListener, Workload, selects};
+use super::{At, Findings, values};
+use crate::istio::{Resource, Spec, api};
+use crate::model::{InboundListener, OutboundTrafficPolicy, Workload, selects};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-/// The inbound listeners of the Sidecar that applies to `workload` (the first one in its
-/// namespace whose selector matches; a Sidecar without a selector applies to the namespace).
-pub(super) fn inbound(
+/// What the Sidecar that applies to a workload sets.
+#[derive(Default)]
+pub(super) struct SidecarSettings {
+    /// Its ingress listeners.
+    pub(super) inbound: Vec<InboundListener>,
+    /// Its `outboundTrafficPolicy.mode`.
+    pub(super) outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// The settings of the Sidecar that applies to `workload` (the first one in its namespace
+/// whose selector matches; a Sidecar without a selector applies to the namespace).
+pub(super) fn settings(
     resources: &[&Resource],
     workload: &Workload,
     findings: &mut Findings,
-) -> Vec<InboundListener> {
-    let mut chosen: Option<(&Resource, Vec<InboundListener>)> = None;
+) -> SidecarSettings {
+    let mut chosen: Option<(&Resource, SidecarSettings)> = None;
     for res in resources {
         let Spec::Sidecar(sidecar) = &res.spec else {
             continue;
         };
         // Every Sidecar is checked, whether or not it applies here.
-        let listeners = listeners(res, findings);
+        let settings = SidecarSettings {
+            inbound: listeners(res, findings),
+            outbound_traffic_policy: outbound_traffic_policy(sidecar, &mut findings.at(res)),
+        };
         let applies = res.namespace == workload.namespace
             && sidecar
                 .workload_selector
@@ -34,10 +47,34 @@ pub(super) fn inbound(
                     first.key()
                 ),
             ),
-            None => chosen = Some((res, listeners)),
+            None => chosen = Some((res, settings)),
         }
     }
-    chosen.map(|(_, listeners)| listeners).unwrap_or_default()
+    chosen.map(|(_, settings)| settings).unwrap_or_default()
+}
+
+/// `outboundTrafficPolicy.mode`: `ALLOW_ANY` (the default) or `REGISTRY_ONLY`.
+fn outbound_traffic_policy(sidecar: &api::Sidecar, at: &mut At<'_>) -> OutboundTrafficPolicy {
+    let Some(policy) = &sidecar.outbound_traffic_policy else {
+        return OutboundTrafficPolicy::AllowAny;
+    };
+    if policy.egress_proxy.is_some() {
+        at.error(
+            "spec.outboundTrafficPolicy.egressProxy",
+            "an egress proxy for unknown destinations is not supported by this proxy",
+        );
+    }
+    match policy.mode.as_deref() {
+        None | Some("ALLOW_ANY") => OutboundTrafficPolicy::AllowAny,
+        Some("REGISTRY_ONLY") => OutboundTrafficPolicy::RegistryOnly,
+        Some(other) => {
+            at.error(
+                "spec.outboundTrafficPolicy.mode",
+                format!("unknown mode {other:?}: expected ALLOW_ANY or REGISTRY_ONLY"),
+            );
+            OutboundTrafficPolicy::AllowAny
+        }
+    }
 }
 
 fn listeners(res: &Resource, findings: &mut Findings) -> Vec<InboundListener> {
@@ -45,9 +82,30 @@ fn listeners(res: &Resource, findings: &mut Findings) -> Vec<InboundListener> {
         return Vec::new();
     };
     let mut at = findings.at(res);
+    unsupported(sidecar, &mut at);
     let mut out = Vec::new();
     for (i, ingress) in sidecar.ingress.iter().enumerate() {
         let field = format!("spec.ingress[{i}]");
+        if ingress.tls.is_some() {
+            // The app would be reached in plaintext where the Sidecar asks for TLS.
+            at.error(
+                &format!("{field}.tls"),
+                "terminating TLS with the Sidecar's own certificate is not supported by this proxy",
+            );
+        }
+        if ingress.connection_pool.is_some() {
+            at.warn(
+                &format!("{field}.connectionPool"),
+                "inbound connection pool limits are not applied by this proxy; ignored",
+            );
+        }
+        if ingress.bind.is_some() || ingress.capture_mode.is_some() {
+            at.warn(
+                &field,
+                "bind and captureMode are not applied: the inbound listener's address and \
+                 capture come from the sidecar's flags",
+            );
+        }
         let Some(port) = at.check(
             &format!("{field}.port.number"),
             values::port(ingress.port.number),
@@ -75,6 +133,23 @@ fn listeners(res: &Resource, findings: &mut Findings) -> Vec<InboundListener> {
         }
     }
     out
+}
+
+/// Findings for the parts of a Sidecar this proxy does not apply: an error where ignoring
+/// them would weaken what Istio enforces, a warning where it only keeps more in view.
+fn unsupported(sidecar: &api::Sidecar, at: &mut At<'_>) {
+    if !sidecar.egress.is_empty() {
+        at.warn(
+            "spec.egress",
+            "egress listeners are not applied: every service in the config stays reachable",
+        );
+    }
+    if sidecar.inbound_connection_pool.is_some() {
+        at.warn(
+            "spec.inboundConnectionPool",
+            "inbound connection pool limits are not applied by this proxy; ignored",
+        );
+    }
 }
 
 /// `127.0.0.1:8080`, `0.0.0.0:8080` (the app on any address: loopback is used), `[::1]:8080`.
