@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 MINUTES=${1:-10}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(istio_yaml route_match xds authz spiffe sniff trace_context peer_exchange path_normalization)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(istio_yaml route_match xds authz spiffe sniff trace_context peer_exchange path_normalization jwt)
 TRIPLE=$(rustc -vV | awk '/^host:/ {print $2}')
 
 if command -v cargo-fuzz >/dev/null; then

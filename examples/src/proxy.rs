@@ -636,6 +636,13 @@ fn overlay_files(
     if !files.authorization.is_empty() {
         config.authorization.clone_from(&files.authorization);
     }
+    // The files' RequestAuthentications go with their AuthorizationPolicies, which may name
+    // request principals (the control plane's jwt_authn filter is refused).
+    if !files.request_authentication.is_empty() {
+        config
+            .request_authentication
+            .clone_from(&files.request_authentication);
+    }
     if config.workload_services.is_empty() {
         config
             .workload_services

@@ -1622,3 +1622,121 @@ fn a_cors_policy_on_a_redirect_is_a_warning() {
         "{warnings:#?}"
     );
 }
+
+/// An EC P-256 public key as a JWKS (the point of the P-256 generator, valid on the curve).
+const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256","x":"axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY","y":"T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU"}]}"#;
+
+fn request_authn(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{ name: {name}, namespace: {ns} }}\nspec:\n{spec}\n---\n"
+    )
+}
+
+#[test]
+fn request_authentication_is_scoped_like_authorization_and_sorted_by_issuer() {
+    let rule = |iss: &str| format!("  - {{ issuer: \"{iss}\", jwks: '{JWKS}' }}");
+    let yaml = [
+        request_authn("istio-system", "mesh", &format!("  jwtRules:\n{}", rule("z-mesh"))),
+        request_authn(
+            "shop",
+            "web",
+            &format!(
+                "  selector: {{ matchLabels: {{ app: web }} }}\n  jwtRules:\n{}\n  - {{ issuer: a-web, jwks: '{JWKS}', audiences: [api], forwardOriginalToken: true, fromHeaders: [{{ name: X-Token, prefix: \"JWT \" }}], fromParams: [t], fromCookies: [s], outputPayloadToHeader: X-Payload, outputClaimToHeaders: [{{ header: X-Sub, claim: sub }}], timeout: 2s }}",
+                rule("m-web")
+            ),
+        ),
+        request_authn(
+            "shop",
+            "other",
+            &format!("  selector: {{ matchLabels: {{ app: other }} }}\n  jwtRules:\n{}", rule("other")),
+        ),
+        request_authn("elsewhere", "ns", &format!("  jwtRules:\n{}", rule("elsewhere"))),
+    ]
+    .concat();
+    let workload = Workload {
+        namespace: "shop".into(),
+        labels: [("app".to_owned(), "web".to_owned())].into(),
+        ..Workload::default()
+    };
+    let outcome = istio::load(&[("ra.yaml", &yaml)], &workload);
+    assert!(!outcome.has_errors(), "{:?}", outcome.diagnostics);
+    let ra = outcome.config.unwrap().request_authentication;
+    let issuers: Vec<&str> = ra.rules.iter().map(|r| r.issuer.as_str()).collect();
+    assert_eq!(issuers, ["a-web", "m-web", "z-mesh"]);
+    assert_eq!(ra.sources, ["istio-system/mesh", "shop/web"]);
+    let a = &ra.rules[0];
+    assert_eq!(a.audiences, ["api"]);
+    assert!(a.forward_original_token);
+    assert_eq!(a.from_headers[0].name, "x-token");
+    assert_eq!(a.from_headers[0].prefix, "JWT ");
+    assert_eq!(
+        (a.from_params.clone(), a.from_cookies.clone()),
+        (vec!["t".into()], vec!["s".into()])
+    );
+    assert_eq!(a.output_payload_to_header.as_deref(), Some("x-payload"));
+    assert_eq!(a.output_claim_to_headers[0].header, "x-sub");
+    assert_eq!(a.timeout, Some(std::time::Duration::from_secs(2)));
+    assert!(!a.uses_default_locations());
+    assert!(ra.rules[1].uses_default_locations());
+    match &a.keys {
+        mesh_core::model::JwksSource::Inline(jwks) => {
+            assert_eq!(jwks.keys[0].kid.as_deref(), Some("k1"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn each_invalid_jwt_rule_field_is_named() {
+    let one = |rule: &str| {
+        single_error(&request_authn(
+            "default",
+            "jwt",
+            &format!("  jwtRules:\n  - {{ {rule} }}"),
+        ))
+    };
+    let cases = [
+        (format!("jwks: '{JWKS}'"), "spec.jwtRules[0].issuer: issuer is required"),
+        ("issuer: i, jwks: 'not json'".to_owned(), "spec.jwtRules[0].jwks: invalid JWKS: not valid JSON"),
+        (
+            r#"issuer: i, jwks: '{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}'"#.to_owned(),
+            "spec.jwtRules[0].jwks.keys[0].kty: invalid JWKS: unsupported key type \"oct\"",
+        ),
+        (
+            r#"issuer: i, jwks: '{"keys":[{"kty":"EC","crv":"P-256","alg":"HS256","x":"AA","y":"AA"}]}'"#.to_owned(),
+            "spec.jwtRules[0].jwks.keys[0].alg: invalid JWKS: unsupported algorithm \"HS256\"",
+        ),
+        (
+            r#"issuer: i, jwks: '{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}'"#.to_owned(),
+            "spec.jwtRules[0].jwks.keys[0].n: invalid JWKS: RSA modulus of 24 bits",
+        ),
+        ("issuer: i".to_owned(), "spec.jwtRules[0].jwks: set jwks (or jwksUri)"),
+        ("issuer: i, jwksUri: ftp://keys".to_owned(), "spec.jwtRules[0].jwksUri: \"ftp://keys\" is not an http:// or https:// URI"),
+        (format!("issuer: i, jwks: '{JWKS}', fromHeaders: [{{ name: \"bad header\" }}]"), "spec.jwtRules[0].fromHeaders[0].name: \"bad header\" is not a valid header name"),
+        (format!("issuer: i, jwks: '{JWKS}', fromParams: [\"\"]"), "spec.jwtRules[0].fromParams[0]: empty name"),
+        (format!("issuer: i, jwks: '{JWKS}', outputPayloadToHeader: \"a:b\""), "spec.jwtRules[0].outputPayloadToHeader: \"a:b\" is not a valid header name"),
+        (format!("issuer: i, jwks: '{JWKS}', outputClaimToHeaders: [{{ header: x, claim: \"\" }}]"), "spec.jwtRules[0].outputClaimToHeaders[0].claim: empty claim"),
+        (format!("issuer: i, jwks: '{JWKS}', timeout: 5x"), "spec.jwtRules[0].timeout: invalid duration"),
+        (format!("issuer: i, jwks: '{JWKS}', audiences: [\"\"]"), "spec.jwtRules[0].audiences[0]: empty audience"),
+        (format!("issuer: i, jwks: '{JWKS}', unknownField: 1"), "spec.jwtRules[0].unknownField: unknown field `unknownField`"),
+    ];
+    for (rule, want) in cases {
+        let got = one(&rule);
+        assert!(
+            got.contains(&format!("RequestAuthentication default/jwt: {want}")),
+            "{rule}\n  got:  {got}\n  want: {want}"
+        );
+    }
+}
+
+#[test]
+fn request_principals_and_request_auth_conditions_load() {
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: p }\nspec:\n  rules:\n  - from: [{ source: { requestPrincipals: [\"*\"], notRequestPrincipals: [\"bad/*\"] } }]\n    when:\n    - { key: request.auth.principal, values: [\"i/s\"] }\n    - { key: request.auth.audiences, values: [api] }\n    - { key: request.auth.presenter, values: [cli] }\n    - { key: \"request.auth.claims[groups]\", values: [dev] }\n    - { key: \"request.auth.claims[realm][role]\", values: [ops] }\n";
+    let outcome = load(policy);
+    assert!(!outcome.has_errors(), "{:?}", outcome.diagnostics);
+    let p = &outcome.config.unwrap().authorization[0];
+    assert_eq!(p.rules[0].from[0].request_principals.values, ["*"]);
+    assert_eq!(p.rules[0].from[0].request_principals.not_values, ["bad/*"]);
+    let bad = single_error(&policy.replace("[realm][role]", "[realm]role"));
+    assert!(bad.contains("spec.rules[0].when[4].key"), "{bad}");
+}

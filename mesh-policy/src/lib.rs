@@ -6,6 +6,7 @@
 //! - [`tls`]: rustls client and server configs verified by SPIFFE identity.
 //! - [`authz`]: the authorization engine over `mesh_core::model::AuthorizationPolicy`.
 //! - [`header`]: request headers as Envoy's matchers read them.
+//! - [`jwt`]: end-user JWT verification (Istio's RequestAuthentication).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod authz;
 pub mod credentials;
 pub mod header;
 pub mod identity;
+pub mod jwt;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;

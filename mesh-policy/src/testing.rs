@@ -1,4 +1,5 @@
-//! Test certificates: a CA that issues SPIFFE workload certificates (feature `testing`).
+//! Test certificates (a CA that issues SPIFFE workload certificates) and a test JWT issuer
+//! (feature `testing`).
 //!
 //! Used by this workspace's tests to get real chains at test time; not for production.
 
@@ -163,5 +164,140 @@ impl Issued {
             self.key_pem.as_bytes(),
             ca.bundle_pem().as_bytes(),
         )
+    }
+}
+
+/// A test JWT issuer: a signing key, its JWKS, and tokens signed with it (ES256 and EdDSA keys
+/// are generated; RS256/PS256 use a fixed 2048-bit test key, `jwt/testdata/rsa2048.pk8`, as
+/// `ring` cannot generate RSA keys).
+pub struct TestIssuer {
+    /// The `iss` of the tokens and the issuer of the rule.
+    pub issuer: String,
+    /// The key id, in the JWKS and in each token's header (`None`: no `kid`).
+    pub kid: Option<String>,
+    alg: &'static str,
+    signer: Signer,
+}
+
+enum Signer {
+    Ec(ring::signature::EcdsaKeyPair),
+    Ed(ring::signature::Ed25519KeyPair),
+    Rsa(
+        ring::signature::RsaKeyPair,
+        &'static dyn ring::signature::RsaEncoding,
+    ),
+}
+
+/// The fixed RSA test key (PKCS#8 DER), only for tests.
+const TEST_RSA_PKCS8: &[u8] = include_bytes!("jwt/testdata/rsa2048.pk8");
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl TestIssuer {
+    /// An issuer signing with `alg`: `ES256`, `EdDSA`, `RS256` or `PS256`.
+    ///
+    /// # Panics
+    /// On another algorithm (a test's mistake).
+    pub fn new(issuer: &str, alg: &'static str) -> Self {
+        use ring::signature as sig;
+        let rng = ring::rand::SystemRandom::new();
+        let signer = match alg {
+            "ES256" => {
+                let alg = &sig::ECDSA_P256_SHA256_FIXED_SIGNING;
+                let pkcs8 = sig::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("generate EC key");
+                Signer::Ec(
+                    sig::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("EC key"),
+                )
+            }
+            "EdDSA" => {
+                let pkcs8 = sig::Ed25519KeyPair::generate_pkcs8(&rng).expect("generate Ed25519");
+                Signer::Ed(sig::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("Ed25519 key"))
+            }
+            "RS256" | "PS256" => {
+                let pair = sig::RsaKeyPair::from_pkcs8(TEST_RSA_PKCS8).expect("RSA test key");
+                let encoding: &'static dyn sig::RsaEncoding = if alg == "RS256" {
+                    &sig::RSA_PKCS1_SHA256
+                } else {
+                    &sig::RSA_PSS_SHA256
+                };
+                Signer::Rsa(pair, encoding)
+            }
+            other => panic!("TestIssuer: unsupported algorithm {other}"),
+        };
+        Self {
+            issuer: issuer.to_owned(),
+            kid: Some("test-key".into()),
+            alg,
+            signer,
+        }
+    }
+
+    /// The same issuer with key id `kid` (`None`: neither the JWKS nor the tokens name one).
+    pub fn with_kid(mut self, kid: Option<&str>) -> Self {
+        self.kid = kid.map(str::to_owned);
+        self
+    }
+
+    /// The public key as a JWKS document.
+    pub fn jwks(&self) -> String {
+        use ring::signature::KeyPair as _;
+        let mut key = match &self.signer {
+            Signer::Ec(pair) => {
+                let point = pair.public_key().as_ref();
+                serde_json::json!({
+                    "kty": "EC", "crv": "P-256",
+                    "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+                })
+            }
+            Signer::Ed(pair) => serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref()),
+            }),
+            Signer::Rsa(pair, _) => {
+                let public: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
+                serde_json::json!({ "kty": "RSA", "n": b64(&public.n), "e": b64(&public.e) })
+            }
+        };
+        key["alg"] = self.alg.into();
+        if let Some(kid) = &self.kid {
+            key["kid"] = kid.as_str().into();
+        }
+        serde_json::json!({ "keys": [key] }).to_string()
+    }
+
+    /// A token with `claims` (an object; `iss` is added unless it is there).
+    pub fn token(&self, claims: serde_json::Value) -> String {
+        let mut claims = claims;
+        if claims.get("iss").is_none() {
+            claims["iss"] = self.issuer.as_str().into();
+        }
+        let mut header = serde_json::json!({ "alg": self.alg, "typ": "JWT" });
+        if let Some(kid) = &self.kid {
+            header["kid"] = kid.as_str().into();
+        }
+        self.sign_raw(&header.to_string(), &claims.to_string())
+    }
+
+    /// A token of the given header and payload JSON texts, signed with this issuer's key.
+    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        let rng = ring::rand::SystemRandom::new();
+        let signature = match &self.signer {
+            Signer::Ec(pair) => pair
+                .sign(&rng, input.as_bytes())
+                .expect("EC sign")
+                .as_ref()
+                .to_vec(),
+            Signer::Ed(pair) => pair.sign(input.as_bytes()).as_ref().to_vec(),
+            Signer::Rsa(pair, encoding) => {
+                let mut out = vec![0; pair.public().modulus_len()];
+                pair.sign(*encoding, &rng, input.as_bytes(), &mut out)
+                    .expect("RSA sign");
+                out
+            }
+        };
+        format!("{input}.{}", b64(&signature))
     }
 }

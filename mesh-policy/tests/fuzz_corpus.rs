@@ -1,11 +1,13 @@
-//! Replays the `authz`, `spiffe` and `path_normalization` fuzz corpora
-//! (`fuzz/corpus/{authz,spiffe,path_normalization}`) and their crash
+//! Replays the `authz`, `spiffe`, `path_normalization` and `jwt` fuzz corpora
+//! (`fuzz/corpus/{authz,spiffe,path_normalization,jwt}`) and their crash
 //! regressions (`fuzz/regressions/<target>`, when present) on stable Rust, through the fuzz
 //! targets' own runners (`fuzz/common/authz.rs`, `fuzz/common/spiffe.rs`), and pins what the
 //! seeds decide. `MESH_FUZZ_WRITE_SEEDS=1` rewrites the certificate seeds of `spiffe`.
 
 #[path = "../../fuzz/common/authz.rs"]
 mod authz;
+#[path = "../../fuzz/common/jwt.rs"]
+mod jwt;
 #[path = "../../fuzz/common/path_normalization.rs"]
 mod path_normalization;
 #[path = "../../fuzz/common/spiffe.rs"]
@@ -189,4 +191,18 @@ fn path_normalization_seeds_normalize_as_each_mode_says() {
         [some("/a%00b"), None, None, None],
         "refused (400) in every mode but NONE"
     );
+}
+
+#[test]
+fn jwt_corpus_replays_without_panic_or_a_forged_token_accepted() {
+    let files = inputs("fuzz/corpus/jwt");
+    assert!(files.len() >= 8, "the jwt corpus is missing");
+    for file in &files {
+        let data = std::fs::read(file).expect("a readable corpus file");
+        assert!(!jwt::run(&data), "{}", file.display());
+    }
+    for file in inputs("fuzz/regressions/jwt") {
+        let data = std::fs::read(&file).expect("a readable regression file");
+        let _ = jwt::run(&data);
+    }
 }

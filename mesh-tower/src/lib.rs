@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod body;

@@ -735,6 +735,66 @@ pub struct AuthorizationPolicy {
     pub provider: Option<ExtensionProvider>,
 }
 
+/// `security.istio.io` RequestAuthentication: end-user JWT validation for the selected
+/// workloads.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthentication {
+    #[serde(default)]
+    pub selector: Option<SecuritySelector>,
+    #[serde(default)]
+    pub target_ref: Option<serde_json::Value>,
+    #[serde(default)]
+    pub target_refs: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// One issuer's JWT rule (`spec.jwtRules[]`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    #[serde(default)]
+    pub output_payload_to_header: Option<String>,
+    #[serde(default)]
+    pub forward_original_token: bool,
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// A header a JWT is read from (`fromHeaders[]`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// A claim copied to a request header (`outputClaimToHeaders[]`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    pub header: String,
+    pub claim: String,
+}
+
 /// The security API's workload selector (`matchLabels`, unlike networking's `labels`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -103,6 +103,8 @@ pub enum Spec {
     AuthorizationPolicy(api::AuthorizationPolicy),
     /// `security.istio.io` PeerAuthentication.
     PeerAuthentication(api::PeerAuthentication),
+    /// `security.istio.io` RequestAuthentication.
+    RequestAuthentication(api::RequestAuthentication),
 }
 
 /// One parsed resource and where it came from.
@@ -251,6 +253,9 @@ pub fn parse(file: &str, text: &str) -> ParseOutcome {
             "Sidecar" => typed!(Sidecar, "Sidecar", NETWORKING),
             "AuthorizationPolicy" => typed!(AuthorizationPolicy, "AuthorizationPolicy", SECURITY),
             "PeerAuthentication" => typed!(PeerAuthentication, "PeerAuthentication", SECURITY),
+            "RequestAuthentication" => {
+                typed!(RequestAuthentication, "RequestAuthentication", SECURITY)
+            }
             other => {
                 out.diagnostics.push(error(
                     Some(key.clone()),

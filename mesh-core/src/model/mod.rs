@@ -12,12 +12,14 @@
 
 mod cluster;
 mod common;
+mod jwt;
 mod route;
 mod security;
 mod service;
 
 pub use cluster::*;
 pub use common::*;
+pub use jwt::*;
 pub use route::*;
 pub use security::*;
 pub use service::*;
@@ -43,6 +45,9 @@ pub struct MeshConfig {
     pub authorization: Vec<AuthorizationPolicy>,
     /// The effective peer authentication (mTLS mode) for this workload's inbound ports.
     pub peer_authentication: PeerAuthentication,
+    /// End-user JWT authentication (Istio's RequestAuthentication) for inbound requests;
+    /// empty when none applies.
+    pub request_authentication: RequestAuthentication,
     /// The services this workload is an instance of, by host name (ServiceEntries whose
     /// `workloadSelector` selects it; from xDS, the services of istiod's inbound clusters):
     /// the server side names the first in its metrics' `destination_service`, as Istio names

@@ -64,6 +64,7 @@ use ipnet::IpNet;
 use mesh_core::model::{self, AuthzAction};
 
 use crate::identity::PeerIdentity;
+use crate::jwt::Claims;
 use matcher::{Pair, PathMatch, StrMatch};
 
 /// Why a policy cannot be enforced: the policy, the field and the reason.
@@ -104,6 +105,9 @@ pub struct Attributes<'a> {
     /// The request headers (`request.headers[...]`; a repeated header's values are matched
     /// joined with `,`, as Envoy does).
     pub headers: Option<&'a HeaderMap>,
+    /// The claims of the request's verified JWT (`requestPrincipals`, `request.auth.*`);
+    /// `None` when the request carried no token (it then has no request principal).
+    pub request_auth: Option<&'a Claims>,
 }
 
 impl<'a> Attributes<'a> {
@@ -120,11 +124,16 @@ impl<'a> Attributes<'a> {
             method,
             path,
             headers: None,
+            request_auth: None,
         }
     }
 
     fn principal(&self) -> Option<&'a str> {
         self.peer.map(|p| p.id.principal())
+    }
+
+    fn request_principal(&self) -> Option<&'a str> {
+        self.request_auth.map(Claims::principal)
     }
 
     fn namespace(&self) -> Option<&'a str> {
@@ -233,6 +242,7 @@ impl fmt::Display for Verdict {
 #[derive(Clone, Debug, Default)]
 struct Source {
     principals: Option<Pair<StrMatch>>,
+    request_principals: Option<Pair<StrMatch>>,
     namespaces: Option<Pair<StrMatch>>,
     service_accounts: Option<Pair<StrMatch>>,
     ip_blocks: Option<Pair<IpNet>>,
@@ -257,6 +267,21 @@ enum Condition {
     SourcePrincipal(Pair<StrMatch>),
     DestinationPort(Pair<u16>),
     Sni(Pair<StrMatch>),
+    /// `request.auth.principal`.
+    RequestPrincipal(Pair<StrMatch>),
+    /// A claim of the verified JWT: `request.auth.claims[a][b]`, `request.auth.audiences`
+    /// (`aud`), `request.auth.presenter` (`azp`).
+    Claim(Vec<String>, Pair<StrMatch>),
+}
+
+impl Condition {
+    /// Whether the condition reads the HTTP request (a header or the request's JWT).
+    fn is_http(&self) -> bool {
+        matches!(
+            self,
+            Self::Header(..) | Self::RequestPrincipal(_) | Self::Claim(..)
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -352,8 +377,8 @@ fn str_is(m: &StrMatch, s: &str) -> bool {
 }
 
 impl Engine {
-    /// Compiles `policies`; fails on the first one that cannot be enforced (CUSTOM,
-    /// `requestPrincipals`, `request.auth.*` conditions, a bad CIDR, port or path template).
+    /// Compiles `policies`; fails on the first one that cannot be enforced (CUSTOM, a bad
+    /// CIDR, port, path template or claim key).
     pub fn new(policies: &[model::AuthorizationPolicy]) -> Result<Self, InvalidPolicy> {
         Self::with_min_indexed(policies, MIN_INDEXED)
     }
@@ -524,7 +549,8 @@ impl Rule {
         self.to
             .iter()
             .any(|o| o.hosts.is_some() || o.methods.is_some() || o.paths.is_some())
-            || self.when.iter().any(|c| matches!(c, Condition::Header(..)))
+            || self.from.iter().any(|s| s.request_principals.is_some())
+            || self.when.iter().any(Condition::is_http)
     }
 
     /// [`Rule::matches`] for a TCP connection: see [`Engine::evaluate_tcp`].
@@ -532,7 +558,9 @@ impl Rule {
         if !deny && self.has_http_fields() {
             return false;
         }
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(conn)))
+        // Reached by ALLOW rules without HTTP fields, or by DENY rules, whose HTTP fields
+        // (request principals among them) are ignored.
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches_peer(conn)))
             && (self.to.is_empty()
                 || self
                     .to
@@ -541,7 +569,7 @@ impl Rule {
             && self
                 .when
                 .iter()
-                .filter(|c| !matches!(c, Condition::Header(..)))
+                .filter(|c| !c.is_http())
                 .all(|c| c.matches(conn))
     }
 }
@@ -552,6 +580,11 @@ fn check<M, A: Copy>(p: &Option<Pair<M>>, attr: Option<A>, hit: impl Fn(&M, A) -
 
 impl Source {
     fn matches(&self, req: &Attributes<'_>) -> bool {
+        check(&self.request_principals, req.request_principal(), str_is) && self.matches_peer(req)
+    }
+
+    /// [`Source::matches`] without the request principals (the connection's fields only).
+    fn matches_peer(&self, req: &Attributes<'_>) -> bool {
         let sa = req
             .peer
             .and_then(|p| Some((p.namespace.as_deref()?, p.service_account.as_deref()?)));
@@ -593,8 +626,26 @@ impl Condition {
             Self::SourcePrincipal(p) => p.test(req.principal(), str_is),
             Self::DestinationPort(p) => p.test(req.destination_port, |m, p| *m == p),
             Self::Sni(p) => p.test(req.sni, str_is),
+            Self::RequestPrincipal(p) => p.test(req.request_principal(), str_is),
+            Self::Claim(path, p) => claim_matches(p, req.request_auth.and_then(|c| c.claim(path))),
         }
     }
+}
+
+/// Istio's claim matching: a string claim matches as one value, a list of strings when any
+/// of its elements does (istiod's `MetadataListMatcher`); other types, or no claim, match no
+/// value (and so pass `notValues`).
+fn claim_matches(p: &Pair<StrMatch>, claim: Option<&serde_json::Value>) -> bool {
+    use serde_json::Value;
+    let hit = |list: &[StrMatch]| match claim {
+        Some(Value::String(s)) => list.iter().any(|m| m.matches(s)),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|s| list.iter().any(|m| m.matches(s))),
+        _ => false,
+    };
+    (p.values.is_empty() || hit(&p.values)) && !hit(&p.not_values)
 }
 
 fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {
@@ -611,12 +662,6 @@ fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {
         let mut from = Vec::new();
         for (j, s) in rule.from.iter().enumerate() {
             let at = format!("{at}.from[{j}].source");
-            if !s.request_principals.is_empty() {
-                return Err(err(
-                    format!("{at}.requestPrincipals"),
-                    "requestPrincipals need JWT authentication, which is not supported".into(),
-                ));
-            }
             let wrap = |name: &str| {
                 let at = at.clone();
                 let name = name.to_owned();
@@ -624,6 +669,8 @@ fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {
             };
             from.push(Source {
                 principals: Pair::try_new(&s.principals, exact).map_err(wrap("principals"))?,
+                request_principals: Pair::try_new(&s.request_principals, exact)
+                    .map_err(wrap("requestPrincipals"))?,
                 namespaces: Pair::try_new(&s.namespaces, exact).map_err(wrap("namespaces"))?,
                 service_accounts: Pair::try_new(&s.service_accounts, exact)
                     .map_err(wrap("serviceAccounts"))?,
@@ -664,6 +711,25 @@ fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {
                 "source.namespace" => Condition::SourceNamespace(strs().map_err(bad)?),
                 "source.principal" => Condition::SourcePrincipal(strs().map_err(bad)?),
                 "connection.sni" => Condition::Sni(strs().map_err(bad)?),
+                "request.auth.principal" => Condition::RequestPrincipal(strs().map_err(bad)?),
+                "request.auth.audiences" => {
+                    Condition::Claim(vec!["aud".into()], strs().map_err(bad)?)
+                }
+                "request.auth.presenter" => {
+                    Condition::Claim(vec!["azp".into()], strs().map_err(bad)?)
+                }
+                key if key.starts_with("request.auth.claims") => {
+                    let path = model::claim_path(key).ok_or_else(|| {
+                        err(
+                            format!("{at}.key"),
+                            format!("{key:?} is not request.auth.claims[name] or [outer][inner]"),
+                        )
+                    })?;
+                    Condition::Claim(
+                        path.into_iter().map(str::to_owned).collect(),
+                        strs().map_err(bad)?,
+                    )
+                }
                 "destination.port" => Condition::DestinationPort(
                     Pair::try_new(&c.values, matcher::port)
                         .map(|p| p.unwrap_or_else(Pair::empty))
@@ -691,7 +757,9 @@ fn compile(p: &model::AuthorizationPolicy) -> Result<Policy, InvalidPolicy> {
                                     "condition key {key:?} is not supported (supported: \
                                      request.headers[...], source.ip, remote.ip, \
                                      source.namespace, source.principal, destination.ip, \
-                                     destination.port, connection.sni)"
+                                     destination.port, connection.sni, request.auth.principal, \
+                                     request.auth.audiences, request.auth.presenter, \
+                                     request.auth.claims[...])"
                                 ),
                             ));
                         }

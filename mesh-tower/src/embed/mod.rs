@@ -518,7 +518,9 @@ impl Drop for Mesh {
 
 /// Puts the mesh's inbound policies in front of a service: telemetry (Istio's metrics with
 /// `reporter="destination"`, trace context, request ids), the local rate limit, and
-/// authorization by the config's AuthorizationPolicies (403 `RBAC: access denied`).
+/// end-user JWT authentication by the config's RequestAuthentications (401 for a token that
+/// fails; the verified `mesh_policy::jwt::Claims` in the request's extensions) then
+/// authorization by its AuthorizationPolicies (403 `RBAC: access denied`).
 #[derive(Clone, Debug)]
 pub struct InboundLayer {
     telemetry: Option<Telemetry>,

@@ -19,6 +19,9 @@ const FAULT: &str = "envoy.filters.http.fault";
 const RBAC: &str = "envoy.filters.http.rbac";
 const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
 const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
+const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
+const JWT_AUTHN_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 
 /// HTTP filters that carry no behaviour this mesh must reproduce (telemetry, ALPN hints), or
 /// whose behaviour comes with each route (CORS: the filter's own config is empty, and each
@@ -482,6 +485,22 @@ fn http_filter(f: &HttpFilter, last: bool) -> FieldResult<()> {
                 "the router filter must be the last filter",
             ))
         };
+    }
+    // Refused even when optional or disabled (a route can enable it): Envoy enforces it, and
+    // ignoring it would let requests with forged or expired tokens through, or without a
+    // request principal through policies that expect one. RequestAuthentication comes from
+    // the Istio YAML files instead.
+    let is_jwt = f.name == JWT_AUTHN
+        || matches!(&f.config_type, Some(http_filter::ConfigType::TypedConfig(a))
+            if a.type_url == JWT_AUTHN_TYPE);
+    if is_jwt {
+        return Err(FieldError::new(
+            "name",
+            format!(
+                "HTTP filter {JWT_AUTHN} (JWT authentication) is not supported from xDS; \
+                 give the RequestAuthentication in the Istio YAML files"
+            ),
+        ));
     }
     if f.disabled || f.is_optional || BENIGN_HTTP_FILTERS.contains(&f.name.as_str()) {
         return Ok(());

@@ -428,6 +428,8 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
         inbound,
         authorization,
         peer_authentication: Default::default(),
+        // The jwt_authn filter is refused (listener.rs), so nothing authenticates end users.
+        request_authentication: Default::default(),
         // istiod's REGISTRY_ONLY reaches HTTP as its `block_all` catch-all virtual host (a
         // direct 502), which the routes carry; not yet read from the listeners for TCP.
         outbound_traffic_policy: Default::default(),

@@ -114,6 +114,33 @@ fn unsupported_http_filter_is_rejected_with_its_path() {
 }
 
 #[test]
+fn a_jwt_authn_filter_is_refused_even_when_optional() {
+    for inbound in [false, true] {
+        let mut l = hcm_with_filters(&["envoy.filters.http.jwt_authn"]);
+        if inbound {
+            l.traffic_direction = 1;
+        }
+        let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+        else {
+            unreachable!()
+        };
+        let mut hcm: HttpConnectionManager = unpack(any, "").unwrap();
+        hcm.http_filters[0].is_optional = true;
+        l.filter_chains[0].filters[0].config_type =
+            Some(filter::ConfigType::TypedConfig(pack(&hcm)));
+        let e = err(ResourceType::Listener, pack(&l));
+        assert!(
+            e.ends_with(
+                "http_filters[0].name: HTTP filter envoy.filters.http.jwt_authn (JWT \
+                 authentication) is not supported from xDS; give the RequestAuthentication in \
+                 the Istio YAML files"
+            ),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn router_must_be_last_and_present() {
     let mut l = hcm_with_filters(&[]);
     let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type

@@ -96,6 +96,8 @@ pub fn build_with(
     let root = options.root_namespace.as_str();
     let authorization = security::authorization(&unique, workload, root, &mut findings);
     let peer_authentication = security::peer_authentication(&unique, workload, root, &mut findings);
+    let request_authentication =
+        security::request_authentication(&unique, workload, root, &mut findings);
     let config = MeshConfig {
         workload: workload.clone(),
         services: registry.services(),
@@ -104,6 +106,7 @@ pub fn build_with(
         inbound: sidecar.inbound,
         authorization,
         peer_authentication,
+        request_authentication,
         workload_services: registry.local.iter().cloned().collect(),
         workload_service_ports: registry.local_ports.clone(),
         path_normalization: options.path_normalization,

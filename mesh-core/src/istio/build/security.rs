@@ -6,8 +6,9 @@
 use super::{At, Findings};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
-    AuthorizationPolicy, AuthzAction, AuthzRule, ConditionMatch, MtlsMode, OperationMatch,
-    PeerAuthentication, SourceMatch, ValueMatch, Workload, selects,
+    AuthorizationPolicy, AuthzAction, AuthzRule, ClaimToHeader, ConditionMatch, Jwks, JwksSource,
+    JwtHeader, JwtRule, MtlsMode, OperationMatch, PeerAuthentication, RequestAuthentication,
+    SourceMatch, ValueMatch, Workload, claim_path, selects,
 };
 
 /// Whether a policy in `res`'s namespace with `selector` applies to `workload`: policies in the
@@ -118,14 +119,6 @@ fn convert(
                 ip_blocks: values(&s.ip_blocks, &s.not_ip_blocks),
                 remote_ip_blocks: values(&s.remote_ip_blocks, &s.not_remote_ip_blocks),
             };
-            if !s.request_principals.is_empty() || !s.not_request_principals.is_empty() {
-                at.error(
-                    &format!("{sfield}.requestPrincipals"),
-                    "requestPrincipals need JWT authentication (RequestAuthentication), which \
-                     this proxy does not support",
-                );
-                ok = false;
-            }
             if source == SourceMatch::default() {
                 at.error(&sfield, "a source needs at least one field");
                 ok = false;
@@ -161,12 +154,12 @@ fn convert(
         }
         let mut when = Vec::new();
         for (j, c) in rule.when.iter().enumerate() {
-            if c.key.starts_with("request.auth.") || c.key.starts_with("experimental.") {
+            if c.key.starts_with("experimental.") {
                 at.error(
                     &format!("{field}.when[{j}].key"),
                     format!(
-                        "condition key {:?} is not supported by this proxy (it needs JWT \
-                         authentication or a protocol filter)",
+                        "condition key {:?} is not supported by this proxy (it needs a \
+                         protocol filter)",
                         c.key
                     ),
                 );
@@ -232,7 +225,16 @@ fn condition_key(key: &str) -> Result<(), String> {
             .and_then(|rest| rest.strip_prefix('['))
             .is_some_and(|rest| rest.len() > 1 && rest.ends_with(']'))
     };
-    if KEYS.contains(&key) || bracketed("request.headers") || bracketed("request.auth.claims") {
+    if key.starts_with("request.auth.claims") {
+        return match claim_path(key) {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "{key:?} is not a claim: expected request.auth.claims[name] or, for a nested \
+                 claim, request.auth.claims[outer][inner]"
+            )),
+        };
+    }
+    if KEYS.contains(&key) || bracketed("request.headers") {
         Ok(())
     } else {
         Err(format!("unknown condition key {key:?}"))
@@ -334,4 +336,211 @@ fn mode(mtls: Option<&api::MutualTls>, field: &str, at: &mut At<'_>) -> Option<M
             return None;
         }
     })
+}
+
+/// The JWT rules of the RequestAuthentications that apply to `workload`, scoped as
+/// AuthorizationPolicies are (istiod's `GetJwtPoliciesForWorkload` and the authorization
+/// policies share `getConfigsForWorkload`: root namespace mesh-wide, then the workload's
+/// namespace, each narrowed by its selector), sorted by issuer as istiod's
+/// `NewPolicyApplier` sorts them.
+pub(super) fn request_authentication(
+    resources: &[&Resource],
+    workload: &Workload,
+    root: &str,
+    findings: &mut Findings,
+) -> RequestAuthentication {
+    let mut out = RequestAuthentication::default();
+    for res in resources {
+        let Spec::RequestAuthentication(ra) = &res.spec else {
+            continue;
+        };
+        let mut at = findings.at(res);
+        let mut rules = Vec::with_capacity(ra.jwt_rules.len());
+        let mut ok = true;
+        for (i, rule) in ra.jwt_rules.iter().enumerate() {
+            match jwt_rule(rule, &format!("spec.jwtRules[{i}]"), &mut at) {
+                Some(r) => rules.push(r),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            continue;
+        }
+        if ra.target_ref.is_some() || !ra.target_refs.is_empty() {
+            at.warn(
+                "spec.targetRef",
+                "targetRef policies apply to gateways and waypoints, not to this proxy; ignored",
+            );
+            continue;
+        }
+        if applies(res, ra.selector.as_ref(), workload, root) {
+            out.rules.extend(rules);
+            out.sources.push(format!("{}/{}", res.namespace, res.name));
+        }
+    }
+    // Stable: rules of one issuer keep their config order.
+    out.rules.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+    out
+}
+
+/// One `jwtRules[]` entry, checked; `None` after recording what is wrong.
+fn jwt_rule(rule: &api::JwtRule, field: &str, at: &mut At<'_>) -> Option<JwtRule> {
+    let mut ok = true;
+    let mut fail = |at: &mut At<'_>, name: &str, message: String| {
+        at.error(&format!("{field}.{name}"), message);
+        ok = false;
+    };
+    if rule.issuer.is_empty() {
+        fail(at, "issuer", "issuer is required".into());
+    }
+    for (i, aud) in rule.audiences.iter().enumerate() {
+        if aud.is_empty() {
+            fail(at, &format!("audiences[{i}]"), "empty audience".into());
+        }
+    }
+    let keys = match (&rule.jwks, &rule.jwks_uri) {
+        (Some(jwks), uri) => {
+            if uri.is_some() {
+                // istiod's JwtKeyResolver.BuildLocalJwks uses `jwks` when it is set.
+                at.warn(
+                    &format!("{field}.jwksUri"),
+                    "both jwks and jwksUri are set: jwks is used, as istiod does",
+                );
+            }
+            match Jwks::parse(jwks) {
+                Ok(keys) => Some(JwksSource::Inline(keys)),
+                Err(e) => {
+                    let name = if e.field.is_empty() {
+                        "jwks".to_owned()
+                    } else {
+                        format!("jwks.{}", e.field)
+                    };
+                    fail(at, &name, format!("invalid JWKS: {}", e.reason));
+                    None
+                }
+            }
+        }
+        (None, Some(uri)) => match check_jwks_uri(uri) {
+            Ok(()) => Some(JwksSource::Uri(uri.clone())),
+            Err(message) => {
+                fail(at, "jwksUri", message);
+                None
+            }
+        },
+        (None, None) => {
+            // istiod would discover the keys from `<issuer>/.well-known/openid-configuration`.
+            fail(
+                at,
+                "jwks",
+                "set jwks (or jwksUri): this proxy does not discover keys through the \
+                 issuer's OpenID configuration"
+                    .into(),
+            );
+            None
+        }
+    };
+    let mut from_headers = Vec::with_capacity(rule.from_headers.len());
+    for (i, h) in rule.from_headers.iter().enumerate() {
+        match header_name(&h.name) {
+            Ok(name) => from_headers.push(JwtHeader {
+                name,
+                prefix: h.prefix.clone(),
+            }),
+            Err(m) => fail(at, &format!("fromHeaders[{i}].name"), m),
+        }
+    }
+    for (name, list) in [
+        ("fromParams", &rule.from_params),
+        ("fromCookies", &rule.from_cookies),
+    ] {
+        for (i, v) in list.iter().enumerate() {
+            if v.is_empty() {
+                fail(at, &format!("{name}[{i}]"), "empty name".into());
+            }
+        }
+    }
+    let output_payload_to_header = match rule.output_payload_to_header.as_deref() {
+        None | Some("") => None,
+        Some(h) => match header_name(h) {
+            Ok(name) => Some(name),
+            Err(m) => {
+                fail(at, "outputPayloadToHeader", m);
+                None
+            }
+        },
+    };
+    let mut output_claim_to_headers = Vec::with_capacity(rule.output_claim_to_headers.len());
+    for (i, c) in rule.output_claim_to_headers.iter().enumerate() {
+        let header = match header_name(&c.header) {
+            Ok(h) => h,
+            Err(m) => {
+                fail(at, &format!("outputClaimToHeaders[{i}].header"), m);
+                continue;
+            }
+        };
+        if c.claim.is_empty() {
+            fail(
+                at,
+                &format!("outputClaimToHeaders[{i}].claim"),
+                "empty claim".into(),
+            );
+            continue;
+        }
+        output_claim_to_headers.push(ClaimToHeader {
+            header,
+            claim: c.claim.clone(),
+        });
+    }
+    let timeout = match rule.timeout.as_deref() {
+        None => None,
+        Some(t) => match crate::istio::parse_duration(t) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                fail(at, "timeout", "must be greater than zero".into());
+                None
+            }
+            Err(m) => {
+                fail(at, "timeout", m);
+                None
+            }
+        },
+    };
+    let keys = keys?;
+    ok.then(|| JwtRule {
+        issuer: rule.issuer.clone(),
+        audiences: rule.audiences.clone(),
+        keys,
+        from_headers,
+        from_params: rule.from_params.clone(),
+        from_cookies: rule.from_cookies.clone(),
+        output_payload_to_header,
+        forward_original_token: rule.forward_original_token,
+        output_claim_to_headers,
+        timeout,
+    })
+}
+
+/// An HTTP header name (RFC 9110 token characters), lowercased.
+fn header_name(name: &str) -> Result<String, String> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() {
+        Err("empty header name".into())
+    } else if !name.chars().all(token) {
+        Err(format!("{name:?} is not a valid header name"))
+    } else {
+        Ok(name.to_ascii_lowercase())
+    }
+}
+
+/// A `jwksUri` the proxy can fetch: `http://` or `https://` with a host.
+fn check_jwks_uri(uri: &str) -> Result<(), String> {
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"))
+        .ok_or_else(|| format!("{uri:?} is not an http:// or https:// URI"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{uri:?} has no valid host"));
+    }
+    Ok(())
 }
