@@ -654,6 +654,11 @@ fn overlay_files(
     config
         .peer_authentication
         .clone_from(&files.peer_authentication);
+    // A Sidecar in the files that refuses destinations outside the registry holds under the
+    // control plane too: the stricter of the two.
+    if files.outbound_traffic_policy == mesh_core::model::OutboundTrafficPolicy::RegistryOnly {
+        config.outbound_traffic_policy = files.outbound_traffic_policy;
+    }
     config
 }
 

@@ -57,6 +57,10 @@ pub struct XdsListener {
     /// (`use_original_dst`: Istio's `virtualOutbound` on 15001). Its own port serves no
     /// routes of its own.
     pub use_original_dst: bool,
+    /// For the `use_original_dst` listener: whether its catch-all chain sends opaque TCP to
+    /// `BlackHoleCluster` (istiod's `outboundTrafficPolicy: REGISTRY_ONLY`) rather than
+    /// `PassthroughCluster`.
+    pub blocks_unknown: bool,
     /// For an inbound listener: what its HTTP filter chains enforce.
     pub inbound_http: Option<InboundHttp>,
 }
@@ -138,6 +142,7 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
             port,
             any_address,
             use_original_dst,
+            blocks_unknown: false,
             inbound_http: None,
         });
     }
@@ -154,6 +159,7 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
             port,
             any_address,
             use_original_dst,
+            blocks_unknown: false,
             inbound_http: Some(inbound(l)?),
         });
     }
@@ -189,7 +195,41 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
         port,
         any_address,
         use_original_dst,
+        blocks_unknown: use_original_dst
+            && catch_all_tcp_cluster(l).as_deref() == Some("BlackHoleCluster"),
         inbound_http: None,
+    })
+}
+
+/// The cluster the listener's catch-all chain proxies opaque TCP to: its
+/// `default_filter_chain`, else a chain matching every connection (an empty
+/// `filter_chain_match`), as istiod writes `virtualOutbound`'s passthrough chain.
+fn catch_all_tcp_cluster(l: &Listener) -> Option<String> {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+        TcpProxy, tcp_proxy::ClusterSpecifier,
+    };
+    let chain = l.default_filter_chain.as_ref().or_else(|| {
+        l.filter_chains.iter().find(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .is_none_or(|m| *m == Default::default())
+        })
+    })?;
+    chain.filters.iter().find_map(|f| {
+        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return None;
+        };
+        if !any
+            .type_url
+            .ends_with("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")
+        {
+            return None;
+        }
+        let proxy: TcpProxy = unpack(any, "").ok()?;
+        match proxy.cluster_specifier? {
+            ClusterSpecifier::Cluster(name) => Some(name),
+            ClusterSpecifier::WeightedClusters(_) => None,
+        }
     })
 }
 

@@ -63,7 +63,8 @@ use crate::resource::ResourceType;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use mesh_core::model::{
     AuthorizationPolicy, Cluster, ConsistentHash, HashKey, Hostname, InboundListener, LbAlgorithm,
-    MeshConfig, Protocol, RouteTable, Service, ServiceLocation, ServicePort, VirtualHost, Workload,
+    MeshConfig, OutboundTrafficPolicy, Protocol, RouteTable, Service, ServiceLocation, ServicePort,
+    VirtualHost, Workload,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -430,9 +431,14 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
         peer_authentication: Default::default(),
         // The jwt_authn filter is refused (listener.rs), so nothing authenticates end users.
         request_authentication: Default::default(),
-        // istiod's REGISTRY_ONLY reaches HTTP as its `block_all` catch-all virtual host (a
-        // direct 502), which the routes carry; not yet read from the listeners for TCP.
-        outbound_traffic_policy: Default::default(),
+        // istiod's REGISTRY_ONLY: HTTP meets its `block_all` catch-all virtual host (a direct
+        // 502) in the routes; opaque TCP to a destination outside the registry goes where
+        // `virtualOutbound`'s catch-all chain sends it, `BlackHoleCluster`.
+        outbound_traffic_policy: if resources.listeners.values().any(|l| l.blocks_unknown) {
+            OutboundTrafficPolicy::RegistryOnly
+        } else {
+            OutboundTrafficPolicy::AllowAny
+        },
         // As istiod names them in its inbound clusters' metadata.
         workload_services: resources
             .clusters

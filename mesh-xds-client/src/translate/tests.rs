@@ -709,6 +709,7 @@ fn ring_hash_cluster_takes_its_key_from_the_route_hash_policy() {
         port: None,
         any_address: false,
         use_original_dst: false,
+        blocks_unknown: false,
         inbound_http: None,
     };
     let mut res = Resources::default();
@@ -1788,4 +1789,66 @@ fn cors_settings_the_mesh_cannot_honour_are_nacked_with_their_path() {
         err(ResourceType::RouteConfiguration, pack(&rc)),
         "RouteConfiguration r: virtual_hosts[0].cors.max_age: \"soon\" is not a number of seconds"
     );
+}
+
+/// istiod's `virtualOutbound` listener on 15001 whose catch-all chain proxies opaque TCP to
+/// `cluster` (`PassthroughCluster` under ALLOW_ANY, `BlackHoleCluster` under REGISTRY_ONLY).
+fn virtual_outbound(cluster: &str, as_default_chain: bool) -> Listener {
+    use envoy_types::pb::envoy::config::listener::v3::FilterChain;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+        TcpProxy, tcp_proxy::ClusterSpecifier,
+    };
+    let chain = FilterChain {
+        name: "PassthroughFilterChain".into(),
+        filters: vec![envoy_types::pb::envoy::config::listener::v3::Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack(&TcpProxy {
+                stat_prefix: cluster.into(),
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+                ..Default::default()
+            }))),
+        }],
+        ..Default::default()
+    };
+    let mut l = fixtures::listener(15001, "15001");
+    l.name = "virtualOutbound".into();
+    l.use_original_dst = Some(BoolValue { value: true });
+    if as_default_chain {
+        l.filter_chains.clear();
+        l.default_filter_chain = Some(chain);
+    } else {
+        // Older istiod: the catch-all is a chain with an empty match.
+        l.filter_chains = vec![chain];
+    }
+    l
+}
+
+#[test]
+fn istiod_s_registry_only_reaches_the_capture_through_the_virtual_outbound_catch_all() {
+    for (cluster, as_default_chain, expected) in [
+        ("PassthroughCluster", true, OutboundTrafficPolicy::AllowAny),
+        (
+            "BlackHoleCluster",
+            true,
+            OutboundTrafficPolicy::RegistryOnly,
+        ),
+        (
+            "BlackHoleCluster",
+            false,
+            OutboundTrafficPolicy::RegistryOnly,
+        ),
+        ("PassthroughCluster", false, OutboundTrafficPolicy::AllowAny),
+    ] {
+        let l = listener_of(&virtual_outbound(cluster, as_default_chain));
+        let cfg = assemble_listeners(&[l], &[]);
+        assert_eq!(
+            cfg.outbound_traffic_policy, expected,
+            "{cluster}, default chain {as_default_chain}"
+        );
+    }
+    // A listener that does not hand connections on says nothing of the policy.
+    let mut plain = virtual_outbound("BlackHoleCluster", true);
+    plain.use_original_dst = None;
+    let cfg = assemble_listeners(&[listener_of(&plain)], &[]);
+    assert_eq!(cfg.outbound_traffic_policy, OutboundTrafficPolicy::AllowAny);
 }
