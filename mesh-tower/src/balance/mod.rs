@@ -496,6 +496,8 @@ struct PickInput<'a> {
     /// consistent hash mixes it into the hash, to land elsewhere (Envoy's ring hash and
     /// Maglev take the attempt the same way).
     host_attempt: u32,
+    /// The endpoints earlier tries of the request went to, for a retry to avoid.
+    previous_hosts: Option<&'a Arc<[http::uri::Authority]>>,
     /// The hash key, when the cluster hashes and the request or connection has one.
     hash_key: Option<String>,
     /// Whether a missing session cookie may be set, and from which connection its value
@@ -528,6 +530,7 @@ impl<'a> PickInput<'a> {
                 .and_then(|c| c.attempt)
                 .is_some_and(|a| a.number > 1 && a.remote_localities),
             host_attempt: 0,
+            previous_hosts: context.and_then(|c| c.previous_hosts.as_ref()),
             hash_key,
             cookie: CookieSource::Request(req.extensions()),
         }
@@ -556,6 +559,7 @@ impl<'a> PickInput<'a> {
             workload,
             remote_retry: false,
             host_attempt: 0,
+            previous_hosts: None,
             hash_key,
             cookie: CookieSource::Never,
         }
@@ -1068,16 +1072,15 @@ where
             }
         };
         let resolved = state.resolve(cluster);
-        let mut pick = match self
-            .layer
-            .pick(&resolved, state, PickInput::of_request(&req, cluster))
-        {
+        let input = PickInput::of_request(&req, cluster);
+        let previous = input.previous_hosts.cloned();
+        let mut pick = match self.layer.pick(&resolved, state, input) {
             Ok(pick) => pick,
             Err(e) => return Either::Right(ready(Err(e.into()))),
         };
         // A retry avoids the endpoints of earlier tries: picked again, up to Envoy's host
         // selection attempts as istiod sets them, and the last pick stands.
-        if let Some(previous) = RequestContext::of(&req).and_then(|c| c.previous_hosts.clone()) {
+        if let Some(previous) = previous {
             for host_attempt in 1..HOST_SELECTION_ATTEMPTS {
                 let seen = resolved.authorities[pick.index]
                     .as_ref()
