@@ -67,6 +67,19 @@ pub(super) fn build(
         if !exported_to(&vs.export_to, &res.namespace, &workload.namespace, &mut at) {
             continue; // Not visible from the workload's namespace.
         }
+        // Only `http` rules are applied: opaque TCP and TLS passthrough connections go to the
+        // service's own endpoints, by its DestinationRule's load balancer.
+        for (kind, rules) in [("tcp", vs.tcp.len()), ("tls", vs.tls.len())] {
+            if rules > 0 {
+                at.warn(
+                    &format!("spec.{kind}"),
+                    format!(
+                        "{kind} routes are not applied by this proxy: {kind} connections to these \
+                         hosts go to the service's own endpoints; the {rules} rule(s) are ignored"
+                    ),
+                );
+            }
+        }
         let hosts: Vec<String> = vs
             .hosts
             .iter()
