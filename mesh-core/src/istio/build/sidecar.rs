@@ -135,8 +135,9 @@ fn listeners(res: &Resource, findings: &mut Findings) -> Vec<InboundListener> {
     out
 }
 
-/// Findings for the parts of a Sidecar this proxy does not apply: an error where ignoring
-/// them would weaken what Istio enforces, a warning where it only keeps more in view.
+/// Warnings for the parts of a Sidecar this proxy does not apply where leaving them out only
+/// keeps more in view (the ones that would weaken what Istio enforces are errors where they
+/// are read).
 fn unsupported(sidecar: &api::Sidecar, at: &mut At<'_>) {
     if !sidecar.egress.is_empty() {
         at.warn(
