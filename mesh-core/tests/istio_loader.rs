@@ -1481,7 +1481,57 @@ fn sidecar_settings_left_unapplied_are_reported() {
         .filter(|d| d.severity == Severity::Warning)
         .map(|d| d.field.clone())
         .collect();
-    assert_eq!(warnings, ["spec.egress", "spec.inboundConnectionPool"]);
+    assert_eq!(warnings, ["spec.inboundConnectionPool"]);
+}
+
+#[test]
+fn a_sidecar_s_egress_hosts_scope_the_services_the_workload_sees() {
+    // `reviews` (namespace default) from the registry, and `ledger` in namespace bank.
+    let ledger = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+        metadata: { name: ledger, namespace: bank }\nspec:\n  hosts: [ledger.bank.svc.cluster.local]\n  \
+        resolution: STATIC\n  ports: [{ number: 80, name: http, protocol: HTTP }]\n  \
+        endpoints: [{ address: 127.0.0.1 }]\n";
+    let with_egress = |hosts: &str| {
+        format!(
+            "{ledger}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{ name: default }}\n\
+             spec: {{ egress: [{{ hosts: {hosts} }}] }}\n"
+        )
+    };
+    let seen = |hosts: &str| {
+        let outcome = load(&with_egress(hosts));
+        assert_eq!(outcome.errors().count(), 0, "{:#?}", outcome.diagnostics);
+        let config = outcome.config.unwrap();
+        let services: Vec<String> = config.services.keys().cloned().collect();
+        // Clusters and virtual hosts follow the services.
+        for c in config.clusters.values() {
+            assert!(services.contains(&c.service.to_string()), "{}", c.name);
+        }
+        let routed = |host: &str| config.routes.find(host).is_some();
+        assert_eq!(
+            routed("reviews.default.svc.cluster.local"),
+            services.iter().any(|s| s.starts_with("reviews."))
+        );
+        assert_eq!(
+            routed("ledger.bank.svc.cluster.local"),
+            services.iter().any(|s| s.starts_with("ledger."))
+        );
+        services
+    };
+    let reviews = "reviews.default.svc.cluster.local";
+    let ledger_host = "ledger.bank.svc.cluster.local";
+    assert_eq!(seen("[\"./*\"]"), [reviews]);
+    assert_eq!(seen("[\"bank/*\"]"), [ledger_host]);
+    assert_eq!(seen("[\"*/*.bank.svc.cluster.local\"]"), [ledger_host]);
+    assert_eq!(seen("[\"*/*\"]"), [ledger_host, reviews]);
+    assert_eq!(seen("[\"~/*\"]"), Vec::<String>::new());
+    // Without egress listeners, everything.
+    let outcome = load(ledger);
+    assert_eq!(outcome.config.unwrap().services.len(), 2);
+    // Bad entries name their field.
+    let error = single_error(&with_egress("[\"reviews\"]"));
+    assert!(error.contains("spec.egress[0].hosts[0]"), "{error}");
+    let error = single_error(&with_egress("[\"./re*views\"]"));
+    assert!(error.contains("spec.egress[0].hosts[0]"), "{error}");
 }
 
 fn cors_of(outcome: BuildOutcome) -> mesh_core::model::CorsPolicy {

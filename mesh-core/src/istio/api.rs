@@ -671,7 +671,7 @@ pub struct Sidecar {
     #[serde(default)]
     pub ingress: Vec<IstioIngressListener>,
     #[serde(default)]
-    pub egress: Vec<serde_json::Value>,
+    pub egress: Vec<IstioEgressListener>,
     #[serde(default)]
     pub inbound_connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default)]
@@ -685,6 +685,19 @@ pub struct OutboundTrafficPolicy {
     pub mode: Option<String>,
     #[serde(default)]
     pub egress_proxy: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioEgressListener {
+    #[serde(default)]
+    pub port: Option<SidecarPort>,
+    #[serde(default)]
+    pub bind: Option<String>,
+    #[serde(default)]
+    pub capture_mode: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -15,7 +15,7 @@ mod sidecar;
 mod values;
 
 use super::{Diagnostic, Resource, Severity};
-use crate::model::{MeshConfig, PathNormalization, Workload};
+use crate::model::{MeshConfig, PathNormalization, RouteTable, Workload};
 use std::collections::BTreeMap;
 
 /// The settings of Istio's mesh-wide `MeshConfig` (the `mesh` key of the `istio` ConfigMap)
@@ -98,9 +98,32 @@ pub fn build_with(
     let peer_authentication = security::peer_authentication(&unique, workload, root, &mut findings);
     let request_authentication =
         security::request_authentication(&unique, workload, root, &mut findings);
+    let mut services = registry.services();
+    let (mut clusters, mut routes) = (clusters, routes);
+    if let Some(egress) = &sidecar.egress {
+        // The Sidecar's egress listeners scope what the workload sees: services they do not
+        // import are out of the registry, with their clusters and virtual hosts (a call to one
+        // then goes as to any unknown destination: through, or nowhere under REGISTRY_ONLY).
+        services.retain(|host, s| egress.imports(&s.namespace, host));
+        clusters.retain(|_, c| services.contains_key(c.service.as_str()));
+        let known = |host: &str| registry.get(host).is_some();
+        let kept = routes
+            .virtual_hosts()
+            .iter()
+            .filter(|vh| {
+                let host = vh
+                    .name
+                    .rsplit_once(':')
+                    .map_or(vh.name.as_str(), |(h, _)| h);
+                !known(host) || services.contains_key(host)
+            })
+            .cloned()
+            .collect();
+        routes = RouteTable::new(kept);
+    }
     let config = MeshConfig {
         workload: workload.clone(),
-        services: registry.services(),
+        services,
         clusters,
         routes,
         inbound: sidecar.inbound,

@@ -13,6 +13,31 @@ pub(super) struct SidecarSettings {
     pub(super) inbound: Vec<InboundListener>,
     /// Its `outboundTrafficPolicy.mode`.
     pub(super) outbound_traffic_policy: OutboundTrafficPolicy,
+    /// The services its `egress` listeners import; `None` without egress listeners (every
+    /// service is in view).
+    pub(super) egress: Option<Egress>,
+}
+
+/// The `namespace/host` patterns of a Sidecar's egress listeners: which services the workload
+/// sees (Istio's Sidecar scoping).
+#[derive(Debug, Default)]
+pub(super) struct Egress {
+    /// (namespace, host): namespace `None` for `*`; host `*`, `*.suffix` or exact.
+    hosts: Vec<(Option<String>, String)>,
+}
+
+impl Egress {
+    /// Whether the service `host` of `namespace` is imported.
+    pub(super) fn imports(&self, namespace: &str, host: &str) -> bool {
+        self.hosts.iter().any(|(ns, pattern)| {
+            ns.as_deref().is_none_or(|ns| ns == namespace)
+                && match pattern.strip_prefix('*') {
+                    Some("") => true,
+                    Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+                    None => host == pattern,
+                }
+        })
+    }
 }
 
 /// The settings of the Sidecar that applies to `workload` (the first one in its namespace
@@ -31,6 +56,7 @@ pub(super) fn settings(
         let settings = SidecarSettings {
             inbound: listeners(res, findings),
             outbound_traffic_policy: outbound_traffic_policy(sidecar, &mut findings.at(res)),
+            egress: egress(sidecar, &res.namespace, &mut findings.at(res)),
         };
         let applies = res.namespace == workload.namespace
             && sidecar
@@ -51,6 +77,57 @@ pub(super) fn settings(
         }
     }
     chosen.map(|(_, settings)| settings).unwrap_or_default()
+}
+
+/// The egress listeners' hosts, `namespace/dnsName` each (Istio's form): namespace `.` is the
+/// Sidecar's own, `*` any, `~` none; the name `*`, `*.suffix` or a full host name.
+fn egress(sidecar: &api::Sidecar, namespace: &str, at: &mut At<'_>) -> Option<Egress> {
+    if sidecar.egress.is_empty() {
+        return None;
+    }
+    let mut out = Egress::default();
+    for (i, listener) in sidecar.egress.iter().enumerate() {
+        let field = format!("spec.egress[{i}]");
+        if listener.port.is_some() || listener.bind.is_some() || listener.capture_mode.is_some() {
+            at.warn(
+                &field,
+                "port, bind and captureMode are not applied: the listener's hosts are imported \
+                 on every port",
+            );
+        }
+        if listener.hosts.is_empty() {
+            at.error(&format!("{field}.hosts"), "at least one host is required");
+        }
+        for (j, entry) in listener.hosts.iter().enumerate() {
+            let Some((ns, host)) = entry.split_once('/') else {
+                at.error(
+                    &format!("{field}.hosts[{j}]"),
+                    format!("{entry:?} is not namespace/dnsName (use ./{entry} for this namespace, */{entry} for any)"),
+                );
+                continue;
+            };
+            let ns = match ns {
+                "~" => continue, // Imports nothing.
+                "*" => None,
+                "." => Some(namespace.to_owned()),
+                "" => {
+                    at.error(&format!("{field}.hosts[{j}]"), "the namespace is empty");
+                    continue;
+                }
+                ns => Some(ns.to_owned()),
+            };
+            let host = host.to_ascii_lowercase();
+            if host.is_empty() || host.bytes().skip(1).any(|b| b == b'*') {
+                at.error(
+                    &format!("{field}.hosts[{j}]"),
+                    format!("{entry:?}: the name must be *, *.suffix or a host name"),
+                );
+                continue;
+            }
+            out.hosts.push((ns, host));
+        }
+    }
+    Some(out)
 }
 
 /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` (the default) or `REGISTRY_ONLY`.
@@ -139,12 +216,6 @@ fn listeners(res: &Resource, findings: &mut Findings) -> Vec<InboundListener> {
 /// keeps more in view (the ones that would weaken what Istio enforces are errors where they
 /// are read).
 fn unsupported(sidecar: &api::Sidecar, at: &mut At<'_>) {
-    if !sidecar.egress.is_empty() {
-        at.warn(
-            "spec.egress",
-            "egress listeners are not applied: every service in the config stays reachable",
-        );
-    }
     if sidecar.inbound_connection_pool.is_some() {
         at.warn(
             "spec.inboundConnectionPool",
