@@ -768,20 +768,8 @@ fn san_name(name: &str) -> Result<(), String> {
     if name.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());
     }
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(format!("{name:?} is neither a DNS name nor an IP address"))
-    }
+    values::hostname(name, false)
+        .map_err(|_| format!("{name:?} is neither a DNS name nor an IP address"))
 }
 
 fn client_tls(tls: &api::ClientTlsSettings, report: &mut Report<'_>) -> Option<ClientTls> {

@@ -177,7 +177,7 @@ fn service_entry(
         ok = false;
     }
     for (i, host) in se.hosts.iter().enumerate() {
-        if let Err(reason) = hostname(host, true) {
+        if let Err(reason) = values::hostname(host, true) {
             at.error(&format!("spec.hosts[{i}]"), reason);
             ok = false;
         }
@@ -339,7 +339,7 @@ fn instance(
         Some(a) => match a.parse::<IpAddr>() {
             Ok(ip) => Address::Ip(ip),
             Err(_) if resolution == Resolution::Dns => {
-                at.check(&address_field, hostname(a, false))?;
+                at.check(&address_field, values::hostname(a, false))?;
                 Address::Dns(a.to_ascii_lowercase())
             }
             Err(_) => {
@@ -371,23 +371,4 @@ fn instance(
         service_account: we.service_account.clone(),
         namespace: namespace.to_owned(),
     })
-}
-
-/// A DNS name (optionally with one leading `*.` wildcard label).
-fn hostname(host: &str, allow_wildcard: bool) -> Result<(), String> {
-    let name = match host.strip_prefix("*.") {
-        Some(rest) if allow_wildcard => rest,
-        _ if host == "*" && allow_wildcard => return Ok(()),
-        _ => host,
-    };
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if host.len() > 253 || !name.split('.').all(label_ok) {
-        return Err(format!("invalid host name {host:?}"));
-    }
-    Ok(())
 }

@@ -117,7 +117,7 @@ fn egress(sidecar: &api::Sidecar, namespace: &str, at: &mut At<'_>) -> Option<Eg
                 ns => Some(ns.to_owned()),
             };
             let host = host.to_ascii_lowercase();
-            if host.is_empty() || host.bytes().skip(1).any(|b| b == b'*') {
+            if values::hostname(&host, true).is_err() {
                 at.error(
                     &format!("{field}.hosts[{j}]"),
                     format!("{entry:?}: the name must be *, *.suffix or a host name"),

@@ -195,6 +195,25 @@ pub(super) fn base64(text: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// A DNS name (optionally with one leading `*.` wildcard label).
+pub(super) fn hostname(host: &str, allow_wildcard: bool) -> Result<(), String> {
+    let name = match host.strip_prefix("*.") {
+        Some(rest) if allow_wildcard => rest,
+        _ if host == "*" && allow_wildcard => return Ok(()),
+        _ => host,
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("invalid host name {host:?}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
