@@ -1534,6 +1534,93 @@ fn a_sidecar_s_egress_hosts_scope_the_services_the_workload_sees() {
     assert!(error.contains("spec.egress[0].hosts[0]"), "{error}");
 }
 
+#[test]
+fn an_egress_listener_bound_to_a_port_decides_what_is_seen_on_that_port() {
+    // `ledger` (namespace bank) serves HTTP on 80 and 8080; `reviews` (default) on 9080.
+    let ledger = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+        metadata: { name: ledger, namespace: bank }\nspec:\n  hosts: [ledger.bank.svc.cluster.local]\n  \
+        resolution: STATIC\n  ports: [{ number: 80, name: http, protocol: HTTP }, { number: 8080, name: http-alt, protocol: HTTP }]\n  \
+        endpoints: [{ address: 127.0.0.1 }]\n";
+    let with_egress = |listeners: &str| {
+        format!(
+            "{ledger}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{ name: default }}\n\
+             spec: {{ egress: {listeners} }}\n"
+        )
+    };
+    // (service, port) pairs seen, checked against the clusters and virtual hosts.
+    let seen = |listeners: &str| {
+        let outcome = load(&with_egress(listeners));
+        assert_eq!(outcome.errors().count(), 0, "{:#?}", outcome.diagnostics);
+        let config = outcome.config.unwrap();
+        let mut seen = Vec::new();
+        for (host, service) in &config.services {
+            for port in &service.ports {
+                seen.push(format!("{host}:{}", port.number));
+            }
+        }
+        let mut clusters: Vec<String> = config
+            .clusters
+            .values()
+            .filter(|c| c.subset.is_none())
+            .map(|c| format!("{}:{}", c.service, c.port))
+            .collect();
+        clusters.sort();
+        assert_eq!(clusters, seen, "clusters follow the ports");
+        for name in [
+            "ledger.bank.svc.cluster.local",
+            "reviews.default.svc.cluster.local",
+        ] {
+            for port in [80, 8080, 9080] {
+                let key = format!("{name}:{port}");
+                assert_eq!(
+                    config.routes.find(&key).is_some(),
+                    seen.contains(&key),
+                    "virtual host {key}"
+                );
+            }
+        }
+        seen
+    };
+    let ledger_80 = "ledger.bank.svc.cluster.local:80";
+    let ledger_8080 = "ledger.bank.svc.cluster.local:8080";
+    let reviews = "reviews.default.svc.cluster.local:9080";
+    // A listener on 8080 alone: only that port of what it imports.
+    assert_eq!(
+        seen("[{ port: { number: 8080, protocol: HTTP, name: http }, hosts: [\"*/*\"] }]"),
+        [ledger_8080]
+    );
+    // Port 80 is decided by its own listener (which imports only this namespace); every other
+    // port by the catch-all, which imports everything.
+    assert_eq!(
+        seen(
+            "[{ port: { number: 80, protocol: HTTP, name: http }, hosts: [\"./*\"] }, \
+               { hosts: [\"*/*\"] }]"
+        ),
+        [ledger_8080, reviews]
+    );
+    assert_eq!(
+        seen(
+            "[{ port: { number: 80, protocol: HTTP, name: http }, hosts: [\"bank/*\"] }, \
+               { hosts: [\"./*\"] }]"
+        ),
+        [ledger_80, reviews]
+    );
+    // Istio's validation: one listener per port, the port-less one last and alone.
+    let error = single_error(&with_egress(
+        "[{ port: { number: 80, protocol: HTTP, name: a }, hosts: [\"*/*\"] }, \
+          { port: { number: 80, protocol: HTTP, name: b }, hosts: [\"*/*\"] }]",
+    ));
+    assert!(error.contains("spec.egress[1].port.number"), "{error}");
+    let error = single_error(&with_egress(
+        "[{ hosts: [\"*/*\"] }, { port: { number: 80, protocol: HTTP, name: a }, hosts: [\"*/*\"] }]",
+    ));
+    assert!(error.contains("spec.egress[0].port"), "{error}");
+    let error = single_error(&with_egress(
+        "[{ port: { number: 0, protocol: HTTP, name: a }, hosts: [\"*/*\"] }]",
+    ));
+    assert!(error.contains("spec.egress[0].port.number"), "{error}");
+}
+
 fn cors_of(outcome: BuildOutcome) -> mesh_core::model::CorsPolicy {
     assert!(outcome.diagnostics.is_empty(), "{:#?}", outcome.diagnostics);
     let config = outcome.config.expect("valid");

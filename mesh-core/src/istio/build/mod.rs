@@ -17,6 +17,7 @@ mod values;
 use super::{Diagnostic, Resource, Severity};
 use crate::model::{MeshConfig, PathNormalization, RouteTable, Workload};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The settings of Istio's mesh-wide `MeshConfig` (the `mesh` key of the `istio` ConfigMap)
 /// that shape what the loader builds. [`Default`] is Istio's defaults.
@@ -101,21 +102,39 @@ pub fn build_with(
     let mut services = registry.services();
     let (mut clusters, mut routes) = (clusters, routes);
     if let Some(egress) = &sidecar.egress {
-        // The Sidecar's egress listeners scope what the workload sees: services they do not
-        // import are out of the registry, with their clusters and virtual hosts (a call to one
-        // then goes as to any unknown destination: through, or nowhere under REGISTRY_ONLY).
-        services.retain(|host, s| egress.imports(&s.namespace, host));
-        clusters.retain(|_, c| services.contains_key(c.service.as_str()));
+        // The Sidecar's egress listeners scope what the workload sees: the service ports they
+        // do not import are out of the registry, with their clusters and virtual hosts, and so
+        // is a service with none left (a call to one then goes as to any unknown destination:
+        // through, or nowhere under REGISTRY_ONLY).
+        services.retain(|host, s| {
+            if s.ports
+                .iter()
+                .all(|p| egress.imports(&s.namespace, host, p.number))
+            {
+                return true;
+            }
+            let service = Arc::make_mut(s);
+            service
+                .ports
+                .retain(|p| egress.imports(&service.namespace, host, p.number));
+            !service.ports.is_empty()
+        });
+        let seen = |host: &str, port: Option<u16>| {
+            services
+                .get(host)
+                .is_some_and(|s| port.is_none_or(|port| s.port(port).is_some()))
+        };
+        clusters.retain(|_, c| seen(c.service.as_str(), Some(c.port)));
         let known = |host: &str| registry.get(host).is_some();
         let kept = routes
             .virtual_hosts()
             .iter()
             .filter(|vh| {
-                let host = vh
-                    .name
-                    .rsplit_once(':')
-                    .map_or(vh.name.as_str(), |(h, _)| h);
-                !known(host) || services.contains_key(host)
+                let (host, port) = match vh.name.rsplit_once(':') {
+                    Some((host, port)) => (host, port.parse().ok()),
+                    None => (vh.name.as_str(), None),
+                };
+                !known(host) || seen(host, port)
             })
             .cloned()
             .collect();

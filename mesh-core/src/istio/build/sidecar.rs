@@ -18,18 +18,34 @@ pub(super) struct SidecarSettings {
     pub(super) egress: Option<Egress>,
 }
 
-/// The `namespace/host` patterns of a Sidecar's egress listeners: which services the workload
-/// sees (Istio's Sidecar scoping).
+/// A Sidecar's egress listeners: which services, on which ports, the workload sees (Istio's
+/// Sidecar scoping).
 #[derive(Debug, Default)]
 pub(super) struct Egress {
-    /// (namespace, host): namespace `None` for `*`; host `*`, `*.suffix` or exact.
-    hosts: Vec<(Option<String>, String)>,
+    /// The listeners bound to a port: each one alone decides what is seen on its port.
+    by_port: Vec<(u16, Hosts)>,
+    /// The listener without a port (at most one, the last): what is seen on every other port.
+    catch_all: Option<Hosts>,
 }
 
+/// One listener's `namespace/host` patterns: (namespace, host), namespace `None` for `*`;
+/// host `*`, `*.suffix` or exact.
+type Hosts = Vec<(Option<String>, String)>;
+
 impl Egress {
-    /// Whether the service `host` of `namespace` is imported.
-    pub(super) fn imports(&self, namespace: &str, host: &str) -> bool {
-        self.hosts.iter().any(|(ns, pattern)| {
+    /// Whether port `port` of the service `host` of `namespace` is imported: by the listener
+    /// bound to that port when there is one, else by the listener without a port, as istiod
+    /// builds each port's listener and routes from one egress listener
+    /// (`GetEgressListenerForRDS`).
+    pub(super) fn imports(&self, namespace: &str, host: &str, port: u16) -> bool {
+        let hosts = match self.by_port.iter().find(|(p, _)| *p == port) {
+            Some((_, hosts)) => hosts,
+            None => match &self.catch_all {
+                Some(hosts) => hosts,
+                None => return false,
+            },
+        };
+        hosts.iter().any(|(ns, pattern)| {
             ns.as_deref().is_none_or(|ns| ns == namespace)
                 && match pattern.strip_prefix('*') {
                     Some("") => true,
@@ -79,55 +95,90 @@ pub(super) fn settings(
     chosen.map(|(_, settings)| settings).unwrap_or_default()
 }
 
-/// The egress listeners' hosts, `namespace/dnsName` each (Istio's form): namespace `.` is the
-/// Sidecar's own, `*` any, `~` none; the name `*`, `*.suffix` or a full host name.
+/// The egress listeners, with Istio's validation: at most one listener without a port, and it
+/// comes last; one listener per port. Hosts are `namespace/dnsName` (Istio's form): namespace
+/// `.` is the Sidecar's own, `*` any, `~` none; the name `*`, `*.suffix` or a full host name.
 fn egress(sidecar: &api::Sidecar, namespace: &str, at: &mut At<'_>) -> Option<Egress> {
     if sidecar.egress.is_empty() {
         return None;
     }
     let mut out = Egress::default();
+    let last = sidecar.egress.len() - 1;
     for (i, listener) in sidecar.egress.iter().enumerate() {
         let field = format!("spec.egress[{i}]");
-        if listener.port.is_some() || listener.bind.is_some() || listener.capture_mode.is_some() {
+        if listener.bind.is_some() || listener.capture_mode.is_some() {
             at.warn(
                 &field,
-                "port, bind and captureMode are not applied: the listener's hosts are imported \
-                 on every port",
+                "bind and captureMode are not applied: outbound traffic is captured on every \
+                 address",
             );
         }
         if listener.hosts.is_empty() {
             at.error(&format!("{field}.hosts"), "at least one host is required");
         }
-        for (j, entry) in listener.hosts.iter().enumerate() {
-            let Some((ns, host)) = entry.split_once('/') else {
-                at.error(
-                    &format!("{field}.hosts[{j}]"),
-                    format!("{entry:?} is not namespace/dnsName (use ./{entry} for this namespace, */{entry} for any)"),
-                );
-                continue;
-            };
-            let ns = match ns {
-                "~" => continue, // Imports nothing.
-                "*" => None,
-                "." => Some(namespace.to_owned()),
-                "" => {
-                    at.error(&format!("{field}.hosts[{j}]"), "the namespace is empty");
+        let hosts = egress_hosts(&listener.hosts, namespace, &field, at);
+        match &listener.port {
+            Some(port) => {
+                let Some(number) =
+                    at.check(&format!("{field}.port.number"), values::port(port.number))
+                else {
+                    continue;
+                };
+                if out.by_port.iter().any(|(p, _)| *p == number) {
+                    at.error(
+                        &format!("{field}.port.number"),
+                        format!("another egress listener is bound to port {number}; ports must be unique"),
+                    );
                     continue;
                 }
-                ns => Some(ns.to_owned()),
-            };
-            let host = host.to_ascii_lowercase();
-            if values::hostname(&host, true).is_err() {
-                at.error(
-                    &format!("{field}.hosts[{j}]"),
-                    format!("{entry:?}: the name must be *, *.suffix or a host name"),
-                );
-                continue;
+                out.by_port.push((number, hosts));
             }
-            out.hosts.push((ns, host));
+            None if out.catch_all.is_some() => at.error(
+                &format!("{field}.port"),
+                "only one egress listener may leave out its port",
+            ),
+            None if i != last => at.error(
+                &format!("{field}.port"),
+                "the egress listener without a port must be the last one",
+            ),
+            None => out.catch_all = Some(hosts),
         }
     }
     Some(out)
+}
+
+/// One egress listener's `hosts`, checked; a bad entry is an error naming it and is left out.
+fn egress_hosts(entries: &[String], namespace: &str, field: &str, at: &mut At<'_>) -> Hosts {
+    let mut hosts = Hosts::new();
+    for (j, entry) in entries.iter().enumerate() {
+        let Some((ns, host)) = entry.split_once('/') else {
+            at.error(
+                &format!("{field}.hosts[{j}]"),
+                format!("{entry:?} is not namespace/dnsName (use ./{entry} for this namespace, */{entry} for any)"),
+            );
+            continue;
+        };
+        let ns = match ns {
+            "~" => continue, // Imports nothing.
+            "*" => None,
+            "." => Some(namespace.to_owned()),
+            "" => {
+                at.error(&format!("{field}.hosts[{j}]"), "the namespace is empty");
+                continue;
+            }
+            ns => Some(ns.to_owned()),
+        };
+        let host = host.to_ascii_lowercase();
+        if values::hostname(&host, true).is_err() {
+            at.error(
+                &format!("{field}.hosts[{j}]"),
+                format!("{entry:?}: the name must be *, *.suffix or a host name"),
+            );
+            continue;
+        }
+        hosts.push((ns, host));
+    }
+    hosts
 }
 
 /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` (the default) or `REGISTRY_ONLY`.
