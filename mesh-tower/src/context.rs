@@ -54,11 +54,13 @@ pub struct RequestContext {
     /// Where the client gives the request back when the upstream never saw it, from the
     /// retry layer (when that is all a retry needs).
     pub unsent: Option<Unsent>,
-    /// The endpoints earlier tries of this request went to, for a retry to avoid (Istio's
+    /// The endpoints earlier tries of this request went to (for a hedged try, those of the
+    /// tries still in flight too), for a retry or hedge to avoid (Istio's
     /// `retryIgnorePreviousHosts`), from the retry layer.
     pub previous_hosts: Option<Arc<[http::uri::Authority]>>,
     /// Where the balancer notes the endpoint it picked, when the retry layer cannot learn it
-    /// from the try's outcome (a try cut off by its per-try timeout).
+    /// from the try's outcome (a try cut off by its per-try timeout, a hedged try still in
+    /// flight).
     pub picked: Option<Arc<std::sync::OnceLock<http::uri::Authority>>>,
     /// Whether the request is gRPC (`content-type: application/grpc...`), from outbound
     /// telemetry's scan of the headers (`None` elsewhere); read through

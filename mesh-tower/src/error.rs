@@ -2,11 +2,13 @@
 //!
 //! Layers fail with a [`ProxyError`] (boxed as a [`BoxError`], as tower passes errors); the
 //! stack's edge calls [`to_response`], which maps it the way Envoy does and marks the
-//! response with Envoy's [`ResponseFlag`].
+//! response with Envoy's [`ResponseFlag`]. A layer above the one that failed can give the
+//! response headers of its own by wrapping the error in [`WithHeaders`] (the router does, with
+//! the CORS headers of an allowed origin, as Envoy's CORS filter encodes local replies too).
 
 use crate::body::{self, BoxBody, BoxError};
 use crate::flags::{ResponseFlag, ResponseFlags};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 /// Why the proxy could not serve a request from an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +116,76 @@ impl ProxyError {
     }
 }
 
+/// A failure on its way to the stack's edge with headers its response is to carry: the
+/// CORS headers the router decided for a request from an allowed origin. [`to_response`]
+/// answers as it would for the wrapped error, with these headers added (each replacing any of
+/// its name).
+///
+/// It is the wrapped error as far as `Display` and `source` go, so its text is the wrapped
+/// error's; look for the wrapped error with [`WithHeaders::get_ref`], not by downcasting.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue};
+/// use mesh_tower::error::{self, ProxyError, WithHeaders};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("access-control-allow-origin", HeaderValue::from_static("https://app.example"));
+/// let error = WithHeaders::new(ProxyError::Timeout { per_try: false }.into(), headers);
+/// let response = error::to_response(&error.into());
+/// assert_eq!(response.status(), 504);
+/// assert_eq!(response.headers()["access-control-allow-origin"], "https://app.example");
+/// ```
+#[derive(Debug)]
+pub struct WithHeaders {
+    error: BoxError,
+    headers: HeaderMap,
+}
+
+impl WithHeaders {
+    /// `error`, whose response is to carry `headers`.
+    pub fn new(error: BoxError, headers: HeaderMap) -> Self {
+        Self { error, headers }
+    }
+
+    /// The wrapped error.
+    pub fn get_ref(&self) -> &BoxError {
+        &self.error
+    }
+
+    /// The headers the response is to carry.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The wrapped error, without the headers.
+    pub fn into_inner(self) -> BoxError {
+        self.error
+    }
+}
+
+impl std::fmt::Display for WithHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for WithHeaders {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
 /// Turns any error from a stack into the response the client gets.
 ///
 /// [`ProxyError`]s map as Envoy maps them; any other error is an upstream failure (503 with
-/// `UC`). The body is Envoy-style plain text, e.g. `no healthy upstream`.
+/// `UC`). The body is Envoy-style plain text, e.g. `no healthy upstream`. A [`WithHeaders`]
+/// answers as the error it wraps, with its headers.
 pub fn to_response(error: &BoxError) -> Response<BoxBody> {
+    if let Some(with) = error.downcast_ref::<WithHeaders>() {
+        let mut response = to_response(&with.error);
+        response.headers_mut().extend(with.headers.clone());
+        return response;
+    }
     let (status, flag) = match error.downcast_ref::<ProxyError>() {
         Some(e) => e.status_and_flag(),
         None => (

@@ -1,7 +1,9 @@
 //! The outbound stack: route -> rate limit -> fault -> mirror -> timeout -> split -> retry ->
 //! breaker -> balance -> client, with errors turned into responses at the edge. The router
 //! applies the matched route's CORS policy ([`crate::cors`]) before the layers below, as
-//! istiod puts Envoy's CORS filter ahead of the fault filter.
+//! istiod puts Envoy's CORS filter ahead of the fault filter; an error of an allowed request
+//! comes up wrapped with the CORS headers ([`crate::error::WithHeaders`]), which its response
+//! at the edge carries.
 //!
 //! The split sits above the retry layer: as in Envoy, where the weighted cluster is chosen
 //! once with the route, a request's destination is drawn once and its header operations

@@ -14,6 +14,11 @@
 //!   replayed only if it ended within the limit before the retry (a gRPC unary call, a small
 //!   chunked upload); otherwise the request is sent once. A response is handed on only when
 //!   no retry will follow, so no retry happens after a body byte reached the caller.
+//! - A retry avoids the endpoints earlier tries went to (`retryIgnorePreviousHosts`, on by
+//!   default): the balancer picks again, up to 5 times, when it lands on one. A hedged try
+//!   avoids those of the tries before it too, including the ones still in flight (the
+//!   balancer notes each try's endpoint when it picks), as Envoy's hedge on a per-try timeout
+//!   goes through the same host selection predicates as a retry.
 //! - Each try carries `x-envoy-attempt-count`; the final response of a request whose retries
 //!   ran out is flagged `URX`.
 //! - A request without a body whose policy retries only tries the upstream never saw (a
@@ -635,7 +640,8 @@ fn endpoint_of(result: &Result<Response<BoxBody>, BoxError>) -> Option<http::uri
 
 /// Sends a try, and another each `delay` without an answer (up to `max_attempts`, each
 /// extra one paid from the budget); the first answer that needs no retry wins and the
-/// others are cancelled (dropped).
+/// others are cancelled (dropped). With `ignore_previous_hosts`, each try avoids the
+/// endpoints of the tries before it, whether still in flight or finished.
 async fn hedged(
     inner: Inner,
     mut template: Template,
@@ -648,9 +654,16 @@ async fn hedged(
     let mut started = 1;
     let mut budget_left = true;
     let most = hedge.max_attempts.max(policy.attempts + 1);
-    let Some(first) = template.attempt(started) else {
+    // The endpoints of the tries so far, in flight or finished, for each later one to avoid
+    // (`retryIgnorePreviousHosts`, as Envoy's hedged try goes through the same host
+    // selection predicates as a retry).
+    let mut hosts = policy.ignore_previous_hosts.then(TriedHosts::default);
+    let Some(mut first) = template.attempt(started) else {
         return Err(ProxyError::BadRequest("request body already sent".into()).into());
     };
+    if let Some(hosts) = &mut hosts {
+        hosts.mark(&mut first);
+    }
     in_flight.push(traced_try(
         inner.clone(),
         first,
@@ -675,9 +688,12 @@ async fn hedged(
                     if started >= most {
                         break;
                     }
-                    let Some(req) = template.attempt(started + 1) else { break };
+                    let Some(mut req) = template.attempt(started + 1) else { break };
                     if !layer.budget.try_retry() {
                         break;
+                    }
+                    if let Some(hosts) = &mut hosts {
+                        hosts.mark(&mut req);
                     }
                     started += 1;
                     in_flight.push(traced_try(inner.clone(), req, started, policy.per_try_timeout, &layer.rng));
@@ -685,7 +701,10 @@ async fn hedged(
             }
             () = tokio::time::sleep(hedge.delay), if may_hedge => {
                 match template.attempt(started + 1) {
-                    Some(req) if layer.budget.try_retry() => {
+                    Some(mut req) if layer.budget.try_retry() => {
+                        if let Some(hosts) = &mut hosts {
+                            hosts.mark(&mut req);
+                        }
                         started += 1;
                         in_flight.push(traced_try(inner.clone(), req, started, policy.per_try_timeout, &layer.rng));
                     }
@@ -698,6 +717,28 @@ async fn hedged(
     match last {
         Some(result) => exhausted(result),
         None => Err(ProxyError::NoHealthyUpstream("no hedged try finished".into()).into()),
+    }
+}
+
+/// Where the balancer notes the endpoint of each try of a hedged request: a try still in
+/// flight has no outcome to read it from, and one cut off by its per-try timer names none.
+#[derive(Default)]
+struct TriedHosts(Vec<Arc<std::sync::OnceLock<http::uri::Authority>>>);
+
+impl TriedHosts {
+    /// Gives `req` the endpoints of the tries before it to avoid, and a slot of its own.
+    fn mark(&mut self, req: &mut Request<BoxBody>) {
+        let mut tried: Vec<http::uri::Authority> = Vec::with_capacity(self.0.len());
+        for endpoint in self.0.iter().filter_map(|slot| slot.get()) {
+            if !tried.contains(endpoint) {
+                tried.push(endpoint.clone());
+            }
+        }
+        let slot = Arc::new(std::sync::OnceLock::new());
+        let context = RequestContext::of_mut(req);
+        context.previous_hosts = (!tried.is_empty()).then(|| Arc::from(tried));
+        context.picked = Some(slot.clone());
+        self.0.push(slot);
     }
 }
 

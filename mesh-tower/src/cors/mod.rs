@@ -16,14 +16,19 @@
 //! - Any other request from an allowed origin goes on, and its response gets
 //!   `access-control-allow-origin`, `-allow-credentials` and `-expose-headers` (replacing
 //!   the upstream's). One from an origin not allowed passes untouched.
+//! - The mesh's own answers to an allowed request get the same headers, as Envoy's local
+//!   replies pass through its CORS filter's `encodeHeaders` (so a page sees its 503 or 504
+//!   instead of the browser hiding it). A failure that travels up as an error (503 no healthy
+//!   upstream or overflow, 504 timeout, a refused connection) becomes its response only at
+//!   the stack's edge, above the router: the router (or [`Cors`]) wraps it in a
+//!   [`WithHeaders`] carrying the headers, and [`crate::error::to_response`] adds them.
 //!
 //! In the outbound stack the router applies the route's policy itself, right after choosing
 //! the route and before the route's rewrites, as istiod's filter chain puts the CORS filter
 //! first (`Cors, Fault, Router`): a preflight is answered before rate limits and faults, and
 //! the answers of the layers below (an injected abort, a rate limit's 429) get the headers.
-//! A route without a policy costs one branch. Unlike Envoy, a failure that travels up as an
-//! error (503 no healthy upstream, 504 timeout) becomes its response at the stack's edge,
-//! above the router, and so carries no CORS headers.
+//! A route without a policy costs one branch, and a request without an allowed origin
+//! nothing more; the headers of a failure are made only when it fails.
 //!
 //! [`CorsLayer`] applies one fixed policy around any service, for an embedding service:
 //!
@@ -59,6 +64,7 @@
 //! ```
 
 use crate::body::{self, BoxBody, BoxError};
+use crate::error::WithHeaders;
 use crate::future::{self, ResponseFuture};
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -173,6 +179,16 @@ pub fn annotate(policy: &CorsPolicy, origin: HeaderValue, headers: &mut HeaderMa
     }
 }
 
+/// Gives the failure of an allowed request the headers [`annotate`] gives its response,
+/// wrapped in a [`WithHeaders`] for [`crate::error::to_response`]: the mesh's own answers
+/// (503 no healthy upstream, 504 timeout, ...) carry them, as Envoy's local replies pass
+/// through its CORS filter.
+pub fn annotate_error(policy: &CorsPolicy, origin: HeaderValue, error: BoxError) -> BoxError {
+    let mut headers = HeaderMap::new();
+    annotate(policy, origin, &mut headers);
+    Box::new(WithHeaders::new(error, headers))
+}
+
 /// Applies one CORS policy to every request.
 #[derive(Clone, Debug)]
 pub struct CorsLayer {
@@ -227,9 +243,13 @@ where
                 let future = self.inner.call(req);
                 let policy = self.policy.clone();
                 future::acted(async move {
-                    let mut response = future.await?;
-                    annotate(&policy, origin, response.headers_mut());
-                    Ok(response)
+                    match future.await {
+                        Ok(mut response) => {
+                            annotate(&policy, origin, response.headers_mut());
+                            Ok(response)
+                        }
+                        Err(e) => Err(annotate_error(&policy, origin, e)),
+                    }
                 })
             }
         }

@@ -44,6 +44,15 @@ async fn upstream() -> (u16, Arc<AtomicUsize>) {
 /// Service `web` on `port`, its VirtualService's rules `http` (YAML, indented as under
 /// `http:`).
 async fn stack(port: u16, http: &str) -> Outbound {
+    stack_with(
+        &format!("[{{ address: 127.0.0.1, ports: {{ http: {port} }} }}]"),
+        http,
+    )
+    .await
+}
+
+/// Service `web` with `endpoints` (a YAML list), its VirtualService's rules `http`.
+async fn stack_with(endpoints: &str, http: &str) -> Outbound {
     let yaml = format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -53,7 +62,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{{ number: 80, name: http, protocol: HTTP }}]
-  endpoints: [{{ address: 127.0.0.1, ports: {{ http: {port} }} }}]
+  endpoints: {endpoints}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -305,4 +314,153 @@ async fn the_answers_of_the_layers_below_get_the_headers_too() {
     .await;
     assert_eq!(response.status(), 200);
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+/// An HTTP/1.1 upstream that never answers.
+async fn silent_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|_req: Request<Incoming>| {
+                std::future::pending::<Result<Response<BoxBody>, Infallible>>()
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// A port nothing listens on (one just freed).
+async fn refusing_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The response's `access-control-*` headers, sorted.
+fn cors_headers(map: &HeaderMap) -> Vec<(String, String)> {
+    headers(map)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("access-control-"))
+        .collect()
+}
+
+/// `POLICY` with `extra` (YAML lines indented as the rule's fields) added to its rule.
+fn policy_with(extra: &str) -> String {
+    POLICY.replace("    route:\n", &format!("{extra}    route:\n"))
+}
+
+#[tokio::test]
+async fn the_meshs_own_failures_get_the_headers_for_an_allowed_origin() {
+    let allowed = pairs(&[
+        ("access-control-allow-credentials", "true"),
+        ("access-control-allow-origin", "https://app.example"),
+        ("access-control-expose-headers", "x-upstream,x-trace"),
+    ]);
+    let credentials = "      allowCredentials: true\n";
+    let with_credentials = |extra: &str| {
+        policy_with(extra).replace(
+            "      maxAge: 10m\n",
+            &format!("      maxAge: 10m\n{credentials}"),
+        )
+    };
+    // No endpoint: 503 no healthy upstream. A refused connection, not retried: 503. A route
+    // timeout with an upstream that never answers: 504.
+    let refused = refusing_port().await;
+    let silent = silent_upstream().await;
+    let cases = [
+        ("[]".to_owned(), with_credentials(""), 503),
+        (
+            format!("[{{ address: 127.0.0.1, ports: {{ http: {refused} }} }}]"),
+            with_credentials("    retries: { attempts: 0 }\n"),
+            503,
+        ),
+        (
+            format!("[{{ address: 127.0.0.1, ports: {{ http: {silent} }} }}]"),
+            with_credentials("    timeout: 100ms\n"),
+            504,
+        ),
+    ];
+    for (endpoints, http, status) in cases {
+        let outbound = stack_with(&endpoints, &http).await;
+        let response = send(&outbound, "GET", "/", &[("origin", "https://app.example")]).await;
+        assert_eq!(response.status(), status, "{endpoints}");
+        assert_eq!(cors_headers(response.headers()), allowed, "{endpoints}");
+        // An origin not allowed, and no origin: no CORS headers.
+        for origin in [Some("https://evil.example"), None] {
+            let origin: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+            let response = send(&outbound, "GET", "/", &origin).await;
+            assert_eq!(response.status(), status, "{endpoints} {origin:?}");
+            assert_eq!(
+                cors_headers(response.headers()),
+                [],
+                "{endpoints} {origin:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_meshs_own_failures_on_a_route_without_cors_get_no_headers() {
+    let silent = silent_upstream().await;
+    let outbound = stack_with(
+        &format!("[{{ address: 127.0.0.1, ports: {{ http: {silent} }} }}]"),
+        "  - timeout: 100ms\n    route:\n    - destination: { host: web }\n",
+    )
+    .await;
+    let response = send(&outbound, "GET", "/", &[("origin", "https://app.example")]).await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(cors_headers(response.headers()), []);
+    let outbound = stack_with("[]", "  - route:\n    - destination: { host: web }\n").await;
+    let response = send(&outbound, "GET", "/", &[("origin", "https://app.example")]).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(cors_headers(response.headers()), []);
+}
+
+#[tokio::test]
+async fn the_fixed_layer_gives_a_failure_the_headers_too() {
+    use crate::body::BoxError;
+    use crate::cors::CorsLayer;
+    use crate::error::{self, ProxyError};
+    use mesh_core::model::{CorsPolicy, StringMatch};
+    use tower::Layer;
+    let policy = CorsPolicy {
+        allow_origins: vec![StringMatch::Exact("https://app.example".into())],
+        expose_headers: "x-trace".into(),
+        ..CorsPolicy::default()
+    };
+    let service = CorsLayer::new(policy).layer(tower::service_fn(|_req: Request<BoxBody>| {
+        std::future::ready(Err::<Response<BoxBody>, BoxError>(
+            ProxyError::NoHealthyUpstream("web".into()).into(),
+        ))
+    }));
+    for (origin, expected) in [
+        (
+            "https://app.example",
+            pairs(&[
+                ("access-control-allow-origin", "https://app.example"),
+                ("access-control-expose-headers", "x-trace"),
+            ]),
+        ),
+        ("https://evil.example", vec![]),
+    ] {
+        let req = Request::get("/")
+            .header("origin", origin)
+            .body(body::empty())
+            .unwrap();
+        let e = service.clone().oneshot(req).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no healthy upstream in web",
+            "the error's own text"
+        );
+        let response = error::to_response(&e);
+        assert_eq!(response.status(), 503);
+        assert_eq!(cors_headers(response.headers()), expected, "{origin}");
+    }
 }

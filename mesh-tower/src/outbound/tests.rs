@@ -224,3 +224,129 @@ fn each_request_kept_its_destination(
     }
     by_request
 }
+
+/// An HTTP/1.1 upstream that logs each try under its port and never answers.
+async fn silent_upstream(log: Log) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                log.lock().unwrap().push((port, seen(&req)));
+                std::future::pending::<Result<Response<BoxBody>, Infallible>>()
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// `hello` on three endpoints (`ports`), balanced at random, its one rule hedged by the
+/// VirtualService annotations `hedge`, retried by `retries` and timed out after 250 ms (when
+/// every try went to an endpoint that does not answer).
+fn hedged_config(ports: [u16; 3], hedge: &str, retries: &str) -> mesh_core::model::MeshConfig {
+    let [a, b, c] = ports;
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: hello }}
+spec:
+  hosts: [hello]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  endpoints:
+  - {{ address: 127.0.0.1, ports: {{ http: {a} }} }}
+  - {{ address: 127.0.0.1, ports: {{ http: {b} }} }}
+  - {{ address: 127.0.0.1, ports: {{ http: {c} }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: hello }}
+spec:
+  host: hello
+  trafficPolicy: {{ loadBalancer: {{ simple: RANDOM }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: hello
+  annotations: {{ {hedge} }}
+spec:
+  hosts: [hello]
+  http:
+  - retries: {retries}
+    timeout: 250ms
+    route:
+    - destination: {{ host: hello }}
+"
+    );
+    let loaded = mesh_core::istio::load(&[("hedged.yaml", &yaml)], &Workload::default());
+    assert!(loaded.diagnostics.is_empty(), "{:#?}", loaded.diagnostics);
+    loaded.config.expect("a valid config")
+}
+
+#[tokio::test]
+async fn a_hedged_try_avoids_the_endpoint_of_the_try_still_in_flight() {
+    // One endpoint of three never answers. A request whose first try lands there is hedged
+    // (after the hedge delay, the first try still running; or after its per-try timeout);
+    // the hedged try goes to a random endpoint, the silent one a third of the time, unless
+    // it avoids the previous hosts (five picks, so (1/3)^5).
+    let modes = [
+        ("hedging.mesh.io/delay: 50ms", ""),
+        ("hedging.mesh.io/delay: 10s", ", perTryTimeout: 50ms"),
+    ];
+    for (hedge, per_try) in modes {
+        for ignore in [true, false] {
+            let log: Log = Arc::default();
+            let silent = silent_upstream(log.clone()).await;
+            let a = upstream(log.clone(), |_| 200).await;
+            let b = upstream(log.clone(), |_| 200).await;
+            let retries = format!("{{ attempts: 1{per_try}, retryIgnorePreviousHosts: {ignore} }}");
+            let store = Arc::new(ConfigStore::new(hedged_config(
+                [silent, a, b],
+                hedge,
+                &retries,
+            )));
+            let outbound = Outbound::builder(store)
+                .rng(Rng::with_seed(5))
+                .retry_budget(no_budget())
+                .build();
+            let mut failed = 0;
+            for id in 0..90 {
+                let response = outbound.clone().oneshot(request(id)).await.unwrap();
+                failed += usize::from(response.status() != StatusCode::OK);
+            }
+            let log = log.lock().unwrap();
+            let at_silent = |first: bool| {
+                log.iter()
+                    .filter(|(port, seen)| *port == silent && (seen.attempt == 1) == first)
+                    .count()
+            };
+            let (first_tries, hedged_tries) = (at_silent(true), at_silent(false));
+            let mode = format!("{hedge}{per_try}, retryIgnorePreviousHosts: {ignore}");
+            assert!(
+                (15..=45).contains(&first_tries),
+                "{mode}: {first_tries} of 90 first tries to the silent endpoint"
+            );
+            if ignore {
+                assert!(
+                    hedged_tries <= 2,
+                    "{mode}: {hedged_tries} hedged tries to the silent endpoint"
+                );
+                assert_eq!(failed, 0, "{mode}");
+            } else {
+                assert!(
+                    hedged_tries >= 5,
+                    "{mode}: {hedged_tries} hedged tries to the silent endpoint"
+                );
+            }
+        }
+    }
+}

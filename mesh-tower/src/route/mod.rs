@@ -3,7 +3,8 @@
 //! route whose conditions match, then answers it (redirect, direct response) or hands it on
 //! with a [`Routed`] naming the route in its [`crate::context::RequestContext`], for the
 //! layers below. It applies the route's CORS policy itself ([`crate::cors`]): it answers an
-//! allowed preflight, and adds the CORS headers to the response of an allowed request.
+//! allowed preflight, and adds the CORS headers to the response of an allowed request (to a
+//! failure's too, wrapped in an [`crate::error::WithHeaders`] for the stack's edge).
 //!
 //! The snapshot is loaded once per request and travels with it in [`Routed`], so a config
 //! swap never changes the rules under an in-flight request.
@@ -210,7 +211,13 @@ where
                 if let Some(rewrite) = routed.forward().and_then(|f| f.rewrite.as_ref()) {
                     let matched = matched.and_then(|i| r.matches.get(i));
                     if let Err(e) = rewrite::apply(rewrite, matched, &mut req) {
-                        return future::acted(async move { Err(e.into()) });
+                        let e = match (cors_origin, r.cors.as_deref()) {
+                            (Some(origin), Some(policy)) => {
+                                cors::annotate_error(policy, origin, e.into())
+                            }
+                            _ => e.into(),
+                        };
+                        return future::acted(async move { Err(e) });
                     }
                 }
                 apply_header_ops(&r.request_headers, req.headers_mut());
@@ -231,7 +238,18 @@ where
             return future::passed(future);
         };
         future::acted(async move {
-            let mut response = future.await?;
+            let mut response = match future.await {
+                Ok(response) => response,
+                // The mesh's own answer (503, 504, ...), made at the stack's edge, gets the
+                // CORS headers too (see `crate::cors`).
+                Err(e) => {
+                    let policy = routed_for_response.route().cors.as_deref();
+                    return Err(match (cors_origin, policy) {
+                        (Some(origin), Some(policy)) => cors::annotate_error(policy, origin, e),
+                        _ => e,
+                    });
+                }
+            };
             let route = routed_for_response.route();
             apply_header_ops(&route.response_headers, response.headers_mut());
             // After the route's header changes, as Envoy's CORS filter encodes after the
