@@ -464,3 +464,51 @@ async fn the_fixed_layer_gives_a_failure_the_headers_too() {
         assert_eq!(cors_headers(response.headers()), expected, "{origin}");
     }
 }
+
+#[tokio::test]
+async fn the_meshs_own_failures_get_the_route_s_response_headers() {
+    // Envoy's router applies a route's response header changes to its local replies too.
+    let route = "  - headers:
+      response:
+        set: { x-route: web }
+        add: { x-added: \"yes\" }
+    route:
+    - destination: { host: web }
+";
+    let silent = silent_upstream().await;
+    let endpoints = format!("[{{ address: 127.0.0.1, ports: {{ http: {silent} }} }}]");
+    let timed_out = format!("  - timeout: 100ms\n    {}", &route[4..]);
+    for (endpoints, http, status) in [
+        (endpoints.as_str(), timed_out.as_str(), 504),
+        ("[]", route, 503),
+    ] {
+        let outbound = stack_with(endpoints, http).await;
+        let response = send(&outbound, "GET", "/", &[]).await;
+        assert_eq!(response.status(), status);
+        assert_eq!(response.headers()["x-route"], "web", "{status}");
+        assert_eq!(response.headers()["x-added"], "yes", "{status}");
+    }
+    // With a CORS policy too: both, for an allowed origin; the route's alone for another.
+    let with_cors = POLICY.replacen(
+        "    route:",
+        "    headers:\n      response:\n        set: { x-route: web }\n    route:",
+        1,
+    );
+    let outbound = stack_with("[]", &with_cors).await;
+    for (origin, allowed) in [
+        ("https://app.example", true),
+        ("https://evil.example", false),
+    ] {
+        let response = send(&outbound, "GET", "/", &[("origin", origin)]).await;
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["x-route"], "web", "{origin}");
+        assert_eq!(
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .is_some(),
+            allowed,
+            "{origin}"
+        );
+    }
+}

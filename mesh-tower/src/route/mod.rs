@@ -3,8 +3,10 @@
 //! route whose conditions match, then answers it (redirect, direct response) or hands it on
 //! with a [`Routed`] naming the route in its [`crate::context::RequestContext`], for the
 //! layers below. It applies the route's CORS policy itself ([`crate::cors`]): it answers an
-//! allowed preflight, and adds the CORS headers to the response of an allowed request (to a
-//! failure's too, wrapped in an [`crate::error::WithHeaders`] for the stack's edge).
+//! allowed preflight, and adds the CORS headers to the response of an allowed request. A
+//! failure below (503, 504, ...) comes up wrapped in a [`WithHeaders`] with the route's
+//! response header changes and the CORS headers, which the answer made at the stack's edge
+//! carries, as Envoy's router and CORS filter treat its local replies.
 //!
 //! The snapshot is loaded once per request and travels with it in [`Routed`], so a config
 //! swap never changes the rules under an in-flight request.
@@ -17,7 +19,7 @@ pub use rewrite::apply_header_ops;
 
 use crate::body::{self, BoxBody, BoxError};
 use crate::cors;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, WithHeaders};
 use crate::future::{self, ResponseFuture};
 use crate::server::ConnectionInfo;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -211,12 +213,7 @@ where
                 if let Some(rewrite) = routed.forward().and_then(|f| f.rewrite.as_ref()) {
                     let matched = matched.and_then(|i| r.matches.get(i));
                     if let Err(e) = rewrite::apply(rewrite, matched, &mut req) {
-                        let e = match (cors_origin, r.cors.as_deref()) {
-                            (Some(origin), Some(policy)) => {
-                                cors::annotate_error(policy, origin, e.into())
-                            }
-                            _ => e.into(),
-                        };
+                        let e = failure_with_route_headers(r, cors_origin, e.into());
                         return future::acted(async move { Err(e) });
                     }
                 }
@@ -241,13 +238,10 @@ where
             let mut response = match future.await {
                 Ok(response) => response,
                 // The mesh's own answer (503, 504, ...), made at the stack's edge, gets the
-                // CORS headers too (see `crate::cors`).
+                // route's response headers and the CORS headers too.
                 Err(e) => {
-                    let policy = routed_for_response.route().cors.as_deref();
-                    return Err(match (cors_origin, policy) {
-                        (Some(origin), Some(policy)) => cors::annotate_error(policy, origin, e),
-                        _ => e,
-                    });
+                    let route = routed_for_response.route();
+                    return Err(failure_with_route_headers(route, cors_origin, e));
                 }
             };
             let route = routed_for_response.route();
@@ -260,6 +254,26 @@ where
             Ok(response)
         })
     }
+}
+
+/// `error`, wrapped with the headers the mesh's own answer to it is to carry (see
+/// [`WithHeaders`]): the route's response header changes, as Envoy's router applies them to
+/// its local replies (`finalizeResponseHeaders`), then the CORS headers of an allowed
+/// `cors_origin`, as on a response. Unwrapped when there are none.
+fn failure_with_route_headers(
+    route: &Route,
+    cors_origin: Option<HeaderValue>,
+    error: BoxError,
+) -> BoxError {
+    let mut headers = http::HeaderMap::new();
+    apply_header_ops(&route.response_headers, &mut headers);
+    if let (Some(origin), Some(policy)) = (cors_origin, route.cors.as_deref()) {
+        cors::annotate(policy, origin, &mut headers);
+    }
+    if headers.is_empty() {
+        return error;
+    }
+    Box::new(WithHeaders::new(error, headers))
 }
 
 enum Selection {
