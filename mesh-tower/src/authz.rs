@@ -371,13 +371,9 @@ pub fn denied_response() -> Response<BoxBody> {
 }
 
 impl Shared {
-    /// Authenticates and authorizes `req` (in place: claims, verdict, the token header);
-    /// `Err` holds the response that refuses it.
-    fn decide<B>(
-        &self,
-        compiled: &Compiled,
-        req: &mut Request<B>,
-    ) -> Result<(), Response<BoxBody>> {
+    /// Authenticates and authorizes `req` (in place: claims, verdict, the token header): the
+    /// response that refuses it, `None` when it goes on.
+    fn decide<B>(&self, compiled: &Compiled, req: &mut Request<B>) -> Option<Response<BoxBody>> {
         match &compiled.authn {
             Ok(None) => {}
             Ok(Some(authn)) => match authn.authenticate(req, (self.clock)()) {
@@ -389,18 +385,18 @@ impl Shared {
                     self.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, path = %req.uri().path(), "JWT authentication failed");
                     let tls = req.extensions().get::<TlsInfo>().is_some();
-                    return Err(unauthenticated_response(&e, req, tls));
+                    return Some(unauthenticated_response(&e, req, tls));
                 }
             },
             Err(_) => {
                 self.stats.denied.fetch_add(1, Ordering::Relaxed);
-                return Err(denied_response());
+                return Some(denied_response());
             }
         }
         if compiled.engine.as_ref().is_ok_and(Engine::is_empty) {
             // No policy applies: allowed, and nothing to record (no verdict is inserted).
             self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return None;
         }
         let verdict = evaluate(compiled, req);
         let stats = &self.stats;
@@ -427,7 +423,7 @@ impl Shared {
             if let Some(v) = verdict {
                 req.extensions_mut().insert(v);
             }
-            Ok(())
+            None
         } else {
             stats.denied.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
@@ -439,7 +435,7 @@ impl Shared {
             if let Some(v) = verdict {
                 response.extensions_mut().insert(v);
             }
-            Err(response)
+            Some(response)
         }
     }
 }
@@ -473,20 +469,20 @@ where
             // The token's keys are being fetched for the first time: wait for them, with the
             // inner service taken as it was made ready.
             tracing::debug!(path = %req.uri().path(), "waiting for the first JWKS fetch");
-            let ready = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, ready);
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
             let shared = self.shared.clone();
             return future::acted(async move {
                 keys.await;
                 match shared.decide(&compiled, &mut req) {
-                    Ok(()) => inner.call(req).await,
-                    Err(response) => Ok(response),
+                    None => inner.call(req).await,
+                    Some(refused) => Ok(refused),
                 }
             });
         }
         match self.shared.decide(&compiled, &mut req) {
-            Ok(()) => future::passed(self.inner.call(req)),
-            Err(response) => future::acted(std::future::ready(Ok(response))),
+            None => future::passed(self.inner.call(req)),
+            Some(refused) => future::acted(std::future::ready(Ok(refused))),
         }
     }
 }
