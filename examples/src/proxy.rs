@@ -328,6 +328,8 @@ impl Proxy {
             .telemetry(telemetry)
             .build();
         let authz = AuthzLayer::new(store.clone());
+        // Policies compile now and at each reload: `jwksUri` keys are fetched before traffic.
+        authz.compile_ahead();
         let authz_stats = authz.stats();
         let inbound_telemetry = Telemetry::new(Reporter::Destination, options.workload.clone())
             .node_id(&node_id)

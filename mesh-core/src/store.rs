@@ -4,7 +4,9 @@
 //! [`publish`](ConfigStore::publish)es it; a source whose change fails validation
 //! [`reject`](ConfigStore::reject)s it instead, and the last good snapshot keeps serving.
 //! A request calls [`load`](ConfigStore::load) once and keeps that `Arc` for its whole life, so
-//! a swap never changes the config under an in-flight request.
+//! a swap never changes the config under an in-flight request. A task that prepares something
+//! for each snapshot as it is installed (a layer compiling its policies, fetching the keys they
+//! name) awaits [`changed`](ConfigStore::changed) instead of polling.
 //!
 //! ```
 //! use mesh_core::model::MeshConfig;
@@ -22,9 +24,12 @@
 
 use crate::model::MeshConfig;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use std::future::Future;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 /// A published snapshot and its version (1 for the first, one more for each publish).
 #[derive(Debug)]
@@ -64,6 +69,8 @@ pub struct ConfigStore {
     publishing: Mutex<()>,
     id: u64,
     last_rejection: ArcSwapOption<Rejection>,
+    /// Tasks waiting in [`ConfigStore::changed`], woken by the next publish.
+    waiters: Mutex<Vec<Waker>>,
 }
 
 /// The next store's [`ConfigStore::id`].
@@ -81,6 +88,7 @@ impl ConfigStore {
             publishing: Mutex::new(()),
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             last_rejection: ArcSwapOption::empty(),
+            waiters: Mutex::new(Vec::new()),
         }
     }
 
@@ -119,7 +127,29 @@ impl ConfigStore {
         let version = self.version.load(Ordering::Relaxed) + 1;
         self.current.store(Arc::new(Snapshot { version, config }));
         self.version.store(version, Ordering::Release);
+        // Taken after the version is stored: a waiter that checked the version before this
+        // lock registered its waker in time, one that checks after it sees the new version.
+        let waiters =
+            std::mem::take(&mut *self.waiters.lock().unwrap_or_else(PoisonError::into_inner));
+        waiters.into_iter().for_each(Waker::wake);
         version
+    }
+
+    /// Resolves, with the live version, once a snapshot newer than version `seen` is live (at
+    /// once if one already is). Not tied to an async runtime; cancel-safe (drop it at will).
+    ///
+    /// ```
+    /// # use mesh_core::{model::MeshConfig, store::ConfigStore};
+    /// # use std::{future::Future, pin::pin, task::{Context, Poll, Waker}};
+    /// let store = ConfigStore::new(MeshConfig::default());
+    /// let mut cx = Context::from_waker(Waker::noop());
+    /// let mut changed = pin!(store.changed(store.version()));
+    /// assert!(changed.as_mut().poll(&mut cx).is_pending());
+    /// store.publish(MeshConfig::default());
+    /// assert_eq!(changed.poll(&mut cx), Poll::Ready(2));
+    /// ```
+    pub fn changed(&self, seen: u64) -> Changed<'_> {
+        Changed { store: self, seen }
     }
 
     /// Records that `source` produced a change that failed validation. The live snapshot is
@@ -135,6 +165,38 @@ impl ConfigStore {
     /// The last rejected change, if any.
     pub fn last_rejection(&self) -> Option<Arc<Rejection>> {
         self.last_rejection.load_full()
+    }
+}
+
+/// The future of [`ConfigStore::changed`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct Changed<'a> {
+    store: &'a ConfigStore,
+    seen: u64,
+}
+
+impl Future for Changed<'_> {
+    type Output = u64;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u64> {
+        let newer = |v: u64| (v > self.seen).then_some(v);
+        if let Some(v) = newer(self.store.version()) {
+            return Poll::Ready(v);
+        }
+        let mut waiters = self
+            .store
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Checked again under the lock, which `publish` takes after storing the version.
+        if let Some(v) = newer(self.store.version()) {
+            return Poll::Ready(v);
+        }
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -158,6 +220,42 @@ mod tests {
         });
         assert_eq!(store.version(), 201);
         assert_eq!(store.load().version, 201);
+    }
+
+    #[test]
+    fn a_publish_wakes_the_tasks_waiting_for_a_change_once() {
+        use std::future::Future;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let store = ConfigStore::new(MeshConfig::default());
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut changed = std::pin::pin!(store.changed(1));
+        // Polled twice while waiting: one waker kept, one wake.
+        assert!(changed.as_mut().poll(&mut cx).is_pending());
+        assert!(changed.as_mut().poll(&mut cx).is_pending());
+        store.publish(MeshConfig::default());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(changed.as_mut().poll(&mut cx), Poll::Ready(2));
+        store.publish(MeshConfig::default());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "nobody was waiting any more"
+        );
+        // A version already seen as old resolves at once.
+        assert_eq!(
+            std::pin::pin!(store.changed(1)).poll(&mut cx),
+            Poll::Ready(3)
+        );
     }
 
     #[test]

@@ -32,9 +32,16 @@
 //! - The verified [`Claims`] go into the request's extensions, for authorization
 //!   (`requestPrincipals`, `request.auth.*`) and for the application behind.
 //!
-//! Keys from a `jwksUri` come from [`RemoteJwks`]: until the first fetch succeeds, tokens of
-//! that issuer are refused as Envoy refuses them when istiod could not fetch the keys and
-//! inlined its placeholder key (see [`Jwt::verify`]).
+//! Keys from a `jwksUri` come from [`RemoteJwks`], which starts fetching them when the
+//! Authenticator is compiled: the authorization layer compiles each snapshot when it is
+//! installed (at start and at each reload), so the keys are usually there before the first
+//! request, as they are when istiod inlines them. A request whose token needs keys whose first
+//! fetch is still under way waits for it ([`Authenticator::pending_keys`]; at most the rule's
+//! `timeout`, 5 s when unset), as Envoy's `jwt_authn` pauses a request while the `remote_jwks`
+//! fetch it needs is in flight. If that fetch fails or times out (and until one succeeds),
+//! tokens of that issuer are refused as Envoy refuses them when istiod could not fetch the keys
+//! and inlined its placeholder key (see [`Jwt::verify`]). Refreshes never make a request wait:
+//! the last good keys keep serving.
 //!
 //! ```
 //! use mesh_core::{istio, model::Workload};
@@ -67,7 +74,6 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use mesh_core::model::{JwksSource, RequestAuthentication};
@@ -76,7 +82,7 @@ use mesh_policy::jwt::{Claims, Jwt, JwtError, KeySet};
 use crate::body::{self, BoxBody};
 
 mod remote;
-pub use remote::{JWKS_REFRESH_INTERVAL, RemoteJwks};
+pub use remote::{JWKS_REFRESH_INTERVAL, RemoteJwks, RemoteKeys};
 
 /// Where a token was found, so that it can be removed.
 #[derive(Clone, Debug)]
@@ -103,7 +109,7 @@ struct Provider {
 #[derive(Debug)]
 enum Keys {
     Inline(Arc<KeySet>),
-    Remote(Arc<ArcSwapOption<KeySet>>),
+    Remote(RemoteKeys),
 }
 
 /// A snapshot's RequestAuthentication, ready to authenticate requests.
@@ -192,6 +198,38 @@ impl Authenticator {
         }))
     }
 
+    /// What `req` has to wait for before it is authenticated: the first fetch of the
+    /// `jwksUri` keys that a token of it needs (one at the rule's locations naming the rule's
+    /// issuer), while that fetch is under way; each wait ends when the fetch does, at most the
+    /// rule's `timeout` (5 s when unset) later. `None`, the common case, when nothing is
+    /// pending: that costs one atomic load per `jwksUri` rule, and nothing for inline keys.
+    ///
+    /// Envoy's `jwt_authn` pauses a request the same way while the `remote_jwks` fetch it
+    /// needs is in flight. Authenticate the request after the future resolves.
+    pub fn pending_keys<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Option<impl Future<Output = ()> + Send + 'static + use<B>> {
+        let mut pending = Vec::new();
+        for p in &self.providers {
+            if let Keys::Remote(keys) = &p.keys
+                && keys.is_first_fetch_pending()
+                && !is_cors_preflight(req)
+                && p.extract(req).iter().any(|(token, _)| {
+                    Jwt::parse(token).is_ok_and(|jwt| jwt.issuer() == Some(p.issuer.as_str()))
+                })
+            {
+                pending.push(keys.clone());
+            }
+        }
+        if pending.is_empty() {
+            return None;
+        }
+        Some(async move {
+            futures_util::future::join_all(pending.iter().map(RemoteKeys::first_fetch)).await;
+        })
+    }
+
     /// Authenticates `req` at `now` (seconds since the Unix epoch): `Ok(None)` when it carries
     /// no token, `Ok(Some(claims))` when a rule verified its tokens (the request is then
     /// rewritten: token header removed, output headers added), else why it is refused.
@@ -270,7 +308,7 @@ impl Provider {
     fn verify_all(&self, tokens: &[(String, Location)], now: u64) -> Result<Claims, JwtError> {
         let keys = match &self.keys {
             Keys::Inline(k) => Some(k.clone()),
-            Keys::Remote(k) => k.load_full(),
+            Keys::Remote(k) => k.get(),
         };
         let mut first = None;
         for (token, _) in tokens {

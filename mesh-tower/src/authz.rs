@@ -33,6 +33,21 @@
 //! and decide `requestPrincipals` and `request.auth.*`. Without a RequestAuthentication this
 //! costs one branch.
 //!
+//! Snapshots are compiled when they are installed, not at their first request: the first time
+//! the layer wraps a service inside a tokio runtime (or [`AuthzLayer::compile_ahead`] is
+//! called) it compiles the live snapshot and starts a task that compiles each one the store
+//! publishes after it ([`ConfigStore::changed`]; the task ends with the layer and its
+//! services). So the `jwksUri` keys a RequestAuthentication names are being fetched before
+//! traffic arrives, and a reload that keeps a URI keeps its keys without fetching them again.
+//! A request that arrives before its snapshot was compiled compiles it itself.
+//!
+//! A request whose token needs keys whose first fetch is still under way waits for that fetch
+//! (at most the rule's `timeout`, 5 s when unset; see [`Authenticator::pending_keys`]) before
+//! it is authenticated and authorized, as Envoy's `jwt_authn` pauses it; the inner service,
+//! taken as it was made ready, is called after the wait, so this layer needs `S: Clone`.
+//! Such a request, and a refused one, gets a boxed response future; an allowed one gets the
+//! inner service's own.
+//!
 //! If the snapshot's policies cannot be compiled (a policy this engine does not support that
 //! a source other than the Istio loader let through), every request is denied: failing open
 //! would silently drop a check the operator asked for.
@@ -40,6 +55,7 @@
 use crate::authn::{Authenticator, InvalidRule, RemoteJwks, unauthenticated_response};
 use crate::body::{self, BoxBody, BoxError};
 use crate::error::{self, ProxyError};
+use crate::future::{self, ResponseFuture};
 use crate::server::ConnectionInfo;
 use crate::tls::TlsInfo;
 use arc_swap::ArcSwapOption;
@@ -52,8 +68,8 @@ use mesh_policy::authz::{
     Attributes, Decision, Engine, InvalidPolicy, PathNormalization, Verdict, normalize_path_with,
 };
 use mesh_policy::jwt::Claims;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -123,6 +139,10 @@ struct Shared {
     remote_jwks: RemoteJwks,
     /// Seconds since the Unix epoch, for tokens' `exp` and `nbf`.
     clock: fn() -> u64,
+    /// Whether the task compiling each published snapshot was started.
+    compiling_ahead: AtomicBool,
+    /// Dropped with this: ends that task.
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 /// The system clock, in seconds since the Unix epoch (JWT times are wall-clock times).
@@ -157,6 +177,49 @@ impl Shared {
         self.compiled.store(Some(compiled.clone()));
         compiled
     }
+
+    /// Compiles the live snapshot now and, in a task, each snapshot published after it, so
+    /// that what a snapshot needs fetched (`jwksUri` keys) is fetched when it is installed.
+    /// Once per layer; outside a tokio runtime, nothing (snapshots then compile at their
+    /// first request).
+    fn compile_ahead(self: &Arc<Self>) {
+        if self.compiling_ahead.load(Ordering::Acquire)
+            || self.compiling_ahead.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.compiling_ahead.store(false, Ordering::Release);
+            return;
+        };
+        let seen = self.engine().version;
+        runtime.spawn(compile_each(
+            Arc::downgrade(self),
+            self.store.clone(),
+            self.alive.subscribe(),
+            seen,
+        ));
+    }
+}
+
+/// Compiles each snapshot `store` publishes after version `seen`, until the layer is gone.
+async fn compile_each(
+    shared: Weak<Shared>,
+    store: Arc<ConfigStore>,
+    mut alive: tokio::sync::watch::Receiver<()>,
+    mut seen: u64,
+) {
+    loop {
+        tokio::select! {
+            _ = store.changed(seen) => {}
+            // Nothing is ever sent: this is the layer's `Shared` being dropped.
+            _ = alive.changed() => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        seen = shared.engine().version;
+    }
 }
 
 /// Applies [`Authz`] to a service.
@@ -175,6 +238,8 @@ impl AuthzLayer {
                 stats: Arc::default(),
                 remote_jwks: RemoteJwks::default(),
                 clock: unix_now,
+                compiling_ahead: AtomicBool::new(false),
+                alive: tokio::sync::watch::Sender::new(()),
             }),
         }
     }
@@ -197,6 +262,14 @@ impl AuthzLayer {
         self
     }
 
+    /// Compiles the store's live snapshot now, and each one published after it as it is
+    /// published, so that the `jwksUri` keys a snapshot names are fetched when it is installed.
+    /// [`Layer::layer`] does it the first time it runs in a tokio runtime; call it to start
+    /// before any service is made. Outside a tokio runtime it does nothing.
+    pub fn compile_ahead(&self) {
+        self.shared.compile_ahead();
+    }
+
     /// The decision counters.
     pub fn stats(&self) -> Arc<AuthzStats> {
         self.shared.stats.clone()
@@ -206,7 +279,10 @@ impl AuthzLayer {
 impl<S> Layer<S> for AuthzLayer {
     type Service = Authz<S>;
 
+    /// Also, the first time inside a tokio runtime, compiles the live snapshot and starts
+    /// compiling each published one ([`AuthzLayer::compile_ahead`]).
     fn layer(&self, inner: S) -> Authz<S> {
+        self.shared.compile_ahead();
         Authz {
             inner,
             shared: self.shared.clone(),
@@ -294,64 +370,36 @@ pub fn denied_response() -> Response<BoxBody> {
     response
 }
 
-impl<S, B> Service<Request<B>> for Authz<S>
-where
-    S: Service<Request<B>, Response = Response<BoxBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<BoxBody>;
-    type Error = S::Error;
-    type Future = futures_util::future::Either<
-        std::future::Ready<Result<Response<BoxBody>, S::Error>>,
-        S::Future,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let compiled = self.shared.engine();
-        if let Err(e) = normalize(&mut req, compiled.path_normalization) {
-            tracing::debug!(error = %e, "request path cannot be normalized");
-            return futures_util::future::Either::Left(std::future::ready(Ok(error::to_response(
-                &e,
-            ))));
-        }
+impl Shared {
+    /// Authenticates and authorizes `req` (in place: claims, verdict, the token header): the
+    /// response that refuses it, `None` when it goes on.
+    fn decide<B>(&self, compiled: &Compiled, req: &mut Request<B>) -> Option<Response<BoxBody>> {
         match &compiled.authn {
             Ok(None) => {}
-            Ok(Some(authn)) => match authn.authenticate(&mut req, (self.shared.clock)()) {
+            Ok(Some(authn)) => match authn.authenticate(req, (self.clock)()) {
                 Ok(Some(claims)) => {
                     req.extensions_mut().insert(claims);
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.shared
-                        .stats
-                        .unauthenticated
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, path = %req.uri().path(), "JWT authentication failed");
                     let tls = req.extensions().get::<TlsInfo>().is_some();
-                    return futures_util::future::Either::Left(std::future::ready(Ok(
-                        unauthenticated_response(&e, &req, tls),
-                    )));
+                    return Some(unauthenticated_response(&e, req, tls));
                 }
             },
             Err(_) => {
-                self.shared.stats.denied.fetch_add(1, Ordering::Relaxed);
-                return futures_util::future::Either::Left(std::future::ready(Ok(
-                    denied_response(),
-                )));
+                self.stats.denied.fetch_add(1, Ordering::Relaxed);
+                return Some(denied_response());
             }
         }
         if compiled.engine.as_ref().is_ok_and(Engine::is_empty) {
             // No policy applies: allowed, and nothing to record (no verdict is inserted).
-            self.shared.stats.allowed.fetch_add(1, Ordering::Relaxed);
-            return futures_util::future::Either::Right(self.inner.call(req));
+            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        let verdict = evaluate(&compiled, &req);
-        let stats = &self.shared.stats;
+        let verdict = evaluate(compiled, req);
+        let stats = &self.stats;
         let allowed = verdict.as_ref().is_some_and(Verdict::is_allowed);
         if let Some(v) = &verdict {
             if let Some(audit) = &v.audit {
@@ -375,7 +423,7 @@ where
             if let Some(v) = verdict {
                 req.extensions_mut().insert(v);
             }
-            futures_util::future::Either::Right(self.inner.call(req))
+            None
         } else {
             stats.denied.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
@@ -387,7 +435,54 @@ where
             if let Some(v) = verdict {
                 response.extensions_mut().insert(v);
             }
-            futures_util::future::Either::Left(std::future::ready(Ok(response)))
+            Some(response)
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Authz<S>
+where
+    S: Service<Request<B>, Response = Response<BoxBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = S::Error;
+    /// The inner service's own future when the request is allowed at once; boxed when it is
+    /// refused or waits for JWT keys.
+    type Future = ResponseFuture<S::Future, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let compiled = self.shared.engine();
+        if let Err(e) = normalize(&mut req, compiled.path_normalization) {
+            tracing::debug!(error = %e, "request path cannot be normalized");
+            return future::acted(std::future::ready(Ok(error::to_response(&e))));
+        }
+        if let Ok(Some(authn)) = &compiled.authn
+            && let Some(keys) = authn.pending_keys(&req)
+        {
+            // The token's keys are being fetched for the first time: wait for them, with the
+            // inner service taken as it was made ready.
+            tracing::debug!(path = %req.uri().path(), "waiting for the first JWKS fetch");
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let shared = self.shared.clone();
+            return future::acted(async move {
+                keys.await;
+                match shared.decide(&compiled, &mut req) {
+                    None => inner.call(req).await,
+                    Some(refused) => Ok(refused),
+                }
+            });
+        }
+        match self.shared.decide(&compiled, &mut req) {
+            None => future::passed(self.inner.call(req)),
+            Some(refused) => future::acted(std::future::ready(Ok(refused))),
         }
     }
 }

@@ -55,7 +55,8 @@ pub struct JwtRule {
     pub forward_original_token: bool,
     /// Claims copied to request headers.
     pub output_claim_to_headers: Vec<ClaimToHeader>,
-    /// How long a fetch of `jwksUri` may take (Istio's default is 5 s).
+    /// How long a fetch of `jwksUri` may take (Istio's default is 5 s), and so how long a
+    /// request waits for the first one.
     pub timeout: Option<Duration>,
 }
 
@@ -89,7 +90,8 @@ pub struct ClaimToHeader {
 pub enum JwksSource {
     /// Keys given in the config (`jwks`).
     Inline(Jwks),
-    /// Keys fetched from this `http://` or `https://` URI by the proxy (`jwksUri`).
+    /// Keys fetched from this `http://` or `https://` URI by the proxy (`jwksUri`) when the
+    /// config is installed, and refreshed.
     Uri(String),
 }
 

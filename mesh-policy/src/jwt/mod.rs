@@ -297,9 +297,9 @@ impl<'t> Jwt<'t> {
     /// against `audiences` (empty: any), and its signature with `keys`. The caller has matched
     /// the issuer.
     ///
-    /// `keys` is `None` when the issuer's keys are not known (its `jwksUri` was never fetched):
-    /// the token then fails as it does in Istio, where istiod inlines a placeholder JWKS (one
-    /// RSA key with `kid: abc` that verifies nothing, `CreateFakeJwks` in istiod's
+    /// `keys` is `None` when the issuer's keys are not known (no fetch of its `jwksUri` has
+    /// succeeded): the token then fails as it does in Istio, where istiod inlines a placeholder
+    /// JWKS (one RSA key with `kid: abc` that verifies nothing, `CreateFakeJwks` in istiod's
     /// `jwks_resolver.go`): a token with another `kid` finds no key
     /// ([`JwtError::KidAlgMismatch`]), any other fails its signature check.
     pub fn verify(

@@ -7,13 +7,23 @@
 //! Without istiod, this proxy does the same itself: [`RemoteJwks::keys`] starts one task per
 //! URI (when called inside a tokio runtime) that fetches at once, then every
 //! [`JWKS_REFRESH_INTERVAL`] (after a failure, sooner: every 30 s until one succeeds), keeping
-//! the last good keys. The task ends when no compiled config uses the URI any more.
+//! the last good keys. The task ends when no compiled config uses the URI any more; while one
+//! does, compiling another config that names the URI shares its keys and fetches nothing.
+//!
+//! `keys` is called when a config is installed (the authorization layer compiles each snapshot
+//! as it is published), so the first fetch starts before traffic, as istiod's does. A request
+//! whose token needs keys whose first fetch is still under way waits for it
+//! ([`RemoteKeys::first_fetch`]), at most the rule's `timeout` (Istio's `jwtRules[].timeout`,
+//! 5 s when unset), as Envoy's `jwt_authn` pauses a request while the `remote_jwks` fetch it
+//! needs is in flight; then it is verified with whatever keys there are. Later refreshes never
+//! make a request wait: the last good keys keep serving.
 //!
 //! `http://` and `https://` are fetched with hyper over one connection per fetch; TLS
 //! verifies the server against the system's roots (the bundles Go reads, as istiod is a Go
 //! program), or the roots given with [`RemoteJwks::with_roots`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -32,7 +42,8 @@ pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(20 * 60);
 /// How soon a failed fetch is tried again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
-/// istiod's default timeout for a JWKS fetch (`jwtRules[].timeout` unset).
+/// istiod's default timeout for a JWKS fetch (`jwtRules[].timeout` unset); also how long a
+/// request waits for a first fetch.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest JWKS document read.
@@ -48,8 +59,51 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-/// One URI's current keys, shared by the compiled configs that use it and its fetch task.
-type Slot = ArcSwapOption<KeySet>;
+/// One URI's keys, shared by the compiled configs that use it, the requests waiting for its
+/// first fetch and (weakly) its fetch task.
+#[derive(Debug)]
+struct Slot {
+    keys: ArcSwapOption<KeySet>,
+    /// Whether the first fetch has ended (with keys or without); set after `keys`.
+    settled: AtomicBool,
+    /// Becomes `true` when the first fetch ends; closed when the fetch task is gone.
+    first_fetch: tokio::sync::watch::Receiver<bool>,
+    /// The bound of each fetch, and of a request's wait for the first one.
+    timeout: Duration,
+}
+
+/// The keys of one `jwksUri`, as [`RemoteJwks::keys`] gives them: a cheap, shared handle.
+#[derive(Clone, Debug)]
+pub struct RemoteKeys(Arc<Slot>);
+
+impl RemoteKeys {
+    /// The keys of the last fetch that succeeded; `None` until one has.
+    pub fn get(&self) -> Option<Arc<KeySet>> {
+        self.0.keys.load_full()
+    }
+
+    /// Whether the first fetch is still under way: one atomic load.
+    pub fn is_first_fetch_pending(&self) -> bool {
+        !self.0.settled.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the first fetch has ended, with keys or without (at once if it has), or
+    /// after the fetch's timeout, whichever comes first. Later refreshes are not waited for.
+    pub async fn first_fetch(&self) {
+        if !self.is_first_fetch_pending() {
+            return;
+        }
+        let mut first_fetch = self.0.first_fetch.clone();
+        // `Err`: the fetch task is gone (its runtime shut down): nothing to wait for.
+        let _ = tokio::time::timeout(self.0.timeout, first_fetch.wait_for(|done| *done)).await;
+    }
+
+    /// Whether `self` and `other` are the same URI's keys (one slot, one fetch task).
+    #[cfg(test)]
+    pub(super) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
 
 /// The keys of every `jwksUri` in use, with their fetch tasks. Cheap to clone (shared).
 #[derive(Clone, Debug, Default)]
@@ -93,31 +147,48 @@ impl RemoteJwks {
         self
     }
 
-    /// The keys of `uri` (empty until the first fetch succeeds); the first call for a URI
-    /// starts its fetch task, each fetch bounded by `timeout` (5 s when `None`).
-    pub fn keys(&self, uri: &str, timeout: Option<Duration>) -> Arc<Slot> {
+    /// The keys of `uri` (empty until the first fetch succeeds). The first call for a URI
+    /// (or the first since no handle of it was left) starts its fetch task at once, each fetch
+    /// bounded by `timeout` (5 s when `None`); while a handle is kept, later calls share its
+    /// keys and fetch nothing.
+    ///
+    /// Outside a tokio runtime nothing is fetched: the keys stay empty, no request waits for
+    /// them, and the URI is not remembered (a later call inside a runtime fetches it).
+    pub fn keys(&self, uri: &str, timeout: Option<Duration>) -> RemoteKeys {
+        let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(uri, "no tokio runtime: the JWKS is not fetched");
+            let (_, first_fetch) = tokio::sync::watch::channel(true);
+            return RemoteKeys(Arc::new(Slot {
+                keys: ArcSwapOption::empty(),
+                settled: AtomicBool::new(true),
+                first_fetch,
+                timeout,
+            }));
+        };
         let mut slots = self
             .slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(slot) = slots.get(uri).and_then(Weak::upgrade) {
-            return slot;
+            return RemoteKeys(slot);
         }
         slots.retain(|_, w| w.strong_count() > 0);
-        let slot = Arc::new(Slot::empty());
+        let (settled, first_fetch) = tokio::sync::watch::channel(false);
+        let slot = Arc::new(Slot {
+            keys: ArcSwapOption::empty(),
+            settled: AtomicBool::new(false),
+            first_fetch,
+            timeout,
+        });
         slots.insert(uri.to_owned(), Arc::downgrade(&slot));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(refresh(
-                    self.clone(),
-                    uri.to_owned(),
-                    timeout.unwrap_or(DEFAULT_TIMEOUT),
-                    Arc::downgrade(&slot),
-                ));
-            }
-            Err(_) => tracing::warn!(uri, "no tokio runtime: the JWKS is not fetched"),
-        }
-        slot
+        runtime.spawn(refresh(
+            self.clone(),
+            uri.to_owned(),
+            Arc::downgrade(&slot),
+            settled,
+        ));
+        RemoteKeys(slot)
     }
 
     fn roots(&self) -> Option<Arc<RootCertStore>> {
@@ -137,9 +208,19 @@ impl RemoteJwks {
     }
 }
 
-/// The fetch loop of one URI; ends when `slot` is no longer used.
-async fn refresh(remote: RemoteJwks, uri: String, timeout: Duration, slot: Weak<Slot>) {
+/// The fetch loop of one URI; ends when `slot` is no longer used. `settled` tells the requests
+/// waiting for the first fetch that it ended.
+async fn refresh(
+    remote: RemoteJwks,
+    uri: String,
+    slot: Weak<Slot>,
+    settled: tokio::sync::watch::Sender<bool>,
+) {
     let interval = remote.refresh.unwrap_or(JWKS_REFRESH_INTERVAL);
+    let Some(timeout) = slot.upgrade().map(|s| s.timeout) else {
+        return;
+    };
+    let mut settled = Some(settled);
     loop {
         let result = match tokio::time::timeout(timeout, fetch(&remote, &uri)).await {
             Ok(r) => r,
@@ -151,19 +232,24 @@ async fn refresh(remote: RemoteJwks, uri: String, timeout: Duration, slot: Weak<
         let wait = match result {
             Ok(keys) => {
                 tracing::debug!(uri, keys = keys.len(), "JWKS fetched");
-                current.store(Some(Arc::new(keys)));
+                current.keys.store(Some(Arc::new(keys)));
                 interval
             }
             Err(e) => {
                 // The last good keys stay (istiod keeps its cached keys the same way).
                 tracing::warn!(uri, error = %e, "JWKS fetch failed");
-                if current.load().is_some() {
+                if current.keys.load().is_some() {
                     interval
                 } else {
                     RETRY_INTERVAL.min(interval)
                 }
             }
         };
+        if let Some(settled) = settled.take() {
+            // After the keys: a request that sees the first fetch ended sees its keys.
+            current.settled.store(true, Ordering::Release);
+            settled.send_replace(true);
+        }
         drop(current);
         tokio::time::sleep(wait).await;
         if slot.strong_count() == 0 {

@@ -385,68 +385,200 @@ async fn jwks_uri_keys_are_fetched_refreshed_and_kept_on_failure() {
     let remote = RemoteJwks::default().refresh_interval(std::time::Duration::from_millis(20));
     // Before any fetch: the slot is empty and tokens of the issuer fail as Envoy's would.
     let slot = remote.keys(&uri, None);
+    assert!(slot.is_first_fetch_pending());
     let token = issuer.token(json!({"sub": "alice"}));
     let jwt = Jwt::parse(&token).unwrap();
     assert_eq!(
         jwt.clone()
-            .verify(&[], slot.load_full().as_deref(), now())
+            .verify(&[], slot.get().as_deref(), now())
             .unwrap_err(),
         JwtError::KidAlgMismatch
     );
+    slot.first_fetch().await;
     served.recv().await.unwrap();
-    while slot.load().is_none() {
-        tokio::task::yield_now().await;
-    }
+    assert!(!slot.is_first_fetch_pending());
     assert!(
         jwt.clone()
-            .verify(&[], slot.load_full().as_deref(), now())
+            .verify(&[], slot.get().as_deref(), now())
             .is_ok()
     );
     // The server fails from now on: refreshes fail and the last good keys stay.
     failing.store(true, std::sync::atomic::Ordering::SeqCst);
     served.recv().await.unwrap();
     served.recv().await.unwrap();
-    assert!(jwt.verify(&[], slot.load_full().as_deref(), now()).is_ok());
+    assert!(jwt.verify(&[], slot.get().as_deref(), now()).is_ok());
     // The same URI shares one slot (and one task).
-    assert!(Arc::ptr_eq(&slot, &remote.keys(&uri, None)));
+    assert!(slot.same(&remote.keys(&uri, None)));
 }
 
-#[tokio::test]
-async fn a_jwks_uri_rule_refuses_tokens_until_its_keys_arrive() {
-    let issuer = TestIssuer::new(ISS, "ES256");
-    let (uri, _, mut served) = jwks_server(issuer.jwks()).await;
-    let yaml = format!(
-        "apiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {{ name: jwt }}\nspec:\n  jwtRules: [{{ issuer: \"{ISS}\", jwksUri: \"{uri}\" }}]\n"
-    );
-    let store = Arc::new(ConfigStore::new(config(&yaml)));
+/// A JWKS server on 127.0.0.1 that answers only once `open` holds `true` (never, if it never
+/// does); each fetch is signalled on the returned channel when it arrives.
+async fn gated_jwks_server(
+    jwks: String,
+) -> (
+    String,
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (jwks, gate, tx) = (jwks.clone(), gate.clone(), tx.clone());
+            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let (jwks, mut gate) = (jwks.clone(), gate.clone());
+                let _ = tx.send(());
+                async move {
+                    let _ = gate.wait_for(|open| *open).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(body::full(jwks)))
+                }
+            });
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/jwks.json"), open, rx)
+}
+
+/// A RequestAuthentication whose rules take their keys from `jwksUri`s: `(issuer, uri)`.
+fn jwks_uri_rules(rules: &[(&str, &str)]) -> MeshConfig {
+    let rules: Vec<String> = rules
+        .iter()
+        .map(|(issuer, uri)| format!("{{ issuer: \"{issuer}\", jwksUri: \"{uri}\" }}"))
+        .collect();
+    config(&format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{ name: jwt }}\nspec:\n  jwtRules: [{}]\n",
+        rules.join(", ")
+    ))
+}
+
+/// The proxy in front of the header echo app, fetching `jwksUri` keys with `remote`.
+async fn proxy_with(store: &Arc<ConfigStore>, remote: &RemoteJwks) -> Svc {
     let app = header_echo_app().await;
-    let remote = RemoteJwks::default();
-    let svc = AuthzLayer::new(store.clone())
+    AuthzLayer::new(store.clone())
         .remote_jwks(remote.clone())
         .layer(crate::inbound::Inbound::new(
             store.clone(),
             Some(app),
             crate::client::UpstreamClient::new(),
-        ));
+        ))
+}
+
+/// The next fetch `served` signals, failing the test when none comes within 5 s.
+async fn next_fetch(served: &mut tokio::sync::mpsc::UnboundedReceiver<()>, what: &str) {
+    tokio::time::timeout(std::time::Duration::from_secs(5), served.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no JWKS fetch"))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_valid_token_in_the_first_request_waits_for_the_first_jwks_fetch() {
+    let issuer = TestIssuer::new(ISS, "ES256");
+    let (uri, open, mut served) = gated_jwks_server(issuer.jwks()).await;
+    let store = Arc::new(ConfigStore::new(jwks_uri_rules(&[(ISS, &uri)])));
+    let svc = proxy_with(&store, &RemoteJwks::default()).await;
     let token = issuer.token(json!({"sub": "alice"}));
-    let first = call(&svc, "/", &[("authorization", &bearer(&token))]).await;
-    assert_eq!(first.status, 401);
-    // As against istiod's placeholder key: no key for the token's kid.
-    assert_eq!(
-        first.body,
-        "Jwks doesn't have key to match kid or alg from Jwt"
+    let first =
+        tokio::spawn(async move { call(&svc, "/", &[("authorization", &bearer(&token))]).await });
+    // The fetch reached the JWKS server, which holds its answer: the request waits for it.
+    next_fetch(&mut served, "start-up").await;
+    tokio::task::yield_now().await;
+    assert!(!first.is_finished(), "the request waits for the keys");
+    open.send_replace(true);
+    let first = first.await.unwrap();
+    assert_eq!((first.status, first.body.lines().next()), (200, Some("/")));
+    assert!(!first.body.contains("authorization:"), "{}", first.body);
+    assert!(served.try_recv().is_err(), "one fetch only");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_jwks_server_that_never_answers_holds_requests_for_the_fetch_timeout_only() {
+    let inline = TestIssuer::new("https://inline.example", "EdDSA");
+    let remote = TestIssuer::new(ISS, "ES256");
+    let (uri, _never, _served) = gated_jwks_server(remote.jwks()).await;
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{ name: jwt }}\nspec:\n  jwtRules:\n  - {{ issuer: \"{}\", jwks: '{}' }}\n  - {{ issuer: \"{ISS}\", jwksUri: \"{uri}\" }}\n",
+        inline.issuer,
+        inline.jwks(),
     );
-    served.recv().await.unwrap();
-    let slot = remote.keys(&uri, None);
-    while slot.load().is_none() {
-        tokio::task::yield_now().await;
+    let store = Arc::new(ConfigStore::new(config(&yaml)));
+    // An app in memory: with paused time, no I/O but the fetch's.
+    let app = tower::service_fn(|_req: Request<http_body_util::Empty<bytes::Bytes>>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(body::full("app")))
+    });
+    let svc = AuthzLayer::new(store).layer(app);
+    let call = |token: Option<String>| {
+        let svc = svc.clone();
+        async move {
+            let mut req = Request::get("/x").header("host", "web");
+            if let Some(token) = token {
+                req = req.header("authorization", bearer(&token));
+            }
+            let start = tokio::time::Instant::now();
+            let resp = svc
+                .oneshot(req.body(http_body_util::Empty::new()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                String::from_utf8(body.to_vec()).unwrap(),
+                start.elapsed(),
+            )
+        }
+    };
+    let zero = std::time::Duration::ZERO;
+    // Neither a request without a token nor one whose token needs no fetched key waits.
+    assert_eq!(call(None).await, (200, "app".into(), zero));
+    let token = inline.token(json!({"sub": "alice"}));
+    assert_eq!(call(Some(token)).await, (200, "app".into(), zero));
+    // A token of the jwksUri issuer waits for the fetch, which times out after 5 s: refused
+    // as against istiod's placeholder key.
+    let token = remote.token(json!({"sub": "alice"}));
+    let (status, body, waited) = call(Some(token.clone())).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (401, "Jwks doesn't have key to match kid or alg from Jwt")
+    );
+    assert!(
+        (std::time::Duration::from_secs(5)..std::time::Duration::from_secs(6)).contains(&waited),
+        "{waited:?}"
+    );
+    // The first fetch is over: its retries never hold a request.
+    let (status, _, waited) = call(Some(token)).await;
+    assert_eq!((status, waited), (401, zero));
+}
+
+#[tokio::test]
+async fn jwks_uri_keys_are_fetched_when_the_config_is_installed_and_kept_across_reloads() {
+    let first = TestIssuer::new(ISS, "ES256");
+    let second = TestIssuer::new("https://second.example", "RS256");
+    let (uri1, _, mut served1) = jwks_server(first.jwks()).await;
+    let (uri2, _, mut served2) = jwks_server(second.jwks()).await;
+    let store = Arc::new(ConfigStore::new(jwks_uri_rules(&[(ISS, &uri1)])));
+    let remote = RemoteJwks::default();
+    // Start-up: the keys are fetched before any request.
+    let svc = proxy_with(&store, &remote).await;
+    next_fetch(&mut served1, "start-up").await;
+    // A reload that adds a jwksUri fetches it at once, and not the one already known.
+    store.publish(jwks_uri_rules(&[(ISS, &uri1), (&second.issuer, &uri2)]));
+    next_fetch(&mut served2, "reload").await;
+    for issuer in [&first, &second] {
+        let token = issuer.token(json!({"sub": "alice"}));
+        let answer = call(&svc, "/", &[("authorization", &bearer(&token))]).await;
+        assert_eq!(answer.status, 200, "{}: {}", issuer.issuer, answer.body);
     }
-    assert_eq!(
-        call(&svc, "/", &[("authorization", &bearer(&token))])
-            .await
-            .status,
-        200
-    );
+    assert!(served1.try_recv().is_err(), "one fetch of the first URI");
+    assert!(served2.try_recv().is_err(), "one fetch of the second URI");
 }
 
 /// `https://`: the server's certificate is checked against the given roots.
@@ -503,13 +635,11 @@ async fn jwks_uri_keys_are_fetched_over_https_from_a_trusted_server_only() {
     let trusted = RemoteJwks::default().with_roots(Arc::new(roots));
     let slot = trusted.keys(&uri, None);
     let token = issuer.token(json!({"sub": "alice"}));
-    while slot.load().is_none() {
-        tokio::task::yield_now().await;
-    }
+    slot.first_fetch().await;
     assert!(
         Jwt::parse(&token)
             .unwrap()
-            .verify(&[], slot.load_full().as_deref(), now())
+            .verify(&[], slot.get().as_deref(), now())
             .is_ok()
     );
     // Other roots: the fetch fails at the handshake and the keys stay unknown.

@@ -305,6 +305,8 @@ impl MeshBuilder {
             .telemetry
             .then(|| telemetry(Reporter::Destination, rng));
         let authz = AuthzLayer::new(store.clone());
+        // The `jwksUri` keys of the config are fetched now, not at the first request.
+        authz.compile_ahead();
         let drain = Arc::new(DrainState::default());
         let (shutdown, _) = watch::channel(false);
         Ok(Mesh {
