@@ -2,7 +2,7 @@
 //! way Envoy's `envoy.filters.http.jwt_authn` filter enforces what istiod generates for it.
 //!
 //! [`Authenticator`] is compiled from a snapshot's
-//! [`RequestAuthentication`](mesh_core::model::RequestAuthentication) and run by the
+//! [`mesh_core::model::RequestAuthentication`] and run by the
 //! authorization layer ([`crate::authz::Authz`]) right before it decides, as Envoy runs
 //! `jwt_authn` right before `rbac`: both read the same snapshot, so a workload that no
 //! RequestAuthentication selects pays one branch per request and nothing else.
