@@ -39,7 +39,9 @@
 //! publishes after it ([`ConfigStore::changed`]; the task ends with the layer and its
 //! services). So the `jwksUri` keys a RequestAuthentication names are being fetched before
 //! traffic arrives, and a reload that keeps a URI keeps its keys without fetching them again.
-//! A request that arrives before its snapshot was compiled compiles it itself.
+//! A request that arrives before its snapshot was compiled compiles it itself. A snapshot
+//! whose AuthorizationPolicies (or RequestAuthentications) equal the last one's, as after most
+//! xDS pushes (endpoints), keeps their compiled forms instead of compiling them again.
 //!
 //! A request whose token needs keys whose first fetch is still under way waits for that fetch
 //! (at most the rule's `timeout`, 5 s when unset; see [`Authenticator::pending_keys`]) before
@@ -62,7 +64,7 @@ use arc_swap::ArcSwapOption;
 use http::header::{CONTENT_TYPE, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use mesh_core::store::ConfigStore;
+use mesh_core::store::{ConfigStore, Snapshot};
 use mesh_policy::PeerIdentity;
 use mesh_policy::authz::{
     Attributes, Decision, Engine, InvalidPolicy, PathNormalization, Verdict, normalize_path_with,
@@ -124,9 +126,12 @@ impl AuthzStats {
 #[derive(Debug)]
 struct Compiled {
     version: u64,
-    engine: Result<Engine, InvalidPolicy>,
+    /// The snapshot compiled (the live one, shared with the store until the next publish),
+    /// to tell whether the next one changes what is compiled.
+    snapshot: Arc<Snapshot>,
+    engine: Arc<Result<Engine, InvalidPolicy>>,
     /// The RequestAuthentication; `Ok(None)` when none applies.
-    authn: Result<Option<Authenticator>, InvalidRule>,
+    authn: Arc<Result<Option<Authenticator>, InvalidRule>>,
     path_normalization: PathNormalization,
 }
 
@@ -160,19 +165,38 @@ impl Shared {
         {
             return c;
         }
-        let engine = Engine::new(&snapshot.authorization);
-        if let Err(e) = &engine {
-            tracing::error!(error = %e, "authorization policies cannot be enforced; denying all requests");
-        }
-        let authn = Authenticator::new(&snapshot.request_authentication, &self.remote_jwks);
-        if let Err(e) = &authn {
-            tracing::error!(error = %e, "request authentication cannot be enforced; denying all requests");
-        }
+        // A publish that leaves the policies as they were (most xDS pushes: endpoints) keeps
+        // their compiled forms.
+        let previous = self.compiled.load_full();
+        let previous = previous.as_deref();
+        let engine = match previous {
+            Some(p) if p.snapshot.authorization == snapshot.authorization => p.engine.clone(),
+            _ => {
+                let engine = Engine::new(&snapshot.authorization);
+                if let Err(e) = &engine {
+                    tracing::error!(error = %e, "authorization policies cannot be enforced; denying all requests");
+                }
+                Arc::new(engine)
+            }
+        };
+        let authn = match previous {
+            Some(p) if p.snapshot.request_authentication == snapshot.request_authentication => {
+                p.authn.clone()
+            }
+            _ => {
+                let authn = Authenticator::new(&snapshot.request_authentication, &self.remote_jwks);
+                if let Err(e) = &authn {
+                    tracing::error!(error = %e, "request authentication cannot be enforced; denying all requests");
+                }
+                Arc::new(authn)
+            }
+        };
         let compiled = Arc::new(Compiled {
             version: snapshot.version,
+            path_normalization: snapshot.path_normalization,
+            snapshot,
             engine,
             authn,
-            path_normalization: snapshot.path_normalization,
         });
         self.compiled.store(Some(compiled.clone()));
         compiled
@@ -327,8 +351,8 @@ fn attributes<'a, B>(req: &'a Request<B>, jwt: bool) -> Attributes<'a> {
 
 /// Evaluates `req` against `compiled`; an uncompilable snapshot denies.
 fn evaluate<B>(compiled: &Compiled, req: &Request<B>) -> Option<Verdict> {
-    compiled.engine.as_ref().ok().map(|e| {
-        let jwt = matches!(compiled.authn, Ok(Some(_)));
+    (*compiled.engine).as_ref().ok().map(|e| {
+        let jwt = matches!(*compiled.authn, Ok(Some(_)));
         e.evaluate(&attributes(req, jwt))
     })
 }
@@ -374,7 +398,7 @@ impl Shared {
     /// Authenticates and authorizes `req` (in place: claims, verdict, the token header): the
     /// response that refuses it, `None` when it goes on.
     fn decide<B>(&self, compiled: &Compiled, req: &mut Request<B>) -> Option<Response<BoxBody>> {
-        match &compiled.authn {
+        match &*compiled.authn {
             Ok(None) => {}
             Ok(Some(authn)) => match authn.authenticate(req, (self.clock)()) {
                 Ok(Some(claims)) => {
@@ -393,7 +417,7 @@ impl Shared {
                 return Some(denied_response());
             }
         }
-        if compiled.engine.as_ref().is_ok_and(Engine::is_empty) {
+        if (*compiled.engine).as_ref().is_ok_and(Engine::is_empty) {
             // No policy applies: allowed, and nothing to record (no verdict is inserted).
             self.stats.allowed.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -463,7 +487,7 @@ where
             tracing::debug!(error = %e, "request path cannot be normalized");
             return future::acted(std::future::ready(Ok(error::to_response(&e))));
         }
-        if let Ok(Some(authn)) = &compiled.authn
+        if let Ok(Some(authn)) = &*compiled.authn
             && let Some(keys) = authn.pending_keys(&req)
         {
             // The token's keys are being fetched for the first time: wait for them, with the
@@ -548,6 +572,29 @@ mod tests {
     async fn text(r: Response<BoxBody>) -> String {
         let bytes = r.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_publish_that_keeps_the_policies_keeps_their_compiled_forms() {
+        let store = Arc::new(ConfigStore::new(frontend_only(AuthzAction::Allow)));
+        let layer = AuthzLayer::new(store.clone());
+        let first = layer.shared.engine();
+        // Another snapshot with the same policies (as an xDS endpoint push makes).
+        let mut endpoints_only = frontend_only(AuthzAction::Allow);
+        endpoints_only.workload_services = vec!["web.default.svc.cluster.local".into()];
+        store.publish(endpoints_only);
+        let second = layer.shared.engine();
+        assert_ne!(first.version, second.version);
+        assert!(
+            Arc::ptr_eq(&first.engine, &second.engine),
+            "engine recompiled"
+        );
+        assert!(Arc::ptr_eq(&first.authn, &second.authn), "authn recompiled");
+        // Other policies: compiled anew.
+        store.publish(frontend_only(AuthzAction::Deny));
+        let third = layer.shared.engine();
+        assert!(!Arc::ptr_eq(&second.engine, &third.engine));
+        assert!(Arc::ptr_eq(&second.authn, &third.authn));
     }
 
     #[tokio::test]
