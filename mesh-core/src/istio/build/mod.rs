@@ -12,6 +12,7 @@ mod registry;
 mod routes;
 mod security;
 mod sidecar;
+mod tcp_routes;
 mod values;
 
 use super::{Diagnostic, Resource, Severity};
@@ -91,7 +92,8 @@ pub fn build_with(
     let registry = registry::Registry::build(&unique, workload, &mut findings);
     let rules = policy::DestinationRules::build(&unique, &registry, workload, &mut findings);
     let clusters = policy::clusters(&registry, &rules);
-    let routes = routes::build(&unique, &registry, &rules, workload, &mut findings);
+    let (routes, mut tcp_routes) =
+        routes::build(&unique, &registry, &rules, workload, &mut findings);
     let sidecar = sidecar::settings(&unique, workload, &mut findings);
     let root = options.root_namespace.as_str();
     let authorization = security::authorization(&unique, workload, root, &mut findings);
@@ -106,6 +108,7 @@ pub fn build_with(
         // then goes as to any unknown destination: through, or nowhere under REGISTRY_ONLY).
         services.retain(|host, s| egress.imports(&s.namespace, host));
         clusters.retain(|_, c| services.contains_key(c.service.as_str()));
+        tcp_routes.retain(|own, _| clusters.contains_key(own));
         let known = |host: &str| registry.get(host).is_some();
         let kept = routes
             .virtual_hosts()
@@ -126,6 +129,7 @@ pub fn build_with(
         services,
         clusters,
         routes,
+        tcp_routes,
         inbound: sidecar.inbound,
         authorization,
         peer_authentication,
