@@ -145,17 +145,14 @@ impl TcpForward {
         let cluster = snapshot
             .cluster(&self.cluster)
             .ok_or(ResponseFlag::NoHealthyUpstream)?;
-        let port = cluster.port;
-        let address = snapshot
-            .service(&self.service)
-            .and_then(|s| s.addresses.first())
-            .map_or(IpAddr::from([0, 0, 0, 0]), |net| net.addr());
-        let routed = routed(
-            &snapshot,
-            cluster,
-            SocketAddr::new(address, port),
-            self.balancer.rng(),
-        )?;
+        let dst = || {
+            let address = snapshot
+                .service(&self.service)
+                .and_then(|s| s.addresses.first())
+                .map_or(IpAddr::from([0, 0, 0, 0]), |net| net.addr());
+            SocketAddr::new(address, cluster.port)
+        };
+        let routed = routed(&snapshot, cluster, dst, self.balancer.rng())?;
         let cluster = &routed;
         let pick = self
             .balancer
@@ -265,16 +262,21 @@ impl TcpTarget {
     }
 }
 
-/// Where a connection to `dst` for the service port whose own cluster is `own` goes: the
-/// cluster its first matching `tcp` rule draws by weight from `rng`, else `own`; `NC` when
-/// the drawn cluster is not in the snapshot.
+/// Where a connection to `dst` (called only when the port has rules) for the service port
+/// whose own cluster is `own` goes: the cluster its first matching `tcp` rule draws by weight
+/// from `rng`, else `own`; `NC` when the drawn cluster is not in the snapshot. Without rules,
+/// one map lookup.
 fn routed(
     config: &mesh_core::model::MeshConfig,
     own: &Arc<Cluster>,
-    dst: SocketAddr,
+    dst: impl FnOnce() -> SocketAddr,
     rng: &Rng,
 ) -> Result<Arc<Cluster>, ResponseFlag> {
-    let Some(route) = config.tcp_route(&own.name, dst) else {
+    let Some(routes) = config.tcp_routes.get(&own.name) else {
+        return Ok(own.clone());
+    };
+    let dst = dst();
+    let Some(route) = routes.iter().find(|r| r.matches(dst, &config.workload)) else {
         return Ok(own.clone());
     };
     let drawn = route.pick(rng.below(route.total_weight()));
@@ -527,7 +529,7 @@ impl TcpOutbound {
             ));
         }
         // A virtual address: the cluster the port's `tcp` rule draws, else the service's own.
-        let cluster = match routed(&snapshot, &cluster, dst, self.balancer.rng()) {
+        let cluster = match routed(&snapshot, &cluster, || dst, self.balancer.rng()) {
             Ok(cluster) => cluster,
             Err(flag) => return Err((cluster, flag)),
         };
