@@ -96,6 +96,104 @@ spec:
     proxy.shutdown().await;
 }
 
+/// A TCP server on 127.0.0.1 greeting each connection with `name`, then echoing.
+async fn greeting_echo(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                if w.write_all(name.as_bytes()).await.is_ok() {
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_service_tcp_route_shifts_a_tcp_port_to_another_service() {
+    // `ledger` and its canary `ledger-next`, each one endpoint; the VirtualService sends all of
+    // `ledger`'s TCP traffic to the canary.
+    let (ledger, next) = (greeting_echo("v1").await, greeting_echo("v2").await);
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: ledger }}
+spec:
+  hosts: [ledger.default.svc.cluster.local]
+  addresses: [10.96.0.20]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 5432, name: tcp, protocol: TCP }}]
+  endpoints: [{{ address: 127.0.0.1, ports: {{ tcp: {ledger} }} }}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: ledger-next }}
+spec:
+  hosts: [ledger-next.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{ number: 5432, name: tcp, protocol: TCP }}]
+  endpoints: [{{ address: 127.0.0.1, ports: {{ tcp: {next} }} }}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: ledger }}
+spec:
+  hosts: [ledger]
+  tcp:
+  - match: [{{ port: 5432 }}]
+    route: [{{ destination: {{ host: ledger-next }}, weight: 100 }}]
+"
+    );
+    let config = ConfigDir::new(&yaml);
+    let mut options = test_options(vec![config.path()]);
+    options.tcp_forwards = vec![(
+        ([127, 0, 0, 1], 0).into(),
+        "ledger.default.svc.cluster.local".into(),
+        5432,
+    )];
+    let proxy = Proxy::start(options).await.unwrap();
+    let local = proxy.tcp_forwards()[0];
+
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(local).await.unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back, b"v2ping", "the canary answers");
+    }
+
+    // The metrics name the service the route chose (a connection is counted as opened
+    // before any byte moves, so all three are in).
+    let admin = client(proxy.admin, false);
+    let metrics = get(&admin, "localhost", "/stats/prometheus", &[]).await.1;
+    let opened = |service: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains(&format!("destination_service=\"{service}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        opened("ledger-next.default.svc.cluster.local"),
+        3,
+        "{metrics}"
+    );
+    assert_eq!(opened("ledger.default.svc.cluster.local"), 0, "{metrics}");
+    proxy.shutdown().await;
+}
+
 /// The config both sides of the mTLS TCP test load: the echo service (endpoint: the server
 /// side's listener, service account `echo`), ISTIO_MUTUAL towards it, and the server's
 /// policies: STRICT, TCP allowed from namespace `client` on port 9000 only.

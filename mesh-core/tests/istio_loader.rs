@@ -1877,25 +1877,3 @@ fn request_principals_and_request_auth_conditions_load() {
     let bad = single_error(&policy.replace("[realm][role]", "[realm]role"));
     assert!(bad.contains("spec.rules[0].when[4].key"), "{bad}");
 }
-
-#[test]
-fn tcp_and_tls_routes_are_a_warning_not_silently_dropped() {
-    let outcome = load(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: reviews-tcp }\n\
-         spec:\n  hosts: [reviews]\n  tcp:\n  - route: [{ destination: { host: reviews } }]\n  \
-         tls:\n  - match: [{ sniHosts: [reviews] }]\n    route: [{ destination: { host: reviews } }]\n",
-    );
-    assert!(outcome.config.is_some(), "{:#?}", outcome.diagnostics);
-    let warned: Vec<&str> = outcome
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == Severity::Warning)
-        .map(|d| d.field.as_str())
-        .collect();
-    assert_eq!(
-        warned,
-        ["spec.tcp", "spec.tls"],
-        "{:#?}",
-        outcome.diagnostics
-    );
-}

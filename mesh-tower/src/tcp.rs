@@ -29,10 +29,23 @@
 //! goes to that endpoint, picked by nobody and not counted by outlier detection),
 //! else straight through; [`TcpInbound`] authorizes a connection by the workload's
 //! AuthorizationPolicies (source identity, namespace, port) before it reaches the app.
+//!
+//! A connection to a service's virtual address and port (or through its `--tcp-forward`
+//! port) takes the first of the port's VirtualService `tcp` rules that matches it
+//! ([`MeshConfig::tcp_route`](mesh_core::model::MeshConfig::tcp_route): destination port and
+//! subnet, the workload's labels and namespace), as Envoy's `tcp_proxy` with
+//! `weighted_clusters` does: its cluster is drawn by weight among the rule's destinations
+//! (from the balancer's generator, so a seeded [`BalanceLayer::new`] fixes the draws), and
+//! everything above then applies to that cluster (its endpoints, outlier detection, TLS
+//! policy, connection limit; metrics name its service). Without a matching rule the
+//! connection goes to the service's own cluster; a drawn cluster missing from the snapshot
+//! closes the connection, flagged `NC`. A connection to an endpoint's own address is not
+//! routed. The extra cost is one map lookup per connection.
 
 use crate::balance::{BalanceLayer, ConnectionPick};
 use crate::capture::Rewind;
 use crate::flags::{ResponseFlag, ResponseFlags};
+use crate::rng::Rng;
 use crate::server::ConnectionInfo;
 use crate::telemetry::{PEER_EXCHANGE_ALPN, PeerMetadata, TcpPeerExchange};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -66,6 +79,9 @@ pub struct TcpForward {
 
 /// An endpoint [`TcpForward`] picked, with the connection's slot under the cluster's limit.
 struct Picked {
+    /// The service of the endpoint's cluster (a `tcp` rule may have sent the connection to
+    /// another service than the forwarded one).
+    service: String,
     endpoint: String,
     /// Where the connect's outcome goes (outlier detection); the connection counts among
     /// the endpoint's active ones while it is held.
@@ -98,16 +114,16 @@ impl TcpForward {
         self
     }
 
-    fn labels(&self, flags: ResponseFlags) -> Vec<metrics::Label> {
+    fn labels(&self, service: &str, flags: ResponseFlags) -> Vec<metrics::Label> {
         let w = &self.workload;
-        let name = self.service.split('.').next().unwrap_or_default();
-        let namespace = self.service.split('.').nth(1).unwrap_or("unknown");
+        let name = service.split('.').next().unwrap_or_default();
+        let namespace = service.split('.').nth(1).unwrap_or("unknown");
         let mut labels = workload_labels("source", w, None);
         labels.extend([
             ("source_principal", principal_of(w)),
             ("destination_principal", "unknown".to_owned()),
             ("destination_workload_namespace", namespace.to_owned()),
-            ("destination_service", self.service.clone()),
+            ("destination_service", service.to_owned()),
             ("destination_service_name", name.to_owned()),
             ("destination_service_namespace", namespace.to_owned()),
             ("request_protocol", "tcp".to_owned()),
@@ -121,12 +137,23 @@ impl TcpForward {
     /// ([`BalanceLayer::pick_connection`]: the cluster's algorithm, weights and locality over
     /// the healthy endpoints not ejected, degraded ones only when no healthy one is left),
     /// with the cluster's connect and idle timeouts; or why there is none (no endpoint to
-    /// take it, or the cluster's connection limit reached).
+    /// take it, or the cluster's connection limit reached). The cluster is the service
+    /// port's own, or the one its matching `tcp` rule draws; the rule sees the connection as
+    /// one to the service's first virtual address (unspecified without one).
     fn pick(&self, source: Option<IpAddr>) -> Result<Picked, ResponseFlag> {
         let snapshot = self.store.load();
         let cluster = snapshot
             .cluster(&self.cluster)
             .ok_or(ResponseFlag::NoHealthyUpstream)?;
+        let dst = || {
+            let address = snapshot
+                .service(&self.service)
+                .and_then(|s| s.addresses.first())
+                .map_or(IpAddr::from([0, 0, 0, 0]), |net| net.addr());
+            SocketAddr::new(address, cluster.port)
+        };
+        let routed = routed(&snapshot, cluster, dst, self.balancer.rng())?;
+        let cluster = &routed;
         let pick = self
             .balancer
             .pick_connection(cluster, Some(&snapshot.workload), source)
@@ -136,6 +163,7 @@ impl TcpForward {
             .try_open(cluster)
             .ok_or(ResponseFlag::UpstreamOverflow)?;
         Ok(Picked {
+            service: cluster.service.to_string(),
             endpoint: pick.endpoint().authority(),
             pick,
             connect_timeout: cluster.policy.connection_pool.connect_timeout,
@@ -151,7 +179,7 @@ impl TcpForward {
         let picked = match self.pick(source) {
             Ok(picked) => picked,
             Err(flag) => {
-                let labels = self.labels(ResponseFlags::of(flag));
+                let labels = self.labels(&self.service, ResponseFlags::of(flag));
                 metrics::counter!("istio_tcp_connections_opened_total", labels.clone())
                     .increment(1);
                 metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
@@ -168,15 +196,14 @@ impl TcpForward {
         }
         let Ok(upstream) = upstream else {
             let flags = ResponseFlags::of(ResponseFlag::UpstreamConnectionFailure);
-            metrics::counter!("istio_tcp_connections_opened_total", self.labels(flags))
-                .increment(1);
-            metrics::counter!("istio_tcp_connections_closed_total", self.labels(flags))
-                .increment(1);
+            let labels = self.labels(&picked.service, flags);
+            metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
+            metrics::counter!("istio_tcp_connections_closed_total", labels).increment(1);
             tracing::debug!(%endpoint, "tcp upstream connect failed");
             return;
         };
         let _ = upstream.set_nodelay(true);
-        let labels = self.labels(ResponseFlags::default());
+        let labels = self.labels(&picked.service, ResponseFlags::default());
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
         // `sent`: client -> upstream; `received`: upstream -> client (Istio's direction names).
         let bytes = ByteCounters::new(&labels, false);
@@ -231,6 +258,33 @@ impl TcpTarget {
             Self::Cluster { cluster, .. } => cluster.service.as_str(),
             Self::Passthrough(_) => "PassthroughCluster",
             Self::BlackHole(_) => "BlackHoleCluster",
+        }
+    }
+}
+
+/// Where a connection to `dst` (called only when the port has rules) for the service port
+/// whose own cluster is `own` goes: the cluster its first matching `tcp` rule draws by weight
+/// from `rng`, else `own`; `NC` when the drawn cluster is not in the snapshot. Without rules,
+/// one map lookup.
+fn routed(
+    config: &mesh_core::model::MeshConfig,
+    own: &Arc<Cluster>,
+    dst: impl FnOnce() -> SocketAddr,
+    rng: &Rng,
+) -> Result<Arc<Cluster>, ResponseFlag> {
+    let Some(routes) = config.tcp_routes.get(&own.name) else {
+        return Ok(own.clone());
+    };
+    let dst = dst();
+    let Some(route) = routes.iter().find(|r| r.matches(dst, &config.workload)) else {
+        return Ok(own.clone());
+    };
+    let drawn = route.pick(rng.below(route.total_weight()));
+    match drawn.and_then(|name| config.cluster(name)) {
+        Some(cluster) => Ok(cluster.clone()),
+        None => {
+            tracing::debug!(%dst, route = %route.name, cluster = ?drawn, "tcp route: no such cluster");
+            Err(ResponseFlag::NoClusterFound)
         }
     }
 }
@@ -444,13 +498,15 @@ impl TcpOutbound {
     }
 
     /// Where a connection from `source` to `dst` goes, with the balancer's pick when `dst` is
-    /// a service's virtual address (a connection to an endpoint's own address goes there,
-    /// picked by nobody); or the cluster with no endpoint to take it.
+    /// a service's virtual address (in the cluster its `tcp` rule draws, else its own; a
+    /// connection to an endpoint's own address goes there, picked by nobody); or the cluster
+    /// with no endpoint to take it, with why (`UH`; `NC`: the drawn cluster is missing, and
+    /// the service's own cluster stands in for it).
     fn route(
         &self,
         source: Option<IpAddr>,
         dst: SocketAddr,
-    ) -> Result<(TcpTarget, Option<ConnectionPick>), Arc<Cluster>> {
+    ) -> Result<(TcpTarget, Option<ConnectionPick>), (Arc<Cluster>, ResponseFlag)> {
         let snapshot = self.store.load();
         let Some(cluster) = cluster_for(&snapshot, dst) else {
             let target = match snapshot.outbound_traffic_policy {
@@ -472,9 +528,14 @@ impl TcpOutbound {
                 None,
             ));
         }
-        // A virtual address: one of the service's endpoints, as the balancer picks it. An
-        // endpoint named by a DNS name has no address to put in the target: another pick, at
-        // most as many as the cluster has endpoints.
+        // A virtual address: the cluster the port's `tcp` rule draws, else the service's own.
+        let cluster = match routed(&snapshot, &cluster, || dst, self.balancer.rng()) {
+            Ok(cluster) => cluster,
+            Err(flag) => return Err((cluster, flag)),
+        };
+        // One of its endpoints, as the balancer picks it. An endpoint named by a DNS name has
+        // no address to put in the target: another pick, at most as many as the cluster has
+        // endpoints.
         for _ in 0..cluster.endpoints.len() {
             let Some(pick) =
                 self.balancer
@@ -487,7 +548,7 @@ impl TcpOutbound {
                 return Ok((TcpTarget::Cluster { cluster, endpoint }, Some(pick)));
             }
         }
-        Err(cluster)
+        Err((cluster, ResponseFlag::NoHealthyUpstream))
     }
 
     /// The identities the endpoint must present, by Istio's precedence: DestinationRule
@@ -668,15 +729,15 @@ impl TcpOutbound {
         let dst = conn.local;
         let (target, pick) = match self.route(Some(conn.peer.ip()), dst) {
             Ok(routed) => routed,
-            Err(cluster) => {
-                tracing::debug!(%dst, cluster = %cluster.name, "intercepted tcp: no healthy upstream");
+            Err((cluster, flag)) => {
+                tracing::debug!(%dst, cluster = %cluster.name, flag = flag.code(), "intercepted tcp: no upstream to take it");
                 // The labels name the service only: the original destination stands in for
                 // the endpoint.
                 let target = TcpTarget::Cluster {
                     cluster,
                     endpoint: dst,
                 };
-                self.record_refused(&target, ResponseFlag::NoHealthyUpstream);
+                self.record_refused(&target, flag);
                 return;
             }
         };
@@ -1266,6 +1327,8 @@ impl TcpInbound {
 
 #[cfg(test)]
 mod balance_tests;
+#[cfg(test)]
+mod route_tests;
 #[cfg(test)]
 mod testing;
 

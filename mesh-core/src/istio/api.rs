@@ -114,9 +114,47 @@ pub struct VirtualService {
     #[serde(default)]
     pub tls: Vec<serde_json::Value>,
     #[serde(default)]
-    pub tcp: Vec<serde_json::Value>,
+    pub tcp: Vec<TcpRoute>,
     #[serde(default)]
     pub export_to: Vec<String>,
+}
+
+/// A VirtualService's `tcp` rule: opaque TCP connections matching `match` go to `route`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpRoute {
+    #[serde(rename = "match", default)]
+    pub matches: Vec<L4MatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// Istio's `L4MatchAttributes`: the conditions of a `tcp` rule's match.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4MatchAttributes {
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    /// Deprecated in Istio and not implemented there either.
+    #[serde(default)]
+    pub source_subnet: Option<String>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+}
+
+/// Istio's `RouteDestination` (a `tcp` or `tls` rule's destination: no header operations).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteDestination {
+    pub destination: Destination,
+    #[serde(default)]
+    pub weight: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

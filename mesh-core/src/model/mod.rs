@@ -16,6 +16,7 @@ mod jwt;
 mod route;
 mod security;
 mod service;
+mod tcp_route;
 
 pub use cluster::*;
 pub use common::*;
@@ -23,6 +24,7 @@ pub use jwt::*;
 pub use route::*;
 pub use security::*;
 pub use service::*;
+pub use tcp_route::*;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +41,11 @@ pub struct MeshConfig {
     /// The outbound route table: from Istio YAML one merged table; from xDS, also one table
     /// per outbound listener port (see [`RouteTable`]).
     pub routes: RouteTable,
+    /// The `tcp` rules of VirtualServices (Istio's TCP traffic shifting), in order, by the
+    /// cluster of the service port they route (`outbound|PORT||HOST`: what a connection to
+    /// the service's address resolves to). A service port without rules sends every
+    /// connection to that cluster. The xDS translation fills none.
+    pub tcp_routes: BTreeMap<ClusterName, Vec<TcpRoute>>,
     /// Where inbound traffic goes: the local application's listeners.
     pub inbound: Vec<InboundListener>,
     /// The authorization policies that apply to this workload, in config order.
@@ -88,6 +95,20 @@ impl MeshConfig {
     /// The service with host name `host`, if any.
     pub fn service(&self, host: &str) -> Option<&Arc<Service>> {
         self.services.get(host)
+    }
+
+    /// The first `tcp` rule of the service port whose cluster is `service_cluster` (its own,
+    /// `outbound|PORT||HOST`) that a connection from this workload to `destination` takes;
+    /// `None`: the connection goes to `service_cluster` itself.
+    pub fn tcp_route(
+        &self,
+        service_cluster: &ClusterName,
+        destination: std::net::SocketAddr,
+    ) -> Option<&TcpRoute> {
+        self.tcp_routes
+            .get(service_cluster)?
+            .iter()
+            .find(|r| r.matches(destination, &self.workload))
     }
 }
 

@@ -274,6 +274,12 @@ impl BalanceLayer {
         }
     }
 
+    /// The generator the balancer draws from; the TCP forwarders draw a `tcp` rule's weighted
+    /// destination from it too, so that one seed fixes both.
+    pub(crate) fn rng(&self) -> &Rng {
+        &self.rng
+    }
+
     /// Turns on the latency outlier rule for every cluster whose policy sets none (a
     /// DestinationRule sets one with the `outlier.mesh.io/latency-*` annotations).
     pub fn latency_outlier(mut self, rule: LatencyOutlier) -> Self {

@@ -462,7 +462,10 @@ fn network_filter(f: &Filter) -> FieldResult<ListenerRoutes> {
         || any.type_url
             == "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
     {
-        // Opaque TCP is passed through by the sidecar's listener; it adds no HTTP routes.
+        // Opaque TCP is passed through by the sidecar's listener; it adds no HTTP routes. Its
+        // `weighted_clusters` (istiod's form of a VirtualService's `tcp` rules) are not
+        // translated into `MeshConfig::tcp_routes`: opaque TCP goes to the service's own
+        // cluster.
         return Ok(ListenerRoutes::None);
     }
     Err(FieldError::new(

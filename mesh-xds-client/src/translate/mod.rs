@@ -426,6 +426,10 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
             .collect(),
         clusters,
         routes: RouteTable::with_ports(virtual_hosts, port_hosts),
+        // istiod writes a VirtualService's `tcp` rules as `weighted_clusters` in the tcp_proxy
+        // of the service's outbound filter chain; TCP chains are not translated per service
+        // (listener.rs), so opaque TCP goes to the service's own cluster.
+        tcp_routes: Default::default(),
         inbound,
         authorization,
         peer_authentication: Default::default(),

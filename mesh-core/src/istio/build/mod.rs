@@ -12,6 +12,7 @@ mod registry;
 mod routes;
 mod security;
 mod sidecar;
+mod tcp_routes;
 mod values;
 
 use super::{Diagnostic, Resource, Severity};
@@ -92,7 +93,8 @@ pub fn build_with(
     let registry = registry::Registry::build(&unique, workload, &mut findings);
     let rules = policy::DestinationRules::build(&unique, &registry, workload, &mut findings);
     let clusters = policy::clusters(&registry, &rules);
-    let routes = routes::build(&unique, &registry, &rules, workload, &mut findings);
+    let (routes, mut tcp_routes) =
+        routes::build(&unique, &registry, &rules, workload, &mut findings);
     let sidecar = sidecar::settings(&unique, workload, &mut findings);
     let root = options.root_namespace.as_str();
     let authorization = security::authorization(&unique, workload, root, &mut findings);
@@ -125,6 +127,7 @@ pub fn build_with(
                 .is_some_and(|s| port.is_none_or(|port| s.port(port).is_some()))
         };
         clusters.retain(|_, c| seen(c.service.as_str(), Some(c.port)));
+        tcp_routes.retain(|own, _| clusters.contains_key(own));
         let known = |host: &str| registry.get(host).is_some();
         let kept = routes
             .virtual_hosts()
@@ -145,6 +148,7 @@ pub fn build_with(
         services,
         clusters,
         routes,
+        tcp_routes,
         inbound: sidecar.inbound,
         authorization,
         peer_authentication,

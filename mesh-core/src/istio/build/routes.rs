@@ -1,31 +1,33 @@
 //! VirtualServices -> the outbound route table: one virtual host per (service, HTTP port),
-//! named by every alias a client may use, with the VirtualService's rules or a default route.
+//! named by every alias a client may use, with the VirtualService's rules or a default route;
+//! and their `tcp` rules by service TCP port ([`super::tcp_routes`]).
 
 use super::policy::DestinationRules;
 use super::registry::Registry;
+use super::tcp_routes::{self, TcpTemplate};
 use super::{At, Findings, exported_to, qualify, values};
 use crate::istio::{Resource, Spec, api};
 use crate::model::{
     AbortError, ClusterName, CorsPolicy, DirectResponse, Fault, FaultAbort, FaultDelay, Forward,
     HeaderOps, HedgePolicy, LocalRateLimit, Mirror, Percentage, Redirect, RedirectPort, RetryOn,
-    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost,
-    WeightedCluster, Workload,
+    RetryPolicy, Rewrite, Route, RouteAction, RouteMatch, RouteTable, StringMatch, TcpRoute,
+    VirtualHost, WeightedCluster, Workload,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A destination before its port is known (the port may come from the virtual host's).
 #[derive(Clone, Debug)]
-struct DestRef {
-    host: String,
-    subset: Option<String>,
+pub(super) struct DestRef {
+    pub(super) host: String,
+    pub(super) subset: Option<String>,
     port: Option<u16>,
 }
 
 #[derive(Clone, Debug)]
-struct WeightedRef {
-    dest: DestRef,
-    weight: u32,
+pub(super) struct WeightedRef {
+    pub(super) dest: DestRef,
+    pub(super) weight: u32,
     request_headers: HeaderOps,
     response_headers: HeaderOps,
 }
@@ -44,9 +46,10 @@ pub(super) fn build(
     rules: &DestinationRules,
     workload: &Workload,
     findings: &mut Findings,
-) -> RouteTable {
+) -> (RouteTable, BTreeMap<ClusterName, Vec<TcpRoute>>) {
     let domain = &workload.cluster_domain;
     let mut by_host: BTreeMap<String, (String, Vec<Template>)> = BTreeMap::new();
+    let mut tcp_by_host: BTreeMap<String, Vec<TcpTemplate>> = BTreeMap::new();
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
@@ -67,18 +70,19 @@ pub(super) fn build(
         if !exported_to(&vs.export_to, &res.namespace, &workload.namespace, &mut at) {
             continue; // Not visible from the workload's namespace.
         }
-        // Only `http` rules are applied: opaque TCP and TLS passthrough connections go to the
-        // service's own endpoints, by its DestinationRule's load balancer.
-        for (kind, rules) in [("tcp", vs.tcp.len()), ("tls", vs.tls.len())] {
-            if rules > 0 {
-                at.warn(
-                    &format!("spec.{kind}"),
-                    format!(
-                        "{kind} routes are not applied by this proxy: {kind} connections to these \
-                         hosts go to the service's own endpoints; the {rules} rule(s) are ignored"
-                    ),
-                );
-            }
+        // `tls` rules (SNI routing of TLS passthrough) are not applied: such connections go
+        // to the service's own endpoints (or its `tcp` rules), by its DestinationRule's load
+        // balancer.
+        if !vs.tls.is_empty() {
+            at.warn(
+                "spec.tls",
+                format!(
+                    "tls routes are not applied by this proxy: TLS connections to these hosts go \
+                     where its tcp rules send them, else to the service's own endpoints; the {} \
+                     rule(s) are ignored",
+                    vs.tls.len()
+                ),
+            );
         }
         let hosts: Vec<String> = vs
             .hosts
@@ -108,6 +112,19 @@ pub(super) fn build(
             }
             t.route.rate_limit.clone_from(&rate_limit);
         }
+        let tcp = context.tcp_templates(&vs.tcp, &res.name, &mut at);
+        let tcp_port = |host: &String| {
+            registry
+                .get(host)
+                .is_some_and(|e| e.service.ports.iter().any(|p| !p.protocol.is_http()))
+        };
+        if !vs.tcp.is_empty() && !hosts.iter().any(tcp_port) {
+            at.warn(
+                "spec.tcp",
+                "no host of this VirtualService is a service with a TCP port (a non-HTTP port \
+                 of a ServiceEntry): the tcp rules apply to no connection",
+            );
+        }
         for (i, host) in hosts.iter().enumerate() {
             if let Some((owner, _)) = by_host.get(host) {
                 at.warn(
@@ -117,6 +134,24 @@ pub(super) fn build(
                 continue;
             }
             by_host.insert(host.clone(), (res.key(), templates.clone()));
+            if !tcp.is_empty() {
+                tcp_by_host.insert(host.clone(), tcp.clone());
+            }
+        }
+    }
+
+    // A service's TCP ports (every port that is not HTTP: opaque TCP, and TLS or HTTPS that
+    // no `tls` rule routes) with the rules of the VirtualService that claimed its host.
+    let mut tcp_routes = BTreeMap::new();
+    for (host, templates) in &tcp_by_host {
+        let Some(entry) = registry.get(host) else {
+            continue;
+        };
+        for port in entry.service.ports.iter().filter(|p| !p.protocol.is_http()) {
+            let routes = tcp_routes::bind(templates, port.number, registry);
+            if !routes.is_empty() {
+                tcp_routes.insert(ClusterName::outbound(port.number, None, host), routes);
+            }
         }
     }
 
@@ -155,7 +190,7 @@ pub(super) fn build(
             });
         }
     }
-    RouteTable::new(virtual_hosts)
+    (RouteTable::new(virtual_hosts), tcp_routes)
 }
 
 /// The annotation that turns hedging on for every forwarding rule of a VirtualService: the
@@ -283,19 +318,21 @@ fn default_route(host: &str, port: u16) -> Route {
     }
 }
 
+/// The port of destination `d` routed from `vhost_port`: its own, else its service's only
+/// port, else the routed port when its service has it, else its service's first.
+pub(super) fn dest_port(d: &DestRef, vhost_port: Option<u16>, registry: &Registry) -> u16 {
+    let ports = registry.get(&d.host).map(|e| &e.service.ports);
+    d.port
+        .or_else(|| ports.filter(|p| p.len() == 1).map(|p| p[0].number))
+        .or_else(|| vhost_port.filter(|v| ports.is_some_and(|p| p.iter().any(|q| q.number == *v))))
+        .or_else(|| ports.and_then(|p| p.first()).map(|p| p.number))
+        .unwrap_or(80)
+}
+
 /// Binds templates to the virtual host's port: drops matches for other ports and names each
 /// destination's cluster.
 fn bind(templates: &[Template], vhost_port: Option<u16>, registry: &Registry) -> Vec<Route> {
-    let port_of = |d: &DestRef| -> u16 {
-        let ports = registry.get(&d.host).map(|e| &e.service.ports);
-        d.port
-            .or_else(|| ports.filter(|p| p.len() == 1).map(|p| p[0].number))
-            .or_else(|| {
-                vhost_port.filter(|v| ports.is_some_and(|p| p.iter().any(|q| q.number == *v)))
-            })
-            .or_else(|| ports.and_then(|p| p.first()).map(|p| p.number))
-            .unwrap_or(80)
-    };
+    let port_of = |d: &DestRef| dest_port(d, vhost_port, registry);
     let mut routes = Vec::new();
     for t in templates {
         let mut route = t.route.clone();
@@ -339,7 +376,7 @@ fn bind(templates: &[Template], vhost_port: Option<u16>, registry: &Registry) ->
     routes
 }
 
-struct Context<'a> {
+pub(super) struct Context<'a> {
     registry: &'a Registry,
     rules: &'a DestinationRules,
     namespace: &'a str,
@@ -510,7 +547,7 @@ impl Context<'_> {
         })
     }
 
-    fn destinations(
+    pub(super) fn destinations(
         &self,
         route: &[api::HttpRouteDestination],
         field: &str,
