@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Instructions per request of a proxy, counted exactly by callgrind (repeatable on a noisy host).
 #
-#   benches/profile/callgrind.sh [mesh|bare] [h1|h2c] [REQUESTS=20000]
+#   benches/profile/callgrind.sh [mesh|bare|nginx|haproxy] [h1|h2c] [REQUESTS=20000]
 #
+# `nginx` and `haproxy` run the load test's configurations (one worker or thread, keep-alive
+# upstream connections; Debian's packages), for the peers' figures on the same host and load.
 # CONNS (default 4) connections and, over h2c, STREAMS (default 1) concurrent streams each:
 # `CONNS=64 STREAMS=10` is the load test's h2c concurrency.
 #
@@ -26,7 +28,11 @@ rm -f "$OUT"/callgrind.out.*
 case $WHAT in
   mesh) cmd=("${MESH_PROXY[@]}") ;;
   bare) cmd=("$BIN/bare-proxy" "$PROXY_PORT" "127.0.0.1:$UP_PORT") ;;
-  *) echo "mesh or bare" >&2; exit 2 ;;
+  nginx) write_nginx_conf "$OUT" "$PROXY_PORT"
+         cmd=(nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT") ;;
+  haproxy) write_haproxy_cfg "$OUT" "$PROXY_PORT"
+           cmd=(haproxy -f "$OUT/haproxy.cfg" -db) ;;
+  *) echo "mesh, bare, nginx or haproxy" >&2; exit 2 ;;
 esac
 vg_args=(--tool=callgrind)
 [ -n "${CACHE_SIM:-}" ] && vg_args+=(--cache-sim=yes)
