@@ -63,6 +63,24 @@ where
     }
 }
 
+/// A raw TCP echo server (no HTTP at all) named `name`, on an ephemeral 127.0.0.1 port.
+pub async fn tcp_echo(name: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        name: name.to_owned(),
+    }
+}
+
 /// Starts an upstream named `name` on an ephemeral 127.0.0.1 port.
 pub async fn upstream(name: &str, delay: Duration) -> Upstream {
     let reply = name.to_owned();
