@@ -8,20 +8,16 @@ use common::*;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use mesh_tower::body::{self, BoxBody};
-use mesh_tower::server::serve;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// An upstream (HTTP/1.1 and h2c) that answers `status` after `delay`, with the client
 /// connection's port in `x-peer-port` and the HTTP version it saw in `x-version`; counts
 /// requests.
 async fn peer_echo(status: u16, delay: Duration) -> (Upstream, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let counted = hits.clone();
     let service = tower::service_fn(move |req: Request<Incoming>| {
@@ -42,17 +38,7 @@ async fn peer_echo(status: u16, delay: Duration) -> (Upstream, Arc<AtomicUsize>)
             Ok::<Response<BoxBody>, Infallible>(response)
         }
     });
-    tokio::spawn(serve(
-        listener,
-        service,
-        std::future::pending(),
-        Duration::ZERO,
-    ));
-    let upstream = Upstream {
-        addr,
-        name: "echo".into(),
-    };
-    (upstream, hits)
+    (serve_upstream("echo", service).await, hits)
 }
 
 /// Service `hello` on `upstream`, with subsets `limited` (whose trafficPolicy is `policy`) and

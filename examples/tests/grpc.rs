@@ -10,10 +10,8 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use mesh_tower::body::{self, BoxBody};
-use mesh_tower::server::serve;
 use std::convert::Infallible;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 const MESSAGES: u32 = 10_000;
 
@@ -34,8 +32,6 @@ fn trailers(status: u32) -> HeaderMap {
 /// A gRPC server: `/test.Stream/Many` streams 10,000 numbered messages; `/test.Unary/Flaky`
 /// answers UNAVAILABLE on a first try and a message on a retry.
 async fn grpc_upstream() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let service = tower::service_fn(|req: Request<Incoming>| async move {
         // A unary handler reads the whole request message before it answers.
         let (parts, body) = req.into_parts();
@@ -79,16 +75,7 @@ async fn grpc_upstream() -> Upstream {
         };
         Ok::<_, Infallible>(response)
     });
-    tokio::spawn(serve(
-        listener,
-        service,
-        std::future::pending(),
-        Duration::ZERO,
-    ));
-    Upstream {
-        addr,
-        name: "grpc".into(),
-    }
+    serve_upstream("grpc", service).await
 }
 
 fn grpc_registry(u: &Upstream) -> String {

@@ -19,17 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_echo_through_a_tcp_port_with_istio_tcp_metrics() {
-    // A TCP echo server.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let echo = tcp_echo("echo").await.addr;
     let yaml = format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -260,16 +250,7 @@ async fn through(outbound: &TcpOutbound, dst: SocketAddr, message: &[u8]) -> Opt
 async fn intercepted_tcp_speaks_mtls_and_is_authorized_by_source_namespace_and_port() {
     let metrics = mesh_examples::metrics::prometheus().expect("the Prometheus recorder");
     // The app behind the server side: a TCP echo.
-    let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = app_listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = app_listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let app = tcp_echo("echo").await.addr;
     // The server side, as the inbound capture listener runs it for original port 9000.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server_addr = listener.local_addr().unwrap();

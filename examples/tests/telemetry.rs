@@ -17,8 +17,6 @@ use tokio::net::TcpListener;
 
 /// An upstream that echoes the trace headers it received.
 async fn echo(name: &str) -> (Upstream, Arc<Mutex<Vec<http::HeaderMap>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (reply, log) = (name.to_owned(), seen.clone());
     let service = tower::service_fn(move |req: Request<Incoming>| {
@@ -27,19 +25,7 @@ async fn echo(name: &str) -> (Upstream, Arc<Mutex<Vec<http::HeaderMap>>>) {
             body::full(reply.clone()),
         )))
     });
-    tokio::spawn(serve(
-        listener,
-        service,
-        std::future::pending(),
-        Duration::ZERO,
-    ));
-    (
-        Upstream {
-            addr,
-            name: name.to_owned(),
-        },
-        seen,
-    )
+    (serve_upstream(name, service).await, seen)
 }
 
 /// `istio_requests_total` samples: labels -> value.
@@ -602,11 +588,6 @@ async fn explain_answers_for_the_bundled_bookinfo_config() {
 async fn byte_metrics_count_headers_and_the_body_a_chunked_request_carried() {
     // An upstream that reads the whole request body before it answers, named for labels of
     // this test's own (other tests in this binary share the recorder).
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sizes = Upstream {
-        addr: listener.local_addr().unwrap(),
-        name: "sizes".to_owned(),
-    };
     let service = tower::service_fn(|req: Request<Incoming>| async move {
         let received = http_body_util::BodyExt::collect(req.into_body())
             .await
@@ -614,12 +595,7 @@ async fn byte_metrics_count_headers_and_the_body_a_chunked_request_carried() {
             .to_bytes();
         Ok::<_, Infallible>(Response::new(body::full(format!("got {}", received.len()))))
     });
-    tokio::spawn(serve(
-        listener,
-        service,
-        std::future::pending(),
-        Duration::ZERO,
-    ));
+    let sizes = serve_upstream("sizes", service).await;
     let config = ConfigDir::new(&registry(&[&sizes]));
     let proxy = start_proxy(&config).await;
 

@@ -8,7 +8,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use mesh_examples::proxy::Proxy;
 use mesh_tower::body::{self, BoxBody};
-use mesh_tower::server::serve;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -59,8 +58,6 @@ async fn a_retried_request_exports_its_span_and_one_child_per_try() {
     );
 
     // An upstream failing the first try and recording the traceparent of each.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let upstream_service = tower::service_fn(move |req: Request<Incoming>| {
@@ -73,16 +70,7 @@ async fn a_retried_request_exports_its_span_and_one_child_per_try() {
         }
         std::future::ready(Ok::<Response<BoxBody>, Infallible>(response))
     });
-    tokio::spawn(serve(
-        listener,
-        upstream_service,
-        std::future::pending(),
-        Duration::ZERO,
-    ));
-    let upstream = Upstream {
-        addr,
-        name: "v1".into(),
-    };
+    let upstream = serve_upstream("v1", upstream_service).await;
 
     let rules = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: hello }\nspec:\n  hosts: [hello]\n  http:\n  - retries: { attempts: 2, retryOn: 5xx }\n    route: [{ destination: { host: hello } }]\n";
     let config = ConfigDir::new(&(registry(&[&upstream]) + rules));

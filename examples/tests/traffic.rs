@@ -6,19 +6,15 @@ use common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use mesh_tower::body::{self, BoxBody};
-use mesh_tower::server::serve;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// An upstream that answers with `status(request)` and records each request's `Host`.
 async fn scripted(
     name: &str,
     status: impl Fn(&Request<Incoming>) -> u16 + Send + Sync + 'static,
 ) -> (Upstream, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let hosts = Arc::new(Mutex::new(Vec::new()));
     let (reply, seen, status) = (name.to_owned(), hosts.clone(), Arc::new(status));
     let service = tower::service_fn(move |req: Request<Incoming>| {
@@ -32,19 +28,7 @@ async fn scripted(
         *response.status_mut() = http::StatusCode::from_u16(status(&req)).unwrap();
         std::future::ready(Ok::<Response<BoxBody>, Infallible>(response))
     });
-    tokio::spawn(serve(
-        listener,
-        service,
-        std::future::pending(),
-        Duration::ZERO,
-    ));
-    (
-        Upstream {
-            addr,
-            name: name.to_owned(),
-        },
-        hosts,
-    )
+    (serve_upstream(name, service).await, hosts)
 }
 
 fn vs(http: &str) -> String {

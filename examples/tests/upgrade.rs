@@ -303,27 +303,9 @@ spec:
     server.shutdown().await;
 }
 
-/// A raw TCP echo server (no HTTP at all).
-async fn tcp_echo() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    Upstream {
-        addr,
-        name: "tcp-echo".into(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_request_is_terminated_and_tunnels_to_the_routed_endpoint() {
-    let echo = tcp_echo().await;
+    let echo = tcp_echo("tcp-echo").await;
     let config = ConfigDir::new(&registry(&[&echo]));
     let proxy = start_proxy(&config).await;
     let mut stream = TcpStream::connect(proxy.outbound).await.unwrap();

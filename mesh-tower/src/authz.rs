@@ -656,28 +656,11 @@ mod tests {
 
     /// An app on 127.0.0.1 that answers with the path and query it received.
     async fn echo_app() -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
-                    let seen = req
-                        .uri()
-                        .path_and_query()
-                        .map_or("", |p| p.as_str())
-                        .to_owned();
-                    async move { Ok::<_, std::convert::Infallible>(Response::new(body::full(seen))) }
-                });
-                tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                });
-            }
+        let app = crate::testing::upstream(|req| {
+            let seen = req.uri().path_and_query().map_or("", |p| p.as_str());
+            std::future::ready(Response::new(body::full(seen.to_owned())))
         });
-        addr
+        app.await.addr()
     }
 
     fn deny_admin() -> MeshConfig {

@@ -633,6 +633,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{self, Upstream};
     use tokio::io::AsyncWriteExt;
 
     #[test]
@@ -709,28 +710,9 @@ mod tests {
         OutboundCapture::new(store.clone(), http, client, TcpOutbound::new(store))
     }
 
-    /// An upstream on 127.0.0.1 answering 200 and counting its requests.
-    async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counted = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let counted = counted.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |_req| {
-                        counted.fetch_add(1, Ordering::SeqCst);
-                        async { Ok::<_, Infallible>(Response::new(body::empty())) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        (addr, hits)
+    /// An upstream on 127.0.0.1 answering 200 (and counting its requests).
+    async fn empty_upstream() -> Upstream {
+        testing::upstream(|_req| std::future::ready(Response::new(body::empty()))).await
     }
 
     fn request_to(authority: &str) -> Request<BoxBody> {
@@ -742,8 +724,8 @@ mod tests {
 
     #[tokio::test]
     async fn registry_only_answers_502_for_a_destination_outside_the_registry() {
-        use std::sync::atomic::Ordering;
-        let (unknown, hits) = counting_upstream().await;
+        let upstream = empty_upstream().await;
+        let unknown = upstream.addr();
         // ALLOW_ANY: straight through to the original destination.
         let capture = capture_with(OutboundTrafficPolicy::AllowAny, 1);
         let response = capture
@@ -751,7 +733,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), http::StatusCode::OK);
-        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(upstream.requests(), 1);
         // REGISTRY_ONLY: 502, and the destination never sees the request.
         let capture = capture_with(OutboundTrafficPolicy::RegistryOnly, 1);
         let response = capture
@@ -759,13 +741,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
-        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(upstream.requests(), 1);
     }
 
     #[tokio::test]
     async fn registry_only_still_routes_what_the_registry_knows() {
-        use std::sync::atomic::Ordering;
-        let (known, hits) = counting_upstream().await;
+        let upstream = empty_upstream().await;
+        let known = upstream.addr();
         let capture = capture_with(OutboundTrafficPolicy::RegistryOnly, known.port());
         // By host name, and by the service's endpoint address under another name.
         for authority in [
@@ -775,7 +757,7 @@ mod tests {
             let response = capture.call(request_to(&authority), known).await.unwrap();
             assert_eq!(response.status(), http::StatusCode::OK, "{authority}");
         }
-        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        assert_eq!(upstream.requests(), 2);
     }
 
     #[tokio::test]

@@ -46,5 +46,7 @@ pub mod source;
 pub mod split;
 pub mod tcp;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod timeout;
 pub mod tls;

@@ -39,10 +39,50 @@ pub fn dead_upstream(name: &str) -> Upstream {
     }
 }
 
-/// Starts an upstream named `name` on an ephemeral 127.0.0.1 port.
-pub async fn upstream(name: &str, delay: Duration) -> Upstream {
+/// Serves `service` (with mesh-tower's server) as upstream `name`, on an ephemeral 127.0.0.1
+/// port, until the test ends.
+pub async fn serve_upstream<S>(name: &str, service: S) -> Upstream
+where
+    S: tower::Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        service,
+        std::future::pending(),
+        Duration::ZERO,
+    ));
+    Upstream {
+        addr,
+        name: name.to_owned(),
+    }
+}
+
+/// A raw TCP echo server (no HTTP at all) named `name`, on an ephemeral 127.0.0.1 port.
+pub async fn tcp_echo(name: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        name: name.to_owned(),
+    }
+}
+
+/// Starts an upstream named `name` on an ephemeral 127.0.0.1 port.
+pub async fn upstream(name: &str, delay: Duration) -> Upstream {
     let reply = name.to_owned();
     let service = tower::service_fn(move |req: Request<Incoming>| {
         let reply = reply.clone();
@@ -63,16 +103,7 @@ pub async fn upstream(name: &str, delay: Duration) -> Upstream {
             Ok::<Response<BoxBody>, Infallible>(response)
         }
     });
-    tokio::spawn(serve(
-        listener,
-        service,
-        std::future::pending(),
-        Duration::ZERO,
-    ));
-    Upstream {
-        addr,
-        name: name.to_owned(),
-    }
+    serve_upstream(name, service).await
 }
 
 /// A config directory holding `mesh.yaml`.

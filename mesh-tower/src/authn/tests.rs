@@ -15,6 +15,7 @@ use tower_layer::Layer;
 
 use super::*;
 use crate::authz::{Authz, AuthzLayer, DENIED_BODY};
+use crate::testing;
 
 const ISS: &str = "https://idp.example";
 
@@ -50,27 +51,14 @@ fn config(yaml: &str) -> MeshConfig {
 /// An app on 127.0.0.1 that answers with the path it got and its request headers, one
 /// `name: value` a line.
 async fn header_echo_app() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
-                let mut seen = format!("{}\n", req.uri());
-                for (name, value) in req.headers() {
-                    seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
-                }
-                async move { Ok::<_, std::convert::Infallible>(Response::new(body::full(seen))) }
-            });
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
+    let app = testing::upstream(|req| {
+        let mut seen = format!("{}\n", req.uri());
+        for (name, value) in req.headers() {
+            seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
         }
+        std::future::ready(Response::new(body::full(seen)))
     });
-    addr
+    app.await.addr()
 }
 
 type Svc = Authz<crate::inbound::Inbound>;
@@ -347,34 +335,21 @@ async fn jwks_server(
     Arc<std::sync::atomic::AtomicBool>,
     tokio::sync::mpsc::UnboundedReceiver<()>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let fail = failing.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (jwks, fail, tx) = (jwks.clone(), fail.clone(), tx.clone());
-            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                let mut resp = Response::new(body::full(jwks.clone()));
-                if fail.load(std::sync::atomic::Ordering::SeqCst) {
-                    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                }
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(());
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
+    let server = testing::upstream(move |_req| {
+        let mut resp = Response::new(body::full(jwks.clone()));
+        if fail.load(std::sync::atomic::Ordering::SeqCst) {
+            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(());
+            resp
         }
     });
+    let addr = server.await.addr();
     (format!("http://{addr}/jwks.json"), failing, rx)
 }
 
@@ -420,30 +395,17 @@ async fn gated_jwks_server(
     tokio::sync::watch::Sender<bool>,
     tokio::sync::mpsc::UnboundedReceiver<()>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (open, gate) = tokio::sync::watch::channel(false);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (jwks, gate, tx) = (jwks.clone(), gate.clone(), tx.clone());
-            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                let (jwks, mut gate) = (jwks.clone(), gate.clone());
-                let _ = tx.send(());
-                async move {
-                    let _ = gate.wait_for(|open| *open).await;
-                    Ok::<_, std::convert::Infallible>(Response::new(body::full(jwks)))
-                }
-            });
-            tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
+    let server = testing::upstream(move |_req| {
+        let (jwks, mut gate) = (jwks.clone(), gate.clone());
+        let _ = tx.send(());
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            Response::new(body::full(jwks))
         }
     });
+    let addr = server.await.addr();
     (format!("http://{addr}/jwks.json"), open, rx)
 }
 
@@ -605,29 +567,23 @@ async fn jwks_uri_keys_are_fetched_over_https_from_a_trusted_server_only() {
     .with_single_cert(certs, key)
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let jwks = issuer.jwks();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (acceptor, jwks) = (acceptor.clone(), jwks.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let body = body::full(jwks.clone());
-                        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
+    let server = testing::serve_tcp(testing::listener().await, move |stream| {
+        let (acceptor, jwks) = (acceptor.clone(), jwks.clone());
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let body = body::full(jwks.clone());
+                async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
             });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
         }
     });
-    let uri = format!("https://localhost:{port}/keys");
+    let uri = format!("https://localhost:{}/keys", server.port());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca.bundle_pem().as_bytes()) {
         roots.add(cert.unwrap()).unwrap();

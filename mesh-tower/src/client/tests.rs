@@ -6,41 +6,26 @@ use super::connection::{Lifetime, PoolSettings};
 use crate::body::{self, BoxBody, BoxError};
 use crate::context::RequestContext;
 use crate::retry::Unsent;
+use crate::testing::{self, Protocol, Upstream};
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Barrier;
-
-/// A test upstream: where it listens and how many connections it accepted.
-struct Upstream {
-    authority: Authority,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
 
 /// What the upstream does with a request, by path: `/stream` answers a body that sends one
 /// chunk and then never ends, `/close` answers with `Connection: close`, `/barrier` waits until
 /// `barrier` requests are in, `/early` answers `ok` at once and reads the request body after,
 /// `/names` answers the request's URI authority and Host header (`-` for none), `/echo`
 /// answers the request body once it has all come; anything else answers `ok`.
-async fn handle(
-    req: Request<Incoming>,
-    barrier: Arc<Barrier>,
-) -> Result<Response<BoxBody>, Infallible> {
-    let response = match req.uri().path() {
+async fn handle(req: Request<Incoming>, barrier: Arc<Barrier>) -> Response<BoxBody> {
+    match req.uri().path() {
         "/echo" => {
             let upload = req.into_body().collect().await.unwrap().to_bytes();
             Response::new(body::full(upload))
@@ -82,8 +67,7 @@ async fn handle(
             Response::new(body::full(format!("authority={authority} host={host}")))
         }
         _ => Response::new(body::full("ok")),
-    };
-    Ok(response)
+    }
 }
 
 /// The frames `rx` receives, as a stream.
@@ -98,11 +82,7 @@ where
 
 /// An upstream speaking HTTP/1.1 (or h2c with `http2`); `/barrier` waits for `parties`.
 async fn upstream(http2: bool, parties: usize) -> Upstream {
-    serve(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        http2,
-        parties,
-    )
+    serve(testing::listener().await, http2, parties)
 }
 
 /// An upstream on `addr` (answering as [`upstream`] does, `/barrier` for one party).
@@ -110,33 +90,12 @@ async fn upstream_at(addr: std::net::SocketAddr, http2: bool) -> Upstream {
     serve(TcpListener::bind(addr).await.unwrap(), http2, 1)
 }
 
+/// Serves [`handle`] on `listener`.
 fn serve(listener: TcpListener, http2: bool, parties: usize) -> Upstream {
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
     let barrier = Arc::new(Barrier::new(parties));
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            counted.fetch_add(1, Ordering::SeqCst);
-            let barrier = barrier.clone();
-            let service = hyper::service::service_fn(move |req| handle(req, barrier.clone()));
-            let io = TokioIo::new(stream);
-            tokio::spawn(async move {
-                if http2 {
-                    let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    let _ = builder.serve_connection(io, service).await;
-                } else {
-                    let builder = hyper::server::conn::http1::Builder::new();
-                    let _ = builder.serve_connection(io, service).await;
-                }
-            });
-        }
-    });
-    Upstream {
-        authority: Authority::try_from(addr.to_string()).unwrap(),
-        accepted,
-    }
+    testing::serve(listener, Protocol::http2(http2), move |req| {
+        handle(req, barrier.clone())
+    })
 }
 
 fn get(path: &str) -> Request<BoxBody> {
@@ -148,7 +107,7 @@ fn get(path: &str) -> Request<BoxBody> {
 /// Sends `GET path` to `upstream` and reads the whole answer.
 async fn fetch(client: &UpstreamClient, upstream: &Upstream, path: &str, http2: bool) -> String {
     let response = client
-        .send(get(path), upstream.authority.clone(), http2)
+        .send(get(path), upstream.authority(), http2)
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -160,7 +119,7 @@ async fn fetch(client: &UpstreamClient, upstream: &Upstream, path: &str, http2: 
 /// and reads the whole answer.
 async fn fetch_with(client: &UpstreamClient, upstream: &Upstream, settings: &PoolSettings) {
     let response = client
-        .send_plain(get("/"), upstream.authority.clone(), settings)
+        .send_plain(get("/"), upstream.authority(), settings)
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -171,10 +130,7 @@ async fn fetch_with(client: &UpstreamClient, upstream: &Upstream, settings: &Poo
 async fn names_seen(req: Request<BoxBody>, http2: bool) -> String {
     let upstream = upstream(http2, 1).await;
     let client = UpstreamClient::new();
-    let response = client
-        .send(req, upstream.authority.clone(), http2)
-        .await
-        .unwrap();
+    let response = client.send(req, upstream.authority(), http2).await.unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(body.to_vec()).unwrap()
 }
@@ -209,12 +165,9 @@ async fn a_request_with_no_name_is_sent_with_the_endpoint_as_its_name() {
         let upstream = upstream(http2, 1).await;
         let client = UpstreamClient::new();
         let req = Request::get("/names").body(body::empty()).unwrap();
-        let response = client
-            .send(req, upstream.authority.clone(), http2)
-            .await
-            .unwrap();
+        let response = client.send(req, upstream.authority(), http2).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        let endpoint = upstream.authority.as_str();
+        let endpoint = upstream.authority();
         let expected = if http2 {
             format!("authority={endpoint} host=-")
         } else {
@@ -232,7 +185,7 @@ async fn sequential_http1_requests_reuse_one_connection() {
         assert_eq!(fetch(&client, &upstream, "/", false).await, "ok");
     }
     assert_eq!(upstream.accepted(), 1);
-    assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 1);
+    assert_eq!(client.pools.http1.idle(upstream.authority().as_str()), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,10 +221,7 @@ const DOWNSTREAMS: [Version; 2] = [Version::HTTP_11, Version::HTTP_2];
 
 /// Sends `req` to `upstream` over HTTP/1.1, expects `200 OK`, and reads the whole answer.
 async fn fetch_req(client: &UpstreamClient, upstream: &Upstream, req: Request<BoxBody>) -> String {
-    let response = client
-        .send(req, upstream.authority.clone(), false)
-        .await
-        .unwrap();
+    let response = client.send(req, upstream.authority(), false).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(body.to_vec()).unwrap()
@@ -285,7 +235,7 @@ async fn a_body_dropped_midway_does_not_give_its_connection_back() {
         let response = client
             .send(
                 came_over(downstream, get("/stream")),
-                upstream.authority.clone(),
+                upstream.authority(),
                 false,
             )
             .await
@@ -294,7 +244,7 @@ async fn a_body_dropped_midway_does_not_give_its_connection_back() {
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "first");
         drop(body);
-        assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 0);
+        assert_eq!(client.pools.http1.idle(upstream.authority().as_str()), 0);
 
         let get = || came_over(downstream, get("/"));
         assert_eq!(fetch_req(&client, &upstream, get()).await, "ok");
@@ -321,11 +271,7 @@ async fn a_response_never_read_but_already_complete_gives_its_connection_back() 
             .body(body::empty())
             .unwrap();
         let response = client
-            .send(
-                came_over(downstream, head),
-                upstream.authority.clone(),
-                false,
-            )
+            .send(came_over(downstream, head), upstream.authority(), false)
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
@@ -354,7 +300,7 @@ async fn a_pooled_connection_closed_before_the_request_was_written_is_retried_on
     let upstream = upstream(false, 1).await;
     let client = UpstreamClient::new();
     // A connection whose task we end: the request queued on it comes back unwritten.
-    let stream = tokio::net::TcpStream::connect(upstream.authority.as_str())
+    let stream = tokio::net::TcpStream::connect(upstream.addr())
         .await
         .unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -369,7 +315,10 @@ async fn a_pooled_connection_closed_before_the_request_was_written_is_retried_on
         }
     });
     sender.ready().await.unwrap();
-    client.pools.http1.insert_idle(&upstream.authority, sender);
+    client
+        .pools
+        .http1
+        .insert_idle(&upstream.authority(), sender);
     kill.send(()).unwrap();
     // On this single-threaded runtime the connection task runs only once the request has been
     // queued on it (the pooled connection looked ready).
@@ -393,12 +342,12 @@ async fn concurrent_http2_requests_share_one_connection() {
 async fn requests_from_http2_poll_their_http1_connection_in_place_and_give_it_back() {
     let upstream = upstream(false, 1).await;
     let client = UpstreamClient::new();
-    let idle = || client.pools.http1.idle(upstream.authority.as_str());
+    let idle = || client.pools.http1.idle(upstream.authority().as_str());
     let in_place = || {
         client
             .pools
             .http1
-            .idle_in_place(upstream.authority.as_str())
+            .idle_in_place(upstream.authority().as_str())
     };
     for _ in 0..5 {
         assert_eq!(
@@ -442,7 +391,7 @@ async fn in_place_concurrent_requests_from_tasks_on_two_threads_share_the_connec
         let in_place = client
             .pools
             .http1
-            .idle_in_place(upstream.authority.as_str());
+            .idle_in_place(upstream.authority().as_str());
         assert_eq!(in_place, 4, "round {round}");
     }
 }
@@ -453,41 +402,30 @@ async fn in_place_concurrent_requests_from_tasks_on_two_threads_share_the_connec
 #[tokio::test]
 async fn in_place_a_connection_the_upstream_closed_while_idle_is_replaced_without_a_failure() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
     let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
     let close = Arc::new(tokio::sync::Notify::new());
-    let counter = accepted.clone();
     let close_signal = close.clone();
-    tokio::spawn(async move {
-        // Answers one request per connection (keep-alive, as far as the client knows), then
-        // closes the connection when told to.
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let closed_tx = closed_tx.clone();
-            let close = close_signal.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+    // Answers one request per connection (keep-alive, as far as the client knows), then
+    // closes the connection when told to.
+    let upstream = testing::serve_tcp(testing::listener().await, move |mut stream| {
+        let closed_tx = closed_tx.clone();
+        let close = close_signal.clone();
+        async move {
+            let mut buf = [0u8; 1024];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
-                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                stream.write_all(answer).await.unwrap();
-                close.notified().await;
-                drop(stream);
-                let _ = closed_tx.send(());
-            });
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            stream.write_all(answer).await.unwrap();
+            close.notified().await;
+            drop(stream);
+            let _ = closed_tx.send(());
         }
     });
-    let upstream = Upstream {
-        authority,
-        accepted,
-    };
     let client = UpstreamClient::new();
     assert_eq!(
         fetch_req(&client, &upstream, get_over_http2("/")).await,
@@ -497,7 +435,7 @@ async fn in_place_a_connection_the_upstream_closed_while_idle_is_replaced_withou
         client
             .pools
             .http1
-            .idle_in_place(upstream.authority.as_str())
+            .idle_in_place(upstream.authority().as_str())
     };
     assert_eq!(in_place(), 1);
     close.notify_one();
@@ -549,7 +487,7 @@ impl IdlePool {
     }
 
     fn idle(&self) -> usize {
-        self.pool.idle(self.upstream.authority.as_str())
+        self.pool.idle(self.upstream.authority().as_str())
     }
 
     /// Lets the reaper run (time paused) until no connection is idle, or gives up.
@@ -658,8 +596,7 @@ async fn a_connection_past_its_max_duration_is_not_handed_out() {
 
 /// A 127.0.0.1 port nothing listens on (bound, then closed).
 async fn closed_port() -> Authority {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap()
+    Authority::try_from(testing::closed_port().await.to_string()).unwrap()
 }
 
 #[tokio::test]
@@ -718,10 +655,7 @@ async fn a_request_whose_connect_failed_is_given_back() {
 
 #[tokio::test]
 async fn a_refused_http2_stream_gives_back_a_copy_and_another_reset_gives_back_nothing() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
+    let upstream = testing::serve_tcp(testing::listener().await, |stream| async move {
         let mut conn = h2::server::handshake(stream).await.unwrap();
         while let Some(Ok((req, mut respond))) = conn.accept().await {
             respond.send_reset(if req.uri().path() == "/refused" {
@@ -731,6 +665,7 @@ async fn a_refused_http2_stream_gives_back_a_copy_and_another_reset_gives_back_n
             });
         }
     });
+    let authority = upstream.authority();
     let client = UpstreamClient::new();
     let (req, unsent) = to_give_back("/refused");
     let e = client.send(req, authority.clone(), true).await.unwrap_err();
@@ -751,9 +686,7 @@ async fn a_refused_http2_stream_gives_back_a_copy_and_another_reset_gives_back_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_requests_waiting_on_one_failed_connect_all_fail_and_the_next_connects_again() {
     // A port nothing listens on (bound, then closed), listened on again afterwards.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    let addr = testing::closed_port().await;
     let authority = Authority::try_from(addr.to_string()).unwrap();
     let client = UpstreamClient::new();
     let failures = futures_util::future::join_all(
@@ -830,7 +763,7 @@ async fn an_upload_streamed_piece_by_piece_reaches_the_upstream_whole() {
         .expect("each piece is sent as it comes");
         assert_eq!(echoed, "one two three", "{downstream:?}");
         sender.await.unwrap();
-        assert_eq!(client.pools.http1.idle(upstream.authority.as_str()), 1);
+        assert_eq!(client.pools.http1.idle(upstream.authority().as_str()), 1);
     }
 }
 
@@ -908,10 +841,7 @@ async fn a_response_carries_its_requests_extensions_back_up() {
         let mut req = get("/");
         req.extensions_mut().insert(Marker("caller"));
         RequestContext::of_mut(&mut req).grpc = Some(false);
-        let response = client
-            .send(req, upstream.authority.clone(), http2)
-            .await
-            .unwrap();
+        let response = client.send(req, upstream.authority(), http2).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             response.extensions().get::<Marker>(),

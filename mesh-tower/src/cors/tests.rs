@@ -2,43 +2,23 @@
 
 use crate::body::{self, BoxBody};
 use crate::outbound::Outbound;
+use crate::testing::{self, Upstream};
 use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use mesh_core::model::Workload;
 use mesh_core::store::ConfigStore;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-/// An HTTP/1.1 upstream answering 200 with `x-upstream: yes` and counting its requests.
-async fn upstream() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let counter = counter.clone();
-            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let mut response = Response::new(body::full("upstream"));
-                response
-                    .headers_mut()
-                    .insert("x-upstream", http::HeaderValue::from_static("yes"));
-                std::future::ready(Ok::<_, Infallible>(response))
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (port, hits)
+/// An HTTP/1.1 upstream answering 200 `upstream` with `x-upstream: yes`.
+async fn upstream() -> Upstream {
+    testing::upstream(|_req| async {
+        let mut response = Response::new(body::full("upstream"));
+        response
+            .headers_mut()
+            .insert("x-upstream", http::HeaderValue::from_static("yes"));
+        response
+    })
+    .await
 }
 
 /// Service `web` on `port`, its VirtualService's rules `http` (YAML, indented as under
@@ -129,8 +109,8 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn an_allowed_preflight_is_answered_by_the_proxy() {
-    let (port, hits) = upstream().await;
-    let outbound = stack(port, POLICY).await;
+    let web = upstream().await;
+    let outbound = stack(web.port(), POLICY).await;
     let response = send(
         &outbound,
         "OPTIONS",
@@ -152,13 +132,13 @@ async fn an_allowed_preflight_is_answered_by_the_proxy() {
             ("access-control-max-age", "600"),
         ])
     );
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "the upstream never saw it");
+    assert_eq!(web.requests(), 0, "the upstream never saw it");
 }
 
 #[tokio::test]
 async fn a_preflight_from_another_origin_is_forwarded_untouched() {
-    let (port, hits) = upstream().await;
-    let outbound = stack(port, POLICY).await;
+    let web = upstream().await;
+    let outbound = stack(web.port(), POLICY).await;
     let response = send(
         &outbound,
         "OPTIONS",
@@ -170,18 +150,18 @@ async fn a_preflight_from_another_origin_is_forwarded_untouched() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(web.requests(), 1);
     assert_eq!(headers(response.headers()), pairs(&[("x-upstream", "yes")]));
 }
 
 #[tokio::test]
 async fn with_ignore_a_preflight_from_another_origin_is_answered_without_allow_origin() {
-    let (port, hits) = upstream().await;
+    let web = upstream().await;
     let policy = POLICY.replace(
         "maxAge: 10m",
         "maxAge: 10m\n      unmatchedPreflights: IGNORE",
     );
-    let outbound = stack(port, &policy).await;
+    let outbound = stack(web.port(), &policy).await;
     let response = send(
         &outbound,
         "OPTIONS",
@@ -193,7 +173,7 @@ async fn with_ignore_a_preflight_from_another_origin_is_answered_without_allow_o
     )
     .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert_eq!(web.requests(), 0);
     // Envoy's answer: what the policy allows, but no origin, so the browser refuses.
     assert_eq!(
         headers(response.headers()),
@@ -207,8 +187,8 @@ async fn with_ignore_a_preflight_from_another_origin_is_answered_without_allow_o
 
 #[tokio::test]
 async fn an_allowed_request_gets_the_origin_and_exposed_headers_on_its_response() {
-    let (port, hits) = upstream().await;
-    let outbound = stack(port, POLICY).await;
+    let web = upstream().await;
+    let outbound = stack(web.port(), POLICY).await;
     for origin in [
         "https://app.example",
         "https://dev.anything",
@@ -226,7 +206,7 @@ async fn an_allowed_request_gets_the_origin_and_exposed_headers_on_its_response(
             "{origin}"
         );
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(web.requests(), 3);
     // Not allowed (the regex must match the whole origin), and no origin at all: untouched.
     for origin in [
         Some("https://team.corp.example.evil"),
@@ -241,14 +221,14 @@ async fn an_allowed_request_gets_the_origin_and_exposed_headers_on_its_response(
             "{origin:?}"
         );
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 6);
+    assert_eq!(web.requests(), 6);
 }
 
 #[tokio::test]
 async fn allow_credentials_is_sent_on_preflights_and_responses() {
-    let (port, hits) = upstream().await;
+    let web = upstream().await;
     let policy = POLICY.replace("maxAge: 10m", "allowCredentials: true");
-    let outbound = stack(port, &policy).await;
+    let outbound = stack(web.port(), &policy).await;
     let response = send(
         &outbound,
         "OPTIONS",
@@ -278,23 +258,19 @@ async fn allow_credentials_is_sent_on_preflights_and_responses() {
             ("x-upstream", "yes"),
         ])
     );
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "only the POST went upstream"
-    );
+    assert_eq!(web.requests(), 1, "only the POST went upstream");
 }
 
 #[tokio::test]
 async fn the_answers_of_the_layers_below_get_the_headers_too() {
     // istiod orders the filters `Cors, Fault, Router`: an injected abort passes back through
     // the CORS filter.
-    let (port, hits) = upstream().await;
+    let web = upstream().await;
     let policy = POLICY.replace(
         "    route:\n",
         "    fault: { abort: { httpStatus: 418, percentage: { value: 100 } } }\n    route:\n",
     );
-    let outbound = stack(port, &policy).await;
+    let outbound = stack(web.port(), &policy).await;
     let response = send(&outbound, "GET", "/", &[("origin", "https://app.example")]).await;
     assert_eq!(response.status(), 418);
     assert_eq!(
@@ -313,33 +289,7 @@ async fn the_answers_of_the_layers_below_get_the_headers_too() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(hits.load(Ordering::SeqCst), 0);
-}
-
-/// An HTTP/1.1 upstream that never answers.
-async fn silent_upstream() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let service = hyper::service::service_fn(|_req: Request<Incoming>| {
-                std::future::pending::<Result<Response<BoxBody>, Infallible>>()
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    port
-}
-
-/// A port nothing listens on (one just freed).
-async fn refusing_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
+    assert_eq!(web.requests(), 0);
 }
 
 /// The response's `access-control-*` headers, sorted.
@@ -371,8 +321,8 @@ async fn the_meshs_own_failures_get_the_headers_for_an_allowed_origin() {
     };
     // No endpoint: 503 no healthy upstream. A refused connection, not retried: 503. A route
     // timeout with an upstream that never answers: 504.
-    let refused = refusing_port().await;
-    let silent = silent_upstream().await;
+    let refused = testing::closed_port().await.port();
+    let silent = testing::silent_upstream().await.port();
     let cases = [
         ("[]".to_owned(), with_credentials(""), 503),
         (
@@ -407,7 +357,7 @@ async fn the_meshs_own_failures_get_the_headers_for_an_allowed_origin() {
 
 #[tokio::test]
 async fn the_meshs_own_failures_on_a_route_without_cors_get_no_headers() {
-    let silent = silent_upstream().await;
+    let silent = testing::silent_upstream().await.port();
     let outbound = stack_with(
         &format!("[{{ address: 127.0.0.1, ports: {{ http: {silent} }} }}]"),
         "  - timeout: 100ms\n    route:\n    - destination: { host: web }\n",
@@ -475,7 +425,7 @@ async fn the_meshs_own_failures_get_the_route_s_response_headers() {
     route:
     - destination: { host: web }
 ";
-    let silent = silent_upstream().await;
+    let silent = testing::silent_upstream().await.port();
     let endpoints = format!("[{{ address: 127.0.0.1, ports: {{ http: {silent} }} }}]");
     let timed_out = format!("  - timeout: 100ms\n    {}", &route[4..]);
     for (endpoints, http, status) in [

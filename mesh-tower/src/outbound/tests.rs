@@ -4,14 +4,12 @@ use super::*;
 use crate::context::RequestContext;
 use crate::error::ProxyError;
 use crate::retry::Unsent;
+use crate::testing::{self, Protocol};
 use http::StatusCode;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use mesh_core::model::Workload;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 /// What an upstream saw of one try: the request's `x-test-id`, the try number and every
@@ -45,25 +43,14 @@ fn seen<B>(req: &Request<B>) -> Seen {
 
 /// An HTTP/1.1 upstream answering try `n` with `status(n)`, logging each try under its port.
 async fn upstream(log: Log, status: fn(u32) -> u16) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = testing::listener().await;
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let log = log.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let seen = seen(&req);
-                let mut response = Response::new(body::empty());
-                *response.status_mut() = StatusCode::from_u16(status(seen.attempt)).unwrap();
-                log.lock().unwrap().push((port, seen));
-                std::future::ready(Ok::<_, Infallible>(response))
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    testing::serve(listener, Protocol::Http1, move |req| {
+        let seen = seen(&req);
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = StatusCode::from_u16(status(seen.attempt)).unwrap();
+        log.lock().unwrap().push((port, seen));
+        std::future::ready(response)
     });
     port
 }
@@ -227,22 +214,11 @@ fn each_request_kept_its_destination(
 
 /// An HTTP/1.1 upstream that logs each try under its port and never answers.
 async fn silent_upstream(log: Log) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = testing::listener().await;
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let log = log.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                log.lock().unwrap().push((port, seen(&req)));
-                std::future::pending::<Result<Response<BoxBody>, Infallible>>()
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    testing::serve(listener, Protocol::Http1, move |req| {
+        log.lock().unwrap().push((port, seen(&req)));
+        std::future::pending()
     });
     port
 }
