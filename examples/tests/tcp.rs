@@ -1,6 +1,7 @@
 //! Plain TCP through the sidecar: a service's `TCP` port forwarded from a local port, bytes
 //! echoed both ways, and Istio's TCP metrics counting the connection and its bytes; and the
-//! intercepted TCP path's two halves (mutual TLS, authorization by source and port).
+//! intercepted TCP path's two halves (mutual TLS, authorization by source and port); TLS
+//! passed through by the ClientHello's SNI (VirtualService `tls` rules).
 
 mod common;
 
@@ -181,6 +182,148 @@ spec:
         "{metrics}"
     );
     assert_eq!(opened("ledger.default.svc.cluster.local"), 0, "{metrics}");
+    proxy.shutdown().await;
+}
+
+/// A TLS server on 127.0.0.1 (a certificate `ca` issued for `a.example.com` and
+/// `b.example.com`) greeting each handshaken connection with `name`, then echoing.
+async fn tls_greeting_echo(ca: &TestCa, name: &'static str) -> u16 {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let leaf = ca.issue_with(&mesh_policy::testing::LeafSpec {
+        dns: &["a.example.com", "b.example.com"],
+        ..Default::default()
+    });
+    let certs = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let (mut r, mut w) = tokio::io::split(tls);
+                if w.write_all(name.as_bytes()).await.is_ok() {
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_service_tls_route_sends_each_sni_to_its_service() {
+    // `edge` (TLS port 443) and two backends, each a TLS server; the VirtualService sends
+    // `a.example.com` to `edge-a` and `b.example.com` to `edge-b`, the TLS passing through.
+    let ca = TestCa::new("edge-ca");
+    let (a, b) = (
+        tls_greeting_echo(&ca, "A").await,
+        tls_greeting_echo(&ca, "B").await,
+    );
+    let entry = |name: &str, port: u16| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: {name} }}
+spec:
+  hosts: [{name}.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{ number: 443, name: tls, protocol: TLS }}]
+  endpoints: [{{ address: 127.0.0.1, ports: {{ tls: {port} }} }}]
+---
+"
+        )
+    };
+    let yaml = format!(
+        "{}{}{}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: edge }}
+spec:
+  hosts: [edge.example.com, a.example.com, b.example.com]
+  tls:
+  - match: [{{ sniHosts: [a.example.com] }}]
+    route: [{{ destination: {{ host: edge-a.example.com }} }}]
+  - match: [{{ sniHosts: [b.example.com] }}]
+    route: [{{ destination: {{ host: edge-b.example.com }} }}]
+",
+        entry("edge", a),
+        entry("edge-a", a),
+        entry("edge-b", b),
+    );
+    let config = ConfigDir::new(&yaml);
+    let mut options = test_options(vec![config.path()]);
+    options.tcp_forwards = vec![(([127, 0, 0, 1], 0).into(), "edge.example.com".into(), 443)];
+    let proxy = Proxy::start(options).await.unwrap();
+    let local = proxy.tcp_forwards()[0];
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.bundle_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls_client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_client));
+    for (sni, expected) in [
+        ("b.example.com", b"B"),
+        ("a.example.com", b"A"),
+        ("b.example.com", b"B"),
+    ] {
+        let tcp = TcpStream::connect(local).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
+        let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+            .await
+            .unwrap()
+            .expect("the backend's own handshake, passed through");
+        tls.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back[..1], expected, "{sni}");
+        assert_eq!(&back[1..], b"ping");
+    }
+
+    // The metrics name the service each rule chose.
+    let metrics = get(
+        &client(proxy.admin, false),
+        "localhost",
+        "/stats/prometheus",
+        &[],
+    )
+    .await
+    .1;
+    let opened = |service: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains(&format!("destination_service=\"{service}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(opened("edge-a.example.com"), 1, "{metrics}");
+    assert_eq!(opened("edge-b.example.com"), 2, "{metrics}");
+    assert_eq!(opened("edge.example.com"), 0, "{metrics}");
     proxy.shutdown().await;
 }
 

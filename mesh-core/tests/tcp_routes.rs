@@ -155,6 +155,7 @@ fn match_fields_are_kept_and_gateway_only_matches_dropped() {
     assert_eq!(
         routes[0].matches,
         [TcpRouteMatch {
+            sni_hosts: Vec::new(),
             port: None,
             destination_subnets: vec![
                 "10.96.0.0/16".parse().unwrap(),
@@ -173,7 +174,7 @@ fn the_workload_and_the_destination_decide_which_rule_a_connection_takes() {
     let taken = |workload: Workload, dst: SocketAddr| {
         let config = load_as(&workload, rules).config.expect("valid");
         config
-            .tcp_route(&own(5432), dst)
+            .tcp_route(&own(5432), dst, None)
             .map(|r| r.destinations[0].cluster.to_string())
     };
     let mut web = Workload::default();
@@ -257,11 +258,12 @@ fn warnings(outcome: &BuildOutcome) -> Vec<&str> {
 }
 
 #[test]
-fn tcp_rules_are_applied_and_tls_rules_still_a_warning() {
+fn tcp_rules_are_applied_beside_tls_rules_for_hosts_without_tls_ports() {
     let outcome = load(
         "  - route: [{ destination: { host: db, subset: v1 } }]\n  tls:\n  - match: [{ sniHosts: [db] }]\n    route: [{ destination: { host: db } }]\n",
     );
     assert!(outcome.config.is_some(), "{:#?}", outcome.diagnostics);
+    // No TLS or HTTPS port: the tls rules apply to nothing (tls_routes.rs tests the rest).
     assert_eq!(
         warnings(&outcome),
         ["spec.tls"],
@@ -271,11 +273,13 @@ fn tcp_rules_are_applied_and_tls_rules_still_a_warning() {
     assert!(
         outcome.diagnostics[0]
             .message
-            .starts_with("tls routes are not applied by this proxy"),
+            .starts_with("no host of this VirtualService is a service with a TLS or HTTPS port"),
         "{:#?}",
         outcome.diagnostics
     );
-    assert_eq!(outcome.config.unwrap().tcp_routes.len(), 2);
+    let config = outcome.config.unwrap();
+    assert_eq!(config.tcp_routes.len(), 2);
+    assert!(config.tcp_routes.values().flatten().all(|r| !r.needs_sni()));
 }
 
 #[test]

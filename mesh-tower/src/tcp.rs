@@ -41,6 +41,24 @@
 //! connection goes to the service's own cluster; a drawn cluster missing from the snapshot
 //! closes the connection, flagged `NC`. A connection to an endpoint's own address is not
 //! routed. The extra cost is one map lookup per connection.
+//!
+//! A TLS or HTTPS port may also have VirtualService `tls` rules (SNI routing of TLS the mesh
+//! does not terminate), which come before its `tcp` rules. Only on such a port, the
+//! forwarders read the connection's ClientHello first, as Envoy's TLS inspector does for the
+//! `server_names` of istiod's filter chains: [`TcpForward`] peeks at the socket
+//! ([`peek_client_hello`]), [`TcpOutbound`], given any stream, reads it
+//! ([`read_client_hello`]) and replays the bytes to the upstream, so the TLS handshake is
+//! the client's and the upstream's, untouched. Both are bounded by
+//! [`MAX_CLIENT_HELLO`](crate::tls::hello::MAX_CLIENT_HELLO) and [`CLIENT_HELLO_TIMEOUT`].
+//! The first rule whose match names the ClientHello's server name (exactly, without case, or
+//! under a `*.` wildcard) takes the connection; bytes that are not TLS, a ClientHello without
+//! a name, or one not complete in time take no `tls` rule and go on to the `tcp` rules, else
+//! the service's own cluster (Istio's listeners continue on a listener filter timeout). A
+//! client that closes in the middle of its ClientHello, or sends one larger than the bound, is
+//! closed, as Envoy's TLS inspector does. Unlike Envoy, which picks the filter chain with the
+//! most specific server name (exact before wildcard), the rules are tried in order, as the
+//! VirtualService documents them. Ports without `tls` rules are never peeked at: a
+//! server-first protocol there is carried at once.
 
 use crate::balance::{BalanceLayer, ConnectionPick};
 use crate::capture::Rewind;
@@ -48,8 +66,11 @@ use crate::flags::{ResponseFlag, ResponseFlags};
 use crate::rng::Rng;
 use crate::server::ConnectionInfo;
 use crate::telemetry::{PEER_EXCHANGE_ALPN, PeerMetadata, TcpPeerExchange};
+use crate::tls::hello::{HelloError, peek_client_hello, read_client_hello};
 use arc_swap::{ArcSwap, ArcSwapOption};
-use mesh_core::model::{Address, Cluster, ClusterName, OutboundTrafficPolicy, TlsMode, Workload};
+use mesh_core::model::{
+    Address, Cluster, ClusterName, MeshConfig, OutboundTrafficPolicy, TcpRoute, TlsMode, Workload,
+};
 use mesh_core::store::ConfigStore;
 use mesh_policy::authz::{Attributes, Engine, Verdict};
 use mesh_policy::credentials::CredentialStore;
@@ -138,9 +159,10 @@ impl TcpForward {
     /// the healthy endpoints not ejected, degraded ones only when no healthy one is left),
     /// with the cluster's connect and idle timeouts; or why there is none (no endpoint to
     /// take it, or the cluster's connection limit reached). The cluster is the service
-    /// port's own, or the one its matching `tcp` rule draws; the rule sees the connection as
-    /// one to the service's first virtual address (unspecified without one).
-    fn pick(&self, source: Option<IpAddr>) -> Result<Picked, ResponseFlag> {
+    /// port's own, or the one its matching `tls` (by `sni`, the ClientHello's server name) or
+    /// `tcp` rule draws; the rule sees the connection as one to the service's first virtual
+    /// address (unspecified without one).
+    fn pick(&self, source: Option<IpAddr>, sni: Option<&str>) -> Result<Picked, ResponseFlag> {
         let snapshot = self.store.load();
         let cluster = snapshot
             .cluster(&self.cluster)
@@ -152,7 +174,7 @@ impl TcpForward {
                 .map_or(IpAddr::from([0, 0, 0, 0]), |net| net.addr());
             SocketAddr::new(address, cluster.port)
         };
-        let routed = routed(&snapshot, cluster, dst, self.balancer.rng())?;
+        let routed = routed(&snapshot, cluster, dst, sni, self.balancer.rng())?;
         let cluster = &routed;
         let pick = self
             .balancer
@@ -173,10 +195,22 @@ impl TcpForward {
     }
 
     /// Carries one client connection to an endpoint and back, recording Istio's TCP metrics.
-    /// The endpoint's pick counts the connection as active until it ends.
+    /// The endpoint's pick counts the connection as active until it ends. When the service
+    /// port has `tls` rules, the connection's ClientHello is peeked at first (not consumed).
     pub async fn forward(&self, client: TcpStream) {
         let source = client.peer_addr().ok().map(|a| a.ip());
-        let picked = match self.pick(source) {
+        let sni = if reads_sni(&self.store.load(), &self.cluster) {
+            match peeked_sni(&client).await {
+                Ok(sni) => sni,
+                Err(e) => {
+                    tracing::debug!(service = %self.service, error = %e, "tcp: no ClientHello to route by");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let picked = match self.pick(source, sni.as_deref()) {
             Ok(picked) => picked,
             Err(flag) => {
                 let labels = self.labels(&self.service, ResponseFlags::of(flag));
@@ -262,21 +296,26 @@ impl TcpTarget {
     }
 }
 
-/// Where a connection to `dst` (called only when the port has rules) for the service port
-/// whose own cluster is `own` goes: the cluster its first matching `tcp` rule draws by weight
-/// from `rng`, else `own`; `NC` when the drawn cluster is not in the snapshot. Without rules,
-/// one map lookup.
+/// Where a connection to `dst` (called only when the port has rules) whose ClientHello asked
+/// for `sni` (read only when the port has `tls` rules: [`reads_sni`]) for the service port
+/// whose own cluster is `own` goes: the cluster its first matching `tls` or `tcp` rule draws
+/// by weight from `rng`, else `own`; `NC` when the drawn cluster is not in the snapshot.
+/// Without rules, one map lookup.
 fn routed(
     config: &mesh_core::model::MeshConfig,
     own: &Arc<Cluster>,
     dst: impl FnOnce() -> SocketAddr,
+    sni: Option<&str>,
     rng: &Rng,
 ) -> Result<Arc<Cluster>, ResponseFlag> {
     let Some(routes) = config.tcp_routes.get(&own.name) else {
         return Ok(own.clone());
     };
     let dst = dst();
-    let Some(route) = routes.iter().find(|r| r.matches(dst, &config.workload)) else {
+    let Some(route) = routes
+        .iter()
+        .find(|r| r.matches(dst, sni, &config.workload))
+    else {
         return Ok(own.clone());
     };
     let drawn = route.pick(rng.below(route.total_weight()));
@@ -287,6 +326,65 @@ fn routed(
             Err(ResponseFlag::NoClusterFound)
         }
     }
+}
+
+/// Whether the service port whose own cluster is `own` has `tls` rules, so that its
+/// connections' ClientHello must be read for their server name: one map lookup, and a look at
+/// the port's rules when it has some.
+fn reads_sni(config: &mesh_core::model::MeshConfig, own: &ClusterName) -> bool {
+    config
+        .tcp_routes
+        .get(own)
+        .is_some_and(|routes| routes.iter().any(TcpRoute::needs_sni))
+}
+
+/// How long the forwarders wait for a whole ClientHello on a port with `tls` rules before the
+/// connection goes on without a server name (to the port's `tcp` rules, else its own
+/// cluster), as Istio's listeners continue on a listener filter timeout.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server name of the ClientHello at the start of `client` (peeked at, not consumed):
+/// `None` when the bytes are not TLS, name no server, or do not complete a ClientHello within
+/// [`CLIENT_HELLO_TIMEOUT`]; an error when the client closed first or the ClientHello is
+/// larger than [`MAX_CLIENT_HELLO`](crate::tls::hello::MAX_CLIENT_HELLO) (Envoy's TLS
+/// inspector closes such a connection).
+async fn peeked_sni(client: &TcpStream) -> Result<Option<String>, HelloError> {
+    match peek_client_hello(client, CLIENT_HELLO_TIMEOUT).await {
+        Ok(hello) => Ok(hello.and_then(|h| h.server_name)),
+        Err(HelloError::Timeout(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What the original destination alone says of an intercepted connection.
+enum Owner {
+    /// Where it goes, no rule applying: an endpoint's own address, or no service's.
+    Target(TcpTarget),
+    /// A virtual address of the service port whose own cluster this is: its rules apply.
+    Service(Arc<Cluster>),
+}
+
+/// Who owns `dst`: a service's virtual address (its port's rules apply), else a fixed
+/// target (an endpoint's own address goes there; an address no service owns goes through,
+/// or nowhere under `REGISTRY_ONLY`).
+fn owner(snapshot: &MeshConfig, dst: SocketAddr) -> Owner {
+    let Some(cluster) = cluster_for(snapshot, dst) else {
+        return Owner::Target(match snapshot.outbound_traffic_policy {
+            OutboundTrafficPolicy::AllowAny => TcpTarget::Passthrough(dst),
+            OutboundTrafficPolicy::RegistryOnly => TcpTarget::BlackHole(dst),
+        });
+    };
+    let is_endpoint = cluster
+        .endpoints
+        .iter()
+        .any(|e| e.port == dst.port() && e.address == Address::Ip(dst.ip()));
+    if is_endpoint {
+        return Owner::Target(TcpTarget::Cluster {
+            cluster,
+            endpoint: dst,
+        });
+    }
+    Owner::Service(cluster)
 }
 
 /// The cluster of the service that owns `dst` (one of its endpoints is `dst`, preferring the
@@ -493,45 +591,32 @@ impl TcpOutbound {
     /// Where a connection to `dst` goes: `None` when `dst` is a service's virtual address
     /// and the service has no endpoint to take it (every one unhealthy, draining or ejected;
     /// Envoy's `UH`).
+    /// A connection is seen as one without a server name: `tls` rules do not apply.
     pub fn resolve(&self, dst: SocketAddr) -> Option<TcpTarget> {
-        self.route(None, dst).ok().map(|(target, _)| target)
+        let snapshot = self.store.load();
+        let routed = match owner(&snapshot, dst) {
+            Owner::Target(target) => Ok((target, None)),
+            Owner::Service(own) => self.route(&snapshot, own, None, dst, None),
+        };
+        routed.ok().map(|(target, _)| target)
     }
 
-    /// Where a connection from `source` to `dst` goes, with the balancer's pick when `dst` is
-    /// a service's virtual address (in the cluster its `tcp` rule draws, else its own; a
-    /// connection to an endpoint's own address goes there, picked by nobody); or the cluster
+    /// Where a connection from `source` to `dst`, a virtual address of the service port whose
+    /// own cluster is `own`, goes, with the balancer's pick: in the cluster its `tls` (by
+    /// `sni`, the ClientHello's server name) or `tcp` rule draws, else its own; or the cluster
     /// with no endpoint to take it, with why (`UH`; `NC`: the drawn cluster is missing, and
     /// the service's own cluster stands in for it).
     fn route(
         &self,
+        snapshot: &MeshConfig,
+        own: Arc<Cluster>,
         source: Option<IpAddr>,
         dst: SocketAddr,
+        sni: Option<&str>,
     ) -> Result<(TcpTarget, Option<ConnectionPick>), (Arc<Cluster>, ResponseFlag)> {
-        let snapshot = self.store.load();
-        let Some(cluster) = cluster_for(&snapshot, dst) else {
-            let target = match snapshot.outbound_traffic_policy {
-                OutboundTrafficPolicy::AllowAny => TcpTarget::Passthrough(dst),
-                OutboundTrafficPolicy::RegistryOnly => TcpTarget::BlackHole(dst),
-            };
-            return Ok((target, None));
-        };
-        let is_endpoint = cluster
-            .endpoints
-            .iter()
-            .any(|e| e.port == dst.port() && e.address == Address::Ip(dst.ip()));
-        if is_endpoint {
-            return Ok((
-                TcpTarget::Cluster {
-                    cluster,
-                    endpoint: dst,
-                },
-                None,
-            ));
-        }
-        // A virtual address: the cluster the port's `tcp` rule draws, else the service's own.
-        let cluster = match routed(&snapshot, &cluster, || dst, self.balancer.rng()) {
+        let cluster = match routed(snapshot, &own, || dst, sni, self.balancer.rng()) {
             Ok(cluster) => cluster,
-            Err(flag) => return Err((cluster, flag)),
+            Err(flag) => return Err((own, flag)),
         };
         // One of its endpoints, as the balancer picks it. An endpoint named by a DNS name has
         // no address to put in the target: another pick, at most as many as the cluster has
@@ -721,13 +806,40 @@ impl TcpOutbound {
 
     /// Carries one intercepted connection (`conn`: from its client's address to its original
     /// destination) to its target and back, recording Istio's TCP metrics. An endpoint the
-    /// balancer picked counts the connection as active until it ends.
-    pub async fn forward<S>(&self, client: S, conn: ConnectionInfo)
+    /// balancer picked counts the connection as active until it ends. When the original
+    /// destination is a virtual address of a service port with `tls` rules, the connection's
+    /// ClientHello is read first ([`read_client_hello`], bounded by [`CLIENT_HELLO_TIMEOUT`])
+    /// and replayed to the upstream.
+    pub async fn forward<S>(&self, mut client: S, conn: ConnectionInfo)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let dst = conn.local;
-        let (target, pick) = match self.route(Some(conn.peer.ip()), dst) {
+        let snapshot = self.store.load();
+        let owner = owner(&snapshot, dst);
+        let mut hello = Vec::new();
+        let mut sni = None;
+        if let Owner::Service(own) = &owner
+            && reads_sni(&snapshot, &own.name)
+        {
+            match read_client_hello(&mut client, &mut hello, CLIENT_HELLO_TIMEOUT).await {
+                Ok(read) => sni = read.and_then(|h| h.server_name),
+                Err(HelloError::Timeout(_)) => {}
+                Err(e) => {
+                    tracing::debug!(%dst, error = %e, "intercepted tcp: no ClientHello to route by");
+                    return;
+                }
+            }
+        }
+        let client = Rewind::new(bytes::Bytes::from(hello), client);
+        let routed = match owner {
+            Owner::Target(target) => Ok((target, None)),
+            Owner::Service(own) => {
+                self.route(&snapshot, own, Some(conn.peer.ip()), dst, sni.as_deref())
+            }
+        };
+        drop(snapshot);
+        let (target, pick) = match routed {
             Ok(routed) => routed,
             Err((cluster, flag)) => {
                 tracing::debug!(%dst, cluster = %cluster.name, flag = flag.code(), "intercepted tcp: no upstream to take it");
@@ -1329,6 +1441,8 @@ impl TcpInbound {
 mod balance_tests;
 #[cfg(test)]
 mod route_tests;
+#[cfg(test)]
+mod sni_tests;
 #[cfg(test)]
 mod testing;
 

@@ -112,7 +112,7 @@ pub struct VirtualService {
     #[serde(default)]
     pub http: Vec<HttpRoute>,
     #[serde(default)]
-    pub tls: Vec<serde_json::Value>,
+    pub tls: Vec<TlsRoute>,
     #[serde(default)]
     pub tcp: Vec<TcpRoute>,
     #[serde(default)]
@@ -140,6 +140,35 @@ pub struct L4MatchAttributes {
     /// Deprecated in Istio and not implemented there either.
     #[serde(default)]
     pub source_subnet: Option<String>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+}
+
+/// A VirtualService's `tls` rule: TLS connections (not terminated) matching `match`, by their
+/// ClientHello's SNI among others, go to `route`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    #[serde(rename = "match", default)]
+    pub matches: Vec<TlsMatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// Istio's `TLSMatchAttributes`: the conditions of a `tls` rule's match.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMatchAttributes {
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
     #[serde(default)]
     pub source_labels: BTreeMap<String, String>,
     #[serde(default)]

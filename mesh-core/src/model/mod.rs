@@ -41,10 +41,11 @@ pub struct MeshConfig {
     /// The outbound route table: from Istio YAML one merged table; from xDS, also one table
     /// per outbound listener port (see [`RouteTable`]).
     pub routes: RouteTable,
-    /// The `tcp` rules of VirtualServices (Istio's TCP traffic shifting), in order, by the
-    /// cluster of the service port they route (`outbound|PORT||HOST`: what a connection to
-    /// the service's address resolves to). A service port without rules sends every
-    /// connection to that cluster. The xDS translation fills none.
+    /// The `tls` rules (SNI routing, on TLS and HTTPS ports; first) and `tcp` rules (Istio's
+    /// TCP traffic shifting) of VirtualServices, in order, by the cluster of the service port
+    /// they route (`outbound|PORT||HOST`: what a connection to the service's address
+    /// resolves to). A service port without rules sends every connection to that cluster.
+    /// The xDS translation fills none.
     pub tcp_routes: BTreeMap<ClusterName, Vec<TcpRoute>>,
     /// Where inbound traffic goes: the local application's listeners.
     pub inbound: Vec<InboundListener>,
@@ -97,18 +98,20 @@ impl MeshConfig {
         self.services.get(host)
     }
 
-    /// The first `tcp` rule of the service port whose cluster is `service_cluster` (its own,
-    /// `outbound|PORT||HOST`) that a connection from this workload to `destination` takes;
-    /// `None`: the connection goes to `service_cluster` itself.
+    /// The first `tls` or `tcp` rule of the service port whose cluster is `service_cluster`
+    /// (its own, `outbound|PORT||HOST`) that a connection from this workload to
+    /// `destination`, whose TLS ClientHello asked for server name `sni`, takes; `None`: the
+    /// connection goes to `service_cluster` itself.
     pub fn tcp_route(
         &self,
         service_cluster: &ClusterName,
         destination: std::net::SocketAddr,
+        sni: Option<&str>,
     ) -> Option<&TcpRoute> {
         self.tcp_routes
             .get(service_cluster)?
             .iter()
-            .find(|r| r.matches(destination, &self.workload))
+            .find(|r| r.matches(destination, sni, &self.workload))
     }
 }
 

@@ -68,6 +68,12 @@ impl Protocol {
     pub const fn is_http(self) -> bool {
         matches!(self, Self::Http | Self::Http2 | Self::Grpc)
     }
+
+    /// Whether the port carries TLS the mesh does not terminate (`HTTPS`, `TLS`): a
+    /// VirtualService's `tls` rules route its connections by SNI.
+    pub const fn is_tls(self) -> bool {
+        matches!(self, Self::Https | Self::Tls)
+    }
 }
 
 /// How the addresses of a service's endpoints are found.

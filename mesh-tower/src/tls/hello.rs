@@ -7,6 +7,11 @@
 //! BoringSSL's `SSL3_RT_MAX_PLAIN_LENGTH`). Nothing is read from the socket, so the stream can
 //! then be handed on untouched: to the TLS acceptor, or to the application as opaque TCP.
 //!
+//! A stream that cannot be peeked at (any [`AsyncRead`], such as the outbound capture's
+//! [`Rewind`](crate::capture::Rewind) over the socket) is read instead by
+//! [`read_client_hello`], with the same bounds, and the bytes read are handed back to be
+//! replayed first.
+//!
 //! Bytes rustls refuses as a ClientHello are reported as [`Peeked::NotTls`]: Envoy's TLS
 //! inspector counts them in `tls_not_found`, leaves the transport protocol unset
 //! (`raw_buffer`), and the connection matches the plaintext filter chains.
@@ -14,7 +19,7 @@
 use mesh_policy::tls::is_mesh_alpn;
 use std::io;
 use std::time::Duration;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 
 /// The most bytes of a ClientHello read before giving up, as Envoy's TLS inspector.
@@ -129,6 +134,65 @@ async fn peek_until_parsed(stream: &TcpStream) -> Result<Option<ClientHello>, He
                     buf.resize((buf.len() * 2).min(MAX_CLIENT_HELLO), 0);
                 }
             }
+            Peeked::Hello(hello) => return Ok(Some(hello)),
+            Peeked::NotTls => return Ok(None),
+        }
+    }
+}
+
+/// As [`peek_client_hello`], for a stream that cannot be peeked at: reads from `stream` until
+/// a whole ClientHello has arrived, or the bytes are not one (`None`), within `timeout`, up to
+/// [`MAX_CLIENT_HELLO`] bytes. Every byte read is appended to `read`, error or not, for the
+/// caller to replay ahead of the rest of the stream.
+///
+/// ```
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// use mesh_tower::tls::hello::read_client_hello;
+/// use std::time::Duration;
+/// let mut stream: &[u8] = b"PING\r\n";
+/// let mut read = Vec::new();
+/// let hello = read_client_hello(&mut stream, &mut read, Duration::from_secs(1)).await;
+/// assert_eq!(hello.unwrap(), None, "not TLS");
+/// assert_eq!(read, b"PING\r\n");
+/// # });
+/// ```
+pub async fn read_client_hello<S>(
+    stream: &mut S,
+    read: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<Option<ClientHello>, HelloError>
+where
+    S: AsyncRead + Unpin,
+{
+    tokio::time::timeout(timeout, read_until_parsed(stream, read))
+        .await
+        .map_err(|_| HelloError::Timeout(timeout))?
+}
+
+async fn read_until_parsed<S>(
+    stream: &mut S,
+    read: &mut Vec<u8>,
+) -> Result<Option<ClientHello>, HelloError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut chunk = vec![0u8; FIRST_PEEK];
+    loop {
+        let room = MAX_CLIENT_HELLO.saturating_sub(read.len()).min(chunk.len());
+        let n = stream
+            .read(&mut chunk[..room])
+            .await
+            .map_err(HelloError::Io)?;
+        if n == 0 {
+            return Err(HelloError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        read.extend_from_slice(&chunk[..n]);
+        match parse_client_hello(read) {
+            Peeked::Incomplete if read.len() >= MAX_CLIENT_HELLO => {
+                return Err(HelloError::TooLarge);
+            }
+            Peeked::Incomplete => {}
             Peeked::Hello(hello) => return Ok(Some(hello)),
             Peeked::NotTls => return Ok(None),
         }
@@ -262,6 +326,36 @@ mod tests {
         client.write_all(&whole[..10]).await.unwrap();
         let peeked = peek_client_hello(&server, Duration::from_secs(10)).await;
         assert!(matches!(peeked, Err(HelloError::Timeout(_))), "{peeked:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_read_from_any_stream_is_handed_back_whole() {
+        let whole = client_hello(&[], "a.example.com");
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let sent = whole.clone();
+        let writer = tokio::spawn(async move {
+            // In small pieces: the reader waits for the rest of the ClientHello.
+            for piece in sent.chunks(50) {
+                client.write_all(piece).await.unwrap();
+            }
+            client
+        });
+        let mut read = Vec::new();
+        let hello = read_client_hello(&mut server, &mut read, Duration::from_secs(30)).await;
+        assert_eq!(
+            hello.unwrap().unwrap().server_name.as_deref(),
+            Some("a.example.com")
+        );
+        assert_eq!(read, whole, "every byte read is handed back");
+        drop(writer.await.unwrap());
+        // Cut short by the client closing: an error, with what came handed back.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&whole[..10]).await.unwrap();
+        drop(client);
+        let mut read = Vec::new();
+        let hello = read_client_hello(&mut server, &mut read, Duration::from_secs(30)).await;
+        assert!(matches!(hello, Err(HelloError::Io(_))), "{hello:?}");
+        assert_eq!(read, whole[..10]);
     }
 
     #[tokio::test]

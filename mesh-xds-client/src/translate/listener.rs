@@ -463,9 +463,9 @@ fn network_filter(f: &Filter) -> FieldResult<ListenerRoutes> {
             == "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
     {
         // Opaque TCP is passed through by the sidecar's listener; it adds no HTTP routes. Its
-        // `weighted_clusters` (istiod's form of a VirtualService's `tcp` rules) are not
-        // translated into `MeshConfig::tcp_routes`: opaque TCP goes to the service's own
-        // cluster.
+        // `weighted_clusters` (istiod's form of a VirtualService's `tcp` rules), and the
+        // `server_names` of the chain holding it (its `tls` rules), are not translated into
+        // `MeshConfig::tcp_routes`: opaque TCP and TLS go to the service's own cluster.
         return Ok(ListenerRoutes::None);
     }
     Err(FieldError::new(

@@ -427,8 +427,9 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
         clusters,
         routes: RouteTable::with_ports(virtual_hosts, port_hosts),
         // istiod writes a VirtualService's `tcp` rules as `weighted_clusters` in the tcp_proxy
-        // of the service's outbound filter chain; TCP chains are not translated per service
-        // (listener.rs), so opaque TCP goes to the service's own cluster.
+        // of the service's outbound filter chain, and its `tls` rules as chains matching
+        // `server_names`; TCP chains are not translated per service (listener.rs), so opaque
+        // TCP and TLS go to the service's own cluster.
         tcp_routes: Default::default(),
         inbound,
         authorization,

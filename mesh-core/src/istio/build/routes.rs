@@ -1,6 +1,6 @@
 //! VirtualServices -> the outbound route table: one virtual host per (service, HTTP port),
 //! named by every alias a client may use, with the VirtualService's rules or a default route;
-//! and their `tcp` rules by service TCP port ([`super::tcp_routes`]).
+//! and their `tls` and `tcp` rules by service TCP port ([`super::tcp_routes`]).
 
 use super::policy::DestinationRules;
 use super::registry::Registry;
@@ -49,7 +49,8 @@ pub(super) fn build(
 ) -> (RouteTable, BTreeMap<ClusterName, Vec<TcpRoute>>) {
     let domain = &workload.cluster_domain;
     let mut by_host: BTreeMap<String, (String, Vec<Template>)> = BTreeMap::new();
-    let mut tcp_by_host: BTreeMap<String, Vec<TcpTemplate>> = BTreeMap::new();
+    // A host's `tls` and `tcp` rules.
+    let mut tcp_by_host: BTreeMap<String, (Vec<TcpTemplate>, Vec<TcpTemplate>)> = BTreeMap::new();
     for res in resources {
         let Spec::VirtualService(vs) = &res.spec else {
             continue;
@@ -69,20 +70,6 @@ pub(super) fn build(
         }
         if !exported_to(&vs.export_to, &res.namespace, &workload.namespace, &mut at) {
             continue; // Not visible from the workload's namespace.
-        }
-        // `tls` rules (SNI routing of TLS passthrough) are not applied: such connections go
-        // to the service's own endpoints (or its `tcp` rules), by its DestinationRule's load
-        // balancer.
-        if !vs.tls.is_empty() {
-            at.warn(
-                "spec.tls",
-                format!(
-                    "tls routes are not applied by this proxy: TLS connections to these hosts go \
-                     where its tcp rules send them, else to the service's own endpoints; the {} \
-                     rule(s) are ignored",
-                    vs.tls.len()
-                ),
-            );
         }
         let hosts: Vec<String> = vs
             .hosts
@@ -113,6 +100,19 @@ pub(super) fn build(
             t.route.rate_limit.clone_from(&rate_limit);
         }
         let tcp = context.tcp_templates(&vs.tcp, &res.name, &mut at);
+        let tls = context.tls_templates(&vs.tls, &res.name, &vs.hosts, &mut at);
+        let tls_port = |host: &String| {
+            registry
+                .get(host)
+                .is_some_and(|e| e.service.ports.iter().any(|p| p.protocol.is_tls()))
+        };
+        if !vs.tls.is_empty() && !hosts.iter().any(tls_port) {
+            at.warn(
+                "spec.tls",
+                "no host of this VirtualService is a service with a TLS or HTTPS port (of a \
+                 ServiceEntry): the tls rules apply to no connection",
+            );
+        }
         let tcp_port = |host: &String| {
             registry
                 .get(host)
@@ -134,21 +134,26 @@ pub(super) fn build(
                 continue;
             }
             by_host.insert(host.clone(), (res.key(), templates.clone()));
-            if !tcp.is_empty() {
-                tcp_by_host.insert(host.clone(), tcp.clone());
+            if !tcp.is_empty() || !tls.is_empty() {
+                tcp_by_host.insert(host.clone(), (tls.clone(), tcp.clone()));
             }
         }
     }
 
-    // A service's TCP ports (every port that is not HTTP: opaque TCP, and TLS or HTTPS that
-    // no `tls` rule routes) with the rules of the VirtualService that claimed its host.
+    // A service's TCP ports (every port that is not HTTP: opaque TCP, TLS and HTTPS) with the
+    // rules of the VirtualService that claimed its host: on TLS and HTTPS ports its `tls`
+    // rules first, as istiod puts their filter chains before the `tcp` rules' ones.
     let mut tcp_routes = BTreeMap::new();
-    for (host, templates) in &tcp_by_host {
+    for (host, (tls, tcp)) in &tcp_by_host {
         let Some(entry) = registry.get(host) else {
             continue;
         };
         for port in entry.service.ports.iter().filter(|p| !p.protocol.is_http()) {
-            let routes = tcp_routes::bind(templates, port.number, registry);
+            let mut routes = Vec::new();
+            if port.protocol.is_tls() {
+                routes = tcp_routes::bind(tls, port.number, registry);
+            }
+            routes.extend(tcp_routes::bind(tcp, port.number, registry));
             if !routes.is_empty() {
                 tcp_routes.insert(ClusterName::outbound(port.number, None, host), routes);
             }
