@@ -10,7 +10,11 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager::{PathWithEscapedSlashesAction, RouteSpecifier},
     http_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy::ClusterSpecifier,
+};
 use mesh_core::model::{AuthorizationPolicy, LocalRateLimit, PathNormalization};
+use std::net::IpAddr;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
@@ -63,6 +67,33 @@ pub struct XdsListener {
     pub blocks_unknown: bool,
     /// For an inbound listener: what its HTTP filter chains enforce.
     pub inbound_http: Option<InboundHttp>,
+    /// The one address it is bound to (`10.96.0.20` of istiod's `10.96.0.20_5432`, a
+    /// service's virtual address); `None` on every address or without a socket address.
+    pub address: Option<IpAddr>,
+    /// For an outbound listener bound to one address (not `use_original_dst`): its filter
+    /// chains that proxy opaque TCP (`envoy.filters.network.tcp_proxy`, no HTTP connection
+    /// manager), in Envoy's order (`filter_chains`, then `default_filter_chain`).
+    pub tcp_chains: Vec<TcpChain>,
+}
+
+/// An outbound filter chain proxying opaque TCP: istiod writes one per VirtualService `tls`
+/// rule match (with `server_names`), one per `tcp` rule (`weighted_clusters`), and one to the
+/// service port's own cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpChain {
+    /// Where it is in the listener (`filter_chains[1]`, `default_filter_chain`).
+    pub path: String,
+    /// The server names the chain takes (`filter_chain_match.server_names`); empty: any
+    /// connection.
+    pub server_names: Vec<String>,
+    /// The destination addresses it takes (`filter_chain_match.prefix_ranges`, a `tcp` rule's
+    /// `destinationSubnets`); empty: any.
+    pub destination_subnets: Vec<ipnet::IpNet>,
+    /// The tcp_proxy's destinations with their weights: one cluster (weight 1), or its
+    /// `weighted_clusters`.
+    pub clusters: Vec<(String, u32)>,
+    /// Whether the destinations are `weighted_clusters` rather than one `cluster`.
+    pub weighted: bool,
 }
 
 /// What an inbound listener's HTTP filter chains enforce (istiod's `virtualInbound`).
@@ -120,11 +151,9 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
         ) => u16::try_from(p).ok(),
         _ => None,
     });
-    let any_address = socket.is_some_and(|s| {
-        s.address
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_unspecified())
-    });
+    let ip = socket.and_then(|s| s.address.parse::<IpAddr>().ok());
+    let any_address = ip.is_some_and(|ip| ip.is_unspecified());
+    let address = ip.filter(|ip| !ip.is_unspecified());
     let use_original_dst = l.use_original_dst.as_ref().is_some_and(|b| b.value);
     if let Some(api) = &l.api_listener {
         // gRPC-style API listener: the HCM is the listener itself.
@@ -144,6 +173,8 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
             use_original_dst,
             blocks_unknown: false,
             inbound_http: None,
+            address,
+            tcp_chains: Vec::new(),
         });
     }
 
@@ -161,6 +192,8 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
             use_original_dst,
             blocks_unknown: false,
             inbound_http: Some(inbound(l)?),
+            address,
+            tcp_chains: Vec::new(),
         });
     }
     let mut routes = ListenerRoutes::None;
@@ -188,6 +221,10 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
             }
         }
     }
+    let tcp_chains = match address {
+        Some(_) if !use_original_dst => tcp_chains(l)?,
+        _ => Vec::new(),
+    };
     Ok(XdsListener {
         name: l.name.clone(),
         routes,
@@ -198,16 +235,173 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
         blocks_unknown: use_original_dst
             && catch_all_tcp_cluster(l).as_deref() == Some("BlackHoleCluster"),
         inbound_http: None,
+        address,
+        tcp_chains,
     })
+}
+
+/// The chains of an outbound listener bound to one address that proxy opaque TCP (those
+/// with an HTTP connection manager serve HTTP routes instead), with what they match on.
+///
+/// Of `filter_chain_match`: `server_names` (a `tls` rule's `sniHosts`) and `prefix_ranges`
+/// (a `tcp` rule's `destinationSubnets`) are read; `transport_protocol` and
+/// `application_protocols` (istiod's `tls` / protocol-sniffing hints) and `destination_port`
+/// (the listener's own port on istiod's listeners) are accepted; a chain matching on the
+/// client (`source_prefix_ranges`, `direct_source_prefix_ranges`, `source_ports`,
+/// `source_type`) or an address suffix is refused: the forwarder could not honour it.
+fn tcp_chains(l: &Listener) -> FieldResult<Vec<TcpChain>> {
+    let chains = l
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
+        .chain(
+            l.default_filter_chain
+                .iter()
+                .map(|c| ("default_filter_chain".to_owned(), c)),
+        );
+    let mut out = Vec::new();
+    for (path, chain) in chains {
+        let mut proxy = None;
+        let mut http = false;
+        for (i, f) in chain.filters.iter().enumerate() {
+            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                continue;
+            };
+            if f.name == HCM || any.type_url.ends_with(".HttpConnectionManager") {
+                http = true;
+            } else if is_tcp_proxy(f, any) {
+                let target = tcp_proxy(any)
+                    .map_err(|e| e.within(format!("{path}.filters[{i}].typed_config")))?;
+                proxy = Some(target);
+            }
+        }
+        let (Some((clusters, weighted)), false) = (proxy, http) else {
+            continue;
+        };
+        let m = chain.filter_chain_match.clone().unwrap_or_default();
+        let at = |field: &str| format!("{path}.filter_chain_match.{field}");
+        let refused = [
+            ("source_prefix_ranges", !m.source_prefix_ranges.is_empty()),
+            (
+                "direct_source_prefix_ranges",
+                !m.direct_source_prefix_ranges.is_empty(),
+            ),
+            ("source_ports", !m.source_ports.is_empty()),
+            ("source_type", m.source_type != 0),
+            ("address_suffix", !m.address_suffix.is_empty()),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+            return Err(FieldError::new(
+                at(field),
+                "matching opaque TCP on this is not supported",
+            ));
+        }
+        let destination_subnets = m
+            .prefix_ranges
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                rbac::cidr(c)
+                    .map_err(|e| e.within(at(&format!("prefix_ranges[{i}]"))))?
+                    .parse::<ipnet::IpNet>()
+                    .map_err(|e| FieldError::new(at(&format!("prefix_ranges[{i}]")), e.to_string()))
+            })
+            .collect::<FieldResult<Vec<_>>>()?;
+        out.push(TcpChain {
+            path,
+            server_names: m.server_names,
+            destination_subnets,
+            clusters,
+            weighted,
+        });
+    }
+    Ok(out)
+}
+
+fn is_tcp_proxy(f: &Filter, any: &envoy_types::pb::google::protobuf::Any) -> bool {
+    f.name == TCP_PROXY
+        || any.type_url
+            == "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+}
+
+/// A tcp_proxy's destinations with their weights (one `cluster` takes weight 1), and whether
+/// they are `weighted_clusters`.
+///
+/// Accepted and ignored, as istiod sets them: `stat_prefix` and the access log settings
+/// (telemetry); `idle_timeout`, `downstream_idle_timeout`, `upstream_idle_timeout` (the
+/// forwarder closes idle connections by the cluster's idle timeout); `max_connect_attempts`
+/// and `backoff_options` (the forwarder connects once, and a failure closes the client's
+/// connection, as after Envoy's last attempt); `hash_policy` (istiod's source-IP hash: the
+/// cluster's own load balancer picks the endpoint); `check_drain_close`. Refused, as they
+/// would change where or how bytes go: `metadata_match` (here or on a weighted cluster:
+/// endpoint subsets by metadata), `tunneling_config` (HTTP CONNECT tunnels), `on_demand`
+/// (on-demand cluster discovery), `max_downstream_connection_duration`, `proxy_protocol_tlvs`
+/// and an `upstream_connect_mode` other than `IMMEDIATE`.
+fn tcp_proxy(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> FieldResult<(Vec<(String, u32)>, bool)> {
+    let p: TcpProxy = unpack(any, "")?;
+    let refused = [
+        ("metadata_match", p.metadata_match.is_some()),
+        ("tunneling_config", p.tunneling_config.is_some()),
+        ("on_demand", p.on_demand.is_some()),
+        (
+            "max_downstream_connection_duration",
+            p.max_downstream_connection_duration.is_some(),
+        ),
+        ("proxy_protocol_tlvs", !p.proxy_protocol_tlvs.is_empty()),
+        ("upstream_connect_mode", p.upstream_connect_mode != 0),
+    ];
+    if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+        return Err(FieldError::new(
+            *field,
+            "is not supported by the TCP forwarder",
+        ));
+    }
+    match p.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(name)) if !name.is_empty() => Ok((vec![(name, 1)], false)),
+        Some(ClusterSpecifier::Cluster(_)) => Err(FieldError::new("cluster", "must not be empty")),
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            if w.clusters.is_empty() {
+                return Err(FieldError::new(
+                    "weighted_clusters.clusters",
+                    "must not be empty",
+                ));
+            }
+            let mut out = Vec::with_capacity(w.clusters.len());
+            for (i, c) in w.clusters.into_iter().enumerate() {
+                let at = format!("weighted_clusters.clusters[{i}]");
+                if c.name.is_empty() {
+                    return Err(FieldError::new(format!("{at}.name"), "must not be empty"));
+                }
+                if c.weight == 0 {
+                    return Err(FieldError::new(
+                        format!("{at}.weight"),
+                        "must be at least 1",
+                    ));
+                }
+                if c.metadata_match.is_some() {
+                    return Err(FieldError::new(
+                        format!("{at}.metadata_match"),
+                        "is not supported by the TCP forwarder",
+                    ));
+                }
+                out.push((c.name, c.weight));
+            }
+            Ok((out, true))
+        }
+        None => Err(FieldError::new(
+            "cluster_specifier",
+            "one of cluster or weighted_clusters is required",
+        )),
+    }
 }
 
 /// The cluster the listener's catch-all chain proxies opaque TCP to: its
 /// `default_filter_chain`, else a chain matching every connection (an empty
 /// `filter_chain_match`), as istiod writes `virtualOutbound`'s passthrough chain.
 fn catch_all_tcp_cluster(l: &Listener) -> Option<String> {
-    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-        TcpProxy, tcp_proxy::ClusterSpecifier,
-    };
     let chain = l.default_filter_chain.as_ref().or_else(|| {
         l.filter_chains.iter().find(|c| {
             c.filter_chain_match
@@ -458,14 +652,12 @@ fn network_filter(f: &Filter) -> FieldResult<ListenerRoutes> {
     if BENIGN_NETWORK_FILTERS.contains(&f.name.as_str()) {
         return Ok(ListenerRoutes::None);
     }
-    if f.name == TCP_PROXY
-        || any.type_url
-            == "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-    {
-        // Opaque TCP is passed through by the sidecar's listener; it adds no HTTP routes. Its
-        // `weighted_clusters` (istiod's form of a VirtualService's `tcp` rules), and the
-        // `server_names` of the chain holding it (its `tls` rules), are not translated into
-        // `MeshConfig::tcp_routes`: opaque TCP and TLS go to the service's own cluster.
+    if is_tcp_proxy(f, any) {
+        // Opaque TCP adds no HTTP routes. On a listener bound to a service's address, its
+        // destinations (`weighted_clusters`: a VirtualService's `tcp` rules) and the chain's
+        // `server_names` (its `tls` rules) are read by `tcp_chains` into `tcp_chains`, which
+        // `assemble` turns into the service's address and `MeshConfig::tcp_routes`.
+        tcp_proxy(any).map_err(|e| e.within("typed_config"))?;
         return Ok(ListenerRoutes::None);
     }
     Err(FieldError::new(

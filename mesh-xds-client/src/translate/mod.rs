@@ -55,16 +55,16 @@ mod secret;
 
 pub use cluster::XdsCluster;
 pub use endpoint::XdsEndpoints;
-pub use listener::{InboundHttp, ListenerRoutes, XdsListener};
+pub use listener::{InboundHttp, ListenerRoutes, TcpChain, XdsListener};
 pub use route::XdsRouteConfig;
 pub use secret::{SecretKind, XdsSecret};
 
 use crate::resource::ResourceType;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use mesh_core::model::{
-    AuthorizationPolicy, Cluster, ConsistentHash, HashKey, Hostname, InboundListener, LbAlgorithm,
-    MeshConfig, OutboundTrafficPolicy, Protocol, RouteTable, Service, ServiceLocation, ServicePort,
-    VirtualHost, Workload,
+    AuthorizationPolicy, Cluster, ClusterName, ConsistentHash, HashKey, Hostname, InboundListener,
+    LbAlgorithm, MeshConfig, OutboundTrafficPolicy, Protocol, RouteTable, Service, ServiceLocation,
+    ServicePort, TcpRoute, TcpRouteMatch, TcpWeightedCluster, VirtualHost, Workload,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -389,6 +389,8 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
         clusters.insert(cluster.name.clone(), Arc::new(cluster));
     }
 
+    let tcp_routes = tcp_listeners(resources, &mut services, &clusters);
+
     // Inbound listeners (istiod's `virtualInbound`): authorization from their RBAC filters,
     // and one inbound listener per HTTP chain port, to the local app on that port, with its
     // rate limit. A policy named by two listeners is kept once. Their connection managers'
@@ -426,11 +428,9 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
             .collect(),
         clusters,
         routes: RouteTable::with_ports(virtual_hosts, port_hosts),
-        // istiod writes a VirtualService's `tcp` rules as `weighted_clusters` in the tcp_proxy
-        // of the service's outbound filter chain, and its `tls` rules as chains matching
-        // `server_names`; TCP chains are not translated per service (listener.rs), so opaque
-        // TCP and TLS go to the service's own cluster.
-        tcp_routes: Default::default(),
+        // From the tcp_proxy chains of the listeners bound to services' addresses
+        // (`tcp_listeners`).
+        tcp_routes,
         inbound,
         authorization,
         peer_authentication: Default::default(),
@@ -466,6 +466,96 @@ pub fn assemble(resources: &Resources<'_>, workload: &Workload) -> MeshConfig {
         // The inbound connection manager's, as Envoy applies it; Istio's default without one.
         path_normalization: path_normalization.unwrap_or_default(),
     }
+}
+
+/// Opaque TCP and TLS on the outbound listeners bound to one address (istiod's
+/// `10.96.0.20_5432`, on a service's virtual address, for each of its non-HTTP ports): the
+/// address becomes the owning service's (so the TCP forwarder recognises a connection to it
+/// as the service's, with mTLS and load balancing, rather than passing it through), and the
+/// chains that do not simply go to the port's own cluster become its [`TcpRoute`]s.
+///
+/// The owner is the service of the chain every other connection lands on (no
+/// `server_names`, no `prefix_ranges`), else of the first chain: its first cluster's host
+/// (`outbound|PORT|SUBSET|HOST`). istiod's listener does not name the service; when a
+/// VirtualService sends all of a port's traffic to another host, that host owns the address
+/// here, which routes the same. Its routes, under the own cluster `outbound|PORT||HOST`
+/// (PORT the listener's), are the chains with `server_names` (`tls` rules) first, then those
+/// with `prefix_ranges`, then the rest, in chain order (as the Istio-YAML loader orders `tls`
+/// before `tcp` rules), up to the first chain without conditions to the own cluster (the
+/// fallback, as a connection no rule matches takes). A listener whose owner is not a service
+/// here, or whose own cluster is not a cluster here, contributes nothing; of two listeners of
+/// one service port (an IPv4 and an IPv6 address), both give an address and the first in
+/// name order the routes.
+fn tcp_listeners(
+    resources: &Resources<'_>,
+    services: &mut BTreeMap<Hostname, Service>,
+    clusters: &BTreeMap<ClusterName, Arc<Cluster>>,
+) -> BTreeMap<ClusterName, Vec<TcpRoute>> {
+    let mut tcp_routes: BTreeMap<ClusterName, Vec<TcpRoute>> = BTreeMap::new();
+    for l in resources.listeners.values() {
+        let (Some(ip), Some(port)) = (l.address, l.port) else {
+            continue;
+        };
+        if port == 0 || l.inbound || l.use_original_dst {
+            continue;
+        }
+        let fallback = l
+            .tcp_chains
+            .iter()
+            .find(|c| c.server_names.is_empty() && c.destination_subnets.is_empty())
+            .or(l.tcp_chains.first());
+        let Some((_, _, host)) = fallback
+            .and_then(|c| c.clusters.first())
+            .and_then(|(name, _)| parse_istio_name(name))
+        else {
+            continue;
+        };
+        let Some(service) = services.get_mut(host) else {
+            continue;
+        };
+        let net = ipnet::IpNet::from(ip);
+        if !service.addresses.contains(&net) {
+            service.addresses.push(net);
+        }
+        let own = ClusterName::outbound(port, None, host);
+        if !clusters.contains_key(&own) || tcp_routes.contains_key(&own) {
+            continue;
+        }
+        let mut chains: Vec<&TcpChain> = l.tcp_chains.iter().collect();
+        chains.sort_by_key(|c| (c.server_names.is_empty(), c.destination_subnets.is_empty()));
+        let mut routes = Vec::new();
+        for c in chains {
+            let unconditional = c.server_names.is_empty() && c.destination_subnets.is_empty();
+            if unconditional && matches!(c.clusters.as_slice(), [(name, _)] if name == own.as_str())
+            {
+                break;
+            }
+            routes.push(TcpRoute {
+                name: format!("{}.{}", l.name, c.path),
+                matches: vec![TcpRouteMatch {
+                    sni_hosts: c.server_names.clone(),
+                    port: Some(port),
+                    destination_subnets: c.destination_subnets.clone(),
+                    ..TcpRouteMatch::default()
+                }],
+                destinations: c
+                    .clusters
+                    .iter()
+                    .map(|(name, weight)| TcpWeightedCluster {
+                        cluster: ClusterName::new(name.clone()),
+                        weight: *weight,
+                    })
+                    .collect(),
+            });
+            if unconditional {
+                break;
+            }
+        }
+        if !routes.is_empty() {
+            tcp_routes.insert(own, routes);
+        }
+    }
+    tcp_routes
 }
 
 /// `vh`, with `domain:port` added for each domain without a port when `port` is given (a

@@ -729,7 +729,7 @@ fn regex_value(r: &str) -> Option<String> {
     matches!(r, ".*" | ".+" | "^.*$" | "^.+$").then(|| "*".to_owned())
 }
 
-fn cidr(c: &CidrRange) -> FieldResult<String> {
+pub(super) fn cidr(c: &CidrRange) -> FieldResult<String> {
     let ip: std::net::IpAddr = c.address_prefix.parse().map_err(|_| {
         FieldError::new(
             "address_prefix",

@@ -711,6 +711,8 @@ fn ring_hash_cluster_takes_its_key_from_the_route_hash_policy() {
         use_original_dst: false,
         blocks_unknown: false,
         inbound_http: None,
+        address: None,
+        tcp_chains: Vec::new(),
     };
     let mut res = Resources::default();
     res.listeners.insert("l", &l);
@@ -1851,4 +1853,250 @@ fn istiod_s_registry_only_reaches_the_capture_through_the_virtual_outbound_catch
     plain.use_original_dst = None;
     let cfg = assemble_listeners(&[listener_of(&plain)], &[]);
     assert_eq!(cfg.outbound_traffic_policy, OutboundTrafficPolicy::AllowAny);
+}
+
+const DB: &str = "db.default.svc.cluster.local";
+const DB_OWN: &str = "outbound|5432||db.default.svc.cluster.local";
+const DB_V1: &str = "outbound|5432|v1|db.default.svc.cluster.local";
+const DB_V2: &str = "outbound|5432|v2|db.default.svc.cluster.local";
+
+type TcpProxy = envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+
+/// A tcp_proxy as istiod writes it: to one cluster, or weighted clusters.
+fn tcp_proxy_to(clusters: &[(&str, u32)]) -> TcpProxy {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
+        ClusterSpecifier, WeightedCluster, weighted_cluster::ClusterWeight,
+    };
+    let cluster_specifier = if let [(single, _)] = clusters {
+        ClusterSpecifier::Cluster((*single).into())
+    } else {
+        ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: clusters
+                .iter()
+                .map(|(name, weight)| ClusterWeight {
+                    name: (*name).into(),
+                    weight: *weight,
+                    ..Default::default()
+                })
+                .collect(),
+        })
+    };
+    TcpProxy {
+        stat_prefix: clusters[0].0.into(),
+        cluster_specifier: Some(cluster_specifier),
+        // istiod's default idle timeout: accepted and ignored.
+        idle_timeout: Some(dur(3600, 0)),
+        ..Default::default()
+    }
+}
+
+/// istiod's outbound listener on a service's address `ip:port` (`10.96.0.20_5432`,
+/// `bind_to_port: false`), with a chain per `(server_names, tcp_proxy)`.
+fn vip_listener(ip: &str, port: u16, chains: Vec<(Vec<&str>, TcpProxy)>) -> Listener {
+    use envoy_types::pb::envoy::config::core::v3::address;
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch};
+    let mut l = fixtures::listener(port, "unused");
+    l.name = format!("{ip}_{port}");
+    if let Some(address::Address::SocketAddress(s)) =
+        l.address.as_mut().and_then(|a| a.address.as_mut())
+    {
+        s.address = ip.into();
+    }
+    l.bind_to_port = Some(BoolValue { value: false });
+    l.filter_chains = chains
+        .into_iter()
+        .map(|(names, proxy)| FilterChain {
+            filter_chain_match: (!names.is_empty()).then(|| FilterChainMatch {
+                server_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            }),
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack(&proxy))),
+            }],
+            ..Default::default()
+        })
+        .collect();
+    l
+}
+
+/// The snapshot of `listeners` with an EDS cluster (no endpoints) of each of `clusters`.
+fn assemble_tcp(listeners: &[Listener], clusters: &[&str]) -> MeshConfig {
+    let listeners: Vec<XdsListener> = listeners.iter().map(listener_of).collect();
+    let clusters: Vec<XdsCluster> = clusters
+        .iter()
+        .map(
+            |c| match decode(ResourceType::Cluster, &pack(&fixtures::eds_cluster(c))).unwrap() {
+                Decoded::Cluster(c) => *c,
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect();
+    let mut res = Resources::default();
+    for l in &listeners {
+        res.listeners.insert(&l.name, l);
+    }
+    for c in &clusters {
+        res.clusters.insert(c.cluster.name.as_str(), c);
+    }
+    assemble(&res, &Workload::default())
+}
+
+fn net(s: &str) -> ipnet::IpNet {
+    s.parse().unwrap()
+}
+
+#[test]
+fn a_tcp_listener_on_a_service_address_gives_the_service_that_address() {
+    let vip = vip_listener(
+        "10.96.0.20",
+        5432,
+        vec![(vec![], tcp_proxy_to(&[(DB_OWN, 1)]))],
+    );
+    let x = listener_of(&vip);
+    assert_eq!(x.address, Some("10.96.0.20".parse().unwrap()));
+    assert_eq!(x.tcp_chains.len(), 1);
+    // The same chain on every address (istiod's `0.0.0.0_5432` for a headless service)
+    // names no address.
+    let mut any = vip.clone();
+    any.name = "0.0.0.0_5432".into();
+    any.address = fixtures::listener(5432, "unused").address;
+    assert_eq!(listener_of(&any).address, None);
+
+    let cfg = assemble_tcp(&[vip, any], &[DB_OWN, DB_V1]);
+    assert_eq!(
+        cfg.service(DB).unwrap().addresses,
+        vec![net("10.96.0.20/32")]
+    );
+    assert!(cfg.tcp_routes.is_empty(), "{:?}", cfg.tcp_routes);
+    // The TCP forwarder now finds the service of a connection to its address: its own
+    // cluster (mTLS, load balancing), not a passthrough.
+    let found = mesh_tower::tcp::cluster_for(&cfg, "10.96.0.20:5432".parse().unwrap());
+    assert_eq!(found.unwrap().name.as_str(), DB_OWN);
+    assert!(mesh_tower::tcp::cluster_for(&cfg, "10.96.0.21:5432".parse().unwrap()).is_none());
+}
+
+#[test]
+fn weighted_clusters_of_a_tcp_listener_are_the_service_port_s_tcp_route() {
+    let vip = vip_listener(
+        "10.96.0.20",
+        5432,
+        vec![(vec![], tcp_proxy_to(&[(DB_V1, 80), (DB_V2, 20)]))],
+    );
+    let cfg = assemble_tcp(&[vip], &[DB_OWN, DB_V1, DB_V2]);
+    assert_eq!(
+        cfg.service(DB).unwrap().addresses,
+        vec![net("10.96.0.20/32")]
+    );
+    let own = mesh_core::model::ClusterName::new(DB_OWN);
+    assert_eq!(
+        cfg.tcp_routes.get(&own).unwrap(),
+        &vec![TcpRoute {
+            name: "10.96.0.20_5432.filter_chains[0]".into(),
+            matches: vec![TcpRouteMatch {
+                port: Some(5432),
+                ..TcpRouteMatch::default()
+            }],
+            destinations: vec![
+                TcpWeightedCluster {
+                    cluster: mesh_core::model::ClusterName::new(DB_V1),
+                    weight: 80,
+                },
+                TcpWeightedCluster {
+                    cluster: mesh_core::model::ClusterName::new(DB_V2),
+                    weight: 20,
+                },
+            ],
+        }]
+    );
+    assert_eq!(cfg.tcp_routes.len(), 1);
+}
+
+#[test]
+fn server_names_chains_of_a_tcp_listener_are_sni_routes_ahead_of_the_rest() {
+    const TLS: &str = "tls.default.svc.cluster.local";
+    const TLS_OWN: &str = "outbound|443||tls.default.svc.cluster.local";
+    const A: &str = "outbound|443||a.example.com";
+    // The default chain first, as a chain without a match can come in any place: the chain
+    // with server names still routes first, and the default (the own cluster) is no route.
+    let vip = vip_listener(
+        "10.96.0.30",
+        443,
+        vec![
+            (vec![], tcp_proxy_to(&[(TLS_OWN, 1)])),
+            (vec!["a.example.com"], tcp_proxy_to(&[(A, 1)])),
+        ],
+    );
+    let cfg = assemble_tcp(&[vip], &[TLS_OWN, A]);
+    assert_eq!(
+        cfg.service(TLS).unwrap().addresses,
+        vec![net("10.96.0.30/32")]
+    );
+    assert!(
+        cfg.service("a.example.com").unwrap().addresses.is_empty(),
+        "the address is the listener's owner's only"
+    );
+    let routes = cfg
+        .tcp_routes
+        .get(&mesh_core::model::ClusterName::new(TLS_OWN))
+        .unwrap();
+    assert_eq!(
+        routes,
+        &vec![TcpRoute {
+            name: "10.96.0.30_443.filter_chains[1]".into(),
+            matches: vec![TcpRouteMatch {
+                sni_hosts: vec!["a.example.com".into()],
+                port: Some(443),
+                ..TcpRouteMatch::default()
+            }],
+            destinations: vec![TcpWeightedCluster {
+                cluster: mesh_core::model::ClusterName::new(A),
+                weight: 1,
+            }],
+        }]
+    );
+    let w = Workload::default();
+    let dst = "10.96.0.30:443".parse().unwrap();
+    assert!(routes[0].needs_sni());
+    assert!(routes[0].matches(dst, Some("a.example.com"), &w));
+    assert!(!routes[0].matches(dst, Some("b.example.com"), &w));
+}
+
+#[test]
+fn tcp_proxy_settings_the_forwarder_cannot_honour_are_nacked_with_their_path() {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::TunnelingConfig;
+    let mut proxy = tcp_proxy_to(&[(DB_OWN, 1)]);
+    // Benign, as istiod may set them: accepted.
+    proxy.max_connect_attempts = Some(UInt32Value { value: 2 });
+    proxy.hash_policy = vec![Default::default()];
+    listener_of(&vip_listener(
+        "10.96.0.20",
+        5432,
+        vec![(vec![], proxy.clone())],
+    ));
+
+    proxy.tunneling_config = Some(TunnelingConfig {
+        hostname: "db:5432".into(),
+        ..Default::default()
+    });
+    let l = vip_listener("10.96.0.20", 5432, vec![(vec![], proxy)]);
+    assert_eq!(
+        err(ResourceType::Listener, pack(&l)),
+        "Listener 10.96.0.20_5432: filter_chains[0].filters[0].typed_config.tunneling_config: \
+         is not supported by the TCP forwarder"
+    );
+    let mut weightless = tcp_proxy_to(&[(DB_V1, 80), (DB_V2, 20)]);
+    if let Some(
+        envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier::WeightedClusters(w),
+    ) = &mut weightless.cluster_specifier
+    {
+        w.clusters[1].weight = 0;
+    }
+    let l = vip_listener("10.96.0.20", 5432, vec![(vec![], weightless)]);
+    assert_eq!(
+        err(ResourceType::Listener, pack(&l)),
+        "Listener 10.96.0.20_5432: filter_chains[0].filters[0].typed_config.\
+         weighted_clusters.clusters[1].weight: must be at least 1"
+    );
 }
