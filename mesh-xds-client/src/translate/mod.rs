@@ -31,6 +31,12 @@
 //!   unclaimed. So each service on the port keeps its own virtual host, and a domain both
 //!   claim (a `*` catch-all) is the `0.0.0.0` listener's, as Envoy decides for every
 //!   destination but the bound address.
+//! - `Listener` bound to one address (istiod's `10.96.0.20_5432`, for each TCP, TLS and HTTPS
+//!   port of a service with a virtual address): its `tcp_proxy` filter chains. The address
+//!   becomes the service's (the TCP forwarder finds the service of an intercepted connection
+//!   by it), and chains with `weighted_clusters`, another cluster than the port's own, or
+//!   `server_names` become the port's [`TcpRoute`]s (VirtualService `tcp` and `tls` rules) in
+//!   `MeshConfig::tcp_routes`, see `tcp_listeners`.
 //! - `RouteConfiguration`: virtual hosts and routes, one to one.
 //! - `Cluster`: a [`Cluster`], its service, port and subset parsed from Istio's
 //!   `outbound|PORT|SUBSET|HOST` name when it has that form.
