@@ -333,11 +333,14 @@ fn is_tcp_proxy(f: &Filter, any: &envoy_types::pb::google::protobuf::Any) -> boo
 /// forwarder closes idle connections by the cluster's idle timeout); `max_connect_attempts`
 /// and `backoff_options` (the forwarder connects once, and a failure closes the client's
 /// connection, as after Envoy's last attempt); `hash_policy` (istiod's source-IP hash: the
-/// cluster's own load balancer picks the endpoint); `check_drain_close`. Refused, as they
-/// would change where or how bytes go: `metadata_match` (here or on a weighted cluster:
-/// endpoint subsets by metadata), `tunneling_config` (HTTP CONNECT tunnels), `on_demand`
-/// (on-demand cluster discovery), `max_downstream_connection_duration`, `proxy_protocol_tlvs`
-/// and an `upstream_connect_mode` other than `IMMEDIATE`.
+/// cluster's own load balancer picks the endpoint); `check_drain_close`;
+/// `max_downstream_connection_duration` (istiod's DestinationRule
+/// `connectionPool.tcp.maxConnectionDuration`: the forwarder does not end TCP connections by
+/// age, from Istio YAML either, and refusing it would refuse the whole listener update).
+/// Refused, as they would change where or how bytes go: `metadata_match` (here or on a
+/// weighted cluster: endpoint subsets by metadata), `tunneling_config` (HTTP CONNECT tunnels),
+/// `on_demand` (on-demand cluster discovery), `proxy_protocol_tlvs` and an
+/// `upstream_connect_mode` other than `IMMEDIATE`.
 fn tcp_proxy(
     any: &envoy_types::pb::google::protobuf::Any,
 ) -> FieldResult<(Vec<(String, u32)>, bool)> {
@@ -346,10 +349,6 @@ fn tcp_proxy(
         ("metadata_match", p.metadata_match.is_some()),
         ("tunneling_config", p.tunneling_config.is_some()),
         ("on_demand", p.on_demand.is_some()),
-        (
-            "max_downstream_connection_duration",
-            p.max_downstream_connection_duration.is_some(),
-        ),
         ("proxy_protocol_tlvs", !p.proxy_protocol_tlvs.is_empty()),
         ("upstream_connect_mode", p.upstream_connect_mode != 0),
     ];

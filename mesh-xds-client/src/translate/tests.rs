@@ -2070,6 +2070,11 @@ fn tcp_proxy_settings_the_forwarder_cannot_honour_are_nacked_with_their_path() {
     // Benign, as istiod may set them: accepted.
     proxy.max_connect_attempts = Some(UInt32Value { value: 2 });
     proxy.hash_policy = vec![Default::default()];
+    // istiod's DestinationRule `connectionPool.tcp.maxConnectionDuration`.
+    proxy.max_downstream_connection_duration = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
     listener_of(&vip_listener(
         "10.96.0.20",
         5432,
