@@ -197,16 +197,7 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
         });
     }
     let mut routes = ListenerRoutes::None;
-    let chains = l
-        .filter_chains
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
-        .chain(
-            l.default_filter_chain
-                .iter()
-                .map(|c| ("default_filter_chain".to_owned(), c)),
-        );
+    let chains = chains_with_paths(l);
     for (path, chain) in chains {
         let chain_routes = filter_chain(chain).map_err(|e| e.within(&path))?;
         match (&routes, chain_routes) {
@@ -240,6 +231,19 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
     })
 }
 
+/// `l`'s filter chains, then its default chain, each with its field path for errors.
+fn chains_with_paths(l: &Listener) -> impl Iterator<Item = (String, &FilterChain)> {
+    l.filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
+        .chain(
+            l.default_filter_chain
+                .iter()
+                .map(|c| ("default_filter_chain".to_owned(), c)),
+        )
+}
+
 /// The chains of an outbound listener bound to one address that proxy opaque TCP (those
 /// with an HTTP connection manager serve HTTP routes instead), with what they match on.
 ///
@@ -250,16 +254,7 @@ pub(super) fn translate(l: &Listener) -> FieldResult<XdsListener> {
 /// client (`source_prefix_ranges`, `direct_source_prefix_ranges`, `source_ports`,
 /// `source_type`) or an address suffix is refused: the forwarder could not honour it.
 fn tcp_chains(l: &Listener) -> FieldResult<Vec<TcpChain>> {
-    let chains = l
-        .filter_chains
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
-        .chain(
-            l.default_filter_chain
-                .iter()
-                .map(|c| ("default_filter_chain".to_owned(), c)),
-        );
+    let chains = chains_with_paths(l);
     let mut out = Vec::new();
     for (path, chain) in chains {
         let mut proxy = None;
@@ -429,16 +424,7 @@ fn catch_all_tcp_cluster(l: &Listener) -> Option<String> {
 /// The inbound listener's HTTP chains: their RBAC policies and rate limits.
 fn inbound(l: &Listener) -> FieldResult<InboundHttp> {
     let mut out = InboundHttp::default();
-    let chains = l
-        .filter_chains
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("filter_chains[{i}]"), c))
-        .chain(
-            l.default_filter_chain
-                .iter()
-                .map(|c| ("default_filter_chain".to_owned(), c)),
-        );
+    let chains = chains_with_paths(l);
     for (path, chain) in chains {
         let port = chain
             .filter_chain_match
